@@ -1,0 +1,139 @@
+"""One error hierarchy for the whole project.
+
+Domain code raises these; the API layer maps them to RFC 9457 problem documents in one
+place (``keybroker.api.problems``) and the CLI maps them to exit codes. Messages state the
+fact and the numbers and never contain key material.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+
+class KeybrokerError(Exception):
+    """Base class. ``title`` is a short fixed summary; ``str(self)`` is the detail."""
+
+    title = "Error"
+    #: HTTP status the API maps this error to.
+    status = 500
+
+    def __init__(self, detail: str, **extra: Any) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.extra: dict[str, Any] = extra
+
+    def diagnostics(self) -> str:
+        """Human-readable text for the CLI."""
+        return f"{self.title}: {self.detail}"
+
+
+class InvalidInput(KeybrokerError):
+    """The caller sent something malformed (bad field, bad encoding, wrong size)."""
+
+    title = "Invalid input"
+    status = 400
+
+    def __init__(self, detail: str, *, field: str | None = None, **extra: Any) -> None:
+        super().__init__(detail, **extra)
+        self.field = field
+        if field is not None:
+            self.extra.setdefault("field", field)
+
+
+class NotFound(KeybrokerError):
+    title = "Not found"
+    status = 404
+
+
+class Conflict(KeybrokerError):
+    title = "Conflict"
+    status = 409
+
+
+class Unauthenticated(KeybrokerError):
+    title = "Unauthenticated"
+    status = 401
+
+
+class Forbidden(KeybrokerError):
+    title = "Forbidden"
+    status = 403
+
+
+class Sealed(KeybrokerError):
+    title = "Service sealed"
+    status = 503
+
+
+class BackendUnavailable(KeybrokerError):
+    title = "Backend unavailable"
+    status = 503
+
+
+class UnsupportedMediaType(KeybrokerError):
+    title = "Unsupported media type"
+    status = 415
+
+
+class PayloadTooLarge(KeybrokerError):
+    title = "Payload too large"
+    status = 413
+
+
+# --- evidence ---------------------------------------------------------------------------
+
+
+class EvidenceError(KeybrokerError):
+    """Base for evidence problems: parsing or verification failed."""
+
+    title = "Evidence rejected"
+    status = 400
+
+
+class EvidenceParseError(EvidenceError):
+    """The evidence bytes are not a well-formed structure (length, reserved bytes, version)."""
+
+    title = "Malformed evidence"
+
+    def __init__(self, detail: str, *, field: str | None = None, offset: int | None = None) -> None:
+        super().__init__(detail)
+        self.field = field
+        self.offset = offset
+        if field is not None:
+            self.extra["field"] = field
+        if offset is not None:
+            self.extra["offset"] = offset
+
+
+class VerificationError(EvidenceError):
+    """A cryptographic or collateral check failed. ``check`` names the failed step."""
+
+    title = "Evidence verification failed"
+
+    def __init__(self, detail: str, *, check: str) -> None:
+        super().__init__(detail, check=check)
+        self.check = check
+
+
+class CollateralError(KeybrokerError):
+    """Collateral is missing, malformed or does not fit the evidence."""
+
+    title = "Collateral problem"
+    status = 400
+
+
+class CollateralNotFound(CollateralError, NotFound):
+    title = "No cached collateral"
+    status = 404
+
+
+class PolicyDenied(KeybrokerError):
+    """Appraisal denied the request; ``reasons`` list each failed clause."""
+
+    title = "Denied by policy"
+    status = 403
+
+    def __init__(self, detail: str, *, reasons: Sequence[str]) -> None:
+        super().__init__(detail, reasons=list(reasons))
+        self.reasons = list(reasons)
