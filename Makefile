@@ -1,0 +1,44 @@
+# The two set-up commands: `make run` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+DATA_DIR ?= ./data
+LISTEN ?= 127.0.0.1:9443
+
+.PHONY: run test lint typecheck unit bench venv system-deps clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+## Start the service on embedded defaults (SQLite, built-in key store, dev auto-unseal, HTTPS).
+run: venv
+	$(BIN)/keybroker serve --dev --data-dir $(DATA_DIR) --listen $(LISTEN)
+
+system-deps:
+	./scripts/install-system-deps.sh
+
+lint: venv
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+
+typecheck: venv
+	$(BIN)/mypy
+
+unit: venv
+	$(BIN)/pytest -q
+
+## Everything: lint, type checks and the whole suite (installs what it needs first).
+test: venv system-deps lint typecheck unit
+
+bench: venv
+	$(BIN)/python bench/verify.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Debian packages the test suite needs. Installs only what is missing, and only when root;
+# otherwise it says what to install and the tests that need it are skipped.
+set -euo pipefail
+
+need=()
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
+
+if [ ${#need[@]} -eq 0 ]; then
+  exit 0
+fi
+if [ "$(id -u)" -ne 0 ]; then
+  echo "install-system-deps: not root; missing Debian packages: ${need[*]} (tests needing them will be skipped)" >&2
+  exit 0
+fi
+echo "install-system-deps: installing ${need[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null

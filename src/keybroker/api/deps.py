@@ -1,0 +1,52 @@
+"""Request dependencies: the services container and declared permissions."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from fastapi import Depends, Request
+
+from keybroker.api.services import Services
+from keybroker.auth.tokens import Principal
+from keybroker.errors import Forbidden, Unauthenticated
+from keybroker.keys.service import Caller
+
+
+def services(request: Request) -> Services:
+    svc: Services = request.app.state.services
+    return svc
+
+
+def bearer(request: Request) -> str | None:
+    header = request.headers.get("authorization")
+    if header is None:
+        return None
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthenticated("the Authorization header must be 'Bearer <token>'")
+    return token.strip()
+
+
+def principal(request: Request, svc: Services = Depends(services)) -> Principal:
+    token = bearer(request)
+    if token is None:
+        raise Unauthenticated("this endpoint needs a bearer token (Authorization: Bearer <token>)")
+    p = svc.tokens.verify(token)
+    request.state.principal = p
+    return p
+
+
+def require(permission: str) -> Callable[..., Caller]:
+    """A dependency that admits callers whose token grants ``permission`` (403 otherwise)."""
+
+    def check(request: Request, p: Principal = Depends(principal)) -> Caller:
+        if not p.allows(permission):
+            raise Forbidden(f"the token lacks the permission {permission}", permission=permission)
+        return Caller(actor=actor_of(p))
+
+    check.__name__ = f"require_{permission.replace(':', '_').replace('*', 'all')}"
+    return check
+
+
+def actor_of(p: Principal) -> str:
+    return f"token:{p.subject}" + (f"#{p.token_id}" if p.token_id else "")

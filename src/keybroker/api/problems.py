@@ -1,0 +1,83 @@
+"""The one place where errors become HTTP responses: RFC 9457 ``application/problem+json``."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from keybroker.errors import KeybrokerError
+
+log = logging.getLogger("keybroker.api")
+
+PROBLEM_JSON = "application/problem+json"
+
+
+def _slug(title: str) -> str:
+    return title.lower().replace(" ", "-")
+
+
+def problem(
+    status: int, title: str, detail: str, request: Request | None = None, **extra: Any
+) -> JSONResponse:
+    body: dict[str, Any] = {
+        "type": f"urn:keybroker:problem:{_slug(title)}",
+        "title": title,
+        "status": status,
+        "detail": detail,
+    }
+    if request is not None:
+        body["instance"] = request.url.path
+        request.state.problem_detail = detail
+    body.update(extra)
+    headers = {"WWW-Authenticate": 'Bearer realm="keybroker"'} if status == 401 else None
+    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+def _loc(loc: tuple[int | str, ...]) -> str:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    return ".".join(parts) or "body"
+
+
+def validation_detail(exc: RequestValidationError) -> tuple[str, str, list[dict[str, str]]]:
+    errors = []
+    for err in exc.errors():
+        field = _loc(tuple(err.get("loc", ())))
+        if err.get("type") == "json_invalid":
+            field = "body"
+            msg = "the request body is not valid JSON"
+        elif err.get("type") == "extra_forbidden":
+            msg = "unknown field"
+        else:
+            msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
+        errors.append({"field": field, "message": msg})
+    first = errors[0] if errors else {"field": "body", "message": "invalid request"}
+    return first["field"], f"{first['field']}: {first['message']}", errors
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(KeybrokerError)
+    async def _domain(request: Request, exc: KeybrokerError) -> JSONResponse:
+        if exc.status >= 500:
+            log.error("request failed: %s %s: %s", request.method, request.url.path, exc.diagnostics())
+        return problem(exc.status, exc.title, exc.detail, request, **exc.extra)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        field, detail, errors = validation_detail(exc)
+        return problem(400, "Invalid input", detail, request, field=field, errors=errors)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        titles = {404: "Not found", 405: "Method not allowed", 401: "Unauthenticated", 403: "Forbidden"}
+        return problem(exc.status_code, titles.get(exc.status_code, "Error"), str(exc.detail), request)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # Never echo the exception: it might hold anything. The log has the type only.
+        log.error("unexpected %s on %s %s", type(exc).__name__, request.method, request.url.path)
+        return problem(500, "Internal error", "the server failed to handle this request", request)

@@ -1,0 +1,44 @@
+"""Liveness, readiness and Prometheus metrics."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import text
+
+from keybroker.api.deps import services
+from keybroker.api.services import Services
+from keybroker.errors import BackendUnavailable, Sealed
+
+router = APIRouter(tags=["health"])
+Svc = Annotated[Services, Depends(services)]
+
+
+@router.get("/healthz")
+def healthz() -> dict[str, str]:
+    """The process is up."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+def readyz(svc: Svc) -> dict[str, str]:
+    """Ready to serve keys: database reachable and key store unsealed."""
+    try:
+        with svc.db.session() as s:
+            s.execute(text("SELECT 1"))
+    except Exception as exc:  # noqa: BLE001 - any database failure means not ready
+        raise BackendUnavailable(f"the database is unreachable ({type(exc).__name__})") from None
+    st = svc.barrier.status()
+    if not st.initialized:
+        raise Sealed("the key store is not initialized: run 'keybroker operator init'")
+    if st.sealed:
+        raise Sealed(f"the key store is sealed ({st.progress}/{st.threshold} unseal shares given)")
+    svc.keystore.health()
+    return {"status": "ready"}
+
+
+@router.get("/metrics", include_in_schema=False)
+def metrics(request: Request) -> Response:
+    return Response(generate_latest(request.app.state.metrics_registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,279 @@
+"""Admin API compatible with the Intel SecL KBS (``/kbs/v1``): keys, transfer policies, audit."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
+
+from keybroker import __version__
+from keybroker.api.deps import actor_of, principal, require, services
+from keybroker.api.services import Services
+from keybroker.audit import log as audit
+from keybroker.auth.tokens import Principal
+from keybroker.errors import Forbidden
+from keybroker.keys.policy import TransferPolicyBody
+from keybroker.keys.service import Caller, CertificateRequest, CreateKeyRequest
+from keybroker.store.models import Certificate, Key, TransferPolicy
+
+router = APIRouter(prefix="/kbs/v1")
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class KeyInformationIn(_In):
+    algorithm: str = Field(min_length=1, max_length=16, examples=["RSA"])
+    key_length: StrictInt | None = Field(default=None, examples=[3072])
+    curve_type: str | None = Field(default=None, max_length=32, examples=["secp384r1"])
+    #: Import: PEM private key (RSA/EC) or base64 (AES).
+    key_string: str | None = Field(default=None, max_length=64 * 1024)
+    #: Register a key that already lives in an external key manager.
+    kmip_key_id: str | None = Field(default=None, min_length=1, max_length=512)
+
+
+class KeyCreateIn(_In):
+    key_information: KeyInformationIn
+    label: str | None = Field(default=None, max_length=256)
+    usage: str | None = Field(default=None, max_length=256)
+    transfer_policy_id: str | None = Field(default=None, max_length=64)
+
+
+class KeyInformationOut(BaseModel):
+    id: str
+    algorithm: str
+    key_length: int | None
+    curve_type: str | None
+    kmip_key_id: str | None
+    public_key: str | None = Field(description="PEM SubjectPublicKeyInfo (RSA and EC keys)")
+
+
+class KeyOut(BaseModel):
+    key_information: KeyInformationOut
+    transfer_policy_id: str | None
+    transfer_link: str
+    created_at: datetime
+    label: str | None
+    usage: str | None
+
+
+class PolicyOut(TransferPolicyBody):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    id: str
+    created_at: datetime
+    updated_at: datetime
+
+
+class CertificateIn(_In):
+    common_name: str = Field(min_length=1, max_length=64, examples=["nginx.example.com"])
+    sans: list[Annotated[str, Field(min_length=1, max_length=253)]] = Field(
+        default_factory=list, max_length=100
+    )
+    validity_days: StrictInt = Field(default=365, ge=1, le=3650)
+    self_signed: StrictBool = False
+
+
+class CertificateOut(BaseModel):
+    key_id: str
+    serial: str
+    not_after: datetime
+    certificate: str = Field(description="PEM certificate followed by the issuing CA, if any")
+
+
+class VersionOut(BaseModel):
+    name: str
+    version: str
+
+
+def _key_out(request: Request, row: Key) -> KeyOut:
+    return KeyOut(
+        key_information=KeyInformationOut(
+            id=row.id,
+            algorithm=row.algorithm,
+            key_length=row.key_length,
+            curve_type=row.curve_type,
+            kmip_key_id=row.backend_ref if row.keystore != "builtin" else None,
+            public_key=row.public_key_pem,
+        ),
+        transfer_policy_id=row.transfer_policy_id,
+        transfer_link=str(request.base_url).rstrip("/") + f"/kbs/v1/keys/{row.id}/transfer",
+        created_at=row.created_at,
+        label=row.label,
+        usage=row.usage,
+    )
+
+
+def _policy_out(row: TransferPolicy) -> PolicyOut:
+    return PolicyOut(**row.body, id=row.id, created_at=row.created_at, updated_at=row.updated_at)
+
+
+Svc = Annotated[Services, Depends(services)]
+
+
+@router.get("/version", response_model=VersionOut, tags=["meta"])
+def version() -> VersionOut:
+    return VersionOut(name="keybroker", version=__version__)
+
+
+# --- keys ------------------------------------------------------------------------------------
+
+
+@router.post("/keys", status_code=201, response_model=KeyOut, tags=["keys"])
+def create_key(request: Request, body: KeyCreateIn, svc: Svc, p: Principal = Depends(principal)) -> KeyOut:
+    """Generate a key (``keys:create``), or import one (``key_string``) or register an external one
+    (``kmip_key_id``), both ``keys:register`` as in Intel SecL."""
+    info = body.key_information
+    needed = "keys:register" if info.key_string is not None or info.kmip_key_id is not None else "keys:create"
+    if not p.allows(needed):
+        raise Forbidden(f"the token lacks the permission {needed}", permission=needed)
+    caller = Caller(actor_of(p))
+    row = svc.keys.create_key(
+        caller,
+        CreateKeyRequest(
+            algorithm=info.algorithm,
+            key_length=info.key_length,
+            curve_type=info.curve_type,
+            key_string=info.key_string,
+            kmip_key_id=info.kmip_key_id,
+            label=body.label,
+            usage=body.usage,
+            transfer_policy_id=body.transfer_policy_id,
+        ),
+    )
+    return _key_out(request, row)
+
+
+@router.get("/keys", response_model=list[KeyOut], tags=["keys"])
+def search_keys(
+    request: Request,
+    svc: Svc,
+    caller: Caller = Depends(require("keys:search")),
+    algorithm: str | None = Query(default=None, max_length=16),
+    key_length: int | None = Query(default=None, alias="keyLength", ge=1, le=16384),
+    curve_type: str | None = Query(default=None, alias="curveType", max_length=32),
+    transfer_policy_id: str | None = Query(default=None, alias="transferPolicyId", max_length=64),
+) -> list[KeyOut]:
+    rows = svc.keys.list_keys(
+        caller,
+        {
+            "algorithm": algorithm,
+            "key_length": key_length,
+            "curve_type": curve_type,
+            "transfer_policy_id": transfer_policy_id,
+        },
+    )
+    return [_key_out(request, r) for r in rows]
+
+
+@router.get("/keys/{key_id}", response_model=KeyOut, tags=["keys"])
+def retrieve_key(
+    request: Request, key_id: str, svc: Svc, caller: Caller = Depends(require("keys:retrieve"))
+) -> KeyOut:
+    return _key_out(request, svc.keys.get_key(caller, key_id))
+
+
+@router.delete("/keys/{key_id}", status_code=204, tags=["keys"])
+def delete_key(key_id: str, svc: Svc, caller: Caller = Depends(require("keys:delete"))) -> Response:
+    svc.keys.delete_key(caller, key_id)
+    return Response(status_code=204)
+
+
+@router.post("/keys/{key_id}/certificate", status_code=201, response_model=CertificateOut, tags=["keys"])
+def certify_key(
+    key_id: str, body: CertificateIn, svc: Svc, caller: Caller = Depends(require("keys:certify"))
+) -> CertificateOut:
+    """Issue an X.509 certificate for an RSA/EC key, signed by the service CA or self-signed."""
+    crow = svc.keys.certify(
+        caller,
+        key_id,
+        CertificateRequest(body.common_name, list(body.sans), body.validity_days, body.self_signed),
+    )
+    return _cert_out(svc, crow)
+
+
+@router.get("/keys/{key_id}/certificate", response_model=CertificateOut, tags=["keys"])
+def get_certificate(
+    key_id: str, svc: Svc, caller: Caller = Depends(require("keys:retrieve"))
+) -> CertificateOut:
+    return _cert_out(svc, svc.keys.get_certificate(caller, key_id))
+
+
+def _cert_out(svc: Services, crow: Certificate) -> CertificateOut:
+    return CertificateOut(
+        key_id=crow.key_id,
+        serial=crow.serial,
+        not_after=crow.not_after,
+        certificate=svc.keys.certificate_chain_pem(crow),
+    )
+
+
+# --- key-transfer policies ------------------------------------------------------------------------
+
+
+@router.post("/key-transfer-policies", status_code=201, response_model=PolicyOut, tags=["policies"])
+def create_policy(
+    body: TransferPolicyBody, svc: Svc, caller: Caller = Depends(require("key_transfer_policies:create"))
+) -> PolicyOut:
+    return _policy_out(svc.keys.create_policy(caller, body))
+
+
+@router.get("/key-transfer-policies", response_model=list[PolicyOut], tags=["policies"])
+def search_policies(
+    svc: Svc, caller: Caller = Depends(require("key_transfer_policies:search"))
+) -> list[PolicyOut]:
+    return [_policy_out(r) for r in svc.keys.list_policies(caller)]
+
+
+@router.get("/key-transfer-policies/{policy_id}", response_model=PolicyOut, tags=["policies"])
+def retrieve_policy(
+    policy_id: str, svc: Svc, caller: Caller = Depends(require("key_transfer_policies:retrieve"))
+) -> PolicyOut:
+    return _policy_out(svc.keys.get_policy(caller, policy_id))
+
+
+@router.put("/key-transfer-policies/{policy_id}", response_model=PolicyOut, tags=["policies"])
+def update_policy(
+    policy_id: str,
+    body: TransferPolicyBody,
+    svc: Svc,
+    caller: Caller = Depends(require("key_transfer_policies:update")),
+) -> PolicyOut:
+    return _policy_out(svc.keys.update_policy(caller, policy_id, body))
+
+
+@router.delete("/key-transfer-policies/{policy_id}", status_code=204, tags=["policies"])
+def delete_policy(
+    policy_id: str, svc: Svc, caller: Caller = Depends(require("key_transfer_policies:delete"))
+) -> Response:
+    svc.keys.delete_policy(caller, policy_id)
+    return Response(status_code=204)
+
+
+# --- audit -------------------------------------------------------------------------------------------
+
+
+class AuditRecordOut(BaseModel):
+    seq: int
+    time: str
+    actor: str
+    action: str
+    object_id: str | None
+    outcome: str
+    reason: str | None
+    details: dict[str, Any] | None
+    prev_hash: str
+    hash: str
+
+
+@router.get("/audit", response_model=list[AuditRecordOut], tags=["audit"])
+def read_audit(
+    svc: Svc,
+    caller: Caller = Depends(require("audit:read")),
+    after: int = Query(default=0, ge=0, description="return records with seq greater than this"),
+    limit: int = Query(default=100, ge=1, le=1000),
+) -> list[AuditRecordOut]:
+    with svc.db.session() as s:
+        return [AuditRecordOut(**audit.to_dict(r)) for r in audit.iter_records(s, after=after, limit=limit)]

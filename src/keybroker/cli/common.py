@@ -1,0 +1,71 @@
+"""Shared CLI plumbing: error to exit code mapping, console, server connection."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NoReturn, ParamSpec, TypeVar
+
+import httpx
+import typer
+from rich.console import Console
+
+from keybroker.errors import InvalidInput, KeybrokerError
+
+console = Console()
+err_console = Console(stderr=True)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+
+
+def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
+    err_console.print(f"[red]error:[/red] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
+    """Domain errors become a one-line message and an exit code, never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except InvalidInput as exc:
+            fail(exc.diagnostics(), EXIT_USAGE)
+        except KeybrokerError as exc:
+            fail(exc.diagnostics(), EXIT_FAILED)
+        except httpx.TransportError as exc:
+            fail(f"cannot reach the server: {exc}", EXIT_UNREACHABLE)
+
+    return wrapper
+
+
+class ServerClient:
+    """A small client for the operator commands (HTTPS pinned to the service CA by default)."""
+
+    def __init__(self, url: str, ca_file: Path | None, token: str | None = None) -> None:
+        verify: Any = str(ca_file) if ca_file is not None else True
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._client = httpx.Client(base_url=url, verify=verify, headers=headers, timeout=30.0)
+
+    def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        resp = self._client.request(method, path, json=body)
+        try:
+            data = resp.json()
+        except json.JSONDecodeError:
+            data = {"detail": resp.text[:200]}
+        if resp.status_code >= 400:
+            detail = data.get("detail", resp.reason_phrase) if isinstance(data, dict) else resp.reason_phrase
+            code = EXIT_USAGE if resp.status_code in (400, 422) else EXIT_FAILED
+            fail(f"{resp.status_code} {detail}", code)
+        return data if isinstance(data, dict) else {"items": data}
+
+
+def read_stdin_line() -> str:
+    return sys.stdin.readline().strip()

@@ -1,0 +1,325 @@
+"""``keybroker``: the server, operator and admin command line."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.table import Table
+
+from keybroker import __version__
+from keybroker.cli.common import (
+    EXIT_FAILED,
+    EXIT_USAGE,
+    ServerClient,
+    console,
+    err_console,
+    fail,
+    handle_errors,
+)
+from keybroker.config import Settings, load_settings
+
+app = typer.Typer(
+    name="keybroker",
+    help="Key Broker Service and Attestation Service for confidential computing.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+operator_app = typer.Typer(help="Initialize, unseal and seal the key store.", no_args_is_help=True)
+token_app = typer.Typer(help="Mint bearer tokens (needs read access to the data dir).", no_args_is_help=True)
+audit_app = typer.Typer(help="Read and verify the hash-chained audit log.", no_args_is_help=True)
+app.add_typer(operator_app, name="operator")
+app.add_typer(token_app, name="token")
+app.add_typer(audit_app, name="audit")
+
+ConfigOpt = Annotated[
+    Path | None, typer.Option("--config", help="TOML config file", envvar="KEYBROKER_CONFIG")
+]  # noqa: UP045
+DataDirOpt = Annotated[Optional[Path], typer.Option("--data-dir", help="data directory [default: ./data]")]  # noqa: UP045
+DatabaseOpt = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option(
+        "--database",
+        help="SQLAlchemy URL, e.g. postgresql+psycopg://user@host/db [default: SQLite in the data dir]",
+    ),
+]
+ServerOpt = Annotated[str, typer.Option("--server", envvar="KEYBROKER_ADDR", help="the service's URL")]
+CaOpt = Annotated[
+    Optional[Path],  # noqa: UP045
+    typer.Option("--ca-file", help="CA to trust for HTTPS [default: <data-dir>/ca/ca.pem]"),
+]
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"keybroker {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="print the version")
+    ] = False,
+) -> None:
+    """keybroker."""
+
+
+def _settings(config: Path | None, data_dir: Path | None, database: str | None, **extra: Any) -> Settings:
+    return load_settings(config, None, data_dir=data_dir, database=database, **extra)
+
+
+# --- serve ----------------------------------------------------------------------------------------
+
+
+@app.command()
+@handle_errors
+def serve(
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+    listen: Annotated[
+        str | None, typer.Option("--listen", help="HOST:PORT [default: 127.0.0.1:9443]")
+    ] = None,  # noqa: UP045
+    database: DatabaseOpt = None,
+    insecure_http: Annotated[
+        Optional[bool], typer.Option("--insecure-http", help="plain HTTP, loopback only (testing)")  # noqa: UP045
+    ] = None,
+    dev: Annotated[
+        bool | None,
+        typer.Option("--dev", help="development mode: auto-unseal from a key file; never for real keys"),  # noqa: UP045
+    ] = None,
+    log_format: Annotated[Optional[str], typer.Option("--log-format", help="text or json")] = None,  # noqa: UP045
+) -> None:
+    """Run the service (HTTPS by default, with a local CA created in the data dir on first start)."""
+    import uvicorn
+
+    from keybroker import logs
+    from keybroker.api.app import create_app
+    from keybroker.api.services import Services
+    from keybroker.serviceca import load_or_create_server_cert
+
+    settings = _settings(
+        config, data_dir, database, listen=listen, insecure_http=insecure_http, dev=dev, log_format=log_format
+    )
+    logs.configure(settings.log_format, settings.log_level)
+    host = settings.host
+    if settings.insecure_http:
+        try:
+            loopback = ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = host == "localhost"
+        if not loopback:
+            fail(
+                f"--insecure-http serves plain HTTP on loopback only; {host} is not a loopback address",
+                EXIT_USAGE,
+            )
+    services = Services.build(settings)
+    application = create_app(services)
+    ssl: dict[str, str] = {}
+    scheme = "http"
+    if not settings.insecure_http:
+        names = sorted({"localhost", "127.0.0.1", "::1", host} - {"0.0.0.0", "::"})  # noqa: S104
+        cert, key = load_or_create_server_cert(settings.data_dir, services.ca, names)
+        ssl = {"ssl_certfile": str(cert), "ssl_keyfile": str(key)}
+        scheme = "https"
+        typer.echo(f"service CA: {services.ca.cert_path}", err=True)
+        typer.echo(f"service CA SHA-384 fingerprint: {services.ca.fingerprint_sha384}", err=True)
+    else:
+        err_console.print(
+            "[yellow]WARNING: --insecure-http: serving plain HTTP; tokens and keys cross unencrypted[/yellow]"
+        )
+    st = services.barrier.status()
+    state = "not initialized" if not st.initialized else ("sealed" if st.sealed else "unsealed")
+    err_console.print(
+        f"keybroker {__version__} listening on {scheme}://{settings.listen} (key store {state})"
+    )
+    uvicorn.run(application, host=host, port=settings.port, log_config=None, access_log=False, **ssl)  # type: ignore[arg-type]
+
+
+# --- operator -------------------------------------------------------------------------------------
+
+
+def _client(
+    server: str, ca_file: Path | None, data_dir: Path | None, token: str | None = None
+) -> ServerClient:
+    if server.startswith("https://") and ca_file is None:
+        candidate = (data_dir or Path("data")) / "ca" / "ca.pem"
+        ca_file = candidate if candidate.exists() else None
+    return ServerClient(server, ca_file, token)
+
+
+DEFAULT_SERVER = "https://127.0.0.1:9443"
+
+
+@operator_app.command("init")
+@handle_errors
+def operator_init(
+    shares: Annotated[int, typer.Option(min=1, max=255, help="number of unseal shares")] = 5,
+    threshold: Annotated[int, typer.Option(min=1, max=255, help="shares needed to unseal")] = 3,
+    server: ServerOpt = DEFAULT_SERVER,
+    ca_file: CaOpt = None,
+    data_dir: DataDirOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Initialize the key store: prints the unseal shares and a first admin token, once."""
+    if threshold > shares:
+        fail(f"--threshold {threshold} is larger than --shares {shares}", EXIT_USAGE)
+    out = _client(server, ca_file, data_dir).call(
+        "POST", "/sys/v1/init", {"shares": shares, "threshold": threshold}
+    )
+    if as_json:
+        console.print_json(json.dumps(out))
+        return
+    for i, share in enumerate(out["unseal_shares"], 1):
+        console.print(f"Unseal share {i}: {share}", highlight=False)
+    console.print(f"\nInitial admin token (*:*, 24 h): {out['admin_token']}", highlight=False)
+    console.print(
+        f"\nThe key store is sealed. Unseal it with {out['threshold']} shares: 'keybroker operator unseal' once per share."
+        "\nThese shares and the token are shown only now: store them apart, with different people."
+    )
+
+
+@operator_app.command("unseal")
+@handle_errors
+def operator_unseal(
+    share: Annotated[
+        str | None, typer.Argument(help="one unseal share; read from stdin when omitted")
+    ] = None,  # noqa: UP045
+    server: ServerOpt = DEFAULT_SERVER,
+    ca_file: CaOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Give one unseal share."""
+    if share is None:
+        if os.isatty(0):
+            share = typer.prompt("Unseal share", hide_input=True)
+        else:
+            share = input().strip()
+    out = _client(server, ca_file, data_dir).call("POST", "/sys/v1/unseal", {"key": share})
+    if out["sealed"]:
+        console.print(f"sealed: {out['progress']}/{out['threshold']} shares given")
+    else:
+        console.print("unsealed")
+
+
+@operator_app.command("seal")
+@handle_errors
+def operator_seal(
+    token: Annotated[str, typer.Option(envvar="KEYBROKER_TOKEN", help="a token with sys:seal")],
+    server: ServerOpt = DEFAULT_SERVER,
+    ca_file: CaOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Seal the key store now (drops the root key from memory)."""
+    _client(server, ca_file, data_dir, token).call("POST", "/sys/v1/seal")
+    console.print("sealed")
+
+
+@operator_app.command("status")
+@handle_errors
+def operator_status(
+    server: ServerOpt = DEFAULT_SERVER,
+    ca_file: CaOpt = None,
+    data_dir: DataDirOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Show whether the key store is initialized and sealed. Exit 0 unsealed, 1 sealed."""
+    out = _client(server, ca_file, data_dir).call("GET", "/sys/v1/seal-status")
+    if as_json:
+        console.print_json(json.dumps(out))
+    else:
+        for k, v in out.items():
+            console.print(f"{k:12} {v}", highlight=False)
+    if out["sealed"]:
+        raise typer.Exit(EXIT_FAILED)
+
+
+# --- tokens ---------------------------------------------------------------------------------------
+
+
+@token_app.command("create")
+@handle_errors
+def token_create(
+    permissions: Annotated[
+        str, typer.Option("--permissions", help="comma-separated, e.g. keys:create,keys:search or *:*")
+    ],
+    subject: Annotated[str, typer.Option("--subject", help="who the token is for")] = "admin",
+    ttl: Annotated[str, typer.Option("--ttl", help="lifetime: 30m, 1h, 7d")] = "1h",
+    client_permissions: Annotated[
+        str, typer.Option("--client-permissions", help="workload labels, e.g. nginx,USA")
+    ] = "",
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Mint a token signed with the service's key (local operator access to the data dir)."""
+    from keybroker.api.services import TOKEN_KEY_FILE
+    from keybroker.auth.tokens import TokenService, load_signing_key, parse_ttl
+
+    settings = _settings(config, data_dir, None)
+    perms = [p.strip() for p in permissions.split(",") if p.strip()]
+    cperms = [p.strip() for p in client_permissions.split(",") if p.strip()]
+    service = TokenService(load_signing_key(settings.data_dir / TOKEN_KEY_FILE))
+    typer.echo(service.mint(subject, perms, ttl=parse_ttl(ttl), client_permissions=cperms))
+
+
+# --- audit ----------------------------------------------------------------------------------------
+
+
+@audit_app.command("list")
+@handle_errors
+def audit_list(
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+    database: DatabaseOpt = None,
+    after: Annotated[int, typer.Option(min=0, help="show records after this sequence number")] = 0,
+    limit: Annotated[int, typer.Option(min=1, help="at most this many records")] = 1000,
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON object per line")] = False,
+) -> None:
+    """List audit records."""
+    from keybroker.audit import log as audit
+    from keybroker.store.db import Database
+
+    db = Database(_settings(config, data_dir, database).database_url)
+    with db.session() as s:
+        rows = [audit.to_dict(r) for r in audit.iter_records(s, after=after, limit=limit)]
+    if as_json:
+        for r in rows:
+            typer.echo(json.dumps(r))
+        return
+    table = Table("seq", "time", "actor", "action", "object", "outcome", "reason", expand=True)
+    for r in rows:
+        table.add_row(
+            str(r["seq"]),
+            r["time"],
+            r["actor"],
+            r["action"],
+            r["object_id"] or "",
+            r["outcome"],
+            r["reason"] or "",
+        )
+    console.print(table)
+
+
+@audit_app.command("verify")
+@handle_errors
+def audit_verify(config: ConfigOpt = None, data_dir: DataDirOpt = None, database: DatabaseOpt = None) -> None:
+    """Recompute the hash chain. Exit 0 intact; 1 naming the first bad record."""
+    from keybroker.audit import log as audit
+    from keybroker.store.db import Database
+
+    db = Database(_settings(config, data_dir, database).database_url)
+    with db.session() as s:
+        result = audit.verify_chain(s)
+    if result.ok:
+        console.print(f"audit chain intact: {result.records} records")
+        return
+    fail(f"audit chain broken at record {result.bad_seq}: {result.problem}", EXIT_FAILED)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -1,0 +1,116 @@
+"""Service configuration: defaults < TOML file < ``KEYBROKER_*`` environment < command-line flags."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from keybroker.errors import InvalidInput
+
+DEFAULT_PORT = 9443
+
+
+class TrustSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    #: Extra root CAs for evidence (the dev TEE simulator). Empty: only Intel's pinned root.
+    dev_roots: list[Path] = Field(default_factory=list)
+
+
+class Settings(BaseModel):
+    """Everything ``keybroker serve`` and the local operator commands need."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data_dir: Path = Path("./data")
+    listen: str = f"127.0.0.1:{DEFAULT_PORT}"
+    #: SQLAlchemy URL. None: SQLite (WAL) at ``<data_dir>/keybroker.db``.
+    database: str | None = None
+    insecure_http: bool = False
+    #: Development mode: auto-unseal from a key file in the data dir, dev PKI for the simulator.
+    dev: bool = False
+    log_format: Literal["text", "json"] = "text"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    #: Lifetime of /kbs/v1 and /kbs/v0 nonces and sessions, seconds.
+    nonce_ttl_seconds: int = Field(default=300, ge=10, le=3600)
+    trust: TrustSettings = Field(default_factory=TrustSettings)
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, value: str) -> str:
+        parse_listen(value)
+        return value
+
+    @property
+    def database_url(self) -> str:
+        if self.database:
+            return self.database
+        return f"sqlite:///{(self.data_dir / 'keybroker.db').resolve()}"
+
+    @property
+    def host(self) -> str:
+        return parse_listen(self.listen)[0]
+
+    @property
+    def port(self) -> int:
+        return parse_listen(self.listen)[1]
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """Split ``HOST:PORT`` (``[::1]:9443`` for IPv6)."""
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not host or not port_text.isdigit():
+        raise ValueError(f"listen address {value!r} is not HOST:PORT")
+    port = int(port_text)
+    if not 0 < port < 65536:
+        raise ValueError(f"port {port} is out of range 1-65535")
+    return host.strip("[]"), port
+
+
+_ENV_PREFIX = "KEYBROKER_"
+_ENV_KEYS = {
+    "DATA_DIR": "data_dir",
+    "LISTEN": "listen",
+    "DATABASE": "database",
+    "INSECURE_HTTP": "insecure_http",
+    "DEV": "dev",
+    "LOG_FORMAT": "log_format",
+    "LOG_LEVEL": "log_level",
+    "NONCE_TTL_SECONDS": "nonce_ttl_seconds",
+}
+
+
+def load_settings(
+    config_file: Path | None = None,
+    environ: dict[str, str] | None = None,
+    **overrides: Any,
+) -> Settings:
+    """Merge the sources in order; ``overrides`` with value None are ignored."""
+    env = os.environ if environ is None else environ
+    merged: dict[str, Any] = {}
+    if config_file is None and env.get(_ENV_PREFIX + "CONFIG"):
+        config_file = Path(env[_ENV_PREFIX + "CONFIG"])
+    if config_file is not None:
+        try:
+            merged.update(tomllib.loads(config_file.read_text()))
+        except FileNotFoundError as exc:
+            raise InvalidInput(f"config file {config_file} does not exist", field="config") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise InvalidInput(f"config file {config_file} is not valid TOML: {exc}", field="config") from exc
+    for suffix, key in _ENV_KEYS.items():
+        if (_ENV_PREFIX + suffix) in env:
+            merged[key] = env[_ENV_PREFIX + suffix]
+    if _ENV_PREFIX + "TRUST_DEV_ROOTS" in env:
+        roots = [p for p in env[_ENV_PREFIX + "TRUST_DEV_ROOTS"].split(os.pathsep) if p]
+        merged.setdefault("trust", {})["dev_roots"] = roots
+    merged.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return Settings.model_validate(merged)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise InvalidInput(f"configuration {where}: {first['msg']}", field=where) from exc

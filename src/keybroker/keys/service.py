@@ -1,0 +1,326 @@
+"""Application services for keys, transfer policies and certificates.
+
+Each public method is one database transaction that also appends its audit record, so a change and
+its audit record land together or not at all.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from sqlalchemy import select
+
+from keybroker.audit import log as audit
+from keybroker.errors import Conflict, InvalidInput, NotFound
+from keybroker.keys import material as km
+from keybroker.keys.certs import issue_leaf
+from keybroker.keys.policy import TransferPolicyBody
+from keybroker.keystores.base import KeyStore
+from keybroker.serviceca import ServiceCA
+from keybroker.store.db import Database
+from keybroker.store.models import Certificate, Key, TransferPolicy
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is acting, for the audit log."""
+
+    actor: str
+
+
+@dataclass(frozen=True)
+class CreateKeyRequest:
+    algorithm: str
+    key_length: int | None
+    curve_type: str | None
+    key_string: str | None
+    kmip_key_id: str | None
+    label: str | None
+    usage: str | None
+    transfer_policy_id: str | None
+
+
+@dataclass(frozen=True)
+class CertificateRequest:
+    common_name: str
+    sans: list[str]
+    validity_days: int
+    self_signed: bool
+
+
+def _utc(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _check_uuid(value: str, what: str) -> str:
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        raise NotFound(f"{what} {value!r} does not exist (not a UUID)") from None
+
+
+class KeyService:
+    def __init__(self, db: Database, keystore: KeyStore, ca: ServiceCA) -> None:
+        self._db = db
+        self._keystore = keystore
+        self._ca = ca
+
+    # --- transfer policies ---------------------------------------------------------------
+
+    def create_policy(self, caller: Caller, body: TransferPolicyBody) -> TransferPolicy:
+        now = datetime.now(UTC)
+        row = TransferPolicy(
+            id=str(uuid.uuid4()), body=body.model_dump(mode="json"), created_at=now, updated_at=now
+        )
+        with self._db.session() as s:
+            s.add(row)
+            audit.append(s, actor=caller.actor, action="policy.create", object_id=row.id, outcome="success")
+        return row
+
+    def get_policy(self, caller: Caller, policy_id: str) -> TransferPolicy:
+        policy_id = _check_uuid(policy_id, "key-transfer policy")
+        with self._db.session() as s:
+            row = s.get(TransferPolicy, policy_id)
+            if row is None:
+                raise NotFound(f"key-transfer policy {policy_id} does not exist")
+            audit.append(
+                s, actor=caller.actor, action="policy.retrieve", object_id=policy_id, outcome="success"
+            )
+            return row
+
+    def list_policies(self, caller: Caller) -> list[TransferPolicy]:
+        with self._db.session() as s:
+            rows = list(s.scalars(select(TransferPolicy).order_by(TransferPolicy.created_at)))
+            audit.append(
+                s, actor=caller.actor, action="policy.search", outcome="success", details={"count": len(rows)}
+            )
+            return rows
+
+    def update_policy(self, caller: Caller, policy_id: str, body: TransferPolicyBody) -> TransferPolicy:
+        policy_id = _check_uuid(policy_id, "key-transfer policy")
+        with self._db.session() as s:
+            row = s.get(TransferPolicy, policy_id, with_for_update=True)
+            if row is None:
+                raise NotFound(f"key-transfer policy {policy_id} does not exist")
+            row.body = body.model_dump(mode="json")
+            row.updated_at = datetime.now(UTC)
+            audit.append(
+                s, actor=caller.actor, action="policy.update", object_id=policy_id, outcome="success"
+            )
+            return row
+
+    def delete_policy(self, caller: Caller, policy_id: str) -> None:
+        policy_id = _check_uuid(policy_id, "key-transfer policy")
+        with self._db.session() as s:
+            row = s.get(TransferPolicy, policy_id, with_for_update=True)
+            if row is None:
+                raise NotFound(f"key-transfer policy {policy_id} does not exist")
+            users = list(s.scalars(select(Key.id).where(Key.transfer_policy_id == policy_id).limit(5)))
+            if users:
+                raise Conflict(
+                    f"key-transfer policy {policy_id} is used by key(s) {', '.join(users)}; delete or re-bind them first",
+                    key_ids=users,
+                )
+            s.delete(row)
+            audit.append(
+                s, actor=caller.actor, action="policy.delete", object_id=policy_id, outcome="success"
+            )
+
+    # --- keys ----------------------------------------------------------------------------
+
+    def create_key(self, caller: Caller, req: CreateKeyRequest) -> Key:
+        """Generate, import or register a key; metadata, material and audit in one transaction."""
+        if req.key_string is not None and req.kmip_key_id is not None:
+            raise InvalidInput("give key_string or kmip_key_id, not both", field="key_information")
+        key_id = str(uuid.uuid4())
+        if req.key_string is not None:
+            material: km.KeyMaterial | None = km.import_key(
+                req.algorithm, req.key_length, req.curve_type, req.key_string
+            )
+            action = "key.import"
+        elif req.kmip_key_id is not None:
+            material = None
+            action = "key.register"
+        else:
+            material = km.generate(km.normalize_spec(req.algorithm, req.key_length, req.curve_type))
+            action = "key.create"
+        with self._db.session() as s:
+            if req.transfer_policy_id is not None:
+                pid = _check_uuid(req.transfer_policy_id, "key-transfer policy")
+                if s.get(TransferPolicy, pid) is None:
+                    raise InvalidInput(
+                        f"transfer_policy_id {pid} does not name an existing policy",
+                        field="transfer_policy_id",
+                    )
+            if material is None:
+                assert req.kmip_key_id is not None
+                material = self._keystore.register(s, key_id, req.kmip_key_id)
+                backend_ref: str | None = req.kmip_key_id
+            else:
+                backend_ref = None
+            row = Key(
+                id=key_id,
+                algorithm=material.spec.algorithm,
+                key_length=material.spec.key_length,
+                curve_type=material.spec.curve_type,
+                label=req.label,
+                usage=req.usage,
+                transfer_policy_id=req.transfer_policy_id and str(uuid.UUID(req.transfer_policy_id)),
+                public_key_pem=material.public_key_pem,
+                keystore=self._keystore.name,
+                backend_ref=backend_ref,
+                created_at=datetime.now(UTC),
+            )
+            s.add(row)
+            s.flush()  # the key row must exist before its material (foreign key)
+            if action != "key.register":
+                ref = self._keystore.put(s, key_id, material)
+                row.backend_ref = ref
+            audit.append(
+                s,
+                actor=caller.actor,
+                action=action,
+                object_id=key_id,
+                outcome="success",
+                details={
+                    "algorithm": row.algorithm,
+                    "key_length": row.key_length,
+                    "curve_type": row.curve_type,
+                },
+            )
+        return row
+
+    def get_key(self, caller: Caller, key_id: str) -> Key:
+        key_id = _check_uuid(key_id, "key")
+        with self._db.session() as s:
+            row = s.get(Key, key_id)
+            if row is None:
+                raise NotFound(f"key {key_id} does not exist")
+            audit.append(s, actor=caller.actor, action="key.retrieve", object_id=key_id, outcome="success")
+            return row
+
+    def list_keys(self, caller: Caller, filters: dict[str, Any]) -> list[Key]:
+        q = select(Key).order_by(Key.created_at)
+        if filters.get("algorithm"):
+            q = q.where(Key.algorithm == str(filters["algorithm"]).upper())
+        if filters.get("key_length") is not None:
+            q = q.where(Key.key_length == filters["key_length"])
+        if filters.get("curve_type"):
+            curve = str(filters["curve_type"]).lower()
+            q = q.where(Key.curve_type == km.CURVE_ALIASES.get(curve, curve))
+        if filters.get("transfer_policy_id"):
+            q = q.where(Key.transfer_policy_id == filters["transfer_policy_id"])
+        with self._db.session() as s:
+            rows = list(s.scalars(q))
+            audit.append(
+                s, actor=caller.actor, action="key.search", outcome="success", details={"count": len(rows)}
+            )
+            return rows
+
+    def delete_key(self, caller: Caller, key_id: str) -> None:
+        key_id = _check_uuid(key_id, "key")
+        with self._db.session() as s:
+            row = s.get(Key, key_id, with_for_update=True)
+            if row is None:
+                raise NotFound(f"key {key_id} does not exist")
+            self._keystore.destroy(s, key_id, row.backend_ref)
+            cert = s.get(Certificate, key_id)
+            if cert is not None:
+                s.delete(cert)
+            s.delete(row)
+            audit.append(s, actor=caller.actor, action="key.delete", object_id=key_id, outcome="success")
+
+    # --- certificates --------------------------------------------------------------------
+
+    def certify(self, caller: Caller, key_id: str, req: CertificateRequest) -> Certificate:
+        key_id = _check_uuid(key_id, "key")
+        if not 1 <= req.validity_days <= 3650:
+            raise InvalidInput("validity_days must be between 1 and 3650", field="validity_days")
+        with self._db.session() as s:
+            row = s.get(Key, key_id, with_for_update=True)
+            if row is None:
+                raise NotFound(f"key {key_id} does not exist")
+            if row.public_key_pem is None:
+                raise InvalidInput(
+                    f"key {key_id} is an {row.algorithm} key; certificates need an RSA or EC key"
+                )
+            public = serialization.load_pem_public_key(row.public_key_pem.encode())
+            now = datetime.now(UTC) - timedelta(minutes=5)
+            if req.self_signed:
+                priv = km.load_private_key(
+                    km.KeyMaterial(
+                        km.KeySpec(row.algorithm, row.key_length, row.curve_type),  # type: ignore[arg-type]
+                        self._keystore.fetch(s, key_id, row.backend_ref),
+                        row.public_key_pem,
+                    )
+                )
+                cert = issue_leaf(
+                    subject_public_key=priv.public_key(),
+                    common_name=req.common_name,
+                    sans=req.sans,
+                    not_before=now,
+                    validity=timedelta(days=req.validity_days),
+                    issuer_cert=None,
+                    issuer_key=priv,
+                )
+            else:
+                assert isinstance(public, rsa.RSAPublicKey | ec.EllipticCurvePublicKey)
+                cert = issue_leaf(
+                    subject_public_key=public,
+                    common_name=req.common_name,
+                    sans=req.sans,
+                    not_before=now,
+                    validity=timedelta(days=req.validity_days),
+                    issuer_cert=self._ca.cert,
+                    issuer_key=self._ca.key,
+                )
+            existing = s.get(Certificate, key_id)
+            if existing is not None:
+                s.delete(existing)
+                s.flush()
+            crow = Certificate(
+                key_id=key_id,
+                pem=cert.public_bytes(serialization.Encoding.PEM).decode(),
+                serial=format(cert.serial_number, "x"),
+                not_after=cert.not_valid_after_utc,
+                created_at=datetime.now(UTC),
+            )
+            s.add(crow)
+            audit.append(
+                s,
+                actor=caller.actor,
+                action="key.certify",
+                object_id=key_id,
+                outcome="success",
+                details={
+                    "serial": crow.serial,
+                    "self_signed": req.self_signed,
+                    "common_name": req.common_name,
+                },
+            )
+            return crow
+
+    def get_certificate(self, caller: Caller, key_id: str) -> Certificate:
+        key_id = _check_uuid(key_id, "key")
+        with self._db.session() as s:
+            crow = s.get(Certificate, key_id)
+            if crow is None:
+                if s.get(Key, key_id) is None:
+                    raise NotFound(f"key {key_id} does not exist")
+                raise NotFound(f"key {key_id} has no certificate; POST one first")
+            audit.append(
+                s, actor=caller.actor, action="key.certificate.retrieve", object_id=key_id, outcome="success"
+            )
+            return crow
+
+    def certificate_chain_pem(self, crow: Certificate) -> str:
+        cert = x509.load_pem_x509_certificate(crow.pem.encode())
+        if cert.issuer == self._ca.cert.subject and cert.issuer != cert.subject:
+            return crow.pem + self._ca.cert.public_bytes(serialization.Encoding.PEM).decode()
+        return crow.pem

@@ -1,0 +1,102 @@
+"""SQLAlchemy models. The schema itself is owned by the Alembic migrations in ``migrations/``."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, DateTime, ForeignKey, Integer, LargeBinary, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class SealConfig(Base):
+    """The single row that describes how the root key is protected."""
+
+    __tablename__ = "seal_config"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    #: "shamir" or "devfile" (auto-unseal from a key file in the data dir).
+    seal_type: Mapped[str] = mapped_column(String(32))
+    shares: Mapped[int] = mapped_column(Integer)
+    threshold: Mapped[int] = mapped_column(Integer)
+    #: AES-256-GCM(unseal key, root key), nonce || ciphertext || tag.
+    encrypted_root_key: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class TransferPolicy(Base):
+    __tablename__ = "transfer_policies"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    body: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Key(Base):
+    __tablename__ = "keys"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    algorithm: Mapped[str] = mapped_column(String(8))
+    key_length: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    curve_type: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    label: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    usage: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    #: None: no policy, the key is never released.
+    transfer_policy_id: Mapped[str | None] = mapped_column(ForeignKey("transfer_policies.id"), nullable=True)
+    public_key_pem: Mapped[str | None] = mapped_column(Text, nullable=True)
+    keystore: Mapped[str] = mapped_column(String(16))
+    #: The backend's id for the material (KMIP id, Vault path, PKCS#11 label); None for builtin.
+    backend_ref: Mapped[str | None] = mapped_column(String(512), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class KeyMaterial(Base):
+    """Built-in keystore: the key sealed under its own data key, the data key under the root key."""
+
+    __tablename__ = "key_material"
+
+    key_id: Mapped[str] = mapped_column(ForeignKey("keys.id", ondelete="CASCADE"), primary_key=True)
+    wrapped_dek: Mapped[bytes] = mapped_column(LargeBinary)
+    ciphertext: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class Certificate(Base):
+    __tablename__ = "certificates"
+
+    key_id: Mapped[str] = mapped_column(ForeignKey("keys.id", ondelete="CASCADE"), primary_key=True)
+    pem: Mapped[str] = mapped_column(Text)
+    serial: Mapped[str] = mapped_column(String(64))
+    not_after: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class AuditRecord(Base):
+    __tablename__ = "audit_log"
+
+    seq: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=False
+    )
+    time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    actor: Mapped[str] = mapped_column(String(256))
+    action: Mapped[str] = mapped_column(String(64))
+    object_id: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    outcome: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    details: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+class AuditHead(Base):
+    """One row holding the chain head, locked while a record is appended (serializes replicas)."""
+
+    __tablename__ = "audit_head"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"))
+    hash: Mapped[str] = mapped_column(String(64))
