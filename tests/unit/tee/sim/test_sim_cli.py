@@ -1,0 +1,294 @@
+"""``keybroker dev-pki`` and ``keybroker-client evidence``: outputs and exit codes (0, 2)."""
+
+from __future__ import annotations
+
+import hashlib
+import stat
+import time
+from pathlib import Path
+from typing import Literal
+
+import dcap_qvl  # type: ignore[import-untyped]
+import pytest
+import typer
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from typer.testing import CliRunner
+
+from keybroker.cli import client_evidence, devpki
+from keybroker.tee.sim import SGX_TCB, TDX_TCB, DevPki
+
+runner = CliRunner()
+REPORT_DATA = hashlib.sha512(b"cli").digest()
+Tee = Literal["sgx", "tdx"]
+
+
+def _init(out: Path, *extra: str) -> DevPki:
+    result = runner.invoke(devpki.app, ["init", "--out", str(out), *extra])
+    assert result.exit_code == 0, result.output
+    return DevPki.load(out)
+
+
+def _verify(pki_dir: Path, quote: bytes, tee: Tee) -> dcap_qvl.VerifiedReport:
+    pki = DevPki.load(pki_dir)
+    coll = dcap_qvl.QuoteCollateralV3.from_json(pki.collateral_json(tee))
+    return dcap_qvl.verify_with_root_ca(quote, coll, pki.root_der, int(time.time()))
+
+
+@pytest.fixture(scope="module")
+def cli_pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("cli") / "pki"
+    _init(out)
+    return out
+
+
+def test_init_creates_the_pki_and_prints_the_root_fingerprint(tmp_path: Path) -> None:
+    out = tmp_path / "dev"
+    result = runner.invoke(devpki.app, ["init", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    pki = DevPki.load(out)
+    assert f"Root CA SHA-256 fingerprint: {pki.root_fingerprint}" in result.output
+    root = x509.load_pem_x509_certificate((out / "root.pem").read_bytes())
+    assert pki.root_fingerprint == root.fingerprint(hashes.SHA256()).hex()
+    for name in ("root.pem", "collateral-sgx.json", "collateral-tdx.json", "platforms/sgx/ak.key"):
+        assert f"  {name}\n" in result.output
+    assert "NOT FOR PRODUCTION" in result.output
+    assert stat.S_IMODE(out.stat().st_mode) == 0o700
+    assert stat.S_IMODE((out / "root.key").stat().st_mode) == 0o600
+
+
+def test_init_refuses_to_overwrite_without_force(tmp_path: Path) -> None:
+    out = tmp_path / "dev"
+    first = _init(out)
+    again = runner.invoke(devpki.app, ["init", "--out", str(out)])
+    assert again.exit_code == 2
+    assert "refusing to overwrite" in again.output and "--force" in again.output
+    assert DevPki.load(out).root_fingerprint == first.root_fingerprint  # untouched
+    forced = _init(out, "--force")
+    assert forced.root_fingerprint != first.root_fingerprint
+
+
+def test_init_usage_errors_exit_2(tmp_path: Path) -> None:
+    assert runner.invoke(devpki.app, ["init"]).exit_code == 2  # --out missing
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    result = runner.invoke(devpki.app, ["init", "--out", str(a_file)])
+    assert result.exit_code == 2 and "is not a directory" in result.output
+    assert runner.invoke(devpki.app, ["init", "--out", str(tmp_path / "x"), "--bogus"]).exit_code == 2
+
+
+def test_revoke_pck(tmp_path: Path) -> None:
+    out = tmp_path / "dev"
+    pki = _init(out)
+    quote_file = tmp_path / "q.bin"
+    ok = runner.invoke(
+        client_evidence.app,
+        [
+            "--tee",
+            "sim-sgx",
+            "--dev-pki",
+            str(out),
+            "--report-data",
+            REPORT_DATA.hex(),
+            "--out",
+            str(quote_file),
+        ],
+    )
+    assert ok.exit_code == 0, ok.output
+    assert _verify(out, quote_file.read_bytes(), "sgx").status == "UpToDate"
+    result = runner.invoke(devpki.app, ["revoke-pck", "--dir", str(out), "--platform", "sgx"])
+    assert result.exit_code == 0, result.output
+    serial = pki.platforms["sgx"].pck["uptodate"].cert.serial_number
+    assert f"Revoked PCK serial {serial:x}" in result.output
+    with pytest.raises(ValueError, match="CertRevoked"):
+        _verify(out, quote_file.read_bytes(), "sgx")
+
+
+def test_revoke_pck_single_level_and_usage_errors(tmp_path: Path) -> None:
+    out = tmp_path / "dev"
+    pki = _init(out)
+    result = runner.invoke(
+        devpki.app, ["revoke-pck", "--dir", str(out), "--platform", "tdx", "--tcb", "outofdate"]
+    )
+    assert result.exit_code == 0, result.output
+    assert DevPki.load(out).revoked_serials("platform") == [
+        pki.platforms["tdx"].pck["outofdate"].cert.serial_number
+    ]
+    bad_platform = runner.invoke(devpki.app, ["revoke-pck", "--dir", str(out), "--platform", "sev"])
+    assert bad_platform.exit_code == 2
+    not_a_pki = runner.invoke(
+        devpki.app, ["revoke-pck", "--dir", str(tmp_path / "none"), "--platform", "sgx"]
+    )
+    assert not_a_pki.exit_code == 2 and "is not a readable dev PKI" in not_a_pki.output
+
+
+def test_evidence_sgx_with_every_field(cli_pki: Path, tmp_path: Path) -> None:
+    out = tmp_path / "sgx.bin"
+    mrenclave, mrsigner = "ab" * 32, "cd" * 32
+    result = runner.invoke(
+        client_evidence.app,
+        [
+            "--tee", "sim-sgx", "--dev-pki", str(cli_pki), "--report-data", REPORT_DATA.hex(), "--out", str(out),
+            "--mrenclave", mrenclave, "--mrsigner", mrsigner, "--isvprodid", "9", "--isvsvn", "4",
+            "--tcb", "swhardening",
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "SGX quote v3" in result.output and "NOT FOR PRODUCTION" in result.output
+    report = _verify(cli_pki, out.read_bytes(), "sgx")
+    assert (report.status, report.advisory_ids) == (
+        "SWHardeningNeeded",
+        list(SGX_TCB["swhardening"].advisory_ids),
+    )
+    body = dcap_qvl.parse_quote(out.read_bytes()).report
+    assert (body.mr_enclave.hex(), body.mr_signer.hex(), body.report_data) == (
+        mrenclave,
+        mrsigner,
+        REPORT_DATA,
+    )
+    assert body.attributes[0] & 0x02 == 0
+
+
+def test_evidence_sgx_debug(cli_pki: Path, tmp_path: Path) -> None:
+    out = tmp_path / "sgx.bin"
+    args = [
+        "--tee",
+        "sim-sgx",
+        "--dev-pki",
+        str(cli_pki),
+        "--report-data",
+        REPORT_DATA.hex(),
+        "--out",
+        str(out),
+    ]
+    assert runner.invoke(client_evidence.app, [*args, "--debug"]).exit_code == 0
+    assert dcap_qvl.parse_quote(out.read_bytes()).report.attributes[0] & 0x02
+
+
+def test_evidence_tdx_with_every_field(cli_pki: Path, tmp_path: Path) -> None:
+    out = tmp_path / "tdx.bin"
+    values = {
+        f"--{n}": hashlib.sha384(n.encode()).hexdigest()
+        for n in ("mrtd", "rtmr0", "rtmr1", "rtmr2", "rtmr3", "mrseam")
+    }
+    args = [x for kv in values.items() for x in kv]
+    result = runner.invoke(
+        client_evidence.app,
+        [
+            "--tee", "sim-tdx", "--dev-pki", str(cli_pki), "--report-data", REPORT_DATA.hex(), "--out", str(out),
+            *args, "--mrsignerseam", "00" * 48, "--seamsvn", str(0x0105), "--tcb", "outofdate",
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    report = _verify(cli_pki, out.read_bytes(), "tdx")
+    assert (report.status, report.advisory_ids) == ("OutOfDate", list(TDX_TCB["outofdate"].advisory_ids))
+    body = dcap_qvl.parse_quote(out.read_bytes()).report
+    assert body.mr_td.hex() == values["--mrtd"]
+    assert [body.rt_mr0.hex(), body.rt_mr1.hex(), body.rt_mr2.hex(), body.rt_mr3.hex()] == [
+        values[f"--rtmr{i}"] for i in range(4)
+    ]
+    assert body.mr_seam.hex() == values["--mrseam"]
+    assert body.tee_tcb_svn[:2] == b"\x05\x01"
+    assert body.report_data == REPORT_DATA
+    assert body.td_attributes == (1 << 28).to_bytes(8, "little")
+
+
+def test_evidence_tdx_flags(cli_pki: Path, tmp_path: Path) -> None:
+    out = tmp_path / "tdx.bin"
+    args = [
+        "--tee",
+        "sim-tdx",
+        "--dev-pki",
+        str(cli_pki),
+        "--report-data",
+        REPORT_DATA.hex(),
+        "--out",
+        str(out),
+    ]
+    assert runner.invoke(client_evidence.app, [*args, "--debug", "--no-sept-ve-disable"]).exit_code == 0
+    assert dcap_qvl.parse_quote(out.read_bytes()).report.td_attributes == (1).to_bytes(8, "little")
+
+
+@pytest.mark.parametrize(
+    ("tee", "report_data", "extra", "message"),
+    [
+        ("sim-sgx", "00" * 63, [], "--report-data must be exactly 64 bytes (128 hex characters), got 63"),
+        ("sim-tdx", "00" * 65, [], "--report-data must be exactly 64 bytes (128 hex characters), got 65"),
+        ("sim-sgx", "zz" * 64, [], "--report-data is not hex"),
+        (
+            "sim-sgx",
+            None,
+            ["--mrenclave", "00" * 48],
+            "--mrenclave must be exactly 32 bytes (64 hex characters), got 48",
+        ),
+        ("sim-sgx", None, ["--mrtd", "00" * 48], "--mrtd cannot be used with --tee sim-sgx"),
+        ("sim-sgx", None, ["--no-sept-ve-disable"], "cannot be used with --tee sim-sgx"),
+        (
+            "sim-tdx",
+            None,
+            ["--mrtd", "00" * 32],
+            "--mrtd must be exactly 48 bytes (96 hex characters), got 32",
+        ),
+        ("sim-tdx", None, ["--rtmr3", "0"], "--rtmr3 is not hex"),
+        ("sim-tdx", None, ["--isvsvn", "1"], "--isvsvn cannot be used with --tee sim-tdx"),
+        ("sim-snp", None, [], "sim-snp"),
+        ("sim-sgx", None, ["--tcb", "bogus"], "bogus"),
+        ("sim-sgx", None, ["--isvsvn", "70000"], "65535"),
+    ],
+)
+def test_evidence_usage_errors_exit_2(
+    cli_pki: Path, tmp_path: Path, tee: str, report_data: str | None, extra: list[str], message: str
+) -> None:
+    out = tmp_path / "q.bin"
+    rd = REPORT_DATA.hex() if report_data is None else report_data
+    args = ["--tee", tee, "--dev-pki", str(cli_pki), "--report-data", rd, "--out", str(out), *extra]
+    result = runner.invoke(client_evidence.app, args)
+    assert result.exit_code == 2, result.output
+    assert message in " ".join(result.output.split())
+    assert not out.exists()
+
+
+def test_evidence_missing_options_and_missing_pki_exit_2(tmp_path: Path) -> None:
+    out = tmp_path / "q.bin"
+    assert runner.invoke(client_evidence.app, ["--tee", "sim-sgx"]).exit_code == 2
+    result = runner.invoke(
+        client_evidence.app,
+        [
+            "--tee",
+            "sim-sgx",
+            "--dev-pki",
+            str(tmp_path / "nope"),
+            "--report-data",
+            REPORT_DATA.hex(),
+            "--out",
+            str(out),
+        ],
+    )
+    assert result.exit_code == 2 and "is not a readable dev PKI" in result.output
+
+
+def test_register_adds_the_evidence_command(cli_pki: Path, tmp_path: Path) -> None:
+    host = typer.Typer()
+
+    @host.command("other")
+    def other() -> None:
+        """Another command, so that the host app is a group."""
+
+    client_evidence.register(host)
+    out = tmp_path / "q.bin"
+    result = runner.invoke(
+        host,
+        [
+            "evidence",
+            "--tee",
+            "sim-tdx",
+            "--dev-pki",
+            str(cli_pki),
+            "--report-data",
+            REPORT_DATA.hex(),
+            "--out",
+            str(out),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert _verify(cli_pki, out.read_bytes(), "tdx").status == "UpToDate"
