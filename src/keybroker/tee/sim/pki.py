@@ -59,11 +59,15 @@ __all__ = [
     "TD_QE_IDENTITY",
     "TDX_TCB",
     "DevPki",
+    "IssuedCert",
     "SimPlatform",
     "SimQeIdentity",
     "SimTcbLevel",
     "TcbChoice",
+    "qe_identity_body",
+    "sgx_extension",
     "signature_raw",
+    "tcb_info_body",
 ]
 
 DEV_PKI_FORMAT: Final = "keybroker-dev-pki/1"
@@ -221,8 +225,13 @@ _QE_ATTRIBUTES_MASK = "FBFFFFFFFFFFFFFF0000000000000000"
 # --- small helpers ------------------------------------------------------------------------
 
 
-def _utc_now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC).replace(microsecond=0)
+def _instant(now: dt.datetime | None) -> dt.datetime:
+    """``now`` (must be timezone-aware) or the current time, in UTC, to the second."""
+    if now is None:
+        now = dt.datetime.now(dt.UTC)
+    elif now.tzinfo is None or now.utcoffset() is None:
+        raise ValueError("now must be a timezone-aware datetime")
+    return now.astimezone(dt.UTC).replace(microsecond=0)
 
 
 def _iso(t: dt.datetime) -> str:
@@ -253,14 +262,26 @@ def _new_key() -> ec.EllipticCurvePrivateKey:
     return ec.generate_private_key(ec.SECP256R1())
 
 
+def _write_atomic(path: Path, data: bytes, mode: int) -> None:
+    """Write ``data`` to ``path`` via a temporary file created with ``mode`` and a rename, so
+    that readers (a server importing collateral while ``revoke_pck`` runs) never see a torn file
+    and a private key is never readable by others, not even briefly."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, mode)  # os.open's mode is filtered by the umask
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # only left over if something failed before the rename
+
+
 def _write_private(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
     data = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.chmod(path, 0o600)  # O_CREAT's mode does not apply to an existing file
+    _write_atomic(path, data, 0o600)
 
 
 def _read_private(path: Path) -> ec.EllipticCurvePrivateKey:
@@ -271,8 +292,7 @@ def _read_private(path: Path) -> ec.EllipticCurvePrivateKey:
 
 
 def _write_public(path: Path, data: bytes) -> None:
-    path.write_bytes(data)
-    os.chmod(path, 0o644)
+    _write_atomic(path, data, 0o644)
 
 
 def _pem(cert: x509.Certificate) -> str:
@@ -285,7 +305,9 @@ def _mkdir_private(path: Path) -> None:
 
 
 @dataclass(frozen=True)
-class _Issued:
+class IssuedCert:
+    """A certificate of the dev PKI and its private key."""
+
     cert: x509.Certificate
     key: ec.EllipticCurvePrivateKey
 
@@ -294,7 +316,7 @@ def _build_cert(
     *,
     subject: str,
     key: ec.EllipticCurvePrivateKey,
-    issuer: _Issued | None,
+    issuer: IssuedCert | None,
     not_before: dt.datetime,
     not_after: dt.datetime,
     ca_path_length: int | None,
@@ -488,7 +510,7 @@ class SimPlatform:
     qe_id: bytes
     platform_instance_id: bytes | None
     attestation_key: ec.EllipticCurvePrivateKey
-    pck: Mapping[TcbChoice, _Issued]
+    pck: Mapping[TcbChoice, IssuedCert]
 
     def tcb_level(self, tcb: TcbChoice) -> SimTcbLevel:
         return (TDX_TCB if self.tee == "tdx" else SGX_TCB)[tcb]
@@ -514,10 +536,10 @@ class DevPki:
         self,
         *,
         directory: Path,
-        root: _Issued,
-        processor_ca: _Issued,
-        platform_ca: _Issued,
-        tcb_signing: _Issued,
+        root: IssuedCert,
+        processor_ca: IssuedCert,
+        platform_ca: IssuedCert,
+        tcb_signing: IssuedCert,
         platforms: Mapping[str, SimPlatform],
         manifest: dict[str, Any],
     ) -> None:
@@ -579,10 +601,10 @@ class DevPki:
         Certificates are valid from ``now`` (default: the current time) for years; TCB
         Info, QE Identity and CRLs are issued at ``now`` with nextUpdate ``now`` + 30 days.
         """
-        now = (now or _utc_now()).astimezone(dt.UTC).replace(microsecond=0)
+        now = _instant(now)
         _mkdir_private(out_dir)
         root_key = _new_key()
-        root = _Issued(
+        root = IssuedCert(
             _build_cert(
                 subject=ROOT_CA_CN,
                 key=root_key,
@@ -595,10 +617,10 @@ class DevPki:
             ),
             root_key,
         )
-        cas: dict[str, _Issued] = {}
+        cas: dict[str, IssuedCert] = {}
         for kind, cn in (("processor", PROCESSOR_CA_CN), ("platform", PLATFORM_CA_CN)):
             key = _new_key()
-            cas[kind] = _Issued(
+            cas[kind] = IssuedCert(
                 _build_cert(
                     subject=cn,
                     key=key,
@@ -612,7 +634,7 @@ class DevPki:
                 key,
             )
         tcb_key = _new_key()
-        tcb_signing = _Issued(
+        tcb_signing = IssuedCert(
             _build_cert(
                 subject=TCB_SIGNING_CN,
                 key=tcb_key,
@@ -630,7 +652,7 @@ class DevPki:
         for name, (tee, ca_kind, fmspc, sgx_type) in _PLATFORM_SPECS.items():
             platform_instance_id = secrets.token_bytes(16) if ca_kind == "platform" else None
             ppid = secrets.token_bytes(16)
-            pcks: dict[TcbChoice, _Issued] = {}
+            pcks: dict[TcbChoice, IssuedCert] = {}
             levels = TDX_TCB if tee == "tdx" else SGX_TCB
             for choice in TCB_CHOICES:
                 level = levels[choice]
@@ -655,7 +677,7 @@ class DevPki:
                     crl_url=f"{_DIST_BASE}/sgx/certification/v4/pckcrl?ca={ca_kind}&encoding=der",
                     extra=ext,
                 )
-                pcks[choice] = _Issued(cert, key)
+                pcks[choice] = IssuedCert(cert, key)
             platforms[name] = SimPlatform(
                 name=name,
                 tee=tee,
@@ -698,17 +720,17 @@ class DevPki:
         if not isinstance(manifest, dict) or manifest.get("format") != DEV_PKI_FORMAT:
             raise ValueError(f"{directory} does not hold a {DEV_PKI_FORMAT} dev PKI")
 
-        def issued(stem: str) -> _Issued:
+        def issued(stem: str) -> IssuedCert:
             cert = x509.load_pem_x509_certificate((directory / f"{stem}.pem").read_bytes())
-            return _Issued(cert, _read_private(directory / f"{stem}.key"))
+            return IssuedCert(cert, _read_private(directory / f"{stem}.key"))
 
         platforms: dict[str, SimPlatform] = {}
         for name, entry in cast(dict[str, Any], manifest["platforms"]).items():
             pdir = directory / "platforms" / name
-            pcks: dict[TcbChoice, _Issued] = {}
+            pcks: dict[TcbChoice, IssuedCert] = {}
             for choice in TCB_CHOICES:
                 cert = x509.load_pem_x509_certificate((pdir / f"pck-{choice}.pem").read_bytes())
-                pcks[choice] = _Issued(cert, _read_private(pdir / f"pck-{choice}.key"))
+                pcks[choice] = IssuedCert(cert, _read_private(pdir / f"pck-{choice}.key"))
             piid = entry.get("platform_instance_id")
             platforms[name] = SimPlatform(
                 name=name,
@@ -742,7 +764,7 @@ class DevPki:
         Rewrites the issuing CA's CRL (new CRL number, thisUpdate ``now``) and the collateral
         file that carries it. Returns the newly revoked serial numbers.
         """
-        now = (now or _utc_now()).astimezone(dt.UTC).replace(microsecond=0)
+        now = _instant(now)
         p = self.platform(platform)
         choices = TCB_CHOICES if tcb is None else (tcb,)
         revoked: list[str] = self._manifest["revoked"][p.ca]
@@ -759,7 +781,7 @@ class DevPki:
 
     # -- writing -----------------------------------------------------------------------
 
-    def _ca(self, kind: str) -> _Issued:
+    def _ca(self, kind: str) -> IssuedCert:
         return self.processor_ca if kind == "processor" else self.platform_ca
 
     def _write_all(self, now: dt.datetime) -> None:
@@ -803,7 +825,7 @@ class DevPki:
         return numbers[kind]
 
     def _sign_crl(
-        self, issuer: _Issued, number: int, serials: list[int], now: dt.datetime
+        self, issuer: IssuedCert, number: int, serials: list[int], now: dt.datetime
     ) -> x509.CertificateRevocationList:
         builder = (
             x509.CertificateRevocationListBuilder()

@@ -288,3 +288,13 @@ def test_revoke_a_single_tcb_level(fresh_pki: DevPki) -> None:
     assert added == [fresh_pki.platforms[PLATFORM_TDX].pck["outofdate"].cert.serial_number]
     with pytest.raises(KeyError, match="no simulated platform 'nope'"):
         fresh_pki.revoke_pck("nope")
+
+
+def test_create_requires_an_aware_time(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="timezone-aware"):
+        DevPki.create(tmp_path / "pki", now=dt.datetime(2026, 1, 1))
+
+
+def test_no_temporary_files_are_left_behind(fresh_pki: DevPki) -> None:
+    fresh_pki.revoke_pck(PLATFORM_SGX)
+    assert [p for p in fresh_pki.directory.rglob("*") if p.name.endswith(".tmp")] == []
