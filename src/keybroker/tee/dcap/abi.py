@@ -312,8 +312,9 @@ def _need(raw: bytes, start: int, size: int, field: str, base: int) -> None:
 def _zero(raw: bytes, start: int, end: int, field: str, base: int) -> None:
     chunk = raw[start:end]
     if chunk.count(0) != len(chunk):
+        first = next(i for i, b in enumerate(chunk) if b)
         raise EvidenceParseError(
-            f"{field} must be zero, found {chunk.hex()}", field=field, offset=base + start
+            f"{field} must be zero, found {chunk.hex()}", field=field, offset=base + start + first
         )
 
 

@@ -27,10 +27,9 @@ from typing import Any, Final, Literal, TypedDict
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
-from cryptography.x509.oid import NameOID
 
 from keybroker.errors import CollateralError, EvidenceParseError
-from keybroker.tee.dcap.pck import PckCa, split_pem_chain
+from keybroker.tee.dcap.pck import PckCa, ca_type_from_name, split_pem_chain
 
 __all__ = [
     "TCB_STATUSES",
@@ -469,7 +468,7 @@ def _signed_member(body: str, key: str) -> tuple[str, bytes]:
 
 def _header_chain(value: str | bytes, name: str) -> str:
     text = value.decode("ascii", "replace") if isinstance(value, bytes) else value
-    if "-----BEGIN" not in text:
+    if "%" in text:  # URL-encoded (PEM itself never contains '%'); '+' stays '+', as in base64
         text = urllib.parse.unquote(text)
     _load_chain(text, name)
     return text
@@ -687,13 +686,10 @@ class QuoteCollateral:
     @property
     def pck_ca(self) -> PckCa:
         """``processor`` or ``platform``, from the PCK CRL issuer's common name."""
-        cns = self.pck_crl_parsed.issuer.get_attributes_for_oid(NameOID.COMMON_NAME)
-        cn = str(cns[0].value) if len(cns) == 1 else ""
-        if "Processor CA" in cn:
-            return "processor"
-        if "Platform CA" in cn:
-            return "platform"
-        raise _bad(f"pck_crl issuer {cn!r} is neither a PCK Processor CA nor a PCK Platform CA")
+        ca = ca_type_from_name(self.pck_crl_parsed.issuer)
+        if ca is None:
+            raise _bad(f"pck_crl issuer {self.pck_crl_parsed.issuer.rfc4514_string()!r} is not a PCK CA")
+        return ca
 
     @property
     def tcb_info_issue_date(self) -> datetime:

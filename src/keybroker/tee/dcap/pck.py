@@ -55,11 +55,6 @@ _TAG_OID: Final = 0x06
 _TAG_ENUMERATED: Final = 0x0A
 _TAG_SEQUENCE: Final = 0x30
 
-_CA_NAMES: Final[dict[str, PckCa]] = {
-    "Intel SGX PCK Processor CA": "processor",
-    "Intel SGX PCK Platform CA": "platform",
-}
-
 
 def _fail(detail: str) -> EvidenceParseError:
     return EvidenceParseError(f"PCK SGX extension: {detail}", field="pck_certificate.sgx_extensions")
@@ -246,11 +241,20 @@ def parse_pck_extensions(cert: x509.Certificate) -> PckExtensions:
 
 
 def ca_type_from_name(name: x509.Name) -> PckCa | None:
-    """``processor`` or ``platform`` from an Intel PCK CA name (the leaf's issuer or a CRL's issuer)."""
+    """``processor`` or ``platform`` from a PCK CA name (a leaf's issuer or a CRL's issuer).
+
+    Intel's names are "Intel SGX PCK Processor CA" / "Intel SGX PCK Platform CA"; the dev PKI
+    mirrors them, so the distinguishing words are matched.
+    """
     cns = name.get_attributes_for_oid(NameOID.COMMON_NAME)
     if len(cns) != 1:
         return None
-    return _CA_NAMES.get(str(cns[0].value))
+    cn = str(cns[0].value)
+    if "PCK Processor CA" in cn:
+        return "processor"
+    if "PCK Platform CA" in cn:
+        return "platform"
+    return None
 
 
 _PEM_BLOCK: Final = re.compile(rb"-----BEGIN CERTIFICATE-----([A-Za-z0-9+/=\s]*?)-----END CERTIFICATE-----")

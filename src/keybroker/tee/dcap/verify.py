@@ -50,7 +50,13 @@ from keybroker.errors import CollateralError, EvidenceParseError, VerificationEr
 from keybroker.tee.dcap.abi import Quote, TdReportBody, parse_quote
 from keybroker.tee.dcap.claims import SgxClaims, TdxClaims, claims_from_quote
 from keybroker.tee.dcap.collateral import QuoteCollateral
-from keybroker.tee.dcap.pck import PckCa, PckExtensions, parse_pck_extensions, split_pem_chain
+from keybroker.tee.dcap.pck import (
+    PckCa,
+    PckExtensions,
+    ca_type_from_name,
+    parse_pck_extensions,
+    split_pem_chain,
+)
 from keybroker.tee.dcap.tcb import check_tdx_module, evaluate_tcb, match_qe_identity
 
 __all__ = [
@@ -292,15 +298,6 @@ class _PckChain:
     ca: PckCa
 
 
-def _pck_ca(name: x509.Name) -> PckCa | None:
-    cn = _cn(name)
-    if "Processor CA" in cn:
-        return "processor"
-    if "Platform CA" in cn:
-        return "platform"
-    return None
-
-
 @lru_cache(maxsize=1024)
 def _pck_chain(pem: bytes, roots: _Roots) -> _PckChain:
     ders = split_pem_chain(pem, field="pck_cert_chain")
@@ -314,7 +311,7 @@ def _pck_chain(pem: bytes, roots: _Roots) -> _PckChain:
         raise VerificationError(
             f"PCK chain has {len(chain.certs)} certificates, expected leaf, PCK CA, root", check="pck_chain"
         )
-    ca = _pck_ca(leaf.issuer)
+    ca = ca_type_from_name(leaf.issuer)
     if ca is None:
         raise VerificationError(
             f"PCK issuer {_cn(leaf.issuer)!r} is neither a PCK Processor CA nor a PCK Platform CA",
@@ -684,7 +681,7 @@ def quote_fmspc_and_ca(raw: bytes) -> tuple[str, str, str]:
         raise EvidenceParseError(
             f"pck_cert_chain: undecodable leaf ({exc})", field="pck_cert_chain"
         ) from None
-    ca = _pck_ca(leaf.issuer)
+    ca = ca_type_from_name(leaf.issuer)
     if ca is None:
         raise CollateralError(f"PCK issuer {_cn(leaf.issuer)!r} is neither a Processor nor a Platform CA")
     return parse_pck_extensions(leaf).fmspc.hex().upper(), ca, unverified_quote.tee
