@@ -309,3 +309,30 @@ def test_version_and_openapi(client: TestClient) -> None:
     spec = client.get("/openapi.json").json()
     assert "/kbs/v1/keys" in spec["paths"] and "/kbs/v1/key-transfer-policies/{policy_id}" in spec["paths"]
     assert "post" in spec["paths"]["/kbs/v1/keys/{key_id}/certificate"]
+
+
+def test_create_is_atomic_when_the_keystore_fails(
+    client: TestClient, admin_headers: dict[str, str], services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Metadata, material and audit record land together or not at all."""
+    from sqlalchemy import func, select
+
+    from keybroker.errors import BackendUnavailable
+    from keybroker.store.models import AuditRecord, Key
+
+    with services.db.session() as s:
+        audits_before = s.scalar(select(func.count()).select_from(AuditRecord))
+
+    def broken_put(*_: Any) -> None:
+        raise BackendUnavailable("key store went away mid-write")
+
+    monkeypatch.setattr(services.keystore, "put", broken_put)
+    r = _create(client, admin_headers, {"algorithm": "AES", "key_length": 256})
+    assert r.status_code == 503 and "mid-write" in r.json()["detail"]
+    with services.db.session() as s:
+        assert s.scalar(select(func.count()).select_from(Key)) == 0
+        # only the failure record was appended, no key.create
+        actions = [a for (a,) in s.execute(select(AuditRecord.action).order_by(AuditRecord.seq))][
+            audits_before:
+        ]
+    assert actions == ["POST /kbs/v1/keys"]

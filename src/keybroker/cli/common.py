@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import ssl
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -50,7 +51,7 @@ class ServerClient:
     """A small client for the operator commands (HTTPS pinned to the service CA by default)."""
 
     def __init__(self, url: str, ca_file: Path | None, token: str | None = None) -> None:
-        verify: Any = str(ca_file) if ca_file is not None else True
+        verify: Any = ssl.create_default_context(cafile=str(ca_file)) if ca_file is not None else True
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._client = httpx.Client(base_url=url, verify=verify, headers=headers, timeout=30.0)
 
