@@ -10,6 +10,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from keybroker.errors import InvalidInput
+from keybroker.keystores.config import KeystoreSettings
 
 DEFAULT_PORT = 9443
 
@@ -38,6 +39,7 @@ class Settings(BaseModel):
     #: Lifetime of /kbs/v1 and /kbs/v0 nonces and sessions, seconds.
     nonce_ttl_seconds: int = Field(default=300, ge=10, le=3600)
     trust: TrustSettings = Field(default_factory=TrustSettings)
+    keystore: KeystoreSettings = Field(default_factory=KeystoreSettings)
 
     @field_validator("listen")
     @classmethod

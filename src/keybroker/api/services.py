@@ -10,7 +10,7 @@ from keybroker.auth.tokens import TokenService, load_or_create_signing_key
 from keybroker.config import Settings
 from keybroker.keys.service import KeyService
 from keybroker.keystores.base import KeyStore
-from keybroker.keystores.builtin import BuiltinKeyStore
+from keybroker.keystores.factory import build_keystore
 from keybroker.seal.barrier import Barrier
 from keybroker.serviceca import ServiceCA, load_or_create_ca
 from keybroker.store.db import Database
@@ -38,7 +38,7 @@ class Services:
         db = Database(settings.database_url)
         db.migrate()
         barrier = Barrier(db)
-        keystore = BuiltinKeyStore(barrier)
+        keystore = build_keystore(settings.keystore, barrier)
         ca = load_or_create_ca(data_dir)
         tokens = TokenService(load_or_create_signing_key(data_dir / TOKEN_KEY_FILE))
         services = cls(settings, db, barrier, keystore, KeyService(db, keystore, ca), tokens, ca)
