@@ -18,6 +18,10 @@ Layout of a dev PKI directory (dir 0700, every ``*.key`` 0600)::
     tcbinfo-tdx.json
     qe-identity.json           PCS form: {"enclaveIdentity": ..., "signature": hex}
     td-qe-identity.json
+    tcb-signing-chain.pem      TCB signing + root: PCS "TCB-Info-Issuer-Chain" and
+                               "SGX-Enclave-Identity-Issuer-Chain" header value
+    pck-processor-crl-chain.pem  PCK CA + root: PCS "SGX-PCK-CRL-Issuer-Chain" header value
+    pck-platform-crl-chain.pem
     collateral-sgx.json        dcap-qvl QuoteCollateralV3 JSON (the ../shared/corpus form)
     collateral-tdx.json
     platforms/<name>/ak.key                  the QE attestation key of the simulated platform
@@ -802,6 +806,11 @@ class DevPki:
             for choice, item in p.pck.items():
                 _write_public(pdir / f"pck-{choice}.pem", _pem(item.cert).encode("ascii"))
                 _write_private(pdir / f"pck-{choice}.key", item.key)
+        root_pem = _pem(self.root.cert)
+        _write_public(d / "tcb-signing-chain.pem", (_pem(self.tcb_signing.cert) + root_pem).encode("ascii"))
+        for kind in ("processor", "platform"):
+            chain = _pem(self._ca(kind).cert) + root_pem
+            _write_public(d / f"pck-{kind}-crl-chain.pem", chain.encode("ascii"))
         self._write_root_crl(now)
         self._write_pck_crl("processor", now)
         self._write_pck_crl("platform", now)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import hashlib
 import random
@@ -12,6 +13,7 @@ from typing import Any, Literal
 import pytest
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
 
 from keybroker.errors import EvidenceError, VerificationError
 from keybroker.tee.sim import (
@@ -310,3 +312,70 @@ def test_every_single_byte_change_to_the_pck_chain_is_rejected_cleanly(
     chain_sweeps: dict[Tee, Sweep], tee: Tee
 ) -> None:
     assert chain_sweeps[tee].unclean == []
+
+
+@pytest.mark.parametrize("tee", ["sgx", "tdx"])
+def test_pcs_form_files_assemble_to_the_same_collateral(pki: DevPki, tee: Tee, at: dt.datetime) -> None:
+    """The PCS-form files (bodies + issuer-chain header values) are the same collateral."""
+    d = pki.directory
+    ca = pki.platforms[PLATFORM_SGX if tee == "sgx" else PLATFORM_TDX].ca
+    from_pcs = collateral_mod.QuoteCollateral.from_pcs(
+        tcb_info_body=(d / f"tcbinfo-{tee}.json").read_text(),
+        tcb_info_issuer_chain=(d / "tcb-signing-chain.pem").read_text(),
+        qe_identity_body=(d / ("qe-identity.json" if tee == "sgx" else "td-qe-identity.json")).read_text(),
+        qe_identity_issuer_chain=(d / "tcb-signing-chain.pem").read_text(),
+        pck_crl=(d / f"pck-{ca}-crl.der").read_bytes(),
+        pck_crl_issuer_chain=(d / f"pck-{ca}-crl-chain.pem").read_text(),
+        root_ca_crl=(d / "root-crl.der").read_bytes(),
+    )
+    assert from_pcs == _collateral(pki, tee)
+    verified = verify_mod.verify_quote(_quote(pki, tee), from_pcs, at=at, dev_roots=[pki.root_cert])
+    assert verified.status == "UpToDate"
+
+
+def _with_mangled_leaf(tee: Tee, quote: bytes, old: bytes, new: bytes) -> bytes:
+    """The quote with ``old`` replaced by ``new`` (same length) inside the PCK leaf's DER."""
+    start = _pck_chain_start(tee, quote)
+    pem = quote[start:]
+    first_end = pem.index(b"-----END CERTIFICATE-----\n") + len(b"-----END CERTIFICATE-----\n")
+    der = x509.load_pem_x509_certificate(pem[:first_end]).public_bytes(serialization.Encoding.DER)
+    assert der.count(old) == 1 and len(old) == len(new)
+    body = base64.encodebytes(der.replace(old, new))
+    b64 = b"".join(body.split())
+    lines = b"\n".join(b64[i : i + 64] for i in range(0, len(b64), 64))
+    leaf_pem = b"-----BEGIN CERTIFICATE-----\n" + lines + b"\n-----END CERTIFICATE-----\n"
+    assert len(leaf_pem) == first_end
+    return quote[:start] + leaf_pem + pem[first_end:]
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        pytest.param(
+            b"\x06\x03\x55\x1d\x0e",
+            b"\x06\x03\x55\x1d\x0f",
+            id="SKI-OID-to-KU-OID",
+            marks=pytest.mark.xfail(
+                reason="keybroker.tee.dcap.verify lets x509.DuplicateExtension escape instead of EvidenceError",
+                strict=False,
+            ),
+        ),
+        pytest.param(
+            bytes.fromhex("06082a8648ce3d030107"),
+            bytes.fromhex("06082a8648ce3d03010b"),
+            id="P256-curve-OID-changed",
+            marks=pytest.mark.xfail(
+                reason="keybroker.tee.dcap.verify (as of a1cbf44) lets UnsupportedAlgorithm escape",
+                strict=False,
+            ),
+        ),
+    ],
+)
+@pytest.mark.parametrize("tee", ["sgx", "tdx"])
+def test_mangled_pck_leaf_is_rejected_cleanly(
+    pki: DevPki, tee: Tee, old: bytes, new: bytes, at: dt.datetime
+) -> None:
+    """Regression vectors from the PCK chain sweep: an error, but an EvidenceError."""
+    quote = _with_mangled_leaf(tee, _quote(pki, tee), old, new)
+    with pytest.raises(EvidenceError):
+        _verify(pki, quote, tee, at)
