@@ -1,0 +1,88 @@
+"""Server nonces: 32 random bytes, single use, short-lived, kept in the database so that every
+replica sees them and a restart loses none. Only SHA-256(nonce) is stored."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import delete, update
+from sqlalchemy.orm import Session
+
+from keybroker.errors import Forbidden, InvalidInput
+from keybroker.store.models import Nonce
+
+NONCE_SIZE = 32
+
+
+@dataclass(frozen=True)
+class IssuedNonce:
+    value: bytes
+    issued_at: datetime
+    expires_at: datetime
+
+    @property
+    def b64(self) -> str:
+        return base64.b64encode(self.value).decode()
+
+
+def _id(value: bytes) -> str:
+    return hashlib.sha256(value).hexdigest()
+
+
+def decode_nonce(text: str, field: str = "nonce") -> bytes:
+    try:
+        value = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidInput(f"{field} is not valid base64", field=field) from None
+    if len(value) != NONCE_SIZE:
+        raise InvalidInput(f"{field} is {len(value)} bytes, expected {NONCE_SIZE}", field=field)
+    return value
+
+
+def issue(
+    session: Session, *, purpose: str, subject: str | None, ttl: timedelta, now: datetime | None = None
+) -> IssuedNonce:
+    """Create a nonce for ``purpose`` (e.g. ``kbs-v1-transfer``), optionally tied to ``subject`` (a key id)."""
+    now = now or datetime.now(UTC)
+    value = secrets.token_bytes(NONCE_SIZE)
+    # housekeeping: drop long-expired nonces (cheap with the expires_at index)
+    session.execute(delete(Nonce).where(Nonce.expires_at < now - timedelta(days=1)))
+    session.add(Nonce(id=_id(value), purpose=purpose, subject=subject, created_at=now, expires_at=now + ttl))
+    return IssuedNonce(value, now, now + ttl)
+
+
+def consume(
+    session: Session, value: bytes, *, purpose: str, subject: str | None, now: datetime | None = None
+) -> None:
+    """Mark the nonce used. Unknown, expired, reused or foreign (other purpose/subject) → Forbidden.
+
+    The conditional UPDATE makes the check-and-use atomic across replicas.
+    """
+    now = now or datetime.now(UTC)
+    result = session.execute(
+        update(Nonce)
+        .where(
+            Nonce.id == _id(value),
+            Nonce.purpose == purpose,
+            Nonce.subject.is_(None) if subject is None else Nonce.subject == subject,
+            Nonce.used_at.is_(None),
+            Nonce.expires_at > now,
+        )
+        .values(used_at=now)
+    )
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        row = session.get(Nonce, _id(value))
+        if row is None or row.purpose != purpose:
+            why = "unknown nonce (not issued by this service)"
+        elif row.subject != subject:
+            why = "the nonce was issued for another key"
+        elif row.used_at is not None:
+            why = "the nonce was already used (replay)"
+        else:
+            why = "the nonce has expired"
+        raise Forbidden(why, reasons=[why])

@@ -1,0 +1,89 @@
+from __future__ import annotations
+
+import hashlib
+import os
+
+import pytest
+import rfc8785
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from joserfc.jwk import ECKey, RSAKey
+
+from keybroker.errors import InvalidInput
+from keybroker.keys import binding, wrap
+
+
+@pytest.fixture(scope="module")
+def rsa3072() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=3072)
+
+
+def test_secl_layout(rsa3072: rsa.RSAPrivateKey) -> None:
+    secret = os.urandom(48)
+    w = wrap.secl_wrap(secret, rsa3072.public_key())
+    iv_len, tag_len, ct_len = (int.from_bytes(w.wrapped_key[i : i + 4], "little") for i in (0, 4, 8))
+    assert (iv_len, tag_len, ct_len) == (12, 16, 48 + 16)
+    assert len(w.wrapped_key) == 12 + 12 + 64
+    assert len(w.wrapped_swk) == 384
+    assert wrap.secl_unwrap(w, rsa3072) == secret
+    # independent unwrap with the primitives, as a SecL client would
+    swk = rsa3072.decrypt(w.wrapped_swk, wrap.OAEP_SHA256)
+    assert AESGCM(swk).decrypt(w.wrapped_key[12:24], w.wrapped_key[24:], None) == secret
+
+
+def test_secl_tamper_fails(rsa3072: rsa.RSAPrivateKey) -> None:
+    w = wrap.secl_wrap(b"k" * 32, rsa3072.public_key())
+    bad = wrap.SeclWrapped(w.wrapped_key[:-1] + bytes([w.wrapped_key[-1] ^ 1]), w.wrapped_swk)
+    from cryptography.exceptions import InvalidTag
+
+    with pytest.raises(InvalidTag):
+        wrap.secl_unwrap(bad, rsa3072)
+
+
+def test_jwe_rsa_and_ec(rsa3072: rsa.RSAPrivateKey) -> None:
+    jwe = wrap.jwe_wrap(b"resource", wrap.public_jwk(rsa3072.public_key()))
+    assert set(jwe) == {"protected", "encrypted_key", "iv", "ciphertext", "tag"}
+    assert wrap.jwe_unwrap(jwe, RSAKey.import_key(rsa3072)) == b"resource"
+    eck = ec.generate_private_key(ec.SECP384R1())
+    jwe = wrap.jwe_wrap(b"resource", wrap.public_jwk(eck.public_key()))
+    assert wrap.jwe_unwrap(jwe, ECKey.import_key(eck)) == b"resource"
+
+
+def test_jwe_refuses_private_and_unknown_keys(rsa3072: rsa.RSAPrivateKey) -> None:
+    with pytest.raises(InvalidInput, match="private"):
+        wrap.jwe_wrap(b"x", dict(RSAKey.import_key(rsa3072).as_dict(private=True)))
+    with pytest.raises(InvalidInput, match="kty"):
+        wrap.jwe_wrap(b"x", {"kty": "oct", "k": "AAAA"})
+
+
+def test_v1_report_data() -> None:
+    nonce, spki = os.urandom(32), b"spki"
+    assert binding.v1_report_data(nonce, spki) == hashlib.sha512(nonce + spki).digest()
+
+
+def test_v0_report_data_is_jcs_hash_padded() -> None:
+    jwk = {"kty": "EC", "crv": "P-256", "x": "x", "y": "y"}
+    rd = binding.v0_report_data("n0nce", jwk, "", "sha384")
+    expected = hashlib.sha384(
+        rfc8785.dumps({"tee-pubkey": jwk, "nonce": "n0nce", "additional-evidence": ""})
+    ).digest()
+    assert rd == expected + b"\0" * 16
+    assert binding.v0_report_data("n0nce", jwk, "", "sha512") != rd
+    with pytest.raises(InvalidInput):
+        binding.v0_report_data("n", jwk, "", "md5")
+
+
+def test_workload_key_rules() -> None:
+    small = rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key()
+    der = small.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    with pytest.raises(InvalidInput, match="3072"):
+        binding.load_spki(der)
+    p521 = ec.generate_private_key(ec.SECP521R1()).public_key()
+    with pytest.raises(InvalidInput, match="P-256"):
+        binding.check_workload_key(p521, "k")
+    with pytest.raises(InvalidInput, match="DER"):
+        binding.load_spki(b"\x30\x03garbage")
+    p256 = ec.generate_private_key(ec.SECP256R1()).public_key()
+    der = p256.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    assert isinstance(binding.load_spki(der), ec.EllipticCurvePublicKey)
