@@ -29,7 +29,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from keybroker.errors import CollateralError, EvidenceParseError
-from keybroker.tee.dcap.pck import PckCa, ca_type_from_name, split_pem_chain
+from keybroker.tee.dcap.pck import X509_DECODE_ERRORS, PckCa, ca_type_from_name, split_pem_chain
 
 __all__ = [
     "TCB_STATUSES",
@@ -380,16 +380,32 @@ def parse_enclave_identity(text: str) -> EnclaveIdentity:
 def _load_chain(pem: str, name: str) -> tuple[x509.Certificate, ...]:
     try:
         ders = split_pem_chain(pem.encode("ascii"), field=name)
-        return tuple(x509.load_der_x509_certificate(d) for d in ders)
-    except (EvidenceParseError, UnicodeEncodeError, ValueError) as exc:
+    except (EvidenceParseError, UnicodeEncodeError) as exc:
         raise _bad(f"{name}: not a PEM certificate chain ({exc})") from None
+    certs = []
+    for i, der in enumerate(ders):
+        try:
+            cert = x509.load_der_x509_certificate(der)
+            # cryptography decodes lazily: decode every field now so later reads cannot fail.
+            _ = (cert.version, cert.subject, cert.issuer, cert.serial_number, cert.signature_algorithm_oid)
+            _ = (cert.not_valid_before_utc, cert.not_valid_after_utc, cert.public_key())
+            for ext in cert.extensions:
+                _ = ext.value
+        except X509_DECODE_ERRORS as exc:
+            raise _bad(f"{name}[{i}]: undecodable certificate ({exc})") from None
+        certs.append(cert)
+    return tuple(certs)
 
 
 def _load_crl(der: bytes, name: str) -> x509.CertificateRevocationList:
     try:
-        return x509.load_der_x509_crl(der)
-    except ValueError as exc:
+        crl = x509.load_der_x509_crl(der)
+        _ = (crl.issuer, crl.last_update_utc, crl.next_update_utc, crl.signature_algorithm_oid)
+        for entry in crl:
+            _ = entry.serial_number
+    except X509_DECODE_ERRORS as exc:
         raise _bad(f"{name}: not a DER CRL ({exc})") from None
+    return crl
 
 
 def _crl_from_wire(data: bytes | str, name: str) -> bytes:

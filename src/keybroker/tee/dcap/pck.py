@@ -15,12 +15,14 @@ from dataclasses import dataclass
 from typing import Final, Literal
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.x509.oid import NameOID
 
 from keybroker.errors import EvidenceParseError
 
 __all__ = [
     "SGX_EXTENSIONS_OID",
+    "X509_DECODE_ERRORS",
     "PckCa",
     "PckExtensions",
     "PlatformConfiguration",
@@ -31,6 +33,16 @@ __all__ = [
 ]
 
 PckCa = Literal["processor", "platform"]
+
+#: What cryptography may raise while (lazily) decoding a malformed certificate or CRL.
+X509_DECODE_ERRORS: Final = (
+    ValueError,
+    TypeError,
+    UnsupportedAlgorithm,
+    x509.DuplicateExtension,
+    x509.UnsupportedGeneralNameType,
+    x509.InvalidVersion,
+)
 
 _SGX: Final = "1.2.840.113741.1.13.1"
 SGX_EXTENSIONS_OID: Final = x509.ObjectIdentifier(_SGX)
@@ -232,7 +244,7 @@ def parse_pck_extensions(cert: x509.Certificate) -> PckExtensions:
         ext = cert.extensions.get_extension_for_oid(SGX_EXTENSIONS_OID)
     except x509.ExtensionNotFound:
         raise _fail("not present in the PCK certificate") from None
-    except ValueError as exc:  # duplicate or malformed extensions
+    except X509_DECODE_ERRORS as exc:
         raise _fail(f"certificate extensions are malformed: {exc}") from None
     value = ext.value
     if not isinstance(value, x509.UnrecognizedExtension):
@@ -257,15 +269,15 @@ def ca_type_from_name(name: x509.Name) -> PckCa | None:
     return None
 
 
-_PEM_BLOCK: Final = re.compile(rb"-----BEGIN CERTIFICATE-----([A-Za-z0-9+/=\s]*?)-----END CERTIFICATE-----")
-_FILLER: Final = re.compile(rb"[\s\x00]*")
+_PEM_BLOCK: Final = re.compile(rb"-----BEGIN CERTIFICATE-----([A-Za-z0-9+/=\r\n]*?)-----END CERTIFICATE-----")
+_FILLER: Final = re.compile(rb"[\r\n\x00]*")
 
 
 def split_pem_chain(pem: bytes, *, field: str = "pck_cert_chain") -> tuple[bytes, ...]:
     """Split concatenated PEM certificates into DER, strictly.
 
-    Only whitespace and NUL (the QE terminates the chain with one) may appear between and
-    after the blocks; each block must be valid base64.
+    Only line breaks and NUL (the QE terminates the chain with one) may appear between and
+    after the blocks, and only line breaks inside them; each block must be valid base64.
     """
     ders: list[bytes] = []
     pos = 0
@@ -274,7 +286,7 @@ def split_pem_chain(pem: bytes, *, field: str = "pck_cert_chain") -> tuple[bytes
             raise EvidenceParseError(
                 f"{field}: unexpected bytes before a certificate", field=field, offset=pos
             )
-        body = b"".join(match.group(1).split())
+        body = match.group(1).replace(b"\r", b"").replace(b"\n", b"")
         try:
             ders.append(base64.b64decode(body, validate=True))
         except binascii.Error:

@@ -51,6 +51,7 @@ from keybroker.tee.dcap.abi import Quote, TdReportBody, parse_quote
 from keybroker.tee.dcap.claims import SgxClaims, TdxClaims, claims_from_quote
 from keybroker.tee.dcap.collateral import QuoteCollateral
 from keybroker.tee.dcap.pck import (
+    X509_DECODE_ERRORS,
     PckCa,
     PckExtensions,
     ca_type_from_name,
@@ -197,6 +198,19 @@ def _basic_constraints(cert: x509.Certificate) -> x509.BasicConstraints | None:
     return value
 
 
+def _load_cert(der: bytes, what: str, check: str) -> x509.Certificate:
+    """Load and fully decode a certificate (cryptography decodes fields lazily; do it once, here)."""
+    try:
+        cert = x509.load_der_x509_certificate(der)
+        _ = (cert.version, cert.subject, cert.issuer, cert.serial_number, cert.signature_algorithm_oid)
+        _ = (cert.not_valid_before_utc, cert.not_valid_after_utc, cert.public_key())
+        for ext in cert.extensions:
+            _ = ext.value
+    except X509_DECODE_ERRORS as exc:
+        raise VerificationError(f"{what}: undecodable certificate ({exc})", check=check) from None
+    return cert
+
+
 def _check_cert_profile(cert: x509.Certificate, what: str, check: str) -> None:
     if cert.signature_algorithm_oid != SignatureAlgorithmOID.ECDSA_WITH_SHA256:
         raise VerificationError(f"{what}: signature algorithm is not ecdsa-with-SHA256", check=check)
@@ -218,10 +232,7 @@ def _verify_chain_uncached(
         raise VerificationError(
             f"{name}: {len(ders)} certificates, expected 2 to 4 ending at a root", check=check
         )
-    try:
-        certs = tuple(x509.load_der_x509_certificate(d) for d in ders)
-    except ValueError as exc:
-        raise VerificationError(f"{name}: undecodable certificate ({exc})", check=check) from None
+    certs = tuple(_load_cert(d, f"{name}[{i}]", check) for i, d in enumerate(ders))
     root = roots.kind(ders[-1])
     if root is None:
         digest = hashlib.sha256(ders[-1]).hexdigest()
@@ -253,7 +264,7 @@ def _verify_chain_uncached(
                 )
             try:
                 cert.verify_directly_issued_by(issuer)
-            except (ValueError, TypeError, InvalidSignature) as exc:
+            except (*X509_DECODE_ERRORS, InvalidSignature) as exc:
                 raise VerificationError(
                     f"{what} is not validly signed by {_cn(issuer.subject)!r} ({type(exc).__name__}: {exc})",
                     check=check,

@@ -161,7 +161,9 @@ def test_split_pem_chain_is_strict() -> None:
     assert pem is not None
     ders = split_pem_chain(pem)
     assert len(ders) == 3
-    assert split_pem_chain(pem + b"\x00\n ") == ders
+    assert split_pem_chain(pem + b"\x00\r\n") == ders
+    with pytest.raises(EvidenceParseError):
+        split_pem_chain(pem.replace(b"\n", b"\x0b", 2))  # only line breaks, no other whitespace
     with pytest.raises(EvidenceParseError, match="after the certificates"):
         split_pem_chain(pem + b"junk")
     with pytest.raises(EvidenceParseError, match="before a certificate"):
