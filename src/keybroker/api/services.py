@@ -4,21 +4,51 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+
+from cryptography import x509
 
 from keybroker.auth.tokens import TokenService, load_or_create_signing_key
 from keybroker.config import Settings
+from keybroker.errors import InvalidInput
 from keybroker.keys.service import KeyService
 from keybroker.keystores.base import KeyStore
 from keybroker.keystores.factory import build_keystore
 from keybroker.seal.barrier import Barrier
 from keybroker.serviceca import ServiceCA, load_or_create_ca
 from keybroker.store.db import Database
+from keybroker.tee.dcap.collateral import QuoteCollateral
+from keybroker.tee.sim import DevPki
+from keybroker.tee.verifier import StaticCollateral, Verifier
 
 log = logging.getLogger("keybroker")
 
 TOKEN_KEY_FILE = "token-signing-key.pem"  # noqa: S105 - a file name
 DEV_UNSEAL_FILE = "dev-unseal.key"
+DEV_PKI_DIR = "dev-pki"
+
+
+def _load_root(path: Path) -> x509.Certificate:
+    try:
+        return x509.load_pem_x509_certificate(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise InvalidInput(
+            f"trust.dev_roots: cannot load a PEM certificate from {path}: {exc}", field="trust.dev_roots"
+        ) from None
+
+
+def _dev_pki(directory: Path) -> DevPki:
+    """The dev TEE simulator's PKI (created on first start; collateral refreshed when near expiry)."""
+    pki = DevPki.load_or_create(directory)
+    expiry = QuoteCollateral.from_json(pki.collateral_json("sgx")).tcb_info_next_update
+    if expiry - datetime.now(UTC) < timedelta(days=7):
+        pki.reissue_collateral()
+    log.warning(
+        "DEV MODE: evidence from the simulator's dev root %s is trusted (claims carry sim=true)",
+        pki.root_pem_path,
+    )
+    return pki
 
 
 @dataclass
@@ -30,6 +60,7 @@ class Services:
     keys: KeyService
     tokens: TokenService
     ca: ServiceCA
+    verifier: Verifier
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -41,7 +72,15 @@ class Services:
         keystore = build_keystore(settings.keystore, barrier)
         ca = load_or_create_ca(data_dir)
         tokens = TokenService(load_or_create_signing_key(data_dir / TOKEN_KEY_FILE))
-        services = cls(settings, db, barrier, keystore, KeyService(db, keystore, ca), tokens, ca)
+        dev_roots = [_load_root(p) for p in settings.trust.dev_roots]
+        collateral = StaticCollateral()
+        if settings.dev:
+            pki = _dev_pki(data_dir / DEV_PKI_DIR)
+            dev_roots.append(pki.root_cert)
+            for tee in ("sgx", "tdx"):
+                collateral.add(QuoteCollateral.from_json(pki.collateral_json(tee)))
+        verifier = Verifier(collateral, dev_roots=dev_roots)
+        services = cls(settings, db, barrier, keystore, KeyService(db, keystore, ca), tokens, ca, verifier)
         if settings.dev:
             services._dev_unseal(data_dir / DEV_UNSEAL_FILE)
         return services
