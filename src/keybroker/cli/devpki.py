@@ -88,3 +88,16 @@ def revoke_pck(
     else:
         typer.echo(f"Nothing new to revoke for platform {platform.value}; CRL reissued")
     typer.echo(f"Rewrote pck-{ca}-crl.der and collateral-{pki.platform(platform.value).tee}.json")
+
+
+@app.command("refresh")
+def refresh(
+    directory: Annotated[Path, typer.Option("--dir", help="The dev PKI directory.")],
+) -> None:
+    """Reissue the CRLs, TCB Info and QE Identities (valid 30 days from now) and the collateral."""
+    try:
+        pki = DevPki.load(directory)
+    except (OSError, ValueError, KeyError) as e:
+        raise _usage_error(f"{directory} is not a readable dev PKI: {e}") from e
+    pki.reissue_collateral()
+    typer.echo(f"Reissued the collateral of {directory}: collateral-sgx.json, collateral-tdx.json")

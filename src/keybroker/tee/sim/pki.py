@@ -22,6 +22,9 @@ Layout of a dev PKI directory (dir 0700, every ``*.key`` 0600)::
                                "SGX-Enclave-Identity-Issuer-Chain" header value
     pck-processor-crl-chain.pem  PCK CA + root: PCS "SGX-PCK-CRL-Issuer-Chain" header value
     pck-platform-crl-chain.pem
+
+Collateral expires after 30 days like Intel's; ``reissue_collateral`` (``keybroker dev-pki
+refresh``) issues it afresh with the same keys, certificates and revocations.
     collateral-sgx.json        dcap-qvl QuoteCollateralV3 JSON (the ../shared/corpus form)
     collateral-tdx.json
     platforms/<name>/ak.key                  the QE attestation key of the simulated platform
@@ -758,6 +761,23 @@ class DevPki:
             manifest=manifest,
         )
 
+    @classmethod
+    def load_or_create(cls, directory: Path, *, now: dt.datetime | None = None) -> DevPki:
+        """Load the dev PKI in ``directory``, or create one there if it holds none yet."""
+        if (directory / "pki.json").exists():
+            return cls.load(directory)
+        return cls.create(directory, now=now)
+
+    def reissue_collateral(self, *, now: dt.datetime | None = None) -> None:
+        """Issue fresh CRLs, TCB Info and QE Identities at ``now`` (valid 30 days).
+
+        The collateral of a dev PKI expires like Intel's; a long-running dev service calls this
+        (or ``keybroker dev-pki refresh``) instead of creating a new PKI. Keys, certificates
+        and revocations stay as they are.
+        """
+        self._issue_collateral(_instant(now))
+        self._write_manifest()
+
     # -- revocation --------------------------------------------------------------------
 
     def revoke_pck(
@@ -811,11 +831,16 @@ class DevPki:
         for kind in ("processor", "platform"):
             chain = _pem(self._ca(kind).cert) + root_pem
             _write_public(d / f"pck-{kind}-crl-chain.pem", chain.encode("ascii"))
+        self._issue_collateral(now)
+
+    def _issue_collateral(self, now: dt.datetime) -> None:
+        """(Re)issue CRLs, TCB Info and QE Identities at ``now`` and the collateral files."""
+        d = self.directory
         self._write_root_crl(now)
         self._write_pck_crl("processor", now)
         self._write_pck_crl("platform", now)
         for tee in ("sgx", "tdx"):
-            fmspc = _PLATFORM_SPECS[PLATFORM_SGX if tee == "sgx" else PLATFORM_TDX][2]
+            fmspc = self.platforms[PLATFORM_SGX if tee == "sgx" else PLATFORM_TDX].fmspc
             body = tcb_info_body(tee=tee, fmspc=fmspc, issued=now)
             sig = signature_raw(self.tcb_signing.key, body.encode()).hex()
             _write_public(

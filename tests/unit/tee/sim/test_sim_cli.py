@@ -292,3 +292,13 @@ def test_register_adds_the_evidence_command(cli_pki: Path, tmp_path: Path) -> No
     )
     assert result.exit_code == 0, result.output
     assert _verify(cli_pki, out.read_bytes(), "tdx").status == "UpToDate"
+
+
+def test_refresh(tmp_path: Path) -> None:
+    out = tmp_path / "dev"
+    _init(out)
+    before = (out / "collateral-sgx.json").read_text()
+    result = runner.invoke(devpki.app, ["refresh", "--dir", str(out)])
+    assert result.exit_code == 0, result.output
+    assert (out / "collateral-sgx.json").read_text() != before  # new CRL numbers and signatures
+    assert runner.invoke(devpki.app, ["refresh", "--dir", str(tmp_path / "none")]).exit_code == 2

@@ -298,3 +298,31 @@ def test_create_requires_an_aware_time(tmp_path: Path) -> None:
 def test_no_temporary_files_are_left_behind(fresh_pki: DevPki) -> None:
     fresh_pki.revoke_pck(PLATFORM_SGX)
     assert [p for p in fresh_pki.directory.rglob("*") if p.name.endswith(".tmp")] == []
+
+
+def test_reissue_collateral_extends_the_window(fresh_pki: DevPki, issued: dt.datetime) -> None:
+    later = issued + dt.timedelta(days=40)
+    quote = sgx_quote(fresh_pki, report_data=bytes(64))
+    old = dcap_qvl.QuoteCollateralV3.from_json(fresh_pki.collateral_json("sgx"))
+    with pytest.raises(ValueError, match="Expired"):
+        dcap_qvl.verify_with_root_ca(quote, old, fresh_pki.root_der, int(later.timestamp()))
+    fresh_pki.revoke_pck(PLATFORM_TDX, tcb="uptodate", now=issued)
+    fresh_pki.reissue_collateral(now=later)
+    reloaded = DevPki.load(fresh_pki.directory)
+    new = dcap_qvl.QuoteCollateralV3.from_json(reloaded.collateral_json("sgx"))
+    assert (
+        dcap_qvl.verify_with_root_ca(quote, new, reloaded.root_der, int(later.timestamp())).status
+        == "UpToDate"
+    )
+    tcb_info = json.loads(json.loads(reloaded.collateral_json("tdx"))["tcb_info"])
+    assert tcb_info["issueDate"] == later.strftime("%Y-%m-%dT%H:%M:%SZ")
+    crl = x509.load_der_x509_crl((fresh_pki.directory / "pck-platform-crl.der").read_bytes())
+    assert crl.last_update_utc == later
+    assert [r.serial_number for r in crl] == reloaded.revoked_serials("platform") != []  # revocations kept
+    assert reloaded.root_fingerprint == fresh_pki.root_fingerprint
+
+
+def test_load_or_create(tmp_path: Path, issued: dt.datetime) -> None:
+    created = DevPki.load_or_create(tmp_path / "pki", now=issued)
+    again = DevPki.load_or_create(tmp_path / "pki", now=issued + dt.timedelta(days=1))
+    assert again.root_fingerprint == created.root_fingerprint
