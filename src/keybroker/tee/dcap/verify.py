@@ -303,6 +303,7 @@ class _PckChain:
     leaf_key: ec.EllipticCurvePublicKey
     leaf_serial: int
     leaf_issuer: x509.Name
+    leaf_issuer_der: bytes
     intermediate_spki: bytes
     intermediate_serials: frozenset[int]
     ext: PckExtensions
@@ -335,6 +336,7 @@ def _pck_chain(pem: bytes, roots: _Roots) -> _PckChain:
         leaf_key=key,
         leaf_serial=leaf.serial_number,
         leaf_issuer=leaf.issuer,
+        leaf_issuer_der=leaf.issuer.public_bytes(),
         intermediate_spki=_spki(chain.certs[1]),
         intermediate_serials=frozenset(c.serial_number for c in chain.certs[1:-1]),
         ext=parse_pck_extensions(leaf),
@@ -352,6 +354,7 @@ class _VerifiedCollateral:
     root_revoked: frozenset[int]
     pck_revoked: frozenset[int]
     pck_crl_issuer: x509.Name
+    pck_crl_issuer_der: bytes
     pck_crl_signer_spki: bytes
 
 
@@ -455,6 +458,7 @@ def _verify_collateral(collateral: QuoteCollateral, roots: _Roots) -> _VerifiedC
         root_revoked=root_revoked,
         pck_revoked=frozenset(r.serial_number for r in pck_crl),
         pck_crl_issuer=pck_crl.issuer,
+        pck_crl_issuer_der=pck_crl.issuer.public_bytes(),
         pck_crl_signer_spki=_spki(signer),
     )
 
@@ -585,7 +589,7 @@ def verify_quote(
         )
     checks.append("pce_id")
 
-    if pck.leaf_issuer != coll.pck_crl_issuer or pck.intermediate_spki != coll.pck_crl_signer_spki:
+    if pck.leaf_issuer_der != coll.pck_crl_issuer_der or pck.intermediate_spki != coll.pck_crl_signer_spki:
         raise VerificationError(
             f"PCK CRL is issued by {_cn(coll.pck_crl_issuer)!r}, the PCK certificate by {_cn(pck.leaf_issuer)!r}",
             check="pck_crl",

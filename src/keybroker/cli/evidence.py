@@ -1,0 +1,266 @@
+"""``keybroker evidence``: verify attestation evidence (Intel SGX/TDX DCAP quotes) from the command line.
+
+Exit codes: 0 verified, 1 rejected (the failed check and why are printed), 2 usage error (unreadable
+file, bad ``--at``, a quote that is not raw, hex or base64, unusable collateral or trust root).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any, Final, Optional
+
+import typer
+from cryptography import x509
+from rich.console import Console
+from rich.table import Table
+
+from keybroker.errors import CollateralError, EvidenceParseError, VerificationError
+from keybroker.tee.dcap.collateral import QuoteCollateral
+from keybroker.tee.dcap.verify import CHECKS, VerifiedQuote, quote_fmspc_and_ca, verify_quote
+
+__all__ = [
+    "CollateralLookup",
+    "UsageError",
+    "app",
+    "decode_quote",
+    "parse_at",
+    "set_collateral_lookup",
+    "verify_command",
+]
+
+EXIT_VERIFIED: Final = 0
+EXIT_REJECTED: Final = 1
+EXIT_USAGE: Final = 2
+_MAX_INPUT: Final = 1024 * 1024
+
+#: (FMSPC bytes, PCK CA "processor"/"platform", TEE "sgx"/"tdx") -> collateral, or raise CollateralError.
+CollateralLookup = Callable[[bytes, str, str], QuoteCollateral]
+_collateral_lookup: CollateralLookup | None = None
+
+app = typer.Typer(
+    help="Verify attestation evidence: Intel SGX and TDX DCAP quotes.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.callback()
+def _group() -> None:
+    """Verify attestation evidence: Intel SGX and TDX DCAP quotes."""
+
+
+_out = Console()
+_err = Console(stderr=True)
+
+
+class UsageError(Exception):
+    """Bad command-line input (exit 2)."""
+
+
+def set_collateral_lookup(lookup: CollateralLookup | None) -> None:
+    """Install the collateral store used when ``--collateral`` is not given (the server wires its DB here)."""
+    global _collateral_lookup
+    _collateral_lookup = lookup
+
+
+def _looks_like_quote(raw: bytes) -> bool:
+    return len(raw) >= 4 and raw[0] in (3, 4, 5) and raw[1] == 0 and raw[2:4] == b"\x02\x00"
+
+
+_HEX: Final = re.compile(rb"(?:0x)?([0-9A-Fa-f]+)")
+_B64: Final = re.compile(rb"[A-Za-z0-9+/]+={0,2}|[A-Za-z0-9_-]+={0,2}")
+
+
+def decode_quote(data: bytes) -> bytes:
+    """A quote given raw, as hex, or as base64 (standard or URL-safe), detected strictly.
+
+    Raw input must start with a quote header (version 3-5, ECDSA-P256 key type); text input must be
+    one hex or base64 token (surrounding whitespace allowed) that decodes to such a header.
+    """
+    if _looks_like_quote(data):
+        return data
+    text = data.strip()
+    decoded: bytes | None = None
+    hex_match = _HEX.fullmatch(text)
+    if hex_match and len(hex_match.group(1)) % 2 == 0:
+        decoded = bytes.fromhex(hex_match.group(1).decode("ascii"))
+    elif _B64.fullmatch(text) and len(text) % 4 in (0, 2, 3):
+        padded = text + b"=" * (-len(text) % 4)
+        try:
+            if b"-" in text or b"_" in text:
+                decoded = base64.urlsafe_b64decode(padded)
+            else:
+                decoded = base64.b64decode(padded, validate=True)
+        except binascii.Error:
+            decoded = None
+    if decoded is None or not _looks_like_quote(decoded):
+        raise UsageError("the quote is not a DCAP quote in raw, hex or base64 form")
+    return decoded
+
+
+def parse_at(value: str) -> datetime:
+    """``--at``: ISO 8601 with a timezone (``Z`` or an offset) or UNIX seconds."""
+    text = value.strip()
+    if re.fullmatch(r"\d{1,12}(\.\d+)?", text):
+        return datetime.fromtimestamp(float(text), UTC)
+    try:
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise UsageError(f"--at {value!r} is neither ISO 8601 nor UNIX seconds") from None
+    if parsed.tzinfo is None:
+        raise UsageError(f"--at {value!r} has no timezone; add Z or an offset")
+    return parsed.astimezone(UTC)
+
+
+def _read(path: Path, what: str) -> bytes:
+    try:
+        if path.stat().st_size > _MAX_INPUT:
+            raise UsageError(f"{what} {path} is larger than {_MAX_INPUT} bytes")
+        return path.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+
+
+def _load_roots(paths: Sequence[Path]) -> list[x509.Certificate]:
+    roots: list[x509.Certificate] = []
+    for path in paths:
+        try:
+            roots.extend(x509.load_pem_x509_certificates(_read(path, "trust root")))
+        except ValueError as exc:
+            raise UsageError(f"trust root {path} is not a PEM certificate: {exc}") from None
+    return roots
+
+
+def verify_command(
+    quote: bytes,
+    *,
+    collateral: QuoteCollateral | None,
+    at: datetime,
+    trust_roots: Sequence[x509.Certificate] = (),
+    collateral_lookup: CollateralLookup | None = None,
+) -> VerifiedQuote:
+    """What ``evidence verify`` does once its inputs are decoded.
+
+    Without ``collateral`` the quote's (unverified) FMSPC / PCK CA / TEE select it through
+    ``collateral_lookup`` (or the one installed with ``set_collateral_lookup``).
+    """
+    if collateral is None:
+        lookup = collateral_lookup or _collateral_lookup
+        if lookup is None:
+            raise UsageError("collateral store lookup arrives with the server; pass --collateral")
+        fmspc, ca, tee = quote_fmspc_and_ca(quote)
+        collateral = lookup(bytes.fromhex(fmspc), ca, tee)
+    return verify_quote(quote, collateral, at=at, dev_roots=trust_roots)
+
+
+def _checks_before(check: str, tee: str | None) -> list[str]:
+    done: list[str] = []
+    for name in CHECKS:
+        if name == check:
+            break
+        if name != "tdx_module" or tee == "tdx":
+            done.append(name)
+    return done
+
+
+def _claims_table(claims: dict[str, Any]) -> Table:
+    table = Table(title="Claims", show_header=True, header_style="bold")
+    table.add_column("claim")
+    table.add_column("value", overflow="fold")
+    for key, value in claims.items():
+        if isinstance(value, dict):
+            for sub, sub_value in value.items():
+                table.add_row(f"{key}.{sub}", str(sub_value))
+        else:
+            table.add_row(key, "—" if value is None else str(value))
+    return table
+
+
+def _print_verified(result: VerifiedQuote) -> None:
+    _out.print("[bold green]VERIFIED[/bold green]")
+    if result.sim:
+        _out.print(
+            "[bold yellow]warning:[/bold yellow] the chain ends at a dev root: simulated evidence, not a real TEE"
+        )
+    summary = Table(show_header=False, box=None)
+    summary.add_column(style="bold")
+    summary.add_column(overflow="fold")
+    summary.add_row("TEE", f"{result.tee.upper()} (quote v{result.quote_version})")
+    summary.add_row("TCB status", result.status)
+    summary.add_row("advisories", ", ".join(result.advisory_ids) or "none")
+    summary.add_row("FMSPC / PCK CA", f"{result.fmspc} / {result.pck_ca}")
+    summary.add_row("root", result.root)
+    summary.add_row("TCB date", result.tcb_date.isoformat())
+    summary.add_row("collateral expiry", result.collateral_expiry.isoformat())
+    summary.add_row("checks", ", ".join(result.checks))
+    _out.print(summary)
+    _out.print(_claims_table(result.claims.to_dict()))
+
+
+@app.command("verify")
+def verify(
+    quote: Annotated[Path, typer.Option("--quote", help="Quote file: raw, hex or base64.")],
+    collateral: Annotated[
+        Optional[Path],  # noqa: UP045 - typer needs Optional here
+        typer.Option("--collateral", help="Collateral: dcap-qvl QuoteCollateralV3 JSON."),
+    ] = None,
+    at: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(
+            "--at", help="Verification time: ISO 8601 with timezone, or UNIX seconds [default: now]."
+        ),
+    ] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    trust_root: Annotated[
+        Optional[list[Path]],  # noqa: UP045
+        typer.Option("--trust-root", help="Extra trusted root (PEM), e.g. the dev PKI root. Repeatable."),
+    ] = None,
+) -> None:
+    """Verify a quote: verdict, TCB status, advisories, checks performed and claims."""
+    raw = b""
+    try:
+        when = parse_at(at) if at is not None else datetime.now(UTC)
+        raw = decode_quote(_read(quote, "quote"))
+        coll = None
+        if collateral is not None:
+            try:
+                coll = QuoteCollateral.from_json(_read(collateral, "collateral"))
+            except CollateralError as exc:
+                raise UsageError(f"collateral {collateral}: {exc.detail}") from None
+        roots = _load_roots(trust_root or [])
+        result = verify_command(raw, collateral=coll, at=when, trust_roots=roots)
+    except UsageError as exc:
+        _err.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(EXIT_USAGE) from None
+    except CollateralError as exc:
+        _err.print(f"[red]error:[/red] {exc.diagnostics()}", highlight=False)
+        raise typer.Exit(EXIT_USAGE) from None
+    except (EvidenceParseError, VerificationError) as exc:
+        check = exc.check if isinstance(exc, VerificationError) else "parse"
+        tee = "tdx" if raw[4:8] == b"\x81\x00\x00\x00" else "sgx"
+        if json_output:
+            doc: dict[str, Any] = {
+                "verdict": "rejected",
+                "failed_check": check,
+                "reason": exc.detail,
+                "checks_passed": _checks_before(check, tee),
+                "at": when.isoformat(),
+            }
+            if isinstance(exc, EvidenceParseError):
+                doc["field"], doc["offset"] = exc.field, exc.offset
+            typer.echo(json.dumps(doc, indent=2))
+        else:
+            _out.print("[bold red]REJECTED[/bold red]")
+            _out.print(f"failed check: [bold]{check}[/bold]", highlight=False)
+            _out.print(f"why: {exc.detail}", highlight=False)
+        raise typer.Exit(EXIT_REJECTED) from None
+    if json_output:
+        typer.echo(json.dumps({"verdict": "verified", "at": when.isoformat(), **result.to_dict()}, indent=2))
+    else:
+        _print_verified(result)
