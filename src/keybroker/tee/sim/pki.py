@@ -22,13 +22,18 @@ Layout of a dev PKI directory (dir 0700, every ``*.key`` 0600)::
                                "SGX-Enclave-Identity-Issuer-Chain" header value
     pck-processor-crl-chain.pem  PCK CA + root: PCS "SGX-PCK-CRL-Issuer-Chain" header value
     pck-platform-crl-chain.pem
-
-Collateral expires after 30 days like Intel's; ``reissue_collateral`` (``keybroker dev-pki
-refresh``) issues it afresh with the same keys, certificates and revocations.
     collateral-sgx.json        dcap-qvl QuoteCollateralV3 JSON (the ../shared/corpus form)
     collateral-tdx.json
     platforms/<name>/ak.key                  the QE attestation key of the simulated platform
     platforms/<name>/pck-<tcb>.pem/.key      one PCK cert per TCB level (CPUSVN/PCESVN differ)
+
+Simulated platforms: "sgx" (Processor CA, SGX type Standard, FMSPC 00DE5C000000) and "tdx"
+(Platform CA, SGX type Scalable with PlatformInstanceID/Configuration, FMSPC 00DE7D000000).
+The TCB level of a quote (``TcbChoice``) selects the PCK certificate, hence CPUSVN/PCESVN,
+and for TDX also TEE_TCB_SVN; see ``SGX_TCB`` and ``TDX_TCB`` for statuses and advisories.
+
+Collateral expires after 30 days like Intel's; ``reissue_collateral`` (``keybroker dev-pki
+refresh``) issues it afresh with the same keys, certificates and revocations.
 
 Intel references: "Intel SGX PCK Certificate and Certificate Revocation List Profile
 Specification" (cert and CRL profiles, SGX extension OID 1.2.840.113741.1.13.1), PCS API
