@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from keybroker import __version__
+from keybroker.cli import client_evidence
 
 app = typer.Typer(
     name="keybroker-client",
@@ -13,6 +14,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+
+
+client_evidence.register(app)
 
 
 @app.command()

@@ -12,6 +12,7 @@ import typer
 from rich.table import Table
 
 from keybroker import __version__
+from keybroker.cli import devpki, evidence
 from keybroker.cli.common import (
     EXIT_FAILED,
     EXIT_USAGE,
@@ -36,6 +37,8 @@ audit_app = typer.Typer(help="Read and verify the hash-chained audit log.", no_a
 app.add_typer(operator_app, name="operator")
 app.add_typer(token_app, name="token")
 app.add_typer(audit_app, name="audit")
+app.add_typer(devpki.app, name="dev-pki")
+app.add_typer(evidence.app, name="evidence")
 
 ConfigOpt = Annotated[
     Path | None, typer.Option("--config", help="TOML config file", envvar="KEYBROKER_CONFIG")
