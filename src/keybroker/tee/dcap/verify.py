@@ -51,6 +51,7 @@ from keybroker.tee.dcap.abi import Quote, TdReportBody, parse_quote
 from keybroker.tee.dcap.claims import SgxClaims, TdxClaims, claims_from_quote
 from keybroker.tee.dcap.collateral import QuoteCollateral
 from keybroker.tee.dcap.pck import (
+    SGX_EXTENSIONS_OID,
     X509_DECODE_ERRORS,
     PckCa,
     PckExtensions,
@@ -394,11 +395,38 @@ def _collateral_chain(
     return _verify_chain(ders, roots, name, "collateral_chains", crl_signer)
 
 
+def _check_signer(chain: _Chain, name: str, *, tcb_signing: bool) -> None:
+    """Collateral signers: the TCB Signing certificate (TCB Info, QE Identity) or a PCK CA (PCK CRL),
+    issued directly by the root. A PCK certificate chains to the same root and must not qualify."""
+    signer = chain.certs[0]
+    cn = _cn(signer.subject)
+    if len(chain.certs) != 2:
+        raise VerificationError(
+            f"{name}: {len(chain.certs)} certificates, expected the signer and the root",
+            check="collateral_chains",
+        )
+    if tcb_signing:
+        if "SGX TCB Signing" not in cn:
+            raise VerificationError(
+                f"{name}: signer {cn!r} is not a TCB Signing certificate", check="collateral_chains"
+            )
+        try:
+            signer.extensions.get_extension_for_oid(SGX_EXTENSIONS_OID)
+        except x509.ExtensionNotFound:
+            return
+        raise VerificationError(f"{name}: signer {cn!r} is a PCK certificate", check="collateral_chains")
+    if ca_type_from_name(signer.subject) is None:
+        raise VerificationError(f"{name}: signer {cn!r} is not a PCK CA", check="collateral_chains")
+
+
 @lru_cache(maxsize=256)
 def _verify_collateral(collateral: QuoteCollateral, roots: _Roots) -> _VerifiedCollateral:
     tcb_chain = _collateral_chain(collateral.tcb_info_chain, roots, "TCB Info issuer chain")
     qe_chain = _collateral_chain(collateral.qe_identity_chain, roots, "QE Identity issuer chain")
     crl_chain = _collateral_chain(collateral.pck_crl_chain, roots, "PCK CRL issuer chain", crl_signer=True)
+    _check_signer(tcb_chain, "TCB Info issuer chain", tcb_signing=True)
+    _check_signer(qe_chain, "QE Identity issuer chain", tcb_signing=True)
+    _check_signer(crl_chain, "PCK CRL issuer chain", tcb_signing=False)
     kinds = {tcb_chain.root, qe_chain.root, crl_chain.root}
     if len(kinds) != 1:
         raise VerificationError("collateral issuer chains end at different roots", check="collateral_chains")
@@ -422,17 +450,12 @@ def _verify_collateral(collateral: QuoteCollateral, roots: _Roots) -> _VerifiedC
         )
     root_revoked = frozenset(r.serial_number for r in root_crl)
     for chain in (tcb_chain, qe_chain, crl_chain):
-        for cert in chain.certs[1:-1] if chain is crl_chain else chain.certs[:-1]:
+        for cert in chain.certs[:-1]:
             if cert.serial_number in root_revoked:
                 raise VerificationError(
                     f"{_cn(cert.subject)!r} (serial {cert.serial_number:x}) is revoked by the root CA CRL",
                     check="root_ca_crl",
                 )
-    if crl_chain.certs[0].serial_number in root_revoked:
-        raise VerificationError(
-            f"PCK CRL issuer {_cn(crl_chain.certs[0].subject)!r} is revoked by the root CA CRL",
-            check="root_ca_crl",
-        )
 
     pck_crl = collateral.pck_crl_parsed
     signer = crl_chain.certs[0]

@@ -7,6 +7,10 @@ import json
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.hazmat.primitives.serialization import Encoding
 from tests.vectors.corpus import case, read_bytes, read_text, verify_at
 
@@ -171,3 +175,60 @@ def test_quote_fmspc_and_ca_errors() -> None:
     with pytest.raises(VerificationError) as info:
         verify_quote(bytes(raw), QuoteCollateral.from_json(read_text(c["collateral"])), at=verify_at(c))
     assert info.value.check == "pck_chain" and "type 3" in str(info.value)
+
+
+def _resign(
+    pki: DevPki, tee: str, *, text: str, signer_key: ec.EllipticCurvePrivateKey, chain_pem: str
+) -> QuoteCollateral:
+    doc = json.loads(pki.collateral_json(tee))  # type: ignore[arg-type]
+    r, s = decode_dss_signature(signer_key.sign(text.encode(), ec.ECDSA(hashes.SHA256())))
+    doc.update(tcb_info=text, tcb_info_signature=(r.to_bytes(32, "big") + s.to_bytes(32, "big")).hex())
+    doc["tcb_info_issuer_chain"] = chain_pem
+    return QuoteCollateral.from_json(json.dumps(doc))
+
+
+def test_tcb_info_signed_by_a_pck_key_is_refused(pki: DevPki) -> None:
+    """A PCK certificate chains to the root too: its key must not be able to sign TCB Info."""
+    quote = tdx_quote(pki, report_data=RD, tcb="outofdate")
+    platform = pki.platform("tdx")
+    text = json.loads(pki.collateral_json("tdx"))["tcb_info"].replace('"OutOfDate"', '"UpToDate"')
+    forged = _resign(
+        pki,
+        "tdx",
+        text=text,
+        signer_key=platform.pck["uptodate"].key,
+        chain_pem=pki.pck_chain_pem(platform, "uptodate").decode(),
+    )
+    with pytest.raises(VerificationError) as info:
+        verify_quote(quote, forged, at=AT, dev_roots=[pki.root_cert])
+    assert info.value.check == "collateral_chains"
+    # The same text signed by the real TCB Signing key is accepted (the check is about the signer).
+    genuine_chain = json.loads(pki.collateral_json("tdx"))["tcb_info_issuer_chain"]
+    resigned = _resign(pki, "tdx", text=text, signer_key=pki.tcb_signing.key, chain_pem=genuine_chain)
+    assert verify_quote(quote, resigned, at=AT, dev_roots=[pki.root_cert]).status == "UpToDate"
+
+
+def test_pck_ca_revoked_by_the_root_crl(pki: DevPki) -> None:
+    doc = json.loads(pki.collateral_json("sgx"))
+    crl = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(pki.root_cert.subject)
+        .last_update(ISSUED)
+        .next_update(ISSUED + dt.timedelta(days=30))
+        .add_revoked_certificate(
+            x509.RevokedCertificateBuilder()
+            .serial_number(pki.processor_ca.cert.serial_number)
+            .revocation_date(ISSUED)
+            .build()
+        )
+        .sign(pki.root.key, hashes.SHA256())
+    )
+    doc["root_ca_crl"] = crl.public_bytes(Encoding.DER).hex()
+    with pytest.raises(VerificationError) as info:
+        verify_quote(
+            sgx_quote(pki, report_data=RD),
+            QuoteCollateral.from_json(json.dumps(doc)),
+            at=AT,
+            dev_roots=[pki.root_cert],
+        )
+    assert info.value.check == "root_ca_crl" and "revoked" in str(info.value)
