@@ -232,3 +232,21 @@ def test_pck_ca_revoked_by_the_root_crl(pki: DevPki) -> None:
             dev_roots=[pki.root_cert],
         )
     assert info.value.check == "root_ca_crl" and "revoked" in str(info.value)
+
+
+def test_revoked_qe_level_is_rejected(pki: DevPki) -> None:
+    doc = json.loads(pki.collateral_json("tdx"))
+    identity = json.loads(doc["qe_identity"])
+    for level in identity["tcbLevels"]:
+        level["tcbStatus"] = "Revoked"
+    text = json.dumps(identity, separators=(",", ":"))
+    r, s = decode_dss_signature(pki.tcb_signing.key.sign(text.encode(), ec.ECDSA(hashes.SHA256())))
+    doc.update(qe_identity=text, qe_identity_signature=(r.to_bytes(32, "big") + s.to_bytes(32, "big")).hex())
+    with pytest.raises(VerificationError) as info:
+        verify_quote(
+            tdx_quote(pki, report_data=RD),
+            QuoteCollateral.from_json(json.dumps(doc)),
+            at=AT,
+            dev_roots=[pki.root_cert],
+        )
+    assert info.value.check == "qe_identity" and "Revoked" in str(info.value)
