@@ -5,6 +5,7 @@ set -euo pipefail
 
 need=()
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
+command -v softhsm2-util >/dev/null 2>&1 || need+=(softhsm2)  # PKCS#11 key store and seal tests
 
 if [ ${#need[@]} -eq 0 ]; then
   exit 0

@@ -6,6 +6,7 @@ its audit record land together or not at all.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -15,16 +16,19 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from keybroker.audit import log as audit
-from keybroker.errors import Conflict, InvalidInput, NotFound
+from keybroker.errors import Conflict, InvalidInput, KeybrokerError, NotFound
 from keybroker.keys import material as km
 from keybroker.keys.certs import issue_leaf
 from keybroker.keys.policy import TransferPolicyBody
-from keybroker.keystores.base import KeyStore
+from keybroker.keystores.base import KeyStore, StoredKey
 from keybroker.serviceca import ServiceCA
 from keybroker.store.db import Database
 from keybroker.store.models import Certificate, Key, TransferPolicy
+
+log = logging.getLogger("keybroker.keys")
 
 
 @dataclass(frozen=True)
@@ -135,66 +139,132 @@ class KeyService:
     # --- keys ----------------------------------------------------------------------------
 
     def create_key(self, caller: Caller, req: CreateKeyRequest) -> Key:
-        """Generate, import or register a key; metadata, material and audit in one transaction."""
+        """Generate, import or register a key.
+
+        Builtin store: metadata, material and audit in one transaction. External stores (vault,
+        kmip, pkcs11) are not part of that transaction: the backend is written first, then the
+        metadata row and audit record; when that fails the backend object is destroyed again, so
+        a key whose material could not be stored is never listed.
+        """
         if req.key_string is not None and req.kmip_key_id is not None:
             raise InvalidInput("give key_string or kmip_key_id, not both", field="key_information")
         key_id = str(uuid.uuid4())
+        material: km.KeyMaterial | None = None
+        spec: km.KeySpec | None = None
         if req.key_string is not None:
-            material: km.KeyMaterial | None = km.import_key(
-                req.algorithm, req.key_length, req.curve_type, req.key_string
-            )
+            material = km.import_key(req.algorithm, req.key_length, req.curve_type, req.key_string)
             action = "key.import"
         elif req.kmip_key_id is not None:
-            material = None
             action = "key.register"
         else:
-            material = km.generate(km.normalize_spec(req.algorithm, req.key_length, req.curve_type))
+            spec = km.normalize_spec(req.algorithm, req.key_length, req.curve_type)
             action = "key.create"
+        if self._keystore.external:
+            return self._create_external(caller, req, key_id, action, material, spec)
         with self._db.session() as s:
-            if req.transfer_policy_id is not None:
-                pid = _check_uuid(req.transfer_policy_id, "key-transfer policy")
-                if s.get(TransferPolicy, pid) is None:
-                    raise InvalidInput(
-                        f"transfer_policy_id {pid} does not name an existing policy",
-                        field="transfer_policy_id",
-                    )
-            if material is None:
-                assert req.kmip_key_id is not None
-                material = self._keystore.register(s, key_id, req.kmip_key_id)
-                backend_ref: str | None = req.kmip_key_id
+            self._check_policy(s, req.transfer_policy_id)
+            if material is not None:
+                stored = StoredKey(material.spec, material.public_key_pem, None)
+            elif spec is not None:
+                stored = StoredKey(spec, None, None)
             else:
-                backend_ref = None
-            row = Key(
-                id=key_id,
-                algorithm=material.spec.algorithm,
-                key_length=material.spec.key_length,
-                curve_type=material.spec.curve_type,
-                label=req.label,
-                usage=req.usage,
-                transfer_policy_id=req.transfer_policy_id and str(uuid.UUID(req.transfer_policy_id)),
-                public_key_pem=material.public_key_pem,
-                keystore=self._keystore.name,
-                backend_ref=backend_ref,
-                created_at=datetime.now(UTC),
-            )
+                assert req.kmip_key_id is not None
+                stored = self._keystore.register(s, key_id, req.kmip_key_id)
+            row = self._new_key_row(key_id, req, stored)
             s.add(row)
             s.flush()  # the key row must exist before its material (foreign key)
-            if action != "key.register":
-                ref = self._keystore.put(s, key_id, material)
-                row.backend_ref = ref
-            audit.append(
-                s,
-                actor=caller.actor,
-                action=action,
-                object_id=key_id,
-                outcome="success",
-                details={
-                    "algorithm": row.algorithm,
-                    "key_length": row.key_length,
-                    "curve_type": row.curve_type,
-                },
-            )
+            if material is not None:
+                row.backend_ref = self._keystore.put(s, key_id, material)
+            elif spec is not None:
+                created = self._keystore.create(s, key_id, spec)
+                row.public_key_pem, row.backend_ref = created.public_key_pem, created.backend_ref
+            self._audit_create(s, caller, action, row)
         return row
+
+    def _create_external(
+        self,
+        caller: Caller,
+        req: CreateKeyRequest,
+        key_id: str,
+        action: str,
+        material: km.KeyMaterial | None,
+        spec: km.KeySpec | None,
+    ) -> Key:
+        with self._db.session() as s:
+            self._check_policy(s, req.transfer_policy_id)
+            if material is not None:
+                stored = StoredKey(
+                    material.spec, material.public_key_pem, self._keystore.put(s, key_id, material)
+                )
+            elif spec is not None:
+                stored = self._keystore.create(s, key_id, spec)
+            else:
+                assert req.kmip_key_id is not None
+                stored = self._keystore.register(s, key_id, req.kmip_key_id)
+        try:
+            with self._db.session() as s:
+                row = self._new_key_row(key_id, req, stored)
+                s.add(row)
+                self._audit_create(s, caller, action, row)
+        except BaseException:
+            if action != "key.register":  # a registered key is not ours to destroy
+                self._compensate(key_id, stored.backend_ref)
+            raise
+        return row
+
+    def _compensate(self, key_id: str, backend_ref: str | None) -> None:
+        """The metadata row was not written: destroy the backend object we just made."""
+        try:
+            with self._db.session() as s:
+                self._keystore.destroy(s, key_id, backend_ref)
+        except KeybrokerError as exc:
+            log.error(
+                "key %s: the database write failed and the %s object %s could not be destroyed (%s); "
+                "'keybroker keystore check' lists it as an orphan",
+                key_id,
+                self._keystore.name,
+                backend_ref,
+                exc.title,
+            )
+
+    def _check_policy(self, s: Session, transfer_policy_id: str | None) -> None:
+        if transfer_policy_id is not None:
+            pid = _check_uuid(transfer_policy_id, "key-transfer policy")
+            if s.get(TransferPolicy, pid) is None:
+                raise InvalidInput(
+                    f"transfer_policy_id {pid} does not name an existing policy",
+                    field="transfer_policy_id",
+                )
+
+    def _new_key_row(self, key_id: str, req: CreateKeyRequest, stored: StoredKey) -> Key:
+        return Key(
+            id=key_id,
+            algorithm=stored.spec.algorithm,
+            key_length=stored.spec.key_length,
+            curve_type=stored.spec.curve_type,
+            label=req.label,
+            usage=req.usage,
+            transfer_policy_id=req.transfer_policy_id and str(uuid.UUID(req.transfer_policy_id)),
+            public_key_pem=stored.public_key_pem,
+            keystore=self._keystore.name,
+            backend_ref=stored.backend_ref,
+            created_at=datetime.now(UTC),
+        )
+
+    def _audit_create(self, s: Session, caller: Caller, action: str, row: Key) -> None:
+        audit.append(
+            s,
+            actor=caller.actor,
+            action=action,
+            object_id=row.id,
+            outcome="success",
+            details={
+                "algorithm": row.algorithm,
+                "key_length": row.key_length,
+                "curve_type": row.curve_type,
+                "keystore": row.keystore,
+            },
+        )
 
     def get_key(self, caller: Caller, key_id: str) -> Key:
         key_id = _check_uuid(key_id, "key")

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import os
 
+from cryptography.hazmat.primitives.asymmetric import rsa
 from sqlalchemy.orm import Session
 
 from keybroker.errors import InvalidInput, KeybrokerError, NotFound
-from keybroker.keys.material import KeyMaterial
+from keybroker.keys import material as km
+from keybroker.keys.material import KeyMaterial, KeySpec
+from keybroker.keystores.base import CheckResult, StoredKey, TransferWrap, software_wrap
 from keybroker.seal import aead
 from keybroker.seal.barrier import Barrier
 from keybroker.store.models import KeyMaterial as KeyMaterialRow
@@ -29,9 +32,14 @@ class IntegrityError(KeybrokerError):
 
 class BuiltinKeyStore:
     name = "builtin"
+    external = False
 
     def __init__(self, barrier: Barrier) -> None:
         self._barrier = barrier
+
+    def create(self, session: Session, key_id: str, spec: KeySpec) -> StoredKey:
+        material = km.generate(spec)
+        return StoredKey(spec, material.public_key_pem, self.put(session, key_id, material))
 
     def put(self, session: Session, key_id: str, material: KeyMaterial) -> str | None:
         root = self._barrier.root_key()
@@ -56,16 +64,27 @@ class BuiltinKeyStore:
         except aead.UnsealError:
             raise IntegrityError(f"key {key_id}: sealed material failed authentication") from None
 
+    def wrap_for_transfer(
+        self, session: Session, key_id: str, backend_ref: str | None, recipient: rsa.RSAPublicKey, aad: bytes
+    ) -> TransferWrap:
+        return software_wrap(self.fetch(session, key_id, backend_ref), recipient, aad)
+
     def destroy(self, session: Session, key_id: str, backend_ref: str | None) -> None:
         row = session.get(KeyMaterialRow, key_id)
         if row is not None:
             session.delete(row)
 
-    def register(self, session: Session, key_id: str, backend_id: str) -> KeyMaterial:
+    def register(self, session: Session, key_id: str, backend_id: str) -> StoredKey:
         raise InvalidInput(
             "the built-in key store has no external key ids; kmip_key_id needs a vault, kmip or pkcs11 key store",
             field="key_information.kmip_key_id",
         )
 
+    def list_refs(self) -> list[str]:
+        return []
+
     def health(self) -> None:
         self._barrier.root_key()
+
+    def check(self) -> list[CheckResult]:
+        return [CheckResult("backend", True, "keys are sealed in keybroker's own database; nothing external")]

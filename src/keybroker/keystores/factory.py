@@ -1,12 +1,33 @@
-"""Build the configured key store."""
+"""Build the configured key store. Backend client libraries are imported only when selected."""
 
 from __future__ import annotations
 
 from keybroker.keystores.base import KeyStore
 from keybroker.keystores.builtin import BuiltinKeyStore
-from keybroker.keystores.config import KeystoreSettings
+from keybroker.keystores.config import (
+    BuiltinKeystore,
+    KeystoreSettings,
+    KmipKeystore,
+    Pkcs11Keystore,
+    VaultKeystore,
+)
 from keybroker.seal.barrier import Barrier
 
 
 def build_keystore(settings: KeystoreSettings, barrier: Barrier) -> KeyStore:
-    return BuiltinKeyStore(barrier)
+    cfg = settings.root
+    if isinstance(cfg, BuiltinKeystore):
+        return BuiltinKeyStore(barrier)
+    if isinstance(cfg, VaultKeystore):
+        from keybroker.keystores.vault import VaultKeyStore
+
+        return VaultKeyStore(cfg)
+    if isinstance(cfg, KmipKeystore):
+        from keybroker.keystores.kmip import KmipKeyStore
+
+        return KmipKeyStore(cfg)
+    if isinstance(cfg, Pkcs11Keystore):
+        from keybroker.keystores.pkcs11 import Pkcs11KeyStore
+
+        return Pkcs11KeyStore(cfg)
+    raise AssertionError(f"unknown key store type {cfg!r}")
