@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from keybroker.errors import InvalidInput
 from keybroker.keystores.config import KeystoreSettings
+from keybroker.seal.config import SealSettings
 
 DEFAULT_PORT = 9443
 
@@ -40,6 +41,7 @@ class Settings(BaseModel):
     nonce_ttl_seconds: int = Field(default=300, ge=10, le=3600)
     trust: TrustSettings = Field(default_factory=TrustSettings)
     keystore: KeystoreSettings = Field(default_factory=KeystoreSettings)
+    seal: SealSettings = Field(default_factory=SealSettings)
 
     @field_validator("listen")
     @classmethod

@@ -14,7 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from keybroker import __version__
 from keybroker.api import problems
 from keybroker.api.deps import actor_of, bearer
-from keybroker.api.routers import health, kbs_v1, sys
+from keybroker.api.routers import health, kbs_v1, sys, transfer_v1
 from keybroker.api.services import Services
 from keybroker.audit import log as audit
 from keybroker.errors import KeybrokerError
@@ -93,7 +93,8 @@ def create_app(services: Services) -> FastAPI:
     ) -> Response:
         start = time.perf_counter()
         path = request.url.path
-        if request.method in ("POST", "PUT", "PATCH") and path.startswith("/kbs/v1/"):
+        has_body = request.headers.get("content-length", "0") != "0" or "transfer-encoding" in request.headers
+        if request.method in ("POST", "PUT", "PATCH") and path.startswith("/kbs/v1/") and has_body:
             ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
             if ctype not in _JSON_TYPES:
                 response: Response = problems.problem(
@@ -115,7 +116,12 @@ def create_app(services: Services) -> FastAPI:
         route_path: str = getattr(route, "path", request.url.path)
         requests.labels(request.method, route_path, str(response.status_code)).inc()
         latency.labels(request.method, route_path).observe(time.perf_counter() - start)
-        if response.status_code >= 400 and request.url.path.startswith("/kbs/v1/"):
+        # transfers are audited by the release service, with the evidence and the reasons
+        if (
+            response.status_code >= 400
+            and request.url.path.startswith("/kbs/v1/")
+            and not route_path.endswith("/transfer")
+        ):
             _audit_failure(request, route_path, response.status_code)
         return response
 
@@ -147,4 +153,5 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(health.router)
     app.include_router(sys.router)
     app.include_router(kbs_v1.router)
+    app.include_router(transfer_v1.router)
     return app

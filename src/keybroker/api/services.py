@@ -15,6 +15,7 @@ from keybroker.errors import InvalidInput
 from keybroker.keys.service import KeyService
 from keybroker.keystores.base import KeyStore
 from keybroker.keystores.factory import build_keystore
+from keybroker.seal.autounseal import configure_auto_unseal
 from keybroker.seal.barrier import Barrier
 from keybroker.serviceca import ServiceCA, load_or_create_ca
 from keybroker.store.db import Database
@@ -69,6 +70,7 @@ class Services:
         db = Database(settings.database_url)
         db.migrate()
         barrier = Barrier(db)
+        configure_auto_unseal(barrier, settings.seal)
         keystore = build_keystore(settings.keystore, barrier)
         ca = load_or_create_ca(data_dir)
         tokens = TokenService(load_or_create_signing_key(data_dir / TOKEN_KEY_FILE))

@@ -14,9 +14,12 @@ from keybroker.keystores.config import (
 from keybroker.seal.barrier import Barrier
 
 
-def build_keystore(settings: KeystoreSettings, barrier: Barrier) -> KeyStore:
+def build_keystore(settings: KeystoreSettings, barrier: Barrier | None) -> KeyStore:
+    """``barrier`` is needed by the builtin store only (None: for the other stores' CLI checks)."""
     cfg = settings.root
     if isinstance(cfg, BuiltinKeystore):
+        if barrier is None:
+            raise ValueError("the builtin key store needs the barrier")
         return BuiltinKeyStore(barrier)
     if isinstance(cfg, VaultKeystore):
         from keybroker.keystores.vault import VaultKeyStore

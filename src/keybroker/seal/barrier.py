@@ -3,7 +3,11 @@
 Layout: a random 256-bit *root key* protects every per-key data key. The root key is stored
 encrypted under an *unseal key* (AES-256-GCM). The unseal key is never stored: it is split into
 Shamir shares at init (seal type ``shamir``), or kept in a file in the data dir (``devfile``, for
-``--dev`` only). Auto-unseal through an HSM or Transit will wrap the unseal key instead.
+``--dev`` only), or wrapped by an auto-unseal seal (``pkcs11``, ``transit``; see
+:mod:`keybroker.seal.autounseal`). With an auto seal, ``encrypted_root_key`` holds a small
+container: ``b"KBAS" || 0x01 || u16be len(wrapped) || wrapped unseal key || AES-GCM(unseal key,
+root key)``, and init returns *recovery* shares (Shamir shares of the same unseal key) that open
+the barrier by hand when the seal backend is lost.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Protocol
 
 from sqlalchemy import select
 
@@ -25,6 +30,36 @@ from keybroker.store.models import SealConfig
 
 _ROOT_AAD = b"keybroker/root-key/v1"
 KEY_SIZE = 32
+_AUTO_MAGIC = b"KBAS\x01"
+
+
+class AutoSeal(Protocol):
+    """An auto-unseal seal (implementations in :mod:`keybroker.seal.autounseal`)."""
+
+    #: Stored in ``seal_config.seal_type``.
+    seal_type: str
+
+    def wrap(self, unseal_key: bytes, *, create_key: bool) -> bytes:
+        """Encrypt the unseal key with the seal's key (created first when ``create_key``)."""
+        ...
+
+    def unwrap(self, blob: bytes) -> bytes: ...
+
+    def describe(self) -> str: ...
+
+
+def _pack_auto(wrapped_unseal_key: bytes, encrypted_root: bytes) -> bytes:
+    return _AUTO_MAGIC + len(wrapped_unseal_key).to_bytes(2, "big") + wrapped_unseal_key + encrypted_root
+
+
+def _unpack_auto(blob: bytes) -> tuple[bytes, bytes]:
+    if not blob.startswith(_AUTO_MAGIC) or len(blob) < len(_AUTO_MAGIC) + 2:
+        raise Conflict("the stored seal configuration is not an auto-unseal container")
+    n = int.from_bytes(blob[len(_AUTO_MAGIC) : len(_AUTO_MAGIC) + 2], "big")
+    start = len(_AUTO_MAGIC) + 2
+    if len(blob) < start + n:
+        raise Conflict("the stored auto-unseal container is truncated")
+    return blob[start : start + n], blob[start + n :]
 
 
 @dataclass(frozen=True)
@@ -39,9 +74,11 @@ class SealStatus:
 
 @dataclass(frozen=True)
 class InitResult:
-    #: Base64 unseal shares; empty for the dev file seal.
+    #: Base64 unseal shares (recovery shares with auto-unseal); empty for the dev file seal.
     shares: list[str]
     threshold: int
+    #: True: ``shares`` are recovery shares (an auto seal unseals; they are for disaster recovery).
+    recovery: bool = False
 
 
 class Barrier:
@@ -50,6 +87,15 @@ class Barrier:
         self._lock = threading.Lock()
         self._root_key: bytes | None = None
         self._pending: list[bytes] = []
+        self._auto: AutoSeal | None = None
+
+    def attach_auto_seal(self, seal: AutoSeal) -> None:
+        """Use ``seal`` for init and start-up (see :func:`keybroker.seal.autounseal.configure_auto_unseal`)."""
+        self._auto = seal
+
+    @property
+    def auto_seal(self) -> AutoSeal | None:
+        return self._auto
 
     # --- state ---------------------------------------------------------------------------
 
@@ -78,14 +124,24 @@ class Barrier:
 
     # --- init / unseal / seal ------------------------------------------------------------
 
-    def _store(self, seal_type: str, shares: int, threshold: int, unseal_key: bytes) -> None:
+    def _store(
+        self,
+        seal_type: str,
+        shares: int,
+        threshold: int,
+        unseal_key: bytes,
+        wrapped_unseal_key: bytes | None = None,
+    ) -> None:
         root = os.urandom(KEY_SIZE)
+        encrypted = aead.seal(unseal_key, root, _ROOT_AAD)
+        if wrapped_unseal_key is not None:
+            encrypted = _pack_auto(wrapped_unseal_key, encrypted)
         cfg = SealConfig(
             id=1,
             seal_type=seal_type,
             shares=shares,
             threshold=threshold,
-            encrypted_root_key=aead.seal(unseal_key, root, _ROOT_AAD),
+            encrypted_root_key=encrypted,
             created_at=datetime.now(UTC),
         )
         with self._db.session() as s:
@@ -94,12 +150,51 @@ class Barrier:
             s.add(cfg)
 
     def init_shamir(self, shares: int = 5, threshold: int = 3) -> InitResult:
+        """Initialize: unseal shares, or recovery shares when an auto seal is attached."""
+        if self._auto is not None:
+            return self.init_auto(shares, threshold)
         if self._config() is not None:
             raise Conflict("the key store is already initialized")
         unseal_key = os.urandom(KEY_SIZE)
         parts = shamir.split(unseal_key, shares, threshold)
         self._store("shamir", shares, threshold, unseal_key)
         return InitResult([base64.b64encode(p).decode() for p in parts], threshold)
+
+    def init_auto(self, shares: int = 5, threshold: int = 3) -> InitResult:
+        """Initialize with the attached auto seal; the barrier is unsealed afterwards."""
+        seal = self._auto
+        if seal is None:
+            raise Conflict("no auto-unseal seal is configured")
+        if self._config() is not None:
+            raise Conflict("the key store is already initialized")
+        unseal_key = os.urandom(KEY_SIZE)
+        parts = shamir.split(unseal_key, shares, threshold)
+        wrapped = seal.wrap(unseal_key, create_key=True)
+        self._store(seal.seal_type, shares, threshold, unseal_key, wrapped)
+        cfg = self._config()
+        assert cfg is not None
+        with self._lock:
+            self._open(cfg, unseal_key)
+        return InitResult([base64.b64encode(p).decode() for p in parts], threshold, recovery=True)
+
+    def auto_unseal(self) -> bool:
+        """Unseal through the attached seal. False when there is nothing to do (no seal attached,
+        not initialized, or already unsealed); raises when the seal backend fails."""
+        seal = self._auto
+        cfg = self._config()
+        if seal is None or cfg is None or not self.sealed:
+            return False
+        if cfg.seal_type != seal.seal_type:
+            raise Conflict(
+                f"the key store was initialized with the {cfg.seal_type} seal but {seal.seal_type} is configured"
+            )
+        wrapped, _ = _unpack_auto(cfg.encrypted_root_key)
+        unseal_key = seal.unwrap(wrapped)
+        with self._lock:
+            if self._root_key is None:
+                self._open(cfg, unseal_key)
+                self._pending = []
+        return True
 
     def init_devfile(self, key_file: Path) -> None:
         """Dev mode: the unseal key lives in ``key_file`` (0600)."""
@@ -119,8 +214,11 @@ class Barrier:
         self._open(cfg, key_file.read_bytes())
 
     def _open(self, cfg: SealConfig, unseal_key: bytes) -> None:
+        blob = cfg.encrypted_root_key
+        if blob.startswith(_AUTO_MAGIC):
+            _, blob = _unpack_auto(blob)
         try:
-            root = aead.unseal(unseal_key, cfg.encrypted_root_key, _ROOT_AAD)
+            root = aead.unseal(unseal_key, blob, _ROOT_AAD)
         except aead.UnsealError:
             raise InvalidInput(
                 "the unseal key is wrong: these shares do not reconstruct it", field="key"
@@ -132,7 +230,7 @@ class Barrier:
         cfg = self._config()
         if cfg is None:
             raise Conflict("the key store is not initialized: run 'keybroker operator init'")
-        if cfg.seal_type != "shamir":
+        if cfg.seal_type not in ("shamir", "pkcs11", "transit"):  # auto seals: recovery shares
             raise Conflict(f"the key store uses the {cfg.seal_type} seal, not unseal shares")
         try:
             share = base64.b64decode(share_b64.strip(), validate=True)

@@ -1,0 +1,141 @@
+"""``POST /kbs/v1/keys/{id}/transfer``: the Intel SecL / Trust Authority KBS key-transfer flow."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from keybroker.api.deps import actor_of, bearer, services
+from keybroker.api.problems import validation_detail
+from keybroker.api.services import Services
+from keybroker.auth.tokens import Principal
+from keybroker.errors import InvalidInput
+from keybroker.keys import nonces
+from keybroker.keys.release import EvidenceRequest
+
+router = APIRouter(prefix="/kbs/v1", tags=["transfer"])
+Svc = Annotated[Services, Depends(services)]
+MAX_QUOTE = 64 * 1024
+
+
+class NonceIn(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    val: str = Field(max_length=128)
+
+
+class TransferIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    quote: str | None = Field(
+        default=None, max_length=MAX_QUOTE * 2, description="base64 quote (background-check mode)"
+    )
+    nonce: NonceIn | None = None
+    user_data: str | None = Field(
+        default=None, max_length=8192, description="base64 DER SubjectPublicKeyInfo of the workload key"
+    )
+    event_log: str | None = Field(default=None, max_length=1024 * 1024)
+    attestation_token: str | None = Field(default=None, max_length=64 * 1024, description="passport mode")
+
+
+class NonceOut(BaseModel):
+    val: str
+    iat: int
+    exp: int
+
+
+class ChallengeOut(BaseModel):
+    nonce: NonceOut
+
+
+class TransferOut(BaseModel):
+    wrapped_key: str
+    wrapped_swk: str
+
+
+def _b64(value: str | None, field: str) -> bytes:
+    if not value:
+        raise InvalidInput(f"{field} is required", field=field)
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidInput(f"{field} is not valid base64", field=field) from None
+
+
+def _optional_principal(request: Request, svc: Services) -> Principal | None:
+    token = bearer(request)
+    if token is None:
+        return None
+    p = svc.tokens.verify(token)
+    request.state.principal = p
+    return p
+
+
+@router.post(
+    "/keys/{key_id}/transfer",
+    response_model=TransferOut,
+    responses={200: {"description": "a nonce challenge (empty body) or the wrapped key"}},
+)
+async def transfer_key(
+    key_id: str,
+    request: Request,
+    svc: Svc,
+    attestation_type: Annotated[str | None, Header(alias="Attestation-Type")] = None,
+) -> Any:
+    """Empty body: a fresh nonce and the ``Attestation-Type`` the key's policy wants. Then
+    ``{"quote", "nonce", "user_data"}`` with the ``Attestation-Type`` header: the key, wrapped."""
+    from keybroker.keys.service import _check_uuid
+
+    key_id = _check_uuid(key_id, "key")
+    principal = _optional_principal(request, svc)
+    raw = await request.body()
+    if not raw.strip():
+        challenge = svc.release.challenge(key_id)
+        body = ChallengeOut(
+            nonce=NonceOut(
+                val=challenge.nonce.b64,
+                iat=int(challenge.nonce.issued_at.timestamp()),
+                exp=int(challenge.nonce.expires_at.timestamp()),
+            )
+        )
+        return JSONResponse(body.model_dump(), headers={"Attestation-Type": challenge.attestation_type})
+    try:
+        req = TransferIn.model_validate(json.loads(raw))
+    except json.JSONDecodeError:
+        raise InvalidInput("the request body is not valid JSON", field="body") from None
+    except ValidationError as exc:
+        from fastapi.exceptions import RequestValidationError
+
+        field, detail, _ = validation_detail(RequestValidationError(exc.errors()))
+        raise InvalidInput(detail, field=field) from None
+    if req.attestation_token is not None:
+        raise InvalidInput(
+            "passport mode (attestation_token) is not supported yet; send the quote",
+            field="attestation_token",
+        )
+    if attestation_type is None:
+        raise InvalidInput(
+            "the Attestation-Type header (SGX or TDX) is required with evidence", field="Attestation-Type"
+        )
+    if attestation_type not in ("SGX", "TDX"):
+        raise InvalidInput(
+            f"Attestation-Type {attestation_type!r} is not SGX or TDX", field="Attestation-Type"
+        )
+    if req.nonce is None:
+        raise InvalidInput("nonce is required", field="nonce")
+    evidence = EvidenceRequest(
+        attestation_type=attestation_type,
+        quote=_b64(req.quote, "quote"),
+        nonce=nonces.decode_nonce(req.nonce.val, "nonce.val"),
+        user_data=_b64(req.user_data, "user_data"),
+    )
+    actor = actor_of(principal) if principal is not None else "workload"
+    wrapped = svc.release.transfer(key_id, evidence, principal, actor)
+    return TransferOut(
+        wrapped_key=base64.b64encode(wrapped.wrapped_key).decode(),
+        wrapped_swk=base64.b64encode(wrapped.wrapped_swk).decode(),
+    )

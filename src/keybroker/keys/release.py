@@ -1,0 +1,152 @@
+"""Attested key release for ``/kbs/v1`` (Intel SecL / Trust Authority KBS style).
+
+Steps, in this order (a failure at any step denies, is audited, and releases nothing):
+1. the key exists and has a transfer policy (no policy: never released);
+2. ``Attestation-Type`` is one the policy allows;
+3. the nonce is consumed (single use, this key, not expired) *before* the evidence is looked at,
+   so a failed attempt cannot be retried with the same nonce;
+4. ``user_data`` is the workload's ephemeral public key (DER SPKI, RSA >= 3072 or EC P-256/P-384);
+5. the quote verifies (chain, collateral, TCB) and its REPORTDATA = SHA-512(nonce || user_data);
+6. the key's policy allows the verified claims (and the caller's client permissions);
+7. the key is wrapped to the workload key (SWK via RSA-OAEP-256, key under AES-256-GCM).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import rfc8785
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from keybroker.appraisal import secl
+from keybroker.appraisal.decision import Decision
+from keybroker.audit import log as audit
+from keybroker.auth.tokens import Principal
+from keybroker.errors import EvidenceError, Forbidden, InvalidInput, KeybrokerError, NotFound, PolicyDenied
+from keybroker.keys import binding, nonces, wrap
+from keybroker.keys.policy import TransferPolicyBody
+from keybroker.keystores.base import KeyStore
+from keybroker.store.db import Database
+from keybroker.store.models import Key, TransferPolicy
+from keybroker.tee.dcap.verify import VerifiedQuote
+from keybroker.tee.verifier import Verifier
+
+V1_PURPOSE = "kbs-v1-transfer"
+
+
+@dataclass(frozen=True)
+class Challenge:
+    nonce: nonces.IssuedNonce
+    attestation_type: str
+
+
+@dataclass(frozen=True)
+class EvidenceRequest:
+    attestation_type: str
+    quote: bytes
+    nonce: bytes
+    user_data: bytes
+
+
+def evidence_digest(evidence: bytes) -> str:
+    return hashlib.sha256(evidence).hexdigest()
+
+
+def claims_digest(verified: VerifiedQuote) -> str:
+    return hashlib.sha256(rfc8785.dumps(verified.claims.to_dict())).hexdigest()
+
+
+class ReleaseService:
+    def __init__(self, db: Database, keystore: KeyStore, verifier: Verifier, nonce_ttl: timedelta) -> None:
+        self._db = db
+        self._keystore = keystore
+        self._verifier = verifier
+        self._nonce_ttl = nonce_ttl
+
+    def _key_and_policy(self, key_id: str) -> tuple[Key, TransferPolicyBody, str]:
+        with self._db.session() as s:
+            key = s.get(Key, key_id)
+            if key is None:
+                raise NotFound(f"key {key_id} does not exist")
+            if key.transfer_policy_id is None:
+                raise Forbidden(
+                    f"key {key_id} has no transfer policy and is never released",
+                    reasons=["the key has no transfer policy"],
+                )
+            row = s.get(TransferPolicy, key.transfer_policy_id)
+            assert row is not None  # foreign key
+            return key, TransferPolicyBody.model_validate(row.body), row.id
+
+    def challenge(self, key_id: str) -> Challenge:
+        _, policy, _ = self._key_and_policy(key_id)
+        with self._db.session() as s:
+            issued = nonces.issue(s, purpose=V1_PURPOSE, subject=key_id, ttl=self._nonce_ttl)
+        return Challenge(issued, policy.attestation_type[0])
+
+    def transfer(
+        self, key_id: str, req: EvidenceRequest, principal: Principal | None, actor: str
+    ) -> wrap.SeclWrapped:
+        details: dict[str, Any] = {"protocol": "kbs/v1", "evidence_sha256": evidence_digest(req.quote)}
+        try:
+            key, policy, policy_id = self._key_and_policy(key_id)
+            details["policy_id"] = policy_id
+            if req.attestation_type not in policy.attestation_type:
+                why = f"Attestation-Type {req.attestation_type} is not allowed by the key's policy ({', '.join(policy.attestation_type)})"
+                raise PolicyDenied(why, reasons=[why])
+            with self._db.session() as s:
+                nonces.consume(s, req.nonce, purpose=V1_PURPOSE, subject=key_id)
+            workload_key = binding.load_spki(req.user_data, "user_data")
+            if not isinstance(workload_key, rsa.RSAPublicKey):
+                raise InvalidInput(
+                    "/kbs/v1 wraps the session key with RSA-OAEP: user_data must be an RSA (>= 3072-bit) key; "
+                    "use /kbs/v0 for EC keys",
+                    field="user_data",
+                )
+            expected = binding.v1_report_data(req.nonce, req.user_data)
+            verified = self._verifier.verify(req.attestation_type.lower(), req.quote, expected)
+            details["claims_sha256"] = claims_digest(verified)
+            details["tcb_status"] = verified.status
+            decision: Decision = secl.evaluate(
+                policy,
+                verified,
+                client_permissions=None if principal is None else sorted(principal.client_permissions),
+                policy_id=policy_id,
+            )
+            details["notes"] = list(decision.notes)
+            if not decision.allowed:
+                raise PolicyDenied(
+                    "the evidence does not satisfy the key's transfer policy", reasons=decision.reasons
+                )
+            with self._db.session() as s:
+                secret = self._keystore.fetch(s, key_id, key.backend_ref)
+                wrapped = wrap.secl_wrap(secret, workload_key)
+                audit.append(
+                    s,
+                    actor=actor,
+                    action="key.transfer",
+                    object_id=key_id,
+                    outcome="success",
+                    details=details,
+                )
+            return wrapped
+        except KeybrokerError as exc:
+            self._audit_denial(actor, key_id, exc, details)
+            raise
+
+    def _audit_denial(self, actor: str, key_id: str, exc: KeybrokerError, details: dict[str, Any]) -> None:
+        reasons = getattr(exc, "reasons", None) or [exc.detail]
+        if isinstance(exc, EvidenceError) and "check" in exc.extra:
+            details["failed_check"] = exc.extra["check"]
+        with self._db.session() as s:
+            audit.append(
+                s,
+                actor=actor,
+                action="key.transfer",
+                object_id=key_id,
+                outcome="denied" if exc.status in (401, 403) or isinstance(exc, EvidenceError) else "failed",
+                reason="; ".join(str(r) for r in reasons),
+                details=details,
+            )

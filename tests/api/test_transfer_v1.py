@@ -1,0 +1,292 @@
+"""/kbs/v1 attested key transfer end to end through HTTP, with simulator evidence."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from fastapi.testclient import TestClient
+from tests.helpers.api import token_headers
+
+from keybroker.api.services import DEV_PKI_DIR, Services
+from keybroker.keys import binding, wrap
+from keybroker.tee import sim
+
+_WORKLOAD = rsa.generate_private_key(public_exponent=65537, key_size=3072)
+SPKI = _WORKLOAD.public_key().public_bytes(
+    serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+)
+
+SGX_SIM_POLICY: dict[str, Any] = {
+    "attestation_type": ["SGX"],
+    "sgx": {
+        "attributes": {
+            "mrsigner": [sim.DEFAULT_MRSIGNER.hex()],
+            "isvprodid": [7],
+            "mrenclave": [sim.DEFAULT_MRENCLAVE.hex()],
+            "isvsvn": 2,
+        }
+    },
+    "allow_simulated": True,
+}
+TDX_SIM_POLICY: dict[str, Any] = {
+    "attestation_type": ["TDX"],
+    "tdx": {
+        "attributes": {
+            "mrsignerseam": [sim.DEFAULT_MRSIGNERSEAM.hex()],
+            "mrseam": [sim.DEFAULT_MRSEAM.hex()],
+            "seamsvn": sim.DEFAULT_SEAMSVN,
+            "mrtd": [sim.DEFAULT_MRTD.hex()],
+            "rtmr0": sim.DEFAULT_RTMRS[0].hex(),
+            "enforce_tcb_upto_date": True,
+        }
+    },
+    "allow_simulated": True,
+}
+
+
+@dataclass
+class Setup:
+    client: TestClient
+    services: Services
+    admin: dict[str, str]
+    pki: sim.DevPki
+    key_id: str
+    secret: bytes
+
+
+def _setup(client: TestClient, services: Services, admin: dict[str, str], policy: dict[str, Any]) -> Setup:
+    pid = client.post("/kbs/v1/key-transfer-policies", json=policy, headers=admin).json()["id"]
+    secret = os.urandom(32)
+    r = client.post(
+        "/kbs/v1/keys",
+        json={
+            "key_information": {"algorithm": "AES", "key_string": base64.b64encode(secret).decode()},
+            "transfer_policy_id": pid,
+        },
+        headers=admin,
+    )
+    assert r.status_code == 201, r.text
+    pki = sim.DevPki.load(services.settings.data_dir / DEV_PKI_DIR)
+    return Setup(client, services, admin, pki, r.json()["key_information"]["id"], secret)
+
+
+def _nonce(s: Setup, key_id: str | None = None) -> tuple[bytes, str]:
+    r = s.client.post(f"/kbs/v1/keys/{key_id or s.key_id}/transfer")
+    assert r.status_code == 200, r.text
+    return base64.b64decode(r.json()["nonce"]["val"]), r.headers["Attestation-Type"]
+
+
+def _transfer(
+    s: Setup,
+    quote: bytes,
+    nonce: bytes,
+    att: str = "SGX",
+    headers: dict[str, str] | None = None,
+    spki: bytes = SPKI,
+) -> Any:
+    body = {
+        "quote": base64.b64encode(quote).decode(),
+        "nonce": {"val": base64.b64encode(nonce).decode()},
+        "user_data": base64.b64encode(spki).decode(),
+    }
+    return s.client.post(
+        f"/kbs/v1/keys/{s.key_id}/transfer", json=body, headers={"Attestation-Type": att, **(headers or {})}
+    )
+
+
+def _sgx(s: Setup, nonce: bytes, **fields: Any) -> bytes:
+    fields.setdefault("isvprodid", 7)
+    fields.setdefault("isvsvn", 2)
+    return sim.sgx_quote(s.pki, report_data=binding.v1_report_data(nonce, SPKI), **fields)
+
+
+@pytest.fixture
+def sgx(client: TestClient, services: Services, admin_headers: dict[str, str]) -> Setup:
+    return _setup(client, services, admin_headers, SGX_SIM_POLICY)
+
+
+def _audit(s: Setup) -> list[dict[str, Any]]:
+    return [
+        r
+        for r in s.client.get("/kbs/v1/audit?limit=1000", headers=s.admin).json()
+        if r["action"] == "key.transfer"
+    ]
+
+
+def test_sgx_release_round_trip(sgx: Setup) -> None:
+    nonce, att = _nonce(sgx)
+    assert att == "SGX" and len(nonce) == 32
+    r = _transfer(sgx, _sgx(sgx, nonce), nonce)
+    assert r.status_code == 200, r.text
+    wrapped = wrap.SeclWrapped(
+        base64.b64decode(r.json()["wrapped_key"]), base64.b64decode(r.json()["wrapped_swk"])
+    )
+    assert wrap.secl_unwrap(wrapped, _WORKLOAD) == sgx.secret
+    rec = _audit(sgx)[-1]
+    assert rec["outcome"] == "success" and rec["object_id"] == sgx.key_id
+    assert len(rec["details"]["evidence_sha256"]) == 64 and len(rec["details"]["claims_sha256"]) == 64
+    # replay of the same nonce and quote
+    r = _transfer(sgx, _sgx(sgx, nonce), nonce)
+    assert r.status_code == 403 and "already used" in r.json()["detail"]
+
+
+def test_tdx_release_round_trip(
+    client: TestClient, services: Services, admin_headers: dict[str, str]
+) -> None:
+    s = _setup(client, services, admin_headers, TDX_SIM_POLICY)
+    nonce, att = _nonce(s)
+    assert att == "TDX"
+    quote = sim.tdx_quote(s.pki, report_data=binding.v1_report_data(nonce, SPKI))
+    r = _transfer(s, quote, nonce, "TDX")
+    assert r.status_code == 200, r.text
+    wrapped = wrap.SeclWrapped(
+        base64.b64decode(r.json()["wrapped_key"]), base64.b64decode(r.json()["wrapped_swk"])
+    )
+    assert wrap.secl_unwrap(wrapped, _WORKLOAD) == s.secret
+    # wrong MRTD: denied with the reason naming the field
+    nonce, _ = _nonce(s)
+    quote = sim.tdx_quote(s.pki, report_data=binding.v1_report_data(nonce, SPKI), mrtd=b"\x01" * 48)
+    r = _transfer(s, quote, nonce, "TDX")
+    assert r.status_code == 403
+    assert any("mrtd" in reason.lower() for reason in r.json()["reasons"])
+    # TCB out of date with enforce_tcb_upto_date
+    nonce, _ = _nonce(s)
+    quote = sim.tdx_quote(s.pki, report_data=binding.v1_report_data(nonce, SPKI), tcb="outofdate")
+    r = _transfer(s, quote, nonce, "TDX")
+    assert r.status_code == 403 and any("OutOfDate" in reason for reason in r.json()["reasons"])
+
+
+@pytest.mark.parametrize(
+    ("fields", "fragment"),
+    [
+        ({"isvsvn": 1}, "isvsvn 1"),
+        ({"isvprodid": 8}, "isvprodid"),
+        ({"mrenclave": b"\x02" * 32}, "mrenclave"),
+        ({"mrsigner": b"\x03" * 32}, "mrsigner"),
+        ({"debug": True}, "debug"),
+    ],
+)
+def test_single_clause_mismatch_denied_and_audited(sgx: Setup, fields: dict[str, Any], fragment: str) -> None:
+    nonce, _ = _nonce(sgx)
+    r = _transfer(sgx, _sgx(sgx, nonce, **fields), nonce)
+    assert r.status_code == 403, r.text
+    problem = r.json()
+    assert any(fragment in reason.lower() for reason in problem["reasons"]), problem
+    assert sgx.secret.hex() not in r.text
+    rec = _audit(sgx)[-1]
+    assert rec["outcome"] == "denied" and fragment in rec["reason"].lower()
+
+
+def test_simulated_evidence_needs_allow_simulated(
+    client: TestClient, services: Services, admin_headers: dict[str, str]
+) -> None:
+    policy = copy.deepcopy(SGX_SIM_POLICY)
+    del policy["allow_simulated"]
+    s = _setup(client, services, admin_headers, policy)
+    nonce, _ = _nonce(s)
+    r = _transfer(s, _sgx(s, nonce), nonce)
+    assert r.status_code == 403 and any("simulat" in reason for reason in r.json()["reasons"])
+
+
+def test_wrong_binding_and_nonce_misuse(
+    sgx: Setup, client: TestClient, services: Services, admin_headers: dict[str, str]
+) -> None:
+    nonce, _ = _nonce(sgx)
+    other = (
+        ec.generate_private_key(ec.SECP384R1())
+        .public_key()
+        .public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    # quote binds SPKI, request claims another RSA key: report data mismatch
+    other_rsa = rsa.generate_private_key(public_exponent=65537, key_size=3072).public_key()
+    other_spki = other_rsa.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    r = _transfer(sgx, _sgx(sgx, nonce), nonce, spki=other_spki)
+    assert r.status_code == 400 and r.json()["check"] == "report_data"
+    # the failed attempt burnt the nonce
+    r = _transfer(sgx, _sgx(sgx, nonce), nonce)
+    assert r.status_code == 403 and "already used" in r.json()["detail"]
+    # unknown nonce
+    forged = os.urandom(32)
+    r = _transfer(sgx, _sgx(sgx, forged), forged)
+    assert r.status_code == 403 and "unknown nonce" in r.json()["detail"]
+    # a nonce issued for another key
+    other_key = _setup(client, services, admin_headers, SGX_SIM_POLICY).key_id
+    foreign, _ = _nonce(sgx, other_key)
+    r = _transfer(sgx, _sgx(sgx, foreign), foreign)
+    assert r.status_code == 403 and "another key" in r.json()["detail"]
+    # EC workload keys cannot receive an RSA-OAEP-wrapped SWK on /kbs/v1
+    nonce, _ = _nonce(sgx)
+    r = _transfer(
+        sgx,
+        sim.sgx_quote(sgx.pki, report_data=binding.v1_report_data(nonce, other), isvprodid=7, isvsvn=2),
+        nonce,
+        spki=other,
+    )
+    assert r.status_code == 400 and r.json()["field"] == "user_data"
+    # Attestation-Type the policy does not allow
+    nonce, _ = _nonce(sgx)
+    r = _transfer(sgx, _sgx(sgx, nonce), nonce, att="TDX")
+    assert r.status_code == 403 and "Attestation-Type" in r.json()["detail"]
+
+
+def test_client_permissions(client: TestClient, services: Services, admin_headers: dict[str, str]) -> None:
+    policy = copy.deepcopy(SGX_SIM_POLICY)
+    policy["sgx"]["attributes"]["client_permissions"] = ["nginx", "USA"]
+    s = _setup(client, services, admin_headers, policy)
+    nonce, _ = _nonce(s)
+    r = _transfer(s, _sgx(s, nonce), nonce)
+    assert r.status_code == 403
+    nonce, _ = _nonce(s)
+    r = _transfer(s, _sgx(s, nonce), nonce, headers=token_headers(services, client_permissions=("nginx",)))
+    assert r.status_code == 403 and any("USA" in reason for reason in r.json()["reasons"])
+    nonce, _ = _nonce(s)
+    r = _transfer(
+        s, _sgx(s, nonce), nonce, headers=token_headers(services, client_permissions=("nginx", "USA"))
+    )
+    assert r.status_code == 200, r.text
+
+
+def test_bad_requests(sgx: Setup) -> None:
+    url = f"/kbs/v1/keys/{sgx.key_id}/transfer"
+    assert sgx.client.post(url, json={"quote": "x"}, headers={"Attestation-Type": "SGX"}).json()["field"] in (
+        "nonce",
+        "quote",
+    )
+    r = sgx.client.post(
+        url,
+        json={"quote": "!!", "nonce": {"val": "AAAA"}, "user_data": "AA=="},
+        headers={"Attestation-Type": "SGX"},
+    )
+    assert r.status_code == 400
+    r = sgx.client.post(url, json={"bogus": 1}, headers={"Attestation-Type": "SGX"})
+    assert r.status_code == 400 and "bogus" in r.json()["detail"]
+    r = sgx.client.post(
+        url,
+        json={"quote": "AA==", "nonce": {"val": base64.b64encode(bytes(32)).decode()}, "user_data": "AA=="},
+        headers={"Attestation-Type": "SEV"},
+    )
+    assert r.status_code == 400 and r.json()["field"] == "Attestation-Type"
+    assert sgx.client.post("/kbs/v1/keys/0b7d1d0e-7f6b-4b1e-9d7c-2f5d7f1d2a11/transfer").status_code == 404
+    # garbage quote with a fresh nonce: a clean 400 naming the problem
+    nonce, _ = _nonce(sgx)
+    r = _transfer(sgx, b"\x03\x00" + bytes(100), nonce)
+    assert r.status_code == 400 and r.json()["detail"]
+
+
+def test_key_without_policy_never_released(client: TestClient, admin_headers: dict[str, str]) -> None:
+    kid = client.post(
+        "/kbs/v1/keys",
+        json={"key_information": {"algorithm": "AES", "key_length": 256}},
+        headers=admin_headers,
+    ).json()["key_information"]["id"]
+    r = client.post(f"/kbs/v1/keys/{kid}/transfer")
+    assert r.status_code == 403 and "no transfer policy" in r.json()["detail"]
