@@ -12,6 +12,7 @@ from cryptography import x509
 from keybroker.auth.tokens import TokenService, load_or_create_signing_key
 from keybroker.config import Settings
 from keybroker.errors import InvalidInput
+from keybroker.keys.release import ReleaseService
 from keybroker.keys.service import KeyService
 from keybroker.keystores.base import KeyStore
 from keybroker.keystores.factory import build_keystore
@@ -62,6 +63,7 @@ class Services:
     tokens: TokenService
     ca: ServiceCA
     verifier: Verifier
+    release: ReleaseService
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -82,7 +84,10 @@ class Services:
             for tee in ("sgx", "tdx"):
                 collateral.add(QuoteCollateral.from_json(pki.collateral_json(tee)))
         verifier = Verifier(collateral, dev_roots=dev_roots)
-        services = cls(settings, db, barrier, keystore, KeyService(db, keystore, ca), tokens, ca, verifier)
+        release = ReleaseService(db, keystore, verifier, timedelta(seconds=settings.nonce_ttl_seconds))
+        services = cls(
+            settings, db, barrier, keystore, KeyService(db, keystore, ca), tokens, ca, verifier, release
+        )
         if settings.dev:
             services._dev_unseal(data_dir / DEV_UNSEAL_FILE)
         return services
