@@ -23,6 +23,8 @@ from keybroker.store.db import Database
 from keybroker.tee.dcap.collateral import QuoteCollateral
 from keybroker.tee.sim import DevPki
 from keybroker.tee.verifier import StaticCollateral, Verifier
+from keybroker.tokens.keyring_store import KeyringStore
+from keybroker.tokens.service import AttestationService
 
 log = logging.getLogger("keybroker")
 
@@ -64,6 +66,7 @@ class Services:
     ca: ServiceCA
     verifier: Verifier
     release: ReleaseService
+    attestation: AttestationService
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -85,8 +88,19 @@ class Services:
                 collateral.add(QuoteCollateral.from_json(pki.collateral_json(tee)))
         verifier = Verifier(collateral, dev_roots=dev_roots)
         release = ReleaseService(db, keystore, verifier, timedelta(seconds=settings.nonce_ttl_seconds))
+        nonce_ttl = timedelta(seconds=settings.nonce_ttl_seconds)
+        attestation = AttestationService(db, verifier, KeyringStore(db, barrier), nonce_ttl)
         services = cls(
-            settings, db, barrier, keystore, KeyService(db, keystore, ca), tokens, ca, verifier, release
+            settings,
+            db,
+            barrier,
+            keystore,
+            KeyService(db, keystore, ca),
+            tokens,
+            ca,
+            verifier,
+            release,
+            attestation,
         )
         if settings.dev:
             services._dev_unseal(data_dir / DEV_UNSEAL_FILE)

@@ -14,6 +14,7 @@ Steps, in this order (a failure at any step denies, is audited, and releases not
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -33,6 +34,7 @@ from keybroker.store.db import Database
 from keybroker.store.models import Key, TransferPolicy
 from keybroker.tee.dcap.verify import VerifiedQuote
 from keybroker.tee.verifier import Verifier
+from keybroker.tokens.ear import EarClaims
 
 V1_PURPOSE = "kbs-v1-transfer"
 
@@ -119,6 +121,61 @@ class ReleaseService:
             if not decision.allowed:
                 raise PolicyDenied(
                     "the evidence does not satisfy the key's transfer policy", reasons=decision.reasons
+                )
+            with self._db.session() as s:
+                secret = self._keystore.fetch(s, key_id, key.backend_ref)
+                wrapped = wrap.secl_wrap(secret, workload_key)
+                audit.append(
+                    s,
+                    actor=actor,
+                    action="key.transfer",
+                    object_id=key_id,
+                    outcome="success",
+                    details=details,
+                )
+            return wrapped
+        except KeybrokerError as exc:
+            self._audit_denial(actor, key_id, exc, details)
+            raise
+
+    def transfer_passport(
+        self,
+        key_id: str,
+        token: str,
+        verify_token: Callable[[str], EarClaims],
+        principal: Principal | None,
+        actor: str,
+    ) -> wrap.SeclWrapped:
+        """Passport mode: an attestation token from ``/attestation/v1/attest`` instead of a quote.
+
+        The token carries the verified claims and the user data (the workload key) its evidence
+        bound; its nonce was consumed when it was issued. Within its lifetime it may be presented
+        again, but the key is always wrapped to the key bound in the evidence, so a replayed token
+        yields nothing to anyone else.
+        """
+        details: dict[str, Any] = {"protocol": "kbs/v1", "mode": "passport"}
+        try:
+            key, policy, policy_id = self._key_and_policy(key_id)
+            details["policy_id"] = policy_id
+            ear = verify_token(token)
+            details["token_kid"] = ear.kid
+            if ear.held_data is None:
+                raise InvalidInput(
+                    "the attestation token carries no user data (workload key)", field="attestation_token"
+                )
+            workload_key = binding.load_spki(ear.held_data, "attestation_token.user_data")
+            if not isinstance(workload_key, rsa.RSAPublicKey):
+                raise InvalidInput(
+                    "/kbs/v1 needs an RSA (>= 3072-bit) workload key", field="attestation_token"
+                )
+            doc = ear.appraisal_input(
+                client_permissions=None if principal is None else sorted(principal.client_permissions)
+            )
+            decision = secl.evaluate_input(policy, doc, policy_id=policy_id)
+            details["notes"] = list(decision.notes)
+            if not decision.allowed:
+                raise PolicyDenied(
+                    "the attested claims do not satisfy the key's transfer policy", reasons=decision.reasons
                 )
             with self._db.session() as s:
                 secret = self._keystore.fetch(s, key_id, key.backend_ref)

@@ -18,6 +18,7 @@ from keybroker.auth.tokens import Principal
 from keybroker.errors import InvalidInput
 from keybroker.keys import nonces
 from keybroker.keys.release import EvidenceRequest
+from keybroker.keys.wrap import SeclWrapped
 
 router = APIRouter(prefix="/kbs/v1", tags=["transfer"])
 Svc = Annotated[Services, Depends(services)]
@@ -112,11 +113,16 @@ async def transfer_key(
 
         field, detail, _ = validation_detail(RequestValidationError(exc.errors()))
         raise InvalidInput(detail, field=field) from None
+    actor = actor_of(principal) if principal is not None else "workload"
     if req.attestation_token is not None:
-        raise InvalidInput(
-            "passport mode (attestation_token) is not supported yet; send the quote",
-            field="attestation_token",
+        if req.quote is not None:
+            raise InvalidInput(
+                "send either quote (background check) or attestation_token (passport), not both", field="body"
+            )
+        wrapped = svc.release.transfer_passport(
+            key_id, req.attestation_token, svc.attestation.verify_token, principal, actor
         )
+        return _out(wrapped)
     if attestation_type is None:
         raise InvalidInput(
             "the Attestation-Type header (SGX or TDX) is required with evidence", field="Attestation-Type"
@@ -133,8 +139,10 @@ async def transfer_key(
         nonce=nonces.decode_nonce(req.nonce.val, "nonce.val"),
         user_data=_b64(req.user_data, "user_data"),
     )
-    actor = actor_of(principal) if principal is not None else "workload"
-    wrapped = svc.release.transfer(key_id, evidence, principal, actor)
+    return _out(svc.release.transfer(key_id, evidence, principal, actor))
+
+
+def _out(wrapped: SeclWrapped) -> TransferOut:
     return TransferOut(
         wrapped_key=base64.b64encode(wrapped.wrapped_key).decode(),
         wrapped_swk=base64.b64encode(wrapped.wrapped_swk).decode(),

@@ -1,0 +1,137 @@
+"""The attestation service: nonces, evidence appraisal and signed attestation results (EAR JWTs).
+
+The broker uses it in-process; ``/attestation/v1`` exposes it over HTTP.
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from keybroker.appraisal.decision import Decision
+from keybroker.appraisal.defaults import default_attestation_policy
+from keybroker.appraisal.input import appraisal_input
+from keybroker.audit import log as audit
+from keybroker.errors import KeybrokerError
+from keybroker.keys import binding, nonces
+from keybroker.keys.release import claims_digest, evidence_digest
+from keybroker.store.db import Database
+from keybroker.tee.dcap.verify import VerifiedQuote
+from keybroker.tee.verifier import ExpectedReportData, Verifier
+from keybroker.tokens.ear import EarClaims, issue_ear, verify_ear
+from keybroker.tokens.keyring_store import KeyringStore
+
+ATTEST_PURPOSE = "attestation-v1"
+ISSUER = "keybroker"
+DEFAULT_TOKEN_TTL = timedelta(minutes=5)
+
+
+@dataclass(frozen=True)
+class Attested:
+    token: str
+    verified: VerifiedQuote
+    decision: Decision
+
+
+class AttestationService:
+    def __init__(
+        self,
+        db: Database,
+        verifier: Verifier,
+        keyring: KeyringStore,
+        nonce_ttl: timedelta,
+        token_ttl: timedelta = DEFAULT_TOKEN_TTL,
+    ) -> None:
+        self._db = db
+        self.verifier = verifier
+        self.keyring = keyring
+        self._nonce_ttl = nonce_ttl
+        self._token_ttl = token_ttl
+
+    def nonce(self) -> nonces.IssuedNonce:
+        with self._db.session() as s:
+            return nonces.issue(s, purpose=ATTEST_PURPOSE, subject=None, ttl=self._nonce_ttl)
+
+    def appraise_and_sign(
+        self,
+        tee: str,
+        evidence: bytes,
+        expected: ExpectedReportData,
+        *,
+        nonce: str | None,
+        user_data: bytes | None,
+        runtime_data: dict[str, Any] | None,
+        actor: str,
+        protocol: str,
+    ) -> Attested:
+        """Verify, appraise with the default attestation policy, sign an EAR; audit either way."""
+        details: dict[str, Any] = {
+            "protocol": protocol,
+            "tee": tee,
+            "evidence_sha256": evidence_digest(evidence),
+        }
+        try:
+            verified = self.verifier.verify(tee, evidence, expected)
+        except KeybrokerError as exc:
+            details["failed_check"] = exc.extra.get("check")
+            with self._db.session() as s:
+                audit.append(
+                    s,
+                    actor=actor,
+                    action="attestation.attest",
+                    outcome="denied",
+                    reason=exc.detail,
+                    details=details,
+                )
+            raise
+        decision = default_attestation_policy(appraisal_input(verified, client_permissions=None))
+        now = datetime.now(UTC)
+        token = issue_ear(
+            self.keyring.keyring(),
+            verified,
+            decision,
+            nonce=nonce,
+            user_data=user_data,
+            runtime_data=runtime_data,
+            issuer=ISSUER,
+            ttl=self._token_ttl,
+            now=now,
+        )
+        details.update(
+            {
+                "claims_sha256": claims_digest(verified),
+                "ear_status": decision.ear_status,
+                "tcb_status": verified.status,
+            }
+        )
+        with self._db.session() as s:
+            audit.append(s, actor=actor, action="attestation.attest", outcome="success", details=details)
+        return Attested(token, verified, decision)
+
+    def attest_v1(self, tee: str, evidence: bytes, nonce: bytes, user_data: bytes, actor: str) -> Attested:
+        """``/attestation/v1/attest``: REPORTDATA = SHA-512(nonce || user_data), the nonce single use."""
+        with self._db.session() as s:
+            nonces.consume(s, nonce, purpose=ATTEST_PURPOSE, subject=None)
+        return self.appraise_and_sign(
+            tee,
+            evidence,
+            binding.v1_report_data(nonce, user_data),
+            nonce=base64.b64encode(nonce).decode(),
+            user_data=user_data,
+            runtime_data=None,
+            actor=actor,
+            protocol="attestation/v1",
+        )
+
+    def verify_token(self, token: str) -> EarClaims:
+        now = datetime.now(UTC)
+        try:
+            return verify_ear(self.keyring.keyring(), token, now=now, issuer=ISSUER)
+        except KeybrokerError:
+            # another replica may have rotated: reload once
+            return verify_ear(self.keyring.keyring(refresh=True), token, now=now, issuer=ISSUER)
+
+    def jwks(self) -> dict[str, Any]:
+        return self.keyring.keyring().jwks()
