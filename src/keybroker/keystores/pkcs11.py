@@ -83,6 +83,10 @@ class KeyNotExtractable(KeybrokerError):
     status = 409
 
 
+class _PinRejected(BackendUnavailable):
+    """Not retried: every wrong attempt counts towards the token's PIN lockout."""
+
+
 class _Library:
     """One loaded PKCS#11 module per path, its lock and its open sessions (process-wide)."""
 
@@ -143,7 +147,7 @@ class Pkcs11Connector:
         try:
             return token.open(rw=True, user_pin=pin)
         except p11_exc.PinIncorrect:
-            raise BackendUnavailable(
+            raise _PinRejected(
                 f"the {self.what} token {self.cfg.token_label!r} rejected the PIN", backend=self.what
             ) from None
         except p11_exc.UserAlreadyLoggedIn:
@@ -157,19 +161,18 @@ class Pkcs11Connector:
             if s is None:
                 try:
                     s = self._open(lib)
-                except (
-                    BackendUnavailable,  # token not found: perhaps plugged in after the module loaded
-                    p11_exc.GeneralError,
-                    p11_exc.DeviceError,
-                    p11_exc.DeviceRemoved,
-                    p11_exc.TokenNotPresent,
-                ):
+                except _PinRejected:
+                    raise
+                except (BackendUnavailable, p11_exc.PKCS11Error):  # absent, removed, or not seen yet
                     log.warning("%s: token unusable, re-initializing the module", self.what)
                     lib.reinitialize()
                     s = self._open(lib)
                 lib.sessions[self.cfg.token_label] = s
             try:
                 yield s
+            except BackendUnavailable:
+                lib.drop_sessions()  # e.g. the seal key vanished with the token: look again next time
+                raise
             except p11_exc.PKCS11Error as exc:
                 log.warning(
                     "%s: %s failed (%s); the session will be reopened", self.what, action, type(exc).__name__
