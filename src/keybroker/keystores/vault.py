@@ -126,7 +126,8 @@ class VaultConnector:
                 ) from None
             except hvac_exc.Forbidden:
                 raise BackendUnavailable(
-                    f"the {self.what} denied {action}: permission denied (check the token's policy)",
+                    f"the {self.what} denied {action}: permission denied (the token is invalid or expired, "
+                    "or its policy does not allow this)",
                     backend=self.what,
                 ) from None
             except hvac_exc.Unauthorized:
