@@ -12,6 +12,7 @@ from cryptography import x509
 from keybroker.auth.tokens import TokenService, load_or_create_signing_key
 from keybroker.config import Settings
 from keybroker.errors import InvalidInput
+from keybroker.keys.kbs_v0 import KbsV0Service
 from keybroker.keys.release import ReleaseService
 from keybroker.keys.service import KeyService
 from keybroker.keystores.base import KeyStore
@@ -67,6 +68,7 @@ class Services:
     verifier: Verifier
     release: ReleaseService
     attestation: AttestationService
+    kbs_v0: KbsV0Service
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -101,6 +103,7 @@ class Services:
             verifier,
             release,
             attestation,
+            KbsV0Service(db, barrier, keystore, attestation),
         )
         if settings.dev:
             services._dev_unseal(data_dir / DEV_UNSEAL_FILE)

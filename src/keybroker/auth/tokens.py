@@ -40,6 +40,7 @@ PERMISSIONS = (
     "key_transfer_policies:search",
     "audit:read",
     "sys:seal",
+    "resources:write",
     "*:*",
 )
 _CLIENT_PERMISSION = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")

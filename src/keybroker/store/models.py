@@ -128,6 +128,8 @@ class KbsSession(Base):
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     attested_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     token_jti: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    #: The attestation result issued for this session; resource requests with the cookie use it.
+    ear_token: Mapped[str | None] = mapped_column(Text, nullable=True)
     tee_pubkey: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
 

@@ -37,6 +37,7 @@ def upgrade() -> None:
         sa.Column("expires_at", _TS, nullable=False),
         sa.Column("attested_at", _TS, nullable=True),
         sa.Column("token_jti", sa.String(64), nullable=True),
+        sa.Column("ear_token", sa.Text, nullable=True),
         sa.Column("tee_pubkey", sa.JSON, nullable=True),
     )
     op.create_table(

@@ -1,0 +1,138 @@
+"""Confidential Containers KBS protocol 0.4.0 at ``/kbs/v0`` (the CoCo attestation agent and CDH work unchanged)."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Cookie, Depends, Request, Response
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from keybroker.api.deps import bearer, require, services
+from keybroker.api.services import Services
+from keybroker.errors import InvalidInput
+from keybroker.keys.kbs_v0 import SESSION_TTL, resource_path
+from keybroker.keys.service import Caller
+
+router = APIRouter(prefix="/kbs/v0", tags=["kbs-v0"])
+Svc = Annotated[Services, Depends(services)]
+COOKIE = "kbs-session-id"
+
+
+class AuthIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    version: str = Field(max_length=16, examples=["0.4.0"])
+    tee: str = Field(max_length=32, examples=["tdx"])
+    extra_params: Any = Field(default="", alias="extra-params")
+
+
+class ResourcePolicyIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    transfer_policy_id: str | None = Field(default=None, max_length=64)
+    rego: str | None = Field(
+        default=None, max_length=64 * 1024, description="a Rego module in package keybroker"
+    )
+    default: bool = Field(default=False, description="back to the default policy (affirming, not simulated)")
+
+
+async def _json_body(request: Request, limit: int = 1024 * 1024) -> dict[str, Any]:
+    raw = await request.body()
+    try:
+        body = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise InvalidInput("the request body is not valid JSON", field="body") from None
+    if not isinstance(body, dict):
+        raise InvalidInput("the request body must be a JSON object", field="body")
+    return body
+
+
+@router.post("/auth")
+def auth(body: AuthIn, request: Request, svc: Svc) -> JSONResponse:
+    """Start a session: a nonce to bind into the evidence, and the ``kbs-session-id`` cookie."""
+    challenge = svc.kbs_v0.auth(body.version, body.tee, body.extra_params)
+    resp = JSONResponse({"nonce": challenge.nonce, "extra-params": challenge.extra_params})
+    resp.set_cookie(
+        COOKIE,
+        challenge.session_id,
+        max_age=int(SESSION_TTL.total_seconds()),
+        httponly=True,
+        secure=request.url.scheme == "https",
+        samesite="strict",
+        path="/kbs/v0",
+    )
+    return resp
+
+
+@router.post("/attest")
+async def attest(
+    request: Request, svc: Svc, session: Annotated[str | None, Cookie(alias=COOKIE)] = None
+) -> dict[str, str]:
+    """Evidence bound to the session's nonce and the TEE's public key → an attestation token (EAR)."""
+    body = await _json_body(request)
+    return {"token": svc.kbs_v0.attest(session, body)}
+
+
+@router.get("/resource/{repository}/{rtype}/{tag}")
+def get_resource(
+    repository: str,
+    rtype: str,
+    tag: str,
+    request: Request,
+    svc: Svc,
+    session: Annotated[str | None, Cookie(alias=COOKIE)] = None,
+) -> dict[str, str]:
+    """The resource as a flattened JWE to the attested TEE's key (cookie session or ``Bearer <EAR>``)."""
+    path = resource_path(repository, rtype, tag)
+    ear, actor = svc.kbs_v0.claims_for(session, bearer(request))
+    return svc.kbs_v0.get_resource(path, ear, actor)
+
+
+@router.post("/resource/{repository}/{rtype}/{tag}", status_code=204)
+async def put_resource(
+    repository: str,
+    rtype: str,
+    tag: str,
+    request: Request,
+    svc: Svc,
+    caller: Caller = Depends(require("resources:write")),
+) -> Response:
+    """Write a resource: the raw bytes (``application/octet-stream``, up to 64 KiB), or
+    ``{"key_id": ...}`` (JSON) to serve a keybroker key. New resources get the default policy."""
+    path = resource_path(repository, rtype, tag)
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype == "application/json":
+        body = await _json_body(request)
+        key_id = body.get("key_id")
+        if set(body) != {"key_id"} or not isinstance(key_id, str):
+            raise InvalidInput('a JSON body must be exactly {"key_id": "<uuid>"}', field="key_id")
+        svc.kbs_v0.put_key(path, key_id, caller.actor)
+    else:
+        svc.kbs_v0.put_secret(path, await request.body(), caller.actor)
+    return Response(status_code=204)
+
+
+@router.post("/resource-policy/{repository}/{rtype}/{tag}", status_code=204)
+def set_resource_policy(
+    repository: str,
+    rtype: str,
+    tag: str,
+    body: ResourcePolicyIn,
+    svc: Svc,
+    caller: Caller = Depends(require("resources:write")),
+) -> Response:
+    """Bind a resource to a key-transfer policy or a Rego policy, or back to the default."""
+    chosen = [k for k in ("transfer_policy_id", "rego") if getattr(body, k) is not None] + (
+        ["default"] if body.default else []
+    )
+    if len(chosen) != 1:
+        raise InvalidInput("give exactly one of transfer_policy_id, rego or default", field="body")
+    policy: dict[str, Any] | None
+    if body.default:
+        policy = None
+    elif body.transfer_policy_id is not None:
+        policy = {"transfer_policy_id": body.transfer_policy_id}
+    else:
+        policy = {"rego": body.rego}
+    svc.kbs_v0.set_policy(resource_path(repository, rtype, tag), policy, caller.actor)
+    return Response(status_code=204)

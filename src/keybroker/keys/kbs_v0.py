@@ -1,0 +1,404 @@
+"""The Confidential Containers KBS protocol 0.4.0 (``/kbs/v0``), as the CoCo attestation agent speaks it.
+
+auth → a session (in the database, 5 minutes) and a nonce; attest → evidence bound to
+HASH(JCS({"tee-pubkey", "nonce", "additional-evidence"})) is verified and appraised and an EAR is
+issued; resource → the resource's policy (default: ``ear.status`` affirming and no simulated
+evidence, stricter than Trustee's default, which ignores the status) decides, and the resource
+leaves as a flattened JWE to the ``tee-pubkey`` the evidence bound.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import os
+import re
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from functools import lru_cache
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from keybroker.appraisal import rego, secl
+from keybroker.appraisal.decision import Decision
+from keybroker.appraisal.defaults import default_resource_policy
+from keybroker.audit import log as audit
+from keybroker.errors import Forbidden, InvalidInput, KeybrokerError, NotFound, PolicyDenied, Unauthenticated
+from keybroker.keys import binding, wrap
+from keybroker.keys.policy import TransferPolicyBody
+from keybroker.keystores.base import KeyStore
+from keybroker.seal import aead
+from keybroker.seal.barrier import Barrier
+from keybroker.store.db import Database
+from keybroker.store.models import KbsResource, KbsSession, Key, TransferPolicy
+from keybroker.tokens.ear import EarClaims
+from keybroker.tokens.service import AttestationService
+
+PROTOCOL_VERSION = "0.4.0"
+SUPPORTED_TEES = ("sgx", "tdx")
+SESSION_TTL = timedelta(minutes=5)
+MAX_RESOURCE = 64 * 1024
+_HASH_PREFERENCE = ("sha384", "sha512", "sha256")
+_PATH_PART = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")
+_VERSION = re.compile(r"^(\d+)\.(\d+)\.(\d+)$")
+
+
+def resource_path(repository: str, rtype: str, tag: str) -> str:
+    for name, part in (("repository", repository), ("type", rtype), ("tag", tag)):
+        if not _PATH_PART.match(part) or part in (".", ".."):
+            raise InvalidInput(f"resource {name} {part!r} must be 1-128 of [A-Za-z0-9_.-]", field=name)
+    return f"{repository}/{rtype}/{tag}"
+
+
+def _dek_aad(path: str) -> bytes:
+    return b"keybroker/resource-dek/v1/" + path.encode()
+
+
+def _res_aad(path: str) -> bytes:
+    return b"keybroker/resource/v1/" + path.encode()
+
+
+@dataclass(frozen=True)
+class Challenge:
+    session_id: str
+    nonce: str
+    extra_params: dict[str, Any] | str
+
+
+@lru_cache(maxsize=128)
+def _compiled(source: str) -> rego.RegoPolicy:
+    return rego.compile_policy(source, policy_id="rego:" + hashlib.sha256(source.encode()).hexdigest()[:16])
+
+
+class KbsV0Service:
+    def __init__(
+        self, db: Database, barrier: Barrier, keystore: KeyStore, attestation: AttestationService
+    ) -> None:
+        self._db = db
+        self._barrier = barrier
+        self._keystore = keystore
+        self._attestation = attestation
+
+    # --- auth ------------------------------------------------------------------------------------
+
+    def auth(self, version: str, tee: str, extra_params: object) -> Challenge:
+        m = _VERSION.match(version)
+        if m is None or (int(m.group(1)), int(m.group(2)), int(m.group(3))) > (0, 4, 0) or m.group(1) != "0":
+            raise InvalidInput(
+                f"protocol version {version!r} is not supported; this server speaks {PROTOCOL_VERSION}",
+                field="version",
+            )
+        if tee not in SUPPORTED_TEES:
+            raise InvalidInput(
+                f"tee {tee!r} is not supported by this server (supported: {', '.join(SUPPORTED_TEES)})",
+                field="tee",
+            )
+        hash_alg = "sha384"
+        out_params: dict[str, Any] | str = ""
+        if isinstance(extra_params, str) and extra_params.strip():
+            try:
+                extra_params = json.loads(extra_params)
+            except json.JSONDecodeError:
+                raise InvalidInput(
+                    "extra-params is neither an object nor a JSON string", field="extra-params"
+                ) from None
+        if isinstance(extra_params, dict):
+            offered = extra_params.get("supported-hash-algorithms")
+            if offered is not None:
+                if not isinstance(offered, list) or not all(isinstance(a, str) for a in offered):
+                    raise InvalidInput(
+                        "supported-hash-algorithms must be a list of strings", field="extra-params"
+                    )
+                common = [a for a in _HASH_PREFERENCE if a in {o.lower() for o in offered}]
+                if not common:
+                    raise InvalidInput(
+                        f"none of {offered} is supported; use one of {', '.join(_HASH_PREFERENCE)}",
+                        field="extra-params",
+                    )
+                hash_alg = common[0]
+                out_params = {"selected-hash-algorithm": hash_alg}
+        nonce = base64.b64encode(secrets.token_bytes(32)).decode()
+        now = datetime.now(UTC)
+        session_id = str(uuid.uuid4())
+        with self._db.session() as s:
+            s.add(
+                KbsSession(
+                    id=session_id,
+                    nonce=nonce,
+                    tee=tee,
+                    hash_alg=hash_alg,
+                    created_at=now,
+                    expires_at=now + SESSION_TTL,
+                )
+            )
+        return Challenge(session_id, nonce, out_params)
+
+    # --- attest ----------------------------------------------------------------------------------
+
+    def _session(self, s: Session, session_id: str | None, *, lock: bool = False) -> KbsSession:
+        if not session_id:
+            raise Unauthenticated("no kbs-session-id cookie: call /kbs/v0/auth first")
+        try:
+            uuid.UUID(session_id)
+        except ValueError:
+            raise Unauthenticated("the kbs-session-id cookie is not a session id") from None
+        row = s.get(KbsSession, session_id, with_for_update=lock)
+        if row is None:
+            raise Unauthenticated("unknown session: call /kbs/v0/auth again")
+        expires = row.expires_at if row.expires_at.tzinfo else row.expires_at.replace(tzinfo=UTC)
+        if expires <= datetime.now(UTC):
+            raise Unauthenticated("the session has expired: call /kbs/v0/auth again")
+        return row
+
+    def attest(self, session_id: str | None, body: dict[str, Any]) -> str:
+        runtime = body.get("runtime-data")
+        if not isinstance(runtime, dict):
+            raise InvalidInput(
+                "runtime-data must be an object with nonce and tee-pubkey", field="runtime-data"
+            )
+        nonce, tee_pubkey = runtime.get("nonce"), runtime.get("tee-pubkey")
+        if not isinstance(nonce, str) or not isinstance(tee_pubkey, dict):
+            raise InvalidInput(
+                "runtime-data needs nonce (string) and tee-pubkey (JWK object)", field="runtime-data"
+            )
+        _check_jwk(tee_pubkey)
+        evidence = body.get("tee-evidence")
+        if isinstance(evidence, str):
+            try:
+                evidence = json.loads(evidence)
+            except json.JSONDecodeError:
+                raise InvalidInput("tee-evidence is not JSON", field="tee-evidence") from None
+        if not isinstance(evidence, dict):
+            raise InvalidInput("tee-evidence must be an object", field="tee-evidence")
+        primary = evidence.get("primary_evidence", evidence)
+        additional = evidence.get("additional_evidence", "") if "primary_evidence" in evidence else ""
+        if isinstance(primary, str):
+            try:
+                primary = json.loads(primary)
+            except json.JSONDecodeError:
+                raise InvalidInput(
+                    "primary_evidence is not JSON", field="tee-evidence.primary_evidence"
+                ) from None
+        if not isinstance(primary, dict) or not isinstance(primary.get("quote"), str):
+            raise InvalidInput(
+                "primary_evidence must carry the quote (base64)", field="tee-evidence.primary_evidence.quote"
+            )
+        if not isinstance(additional, str):
+            raise InvalidInput(
+                "additional_evidence must be a string", field="tee-evidence.additional_evidence"
+            )
+        try:
+            quote = base64.b64decode(primary["quote"], validate=True)
+        except (binascii.Error, ValueError):
+            raise InvalidInput(
+                "the quote is not valid base64", field="tee-evidence.primary_evidence.quote"
+            ) from None
+        with self._db.session() as s:
+            row = self._session(s, session_id, lock=True)
+            if row.attested_at is not None:
+                raise Forbidden("this session already attested: its nonce is used; call /kbs/v0/auth again")
+            if not secrets.compare_digest(nonce, row.nonce):
+                raise Forbidden("runtime-data nonce is not this session's challenge nonce")
+            row.attested_at = datetime.now(UTC)  # the nonce is spent whatever the outcome
+            tee, hash_alg = row.tee, row.hash_alg
+        expected = binding.v0_report_data(nonce, tee_pubkey, additional, hash_alg)
+        result = self._attestation.appraise_and_sign(
+            tee,
+            quote,
+            expected,
+            nonce=nonce,
+            user_data=None,
+            runtime_data={"nonce": nonce, "tee-pubkey": tee_pubkey},
+            actor=f"kbs-session:{session_id}",
+            protocol="kbs/v0",
+        )
+        with self._db.session() as s:
+            done = s.get(KbsSession, session_id)
+            assert done is not None
+            done.ear_token = result.token
+            done.tee_pubkey = tee_pubkey
+        return result.token
+
+    # --- resources --------------------------------------------------------------------------------
+
+    def claims_for(self, session_id: str | None, bearer: str | None) -> tuple[EarClaims, str]:
+        if bearer is not None:
+            return self._attestation.verify_token(bearer), "bearer-ear"
+        with self._db.session() as s:
+            row = self._session(s, session_id)
+            if row.ear_token is None:
+                raise Unauthenticated("this session has not attested: POST /kbs/v0/attest first")
+            token = row.ear_token
+        return self._attestation.verify_token(token), f"kbs-session:{session_id}"
+
+    def get_resource(self, path: str, ear: EarClaims, actor: str) -> dict[str, str]:
+        details: dict[str, Any] = {"protocol": "kbs/v0", "ear_status": ear.status, "token_kid": ear.kid}
+        try:
+            with self._db.session() as s:
+                res = s.get(KbsResource, path)
+                if res is None:
+                    raise NotFound(f"resource {path} does not exist")
+                decision = self._decide(s, res, ear)
+                details["policy_id"] = decision.policy_id
+                details["notes"] = list(decision.notes)
+                if not decision.allowed:
+                    raise PolicyDenied(
+                        "the attestation result does not satisfy the resource's policy",
+                        reasons=decision.reasons,
+                    )
+                tee_pubkey = (ear.runtime_data or {}).get("tee-pubkey")
+                if not isinstance(tee_pubkey, dict):
+                    raise Unauthenticated(
+                        "the attestation token carries no tee-pubkey to wrap the resource to"
+                    )
+                secret = self._material(s, res)
+                jwe = wrap.jwe_wrap(secret, tee_pubkey)
+                audit.append(
+                    s,
+                    actor=actor,
+                    action="resource.release",
+                    object_id=path,
+                    outcome="success",
+                    details=details,
+                )
+            return jwe
+        except KeybrokerError as exc:
+            with self._db.session() as s:
+                reasons = getattr(exc, "reasons", None) or [exc.detail]
+                audit.append(
+                    s,
+                    actor=actor,
+                    action="resource.release",
+                    object_id=path,
+                    outcome="denied" if exc.status in (401, 403) else "failed",
+                    reason="; ".join(reasons),
+                    details=details,
+                )
+            raise
+
+    def _decide(self, s: Session, res: KbsResource, ear: EarClaims) -> Decision:
+        doc = ear.appraisal_input(client_permissions=None)
+        policy = res.policy
+        if policy is None:
+            return default_resource_policy(doc, ear_status=ear.status)
+        if "transfer_policy_id" in policy:
+            row = s.get(TransferPolicy, str(policy["transfer_policy_id"]))
+            if row is None:
+                raise Forbidden("the resource's transfer policy no longer exists", reasons=["policy missing"])
+            return secl.evaluate_input(TransferPolicyBody.model_validate(row.body), doc, policy_id=row.id)
+        if "rego" in policy:
+            return rego.evaluate(_compiled(str(policy["rego"])), doc)
+        raise Forbidden("the resource's policy is of an unknown kind", reasons=["unknown policy kind"])
+
+    def _material(self, s: Session, res: KbsResource) -> bytes:
+        if res.kind == "key":
+            assert res.key_id is not None
+            key = s.get(Key, res.key_id)
+            if key is None:
+                raise NotFound(f"the key behind resource {res.path} was deleted")
+            return self._keystore.fetch(s, key.id, key.backend_ref)
+        assert res.wrapped_dek is not None and res.ciphertext is not None
+        root = self._barrier.root_key()
+        try:
+            dek = aead.unseal(root, res.wrapped_dek, _dek_aad(res.path))
+            return aead.unseal(dek, res.ciphertext, _res_aad(res.path))
+        except aead.UnsealError:
+            raise KeybrokerError(f"resource {res.path}: sealed material failed authentication") from None
+
+    # --- admin -------------------------------------------------------------------------------------
+
+    def put_secret(self, path: str, secret: bytes, actor: str) -> None:
+        if not 1 <= len(secret) <= MAX_RESOURCE:
+            raise InvalidInput(f"a resource is 1 to {MAX_RESOURCE} bytes, got {len(secret)}", field="body")
+        root = self._barrier.root_key()
+        dek = os.urandom(32)
+        self._upsert(
+            path,
+            actor,
+            kind="secret",
+            key_id=None,
+            wrapped_dek=aead.seal(root, dek, _dek_aad(path)),
+            ciphertext=aead.seal(dek, secret, _res_aad(path)),
+        )
+
+    def put_key(self, path: str, key_id: str, actor: str) -> None:
+        with self._db.session() as s:
+            if s.get(Key, key_id) is None:
+                raise InvalidInput(f"key_id {key_id} does not name an existing key", field="key_id")
+        self._upsert(path, actor, kind="key", key_id=key_id, wrapped_dek=None, ciphertext=None)
+
+    def _upsert(self, path: str, actor: str, **values: Any) -> None:
+        now = datetime.now(UTC)
+        with self._db.session() as s:
+            row = s.get(KbsResource, path, with_for_update=True)
+            if row is None:
+                s.add(KbsResource(path=path, policy=None, created_at=now, updated_at=now, **values))
+            else:
+                for k, v in values.items():
+                    setattr(row, k, v)
+                row.updated_at = now
+            audit.append(
+                s,
+                actor=actor,
+                action="resource.write",
+                object_id=path,
+                outcome="success",
+                details={"kind": values["kind"]},
+            )
+
+    def set_policy(self, path: str, policy: dict[str, Any] | None, actor: str) -> None:
+        if policy is not None:
+            if "rego" in policy:
+                _compiled(str(policy["rego"]))  # validate now: InvalidInput names the problem
+        with self._db.session() as s:
+            if (
+                policy is not None
+                and "transfer_policy_id" in policy
+                and s.get(TransferPolicy, str(policy["transfer_policy_id"])) is None
+            ):
+                raise InvalidInput(
+                    "transfer_policy_id does not name an existing policy", field="transfer_policy_id"
+                )
+            row = s.get(KbsResource, path, with_for_update=True)
+            if row is None:
+                raise NotFound(f"resource {path} does not exist")
+            row.policy = policy
+            row.updated_at = datetime.now(UTC)
+            audit.append(
+                s,
+                actor=actor,
+                action="resource.policy",
+                object_id=path,
+                outcome="success",
+                details={"policy": None if policy is None else sorted(policy)},
+            )
+
+    def list_resources(self) -> list[KbsResource]:
+        with self._db.session() as s:
+            return list(s.scalars(select(KbsResource).order_by(KbsResource.path)))
+
+
+def _check_jwk(jwk: dict[str, Any]) -> None:
+    from joserfc.errors import JoseError
+    from joserfc.jwk import ECKey, RSAKey
+
+    field = "runtime-data.tee-pubkey"
+    key: RSAKey | ECKey
+    try:
+        if jwk.get("kty") == "RSA":
+            key = RSAKey.import_key(jwk)
+        elif jwk.get("kty") == "EC":
+            key = ECKey.import_key(jwk)
+        else:
+            raise InvalidInput(f"tee-pubkey kty {jwk.get('kty')!r} is not RSA or EC", field=field)
+    except (JoseError, ValueError, TypeError, KeyError):
+        raise InvalidInput("tee-pubkey is not a valid JWK", field=field) from None
+    if key.is_private:
+        raise InvalidInput("tee-pubkey holds private key material; send the public part", field=field)
+    binding.check_workload_key(key.public_key, field)

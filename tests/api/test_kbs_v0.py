@@ -1,0 +1,228 @@
+"""The Confidential Containers KBS protocol (/kbs/v0) end to end, as the CoCo attestation agent speaks it."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from fastapi.testclient import TestClient
+from joserfc.jwk import ECKey, RSAKey
+from tests.api.test_transfer_v1 import SGX_SIM_POLICY, TDX_SIM_POLICY
+from tests.helpers.api import token_headers
+
+from keybroker.api.services import DEV_PKI_DIR, Services
+from keybroker.keys import binding, wrap
+from keybroker.tee import sim
+
+REGO_ALLOW_SIM_TDX = f"""package keybroker
+default allow := false
+allow if {{
+    input.tee == "tdx"
+    input.claims.mr_td == "{sim.DEFAULT_MRTD.hex()}"
+    not input.claims.debug
+}}
+reasons contains "wrong MRTD" if {{ input.claims.mr_td != "{sim.DEFAULT_MRTD.hex()}" }}
+"""
+
+
+def _pki(services: Services) -> sim.DevPki:
+    return sim.DevPki.load(services.settings.data_dir / DEV_PKI_DIR)
+
+
+def _quote(services: Services, tee: str, report_data: bytes, **fields: Any) -> bytes:
+    if tee == "tdx":
+        return sim.tdx_quote(_pki(services), report_data=report_data, **fields)
+    fields.setdefault("isvprodid", 7)
+    fields.setdefault("isvsvn", 2)
+    return sim.sgx_quote(_pki(services), report_data=report_data, **fields)
+
+
+def _attest(
+    client: TestClient,
+    services: Services,
+    tee: str,
+    priv: Any,
+    *,
+    hashes: list[str] | None = None,
+    **fields: Any,
+) -> Any:
+    extra: Any = {"supported-hash-algorithms": hashes} if hashes else ""
+    r = client.post("/kbs/v0/auth", json={"version": "0.4.0", "tee": tee, "extra-params": extra})
+    assert r.status_code == 200, r.text
+    assert "kbs-session-id" in r.cookies
+    nonce = r.json()["nonce"]
+    alg = r.json()["extra-params"]["selected-hash-algorithm"] if hashes else "sha384"
+    jwk = wrap.public_jwk(priv.public_key())
+    rd = binding.v0_report_data(nonce, jwk, "", alg)
+    quote = _quote(services, tee, rd, **fields)
+    primary = {"quote": base64.b64encode(quote).decode()} | ({"cc_eventlog": None} if tee == "tdx" else {})
+    body = {
+        "runtime-data": {"nonce": nonce, "tee-pubkey": jwk},
+        "tee-evidence": {"primary_evidence": primary, "additional_evidence": ""},
+    }
+    return client.post("/kbs/v0/attest", json=body)
+
+
+def _put(client: TestClient, services: Services, path: str, data: bytes) -> None:
+    h = token_headers(services, "resources:write")
+    r = client.post(
+        f"/kbs/v0/resource/{path}", content=data, headers={**h, "Content-Type": "application/octet-stream"}
+    )
+    assert r.status_code == 204, r.text
+
+
+def _policy(client: TestClient, services: Services, path: str, body: dict[str, Any]) -> Any:
+    return client.post(
+        f"/kbs/v0/resource-policy/{path}", json=body, headers=token_headers(services, "resources:write")
+    )
+
+
+@pytest.mark.parametrize("tee", ["tdx", "sgx"])
+@pytest.mark.parametrize("keytype", ["rsa", "ec"])
+def test_release_over_cookie_session(
+    client: TestClient, services: Services, admin_headers: dict[str, str], tee: str, keytype: str
+) -> None:
+    secret = os.urandom(48)
+    _put(client, services, "default/key/one", secret)
+    pid = client.post(
+        "/kbs/v1/key-transfer-policies",
+        json=TDX_SIM_POLICY if tee == "tdx" else SGX_SIM_POLICY,
+        headers=admin_headers,
+    ).json()["id"]
+    assert _policy(client, services, "default/key/one", {"transfer_policy_id": pid}).status_code == 204
+    priv: Any = (
+        rsa.generate_private_key(public_exponent=65537, key_size=3072)
+        if keytype == "rsa"
+        else ec.generate_private_key(ec.SECP256R1())
+    )
+    r = _attest(client, services, tee, priv)
+    assert r.status_code == 200, r.text
+    token = r.json()["token"]
+    r = client.get("/kbs/v0/resource/default/key/one")
+    assert r.status_code == 200, r.text
+    jwe = r.json()
+    assert set(jwe) == {"protected", "encrypted_key", "iv", "ciphertext", "tag"}
+    header = json.loads(base64.urlsafe_b64decode(jwe["protected"] + "=="))
+    assert header == {"alg": "RSA-OAEP-256" if keytype == "rsa" else "ECDH-ES+A256KW", "enc": "A256GCM"} | (
+        {"epk": header["epk"]} if keytype == "ec" else {}
+    )
+    key = RSAKey.import_key(priv) if keytype == "rsa" else ECKey.import_key(priv)
+    assert wrap.jwe_unwrap(jwe, key) == secret
+    # the same token works as a bearer without the cookie
+    client.cookies.clear()
+    r = client.get("/kbs/v0/resource/default/key/one", headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 200 and wrap.jwe_unwrap(r.json(), key) == secret
+
+
+def test_default_policy_denies_simulated_and_rego_can_allow(client: TestClient, services: Services) -> None:
+    _put(client, services, "repo/secret/db", b"hunter2")
+    priv = ec.generate_private_key(ec.SECP384R1())
+    assert _attest(client, services, "tdx", priv, hashes=["sha512", "sha256"]).status_code == 200
+    r = client.get("/kbs/v0/resource/repo/secret/db")
+    assert r.status_code == 403
+    assert any("simulat" in x or "affirming" in x for x in r.json()["reasons"])
+    assert _policy(client, services, "repo/secret/db", {"rego": REGO_ALLOW_SIM_TDX}).status_code == 204
+    r = client.get("/kbs/v0/resource/repo/secret/db")
+    assert r.status_code == 200 and wrap.jwe_unwrap(r.json(), ECKey.import_key(priv)) == b"hunter2"
+    # a TD with another MRTD is denied by the same Rego policy, with its reason
+    assert _attest(client, services, "tdx", priv, mrtd=b"\x07" * 48).status_code == 200
+    r = client.get("/kbs/v0/resource/repo/secret/db")
+    assert r.status_code == 403 and "wrong MRTD" in r.json()["reasons"]
+    audit = [
+        x
+        for x in client.get("/kbs/v1/audit?limit=1000", headers=token_headers(services, "audit:read")).json()
+        if x["action"] == "resource.release"
+    ]
+    assert [x["outcome"] for x in audit] == ["denied", "success", "denied"]
+
+
+def test_protocol_errors(client: TestClient, services: Services) -> None:
+    priv = rsa.generate_private_key(public_exponent=65537, key_size=3072)
+    assert client.post("/kbs/v0/auth", json={"version": "9.9.9", "tee": "tdx"}).status_code == 400
+    assert (
+        "not supported"
+        in client.post("/kbs/v0/auth", json={"version": "0.4.0", "tee": "snp"}).json()["detail"]
+    )
+    assert client.post("/kbs/v0/attest", json={}).status_code in (400, 401)
+    client.cookies.clear()
+    r = client.post(
+        "/kbs/v0/attest",
+        json={
+            "runtime-data": {"nonce": "x", "tee-pubkey": wrap.public_jwk(priv.public_key())},
+            "tee-evidence": {"primary_evidence": {"quote": "AA=="}},
+        },
+    )
+    assert r.status_code == 401 and "auth" in r.json()["detail"]
+    assert client.get("/kbs/v0/resource/a/b/c").status_code == 401
+    assert (
+        client.get("/kbs/v0/resource/a/b/c", headers={"Authorization": "Bearer nonsense"}).status_code == 401
+    )
+    # a session attests once: its nonce is spent
+    r = _attest(client, services, "tdx", priv)
+    assert r.status_code == 200
+    nonce_reuse = client.post(
+        "/kbs/v0/attest",
+        json={
+            "runtime-data": {"nonce": "x", "tee-pubkey": wrap.public_jwk(priv.public_key())},
+            "tee-evidence": {"primary_evidence": {"quote": "AA=="}},
+        },
+    )
+    assert nonce_reuse.status_code == 403 and "already attested" in nonce_reuse.json()["detail"]
+    assert client.get("/kbs/v0/resource/no/such/thing").status_code == 404
+    # small RSA and private JWKs are refused
+    small = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    assert _attest(client, services, "tdx", small).status_code == 400
+    # wrong binding: evidence over another key
+    client.post("/kbs/v0/auth", json={"version": "0.4.0", "tee": "tdx"})
+    nonce = client.post("/kbs/v0/auth", json={"version": "0.4.0", "tee": "tdx"}).json()["nonce"]
+    jwk = wrap.public_jwk(priv.public_key())
+    other = wrap.public_jwk(ec.generate_private_key(ec.SECP256R1()).public_key())
+    quote = _quote(services, "tdx", binding.v0_report_data(nonce, other, "", "sha384"))
+    r = client.post(
+        "/kbs/v0/attest",
+        json={
+            "runtime-data": {"nonce": nonce, "tee-pubkey": jwk},
+            "tee-evidence": {
+                "primary_evidence": {"quote": base64.b64encode(quote).decode()},
+                "additional_evidence": "",
+            },
+        },
+    )
+    assert r.status_code == 400 and r.json()["check"] == "report_data"
+
+
+def test_admin_needs_permission_and_validates(client: TestClient, services: Services) -> None:
+    assert (
+        client.post(
+            "/kbs/v0/resource/a/b/c", content=b"x", headers={"Content-Type": "application/octet-stream"}
+        ).status_code
+        == 401
+    )
+    r = client.post(
+        "/kbs/v0/resource/a/b/c",
+        content=b"x",
+        headers={**token_headers(services, "keys:create"), "Content-Type": "application/octet-stream"},
+    )
+    assert r.status_code == 403
+    h = {**token_headers(services, "resources:write"), "Content-Type": "application/octet-stream"}
+    assert client.post("/kbs/v0/resource/a/b/c", content=b"x" * (64 * 1024 + 1), headers=h).status_code == 400
+    assert client.post("/kbs/v0/resource/a/../c", content=b"x", headers=h).status_code in (400, 404)
+    assert client.post("/kbs/v0/resource/a/b/c", content=b"x", headers=h).status_code == 204
+    w = token_headers(services, "resources:write")
+    assert (
+        client.post(
+            "/kbs/v0/resource-policy/a/b/c", json={"rego": "package other\nallow := true"}, headers=w
+        ).status_code
+        == 400
+    )
+    assert (
+        client.post(
+            "/kbs/v0/resource-policy/a/b/c", json={"rego": "x", "default": True}, headers=w
+        ).status_code
+        == 400
+    )
+    assert client.post("/kbs/v0/resource-policy/a/b/z", json={"default": True}, headers=w).status_code == 404
