@@ -123,8 +123,9 @@ class ReleaseService:
                     "the evidence does not satisfy the key's transfer policy", reasons=decision.reasons
                 )
             with self._db.session() as s:
-                secret = self._keystore.fetch(s, key_id, key.backend_ref)
-                wrapped = wrap.secl_wrap(secret, workload_key)
+                wrapped = wrap.secl_from_transfer(
+                    self._keystore.wrap_for_transfer(s, key_id, key.backend_ref, workload_key, b"")
+                )
                 audit.append(
                     s,
                     actor=actor,
@@ -178,8 +179,9 @@ class ReleaseService:
                     "the attested claims do not satisfy the key's transfer policy", reasons=decision.reasons
                 )
             with self._db.session() as s:
-                secret = self._keystore.fetch(s, key_id, key.backend_ref)
-                wrapped = wrap.secl_wrap(secret, workload_key)
+                wrapped = wrap.secl_from_transfer(
+                    self._keystore.wrap_for_transfer(s, key_id, key.backend_ref, workload_key, b"")
+                )
                 audit.append(
                     s,
                     actor=actor,

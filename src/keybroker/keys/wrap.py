@@ -17,10 +17,12 @@ from dataclasses import dataclass
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.keywrap import aes_key_unwrap_with_padding
 from joserfc import jwe
 from joserfc.jwk import ECKey, RSAKey
 
 from keybroker.errors import InvalidInput
+from keybroker.keystores.base import TransferWrap, trim_der_padding
 
 SWK_SIZE = 32
 IV_SIZE = 12
@@ -44,6 +46,20 @@ def secl_wrap(secret: bytes, workload_key: rsa.RSAPublicKey) -> SeclWrapped:
     return SeclWrapped(blob, workload_key.encrypt(swk, OAEP_SHA256))
 
 
+def secl_from_transfer(tw: TransferWrap) -> SeclWrapped:
+    """Lay a key store's :class:`TransferWrap` out in the SecL format.
+
+    ``A256GCM`` (every software store) is the SecL layout exactly. ``A256KWP`` (a non-extractable
+    key wrapped inside an HSM, RFC 5649) has no SecL form: keybroker marks it with iv_len = tag_len = 0
+    followed by the RFC 5649 blob; :func:`secl_unwrap` (and keybroker-client) open both.
+    """
+    if tw.key_wrap == "A256GCM":
+        blob = _HEADER.pack(len(tw.iv), TAG_SIZE, len(tw.wrapped_key)) + tw.iv + tw.wrapped_key
+    else:
+        blob = _HEADER.pack(0, 0, len(tw.wrapped_key)) + tw.wrapped_key
+    return SeclWrapped(blob, tw.wrapped_session_key)
+
+
 def secl_unwrap(wrapped: SeclWrapped, workload_private: rsa.RSAPrivateKey) -> bytes:
     """The workload side (client and tests)."""
     swk = workload_private.decrypt(wrapped.wrapped_swk, OAEP_SHA256)
@@ -51,6 +67,8 @@ def secl_unwrap(wrapped: SeclWrapped, workload_private: rsa.RSAPrivateKey) -> by
     if len(blob) < _HEADER.size:
         raise InvalidInput("wrapped_key is shorter than its header", field="wrapped_key")
     iv_len, tag_len, ct_len = _HEADER.unpack_from(blob)
+    if iv_len == 0 and tag_len == 0 and len(blob) == _HEADER.size + ct_len:
+        return trim_der_padding(aes_key_unwrap_with_padding(swk, blob[_HEADER.size :]))
     if (
         iv_len != IV_SIZE
         or tag_len != TAG_SIZE
