@@ -12,7 +12,7 @@ import typer
 from rich.table import Table
 
 from keybroker import __version__
-from keybroker.cli import devpki, evidence, keystore
+from keybroker.cli import devpki, evidence, keystore, policy
 from keybroker.cli.common import (
     EXIT_FAILED,
     EXIT_USAGE,
@@ -40,6 +40,7 @@ app.add_typer(audit_app, name="audit")
 app.add_typer(devpki.app, name="dev-pki")
 app.add_typer(evidence.app, name="evidence")
 app.add_typer(keystore.app, name="keystore")
+app.add_typer(policy.app, name="policy")
 
 ConfigOpt = Annotated[
     Path | None, typer.Option("--config", help="TOML config file", envvar="KEYBROKER_CONFIG")

@@ -1,0 +1,99 @@
+"""``keybroker policy test``: dry-run a key-transfer policy (SecL JSON or Rego) on recorded evidence."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from pydantic import ValidationError
+
+from keybroker.appraisal import rego, secl
+from keybroker.appraisal.decision import Decision
+from keybroker.appraisal.input import appraisal_input
+from keybroker.cli.common import EXIT_FAILED, EXIT_USAGE, console, fail, handle_errors
+from keybroker.cli.evidence import UsageError, _load_roots, _read, decode_quote, parse_at, verify_command
+from keybroker.errors import CollateralError, EvidenceError, InvalidInput
+from keybroker.keys.policy import TransferPolicyBody
+from keybroker.tee.dcap.collateral import QuoteCollateral
+
+app = typer.Typer(help="Key-transfer policies: dry runs on recorded evidence.", no_args_is_help=True)
+
+
+def _load_policy(policy_path: Path) -> Callable[[dict[str, object]], Decision]:
+    """Parse (SecL JSON) or compile (Rego) the policy up front: a bad policy is a usage error."""
+    text = _read(policy_path, "policy").decode("utf-8", errors="replace")
+    if policy_path.suffix == ".rego":
+        compiled = rego.compile_policy(text, policy_id=policy_path.name)
+        return lambda doc: rego.evaluate(compiled, doc)
+    try:
+        body = TransferPolicyBody.model_validate_json(text)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "policy"
+        raise InvalidInput(f"policy {policy_path}: {where}: {first['msg']}", field=where) from None
+    return lambda doc: secl.evaluate_input(body, doc, policy_id=policy_path.name)
+
+
+@app.command("test")
+@handle_errors
+def test(
+    policy: Annotated[Path, typer.Option("--policy", help="SecL v5 policy (JSON) or a Rego module (.rego)")],
+    quote: Annotated[Path, typer.Option("--quote", help="the quote: raw, hex or base64")],
+    collateral: Annotated[
+        Path | None, typer.Option("--collateral", help="collateral JSON (corpus form)")
+    ] = None,  # noqa: UP045
+    at: Annotated[
+        str | None, typer.Option("--at", help="verification time: ISO 8601 or UNIX seconds [default: now]")
+    ] = None,  # noqa: UP045
+    client_permissions: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(
+            "--client-permissions",
+            help="the caller token's client permissions, comma-separated; omit for no token",
+        ),
+    ] = None,
+    trust_root: Annotated[
+        list[Path], typer.Option("--trust-root", help="extra trusted root (the dev simulator's)")
+    ] = [],  # noqa: B006
+    as_json: Annotated[bool, typer.Option("--json", help="print the decision as JSON")] = False,
+) -> None:
+    """Verify the quote, then evaluate the policy on its claims and print every reason.
+    Exit 0 allowed, 1 denied or evidence rejected, 2 usage error."""
+    try:
+        decide = _load_policy(policy)
+        raw = decode_quote(_read(quote, "quote"))
+        coll = QuoteCollateral.from_json(_read(collateral, "collateral")) if collateral else None
+        when = parse_at(at) if at else datetime.now(UTC)
+        roots = _load_roots(trust_root)
+    except UsageError as exc:
+        fail(str(exc), EXIT_USAGE)
+    except CollateralError as exc:
+        fail(f"collateral {collateral}: {exc.detail}", EXIT_USAGE)
+    if coll is None:
+        fail("pass --collateral (the collateral store lookup needs the server's database)", EXIT_USAGE)
+    try:
+        verified = verify_command(raw, collateral=coll, at=when, trust_roots=roots)
+    except EvidenceError as exc:
+        fail(f"evidence rejected ({exc.extra.get('check', 'parse')}): {exc.detail}", EXIT_FAILED)
+    perms = (
+        None
+        if client_permissions is None
+        else [p.strip() for p in client_permissions.split(",") if p.strip()]
+    )
+    doc = dict(appraisal_input(verified, client_permissions=perms))
+    decision = decide(doc)
+    if as_json:
+        console.print_json(json.dumps(decision.to_dict()))
+    else:
+        verdict = "[green]ALLOWED[/green]" if decision.allowed else "[red]DENIED[/red]"
+        console.print(f"{verdict} by {decision.policy_id} (ear.status {decision.ear_status})")
+        for reason in decision.reasons:
+            console.print(f"  reason: {reason}", highlight=False, soft_wrap=True)
+        for note in decision.notes:
+            console.print(f"  note:   {note}", highlight=False, soft_wrap=True)
+    if not decision.allowed:
+        raise typer.Exit(EXIT_FAILED)
