@@ -14,7 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from keybroker import __version__
 from keybroker.api import problems
 from keybroker.api.deps import actor_of, bearer
-from keybroker.api.routers import attest_v1, health, kbs_v0, kbs_v1, sys, transfer_v1
+from keybroker.api.routers import attest_v1, attestation_v1, health, kbs_v0, kbs_v1, pccs_v4, sys, transfer_v1
 from keybroker.api.services import Services
 from keybroker.audit import log as audit
 from keybroker.errors import KeybrokerError
@@ -156,4 +156,6 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(transfer_v1.router)
     app.include_router(attest_v1.router)
     app.include_router(kbs_v0.router)
+    app.include_router(pccs_v4.router)
+    app.include_router(attestation_v1.router)
     return app

@@ -10,6 +10,7 @@ from pathlib import Path
 from cryptography import x509
 
 from keybroker.auth.tokens import TokenService, load_or_create_signing_key
+from keybroker.collateral.store import DbCollateralSource
 from keybroker.config import Settings
 from keybroker.errors import InvalidInput
 from keybroker.keys.kbs_v0 import KbsV0Service
@@ -23,7 +24,7 @@ from keybroker.serviceca import ServiceCA, load_or_create_ca
 from keybroker.store.db import Database
 from keybroker.tee.dcap.collateral import QuoteCollateral
 from keybroker.tee.sim import DevPki
-from keybroker.tee.verifier import StaticCollateral, Verifier
+from keybroker.tee.verifier import ChainedCollateral, StaticCollateral, Verifier
 from keybroker.tokens.keyring_store import KeyringStore
 from keybroker.tokens.service import AttestationService
 
@@ -88,7 +89,7 @@ class Services:
             dev_roots.append(pki.root_cert)
             for tee in ("sgx", "tdx"):
                 collateral.add(QuoteCollateral.from_json(pki.collateral_json(tee)))
-        verifier = Verifier(collateral, dev_roots=dev_roots)
+        verifier = Verifier(ChainedCollateral(collateral, DbCollateralSource(db)), dev_roots=dev_roots)
         release = ReleaseService(db, keystore, verifier, timedelta(seconds=settings.nonce_ttl_seconds))
         nonce_ttl = timedelta(seconds=settings.nonce_ttl_seconds)
         attestation = AttestationService(db, verifier, KeyringStore(db, barrier), nonce_ttl)

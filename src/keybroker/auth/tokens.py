@@ -41,6 +41,7 @@ PERMISSIONS = (
     "audit:read",
     "sys:seal",
     "resources:write",
+    "attestation:verify",
     "*:*",
 )
 _CLIENT_PERMISSION = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")

@@ -12,7 +12,7 @@ import typer
 from rich.table import Table
 
 from keybroker import __version__
-from keybroker.cli import devpki, evidence, keystore, policy
+from keybroker.cli import collateral, devpki, evidence, keystore, policy
 from keybroker.cli.common import (
     EXIT_FAILED,
     EXIT_USAGE,
@@ -39,6 +39,7 @@ app.add_typer(token_app, name="token")
 app.add_typer(audit_app, name="audit")
 app.add_typer(devpki.app, name="dev-pki")
 app.add_typer(evidence.app, name="evidence")
+app.add_typer(collateral.app, name="collateral")
 app.add_typer(keystore.app, name="keystore")
 app.add_typer(policy.app, name="policy")
 

@@ -160,3 +160,39 @@ class SigningKey(Base):
     sealed_private: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     retired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class CollateralItem(Base):
+    """One piece of Intel DCAP collateral, as PCCS serves it, kept with its history.
+
+    ``kind``: ``tcb_info`` (per TEE and FMSPC), ``qe_identity`` (per TEE), ``qve_identity``,
+    ``pck_crl`` (per PCK CA) or ``root_ca_crl``. Every row was verified to chain to a trusted root
+    (``root_sha256``) before it was stored; ``digest`` (SHA-256 over the signed content and the
+    issuer chain's DER) is unique, so re-importing is a no-op.
+    """
+
+    __tablename__ = "collateral_items"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    tee: Mapped[str | None] = mapped_column(String(8), nullable=True)
+    fmspc: Mapped[str | None] = mapped_column(String(12), nullable=True)
+    pck_ca: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    pce_id: Mapped[str | None] = mapped_column(String(4), nullable=True)
+    digest: Mapped[str] = mapped_column(String(64), unique=True)
+    #: TCB Info / enclave identity: the exact signed JSON text and the raw 64-byte signature.
+    signed_text: Mapped[str | None] = mapped_column(Text, nullable=True)
+    signature: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    #: CRLs: DER.
+    crl_der: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    #: PEM, signer first, ending at the root; None for the root CA CRL (signed by the root itself).
+    issuer_chain: Mapped[str | None] = mapped_column(Text, nullable=True)
+    issue_date: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    next_update: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    tcb_evaluation_data_number: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    root_sha256: Mapped[str] = mapped_column(String(64))
+    #: "intel" (the pinned Intel SGX Root CA) or "dev" (an explicitly configured dev root).
+    root_kind: Mapped[str] = mapped_column(String(8))
+    #: Where it came from: "file:<name>", "fetch:<url>", "bundle:<name>", "api".
+    source: Mapped[str] = mapped_column(String(512))
+    imported_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

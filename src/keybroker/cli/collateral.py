@@ -1,0 +1,317 @@
+"""``keybroker collateral``: import, list, export and fetch Intel DCAP collateral (local operator access).
+
+Like ``keybroker audit``, these commands open the database directly (``--data-dir`` / ``--database``
+/ ``--config``), so they work on an air-gapped host with the service stopped or running.
+
+Exit codes: 0 done; 1 failed (collateral did not verify, nothing found, server answered 4xx);
+2 usage (bad option, unreadable or unrecognised file); 3 the collateral source is unreachable
+(network errors or 5xx through every retry).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Optional, ParamSpec, TypeVar
+
+import httpx
+import typer
+from cryptography import x509
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from keybroker.cli.common import EXIT_FAILED, EXIT_UNREACHABLE, EXIT_USAGE, console, err_console, fail
+from keybroker.collateral.fetch import FetchPlan, PcsClient, UpstreamUnavailable, fetch_collateral
+from keybroker.collateral.importers import bundle_document, read_file, write_bundle
+from keybroker.collateral.items import Item, TrustedRoots
+from keybroker.config import Settings, load_settings
+from keybroker.errors import InvalidInput, KeybrokerError
+
+if TYPE_CHECKING:  # the database layer loads on use: `keybroker --help` stays quick
+    from keybroker.collateral.store import CollateralStore, ImportResult
+
+app = typer.Typer(
+    help="Intel DCAP collateral: import files, list, export offline bundles, fetch from a PCS/PCCS.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+_FMSPC = re.compile(r"[0-9A-Fa-f]{12}")
+
+ConfigOpt = Annotated[
+    Optional[Path],  # noqa: UP045 - typer needs Optional here
+    typer.Option("--config", help="TOML config file", envvar="KEYBROKER_CONFIG"),
+]
+DataDirOpt = Annotated[
+    Optional[Path],  # noqa: UP045
+    typer.Option("--data-dir", help="data directory [default: ./data]"),
+]
+DatabaseOpt = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option("--database", help="SQLAlchemy URL [default: SQLite in the data dir]"),
+]
+TrustRootOpt = Annotated[
+    Optional[list[Path]],  # noqa: UP045
+    typer.Option(
+        "--trust-root",
+        help="Extra trusted root (PEM) besides Intel's and trust.dev_roots, e.g. <data-dir>/dev-pki/root.pem. Repeatable.",
+    ),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+
+
+def _handle(fn: Callable[P, R]) -> Callable[P, R]:
+    """Errors to exit codes: usage 2, unreachable 3, anything else from the domain 1; no tracebacks."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        from sqlalchemy.exc import SQLAlchemyError
+
+        try:
+            return fn(*args, **kwargs)
+        except InvalidInput as exc:
+            fail(exc.diagnostics(), EXIT_USAGE)
+        except UpstreamUnavailable as exc:
+            fail(exc.diagnostics(), EXIT_UNREACHABLE)
+        except KeybrokerError as exc:
+            fail(exc.diagnostics(), EXIT_FAILED)
+        except httpx.TransportError as exc:
+            fail(f"cannot reach the collateral source: {exc or type(exc).__name__}", EXIT_UNREACHABLE)
+        except SQLAlchemyError as exc:
+            reason = str(getattr(exc, "orig", None) or type(exc).__name__).splitlines()[0]
+            fail(f"database error: {reason}", EXIT_FAILED)
+
+    return wrapper
+
+
+def _settings(config: Path | None, data_dir: Path | None, database: str | None) -> Settings:
+    return load_settings(config, None, data_dir=data_dir, database=database)
+
+
+def _store(settings: Settings, *, create: bool = False) -> CollateralStore:
+    """Open (and migrate) the database; ``create``: make the data dir for a new SQLite database."""
+    from keybroker.collateral.store import CollateralStore
+    from keybroker.store.db import Database
+
+    if settings.database is None:
+        if create:
+            settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        elif not (settings.data_dir / "keybroker.db").exists():
+            raise InvalidInput(
+                f"no keybroker database in {settings.data_dir} (give --data-dir, --database or --config)",
+                field="data_dir",
+            )
+    db = Database(settings.database_url)
+    db.migrate()
+    return CollateralStore(db)
+
+
+def _roots(settings: Settings, paths: Sequence[Path] | None) -> TrustedRoots:
+    from keybroker.collateral.store import trusted_roots
+
+    extra: list[x509.Certificate] = []
+    for path in paths or ():
+        try:
+            extra.extend(x509.load_pem_x509_certificates(path.read_bytes()))
+        except (OSError, ValueError) as exc:
+            raise InvalidInput(f"--trust-root {path}: not a readable PEM certificate ({exc})") from None
+    return trusted_roots(settings, extra)
+
+
+def _fmspc(value: str) -> str:
+    if not _FMSPC.fullmatch(value):
+        raise InvalidInput(f"--fmspc {value!r}: expected 12 hex digits, e.g. 00906ED50000", field="fmspc")
+    return value.upper()
+
+
+def _tees(value: str | None) -> tuple[Any, ...]:
+    if value is None:
+        return ("sgx", "tdx")
+    if value not in ("sgx", "tdx"):
+        raise InvalidInput(f"--tee {value!r}: expected sgx or tdx", field="tee")
+    return (value,)
+
+
+def _d(t: datetime) -> str:
+    return t.strftime("%Y-%m-%d %H:%M")
+
+
+def _report(result: ImportResult, as_json: bool, notes: Sequence[str] = ()) -> None:
+    if as_json:
+        doc = {
+            "added": [_brief(i) for i in result.added],
+            "already_stored": [_brief(i) for i in result.already_stored],
+            "notes": list(notes),
+        }
+        typer.echo(json.dumps(doc, indent=2))
+        return
+    table = Table("", "item", "issued", "next update", "root", "digest")
+    for mark, items in (("+", result.added), ("=", result.already_stored)):
+        for i in items:
+            table.add_row(mark, i.label, _d(i.issue_date), _d(i.next_update), i.root_kind, i.digest[:12])
+    console.print(table)
+    for note in notes:
+        console.print(f"note: {note}", highlight=False)
+    console.print(f"{len(result.added)} added, {len(result.already_stored)} already stored")
+
+
+def _brief(i: Item) -> dict[str, Any]:
+    return {
+        "kind": i.kind,
+        "label": i.label,
+        "tee": i.tee,
+        "fmspc": i.fmspc,
+        "pck_ca": i.pck_ca,
+        "issue_date": i.issue_date.isoformat(),
+        "next_update": i.next_update.isoformat(),
+        "root": i.root_kind,
+        "digest": i.digest,
+    }
+
+
+@app.command("import")
+@_handle
+def import_(
+    files: Annotated[
+        list[Path], typer.Argument(help="Corpus (QuoteCollateralV3), PCS-form or bundle JSON files.")
+    ],
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+    database: DatabaseOpt = None,
+    trust_root: TrustRootOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Verify collateral files and store them (all files in one transaction: all or nothing)."""
+    settings = _settings(config, data_dir, database)
+    roots = _roots(settings, trust_root)
+    batches = [(f"file:{path.name}", read_file(path, roots)) for path in files]
+    _report(_store(settings, create=True).import_sources(batches), as_json)
+
+
+@app.command("list")
+@_handle
+def list_(
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+    database: DatabaseOpt = None,
+    fmspc: Annotated[Optional[str], typer.Option("--fmspc", help="Only this FMSPC's TCB Info.")] = None,  # noqa: UP045
+    as_json: JsonOpt = False,
+) -> None:
+    """List stored collateral, history included (newest first; '*' marks what PCCS endpoints serve)."""
+    store = _store(_settings(config, data_dir, database))
+    rows = store.list_items(fmspc=_fmspc(fmspc) if fmspc else None)
+    if as_json:
+        typer.echo(json.dumps([r.to_dict() for r in rows], indent=2))
+        return
+    now = datetime.now(UTC)
+    table = Table("", "id", "item", "issued", "next update", "state", "root", "source", "digest")
+    served: dict[tuple[Any, ...], int] = {}
+    for r in rows:  # newest first per group; Intel-rooted before dev-rooted, as the PCCS endpoints choose
+        group = (r.kind, r.tee, r.fmspc, r.pck_ca)
+        if group not in served or (r.root_kind == "intel" and served[group] < 0):
+            served[group] = r.id if r.root_kind == "intel" else -r.id
+    served_ids = {abs(v) for v in served.values()}
+    for r in rows:
+        state = "expired" if r.next_update < now else ("not yet valid" if r.issue_date > now else "valid")
+        table.add_row(
+            "*" if r.id in served_ids else "",
+            str(r.id),
+            r.label,
+            _d(r.issue_date),
+            _d(r.next_update),
+            state,
+            r.root_kind,
+            r.source,
+            r.digest[:12],
+        )
+    console.print(table)
+    console.print(f"{len(rows)} items")
+
+
+@app.command("export")
+@_handle
+def export(
+    fmspc: Annotated[str, typer.Option("--fmspc", help="FMSPC (12 hex digits).")],
+    out: Annotated[Path, typer.Option("--out", help="Bundle file to write.")],
+    tee: Annotated[Optional[str], typer.Option("--tee", help="sgx or tdx [default: both].")] = None,  # noqa: UP045
+    history: Annotated[bool, typer.Option("--history", help="Include every stored version.")] = False,
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+    database: DatabaseOpt = None,
+) -> None:
+    """Write an offline bundle for an air-gapped site: TCB Info, QE/QVE identities, PCK CRLs, root CA CRL."""
+    fmspc = _fmspc(fmspc)
+    tees = _tees(tee)
+    store = _store(_settings(config, data_dir, database))
+    entries = store.export_items(fmspc=fmspc, tee=tees[0] if len(tees) == 1 else None, history=history)
+    doc = bundle_document(
+        entries, created_at=datetime.now(UTC), note=f"FMSPC {fmspc}, exported by keybroker collateral export"
+    )
+    try:
+        write_bundle(out, doc)
+    except OSError as exc:
+        raise InvalidInput(f"--out {out}: cannot write ({exc.strerror or exc})") from None
+    console.print(f"wrote {len(entries)} items to {out}: " + ", ".join(sorted({e[0].label for e in entries})))
+
+
+@app.command("fetch")
+@_handle
+def fetch(
+    source: Annotated[
+        str, typer.Option("--from", help="PCS/PCCS URL, e.g. https://api.trustedservices.intel.com")
+    ],
+    fmspc: Annotated[str, typer.Option("--fmspc", help="FMSPC (12 hex digits).")],
+    tee: Annotated[Optional[str], typer.Option("--tee", help="sgx or tdx [default: both].")] = None,  # noqa: UP045
+    ca_file: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(
+            "--ca-file", help="CA bundle to trust for the source's TLS certificate [default: system]."
+        ),
+    ] = None,
+    retries: Annotated[
+        int, typer.Option("--retries", min=0, max=10, help="Retries on network errors and 5xx.")
+    ] = 3,
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+    database: DatabaseOpt = None,
+    trust_root: TrustRootOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Fetch an FMSPC's collateral from Intel PCS or any PCCS (another keybroker too), verify it, store it."""
+    fmspc = _fmspc(fmspc)
+    tees = _tees(tee)
+    settings = _settings(config, data_dir, database)
+    roots = _roots(settings, trust_root)
+    plan = FetchPlan(fmspc, tees)
+    with (
+        PcsClient(source, ca_file=ca_file, retries=retries) as client,
+        Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}"),
+            TimeElapsedColumn(),
+            console=err_console,
+            transient=True,
+            disable=as_json,
+        ) as progress,
+    ):
+        task = progress.add_task("fetching", total=len(plan.steps))
+        started = False
+
+        def step(description: str) -> None:
+            nonlocal started
+            if started:
+                progress.advance(task)
+            started = True
+            progress.update(task, description=f"{client.base_url}: {description}")
+
+        items, notes = fetch_collateral(client, fmspc=fmspc, tees=tees, roots=roots, step=step)
+        progress.update(task, completed=len(plan.steps))
+    result = _store(settings, create=True).import_items(items, source=f"fetch:{client.base_url}")
+    _report(result, as_json, notes)

@@ -1,0 +1,308 @@
+"""Fetch collateral from Intel PCS v4 or any PCCS (another keybroker included).
+
+``GET /{sgx,tdx}/certification/v4/tcb?fmspc=``, ``.../qe/identity``, ``/sgx/certification/v4/qve/identity``,
+``/sgx/certification/v4/pckcrl?ca=processor|platform&encoding=der`` and ``/sgx/certification/v4/rootcacrl``,
+with the issuer chains from the ``TCB-Info-Issuer-Chain``, ``SGX-Enclave-Identity-Issuer-Chain`` and
+``SGX-PCK-CRL-Issuer-Chain`` headers. Intel PCS has no ``rootcacrl``: on 404 the root CA CRL comes
+from the CRL distribution point of the TCB Signing certificate (as PCCS does).
+
+Nothing fetched is trusted for being fetched: every response becomes an :class:`Item` only after
+its chain and signature verify (``items``), and must be what was asked for (TEE, FMSPC, CA).
+
+Network errors and 5xx are retried with exponential backoff (honouring ``Retry-After``); 4xx are
+answers, never retried. TLS verification is always on (a CA file may replace the system store);
+plain ``http://`` is accepted for loopback addresses only.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import ssl
+import time
+import urllib.parse
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final, Literal
+
+import httpx
+from cryptography import x509
+
+from keybroker.collateral.importers import body_item, crl_from_wire, header_chain
+from keybroker.collateral.items import Item, TrustedRoots, pck_crl_item, root_ca_crl_item
+from keybroker.errors import BackendUnavailable, CollateralError, CollateralNotFound, InvalidInput
+
+__all__ = [
+    "INTEL_PCS",
+    "FetchPlan",
+    "PcsClient",
+    "UpstreamUnavailable",
+    "fetch_collateral",
+]
+
+INTEL_PCS: Final = "https://api.trustedservices.intel.com"
+_API_SUFFIXES: Final = ("/sgx/certification/v4", "/tdx/certification/v4")
+_MAX_RESPONSE: Final = 8 * 1024 * 1024
+
+
+class UpstreamUnavailable(BackendUnavailable):
+    """The PCS/PCCS kept failing (5xx) through every retry."""
+
+    title = "Collateral source unavailable"
+
+
+def _base_url(url: str) -> str:
+    """The service root: accepts ``https://host:8081`` and qcnl-style ``.../sgx/certification/v4/``."""
+    parsed = urllib.parse.urlsplit(url.strip())
+    if parsed.scheme not in ("https", "http") or not parsed.hostname:
+        raise InvalidInput(f"--from {url!r}: expected an https:// URL", field="from")
+    if parsed.scheme == "http":
+        host = parsed.hostname
+        try:
+            loopback = ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = host == "localhost"
+        if not loopback:
+            raise InvalidInput(f"--from {url!r}: plain http is for loopback only; use https", field="from")
+    if parsed.query or parsed.fragment:
+        raise InvalidInput(f"--from {url!r}: no query or fragment, please", field="from")
+    path = parsed.path.rstrip("/")
+    for suffix in _API_SUFFIXES:
+        if path.endswith(suffix):
+            path = path[: -len(suffix)]
+    return urllib.parse.urlunsplit((parsed.scheme, parsed.netloc, path, "", ""))
+
+
+def _problem_detail(resp: httpx.Response) -> str:
+    """The server's own explanation (a keybroker problem's ``detail``), else a snippet."""
+    try:
+        doc = resp.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return resp.text[:200].strip() or resp.reason_phrase
+    if isinstance(doc, dict) and isinstance(doc.get("detail"), str):
+        return str(doc["detail"])
+    return resp.text[:200].strip() or resp.reason_phrase
+
+
+class PcsClient:
+    """A small PCS/PCCS v4 client with retries. ``sleep`` is injectable (tests count, not wait)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        ca_file: Path | None = None,
+        retries: int = 3,
+        backoff: float = 0.5,
+        max_backoff: float = 8.0,
+        timeout: float = 30.0,
+        sleep: Callable[[float], None] = time.sleep,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        if retries < 0 or backoff < 0:
+            raise InvalidInput("retries and backoff must not be negative", field="retries")
+        self.base_url = _base_url(base_url)
+        verify: Any = True
+        if ca_file is not None:
+            try:
+                verify = ssl.create_default_context(cafile=str(ca_file))
+            except (OSError, ssl.SSLError) as exc:
+                raise InvalidInput(f"--ca-file {ca_file}: {exc}", field="ca_file") from None
+        self._client = httpx.Client(
+            base_url=self.base_url,
+            verify=verify,
+            timeout=timeout,
+            transport=transport,
+            follow_redirects=False,
+        )
+        self._retries = retries
+        self._backoff = backoff
+        self._max_backoff = max_backoff
+        self._sleep = sleep
+        self._timeout = timeout
+        self.requests = 0
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> PcsClient:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def _delay(self, attempt: int, resp: httpx.Response | None) -> float:
+        delay = min(self._max_backoff, self._backoff * (1 << attempt))
+        retry_after = resp.headers.get("retry-after", "") if resp is not None else ""
+        if retry_after.isdigit():
+            delay = max(delay, min(float(retry_after), self._max_backoff))
+        return delay
+
+    def get(
+        self, path: str, params: dict[str, str] | None = None, *, client: httpx.Client | None = None
+    ) -> httpx.Response:
+        """GET with retries on network errors and 5xx. 404 -> CollateralNotFound (with the server's
+        explanation); other 4xx -> CollateralError; 5xx after the last retry -> UpstreamUnavailable;
+        a network error after the last retry is re-raised (``httpx.TransportError``)."""
+        http = client or self._client
+        url = str(http.base_url.join(path)) if client is None else path
+        for attempt in range(self._retries + 1):
+            resp: httpx.Response | None = None
+            self.requests += 1
+            try:
+                resp = http.get(path, params=params)
+            except httpx.TransportError:
+                if attempt == self._retries:
+                    raise
+            else:
+                if resp.status_code < 400:
+                    if len(resp.content) > _MAX_RESPONSE:
+                        raise CollateralError(f"{url}: response larger than {_MAX_RESPONSE} bytes")
+                    return resp
+                if resp.status_code < 500:
+                    detail = _problem_detail(resp)
+                    asked = f"{url}{'?' + urllib.parse.urlencode(params) if params else ''}"
+                    if resp.status_code == 404:
+                        raise CollateralNotFound(f"{asked}: 404 {detail}")
+                    raise CollateralError(f"{asked}: {resp.status_code} {detail}")
+                if attempt == self._retries:
+                    raise UpstreamUnavailable(
+                        f"{url}: {resp.status_code} {_problem_detail(resp)} (after {attempt + 1} attempts)"
+                    )
+            self._sleep(self._delay(attempt, resp))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def get_external(self, url: str) -> httpx.Response:
+        """A certificate-profile URL (the root CA CRL distribution point), system trust store, retried."""
+        with httpx.Client(timeout=self._timeout, follow_redirects=True) as http:
+            return self.get(url, client=http)
+
+
+def _chain_header(resp: httpx.Response, name: str, what: str) -> str:
+    value = resp.headers.get(name)
+    if value is None:
+        raise CollateralError(f"{what}: the response has no {name} header")
+    return header_chain(value, f"{what} {name}")
+
+
+Tee = Literal["sgx", "tdx"]
+
+
+@dataclass(frozen=True)
+class FetchPlan:
+    """The requests ``fetch_collateral`` makes, for a progress bar: (description, ...)."""
+
+    fmspc: str
+    tees: tuple[Tee, ...]
+    steps: tuple[str, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        steps = [f"{tee.upper()} TCB Info {self.fmspc}" for tee in self.tees]
+        steps += [f"{'TD_QE' if tee == 'tdx' else 'QE'} identity" for tee in self.tees]
+        if "sgx" in self.tees:
+            steps.append("QVE identity")
+        steps += ["PCK CRL processor", "PCK CRL platform", "root CA CRL"]
+        object.__setattr__(self, "steps", tuple(steps))
+
+
+def _root_crl_url(item: Item) -> str | None:
+    """The CRL distribution point of the signer certificate (issued by the root): the root CA CRL."""
+    assert item.issuer_chain is not None
+    signer = x509.load_pem_x509_certificate(item.issuer_chain.encode("ascii"))
+    try:
+        points = signer.extensions.get_extension_for_class(x509.CRLDistributionPoints).value
+    except x509.ExtensionNotFound:
+        return None
+    for point in points:
+        for name in point.full_name or ():
+            if isinstance(name, x509.UniformResourceIdentifier) and name.value.startswith("https://"):
+                return str(name.value)
+    return None
+
+
+def fetch_collateral(
+    client: PcsClient,
+    *,
+    fmspc: str,
+    tees: Sequence[Tee],
+    roots: TrustedRoots,
+    step: Callable[[str], None] = lambda _: None,
+) -> tuple[list[Item], list[str]]:
+    """Fetch and verify everything needed for quotes of ``fmspc`` (one or both TEEs).
+
+    Returns (items, notes). A 404 for one TEE's TCB Info, for one PCK CA's CRL or for the QVE
+    identity is a note; if nothing is found for any requested TEE, ``CollateralNotFound``.
+    """
+    fmspc = fmspc.upper()
+    items: list[Item] = []
+    notes: list[str] = []
+    found: list[Tee] = []
+    for tee in tees:
+        step(f"{tee.upper()} TCB Info {fmspc}")
+        try:
+            resp = client.get(f"/{tee}/certification/v4/tcb", {"fmspc": fmspc})
+        except CollateralNotFound as exc:
+            if len(tees) == 1:
+                raise
+            notes.append(f"no {tee.upper()} TCB Info: {exc.detail}")
+            continue
+        item = body_item(
+            resp.text, _chain_header(resp, "TCB-Info-Issuer-Chain", "TCB Info"), roots, "TCB Info"
+        )
+        if item.kind != "tcb_info" or item.tee != tee or item.fmspc != fmspc:
+            raise CollateralError(f"asked for {tee.upper()} TCB Info of FMSPC {fmspc}, got {item.label}")
+        items.append(item)
+        found.append(tee)
+    if not found:
+        raise CollateralNotFound(f"{client.base_url} has no TCB Info for FMSPC {fmspc}: " + "; ".join(notes))
+    for tee in tees:
+        name = "TD_QE identity" if tee == "tdx" else "QE identity"
+        step(name)
+        if tee not in found:
+            continue
+        resp = client.get(f"/{tee}/certification/v4/qe/identity")
+        chain = _chain_header(resp, "SGX-Enclave-Identity-Issuer-Chain", name)
+        item = body_item(resp.text, chain, roots, name)
+        if item.kind != "qe_identity" or item.tee != tee:
+            raise CollateralError(f"asked for the {name}, got {item.label}")
+        items.append(item)
+    if "sgx" in tees:
+        step("QVE identity")
+        try:
+            resp = client.get("/sgx/certification/v4/qve/identity")
+        except CollateralNotFound as exc:
+            notes.append(f"no QVE identity: {exc.detail}")
+        else:
+            chain = _chain_header(resp, "SGX-Enclave-Identity-Issuer-Chain", "QVE identity")
+            item = body_item(resp.text, chain, roots, "QVE identity")
+            if item.kind != "qve_identity":
+                raise CollateralError(f"asked for the QVE identity, got {item.label}")
+            items.append(item)
+    crls = 0
+    for ca in ("processor", "platform"):
+        step(f"PCK CRL {ca}")
+        try:
+            resp = client.get("/sgx/certification/v4/pckcrl", {"ca": ca, "encoding": "der"})
+        except CollateralNotFound as exc:
+            notes.append(f"no PCK CRL for the {ca} CA: {exc.detail}")
+            continue
+        chain = _chain_header(resp, "SGX-PCK-CRL-Issuer-Chain", f"PCK CRL {ca}")
+        item = pck_crl_item(crl_from_wire(resp.content, f"PCK CRL {ca}"), chain, roots)
+        if item.pck_ca != ca:
+            raise CollateralError(f"asked for the {ca} CA's PCK CRL, got the {item.pck_ca} CA's")
+        items.append(item)
+        crls += 1
+    if not crls:
+        raise CollateralNotFound(f"{client.base_url} has no PCK CRL: " + "; ".join(notes[-2:]))
+    step("root CA CRL")
+    try:
+        resp = client.get("/sgx/certification/v4/rootcacrl")
+    except CollateralNotFound:
+        url = _root_crl_url(items[0])
+        if url is None:
+            raise
+        notes.append(f"root CA CRL from its distribution point {url}")
+        resp = client.get_external(url)
+    items.append(root_ca_crl_item(crl_from_wire(resp.content, "root CA CRL"), roots))
+    return items, notes

@@ -1,0 +1,419 @@
+"""Collateral items: the pieces PCCS serves one by one, each verified to chain to a trusted root.
+
+Intel's caching service hands out TCB Info per (TEE, FMSPC), QE/QVE identities per TEE, PCK CRLs
+per CA and one root CA CRL; a quote's collateral (``QuoteCollateral``) is assembled from one of
+each. keybroker stores the same pieces so that a new QE identity or CRL serves every FMSPC, and
+so that ``/sgx/certification/v4/...`` can answer each endpoint from the newest stored piece.
+
+Nothing is made an :class:`Item` without checks: the JSON or CRL parses, the issuer chain ends at
+the pinned Intel SGX Root CA or an explicitly configured dev root, every certificate is signed by
+the next, the signer is the kind of certificate that may sign this piece (TCB Signing for TCB Info
+and identities, a PCK CA for its CRL, the root for the root CA CRL), and the signature verifies.
+Validity windows are *not* checked here (history and air-gapped imports are legitimately old);
+``tee.dcap.verify`` checks them at verification time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Final, Literal
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import NameOID
+
+from keybroker.errors import CollateralError, EvidenceParseError
+from keybroker.tee.dcap.collateral import QuoteCollateral, parse_enclave_identity, parse_tcb_info
+from keybroker.tee.dcap.pck import X509_DECODE_ERRORS, PckCa, ca_type_from_name, split_pem_chain
+from keybroker.tee.dcap.verify import INTEL_SGX_ROOT_CA
+
+__all__ = [
+    "KINDS",
+    "Item",
+    "Kind",
+    "RootKind",
+    "TrustedRoots",
+    "collateral_from_items",
+    "dedupe",
+    "items_from_collateral",
+    "label",
+    "pck_crl_item",
+    "root_ca_crl_item",
+    "signed_item",
+    "utc",
+]
+
+Kind = Literal["tcb_info", "qe_identity", "qve_identity", "pck_crl", "root_ca_crl"]
+KINDS: Final[tuple[Kind, ...]] = ("tcb_info", "qe_identity", "qve_identity", "pck_crl", "root_ca_crl")
+RootKind = Literal["intel", "dev"]
+Tee = Literal["sgx", "tdx"]
+
+_INTEL_ROOT_DER: Final = INTEL_SGX_ROOT_CA.public_bytes(Encoding.DER)
+_ECDSA_SHA256: Final = ec.ECDSA(hashes.SHA256())
+#: Enclave identity ``id`` -> (kind, TEE).
+_IDENTITY_IDS: Final[dict[str, tuple[Kind, Tee]]] = {
+    "QE": ("qe_identity", "sgx"),
+    "TD_QE": ("qe_identity", "tdx"),
+    "QVE": ("qve_identity", "sgx"),
+}
+
+
+def _bad(detail: str) -> CollateralError:
+    return CollateralError(detail)
+
+
+def _cn(name: x509.Name) -> str:
+    cns = name.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return str(cns[0].value) if cns else name.rfc4514_string()
+
+
+def _utc(t: datetime) -> datetime:
+    return t.astimezone(UTC) if t.tzinfo is not None else t.replace(tzinfo=UTC)
+
+
+class TrustedRoots:
+    """The pinned Intel SGX Root CA plus explicitly configured dev roots (the TEE simulator's)."""
+
+    def __init__(self, dev_roots: Iterable[x509.Certificate] = ()) -> None:
+        self._certs: dict[bytes, x509.Certificate] = {_INTEL_ROOT_DER: INTEL_SGX_ROOT_CA}
+        for cert in dev_roots:
+            self._certs.setdefault(cert.public_bytes(Encoding.DER), cert)
+
+    def kind(self, der: bytes) -> RootKind | None:
+        if der == _INTEL_ROOT_DER:
+            return "intel"
+        return "dev" if der in self._certs else None
+
+    def certificates(self) -> tuple[x509.Certificate, ...]:
+        return tuple(self._certs.values())
+
+    def describe(self) -> str:
+        dev = len(self._certs) - 1
+        return "the Intel SGX Root CA" + (f" or one of {dev} configured dev root(s)" if dev else "")
+
+
+def label(kind: str, tee: str | None, fmspc: str | None, pck_ca: str | None) -> str:
+    """Short human name: ``TCB Info TDX 00806F050000``, ``PCK CRL platform``, ``TD_QE identity``."""
+    if kind == "tcb_info":
+        return f"TCB Info {str(tee).upper()} {fmspc}"
+    if kind == "qe_identity":
+        return "TD_QE identity" if tee == "tdx" else "QE identity"
+    if kind == "qve_identity":
+        return "QVE identity"
+    if kind == "pck_crl":
+        return f"PCK CRL {pck_ca}"
+    return "root CA CRL"
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """One verified piece of collateral. Build it with :func:`signed_item`, :func:`pck_crl_item` or
+    :func:`root_ca_crl_item` (they verify); the store rebuilds it from rows it verified on import."""
+
+    kind: Kind
+    tee: Tee | None
+    fmspc: str | None
+    pck_ca: PckCa | None
+    pce_id: str | None
+    signed_text: str | None
+    signature: bytes | None
+    crl_der: bytes | None
+    issuer_chain: str | None
+    issue_date: datetime
+    next_update: datetime
+    tcb_evaluation_data_number: int | None
+    root_sha256: str
+    root_kind: RootKind
+    digest: str
+
+    @property
+    def label(self) -> str:
+        return label(self.kind, self.tee, self.fmspc, self.pck_ca)
+
+    def pcs_body(self) -> bytes:
+        """The body PCS returns: ``{"tcbInfo":...,"signature":"..."}``, ``{"enclaveIdentity":...}``
+        (signed bytes untouched), or the CRL's DER."""
+        if self.crl_der is not None:
+            return self.crl_der
+        assert self.signed_text is not None and self.signature is not None
+        member = "tcbInfo" if self.kind == "tcb_info" else "enclaveIdentity"
+        return f'{{"{member}":{self.signed_text},"signature":"{self.signature.hex()}"}}'.encode()
+
+
+# --- verification ------------------------------------------------------------------------------
+
+
+def _load_chain(pem: str, what: str) -> tuple[tuple[bytes, ...], tuple[x509.Certificate, ...]]:
+    try:
+        ders = split_pem_chain(pem.encode("ascii"), field=what)
+    except (EvidenceParseError, UnicodeEncodeError) as exc:
+        raise _bad(f"{what}: not a PEM certificate chain ({exc})") from None
+    certs = []
+    for i, der in enumerate(ders):
+        try:
+            cert = x509.load_der_x509_certificate(der)
+            _ = (cert.subject, cert.issuer, cert.public_key(), cert.extensions)
+        except X509_DECODE_ERRORS as exc:
+            raise _bad(f"{what}[{i}]: undecodable certificate ({exc})") from None
+        certs.append(cert)
+    return ders, tuple(certs)
+
+
+def _is_ca(cert: x509.Certificate) -> bool:
+    try:
+        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
+    except x509.ExtensionNotFound:
+        return False
+
+
+def _verify_chain(
+    pem: str, roots: TrustedRoots, what: str
+) -> tuple[tuple[bytes, ...], x509.Certificate, str, RootKind]:
+    """Signer -> root: exactly two certificates (Intel's collateral signers are issued by the root)."""
+    ders, certs = _load_chain(pem, what)
+    if len(certs) != 2:
+        raise _bad(f"{what}: {len(certs)} certificates; expected the signer and the root")
+    root_kind = roots.kind(ders[-1])
+    if root_kind is None:
+        raise _bad(
+            f"{what}: ends at {_cn(certs[-1].subject)!r} (sha256 {hashlib.sha256(ders[-1]).hexdigest()}), "
+            f"not {roots.describe()}"
+        )
+    signer, root = certs
+    if not _is_ca(root):
+        raise _bad(f"{what}: the root {_cn(root.subject)!r} is not a CA")
+    try:
+        signer.verify_directly_issued_by(root)
+    except (*X509_DECODE_ERRORS, InvalidSignature) as exc:
+        raise _bad(
+            f"{what}: {_cn(signer.subject)!r} is not validly signed by {_cn(root.subject)!r} "
+            f"({type(exc).__name__})"
+        ) from None
+    return ders, signer, hashlib.sha256(ders[-1]).hexdigest(), root_kind
+
+
+def _ec_key(cert: x509.Certificate, what: str) -> ec.EllipticCurvePublicKey:
+    key = cert.public_key()
+    if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP256R1):
+        raise _bad(f"{what}: {_cn(cert.subject)!r} has no ECDSA P-256 key")
+    return key
+
+
+def _digest(kind: str, content: bytes, *parts: bytes) -> str:
+    """SHA-256 over the kind, the signed content and the chain's DER, length-prefixed (format-neutral)."""
+    h = hashlib.sha256()
+    for part in (kind.encode(), content, *parts):
+        h.update(len(part).to_bytes(4, "big"))
+        h.update(part)
+    return h.hexdigest()
+
+
+def signed_item(
+    kind: Literal["tcb_info", "identity"],
+    signed_text: str,
+    signature: bytes,
+    issuer_chain: str,
+    roots: TrustedRoots,
+) -> Item:
+    """TCB Info (``kind="tcb_info"``) or an enclave identity (QE, TD_QE, QVE), verified."""
+    what = "TCB Info" if kind == "tcb_info" else "enclave identity"
+    if len(signature) != 64:
+        raise _bad(f"{what} signature: expected 64 bytes (r || s), got {len(signature)}")
+    ders, signer, root_sha, root_kind = _verify_chain(issuer_chain, roots, f"{what} issuer chain")
+    cn = _cn(signer.subject)
+    if "TCB Signing" not in cn or _is_ca(signer):
+        raise _bad(f"{what} issuer chain: signer {cn!r} is not a TCB Signing certificate")
+    r, s = int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big")
+    try:
+        _ec_key(signer, what).verify(encode_dss_signature(r, s), signed_text.encode("utf-8"), _ECDSA_SHA256)
+    except InvalidSignature:
+        raise _bad(f"{what} signature does not verify under {cn!r}") from None
+    digest = _digest(kind, signed_text.encode("utf-8"), signature, *ders)
+    if kind == "tcb_info":
+        tcb = parse_tcb_info(signed_text)
+        return Item(
+            kind="tcb_info",
+            tee="tdx" if tcb.id == "TDX" else "sgx",
+            fmspc=tcb.fmspc.hex().upper(),
+            pck_ca=None,
+            pce_id=tcb.pce_id.hex().upper(),
+            signed_text=signed_text,
+            signature=signature,
+            crl_der=None,
+            issuer_chain=issuer_chain,
+            issue_date=tcb.issue_date,
+            next_update=tcb.next_update,
+            tcb_evaluation_data_number=tcb.tcb_evaluation_data_number,
+            root_sha256=root_sha,
+            root_kind=root_kind,
+            digest=digest,
+        )
+    ident = parse_enclave_identity(signed_text)
+    item_kind, tee = _IDENTITY_IDS[ident.id]
+    return Item(
+        kind=item_kind,
+        tee=tee,
+        fmspc=None,
+        pck_ca=None,
+        pce_id=None,
+        signed_text=signed_text,
+        signature=signature,
+        crl_der=None,
+        issuer_chain=issuer_chain,
+        issue_date=ident.issue_date,
+        next_update=ident.next_update,
+        tcb_evaluation_data_number=ident.tcb_evaluation_data_number,
+        root_sha256=root_sha,
+        root_kind=root_kind,
+        digest=digest,
+    )
+
+
+def _load_crl(der: bytes, what: str) -> x509.CertificateRevocationList:
+    try:
+        crl = x509.load_der_x509_crl(der)
+        _ = (crl.issuer, crl.last_update_utc, crl.next_update_utc)
+        for entry in crl:
+            _ = entry.serial_number
+    except X509_DECODE_ERRORS as exc:
+        raise _bad(f"{what}: not a DER CRL ({exc})") from None
+    if crl.next_update_utc is None:
+        raise _bad(f"{what}: has no nextUpdate")
+    return crl
+
+
+def pck_crl_item(der: bytes, issuer_chain: str, roots: TrustedRoots) -> Item:
+    """A PCK Processor/Platform CA CRL, verified against its issuer chain."""
+    crl = _load_crl(der, "PCK CRL")
+    ders, signer, root_sha, root_kind = _verify_chain(issuer_chain, roots, "PCK CRL issuer chain")
+    ca = ca_type_from_name(signer.subject)
+    if ca is None or not _is_ca(signer):
+        raise _bad(f"PCK CRL issuer chain: signer {_cn(signer.subject)!r} is not a PCK CA")
+    if crl.issuer != signer.subject or not crl.is_signature_valid(_ec_key(signer, "PCK CRL")):
+        raise _bad(f"PCK CRL (issuer {_cn(crl.issuer)!r}) is not signed by {_cn(signer.subject)!r}")
+    assert crl.next_update_utc is not None
+    return Item(
+        kind="pck_crl",
+        tee=None,
+        fmspc=None,
+        pck_ca=ca,
+        pce_id=None,
+        signed_text=None,
+        signature=None,
+        crl_der=der,
+        issuer_chain=issuer_chain,
+        issue_date=crl.last_update_utc,
+        next_update=crl.next_update_utc,
+        tcb_evaluation_data_number=None,
+        root_sha256=root_sha,
+        root_kind=root_kind,
+        digest=_digest("pck_crl", der, *ders),
+    )
+
+
+def root_ca_crl_item(der: bytes, roots: TrustedRoots) -> Item:
+    """The root CA CRL, signed by a trusted root itself."""
+    crl = _load_crl(der, "root CA CRL")
+    for root in roots.certificates():
+        if crl.issuer == root.subject and crl.is_signature_valid(_ec_key(root, "root CA CRL")):
+            root_der = root.public_bytes(Encoding.DER)
+            kind = roots.kind(root_der)
+            assert kind is not None and crl.next_update_utc is not None
+            return Item(
+                kind="root_ca_crl",
+                tee=None,
+                fmspc=None,
+                pck_ca=None,
+                pce_id=None,
+                signed_text=None,
+                signature=None,
+                crl_der=der,
+                issuer_chain=None,
+                issue_date=crl.last_update_utc,
+                next_update=crl.next_update_utc,
+                tcb_evaluation_data_number=None,
+                root_sha256=hashlib.sha256(root_der).hexdigest(),
+                root_kind=kind,
+                digest=_digest("root_ca_crl", der),
+            )
+    raise _bad(f"root CA CRL (issuer {_cn(crl.issuer)!r}) is not signed by {roots.describe()}")
+
+
+# --- whole collateral <-> items ----------------------------------------------------------------
+
+
+def items_from_collateral(collateral: QuoteCollateral, roots: TrustedRoots) -> list[Item]:
+    """Split and verify: TCB Info, QE identity, PCK CRL, root CA CRL (all ending at one root).
+
+    A ``pck_certificate_chain`` is not kept: it belongs to one platform, and a lookup by FMSPC
+    only serves quotes that carry their own PCK chain.
+    """
+    items = [
+        signed_item(
+            "tcb_info",
+            collateral.tcb_info,
+            collateral.tcb_info_signature,
+            collateral.tcb_info_issuer_chain,
+            roots,
+        ),
+        signed_item(
+            "identity",
+            collateral.qe_identity,
+            collateral.qe_identity_signature,
+            collateral.qe_identity_issuer_chain,
+            roots,
+        ),
+        pck_crl_item(collateral.pck_crl, collateral.pck_crl_issuer_chain, roots),
+        root_ca_crl_item(collateral.root_ca_crl, roots),
+    ]
+    if items[1].kind != "qe_identity" or items[1].tee != items[0].tee:
+        raise _bad(f"collateral pairs {items[0].label} with a {items[1].label}")
+    if len({i.root_sha256 for i in items}) != 1:
+        raise _bad("collateral pieces chain to different roots")
+    return items
+
+
+def collateral_from_items(
+    tcb_info: Item, qe_identity: Item, pck_crl: Item, root_ca_crl: Item
+) -> QuoteCollateral:
+    """Assemble a quote's collateral from stored pieces (parsed again by ``QuoteCollateral``)."""
+    assert tcb_info.signed_text is not None and tcb_info.signature is not None
+    assert tcb_info.issuer_chain is not None
+    assert qe_identity.signed_text is not None and qe_identity.signature is not None
+    assert qe_identity.issuer_chain is not None
+    assert pck_crl.crl_der is not None and pck_crl.issuer_chain is not None
+    assert root_ca_crl.crl_der is not None
+    return QuoteCollateral(
+        pck_crl_issuer_chain=pck_crl.issuer_chain,
+        root_ca_crl=root_ca_crl.crl_der,
+        pck_crl=pck_crl.crl_der,
+        tcb_info_issuer_chain=tcb_info.issuer_chain,
+        tcb_info=tcb_info.signed_text,
+        tcb_info_signature=tcb_info.signature,
+        qe_identity_issuer_chain=qe_identity.issuer_chain,
+        qe_identity=qe_identity.signed_text,
+        qe_identity_signature=qe_identity.signature,
+    )
+
+
+def dedupe(items: Sequence[Item]) -> list[Item]:
+    """Items in order, each digest once."""
+    seen: set[str] = set()
+    out = []
+    for item in items:
+        if item.digest not in seen:
+            seen.add(item.digest)
+            out.append(item)
+    return out
+
+
+def utc(t: datetime) -> datetime:
+    """Aware UTC (SQLite returns naive datetimes for ``DateTime(timezone=True)`` columns)."""
+    return _utc(t)

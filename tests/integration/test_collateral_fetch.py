@@ -1,0 +1,292 @@
+"""``collateral fetch``: retries and backoff against a local PCCS, and one keybroker fetching from another."""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import urllib.parse
+from collections import Counter
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from tests.helpers.postgres import free_port
+from tests.helpers.server import Server, keybroker
+from tests.vectors.corpus import case, path, read_bytes, read_text
+from typer.testing import CliRunner
+
+from keybroker.api.services import TOKEN_KEY_FILE
+from keybroker.auth.tokens import TokenService, load_signing_key
+from keybroker.cli.collateral import app
+from keybroker.collateral.fetch import PcsClient, UpstreamUnavailable, fetch_collateral
+from keybroker.collateral.items import TrustedRoots
+from keybroker.collateral.store import CollateralStore
+from keybroker.errors import CollateralError, CollateralNotFound, InvalidInput
+from keybroker.store.db import Database
+from keybroker.tee.dcap.collateral import QuoteCollateral
+
+TDX = "intel-dcap/assembled/tdx_00806F050000_2025-10.json"
+FMSPC = "00806F050000"
+TCB = "/tdx/certification/v4/tcb"
+
+
+class FakePccs:
+    """A PCCS on loopback (plain HTTP) serving one collateral; ``fail`` injects statuses per path."""
+
+    def __init__(self, collateral: QuoteCollateral) -> None:
+        pcs = collateral.to_pcs()
+        tee, ca = collateral.tee, collateral.pck_ca
+        self.routes: dict[str, tuple[bytes, dict[str, str]]] = {
+            f"/{tee}/certification/v4/tcb?fmspc={collateral.fmspc}": (
+                pcs["tcb_info_body"].encode(),
+                {"TCB-Info-Issuer-Chain": pcs["tcb_info_issuer_chain"]},
+            ),
+            f"/{tee}/certification/v4/qe/identity": (
+                pcs["qe_identity_body"].encode(),
+                {"SGX-Enclave-Identity-Issuer-Chain": pcs["qe_identity_issuer_chain"]},
+            ),
+            f"/sgx/certification/v4/pckcrl?ca={ca}&encoding=der": (
+                pcs["pck_crl"],
+                {"SGX-PCK-CRL-Issuer-Chain": pcs["pck_crl_issuer_chain"]},
+            ),
+            "/sgx/certification/v4/rootcacrl": (pcs["root_ca_crl"].hex().encode(), {}),
+        }
+        self.hits: Counter[str] = Counter()
+        #: path -> statuses to answer first, in order (then the real answer)
+        self.fail: dict[str, list[int]] = {}
+        self.headers: dict[str, str] = {}
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                route = urllib.parse.urlsplit(self.path)
+                fake.hits[route.path] += 1
+                failures = fake.fail.get(route.path)
+                if failures:
+                    self._send(failures.pop(0), b'{"detail": "injected"}', fake.headers)
+                    return
+                found = fake.routes.get(self.path)
+                if found is None:
+                    self._send(404, json.dumps({"detail": f"nothing at {self.path}"}).encode(), {})
+                    return
+                self._send(200, *found)
+
+            def _send(self, status: int, body: bytes, headers: dict[str, str]) -> None:
+                self.send_response(status)
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *_: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def pccs() -> Iterator[FakePccs]:
+    fake = FakePccs(QuoteCollateral.from_json(read_text(TDX)))
+    yield fake
+    fake.stop()
+
+
+def _client(url: str, sleeps: list[float], **kw: Any) -> PcsClient:
+    return PcsClient(url, sleep=sleeps.append, timeout=5, **kw)
+
+
+def test_retries_503_twice_then_succeeds(pccs: FakePccs) -> None:
+    pccs.fail[TCB] = [503, 503]
+    sleeps: list[float] = []
+    with _client(pccs.url, sleeps, retries=3, backoff=0.5) as client:
+        items, notes = fetch_collateral(client, fmspc=FMSPC.lower(), tees=["tdx"], roots=TrustedRoots())
+    assert pccs.hits[TCB] == 3 and sleeps == [0.5, 1.0]  # exponential backoff
+    assert [i.label for i in items] == [
+        "TCB Info TDX 00806F050000",
+        "TD_QE identity",
+        "PCK CRL platform",
+        "root CA CRL",
+    ]
+    assert notes == [
+        f"no PCK CRL for the processor CA: {pccs.url}/sgx/certification/v4/pckcrl?ca=processor&encoding=der: 404 nothing at /sgx/certification/v4/pckcrl?ca=processor&encoding=der"
+    ]
+    assert pccs.hits["/sgx/certification/v4/pckcrl"] == 2  # the processor CA's 404 was not retried
+
+
+def test_404_is_not_retried(pccs: FakePccs) -> None:
+    sleeps: list[float] = []
+    with (
+        _client(pccs.url, sleeps) as client,
+        pytest.raises(CollateralNotFound, match="404 nothing at") as exc,
+    ):
+        fetch_collateral(client, fmspc="00906ED50000", tees=["tdx"], roots=TrustedRoots())
+    assert pccs.hits[TCB] == 1 and sleeps == []
+    assert "fmspc=00906ED50000" in exc.value.detail
+
+
+def test_5xx_through_every_retry_honours_retry_after(pccs: FakePccs) -> None:
+    pccs.fail[TCB] = [500, 502, 503, 504]
+    pccs.headers = {"Retry-After": "3"}
+    sleeps: list[float] = []
+    with _client(pccs.url, sleeps, retries=3, backoff=0.5, max_backoff=5) as client:
+        with pytest.raises(UpstreamUnavailable, match="504 injected \\(after 4 attempts\\)"):
+            client.get(TCB, {"fmspc": FMSPC})
+    assert pccs.hits[TCB] == 4 and sleeps == [3.0, 3.0, 3.0]
+
+
+def test_network_errors_are_retried_then_raised() -> None:
+    sleeps: list[float] = []
+    with _client(f"http://127.0.0.1:{free_port()}", sleeps, retries=2, backoff=0.25) as client:
+        with pytest.raises(httpx.TransportError):
+            client.get(TCB, {"fmspc": FMSPC})
+        assert client.requests == 3 and sleeps == [0.25, 0.5]
+
+
+def test_a_wrong_answer_is_refused(pccs: FakePccs) -> None:
+    sgx = QuoteCollateral.from_json(read_text("intel-dcap/phala-dcap-qvl/sgx_quote_collateral.json")).to_pcs()
+    pccs.routes[f"{TCB}?fmspc={FMSPC}"] = (
+        sgx["tcb_info_body"].encode(),
+        {"TCB-Info-Issuer-Chain": sgx["tcb_info_issuer_chain"]},
+    )
+    with (
+        _client(pccs.url, []) as client,
+        pytest.raises(CollateralError, match="got TCB Info SGX 00A067110000"),
+    ):
+        fetch_collateral(client, fmspc=FMSPC, tees=["tdx"], roots=TrustedRoots())
+
+
+def test_urls() -> None:
+    assert (
+        PcsClient("https://pccs.example:8081/sgx/certification/v4/").base_url == "https://pccs.example:8081"
+    )
+    with pytest.raises(InvalidInput, match="plain http is for loopback only"):
+        PcsClient("http://pccs.example:8081")
+    with pytest.raises(InvalidInput, match="expected an https:// URL"):
+        PcsClient("ftp://pccs.example")
+
+
+def test_cli_fetch_exit_codes(pccs: FakePccs, tmp_path: Path) -> None:
+    runner = CliRunner()
+    data = str(tmp_path / "data")
+    r = runner.invoke(
+        app, ["fetch", "--from", pccs.url, "--fmspc", FMSPC, "--tee", "tdx", "--data-dir", data, "--json"]
+    )
+    assert r.exit_code == 0, r.output
+    assert len(json.loads(r.output)["added"]) == 4
+    r = runner.invoke(
+        app, ["fetch", "--from", pccs.url, "--fmspc", "00906ED50000", "--tee", "tdx", "--data-dir", data]
+    )
+    assert r.exit_code == 1 and "404" in r.output
+    pccs.fail[TCB] = [503]
+    r = runner.invoke(
+        app, ["fetch", "--from", pccs.url, "--fmspc", FMSPC, "--retries", "0", "--data-dir", data]
+    )
+    assert r.exit_code == 3 and "503" in r.output
+    r = runner.invoke(
+        app,
+        [
+            "fetch",
+            "--from",
+            f"http://127.0.0.1:{free_port()}",
+            "--fmspc",
+            FMSPC,
+            "--retries",
+            "0",
+            "--data-dir",
+            data,
+        ],
+    )
+    assert r.exit_code == 3 and "cannot reach" in r.output
+    r = runner.invoke(app, ["fetch", "--from", "http://pccs.example", "--fmspc", FMSPC, "--data-dir", data])
+    assert r.exit_code == 2
+
+
+# --- two real keybroker instances ----------------------------------------------------------------
+
+
+@pytest.fixture
+def two_servers(tmp_path: Path) -> Iterator[tuple[Server, Server]]:
+    first = Server(tmp_path / "first" / "data")
+    files = [str(path(TDX)), str(path("intel-dcap/assembled/tdx_00806F050000_2025-06.json"))]
+    r = keybroker("collateral", "import", *files, "--data-dir", str(first.data_dir))
+    assert r.returncode == 0, r.stderr
+    first.start()
+    (tmp_path / "second").mkdir()
+    second = Server(tmp_path / "second" / "data")
+    try:
+        second.start()
+        yield first, second
+    finally:
+        second.stop()
+        first.stop()
+
+
+def test_second_instance_fetches_from_the_first_and_verifies(two_servers: tuple[Server, Server]) -> None:
+    first, second = two_servers
+    c = case("dcap-tdx-gcp-cos113-2025-10")
+    body = {"quote": base64.b64encode(read_bytes(c["quote"])).decode(), "at": c["verify_at"]}
+    token = TokenService(load_signing_key(second.data_dir / TOKEN_KEY_FILE)).mint("t", ["attestation:verify"])
+    with second.client(token) as http:
+        before = http.post("/attestation/v1/verify", json=body)
+    assert (
+        before.status_code == 404
+        and "no TDX TCB Info for FMSPC 00806F050000 cached" in before.json()["detail"]
+    )
+
+    fetch = [
+        "fetch",
+        "--from",
+        first.url,
+        "--fmspc",
+        FMSPC,
+        "--tee",
+        "tdx",
+        "--data-dir",
+        str(second.data_dir),
+    ]
+    runner = CliRunner()
+    no_trust = runner.invoke(app, [*fetch, "--retries", "0"])  # the first's CA is not in the system store
+    assert no_trust.exit_code == 3 and "CERTIFICATE_VERIFY_FAILED" in no_trust.output
+    unknown = runner.invoke(app, [*fetch[:4], "00906ED50000", *fetch[5:], "--ca-file", str(first.ca)])
+    assert unknown.exit_code == 1
+    assert "no TDX TCB Info for FMSPC 00906ED50000 cached; cached TCB Info: TDX 00806F050000" in " ".join(
+        unknown.output.split()
+    )
+    # the real thing: the second instance's operator runs `keybroker collateral fetch` against the first
+    done = keybroker("collateral", *fetch, "--ca-file", str(first.ca), "--json")
+    assert done.returncode == 0, done.stderr
+    fetched = json.loads(done.stdout)
+    assert [i["label"] for i in fetched["added"]] == [
+        "TCB Info TDX 00806F050000",
+        "TD_QE identity",
+        "PCK CRL platform",
+        "root CA CRL",
+    ]
+    # the first serves its newest pieces (October over June); the second stored exactly those
+    first_db = Database(f"sqlite:///{first.data_dir / 'keybroker.db'}")
+    newest = CollateralStore(first_db).export_items(fmspc=FMSPC)
+    first_db.dispose()
+    assert {i["digest"] for i in fetched["added"]} == {e[0].digest for e in newest}
+
+    with second.client(token) as http:
+        after = http.post("/attestation/v1/verify", json=body)
+    assert after.status_code == 200, after.text
+    doc = after.json()
+    assert (
+        doc["verified"] is True
+        and doc["status"] == "UpToDate"
+        and doc["fmspc"] == FMSPC
+        and doc["sim"] is False
+    )
