@@ -290,3 +290,85 @@ def test_key_without_policy_never_released(client: TestClient, admin_headers: di
     ).json()["key_information"]["id"]
     r = client.post(f"/kbs/v1/keys/{kid}/transfer")
     assert r.status_code == 403 and "no transfer policy" in r.json()["detail"]
+
+
+NONE_POLICY: dict[str, Any] = {
+    "attestation_type": ["NONE"],
+    "none": {"attributes": {"client_permissions": ["nginx", "USA"]}},
+}
+
+
+def test_good_tier_without_attestation_is_explicit_warned_and_audited(
+    client: TestClient, services: Services, admin_headers: dict[str, str]
+) -> None:
+    s = _setup(client, services, admin_headers, NONE_POLICY)
+    created = [
+        r
+        for r in client.get("/kbs/v1/audit?limit=1000", headers=admin_headers).json()
+        if r["action"] == "policy.create"
+    ][-1]
+    assert created["details"]["tier"] == "good" and "WITHOUT attestation" in created["details"]["warning"]
+    url = f"/kbs/v1/keys/{s.key_id}/transfer"
+    body = {"user_data": base64.b64encode(SPKI).decode()}
+    assert client.post(url).headers["Attestation-Type"] == "NONE"
+    r = client.post(url, json=body, headers={"Attestation-Type": "NONE"})
+    assert r.status_code == 403 and "bearer token" in r.json()["reasons"][0]
+    r = client.post(
+        url,
+        json=body,
+        headers={"Attestation-Type": "NONE", **token_headers(services, client_permissions=("nginx",))},
+    )
+    assert r.status_code == 403 and "USA" in r.json()["reasons"][0]
+    r = client.post(
+        url,
+        json=body,
+        headers={"Attestation-Type": "NONE", **token_headers(services, client_permissions=("nginx", "USA"))},
+    )
+    assert r.status_code == 200, r.text
+    wrapped = wrap.SeclWrapped(
+        base64.b64decode(r.json()["wrapped_key"]), base64.b64decode(r.json()["wrapped_swk"])
+    )
+    assert wrap.secl_unwrap(wrapped, _WORKLOAD) == s.secret
+    rec = _audit(s)[-1]
+    assert (
+        rec["outcome"] == "success"
+        and rec["details"]["tier"] == "good"
+        and "without attestation" in rec["reason"]
+    )
+
+
+def test_attested_policy_refuses_no_attestation_and_vice_versa(
+    sgx: Setup, client: TestClient, services: Services, admin_headers: dict[str, str]
+) -> None:
+    body = {"user_data": base64.b64encode(SPKI).decode()}
+    h = {"Attestation-Type": "NONE", **token_headers(services, client_permissions=("nginx", "USA"))}
+    r = client.post(f"/kbs/v1/keys/{sgx.key_id}/transfer", json=body, headers=h)
+    assert r.status_code == 403 and "requires attestation" in r.json()["reasons"][0]
+    none = _setup(client, services, admin_headers, NONE_POLICY)
+    nonce, _ = _nonce(none)
+    r = _transfer(none, _sgx(none, nonce), nonce)
+    assert r.status_code == 403 and "without attestation" in r.json()["reasons"][0]
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [
+        {"attestation_type": ["NONE"]},
+        {"attestation_type": ["NONE"], "none": {"attributes": {"client_permissions": []}}},
+        {
+            "attestation_type": ["NONE", "SGX"],
+            "none": {"attributes": {"client_permissions": ["a"]}},
+            "sgx": SGX_SIM_POLICY["sgx"],
+        },
+        {
+            "attestation_type": ["SGX"],
+            "none": {"attributes": {"client_permissions": ["a"]}},
+            "sgx": SGX_SIM_POLICY["sgx"],
+        },
+    ],
+)
+def test_none_policy_validation(
+    client: TestClient, admin_headers: dict[str, str], policy: dict[str, Any]
+) -> None:
+    r = client.post("/kbs/v1/key-transfer-policies", json=policy, headers=admin_headers)
+    assert r.status_code == 400, r.text

@@ -66,6 +66,15 @@ class TdxAttributes(_Strict):
     enforce_tcb_upto_date: StrictBool = False
 
 
+class NoneAttributes(_Strict):
+    #: Required and non-empty: without attestation, the caller's token is the only credential.
+    client_permissions: list[Permission] = Field(min_length=1)
+
+
+class NoneSection(_Strict):
+    attributes: NoneAttributes
+
+
 class SgxSection(_Strict):
     attributes: SgxAttributes
     policy_ids: list[str] = Field(default_factory=list)
@@ -79,9 +88,12 @@ class TdxSection(_Strict):
 class TransferPolicyBody(_Strict):
     """What an admin sends to ``POST /kbs/v1/key-transfer-policies``."""
 
-    attestation_type: list[Literal["SGX", "TDX", "SNP", "TPM"]] = Field(min_length=1)
+    attestation_type: list[Literal["SGX", "TDX", "SNP", "TPM", "NONE"]] = Field(min_length=1)
     sgx: SgxSection | None = None
     tdx: TdxSection | None = None
+    #: The seed's "good" tier: release to an authenticated client *without attestation*.
+    #: Explicit and warned; never the default ("best": attestation required).
+    none: NoneSection | None = None
     allow_debug: StrictBool = False
     allow_simulated: StrictBool = False
 
@@ -101,4 +113,15 @@ class TransferPolicyBody(_Strict):
             raise ValueError("the policy has an sgx section but attestation_type lacks SGX")
         if self.tdx is not None and "TDX" not in types:
             raise ValueError("the policy has a tdx section but attestation_type lacks TDX")
+        if "NONE" in types:
+            if len(types) != 1:
+                raise ValueError("attestation_type NONE (no attestation) cannot be combined with TEE types")
+            if self.none is None:
+                raise ValueError("attestation_type NONE needs a none section with client_permissions")
+        elif self.none is not None:
+            raise ValueError("the policy has a none section but attestation_type lacks NONE")
         return self
+
+    @property
+    def without_attestation(self) -> bool:
+        return self.attestation_type == ["NONE"]

@@ -14,6 +14,7 @@ Steps, in this order (a failure at any step denies, is audited, and releases not
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -37,6 +38,7 @@ from keybroker.tee.verifier import Verifier
 from keybroker.tokens.ear import EarClaims
 
 V1_PURPOSE = "kbs-v1-transfer"
+log = logging.getLogger("keybroker.release")
 
 
 @dataclass(frozen=True)
@@ -95,6 +97,9 @@ class ReleaseService:
         try:
             key, policy, policy_id = self._key_and_policy(key_id)
             details["policy_id"] = policy_id
+            if policy.without_attestation:
+                why = "the key's policy releases without attestation: send only user_data with Attestation-Type NONE"
+                raise PolicyDenied(why, reasons=[why])
             if req.attestation_type not in policy.attestation_type:
                 why = f"Attestation-Type {req.attestation_type} is not allowed by the key's policy ({', '.join(policy.attestation_type)})"
                 raise PolicyDenied(why, reasons=[why])
@@ -188,6 +193,54 @@ class ReleaseService:
                     action="key.transfer",
                     object_id=key_id,
                     outcome="success",
+                    details=details,
+                )
+            return wrapped
+        except KeybrokerError as exc:
+            self._audit_denial(actor, key_id, exc, details)
+            raise
+
+    def transfer_without_attestation(
+        self, key_id: str, user_data: bytes, principal: Principal | None, actor: str
+    ) -> wrap.SeclWrapped:
+        """The "good" tier: a policy with ``attestation_type: ["NONE"]`` releases the key to a caller
+        whose token holds every listed client permission, wrapped to the caller's RSA key. No
+        evidence is looked at; every such release is audited with a warning."""
+        details: dict[str, Any] = {"protocol": "kbs/v1", "mode": "no-attestation", "tier": "good"}
+        try:
+            key, policy, policy_id = self._key_and_policy(key_id)
+            details["policy_id"] = policy_id
+            if not policy.without_attestation or policy.none is None:
+                why = "the key's policy requires attestation: send evidence with Attestation-Type SGX or TDX"
+                raise PolicyDenied(why, reasons=[why])
+            if principal is None:
+                why = (
+                    "a release without attestation needs a bearer token with the policy's client permissions"
+                )
+                raise PolicyDenied(why, reasons=[why])
+            missing = sorted(
+                set(policy.none.attributes.client_permissions) - set(principal.client_permissions)
+            )
+            if missing:
+                why = f"the token lacks client permission(s) {', '.join(missing)}"
+                raise PolicyDenied("the caller is not allowed by the key's policy", reasons=[why])
+            workload_key = binding.load_spki(user_data, "user_data")
+            if not isinstance(workload_key, rsa.RSAPublicKey):
+                raise InvalidInput("/kbs/v1 needs an RSA (>= 3072-bit) workload key", field="user_data")
+            log.warning(
+                "key %s released WITHOUT attestation to %s (policy %s, tier good)", key_id, actor, policy_id
+            )
+            with self._db.session() as s:
+                wrapped = wrap.secl_from_transfer(
+                    self._keystore.wrap_for_transfer(s, key_id, key.backend_ref, workload_key, b"")
+                )
+                audit.append(
+                    s,
+                    actor=actor,
+                    action="key.transfer",
+                    object_id=key_id,
+                    outcome="success",
+                    reason="released without attestation (policy tier good)",
                     details=details,
                 )
             return wrapped

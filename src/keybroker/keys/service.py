@@ -69,6 +69,19 @@ def _check_uuid(value: str, what: str) -> str:
         raise NotFound(f"{what} {value!r} does not exist (not a UUID)") from None
 
 
+NO_ATTESTATION_WARNING = (
+    "this policy releases keys WITHOUT attestation to any caller whose token holds its client permissions "
+    '(the "good" tier); the workload\'s integrity is not checked'
+)
+
+
+def _tier(body: TransferPolicyBody) -> dict[str, Any] | None:
+    if body.without_attestation:
+        log.warning("key-transfer policy without attestation: %s", NO_ATTESTATION_WARNING)
+        return {"tier": "good", "warning": NO_ATTESTATION_WARNING}
+    return None
+
+
 class KeyService:
     def __init__(self, db: Database, keystore: KeyStore, ca: ServiceCA) -> None:
         self._db = db
@@ -84,7 +97,14 @@ class KeyService:
         )
         with self._db.session() as s:
             s.add(row)
-            audit.append(s, actor=caller.actor, action="policy.create", object_id=row.id, outcome="success")
+            audit.append(
+                s,
+                actor=caller.actor,
+                action="policy.create",
+                object_id=row.id,
+                outcome="success",
+                details=_tier(body),
+            )
         return row
 
     def get_policy(self, caller: Caller, policy_id: str) -> TransferPolicy:

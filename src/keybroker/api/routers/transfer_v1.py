@@ -127,6 +127,16 @@ async def transfer_key(
         raise InvalidInput(
             "the Attestation-Type header (SGX or TDX) is required with evidence", field="Attestation-Type"
         )
+    if attestation_type == "NONE":
+        if req.quote is not None or req.nonce is not None:
+            raise InvalidInput(
+                "Attestation-Type NONE takes only user_data (no quote, no nonce)", field="body"
+            )
+        return _out(
+            svc.release.transfer_without_attestation(
+                key_id, _b64(req.user_data, "user_data"), principal, actor
+            )
+        )
     if attestation_type not in ("SGX", "TDX"):
         raise InvalidInput(
             f"Attestation-Type {attestation_type!r} is not SGX or TDX", field="Attestation-Type"
