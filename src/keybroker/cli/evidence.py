@@ -20,7 +20,7 @@ from cryptography import x509
 from rich.console import Console
 from rich.table import Table
 
-from keybroker.errors import CollateralError, EvidenceParseError, VerificationError
+from keybroker.errors import CollateralError, CollateralNotFound, EvidenceParseError, VerificationError
 from keybroker.tee.dcap.collateral import QuoteCollateral
 from keybroker.tee.dcap.verify import CHECKS, VerifiedQuote, quote_fmspc_and_ca, verify_quote
 
@@ -203,6 +203,28 @@ def _print_verified(result: VerifiedQuote) -> None:
     _out.print(_claims_table(result.claims.to_dict()))
 
 
+def _store_lookup(
+    config: Path | None, data_dir: Path | None, database: str | None, at: datetime
+) -> CollateralLookup | None:
+    """The service's collateral store, unless a lookup was installed (tests) or none is configured."""
+    if _collateral_lookup is not None:
+        return None
+    from keybroker.collateral.store import lookup_for_cli
+    from keybroker.config import load_settings
+    from keybroker.errors import InvalidInput
+
+    try:
+        settings = load_settings(config, None, data_dir=data_dir, database=database)
+    except InvalidInput as exc:
+        raise UsageError(exc.detail) from None
+    if settings.database is None and not (settings.data_dir / "keybroker.db").exists():
+        raise UsageError(
+            f"no --collateral and no collateral store at {settings.data_dir} (give --collateral, or --data-dir/--database)"
+        )
+    source = lookup_for_cli(settings, at=at)
+    return lambda fmspc, ca, tee: source.collateral_for(tee=tee, fmspc=fmspc.hex().upper(), pck_ca=ca)
+
+
 @app.command("verify")
 def verify(
     quote: Annotated[Path, typer.Option("--quote", help="Quote file: raw, hex or base64.")],
@@ -221,8 +243,25 @@ def verify(
         Optional[list[Path]],  # noqa: UP045
         typer.Option("--trust-root", help="Extra trusted root (PEM), e.g. the dev PKI root. Repeatable."),
     ] = None,
+    data_dir: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(
+            "--data-dir", help="Without --collateral: the service's data dir, whose collateral store is used."
+        ),
+    ] = None,
+    database: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option("--database", help="Without --collateral: the service's database URL."),
+    ] = None,
+    config: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(
+            "--config", help="Without --collateral: the service's config file.", envvar="KEYBROKER_CONFIG"
+        ),
+    ] = None,
 ) -> None:
-    """Verify a quote: verdict, TCB status, advisories, checks performed and claims."""
+    """Verify a quote: verdict, TCB status, advisories, checks performed and claims. Without
+    --collateral, collateral comes from the service's store (``keybroker collateral import/fetch``)."""
     raw = b""
     try:
         when = parse_at(at) if at is not None else datetime.now(UTC)
@@ -234,10 +273,14 @@ def verify(
             except CollateralError as exc:
                 raise UsageError(f"collateral {collateral}: {exc.detail}") from None
         roots = _load_roots(trust_root or [])
-        result = verify_command(raw, collateral=coll, at=when, trust_roots=roots)
+        lookup = None if coll is not None else _store_lookup(config, data_dir, database, when)
+        result = verify_command(raw, collateral=coll, at=when, trust_roots=roots, collateral_lookup=lookup)
     except UsageError as exc:
         _err.print(f"[red]error:[/red] {exc}", highlight=False)
         raise typer.Exit(EXIT_USAGE) from None
+    except CollateralNotFound as exc:
+        _err.print(f"[red]error:[/red] {exc.diagnostics()}", highlight=False)
+        raise typer.Exit(EXIT_REJECTED) from None
     except CollateralError as exc:
         _err.print(f"[red]error:[/red] {exc.diagnostics()}", highlight=False)
         raise typer.Exit(EXIT_USAGE) from None

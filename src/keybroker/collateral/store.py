@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from threading import Lock
 from typing import Any, Final
 
 from cryptography import x509
-from sqlalchemy import and_, case, func, or_, select
+from sqlalchemy import Connection, DateTime, Select, and_, bindparam, case, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -137,14 +138,14 @@ def _row(item: Item, source: str, now: datetime) -> Row:
     )
 
 
-def _item(row: Row) -> Item:
-    """Rebuild an item from a row that was verified when it was imported."""
+def _item(row: Any) -> Item:
+    """Rebuild an item from a row (ORM or Core) that was verified when it was imported."""
     root_kind: RootKind = "intel" if row.root_kind == "intel" else "dev"
     return Item(
-        kind=row.kind,  # type: ignore[arg-type]  # the migration's kinds
-        tee=row.tee,  # type: ignore[arg-type]
+        kind=row.kind,
+        tee=row.tee,
         fmspc=row.fmspc,
-        pck_ca=row.pck_ca,  # type: ignore[arg-type]
+        pck_ca=row.pck_ca,
         pce_id=row.pce_id,
         signed_text=row.signed_text,
         signature=row.signature,
@@ -195,6 +196,25 @@ def _stored(values: Sequence[Any]) -> StoredItem:
         source,
         utc(imported),
     )
+
+
+@functools.cache
+def _pick_statement(filters: tuple[str, ...], with_at: bool, intel_first: bool) -> Select[int, str, str]:
+    """The preferred-piece query for one filter shape, built once (bound parameters; SQLAlchemy then
+    reuses the compiled form, which keeps a lookup to a few fast indexed queries)."""
+    q = select(Row.id, Row.digest, Row.root_sha256).where(Row.kind == bindparam("kind"))
+    for name in filters:
+        q = q.where(getattr(Row, name) == bindparam(name))
+    order: list[Any] = []
+    if intel_first:
+        order.append(case((Row.root_kind == "intel", 0), else_=1))
+    if with_at:
+        at = bindparam("at", type_=DateTime(timezone=True))
+        order.append(
+            case((and_(Row.issue_date <= at, Row.next_update >= at), 0), (Row.issue_date <= at, 1), else_=2)
+        )
+    order += [Row.issue_date.desc(), Row.id.desc()]
+    return q.order_by(*order).limit(1)
 
 
 class CollateralStore:
@@ -257,7 +277,7 @@ class CollateralStore:
 
     def _pick(
         self,
-        s: Session,
+        s: Connection | Session,
         kind: Kind,
         *,
         tee: str | None = None,
@@ -268,42 +288,29 @@ class CollateralStore:
         intel_first: bool = False,
     ) -> tuple[int, str, str] | None:
         """(id, digest, root_sha256) of the preferred piece, or None."""
-        q = select(Row.id, Row.digest, Row.root_sha256).where(Row.kind == kind)
-        for column, value in (
-            (Row.tee, tee),
-            (Row.fmspc, fmspc),
-            (Row.pck_ca, pck_ca),
-            (Row.root_sha256, root),
-        ):
+        values: dict[str, Any] = {"kind": kind}
+        for name, value in (("tee", tee), ("fmspc", fmspc), ("pck_ca", pck_ca), ("root_sha256", root)):
             if value is not None:
-                q = q.where(column == value)
-        order: list[Any] = []
-        if intel_first:
-            order.append(case((Row.root_kind == "intel", 0), else_=1))
+                values[name] = value
         if at is not None:
-            order.append(
-                case(
-                    (and_(Row.issue_date <= at, Row.next_update >= at), 0),
-                    (Row.issue_date <= at, 1),
-                    else_=2,
-                )
-            )
-        order += [Row.issue_date.desc(), Row.id.desc()]
-        found = s.execute(q.order_by(*order).limit(1)).first()
-        return None if found is None else (found[0], found[1], found[2])
+            values["at"] = at
+        stmt = _pick_statement(
+            tuple(k for k in values if k not in ("kind", "at")), at is not None, intel_first
+        )
+        found = s.execute(stmt, values).first()
+        return None if found is None else (int(found[0]), str(found[1]), str(found[2]))
 
     def newest(
         self, kind: Kind, *, tee: str | None = None, fmspc: str | None = None, pck_ca: str | None = None
     ) -> Item | None:
         """The newest stored piece (Intel-rooted first): what a PCCS endpoint serves."""
-        with self.db.session() as s:
+        with self.db.engine.connect() as conn:
             picked = self._pick(
-                s, kind, tee=tee, fmspc=fmspc.upper() if fmspc else None, pck_ca=pck_ca, intel_first=True
+                conn, kind, tee=tee, fmspc=fmspc.upper() if fmspc else None, pck_ca=pck_ca, intel_first=True
             )
             if picked is None:
                 return None
-            row = s.get(Row, picked[0])
-            assert row is not None
+            row = conn.execute(select(Row.__table__).where(Row.id == picked[0])).one()
             return _item(row)
 
     def collateral_for(
@@ -316,7 +323,8 @@ class CollateralStore:
             raise InvalidInput(f"PCK CA {pck_ca!r} is not processor or platform", field="pck_ca")
         fmspc = fmspc.upper()
         when = utc(at) if at is not None else self._clock()
-        with self.db.session() as s:
+        # Core connection, not an ORM session: four indexed queries, the hot path of every verification.
+        with self.db.engine.connect() as s:
             tcb = self._pick(s, "tcb_info", tee=tee, fmspc=fmspc, at=when)
             if tcb is None:
                 raise self._not_found(
@@ -342,13 +350,14 @@ class CollateralStore:
                     "Add it with 'keybroker collateral import FILE' or 'keybroker collateral fetch'",
                     asked={"tee": tee, "fmspc": fmspc, "pck_ca": pck_ca},
                 )
-            key = (tcb[1], qe[1], crl[1], root_crl[1])
-            with self._lock:
-                cached = self._assembled.get(key)
-                if cached is not None:
-                    self._assembled.move_to_end(key)
-                    return cached
-            rows = [s.get(Row, picked[0]) for picked in (tcb, qe, crl, root_crl)]
+        key = (tcb[1], qe[1], crl[1], root_crl[1])
+        with self._lock:
+            cached = self._assembled.get(key)
+            if cached is not None:
+                self._assembled.move_to_end(key)
+                return cached
+        with self.db.session() as session:
+            rows = [session.get(Row, picked[0]) for picked in (tcb, qe, crl, root_crl)]
         assert all(r is not None for r in rows)
         collateral = collateral_from_items(*(_item(r) for r in rows if r is not None))
         with self._lock:
@@ -411,7 +420,7 @@ class CollateralStore:
 
     def _not_found(
         self,
-        s: Session,
+        s: Connection | Session,
         kind: Kind,
         *,
         tee: str | None = None,
@@ -440,7 +449,7 @@ class CollateralStore:
             asked=asked,
         )
 
-    def _summary(self, s: Session, kinds: Sequence[str] | None = None) -> str:
+    def _summary(self, s: Connection | Session, kinds: Sequence[str] | None = None) -> str:
         """What is cached, compactly: 'TCB Info SGX 00606A000000 until 2025-09-14; ...'."""
         q = select(Row.kind, Row.tee, Row.fmspc, Row.pck_ca, Row.root_kind, func.max(Row.next_update))
         if kinds is not None:

@@ -87,7 +87,7 @@ def test_corpus_hex_file() -> None:
         (["--quote", "/nonexistent/q", "--collateral", TDX_COLL, "--at", AT], "cannot read quote"),
         (["--quote", TDX, "--collateral", TDX_COLL, "--at", "yesterday"], "neither ISO 8601"),
         (["--quote", TDX, "--collateral", TDX_COLL, "--at", "2025-07-04T10:16:31"], "no timezone"),
-        (["--quote", TDX, "--at", AT], "pass --collateral"),
+        (["--quote", TDX, "--at", AT, "--data-dir", "/nonexistent-keybroker"], "no collateral store"),
         (["--quote", TDX_COLL, "--collateral", TDX_COLL, "--at", AT], "raw, hex or base64"),
         (["--quote", TDX, "--collateral", TDX, "--at", AT], "collateral"),
         (["--quote", TDX, "--collateral", TDX_COLL, "--at", AT, "--trust-root", TDX_COLL], "trust root"),
