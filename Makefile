@@ -37,8 +37,10 @@ unit: venv
 ## Everything: lint, type checks and the whole suite (installs what it needs first).
 test: venv system-deps lint typecheck unit
 
+## Benchmarks: DCAP verification vs dcap-qvl; attested key transfer end to end (results in .bench/).
 bench: venv
 	$(BIN)/python bench/verify.py
+	$(BIN)/python bench/transfer.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
