@@ -290,3 +290,22 @@ def test_second_instance_fetches_from_the_first_and_verifies(two_servers: tuple[
         and doc["fmspc"] == FMSPC
         and doc["sim"] is False
     )
+
+
+def test_root_ca_crl_from_its_distribution_point(pccs: FakePccs, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Intel PCS has no /rootcacrl: the CRL comes from the TCB Signing certificate's distribution
+    point (and is verified like everything else)."""
+    root_crl = QuoteCollateral.from_json(read_text(TDX)).root_ca_crl
+    del pccs.routes["/sgx/certification/v4/rootcacrl"]
+    asked: list[str] = []
+
+    def external(self: PcsClient, url: str) -> httpx.Response:
+        asked.append(url)
+        return httpx.Response(200, content=root_crl)
+
+    monkeypatch.setattr(PcsClient, "get_external", external)
+    with _client(pccs.url, []) as client:
+        items, notes = fetch_collateral(client, fmspc=FMSPC, tees=["tdx"], roots=TrustedRoots())
+    assert asked == ["https://certificates.trustedservices.intel.com/IntelSGXRootCA.der"]
+    assert items[-1].kind == "root_ca_crl" and items[-1].crl_der == root_crl
+    assert notes[-1] == f"root CA CRL from its distribution point {asked[0]}"

@@ -26,7 +26,7 @@ from typing import Any, Final
 
 from cryptography import x509
 from sqlalchemy import Connection, DateTime, Select, and_, bindparam, case, func, or_, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from keybroker.collateral.items import (
@@ -39,7 +39,7 @@ from keybroker.collateral.items import (
     utc,
 )
 from keybroker.config import Settings
-from keybroker.errors import CollateralNotFound, Conflict, InvalidInput
+from keybroker.errors import CollateralError, CollateralNotFound, Conflict, InvalidInput
 from keybroker.store.db import Database
 from keybroker.store.models import CollateralItem as Row
 from keybroker.tee.dcap.collateral import QuoteCollateral
@@ -57,6 +57,10 @@ __all__ = [
 _TEES: Final = ("sgx", "tdx")
 _CAS: Final = ("processor", "platform")
 _ASSEMBLED_MAX: Final = 256
+#: Assembled collateral by the digests of its four pieces: content-addressed, so shared by every
+#: store object (and database) in the process; parsing a QuoteCollateral costs milliseconds.
+_ASSEMBLED: OrderedDict[tuple[str, ...], QuoteCollateral] = OrderedDict()
+_ASSEMBLED_LOCK: Final = Lock()
 _SUMMARY_MAX: Final = 12
 DEV_PKI_ROOT: Final = Path("dev-pki") / "root.pem"
 _PLURAL: Final = {
@@ -221,8 +225,6 @@ class CollateralStore:
     def __init__(self, db: Database, *, clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         self.db = db
         self._clock = clock
-        self._assembled: OrderedDict[tuple[str, ...], QuoteCollateral] = OrderedDict()
-        self._lock = Lock()
 
     # --- writing -------------------------------------------------------------------------------
 
@@ -351,19 +353,19 @@ class CollateralStore:
                     asked={"tee": tee, "fmspc": fmspc, "pck_ca": pck_ca},
                 )
         key = (tcb[1], qe[1], crl[1], root_crl[1])
-        with self._lock:
-            cached = self._assembled.get(key)
+        with _ASSEMBLED_LOCK:
+            cached = _ASSEMBLED.get(key)
             if cached is not None:
-                self._assembled.move_to_end(key)
+                _ASSEMBLED.move_to_end(key)
                 return cached
         with self.db.session() as session:
             rows = [session.get(Row, picked[0]) for picked in (tcb, qe, crl, root_crl)]
         assert all(r is not None for r in rows)
         collateral = collateral_from_items(*(_item(r) for r in rows if r is not None))
-        with self._lock:
-            self._assembled[key] = collateral
-            while len(self._assembled) > _ASSEMBLED_MAX:
-                self._assembled.popitem(last=False)
+        with _ASSEMBLED_LOCK:
+            _ASSEMBLED[key] = collateral
+            while len(_ASSEMBLED) > _ASSEMBLED_MAX:
+                _ASSEMBLED.popitem(last=False)
         return collateral
 
     def export_items(
@@ -500,12 +502,44 @@ def trusted_roots(settings: Settings, extra: Iterable[x509.Certificate] = ()) ->
     return TrustedRoots(certs)
 
 
+class _CliSource:
+    """``lookup_for_cli``'s source: opens the database on first use, says so when there is none."""
+
+    def __init__(self, settings: Settings, at: datetime | None) -> None:
+        self._settings = settings
+        self._at = at
+        self._source: DbCollateralSource | None = None
+
+    def collateral_for(self, *, tee: str, fmspc: str, pck_ca: str) -> QuoteCollateral:
+        if self._source is None:
+            settings = self._settings
+            if settings.database is None and not (settings.data_dir / "keybroker.db").exists():
+                raise CollateralNotFound(
+                    f"no keybroker database in {settings.data_dir} to look up {tee.upper()} FMSPC "
+                    f"{fmspc.upper()}: give --collateral, or --data-dir/--database of a keybroker with "
+                    "collateral ('keybroker collateral import/fetch')",
+                    asked={"tee": tee, "fmspc": fmspc.upper(), "pck_ca": pck_ca},
+                )
+            db = Database(settings.database_url)
+            try:
+                db.migrate()
+            except SQLAlchemyError as exc:
+                reason = str(getattr(exc, "orig", None) or type(exc).__name__).splitlines()[0]
+                raise CollateralError(f"the collateral store is unavailable: {reason}") from None
+            self._source = DbCollateralSource(CollateralStore(db), at=self._at)
+        try:
+            return self._source.collateral_for(tee=tee, fmspc=fmspc, pck_ca=pck_ca)
+        except SQLAlchemyError as exc:
+            reason = str(getattr(exc, "orig", None) or type(exc).__name__).splitlines()[0]
+            raise CollateralError(f"the collateral store is unavailable: {reason}") from None
+
+
 def lookup_for_cli(settings: Settings, *, at: datetime | None = None) -> CollateralSource:
     """The store behind ``keybroker evidence verify`` when no ``--collateral`` is given.
 
-    Local operator access (data dir / database URL, like ``keybroker audit``); brings the schema
-    up to date first. ``at``: choose the collateral valid at the verification time.
+    Local operator access (data dir / database URL, like ``keybroker audit``). The database is
+    opened (and its schema brought up to date) on the first lookup; every failure is a
+    ``CollateralError`` (``CollateralNotFound`` naming the FMSPC asked and what is cached).
+    ``at``: choose the collateral valid at the verification time (``--at``).
     """
-    db = Database(settings.database_url)
-    db.migrate()
-    return DbCollateralSource(CollateralStore(db), at=at)
+    return _CliSource(settings, at)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from tests.unit.collateral.conftest import CORPUS_FILES, SIM_ISSUED, TAMPERED_FILES, new_store
@@ -12,7 +13,8 @@ from tests.vectors.corpus import load_cases, path, read_bytes, read_text, verify
 
 from keybroker.collateral.importers import bundle_document, items_from_document, read_file
 from keybroker.collateral.items import TrustedRoots, items_from_collateral
-from keybroker.collateral.store import CollateralStore, DbCollateralSource
+from keybroker.collateral.store import CollateralStore, DbCollateralSource, lookup_for_cli
+from keybroker.config import Settings
 from keybroker.errors import CollateralError, CollateralNotFound, EvidenceParseError, VerificationError
 from keybroker.tee.dcap.collateral import QuoteCollateral
 from keybroker.tee.dcap.verify import quote_fmspc_and_ca, verify_quote
@@ -330,3 +332,24 @@ def test_sim_pcs_files_import(dev_pki: DevPki, dev_roots: TrustedRoots) -> None:
         "PCK CRL processor",
         "root CA CRL",
     ]
+
+
+def test_lookup_for_cli(tmp_path: Path, intel_roots: TrustedRoots) -> None:
+    settings = Settings(data_dir=tmp_path / "data")
+    source = lookup_for_cli(settings, at=_at("2025-06-26T21:50:26"))
+    with pytest.raises(
+        CollateralNotFound, match=r"no keybroker database in .*data to look up TDX FMSPC 00806F050000"
+    ):
+        source.collateral_for(tee="tdx", fmspc="00806f050000", pck_ca="platform")
+    store = new_store(settings.data_dir)
+    store.import_items(read_file(path(COS113_JUNE), intel_roots), source="june")
+    store.import_items(read_file(path(COS113_OCT), intel_roots), source="october")
+    got = lookup_for_cli(settings, at=_at("2025-06-26T21:50:26")).collateral_for(
+        tee="tdx", fmspc="00806f050000", pck_ca="platform"
+    )
+    assert got == QuoteCollateral.from_json(read_text(COS113_JUNE))
+    with pytest.raises(CollateralNotFound, match="no TDX TCB Info for FMSPC 00906ED50000 cached"):
+        lookup_for_cli(settings).collateral_for(tee="tdx", fmspc="00906ED50000", pck_ca="platform")
+    broken = Settings(data_dir=tmp_path, database="postgresql+psycopg://nobody@127.0.0.1:1/none")
+    with pytest.raises(CollateralError, match="the collateral store is unavailable"):
+        lookup_for_cli(broken).collateral_for(tee="tdx", fmspc="00906ED50000", pck_ca="platform")
