@@ -6,6 +6,8 @@ set -euo pipefail
 need=()
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 command -v softhsm2-util >/dev/null 2>&1 || need+=(softhsm2)  # PKCS#11 key store and seal tests
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx)  # nginx end to end (docs/nginx.md)
+ls /usr/lib/*/engines-3/pkcs11.so >/dev/null 2>&1 || need+=(libengine-pkcs11-openssl)  # nginx's key through PKCS#11
 
 if [ ${#need[@]} -eq 0 ]; then
   exit 0

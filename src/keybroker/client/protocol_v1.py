@@ -1,0 +1,128 @@
+"""``/kbs/v1`` key transfer (Intel SecL / Trust Authority KBS style), the workload side.
+
+1. ``POST /kbs/v1/keys/{id}/transfer`` with an empty body: a fresh nonce.
+2. An ephemeral RSA-3072 key pair, made here, kept in memory only.
+3. Evidence whose REPORTDATA = SHA-512(nonce || DER SPKI of that key) (see docs/architecture.md).
+4. ``POST`` again with ``{quote, nonce, user_data}`` and ``Attestation-Type``: the wrapped key.
+5. :func:`keybroker.client.unwrap.secl_unwrap` with the ephemeral private key.
+
+The nonce is single use and the broker spends it before it looks at the evidence, so step 4 is never
+retried by itself: on a network error or a 5xx the whole exchange starts again from step 1 (with a new
+nonce and a new key pair), up to the transport's retry policy.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from keybroker.client.errors import Denied, TlsVerificationFailed, Unreachable
+from keybroker.client.evidence import Provider
+from keybroker.client.http import Transport
+from keybroker.client.material import ReleasedKey, classify
+from keybroker.client.unwrap import secl_unwrap
+from keybroker.errors import InvalidInput
+from keybroker.keys.binding import v1_report_data
+
+log = logging.getLogger("keybroker.client")
+
+EPHEMERAL_RSA_BITS = 3072
+V1_TEES = {"sgx": "SGX", "tdx": "TDX"}
+
+
+@dataclass(frozen=True)
+class Timings:
+    """Seconds spent per step of the last attempt (for the CLI's ``--timings``)."""
+
+    steps: dict[str, float] = field(default_factory=dict)
+
+
+def _b64(text: object, what: str) -> bytes:
+    if not isinstance(text, str):
+        raise InvalidInput(f"the broker's answer has no {what}", field=what)
+    try:
+        return base64.b64decode(text, validate=True)
+    except ValueError:
+        raise InvalidInput(f"the broker's {what} is not base64", field=what) from None
+
+
+def _attempt(transport: Transport, key_id: str, provider: Provider, timings: dict[str, float]) -> ReleasedKey:
+    t0 = time.perf_counter()
+    path = f"/kbs/v1/keys/{key_id}/transfer"
+    challenge = transport.request("POST", path, content=b"", retry=False)
+    nonce = _b64((challenge.json().get("nonce") or {}).get("val"), "nonce.val")
+    wanted = challenge.headers.get("Attestation-Type", "")
+    t1 = time.perf_counter()
+    timings["challenge"] = t1 - t0
+
+    tee = provider.tee
+    if tee not in V1_TEES:
+        raise InvalidInput(
+            f"/kbs/v1 takes SGX or TDX evidence; {provider.source} provides {tee.upper()}", field="tee"
+        )
+    attestation_type = V1_TEES[tee]
+    if wanted and wanted != attestation_type:
+        log.info("the key's policy names %s first; sending %s evidence", wanted, attestation_type)
+
+    private = rsa.generate_private_key(public_exponent=65537, key_size=EPHEMERAL_RSA_BITS)
+    spki = private.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    t2 = time.perf_counter()
+    timings["keypair"] = t2 - t1
+    evidence = provider.evidence(v1_report_data(nonce, spki))
+    t3 = time.perf_counter()
+    timings["evidence"] = t3 - t2
+    log.info("evidence: %d bytes from %s", len(evidence.quote), evidence.source)
+
+    resp = transport.request(
+        "POST",
+        path,
+        json_body={
+            "quote": base64.b64encode(evidence.quote).decode(),
+            "nonce": {"val": base64.b64encode(nonce).decode()},
+            "user_data": base64.b64encode(spki).decode(),
+        },
+        headers={"Attestation-Type": attestation_type},
+        retry=False,
+    )
+    t4 = time.perf_counter()
+    timings["transfer"] = t4 - t3
+    body = resp.json()
+    material = secl_unwrap(
+        _b64(body.get("wrapped_key"), "wrapped_key"), _b64(body.get("wrapped_swk"), "wrapped_swk"), private
+    )
+    timings["unwrap"] = time.perf_counter() - t4
+    return classify(key_id, material)
+
+
+def fetch_key(
+    transport: Transport,
+    key_id: str,
+    provider: Provider,
+    *,
+    timings: Timings | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> ReleasedKey:
+    """Run the exchange (again from the challenge after a network error or 5xx); :class:`Denied` as soon
+    as the broker refuses."""
+    attempts = max(1, transport.retry.attempts)
+    steps = timings.steps if timings is not None else {}
+    for attempt in range(attempts):
+        try:
+            return _attempt(transport, key_id, provider, steps)
+        except Denied:
+            raise
+        except Unreachable as exc:
+            if isinstance(exc, TlsVerificationFailed) or attempt + 1 == attempts:
+                raise
+            wait = transport.retry.delay(attempt)
+            log.warning("key transfer: %s; starting over in %.1fs", exc.detail, wait)
+            sleep(wait)
+    raise AssertionError("unreachable")  # pragma: no cover
