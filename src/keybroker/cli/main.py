@@ -181,13 +181,21 @@ def operator_init(
     if as_json:
         console.print_json(json.dumps(out))
         return
+    kind = "Recovery" if out.get("recovery") else "Unseal"
     for i, share in enumerate(out["unseal_shares"], 1):
-        console.print(f"Unseal share {i}: {share}", highlight=False)
+        console.print(f"{kind} share {i}: {share}", highlight=False)
     console.print(f"\nInitial admin token (*:*, 24 h): {out['admin_token']}", highlight=False)
-    console.print(
-        f"\nThe key store is sealed. Unseal it with {out['threshold']} shares: 'keybroker operator unseal' once per share."
-        "\nThese shares and the token are shown only now: store them apart, with different people."
-    )
+    if out.get("recovery"):
+        console.print(
+            "\nThe key store is unsealed and will auto-unseal through its seal backend (HSM / Transit) at every start."
+            f"\nThe recovery shares ({out['threshold']} needed) unseal it by hand if that backend is lost."
+            "\nThey are shown only now: store them apart, with different people."
+        )
+    else:
+        console.print(
+            f"\nThe key store is sealed. Unseal it with {out['threshold']} shares: 'keybroker operator unseal' once per share."
+            "\nThese shares and the token are shown only now: store them apart, with different people."
+        )
 
 
 @operator_app.command("unseal")

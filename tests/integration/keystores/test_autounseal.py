@@ -59,6 +59,7 @@ def test_auto_unseal_lifecycle(request: pytest.FixtureRequest, tmp_path: Path, k
     out = client.post("/sys/v1/init", json={"shares": 3, "threshold": 2}).json()
     recovery, token = out["unseal_shares"], out["admin_token"]
     assert len(recovery) == 3 and len(set(recovery)) == 3
+    assert out["recovery"] is True  # labelled as recovery shares, not unseal shares
     st = client.get("/sys/v1/seal-status").json()
     assert st["sealed"] is False and st["seal_type"] == kind  # init with an auto seal leaves it unsealed
     h = {"Authorization": f"Bearer {token}"}

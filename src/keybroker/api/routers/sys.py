@@ -27,6 +27,10 @@ class InitIn(BaseModel):
 class InitOut(BaseModel):
     unseal_shares: list[str]
     threshold: int
+    recovery: bool = Field(
+        default=False,
+        description="true with auto-unseal (HSM / Transit): the shares are recovery shares, for when the seal backend is lost",
+    )
     admin_token: str = Field(
         description="a *:* token valid for 24 hours; mint narrower ones with 'keybroker token create'"
     )
@@ -66,9 +70,11 @@ def init(body: InitIn, svc: Svc) -> InitOut:
             actor="operator",
             action="sys.init",
             outcome="success",
-            details={"shares": body.shares, "threshold": body.threshold},
+            details={"shares": body.shares, "threshold": body.threshold, "recovery": result.recovery},
         )
-    return InitOut(unseal_shares=result.shares, threshold=result.threshold, admin_token=token)
+    return InitOut(
+        unseal_shares=result.shares, threshold=result.threshold, admin_token=token, recovery=result.recovery
+    )
 
 
 @router.post("/unseal", response_model=StatusOut)
