@@ -63,6 +63,17 @@ def claims_digest(verified: VerifiedQuote) -> str:
     return hashlib.sha256(rfc8785.dumps(verified.claims.to_dict())).hexdigest()
 
 
+def _rsa_workload_key(spki_der: bytes, field: str) -> rsa.RSAPublicKey:
+    key = binding.load_spki(spki_der, field)
+    if not isinstance(key, rsa.RSAPublicKey):
+        raise InvalidInput(
+            f"/kbs/v1 wraps the session key with RSA-OAEP: {field} must be an RSA (>= 3072-bit) key; "
+            "use /kbs/v0 for EC keys",
+            field=field,
+        )
+    return key
+
+
 class ReleaseService:
     def __init__(self, db: Database, keystore: KeyStore, verifier: Verifier, nonce_ttl: timedelta) -> None:
         self._db = db
@@ -105,13 +116,7 @@ class ReleaseService:
                 raise PolicyDenied(why, reasons=[why])
             with self._db.session() as s:
                 nonces.consume(s, req.nonce, purpose=V1_PURPOSE, subject=key_id)
-            workload_key = binding.load_spki(req.user_data, "user_data")
-            if not isinstance(workload_key, rsa.RSAPublicKey):
-                raise InvalidInput(
-                    "/kbs/v1 wraps the session key with RSA-OAEP: user_data must be an RSA (>= 3072-bit) key; "
-                    "use /kbs/v0 for EC keys",
-                    field="user_data",
-                )
+            workload_key = _rsa_workload_key(req.user_data, "user_data")
             expected = binding.v1_report_data(req.nonce, req.user_data)
             verified = self._verifier.verify(req.attestation_type.lower(), req.quote, expected)
             details["claims_sha256"] = claims_digest(verified)
@@ -127,19 +132,7 @@ class ReleaseService:
                 raise PolicyDenied(
                     "the evidence does not satisfy the key's transfer policy", reasons=decision.reasons
                 )
-            with self._db.session() as s:
-                wrapped = wrap.secl_from_transfer(
-                    self._keystore.wrap_for_transfer(s, key_id, key.backend_ref, workload_key, b"")
-                )
-                audit.append(
-                    s,
-                    actor=actor,
-                    action="key.transfer",
-                    object_id=key_id,
-                    outcome="success",
-                    details=details,
-                )
-            return wrapped
+            return self._release(key, workload_key, actor, details)
         except KeybrokerError as exc:
             self._audit_denial(actor, key_id, exc, details)
             raise
@@ -169,11 +162,7 @@ class ReleaseService:
                 raise InvalidInput(
                     "the attestation token carries no user data (workload key)", field="attestation_token"
                 )
-            workload_key = binding.load_spki(ear.held_data, "attestation_token.user_data")
-            if not isinstance(workload_key, rsa.RSAPublicKey):
-                raise InvalidInput(
-                    "/kbs/v1 needs an RSA (>= 3072-bit) workload key", field="attestation_token"
-                )
+            workload_key = _rsa_workload_key(ear.held_data, "attestation_token.user_data")
             doc = ear.appraisal_input(
                 client_permissions=None if principal is None else sorted(principal.client_permissions)
             )
@@ -183,19 +172,7 @@ class ReleaseService:
                 raise PolicyDenied(
                     "the attested claims do not satisfy the key's transfer policy", reasons=decision.reasons
                 )
-            with self._db.session() as s:
-                wrapped = wrap.secl_from_transfer(
-                    self._keystore.wrap_for_transfer(s, key_id, key.backend_ref, workload_key, b"")
-                )
-                audit.append(
-                    s,
-                    actor=actor,
-                    action="key.transfer",
-                    object_id=key_id,
-                    outcome="success",
-                    details=details,
-                )
-            return wrapped
+            return self._release(key, workload_key, actor, details)
         except KeybrokerError as exc:
             self._audit_denial(actor, key_id, exc, details)
             raise
@@ -224,29 +201,40 @@ class ReleaseService:
             if missing:
                 why = f"the token lacks client permission(s) {', '.join(missing)}"
                 raise PolicyDenied("the caller is not allowed by the key's policy", reasons=[why])
-            workload_key = binding.load_spki(user_data, "user_data")
-            if not isinstance(workload_key, rsa.RSAPublicKey):
-                raise InvalidInput("/kbs/v1 needs an RSA (>= 3072-bit) workload key", field="user_data")
+            workload_key = _rsa_workload_key(user_data, "user_data")
             log.warning(
                 "key %s released WITHOUT attestation to %s (policy %s, tier good)", key_id, actor, policy_id
             )
-            with self._db.session() as s:
-                wrapped = wrap.secl_from_transfer(
-                    self._keystore.wrap_for_transfer(s, key_id, key.backend_ref, workload_key, b"")
-                )
-                audit.append(
-                    s,
-                    actor=actor,
-                    action="key.transfer",
-                    object_id=key_id,
-                    outcome="success",
-                    reason="released without attestation (policy tier good)",
-                    details=details,
-                )
-            return wrapped
+            return self._release(
+                key, workload_key, actor, details, reason="released without attestation (policy tier good)"
+            )
         except KeybrokerError as exc:
             self._audit_denial(actor, key_id, exc, details)
             raise
+
+    def _release(
+        self,
+        key: Key,
+        workload_key: rsa.RSAPublicKey,
+        actor: str,
+        details: dict[str, Any],
+        reason: str | None = None,
+    ) -> wrap.SeclWrapped:
+        """Wrap the key to the workload (inside the HSM for HSM keys) and audit the release."""
+        with self._db.session() as s:
+            wrapped = wrap.secl_from_transfer(
+                self._keystore.wrap_for_transfer(s, key.id, key.backend_ref, workload_key, b"")
+            )
+            audit.append(
+                s,
+                actor=actor,
+                action="key.transfer",
+                object_id=key.id,
+                outcome="success",
+                reason=reason,
+                details=details,
+            )
+        return wrapped
 
     def _audit_denial(self, actor: str, key_id: str, exc: KeybrokerError, details: dict[str, Any]) -> None:
         reasons = getattr(exc, "reasons", None) or [exc.detail]
