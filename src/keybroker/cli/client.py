@@ -22,7 +22,7 @@ from keybroker.cli import client_evidence
 from keybroker.client import evidence as ev
 from keybroker.client.errors import Denied, EvidenceUnavailable, Unreachable
 from keybroker.client.http import RetryPolicy, TlsConfig, Transport, parse_sha384_pin
-from keybroker.client.material import ReleasedKey, write_private_file
+from keybroker.client.material import ReleasedKey, check_writable, write_private_file
 from keybroker.errors import InvalidInput, KeybrokerError
 
 app = typer.Typer(
@@ -300,6 +300,8 @@ def get_key(
             raise InvalidInput(f"importing into a token needs {', '.join(missing)}", field="pkcs11")
         the_pin = read_pin(pin, pin_file)
     ident = _hex_id(obj_id)
+    if out is not None:
+        check_writable(out)
     provider = _provider(tee, dev_pki, sim_field, system_root)
     steps = Timings()
     started = time.perf_counter()
@@ -413,6 +415,8 @@ def get_resource(
     _logging(verbose)
     if key_type not in ("rsa", "ec"):
         raise InvalidInput(f"--key-type {key_type!r} is not rsa or ec", field="key_type")
+    if out is not None:
+        check_writable(out)
     provider = _provider(tee, dev_pki, sim_field, system_root)
     with _transport(server, ca_file, ca_sha384, None, retries, timeout) as transport:
         released = fetch_resource(

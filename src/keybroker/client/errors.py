@@ -28,7 +28,10 @@ class Denied(KeybrokerError):
         self.problem = dict(problem or {})
 
     def diagnostics(self) -> str:
-        lines = [f"denied by the key broker ({self.status}): {self.detail}"]
+        lead = (
+            "denied by the key broker" if self.status in (401, 403) else "the key broker refused the request"
+        )
+        lines = [f"{lead} ({self.status}): {self.detail}"]
         lines += [f"  - {r}" for r in self.reasons]
         for key in ("check", "field"):
             if key in self.problem and not self.reasons:
@@ -53,6 +56,13 @@ class EvidenceUnavailable(KeybrokerError):
     """The TEE could not produce evidence (device missing, kernel error, quoting service down)."""
 
     title = "No evidence"
+    status = 500
+
+
+class OutputError(KeybrokerError):
+    """The released key could not be written where it was asked to go."""
+
+    title = "Cannot write the key"
     status = 500
 
 

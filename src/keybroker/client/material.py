@@ -15,6 +15,7 @@ from typing import Literal
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from keybroker.client.errors import OutputError
 from keybroker.errors import InvalidInput
 
 Kind = Literal["rsa", "ec", "secret"]
@@ -60,21 +61,40 @@ def classify(key_id: str, material: bytes) -> ReleasedKey:
     return ReleasedKey(key_id, "secret", material, len(material) * 8)
 
 
+def check_writable(path: Path) -> None:
+    """Fail before attesting when ``--out`` cannot be written (a released key must not be lost)."""
+    directory = path.parent
+    if path.is_dir():
+        raise InvalidInput(f"--out {path} is a directory", field="out")
+    if not directory.is_dir() or not os.access(directory, os.W_OK | os.X_OK):
+        raise InvalidInput(f"--out {path}: cannot create files in {directory}", field="out")
+
+
 def write_private_file(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` with mode 0600 from the first byte (a temp file in the same directory,
     renamed over the target; never a moment with looser permissions)."""
-    directory = path.parent if str(path.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)
     try:
-        os.fchmod(fd, 0o600)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {exc.strerror}") from None
+    done = False
+    try:
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o600)
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+        done = True
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {exc.strerror}") from None
+    finally:
+        if not done:
+            _unlink(tmp)
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass

@@ -352,15 +352,17 @@ def import_private_key(target: TokenTarget, key: PrivateKey, *, replace: bool = 
         priv_template, pub_template = _templates(key, target.label, obj_id)
         created = s.create_object(priv_template)
         priv_template.clear()
+        complete = False
         try:
             s.create_object(pub_template)
             if created[Attribute.EXTRACTABLE] or not created[Attribute.SENSITIVE]:
                 raise TokenError(
                     f"token {target.token_label!r} did not keep the key sensitive and non-extractable"
                 )
-        except BaseException:
-            created.destroy()
-            raise
+            complete = True
+        finally:
+            if not complete:
+                created.destroy()
         action: Literal["imported", "replaced"] = "replaced" if found else "imported"
         log.info("%s %s into token %s", action, target.label, target.token_label)
         return ImportResult(format_uri(target.token_label, target.label, obj_id), action)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import stat
 import uuid
 from pathlib import Path
 
@@ -10,6 +11,8 @@ from tests.helpers.postgres import free_port
 from typer.testing import CliRunner
 
 from keybroker.cli.client import app
+from keybroker.client.errors import OutputError
+from keybroker.client.material import write_private_file
 
 runner = CliRunner()
 KEY = str(uuid.uuid4())
@@ -33,6 +36,7 @@ def _fake_tdx_machine(root: Path) -> Path:
         ([KEY, "--out", "k.pem", "--tee", "sev"], "is not one of auto, tdx"),
         ([KEY, "--out", "k.pem", "--ca-sha384", "abcd"], "96 hex digits"),
         ([KEY, "--label", "X", "--pkcs11-module", "m.so", "--token-label", "T"], "needs a PIN"),
+        ([KEY, "--out", "/nonexistent/dir/k.pem", "--tee", "tdx"], "cannot create files in /nonexistent/dir"),
     ],
 )
 def test_get_key_usage_errors(args: list[str], fragment: str, tmp_path: Path) -> None:
@@ -105,3 +109,14 @@ def test_provision_config_errors(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "no module-path in the URI and no --pkcs11-module" in result.output
     result = runner.invoke(app, [*base, "--pkcs11-module", "/x.so", "--pin-file", str(tmp_path / "nope")])
     assert result.exit_code == 2 and "cannot read the PIN file" in result.output
+
+
+def test_key_files_are_0600_from_the_start(tmp_path: Path) -> None:
+    target = tmp_path / "k.pem"
+    target.write_bytes(b"old")
+    target.chmod(0o644)
+    write_private_file(target, b"new")
+    assert target.read_bytes() == b"new" and stat.S_IMODE(target.stat().st_mode) == 0o600
+    assert [p.name for p in tmp_path.iterdir()] == ["k.pem"]
+    with pytest.raises(OutputError, match="cannot write"):
+        write_private_file(tmp_path / "missing" / "k.pem", b"x")
