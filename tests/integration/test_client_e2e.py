@@ -225,3 +225,30 @@ def test_unreachable_exits_3(broker: Broker, tmp_path: Path) -> None:
     r = client("get-key", broker.aes_key, *args)
     assert r.returncode == 3 and "Key broker unreachable" in r.stderr, r.stderr
     assert "retrying" in r.stderr or "starting over" in r.stderr
+
+
+def test_provision_keys_file_keeps_going_and_reports(
+    broker: Broker, token: tuple[softhsm.SoftHsm, str], tmp_path: Path
+) -> None:
+    hsm, label = token
+    pin = hsm.pin_file()
+    keys = tmp_path / "keys.txt"
+    keys.write_text(
+        "# <PKCS#11 URI> <key id>\n"
+        f"pkcs11:token={label};object=DATA;type=private {broker.aes_key}\n"
+        f"pkcs11:token={label};id=%01;object=WEB;type=private?pin-source=file:{pin} {broker.rsa_key}\n"
+    )
+    args = broker.args("--pkcs11-module", str(hsm.library), "--pin-file", str(pin))
+    r = client("provision", "--config", str(keys), *args)
+    assert r.returncode == 2, (
+        r.stderr
+    )  # the highest code of the lines: a secret named for a token is a usage error
+    assert r.stdout.splitlines() == [f"pkcs11:token={label};id=%01;object=WEB;type=private {broker.rsa_key}"]
+    assert (
+        f"{keys}:2 {broker.aes_key}" in r.stderr
+        and "only RSA and EC private keys go into a token" in r.stderr
+    )
+    assert [(o["class"], o["label"]) for o in _token_state(hsm, label)] == [
+        ("private", "WEB"),
+        ("public", "WEB"),
+    ]

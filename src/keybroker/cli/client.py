@@ -344,7 +344,8 @@ def provision(
     """Fetch every key a keys file lists into its PKCS#11 token (idempotent: run it at every boot).
 
     Each line: ``pkcs11:token=KMS;id=%01;object=RSAKEY;type=private <key id>``; ``module-path`` and
-    ``pin-source`` query attributes override --pkcs11-module and --pin-file for that line.
+    ``pin-source`` query attributes override --pkcs11-module and --pin-file for that line. Every line
+    is tried; the exit code is the highest of the lines' codes.
     """
     from keybroker.client.pkcs11_import import parse_keys_file, read_pin
     from keybroker.client.protocol_v1 import fetch_key
