@@ -262,8 +262,10 @@ def _public_numbers_match(session: Any, obj: Any, key: PrivateKey) -> bool:
     )
     if bytes(obj[Attribute.EC_PARAMS]) != want[Attribute.EC_PARAMS]:
         return False
-    twins = session.get_objects(
-        {Attribute.CLASS: ObjectClass.PUBLIC_KEY, Attribute.ID: bytes(obj[Attribute.ID] or b"")}
+    twins = list(  # exhaust the search: one find operation per session at a time
+        session.get_objects(
+            {Attribute.CLASS: ObjectClass.PUBLIC_KEY, Attribute.ID: bytes(obj[Attribute.ID] or b"")}
+        )
     )
     return any(bytes(t[Attribute.EC_POINT]) == want[Attribute.EC_POINT] for t in twins)
 
