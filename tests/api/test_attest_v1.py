@@ -8,9 +8,10 @@ from datetime import UTC, datetime
 
 from fastapi.testclient import TestClient
 from tests.api.test_transfer_v1 import _WORKLOAD, SGX_SIM_POLICY, SPKI
+from tests.helpers.api import unwrap_v1
 
 from keybroker.api.services import DEV_PKI_DIR, Services
-from keybroker.keys import binding, wrap
+from keybroker.keys import binding
 from keybroker.tee import sim
 from keybroker.tokens.ear import verify_ear
 
@@ -84,10 +85,7 @@ def test_passport_mode_transfer(
     assert code == 200
     r = client.post(f"/kbs/v1/keys/{kid}/transfer", json={"attestation_token": body["token"]})
     assert r.status_code == 200, r.text
-    wrapped = wrap.SeclWrapped(
-        base64.b64decode(r.json()["wrapped_key"]), base64.b64decode(r.json()["wrapped_swk"])
-    )
-    assert wrap.secl_unwrap(wrapped, _WORKLOAD) == secret
+    assert unwrap_v1(r.json(), _WORKLOAD) == secret
     # a token for an enclave with a lower ISVSVN is denied by the key's policy
     code, body = _attest(client, services, isvsvn=1)
     r = client.post(f"/kbs/v1/keys/{kid}/transfer", json={"attestation_token": body["token"]})

@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from fastapi.testclient import TestClient
-from joserfc.jwk import ECKey, RSAKey
 from tests.api.test_transfer_v1 import SGX_SIM_POLICY, TDX_SIM_POLICY
 from tests.helpers.api import token_headers
 
 from keybroker.api.services import DEV_PKI_DIR, Services
+from keybroker.client.unwrap import jwe_unwrap
 from keybroker.keys import binding, wrap
 from keybroker.tee import sim
 
@@ -110,12 +110,11 @@ def test_release_over_cookie_session(
     assert header == {"alg": "RSA-OAEP-256" if keytype == "rsa" else "ECDH-ES+A256KW", "enc": "A256GCM"} | (
         {"epk": header["epk"]} if keytype == "ec" else {}
     )
-    key = RSAKey.import_key(priv) if keytype == "rsa" else ECKey.import_key(priv)
-    assert wrap.jwe_unwrap(jwe, key) == secret
+    assert jwe_unwrap(jwe, priv) == secret
     # the same token works as a bearer without the cookie
     client.cookies.clear()
     r = client.get("/kbs/v0/resource/default/key/one", headers={"Authorization": f"Bearer {token}"})
-    assert r.status_code == 200 and wrap.jwe_unwrap(r.json(), key) == secret
+    assert r.status_code == 200 and jwe_unwrap(r.json(), priv) == secret
 
 
 def test_default_policy_denies_simulated_and_rego_can_allow(client: TestClient, services: Services) -> None:
@@ -127,7 +126,7 @@ def test_default_policy_denies_simulated_and_rego_can_allow(client: TestClient, 
     assert any("simulat" in x or "affirming" in x for x in r.json()["reasons"])
     assert _policy(client, services, "repo/secret/db", {"rego": REGO_ALLOW_SIM_TDX}).status_code == 204
     r = client.get("/kbs/v0/resource/repo/secret/db")
-    assert r.status_code == 200 and wrap.jwe_unwrap(r.json(), ECKey.import_key(priv)) == b"hunter2"
+    assert r.status_code == 200 and jwe_unwrap(r.json(), priv) == b"hunter2"
     # a TD with another MRTD is denied by the same Rego policy, with its reason
     assert _attest(client, services, "tdx", priv, mrtd=b"\x07" * 48).status_code == 200
     r = client.get("/kbs/v0/resource/repo/secret/db")

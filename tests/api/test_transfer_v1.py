@@ -12,10 +12,10 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from fastapi.testclient import TestClient
-from tests.helpers.api import token_headers
+from tests.helpers.api import token_headers, unwrap_v1
 
 from keybroker.api.services import DEV_PKI_DIR, Services
-from keybroker.keys import binding, wrap
+from keybroker.keys import binding
 from keybroker.tee import sim
 
 _WORKLOAD = rsa.generate_private_key(public_exponent=65537, key_size=3072)
@@ -125,10 +125,7 @@ def test_sgx_release_round_trip(sgx: Setup) -> None:
     assert att == "SGX" and len(nonce) == 32
     r = _transfer(sgx, _sgx(sgx, nonce), nonce)
     assert r.status_code == 200, r.text
-    wrapped = wrap.SeclWrapped(
-        base64.b64decode(r.json()["wrapped_key"]), base64.b64decode(r.json()["wrapped_swk"])
-    )
-    assert wrap.secl_unwrap(wrapped, _WORKLOAD) == sgx.secret
+    assert unwrap_v1(r.json(), _WORKLOAD) == sgx.secret
     rec = _audit(sgx)[-1]
     assert rec["outcome"] == "success" and rec["object_id"] == sgx.key_id
     assert len(rec["details"]["evidence_sha256"]) == 64 and len(rec["details"]["claims_sha256"]) == 64
@@ -146,10 +143,7 @@ def test_tdx_release_round_trip(
     quote = sim.tdx_quote(s.pki, report_data=binding.v1_report_data(nonce, SPKI))
     r = _transfer(s, quote, nonce, "TDX")
     assert r.status_code == 200, r.text
-    wrapped = wrap.SeclWrapped(
-        base64.b64decode(r.json()["wrapped_key"]), base64.b64decode(r.json()["wrapped_swk"])
-    )
-    assert wrap.secl_unwrap(wrapped, _WORKLOAD) == s.secret
+    assert unwrap_v1(r.json(), _WORKLOAD) == s.secret
     # wrong MRTD: denied with the reason naming the field
     nonce, _ = _nonce(s)
     quote = sim.tdx_quote(s.pki, report_data=binding.v1_report_data(nonce, SPKI), mrtd=b"\x01" * 48)
@@ -325,10 +319,7 @@ def test_good_tier_without_attestation_is_explicit_warned_and_audited(
         headers={"Attestation-Type": "NONE", **token_headers(services, client_permissions=("nginx", "USA"))},
     )
     assert r.status_code == 200, r.text
-    wrapped = wrap.SeclWrapped(
-        base64.b64decode(r.json()["wrapped_key"]), base64.b64decode(r.json()["wrapped_swk"])
-    )
-    assert wrap.secl_unwrap(wrapped, _WORKLOAD) == s.secret
+    assert unwrap_v1(r.json(), _WORKLOAD) == s.secret
     rec = _audit(s)[-1]
     assert (
         rec["outcome"] == "success"

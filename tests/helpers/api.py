@@ -42,3 +42,16 @@ def token_headers(
 ) -> dict[str, str]:
     token = services.tokens.mint("tester", list(permissions), client_permissions=client_permissions)
     return {"Authorization": "Bearer " + token}
+
+
+def unwrap_v1(transfer_response: dict[str, Any], workload_private: Any) -> bytes:
+    """Open a /kbs/v1 transfer response as the workload client does."""
+    import base64
+
+    from keybroker.client.unwrap import secl_unwrap
+
+    return secl_unwrap(
+        base64.b64decode(transfer_response["wrapped_key"]),
+        base64.b64decode(transfer_response["wrapped_swk"]),
+        workload_private,
+    )

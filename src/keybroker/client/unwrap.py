@@ -14,11 +14,8 @@ Every failure is an :class:`UnwrapError`; no plaintext is returned unless it aut
 
 from __future__ import annotations
 
-import struct
-
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap_with_padding
 from joserfc import jwe
@@ -26,12 +23,11 @@ from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, RSAKey
 
 from keybroker.errors import KeybrokerError
+from keybroker.keys.envelope import IV_SIZE, OAEP_SHA256, SECL_HEADER, SWK_SIZE, TAG_SIZE, trim_der_padding
 
-_HEADER = struct.Struct("<III")
-SWK_SIZE = 32
-IV_SIZE = 12
-TAG_SIZE = 16
-OAEP_SHA256 = padding.OAEP(mgf=padding.MGF1(algorithm=hashes.SHA256()), algorithm=hashes.SHA256(), label=None)
+__all__ = ["OAEP_SHA256", "UnwrapError", "jwe_unwrap", "secl_unwrap", "trim_der_padding"]
+
+_HEADER = SECL_HEADER
 JWE_FIELDS = ("protected", "encrypted_key", "iv", "ciphertext", "tag")
 
 
@@ -40,25 +36,6 @@ class UnwrapError(KeybrokerError):
 
     title = "Cannot open the wrapped key"
     status = 500
-
-
-def trim_der_padding(data: bytes) -> bytes:
-    """Drop up to 7 trailing zero bytes after a DER SEQUENCE whose length says so (SoftHSM 2.6 pads a
-    PKCS#8 key to a multiple of 8 bytes before RFC 5649 and counts the padding in the length)."""
-    if len(data) < 2 or data[0] != 0x30:
-        return data
-    first = data[1]
-    if first < 0x80:
-        end = 2 + first
-    else:
-        n = first & 0x7F
-        if n == 0 or n > 4 or len(data) < 2 + n:
-            return data
-        end = 2 + n + int.from_bytes(data[2 : 2 + n], "big")
-    tail = data[end:]
-    if 0 < len(tail) < 8 and not any(tail):
-        return data[:end]
-    return data
 
 
 def secl_unwrap(wrapped_key: bytes, wrapped_swk: bytes, workload_private: rsa.RSAPrivateKey) -> bytes:

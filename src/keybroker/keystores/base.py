@@ -14,19 +14,19 @@ forgets it and leaves the backend object alone.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Protocol
 
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.asymmetric import rsa
 from sqlalchemy.orm import Session
 
 from keybroker.errors import BackendUnavailable, KeybrokerError
+from keybroker.keys.envelope import OAEP_SHA256, TransferWrap, software_wrap, trim_der_padding
 from keybroker.keys.material import KeyMaterial, KeySpec
+
+__all__ = ["OAEP_SHA256", "TransferWrap", "software_wrap", "trim_der_padding"]  # re-exported for the stores
 
 log = logging.getLogger("keybroker.keystores")
 
@@ -41,25 +41,6 @@ class StoredKey:
     #: The backend's id for the key (KMIP unique identifier, Vault secret path, PKCS#11
     #: ``id:<hex>`` or ``label:<text>``). None for the builtin store.
     backend_ref: str | None
-
-
-@dataclass(frozen=True)
-class TransferWrap:
-    """A key wrapped for one recipient: a fresh AES-256 session key, RSA-OAEP-SHA256 (MGF1-SHA256)
-    to the recipient's public key, and the key wrapped under the session key.
-
-    ``key_wrap`` says how: ``A256GCM`` (software stores: AES-256-GCM, ``iv`` the 96-bit nonce,
-    ``wrapped_key`` ciphertext || 16-byte tag, the caller's ``aad`` authenticated) or ``A256KWP``
-    (HSM: RFC 5649 AES key wrap with padding done inside the token, ``iv`` empty, no AAD).
-    The unwrapped bytes are the raw key (AES) or PKCS#8 DER (RSA, EC) in both cases; after an
-    ``A256KWP`` unwrap pass them through :func:`trim_der_padding` (SoftHSM 2.6 zero-pads the key
-    to a multiple of 8 bytes *before* RFC 5649 and counts the padding in the length).
-    """
-
-    wrapped_session_key: bytes
-    key_wrap: Literal["A256GCM", "A256KWP"]
-    iv: bytes
-    wrapped_key: bytes
 
 
 @dataclass(frozen=True)
@@ -119,41 +100,6 @@ class KeyStore(Protocol):
 
 
 # --- shared helpers --------------------------------------------------------------------------------
-
-OAEP_SHA256 = padding.OAEP(mgf=padding.MGF1(hashes.SHA256()), algorithm=hashes.SHA256(), label=None)
-
-
-def software_wrap(secret: bytes, recipient: rsa.RSAPublicKey, aad: bytes) -> TransferWrap:
-    """Wrap ``secret`` for ``recipient`` in this process (the software stores' release path)."""
-    session_key = AESGCM.generate_key(bit_length=256)
-    iv = os.urandom(12)
-    return TransferWrap(
-        wrapped_session_key=recipient.encrypt(session_key, OAEP_SHA256),
-        key_wrap="A256GCM",
-        iv=iv,
-        wrapped_key=AESGCM(session_key).encrypt(iv, secret, aad),
-    )
-
-
-def trim_der_padding(data: bytes) -> bytes:
-    """Drop up to 7 trailing zero bytes after a DER SEQUENCE (PKCS#8) whose length says so.
-
-    Raw AES keys (16, 24 or 32 bytes, multiples of 8) are never padded and come back unchanged.
-    """
-    if len(data) < 2 or data[0] != 0x30:
-        return data
-    first = data[1]
-    if first < 0x80:
-        end = 2 + first
-    else:
-        n = first & 0x7F
-        if n == 0 or n > 4 or len(data) < 2 + n:
-            return data
-        end = 2 + n + int.from_bytes(data[2 : 2 + n], "big")
-    tail = data[end:]
-    if 0 < len(tail) < 8 and not any(tail):
-        return data[:end]
-    return data
 
 
 @contextmanager

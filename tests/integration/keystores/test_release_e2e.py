@@ -12,10 +12,11 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from tests.api.test_transfer_v1 import _WORKLOAD, SPKI, TDX_SIM_POLICY
+from tests.helpers.api import unwrap_v1
 from tests.integration.keystores.conftest import Broker
 
 from keybroker.api.services import DEV_PKI_DIR
-from keybroker.keys import binding, wrap
+from keybroker.keys import binding
 from keybroker.tee import sim
 
 
@@ -44,10 +45,7 @@ def test_release_from_backend(broker: Broker, info: dict[str, object], check: st
     }
     r = c.post(f"/kbs/v1/keys/{kid}/transfer", json=body, headers={"Attestation-Type": "TDX"})
     assert r.status_code == 200, r.text
-    wrapped = wrap.SeclWrapped(
-        base64.b64decode(r.json()["wrapped_key"]), base64.b64decode(r.json()["wrapped_swk"])
-    )
-    secret = wrap.secl_unwrap(wrapped, _WORKLOAD)
+    secret = unwrap_v1(r.json(), _WORKLOAD)
     if check == "aes":
         assert len(secret) == 32
     else:

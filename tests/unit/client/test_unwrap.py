@@ -52,7 +52,7 @@ def test_secl_hsm_rfc5649_variant_with_softhsm_padding() -> None:
     )
     w = wrap.secl_from_transfer(tw)
     opened = secl_unwrap(w.wrapped_key, w.wrapped_swk, WORKLOAD)
-    assert opened == pkcs8 == wrap.secl_unwrap(w, WORKLOAD)
+    assert opened == pkcs8
     assert classify("k", opened).kind == "ec"
     assert trim_der_padding(b"\x00" * 16) == b"\x00" * 16
 
