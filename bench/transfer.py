@@ -61,8 +61,9 @@ from keybroker.api.services import DEV_PKI_DIR, TOKEN_KEY_FILE
 from keybroker.appraisal.defaults import default_attestation_policy
 from keybroker.appraisal.input import appraisal_input
 from keybroker.auth.tokens import TokenService, load_signing_key
+from keybroker.client import unwrap
 from keybroker.keys import binding, wrap
-from keybroker.keystores.base import software_wrap
+from keybroker.keys.envelope import software_wrap
 from keybroker.tee import sim
 from keybroker.tee.dcap.collateral import QuoteCollateral
 from keybroker.tee.dcap.verify import verify_quote
@@ -225,16 +226,10 @@ REQUESTS = {"v1": 2, "v0": 3}
 def open_result(v: Variant, body: dict[str, Any], w: Workload) -> bytes:
     """The workload side: unwrap what the server sent (done on warm-up transfers only)."""
     if v.protocol == "v1":
-        sealed = wrap.SeclWrapped(
-            base64.b64decode(body["wrapped_key"]), base64.b64decode(body["wrapped_swk"])
+        return unwrap.secl_unwrap(
+            base64.b64decode(body["wrapped_key"]), base64.b64decode(body["wrapped_swk"]), w.rsa_priv
         )
-        return wrap.secl_unwrap(sealed, w.rsa_priv)
-    from joserfc.jwk import ECKey, RSAKey
-
-    key: RSAKey | ECKey = (
-        RSAKey.import_key(w.rsa_priv) if v.workload == "rsa3072" else ECKey.import_key(w.ec_priv)
-    )
-    return wrap.jwe_unwrap(body, key)
+    return unwrap.jwe_unwrap(body, w.rsa_priv if v.workload == "rsa3072" else w.ec_priv)
 
 
 # --- the server ----------------------------------------------------------------------------------
@@ -337,13 +332,18 @@ def _proc_cpu(pid: int) -> tuple[float, float]:
     return int(fields[11]) / _TICK, int(fields[12]) / _TICK
 
 
-def _run_delay(pid: int) -> float:
-    """Seconds the process's threads spent runnable but waiting for a CPU (/proc/PID/task/*/schedstat)."""
-    total = 0
+def _run_delays(pid: int) -> dict[str, int]:
+    """Per thread: nanoseconds spent runnable but waiting for a CPU (/proc/PID/task/*/schedstat)."""
+    out: dict[str, int] = {}
     for stat in Path(f"/proc/{pid}/task").glob("*/schedstat"):
         with contextlib.suppress(OSError, ValueError, IndexError):
-            total += int(stat.read_text().split()[1])
-    return total / 1e9
+            out[stat.parent.name] = int(stat.read_text().split()[1])
+    return out
+
+
+def _run_delay_between(before: dict[str, int], after: dict[str, int]) -> float:
+    """Seconds of CPU waiting between two :func:`_run_delays` readings (threads that ended are lost)."""
+    return sum(ns - before.get(tid, 0) for tid, ns in after.items()) / 1e9
 
 
 def _machine_busy() -> float:
@@ -504,6 +504,10 @@ def _client_main(
         with httpx.Client(base_url=t.url, verify=ssl_context(Path(t.ca)), timeout=60) as c:
             c.get("/healthz")  # the TLS handshake, outside the clock; later requests reuse the connection
             barrier.wait(timeout=120)
+            c.get(
+                "/healthz"
+            )  # again, once all are connected: reconnects if the server's keep-alive timed out
+            barrier.wait(timeout=120)
             cpu0 = time.process_time()
             deadline = time.monotonic() + seconds
             while time.monotonic() < deadline:
@@ -542,7 +546,6 @@ def run_level(
     budget: int,
     seconds: float,
     client_cpus: set[int] | None,
-    on_started: Callable[[], None] | None = None,
 ) -> Level:
     ctx = mp.get_context("fork")
     barrier = ctx.Barrier(clients + 1)
@@ -560,13 +563,12 @@ def run_level(
     try:
         for p in procs:
             p.start()
-        barrier.wait(timeout=120)
-        if on_started is not None:
-            on_started()
-        (usr0, sys0), busy0, wait0 = server.cpu_seconds(), _machine_busy(), _run_delay(server.pid)
+        barrier.wait(timeout=120)  # all connected
+        barrier.wait(timeout=120)  # all connections fresh: go
+        (usr0, sys0), busy0, wait0 = server.cpu_seconds(), _machine_busy(), _run_delays(server.pid)
         for _ in procs:
             results.append(out.get(timeout=seconds + 180))
-        (usr1, sys1), busy1, wait1 = server.cpu_seconds(), _machine_busy(), _run_delay(server.pid)
+        (usr1, sys1), busy1, wait1 = server.cpu_seconds(), _machine_busy(), _run_delays(server.pid)
     finally:
         for p in procs:
             p.join(timeout=10)
@@ -597,7 +599,9 @@ def run_level(
         server_cpu_ms_per_tx=round(server_cpu / n * 1000, 2) if n else float("nan"),
         server_sys_ms_per_tx=round((sys1 - sys0) / n * 1000, 2) if n else float("nan"),
         server_core_util=round(server_cpu / window, 2) if n else float("nan"),
-        server_cpu_wait_ms_per_tx=round((wait1 - wait0) / n * 1000, 2) if n else float("nan"),
+        server_cpu_wait_ms_per_tx=round(_run_delay_between(wait0, wait1) / n * 1000, 2)
+        if n
+        else float("nan"),
         client_cpu_ms_per_tx=round(client_cpu / n * 1000, 2) if n else float("nan"),
         client_quote_ms_per_tx=round(sum(r["qcpu"] for r in results) / n * 1000, 2) if n else float("nan"),
         client_core_util=round(client_cpu / window / max(1, len(client_cpus or ())), 2)
