@@ -17,6 +17,8 @@ class KeybrokerError(Exception):
     title = "Error"
     #: HTTP status the API maps this error to.
     status = 500
+    #: CLI exit code (keybroker.cli.common): 1 failed, 2 usage, 3 unreachable.
+    exit_code = 1
 
     def __init__(self, detail: str, **extra: Any) -> None:
         super().__init__(detail)
@@ -33,6 +35,7 @@ class InvalidInput(KeybrokerError):
 
     title = "Invalid input"
     status = 400
+    exit_code = 2
 
     def __init__(self, detail: str, *, field: str | None = None, **extra: Any) -> None:
         super().__init__(detail, **extra)

@@ -10,26 +10,28 @@ Exit codes: 0 done; 1 failed (collateral did not verify, nothing found, server a
 
 from __future__ import annotations
 
-import functools
 import json
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional, ParamSpec, TypeVar
 
-import httpx
 import typer
 from cryptography import x509
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from keybroker.cli.common import EXIT_FAILED, EXIT_UNREACHABLE, EXIT_USAGE, console, err_console, fail
-from keybroker.collateral.fetch import FetchPlan, PcsClient, UpstreamUnavailable, fetch_collateral
+from keybroker.cli.common import (
+    console,
+    err_console,
+    handle_errors,
+)
+from keybroker.collateral.fetch import FetchPlan, PcsClient, fetch_collateral
 from keybroker.collateral.importers import bundle_document, read_file, write_bundle
 from keybroker.collateral.items import Item, TrustedRoots
 from keybroker.config import Settings, load_settings
-from keybroker.errors import InvalidInput, KeybrokerError
+from keybroker.errors import InvalidInput
 
 if TYPE_CHECKING:  # the database layer loads on use: `keybroker --help` stays quick
     from keybroker.collateral.store import CollateralStore, ImportResult
@@ -64,30 +66,6 @@ TrustRootOpt = Annotated[
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
-
-
-def _handle(fn: Callable[P, R]) -> Callable[P, R]:
-    """Errors to exit codes: usage 2, unreachable 3, anything else from the domain 1; no tracebacks."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        from sqlalchemy.exc import SQLAlchemyError
-
-        try:
-            return fn(*args, **kwargs)
-        except InvalidInput as exc:
-            fail(exc.diagnostics(), EXIT_USAGE)
-        except UpstreamUnavailable as exc:
-            fail(exc.diagnostics(), EXIT_UNREACHABLE)
-        except KeybrokerError as exc:
-            fail(exc.diagnostics(), EXIT_FAILED)
-        except httpx.TransportError as exc:
-            fail(f"cannot reach the collateral source: {exc or type(exc).__name__}", EXIT_UNREACHABLE)
-        except SQLAlchemyError as exc:
-            reason = str(getattr(exc, "orig", None) or type(exc).__name__).splitlines()[0]
-            fail(f"database error: {reason}", EXIT_FAILED)
-
-    return wrapper
 
 
 def _settings(config: Path | None, data_dir: Path | None, database: str | None) -> Settings:
@@ -176,7 +154,7 @@ def _brief(i: Item) -> dict[str, Any]:
 
 
 @app.command("import")
-@_handle
+@handle_errors
 def import_(
     files: Annotated[
         list[Path], typer.Argument(help="Corpus (QuoteCollateralV3), PCS-form or bundle JSON files.")
@@ -195,7 +173,7 @@ def import_(
 
 
 @app.command("list")
-@_handle
+@handle_errors
 def list_(
     config: ConfigOpt = None,
     data_dir: DataDirOpt = None,
@@ -235,7 +213,7 @@ def list_(
 
 
 @app.command("export")
-@_handle
+@handle_errors
 def export(
     fmspc: Annotated[str, typer.Option("--fmspc", help="FMSPC (12 hex digits).")],
     out: Annotated[Path, typer.Option("--out", help="Bundle file to write.")],
@@ -261,7 +239,7 @@ def export(
 
 
 @app.command("fetch")
-@_handle
+@handle_errors
 def fetch(
     source: Annotated[
         str, typer.Option("--from", help="PCS/PCCS URL, e.g. https://api.trustedservices.intel.com")

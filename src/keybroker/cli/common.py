@@ -14,7 +14,7 @@ import httpx
 import typer
 from rich.console import Console
 
-from keybroker.errors import InvalidInput, KeybrokerError
+from keybroker.errors import KeybrokerError
 
 console = Console()
 err_console = Console(stderr=True)
@@ -35,14 +35,17 @@ def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
 
     @functools.wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        from sqlalchemy.exc import SQLAlchemyError
+
         try:
             return fn(*args, **kwargs)
-        except InvalidInput as exc:
-            fail(exc.diagnostics(), EXIT_USAGE)
         except KeybrokerError as exc:
-            fail(exc.diagnostics(), EXIT_FAILED)
+            fail(exc.diagnostics(), exc.exit_code)
         except httpx.TransportError as exc:
-            fail(f"cannot reach the server: {exc}", EXIT_UNREACHABLE)
+            fail(f"cannot reach the server: {exc or type(exc).__name__}", EXIT_UNREACHABLE)
+        except SQLAlchemyError as exc:
+            reason = str(getattr(exc, "orig", None) or type(exc).__name__).splitlines()[0]
+            fail(f"database error: {reason}", EXIT_FAILED)
 
     return wrapper
 

@@ -50,6 +50,7 @@ class UpstreamUnavailable(BackendUnavailable):
     """The PCS/PCCS kept failing (5xx) through every retry."""
 
     title = "Collateral source unavailable"
+    exit_code = 3
 
 
 def _base_url(url: str) -> str:
