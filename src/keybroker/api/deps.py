@@ -12,7 +12,8 @@ from keybroker.errors import Forbidden, Unauthenticated
 from keybroker.keys.service import Caller
 
 
-def services(request: Request) -> Services:
+async def services(request: Request) -> Services:
+    """The services container (async: no threadpool hop for a dict lookup)."""
     svc: Services = request.app.state.services
     return svc
 

@@ -6,6 +6,7 @@ import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Cookie, Depends, Request, Response
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -36,7 +37,7 @@ class ResourcePolicyIn(BaseModel):
     default: bool = Field(default=False, description="back to the default policy (affirming, not simulated)")
 
 
-async def _json_body(request: Request, limit: int = 1024 * 1024) -> dict[str, Any]:
+async def _json_body(request: Request) -> dict[str, Any]:
     raw = await request.body()
     try:
         body = json.loads(raw)
@@ -70,7 +71,7 @@ async def attest(
 ) -> dict[str, str]:
     """Evidence bound to the session's nonce and the TEE's public key → an attestation token (EAR)."""
     body = await _json_body(request)
-    return {"token": svc.kbs_v0.attest(session, body)}
+    return {"token": await run_in_threadpool(svc.kbs_v0.attest, session, body)}
 
 
 @router.get("/resource/{repository}/{rtype}/{tag}")
@@ -106,9 +107,9 @@ async def put_resource(
         key_id = body.get("key_id")
         if set(body) != {"key_id"} or not isinstance(key_id, str):
             raise InvalidInput('a JSON body must be exactly {"key_id": "<uuid>"}', field="key_id")
-        svc.kbs_v0.put_key(path, key_id, caller.actor)
+        await run_in_threadpool(svc.kbs_v0.put_key, path, key_id, caller.actor)
     else:
-        svc.kbs_v0.put_secret(path, await request.body(), caller.actor)
+        await run_in_threadpool(svc.kbs_v0.put_secret, path, await request.body(), caller.actor)
     return Response(status_code=204)
 
 

@@ -8,6 +8,7 @@ import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -94,6 +95,13 @@ async def transfer_key(
     key_id = _check_uuid(key_id, "key")
     principal = _optional_principal(request, svc)
     raw = await request.body()
+    # the database and cryptography work is blocking: keep it off the event loop
+    return await run_in_threadpool(_transfer, svc, key_id, raw, attestation_type, principal)
+
+
+def _transfer(
+    svc: Services, key_id: str, raw: bytes, attestation_type: str | None, principal: Principal | None
+) -> Any:
     if not raw.strip():
         challenge = svc.release.challenge(key_id)
         body = ChallengeOut(
