@@ -20,14 +20,10 @@ from __future__ import annotations
 
 import json
 import re
-import urllib.parse
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Final
-
-from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding
 
 from keybroker.collateral.items import (
     Item,
@@ -39,7 +35,7 @@ from keybroker.collateral.items import (
     signed_item,
 )
 from keybroker.errors import CollateralError, InvalidInput
-from keybroker.tee.dcap.collateral import QuoteCollateral
+from keybroker.tee.dcap.collateral import QuoteCollateral, crl_from_wire, header_chain
 
 __all__ = [
     "BUNDLE_FORMAT",
@@ -156,32 +152,6 @@ def split_signed_body(body: str, where: str) -> tuple[str, str, bytes]:
     if not isinstance(sig_text, str) or len(sig_text) != 128 or not _HEX.fullmatch(sig_text):
         raise _bad(f"{where}: signature must be 64 bytes of hex")
     return member, body[slice(*spans[member])], bytes.fromhex(sig_text)
-
-
-def header_chain(value: str | bytes, where: str) -> str:
-    """An issuer-chain header value: URL-encoded PEM (PCS) or plain PEM (files)."""
-    text = value.decode("ascii", "replace") if isinstance(value, bytes) else value
-    if "%" in text:  # PEM never contains '%'; '+' stays '+' as in base64
-        text = urllib.parse.unquote(text)
-    if "-----BEGIN CERTIFICATE-----" not in text:
-        raise _bad(f"{where}: not a PEM certificate chain")
-    return text
-
-
-def crl_from_wire(data: bytes | str, where: str) -> bytes:
-    """A CRL as PCS/PCCS serve it (DER, PEM, or hex text of the DER) -> DER."""
-    raw = data.encode("ascii", "replace") if isinstance(data, str) else bytes(data)
-    if raw[:1] == b"\x30":
-        return raw
-    text = raw.strip()
-    if text.startswith(b"-----BEGIN X509 CRL-----"):
-        try:
-            return x509.load_pem_x509_crl(text).public_bytes(Encoding.DER)
-        except ValueError as exc:
-            raise _bad(f"{where}: bad PEM CRL ({exc})") from None
-    if text and len(text) % 2 == 0 and _HEX.fullmatch(text.decode("ascii", "replace")):
-        return bytes.fromhex(text.decode("ascii"))
-    raise _bad(f"{where}: neither DER, PEM nor hex")
 
 
 def _str(doc: dict[str, Any], key: str, where: str) -> str:

@@ -408,7 +408,7 @@ def _load_crl(der: bytes, name: str) -> x509.CertificateRevocationList:
     return crl
 
 
-def _crl_from_wire(data: bytes | str, name: str) -> bytes:
+def crl_from_wire(data: bytes | str, name: str) -> bytes:
     """A CRL from a PCS/PCCS response: DER, PEM or hex text."""
     raw = data.encode("ascii", "replace") if isinstance(data, str) else bytes(data)
     if raw[:1] == b"\x30":
@@ -482,7 +482,7 @@ def _signed_member(body: str, key: str) -> tuple[str, bytes]:
     return body[start:end], _unhex(signature, f"{key}.signature", 64)
 
 
-def _header_chain(value: str | bytes, name: str) -> str:
+def header_chain(value: str | bytes, name: str) -> str:
     text = value.decode("ascii", "replace") if isinstance(value, bytes) else value
     if "%" in text:  # URL-encoded (PEM itself never contains '%'); '+' stays '+', as in base64
         text = urllib.parse.unquote(text)
@@ -637,13 +637,13 @@ class QuoteCollateral:
         tcb_text, tcb_sig = _signed_member(_as_text(tcb_info_body, "tcb_info_body"), "tcbInfo")
         qe_text, qe_sig = _signed_member(_as_text(qe_identity_body, "qe_identity_body"), "enclaveIdentity")
         return cls(
-            pck_crl_issuer_chain=_header_chain(pck_crl_issuer_chain, "SGX-PCK-CRL-Issuer-Chain"),
-            root_ca_crl=_crl_from_wire(root_ca_crl, "root_ca_crl"),
-            pck_crl=_crl_from_wire(pck_crl, "pck_crl"),
-            tcb_info_issuer_chain=_header_chain(tcb_info_issuer_chain, "TCB-Info-Issuer-Chain"),
+            pck_crl_issuer_chain=header_chain(pck_crl_issuer_chain, "SGX-PCK-CRL-Issuer-Chain"),
+            root_ca_crl=crl_from_wire(root_ca_crl, "root_ca_crl"),
+            pck_crl=crl_from_wire(pck_crl, "pck_crl"),
+            tcb_info_issuer_chain=header_chain(tcb_info_issuer_chain, "TCB-Info-Issuer-Chain"),
             tcb_info=tcb_text,
             tcb_info_signature=tcb_sig,
-            qe_identity_issuer_chain=_header_chain(
+            qe_identity_issuer_chain=header_chain(
                 qe_identity_issuer_chain, "SGX-Enclave-Identity-Issuer-Chain"
             ),
             qe_identity=qe_text,
