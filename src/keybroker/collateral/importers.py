@@ -35,7 +35,13 @@ from keybroker.collateral.items import (
     signed_item,
 )
 from keybroker.errors import CollateralError, InvalidInput
-from keybroker.tee.dcap.collateral import QuoteCollateral, crl_from_wire, header_chain
+from keybroker.tee.dcap.collateral import (
+    JSON_KEYS,
+    OPTIONAL_JSON_KEYS,
+    QuoteCollateral,
+    crl_from_wire,
+    header_chain,
+)
 
 __all__ = [
     "BUNDLE_FORMAT",
@@ -51,20 +57,7 @@ __all__ = [
 
 BUNDLE_FORMAT: Final = "keybroker-collateral-bundle/1"
 MAX_FILE: Final = 64 * 1024 * 1024
-_CORPUS_KEYS: Final = frozenset(
-    {
-        "pck_crl_issuer_chain",
-        "root_ca_crl",
-        "pck_crl",
-        "tcb_info_issuer_chain",
-        "tcb_info",
-        "tcb_info_signature",
-        "qe_identity_issuer_chain",
-        "qe_identity",
-        "qe_identity_signature",
-        "pck_certificate_chain",
-    }
-)
+_CORPUS_KEYS: Final = frozenset(JSON_KEYS + OPTIONAL_JSON_KEYS)
 _PCS_PAIRS: Final = (
     ("tcb_info_body", "tcb_info_issuer_chain"),
     ("qe_identity_body", "qe_identity_issuer_chain"),

@@ -60,7 +60,8 @@ _QE_STATUSES: Final = frozenset(
 )
 _MODULE_STATUSES: Final = frozenset({"UpToDate", "OutOfDate", "Revoked"})
 
-_JSON_KEYS: Final = (
+#: The keys of the corpus / dcap-qvl ``QuoteCollateralV3`` JSON form (required, then optional).
+JSON_KEYS: Final = (
     "pck_crl_issuer_chain",
     "root_ca_crl",
     "pck_crl",
@@ -71,7 +72,7 @@ _JSON_KEYS: Final = (
     "qe_identity",
     "qe_identity_signature",
 )
-_OPTIONAL_KEYS: Final = ("pck_certificate_chain",)
+OPTIONAL_JSON_KEYS: Final = ("pck_certificate_chain",)
 _MAX_COLLATERAL: Final = 4 * 1024 * 1024
 _DER: Final = Encoding.DER
 
@@ -582,8 +583,8 @@ class QuoteCollateral:
             raise _bad("collateral: not valid JSON") from None
         if not isinstance(doc, dict):
             raise _bad("collateral: expected a JSON object")
-        unknown = set(doc) - set(_JSON_KEYS) - set(_OPTIONAL_KEYS)
-        missing = set(_JSON_KEYS) - set(doc)
+        unknown = set(doc) - set(JSON_KEYS) - set(OPTIONAL_JSON_KEYS)
+        missing = set(JSON_KEYS) - set(doc)
         if unknown or missing:
             raise _bad(f"collateral: missing keys {sorted(missing)}, unknown keys {sorted(unknown)}")
         texts = {}
