@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
 from prometheus_client import CollectorRegistry, Counter, Histogram
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from keybroker import __version__
@@ -67,6 +68,108 @@ class _TooLarge(Exception):
     pass
 
 
+class CrossCutting:
+    """Media type and sealed checks before routing; metrics and the audit of failed admin calls after.
+
+    A plain ASGI middleware (Starlette's ``BaseHTTPMiddleware`` costs a task group and a streamed
+    response per request, which showed up in ``bench/transfer.py``).
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        services: Services,
+        requests: Counter,
+        latency: Histogram,
+    ) -> None:
+        self.app = app
+        self.services = services
+        self.requests = requests
+        self.latency = latency
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        method: str = scope["method"]
+        path: str = scope["path"]
+        early = self._refuse(scope, method, path)
+        if early is not None:
+            await early(scope, receive, send)
+            self._finish(scope, method, path, early.status_code, start)
+            return
+        status = 500
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                route_path = getattr(scope.get("route"), "path", path)
+                # Audited before the client hears of it. Transfers are audited by the release
+                # service, with the evidence and the reasons.
+                if status >= 400 and path.startswith("/kbs/v1/") and not route_path.endswith("/transfer"):
+                    await run_in_threadpool(self._audit_failure, scope, route_path, status)
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            self._finish(scope, method, path, status, start)
+
+    def _refuse(self, scope: Scope, method: str, path: str) -> Response | None:
+        headers = Headers(scope=scope)
+        has_body = headers.get("content-length", "0") != "0" or "transfer-encoding" in headers
+        if method in ("POST", "PUT", "PATCH") and path.startswith("/kbs/v1/") and has_body:
+            ctype = headers.get("content-type", "").split(";")[0].strip().lower()
+            if ctype not in _JSON_TYPES:
+                return problems.problem(
+                    415,
+                    "Unsupported media type",
+                    "send the body as Content-Type: application/json",
+                    Request(scope),
+                )
+        if path.startswith(_SEALED_PREFIXES) and self.services.barrier.sealed:
+            st = self.services.barrier.status()
+            why = "is not initialized" if not st.initialized else "is sealed"
+            return problems.problem(
+                503, "Service sealed", f"the key store {why}: key operations are unavailable", Request(scope)
+            )
+        return None
+
+    def _finish(self, scope: Scope, method: str, path: str, status: int, start: float) -> None:
+        route_path: str = getattr(scope.get("route"), "path", path)
+        self.requests.labels(method, route_path, str(status)).inc()
+        self.latency.labels(method, route_path).observe(time.perf_counter() - start)
+
+    def _audit_failure(self, scope: Scope, route_path: str, status: int) -> None:
+        request = Request(scope)
+        principal: Any = getattr(request.state, "principal", None)
+        if principal is None:
+            # The request may have failed before its token was checked (e.g. a bad body).
+            try:
+                token = bearer(request)
+                principal = self.services.tokens.verify(token) if token else None
+            except KeybrokerError:
+                principal = None
+        actor = actor_of(principal) if principal is not None else "anonymous"
+        outcome = "denied" if status in (401, 403) else "failed"
+        params: dict[str, str] = scope.get("path_params", {})
+        try:
+            with self.services.db.session() as s:
+                audit.append(
+                    s,
+                    actor=actor,
+                    action=f"{scope['method']} {route_path}",
+                    object_id=params.get("key_id") or params.get("policy_id"),
+                    outcome=outcome,
+                    reason=getattr(request.state, "problem_detail", None) or f"HTTP {status}",
+                )
+        except Exception as exc:  # noqa: BLE001 - the response stands; the failure is logged
+            log.error("could not write the audit record for a failed request: %s", type(exc).__name__)
+
+
 def create_app(services: Services) -> FastAPI:
     app = FastAPI(
         title="keybroker",
@@ -87,68 +190,12 @@ def create_app(services: Services) -> FastAPI:
     )
     problems.install(app)
 
-    @app.middleware("http")
-    async def _cross_cutting(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        start = time.perf_counter()
-        path = request.url.path
-        has_body = request.headers.get("content-length", "0") != "0" or "transfer-encoding" in request.headers
-        if request.method in ("POST", "PUT", "PATCH") and path.startswith("/kbs/v1/") and has_body:
-            ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-            if ctype not in _JSON_TYPES:
-                response: Response = problems.problem(
-                    415, "Unsupported media type", "send the body as Content-Type: application/json", request
-                )
-                return _finish(request, response, start)
-        if path.startswith(_SEALED_PREFIXES) and services.barrier.sealed:
-            st = services.barrier.status()
-            why = "is not initialized" if not st.initialized else "is sealed"
-            response = problems.problem(
-                503, "Service sealed", f"the key store {why}: key operations are unavailable", request
-            )
-            return _finish(request, response, start)
-        response = await call_next(request)
-        return _finish(request, response, start)
-
-    def _finish(request: Request, response: Response, start: float) -> Response:
-        route = request.scope.get("route")
-        route_path: str = getattr(route, "path", request.url.path)
-        requests.labels(request.method, route_path, str(response.status_code)).inc()
-        latency.labels(request.method, route_path).observe(time.perf_counter() - start)
-        # transfers are audited by the release service, with the evidence and the reasons
-        if (
-            response.status_code >= 400
-            and request.url.path.startswith("/kbs/v1/")
-            and not route_path.endswith("/transfer")
-        ):
-            _audit_failure(request, route_path, response.status_code)
-        return response
-
-    def _audit_failure(request: Request, route_path: str, status: int) -> None:
-        principal: Any = getattr(request.state, "principal", None)
-        if principal is None:
-            # The request may have failed before its token was checked (e.g. a bad body).
-            try:
-                token = bearer(request)
-                principal = services.tokens.verify(token) if token else None
-            except KeybrokerError:
-                principal = None
-        actor = actor_of(principal) if principal is not None else "anonymous"
-        outcome = "denied" if status in (401, 403) else "failed"
-        try:
-            with services.db.session() as s:
-                audit.append(
-                    s,
-                    actor=actor,
-                    action=f"{request.method} {route_path}",
-                    object_id=request.path_params.get("key_id") or request.path_params.get("policy_id"),
-                    outcome=outcome,
-                    reason=getattr(request.state, "problem_detail", None) or f"HTTP {status}",
-                )
-        except Exception as exc:  # noqa: BLE001 - the response stands; the failure is logged
-            log.error("could not write the audit record for a failed request: %s", type(exc).__name__)
-
+    app.add_middleware(
+        CrossCutting,
+        services=services,
+        requests=requests,
+        latency=latency,
+    )
     app.add_middleware(BodyLimit)
     app.include_router(health.router)
     app.include_router(sys.router)

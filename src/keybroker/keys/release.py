@@ -22,6 +22,7 @@ from typing import Any
 
 import rfc8785
 from cryptography.hazmat.primitives.asymmetric import rsa
+from sqlalchemy.orm import Session
 
 from keybroker.appraisal import secl
 from keybroker.appraisal.decision import Decision
@@ -81,23 +82,27 @@ class ReleaseService:
         self._verifier = verifier
         self._nonce_ttl = nonce_ttl
 
-    def _key_and_policy(self, key_id: str) -> tuple[Key, TransferPolicyBody, str]:
+    @staticmethod
+    def _key_and_policy(s: Session, key_id: str) -> tuple[Key, TransferPolicyBody, str]:
+        key = s.get(Key, key_id)
+        if key is None:
+            raise NotFound(f"key {key_id} does not exist")
+        if key.transfer_policy_id is None:
+            raise Forbidden(
+                f"key {key_id} has no transfer policy and is never released",
+                reasons=["the key has no transfer policy"],
+            )
+        row = s.get(TransferPolicy, key.transfer_policy_id)
+        assert row is not None  # foreign key
+        return key, TransferPolicyBody.model_validate(row.body), row.id
+
+    def _lookup(self, key_id: str) -> tuple[Key, TransferPolicyBody, str]:
         with self._db.session() as s:
-            key = s.get(Key, key_id)
-            if key is None:
-                raise NotFound(f"key {key_id} does not exist")
-            if key.transfer_policy_id is None:
-                raise Forbidden(
-                    f"key {key_id} has no transfer policy and is never released",
-                    reasons=["the key has no transfer policy"],
-                )
-            row = s.get(TransferPolicy, key.transfer_policy_id)
-            assert row is not None  # foreign key
-            return key, TransferPolicyBody.model_validate(row.body), row.id
+            return self._key_and_policy(s, key_id)
 
     def challenge(self, key_id: str) -> Challenge:
-        _, policy, _ = self._key_and_policy(key_id)
         with self._db.session() as s:
+            _, policy, _ = self._key_and_policy(s, key_id)
             issued = nonces.issue(s, purpose=V1_PURPOSE, subject=key_id, ttl=self._nonce_ttl)
         return Challenge(issued, policy.attestation_type[0])
 
@@ -106,15 +111,17 @@ class ReleaseService:
     ) -> wrap.SeclWrapped:
         details: dict[str, Any] = {"protocol": "kbs/v1", "evidence_sha256": evidence_digest(req.quote)}
         try:
-            key, policy, policy_id = self._key_and_policy(key_id)
-            details["policy_id"] = policy_id
-            if policy.without_attestation:
-                why = "the key's policy releases without attestation: send only user_data with Attestation-Type NONE"
-                raise PolicyDenied(why, reasons=[why])
-            if req.attestation_type not in policy.attestation_type:
-                why = f"Attestation-Type {req.attestation_type} is not allowed by the key's policy ({', '.join(policy.attestation_type)})"
-                raise PolicyDenied(why, reasons=[why])
+            # one transaction: the key and its policy, then the nonce is used up (unless the
+            # request is refused before the nonce is looked at)
             with self._db.session() as s:
+                key, policy, policy_id = self._key_and_policy(s, key_id)
+                details["policy_id"] = policy_id
+                if policy.without_attestation:
+                    why = "the key's policy releases without attestation: send only user_data with Attestation-Type NONE"
+                    raise PolicyDenied(why, reasons=[why])
+                if req.attestation_type not in policy.attestation_type:
+                    why = f"Attestation-Type {req.attestation_type} is not allowed by the key's policy ({', '.join(policy.attestation_type)})"
+                    raise PolicyDenied(why, reasons=[why])
                 nonces.consume(s, req.nonce, purpose=V1_PURPOSE, subject=key_id)
             workload_key = _rsa_workload_key(req.user_data, "user_data")
             expected = binding.v1_report_data(req.nonce, req.user_data)
@@ -154,7 +161,7 @@ class ReleaseService:
         """
         details: dict[str, Any] = {"protocol": "kbs/v1", "mode": "passport"}
         try:
-            key, policy, policy_id = self._key_and_policy(key_id)
+            key, policy, policy_id = self._lookup(key_id)
             details["policy_id"] = policy_id
             ear = verify_token(token)
             details["token_kid"] = ear.kid
@@ -185,7 +192,7 @@ class ReleaseService:
         evidence is looked at; every such release is audited with a warning."""
         details: dict[str, Any] = {"protocol": "kbs/v1", "mode": "no-attestation", "tier": "good"}
         try:
-            key, policy, policy_id = self._key_and_policy(key_id)
+            key, policy, policy_id = self._lookup(key_id)
             details["policy_id"] = policy_id
             if not policy.without_attestation or policy.none is None:
                 why = "the key's policy requires attestation: send evidence with Attestation-Type SGX or TDX"

@@ -712,6 +712,14 @@ def quote_fmspc_and_ca(raw: bytes) -> tuple[str, str, str]:
             f"quote carries no PCK certificate chain (certification data type "
             f"{unverified_quote.signature.certification.cert_type}); cannot pick collateral from it"
         )
+    fmspc, ca = _unverified_fmspc_and_ca(pem)
+    return fmspc, ca, unverified_quote.tee
+
+
+@lru_cache(maxsize=1024)
+def _unverified_fmspc_and_ca(pem: bytes) -> tuple[str, str]:
+    """FMSPC and PCK CA from an **unverified** PCK chain (cached by its bytes: a platform's chain
+    repeats in every quote it makes, and the extension parse costs more than the quote check)."""
     ders = split_pem_chain(pem)
     try:
         leaf = x509.load_der_x509_certificate(ders[0])
@@ -722,4 +730,4 @@ def quote_fmspc_and_ca(raw: bytes) -> tuple[str, str, str]:
     ca = ca_type_from_name(leaf.issuer)
     if ca is None:
         raise CollateralError(f"PCK issuer {_cn(leaf.issuer)!r} is neither a Processor nor a Platform CA")
-    return parse_pck_extensions(leaf).fmspc.hex().upper(), ca, unverified_quote.tee
+    return parse_pck_extensions(leaf).fmspc.hex().upper(), ca
