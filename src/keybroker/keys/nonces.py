@@ -10,7 +10,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import delete, update
+from sqlalchemy import bindparam, delete, insert, update
 from sqlalchemy.orm import Session
 
 from keybroker.errors import Forbidden, InvalidInput
@@ -44,6 +44,24 @@ def decode_nonce(text: str, field: str = "nonce") -> bytes:
     return value
 
 
+# Prepared once: nonces are issued and used on every release.
+_ISSUE = insert(Nonce)
+_CONSUMABLE = (
+    Nonce.id == bindparam("b_id"),
+    Nonce.purpose == bindparam("b_purpose"),
+    Nonce.used_at.is_(None),
+    Nonce.expires_at > bindparam("b_now"),
+)
+_CONSUME = (
+    update(Nonce)
+    .where(*_CONSUMABLE, Nonce.subject == bindparam("b_subject"))
+    .values(used_at=bindparam("b_used"))
+)
+_CONSUME_UNBOUND = (
+    update(Nonce).where(*_CONSUMABLE, Nonce.subject.is_(None)).values(used_at=bindparam("b_used"))
+)
+
+
 def issue(
     session: Session, *, purpose: str, subject: str | None, ttl: timedelta, now: datetime | None = None
 ) -> IssuedNonce:
@@ -53,7 +71,16 @@ def issue(
     # housekeeping, on about one issue in 64: drop nonces expired for a day (expires_at index)
     if secrets.randbelow(64) == 0:
         session.execute(delete(Nonce).where(Nonce.expires_at < now - timedelta(days=1)))
-    session.add(Nonce(id=_id(value), purpose=purpose, subject=subject, created_at=now, expires_at=now + ttl))
+    session.connection().execute(
+        _ISSUE,
+        {
+            "id": _id(value),
+            "purpose": purpose,
+            "subject": subject,
+            "created_at": now,
+            "expires_at": now + ttl,
+        },
+    )
     return IssuedNonce(value, now, now + ttl)
 
 
@@ -65,18 +92,12 @@ def consume(
     The conditional UPDATE makes the check-and-use atomic across replicas.
     """
     now = now or datetime.now(UTC)
-    result = session.execute(
-        update(Nonce)
-        .where(
-            Nonce.id == _id(value),
-            Nonce.purpose == purpose,
-            Nonce.subject.is_(None) if subject is None else Nonce.subject == subject,
-            Nonce.used_at.is_(None),
-            Nonce.expires_at > now,
-        )
-        .values(used_at=now)
-    )
-    if result.rowcount != 1:  # type: ignore[attr-defined]
+    params = {"b_id": _id(value), "b_purpose": purpose, "b_now": now, "b_used": now}
+    if subject is None:
+        result = session.connection().execute(_CONSUME_UNBOUND, params)
+    else:
+        result = session.connection().execute(_CONSUME, {**params, "b_subject": subject})
+    if result.rowcount != 1:
         row = session.get(Nonce, _id(value))
         if row is None or row.purpose != purpose:
             why = "unknown nonce (not issued by this service)"

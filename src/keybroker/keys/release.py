@@ -22,6 +22,7 @@ from typing import Any
 
 import rfc8785
 from cryptography.hazmat.primitives.asymmetric import rsa
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from keybroker.appraisal import secl
@@ -46,6 +47,14 @@ log = logging.getLogger("keybroker.release")
 class Challenge:
     nonce: nonces.IssuedNonce
     attestation_type: str
+
+
+@dataclass(frozen=True)
+class ReleasableKey:
+    """What a release needs of a key row."""
+
+    id: str
+    backend_ref: str | None
 
 
 @dataclass(frozen=True)
@@ -75,6 +84,14 @@ def _rsa_workload_key(spki_der: bytes, field: str) -> rsa.RSAPublicKey:
     return key
 
 
+#: Prepared once (it runs twice per transfer): the key's backend reference and its policy.
+_KEY_AND_POLICY = (
+    select(Key.id, Key.backend_ref, Key.transfer_policy_id, TransferPolicy.body)
+    .outerjoin(TransferPolicy, TransferPolicy.id == Key.transfer_policy_id)
+    .where(Key.id == bindparam("key_id"))
+)
+
+
 class ReleaseService:
     def __init__(self, db: Database, keystore: KeyStore, verifier: Verifier, nonce_ttl: timedelta) -> None:
         self._db = db
@@ -83,20 +100,20 @@ class ReleaseService:
         self._nonce_ttl = nonce_ttl
 
     @staticmethod
-    def _key_and_policy(s: Session, key_id: str) -> tuple[Key, TransferPolicyBody, str]:
-        key = s.get(Key, key_id)
-        if key is None:
+    def _key_and_policy(s: Session, key_id: str) -> tuple[ReleasableKey, TransferPolicyBody, str]:
+        row = s.connection().execute(_KEY_AND_POLICY, {"key_id": key_id}).one_or_none()
+        if row is None:
             raise NotFound(f"key {key_id} does not exist")
-        if key.transfer_policy_id is None:
+        if row.transfer_policy_id is None:
             raise Forbidden(
                 f"key {key_id} has no transfer policy and is never released",
                 reasons=["the key has no transfer policy"],
             )
-        row = s.get(TransferPolicy, key.transfer_policy_id)
-        assert row is not None  # foreign key
-        return key, TransferPolicyBody.model_validate(row.body), row.id
+        assert row.body is not None  # foreign key
+        policy = TransferPolicyBody.model_validate(row.body)
+        return ReleasableKey(row.id, row.backend_ref), policy, row.transfer_policy_id
 
-    def _lookup(self, key_id: str) -> tuple[Key, TransferPolicyBody, str]:
+    def _lookup(self, key_id: str) -> tuple[ReleasableKey, TransferPolicyBody, str]:
         with self._db.session() as s:
             return self._key_and_policy(s, key_id)
 
@@ -221,7 +238,7 @@ class ReleaseService:
 
     def _release(
         self,
-        key: Key,
+        key: ReleasableKey,
         workload_key: rsa.RSAPublicKey,
         actor: str,
         details: dict[str, Any],

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 
 from cryptography.hazmat.primitives.asymmetric import rsa
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from keybroker.errors import InvalidInput, KeybrokerError, NotFound
@@ -23,6 +24,12 @@ def _dek_aad(key_id: str) -> bytes:
 
 def _key_aad(key_id: str) -> bytes:
     return b"keybroker/key/v1/" + key_id.encode()
+
+
+#: Prepared once: read on every release of a built-in key.
+_MATERIAL = select(KeyMaterialRow.wrapped_dek, KeyMaterialRow.ciphertext).where(
+    KeyMaterialRow.key_id == bindparam("key_id")
+)
 
 
 class IntegrityError(KeybrokerError):
@@ -55,12 +62,13 @@ class BuiltinKeyStore:
 
     def fetch(self, session: Session, key_id: str, backend_ref: str | None) -> bytes:
         root = self._barrier.root_key()
-        row = session.get(KeyMaterialRow, key_id)
+        row = session.connection().execute(_MATERIAL, {"key_id": key_id}).one_or_none()
         if row is None:
             raise NotFound(f"key {key_id} has no material in the built-in key store")
+        wrapped_dek, ciphertext = row
         try:
-            dek = aead.unseal(root, row.wrapped_dek, _dek_aad(key_id))
-            return aead.unseal(dek, row.ciphertext, _key_aad(key_id))
+            dek = aead.unseal(root, wrapped_dek, _dek_aad(key_id))
+            return aead.unseal(dek, ciphertext, _key_aad(key_id))
         except aead.UnsealError:
             raise IntegrityError(f"key {key_id}: sealed material failed authentication") from None
 
