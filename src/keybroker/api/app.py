@@ -197,12 +197,13 @@ def create_app(services: Services) -> FastAPI:
         latency=latency,
     )
     app.add_middleware(BodyLimit)
-    app.include_router(health.router)
-    app.include_router(sys.router)
-    app.include_router(kbs_v1.router)
+    # Routes are matched in order: the workload-facing ones (every release) first.
     app.include_router(transfer_v1.router)
-    app.include_router(attest_v1.router)
     app.include_router(kbs_v0.router)
-    app.include_router(pccs_v4.router)
+    app.include_router(attest_v1.router)
     app.include_router(attestation_v1.router)
+    app.include_router(health.router)
+    app.include_router(kbs_v1.router)
+    app.include_router(sys.router)
+    app.include_router(pccs_v4.router)
     return app

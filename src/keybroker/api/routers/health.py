@@ -17,7 +17,7 @@ Svc = Annotated[Services, Depends(services)]
 
 
 @router.get("/healthz")
-def healthz() -> dict[str, str]:
+async def healthz() -> dict[str, str]:
     """The process is up."""
     return {"status": "ok"}
 

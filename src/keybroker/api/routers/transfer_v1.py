@@ -7,22 +7,22 @@ import binascii
 import json
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Request
+from fastapi import APIRouter, Header, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from keybroker.api.deps import actor_of, bearer, services
+from keybroker.api.deps import actor_of, bearer
 from keybroker.api.problems import validation_detail
 from keybroker.api.services import Services
 from keybroker.auth.tokens import Principal
 from keybroker.errors import InvalidInput
 from keybroker.keys import nonces
 from keybroker.keys.release import EvidenceRequest
+from keybroker.keys.service import _check_uuid
 from keybroker.keys.wrap import SeclWrapped
 
 router = APIRouter(prefix="/kbs/v1", tags=["transfer"])
-Svc = Annotated[Services, Depends(services)]
 MAX_QUOTE = 64 * 1024
 
 
@@ -85,13 +85,11 @@ def _optional_principal(request: Request, svc: Services) -> Principal | None:
 async def transfer_key(
     key_id: str,
     request: Request,
-    svc: Svc,
     attestation_type: Annotated[str | None, Header(alias="Attestation-Type")] = None,
 ) -> Any:
     """Empty body: a fresh nonce and the ``Attestation-Type`` the key's policy wants. Then
     ``{"quote", "nonce", "user_data"}`` with the ``Attestation-Type`` header: the key, wrapped."""
-    from keybroker.keys.service import _check_uuid
-
+    svc: Services = request.app.state.services
     key_id = _check_uuid(key_id, "key")
     principal = _optional_principal(request, svc)
     raw = await request.body()
@@ -160,8 +158,11 @@ def _transfer(
     return _out(svc.release.transfer(key_id, evidence, principal, actor))
 
 
-def _out(wrapped: SeclWrapped) -> TransferOut:
-    return TransferOut(
-        wrapped_key=base64.b64encode(wrapped.wrapped_key).decode(),
-        wrapped_swk=base64.b64encode(wrapped.wrapped_swk).decode(),
+def _out(wrapped: SeclWrapped) -> JSONResponse:
+    # a response, not a model: FastAPI would validate and serialize the model once more
+    return JSONResponse(
+        {
+            "wrapped_key": base64.b64encode(wrapped.wrapped_key).decode(),
+            "wrapped_swk": base64.b64encode(wrapped.wrapped_swk).decode(),
+        }
     )
