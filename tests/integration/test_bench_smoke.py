@@ -1,4 +1,5 @@
-"""bench/transfer.py runs end to end in a tiny configuration and writes its JSON (no timings asserted)."""
+"""bench/transfer.py runs end to end in a tiny configuration and writes its JSON (no timings asserted),
+with its peer (the framework floor, bench/floor_app.py) and without it (--no-peer)."""
 
 from __future__ import annotations
 
@@ -6,23 +7,29 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 #: bench/transfer.py's exit status when some transfers failed (they are reported, not hidden).
 FAILED_TRANSFERS = 3
+PEER_COLUMNS = {
+    "peer_tx_per_s",
+    "peer_p50_ms",
+    "peer_p99_ms",
+    "peer_server_cpu_ms_per_tx",
+    "vs_floor",
+    "cpu_vs_floor",
+}
 
 
-def test_transfer_bench_quick(tmp_path: Path) -> None:
+def _run(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
     out = tmp_path / "transfer.json"
     r = subprocess.run(
         [
             sys.executable,
             str(ROOT / "bench" / "transfer.py"),
             "--quick",
-            "--levels",
-            "1,2",
-            "--transfers",
-            "4",
+            *args,
             "--seconds",
             "10",
             "--out",
@@ -36,8 +43,14 @@ def test_transfer_bench_quick(tmp_path: Path) -> None:
         cwd=ROOT,
     )
     assert r.returncode in (0, FAILED_TRANSFERS), r.stdout[-3000:] + r.stderr[-3000:]
-    report = json.loads(out.read_text())
-    assert {"meta", "crypto_ms", "crypto_parts", "request_floor_ms", "results", "targets"} <= set(report)
+    return r, json.loads(out.read_text())
+
+
+def test_transfer_bench_quick(tmp_path: Path) -> None:
+    r, report = _run(tmp_path, "--levels", "1,2", "--transfers", "4")
+    assert {"meta", "crypto_ms", "crypto_parts", "request_floor_ms", "results", "peer", "targets"} <= set(
+        report
+    )
     rows = report["results"]
     assert {(row["variant"], row["clients"]) for row in rows} == {
         (v, n) for v in ("v1/aes/rsa3072", "v0/aes/rsa3072") for n in (1, 2)
@@ -53,10 +66,53 @@ def test_transfer_bench_quick(tmp_path: Path) -> None:
             "crypto_ms_per_tx",
             "ratio",
             "server_cpu_ms_per_tx",
-        } <= set(row)
+        } | PEER_COLUMNS <= set(row)
         assert row["transfers"] + row["errors"] >= 4
     # a single client never races anything: its transfers all succeed
     assert all(row["transfers"] == 4 and row["errors"] == 0 for row in rows if row["clients"] == 1), rows
     assert all(v > 0 for v in report["crypto_ms"].values())
-    assert {t["what"].split()[0] for t in report["targets"]} == {"/kbs/v1", "/kbs/v0"}
+
+    # the peer ran at the same levels, per protocol, through the same client machinery
+    peer = report["peer"]
+    assert peer["request_floor_ms"] >= 0
+    assert {(p["variant"], p["protocol"], p["clients"]) for p in peer["results"]} == {
+        (f"floor/{v}/rsa3072", f"/kbs/{v}", n) for v in ("v1", "v0") for n in (1, 2)
+    }
+    for p in peer["results"]:
+        assert p["transfers"] + p["errors"] >= 4
+        assert p["client_quote_ms_per_tx"] == 0  # the quote is made once, before the run
+    assert all(p["transfers"] == 4 and p["errors"] == 0 for p in peer["results"] if p["clients"] == 1)
+    # same requests, bodies of the same size, the real answers replayed
+    for proto, n_requests in (("v1", 2), ("v0", 3)):
+        sizes = peer["sizes"][proto]
+        assert sizes["floor"] == sizes["keybroker"], sizes
+        assert len(sizes["floor"]["request_bytes"]) == n_requests
+        assert max(sizes["floor"]["request_bytes"]) > 5000  # the quote
+    # the primary comparison, row by row
+    for row in rows:
+        if row["clients"] == 1:
+            floor = next(p for p in peer["results"] if p["protocol"] == row["protocol"] and p["clients"] == 1)
+            assert row["peer_tx_per_s"] == floor["tx_per_s"] > 0
+            assert row["vs_floor"] == round(row["tx_per_s"] / floor["tx_per_s"], 3)
+
+    targets = report["targets"]
+    assert {t["what"].split()[0] for t in targets} == {"/kbs/v1", "/kbs/v0"}
+    assert all({"met", "detail", "feasible", "why"} <= set(t) for t in targets)
+    assert all(
+        "Little's law" in t["why"] and "framework floor" in t["why"] for t in targets if "p99" in t["what"]
+    )
     assert "transfer" in r.stdout and "targets:" in r.stdout
+    assert "framework floor" in r.stdout and "vs floor" in r.stdout and "feasible here" in r.stdout
+
+
+def test_transfer_bench_no_peer(tmp_path: Path) -> None:
+    r, report = _run(
+        tmp_path, "--levels", "1", "--transfers", "2", "--variants", "v1/aes/rsa3072", "--no-peer"
+    )
+    assert report["peer"] is None
+    assert [(row["variant"], row["clients"], row["transfers"]) for row in report["results"]] == [
+        ("v1/aes/rsa3072", 1, 2)
+    ]
+    assert all(row[c] is None for row in report["results"] for c in PEER_COLUMNS)
+    assert all(t["feasible"] is None for t in report["targets"])
+    assert "targets:" in r.stdout and "the framework floor itself" not in r.stdout
