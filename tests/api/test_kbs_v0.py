@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 from tests.api.test_transfer_v1 import SGX_SIM_POLICY, TDX_SIM_POLICY
 from tests.helpers.api import token_headers
 
+from keybroker.api.app import create_app
 from keybroker.api.services import DEV_PKI_DIR, Services
 from keybroker.client.unwrap import jwe_unwrap
 from keybroker.keys import binding, wrap
@@ -225,3 +226,118 @@ def test_admin_needs_permission_and_validates(client: TestClient, services: Serv
         == 400
     )
     assert client.post("/kbs/v0/resource-policy/a/b/z", json={"default": True}, headers=w).status_code == 404
+
+
+def _audit(client: TestClient, services: Services, action: str) -> list[dict[str, Any]]:
+    records = client.get("/kbs/v1/audit?limit=1000", headers=token_headers(services, "audit:read")).json()
+    return [x for x in records if x["action"] == action]
+
+
+def _count_transactions(services: Services, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    count = [0]
+    opened = services.db.session
+
+    def counted() -> Any:
+        count[0] += 1
+        return opened()
+
+    monkeypatch.setattr(services.db, "session", counted)
+    return count
+
+
+def test_transfer_transactions_and_audit_records(
+    client: TestClient, services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _put(client, services, "repo/secret/tx", b"s3cret")
+    assert _policy(client, services, "repo/secret/tx", {"rego": REGO_ALLOW_SIM_TDX}).status_code == 204
+    priv = ec.generate_private_key(ec.SECP384R1())
+    services.attestation.jwks()  # the signing key made and loaded
+    count = _count_transactions(services, monkeypatch)
+    assert _attest(client, services, "tdx", priv).status_code == 200
+    # auth; attest: the nonce spent, then the decision audited with the token kept
+    assert count[0] == 3
+    count[0] = 0
+    r = client.get("/kbs/v0/resource/repo/secret/tx")
+    assert r.status_code == 200 and jwe_unwrap(r.json(), priv) == b"s3cret"
+    assert count[0] == 1  # our own token, known verified: session, decision and audit in one
+    monkeypatch.undo()
+
+    session_id = client.cookies["kbs-session-id"]
+    (attested,) = _audit(client, services, "attestation.attest")
+    assert attested["actor"] == f"kbs-session:{session_id}" and attested["outcome"] == "success"
+    assert set(attested["details"]) == {
+        "protocol",
+        "tee",
+        "evidence_sha256",
+        "claims_sha256",
+        "ear_status",
+        "tcb_status",
+    }
+    (released,) = _audit(client, services, "resource.release")
+    assert released["actor"] == f"kbs-session:{session_id}" and released["object_id"] == "repo/secret/tx"
+    assert released["outcome"] == "success"
+    assert set(released["details"]) == {"protocol", "ear_status", "token_kid", "policy_id", "notes"}
+    assert released["details"]["token_kid"] == client.get("/.well-known/jwks.json").json()["keys"][0]["kid"]
+
+
+def test_session_token_verified_in_full_after_restart(client: TestClient, services: Services) -> None:
+    _put(client, services, "repo/secret/restart", b"kept")
+    assert _policy(client, services, "repo/secret/restart", {"rego": REGO_ALLOW_SIM_TDX}).status_code == 204
+    priv = ec.generate_private_key(ec.SECP256R1())
+    assert _attest(client, services, "tdx", priv).status_code == 200
+    session_id = client.cookies["kbs-session-id"]
+    again = Services.build(services.settings)  # another process: nothing known verified
+    try:
+        with TestClient(create_app(again), base_url="https://testserver") as other:
+            other.cookies.set("kbs-session-id", session_id, path="/kbs/v0")
+            r = other.get("/kbs/v0/resource/repo/secret/restart")
+            assert r.status_code == 200 and jwe_unwrap(r.json(), priv) == b"kept"
+    finally:
+        again.db.dispose()
+    assert [x["outcome"] for x in _audit(client, services, "resource.release")] == ["success"]
+
+
+def test_tampered_bearer_refused_after_the_genuine_token_was_used(
+    client: TestClient, services: Services
+) -> None:
+    _put(client, services, "repo/secret/bearer", b"b")
+    assert _policy(client, services, "repo/secret/bearer", {"rego": REGO_ALLOW_SIM_TDX}).status_code == 204
+    priv = ec.generate_private_key(ec.SECP256R1())
+    r = _attest(client, services, "tdx", priv)
+    token = r.json()["token"]
+    client.cookies.clear()
+    bearer = {"Authorization": f"Bearer {token}"}
+    assert client.get("/kbs/v0/resource/repo/secret/bearer", headers=bearer).status_code == 200
+    header, payload, signature = token.split(".")
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=="))
+    claims["exp"] += 3600
+    longer = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
+    for bad in (
+        f"{header}.{longer}.{signature}",
+        token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB"),
+    ):
+        r = client.get("/kbs/v0/resource/repo/secret/bearer", headers={"Authorization": f"Bearer {bad}"})
+        assert r.status_code == 401, r.text
+    # refused before any decision: only the genuine release is in the audit log
+    assert [x["outcome"] for x in _audit(client, services, "resource.release")] == ["success"]
+
+
+def test_nonce_spent_when_the_evidence_fails(client: TestClient, services: Services) -> None:
+    priv = ec.generate_private_key(ec.SECP256R1())
+    nonce = client.post("/kbs/v0/auth", json={"version": "0.4.0", "tee": "tdx"}).json()["nonce"]
+    jwk = wrap.public_jwk(priv.public_key())
+    wrong = _quote(services, "tdx", binding.v0_report_data(nonce, jwk, "", "sha512"))  # another hash
+    right = _quote(services, "tdx", binding.v0_report_data(nonce, jwk, "", "sha384"))
+    for quote, status in ((wrong, 400), (right, 403)):
+        r = client.post(
+            "/kbs/v0/attest",
+            json={
+                "runtime-data": {"nonce": nonce, "tee-pubkey": jwk},
+                "tee-evidence": {"primary_evidence": {"quote": base64.b64encode(quote).decode()}},
+            },
+        )
+        assert r.status_code == status, r.text
+    assert "already attested" in r.json()["detail"]
+    (denied,) = _audit(client, services, "attestation.attest")
+    assert denied["outcome"] == "denied" and denied["details"]["failed_check"] == "report_data"
+    assert client.get("/kbs/v0/resource/a/b/c").status_code == 401  # no token kept

@@ -20,9 +20,9 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
-from typing import Any
+from typing import Any, NamedTuple
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from keybroker.appraisal import rego, secl
@@ -38,7 +38,7 @@ from keybroker.seal.barrier import Barrier
 from keybroker.store.db import Database
 from keybroker.store.models import KbsResource, KbsSession, Key, TransferPolicy
 from keybroker.tokens.ear import EarClaims
-from keybroker.tokens.service import AttestationService
+from keybroker.tokens.service import AttestationService, Attested
 
 PROTOCOL_VERSION = "0.4.0"
 SUPPORTED_TEES = ("sgx", "tdx")
@@ -47,6 +47,55 @@ MAX_RESOURCE = 64 * 1024
 _HASH_PREFERENCE = ("sha384", "sha512", "sha256")
 _PATH_PART = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")
 _VERSION = re.compile(r"^(\d+)\.(\d+)\.(\d+)$")
+
+
+class _LiveSession(NamedTuple):
+    """What the protocol reads of a session."""
+
+    nonce: str
+    tee: str
+    hash_alg: str
+    expires_at: datetime
+    attested_at: datetime | None
+    ear_token: str | None
+
+
+class _Resource(NamedTuple):
+    """What a release reads of a resource; ``found_key_id`` None: no key, or it was deleted."""
+
+    path: str
+    kind: str
+    key_id: str | None
+    wrapped_dek: bytes | None
+    ciphertext: bytes | None
+    policy: dict[str, Any] | None
+    found_key_id: str | None
+    backend_ref: str | None
+
+
+# The hot path's statements: prepared once, run on the session's connection (Core rows, no ORM
+# objects or unit of work; each costs a fraction of an ORM load or flush).
+_NEW_SESSION = insert(KbsSession)
+_READ_SESSION = select(*(getattr(KbsSession, f) for f in _LiveSession._fields)).where(
+    KbsSession.id == bindparam("sid")
+)
+_LOCK_SESSION = _READ_SESSION.with_for_update()
+_SPEND_NONCE = update(KbsSession).where(KbsSession.id == bindparam("sid")).values(attested_at=bindparam("at"))
+_KEEP_TOKEN = (
+    update(KbsSession)
+    .where(KbsSession.id == bindparam("sid"))
+    .values(ear_token=bindparam("token"), tee_pubkey=bindparam("tee_pubkey"))
+)
+_READ_RESOURCE = (
+    select(
+        *(getattr(KbsResource, f) for f in _Resource._fields[:6]),
+        Key.id.label("found_key_id"),
+        Key.backend_ref,
+    )
+    .outerjoin(Key, Key.id == KbsResource.key_id)
+    .where(KbsResource.path == bindparam("path"))
+)
+_READ_POLICY = select(TransferPolicy.body).where(TransferPolicy.id == bindparam("id"))
 
 
 def resource_path(repository: str, rtype: str, tag: str) -> str:
@@ -127,36 +176,43 @@ class KbsV0Service:
         now = datetime.now(UTC)
         session_id = str(uuid.uuid4())
         with self._db.session() as s:
-            s.add(
-                KbsSession(
-                    id=session_id,
-                    nonce=nonce,
-                    tee=tee,
-                    hash_alg=hash_alg,
-                    created_at=now,
-                    expires_at=now + SESSION_TTL,
-                )
+            s.connection().execute(
+                _NEW_SESSION,
+                {
+                    "id": session_id,
+                    "nonce": nonce,
+                    "tee": tee,
+                    "hash_alg": hash_alg,
+                    "created_at": now,
+                    "expires_at": now + SESSION_TTL,
+                },
             )
         return Challenge(session_id, nonce, out_params)
 
     # --- attest ----------------------------------------------------------------------------------
 
-    def _session(self, s: Session, session_id: str | None, *, lock: bool = False) -> KbsSession:
+    def _session(self, s: Session, session_id: str | None, *, lock: bool = False) -> _LiveSession:
+        """The session, if it exists and has not expired; else 401."""
         if not session_id:
             raise Unauthenticated("no kbs-session-id cookie: call /kbs/v0/auth first")
         try:
             uuid.UUID(session_id)
         except ValueError:
             raise Unauthenticated("the kbs-session-id cookie is not a session id") from None
-        row = s.get(KbsSession, session_id, with_for_update=lock)
-        if row is None:
+        query = _LOCK_SESSION if lock else _READ_SESSION
+        found = s.connection().execute(query, {"sid": session_id}).one_or_none()
+        if found is None:
             raise Unauthenticated("unknown session: call /kbs/v0/auth again")
+        row = _LiveSession._make(found)
         expires = row.expires_at if row.expires_at.tzinfo else row.expires_at.replace(tzinfo=UTC)
         if expires <= datetime.now(UTC):
             raise Unauthenticated("the session has expired: call /kbs/v0/auth again")
         return row
 
     def attest(self, session_id: str | None, body: dict[str, Any]) -> str:
+        """Evidence → an EAR. Two transactions: the session's nonce spent (committed before the
+        evidence is looked at, whatever the outcome), then the decision audited, with the token
+        kept in the session by the same transaction when it is a success."""
         runtime = body.get("runtime-data")
         if not isinstance(runtime, dict):
             raise InvalidInput(
@@ -205,9 +261,17 @@ class KbsV0Service:
                 raise Forbidden("this session already attested: its nonce is used; call /kbs/v0/auth again")
             if not secrets.compare_digest(nonce, row.nonce):
                 raise Forbidden("runtime-data nonce is not this session's challenge nonce")
-            row.attested_at = datetime.now(UTC)  # the nonce is spent whatever the outcome
+            # the nonce is spent whatever the outcome
+            s.connection().execute(_SPEND_NONCE, {"sid": session_id, "at": datetime.now(UTC)})
             tee, hash_alg = row.tee, row.hash_alg
         expected = binding.v0_report_data(nonce, tee_pubkey, additional, hash_alg)
+
+        def keep_token(s: Session, result: Attested) -> None:
+            s.connection().execute(
+                _KEEP_TOKEN, {"sid": session_id, "token": result.token, "tee_pubkey": tee_pubkey}
+            )
+
+        # the token is stored in the transaction that audits the decision
         result = self._attestation.appraise_and_sign(
             tee,
             quote,
@@ -217,58 +281,35 @@ class KbsV0Service:
             runtime_data={"nonce": nonce, "tee-pubkey": tee_pubkey},
             actor=f"kbs-session:{session_id}",
             protocol="kbs/v0",
+            on_success=keep_token,
         )
-        with self._db.session() as s:
-            done = s.get(KbsSession, session_id)
-            assert done is not None
-            done.ear_token = result.token
-            done.tee_pubkey = tee_pubkey
         return result.token
 
     # --- resources --------------------------------------------------------------------------------
 
-    def claims_for(self, session_id: str | None, bearer: str | None) -> tuple[EarClaims, str]:
-        if bearer is not None:
-            return self._attestation.verify_token(bearer), "bearer-ear"
-        with self._db.session() as s:
-            row = self._session(s, session_id)
-            if row.ear_token is None:
-                raise Unauthenticated("this session has not attested: POST /kbs/v0/attest first")
-            token = row.ear_token
-        return self._attestation.verify_token(token), f"kbs-session:{session_id}"
-
-    def get_resource(self, path: str, ear: EarClaims, actor: str) -> dict[str, str]:
-        details: dict[str, Any] = {"protocol": "kbs/v0", "ear_status": ear.status, "token_kid": ear.kid}
+    def get_resource(self, path: str, session_id: str | None, bearer: str | None) -> dict[str, str]:
+        """The resource at ``path`` as a JWE to the attested TEE's key, for a ``Bearer`` EAR or else the
+        session's EAR. The decision (released or refused) is audited; a missing, expired or
+        unattested session or an invalid token is refused (401) before any decision."""
+        ear: EarClaims | None = None
+        token = bearer
+        actor = "bearer-ear" if bearer is not None else f"kbs-session:{session_id}"
+        details: dict[str, Any] = {"protocol": "kbs/v0"}
         try:
+            if bearer is None:
+                known = self._attestation.known_tokens()  # before the transaction: may load the keyring
+                with self._db.session() as s:
+                    token = self._attested_token(s, session_id)
+                    ear = known(token)
+                    if ear is not None:  # our own token, verified already: one transaction
+                        return self._release(s, path, ear, actor, details)
+            assert token is not None
+            ear = self._attestation.verify_token(token)  # outside any transaction: ~1 ms of ECDSA
             with self._db.session() as s:
-                res = s.get(KbsResource, path)
-                if res is None:
-                    raise NotFound(f"resource {path} does not exist")
-                decision = self._decide(s, res, ear)
-                details["policy_id"] = decision.policy_id
-                details["notes"] = list(decision.notes)
-                if not decision.allowed:
-                    raise PolicyDenied(
-                        "the attestation result does not satisfy the resource's policy",
-                        reasons=decision.reasons,
-                    )
-                tee_pubkey = (ear.runtime_data or {}).get("tee-pubkey")
-                if not isinstance(tee_pubkey, dict):
-                    raise Unauthenticated(
-                        "the attestation token carries no tee-pubkey to wrap the resource to"
-                    )
-                secret = self._material(s, res)
-                jwe = wrap.jwe_wrap(secret, tee_pubkey)
-                audit.append(
-                    s,
-                    actor=actor,
-                    action="resource.release",
-                    object_id=path,
-                    outcome="success",
-                    details=details,
-                )
-            return jwe
+                return self._release(s, path, ear, actor, details)
         except KeybrokerError as exc:
+            if ear is None:
+                raise  # no valid session or token: nothing was decided
             with self._db.session() as s:
                 reasons = getattr(exc, "reasons", None) or [exc.detail]
                 audit.append(
@@ -282,27 +323,65 @@ class KbsV0Service:
                 )
             raise
 
-    def _decide(self, s: Session, res: KbsResource, ear: EarClaims) -> Decision:
+    def _attested_token(self, s: Session, session_id: str | None) -> str:
+        token: str | None = self._session(s, session_id).ear_token
+        if token is None:
+            raise Unauthenticated("this session has not attested: POST /kbs/v0/attest first")
+        return token
+
+    def _release(
+        self, s: Session, path: str, ear: EarClaims, actor: str, details: dict[str, Any]
+    ) -> dict[str, str]:
+        """Decide, wrap and audit the release in ``s``; ``details`` (for the audit) filled on the way."""
+        details.update({"ear_status": ear.status, "token_kid": ear.kid})
+        found = s.connection().execute(_READ_RESOURCE, {"path": path}).one_or_none()
+        if found is None:
+            raise NotFound(f"resource {path} does not exist")
+        res = _Resource._make(found)
+        decision = self._decide(s, res, ear)
+        details["policy_id"] = decision.policy_id
+        details["notes"] = list(decision.notes)
+        if not decision.allowed:
+            raise PolicyDenied(
+                "the attestation result does not satisfy the resource's policy",
+                reasons=decision.reasons,
+            )
+        tee_pubkey = (ear.runtime_data or {}).get("tee-pubkey")
+        if not isinstance(tee_pubkey, dict):
+            raise Unauthenticated("the attestation token carries no tee-pubkey to wrap the resource to")
+        secret = self._material(s, res)
+        jwe = wrap.jwe_wrap(secret, tee_pubkey)
+        audit.append(
+            s,
+            actor=actor,
+            action="resource.release",
+            object_id=path,
+            outcome="success",
+            details=details,
+        )
+        return jwe
+
+    def _decide(self, s: Session, res: _Resource, ear: EarClaims) -> Decision:
         doc = ear.appraisal_input(client_permissions=None)
         policy = res.policy
         if policy is None:
             return default_resource_policy(doc, ear_status=ear.status)
         if "transfer_policy_id" in policy:
-            row = s.get(TransferPolicy, str(policy["transfer_policy_id"]))
-            if row is None:
+            policy_id = str(policy["transfer_policy_id"])
+            body = s.connection().execute(_READ_POLICY, {"id": policy_id}).scalar()
+            if body is None:
                 raise Forbidden("the resource's transfer policy no longer exists", reasons=["policy missing"])
-            return secl.evaluate_input(TransferPolicyBody.model_validate(row.body), doc, policy_id=row.id)
+            return secl.evaluate_input(TransferPolicyBody.model_validate(body), doc, policy_id=policy_id)
         if "rego" in policy:
             return rego.evaluate(_compiled(str(policy["rego"])), doc)
         raise Forbidden("the resource's policy is of an unknown kind", reasons=["unknown policy kind"])
 
-    def _material(self, s: Session, res: KbsResource) -> bytes:
+    def _material(self, s: Session, res: _Resource) -> bytes:
         if res.kind == "key":
             assert res.key_id is not None
-            key = s.get(Key, res.key_id)
-            if key is None:
+            if res.found_key_id is None:
                 raise NotFound(f"the key behind resource {res.path} was deleted")
-            return self._keystore.fetch(s, key.id, key.backend_ref)
+            return self._keystore.fetch(s, res.found_key_id, res.backend_ref)
         assert res.wrapped_dek is not None and res.ciphertext is not None
         root = self._barrier.root_key()
         try:

@@ -27,17 +27,23 @@ thumbprint. Pure: persisting the keyring (sealed) is the caller's job (:meth:`Ke
 
 Verification (:func:`verify_ear`) trusts only the keyring: the algorithm must be ES256 or ES384
 and fit the key's curve; ``none``, HMAC and keys or URLs in the header are never used.
+:class:`VerifiedEarCache` spares the signature check for the exact tokens that passed it (or
+that we signed), the keyring and expiry checks still made at every use.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
+import threading
 import uuid
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import cached_property
 from typing import Any, Final, Literal, cast
 
 from joserfc import jwt
@@ -55,6 +61,7 @@ __all__ = [
     "EAT_PROFILE",
     "EarClaims",
     "Keyring",
+    "VerifiedEarCache",
     "issue_ear",
     "verify_ear",
 ]
@@ -103,7 +110,7 @@ class Keyring:
     def alg(self) -> Alg:
         return _alg_of(self.current)
 
-    @property
+    @cached_property
     def kid(self) -> str:
         return self.current.thumbprint()
 
@@ -116,9 +123,19 @@ class Keyring:
 
     def verification_keys(self) -> dict[str, ECKey]:
         """kid -> public key, for every key that verifies."""
+        return dict(self._verification_keys)
+
+    @cached_property
+    def _verification_keys(self) -> dict[str, ECKey]:
+        # computed once per (immutable) keyring: thumbprints and public-key imports cost ~0.1 ms a key
         keys = {k.thumbprint(): _public(k) for k in reversed(self.previous)}
         keys[self.kid] = _public(self.current)
         return keys
+
+    @cached_property
+    def kids(self) -> frozenset[str]:
+        """The kids of every key that verifies."""
+        return frozenset(self._verification_keys)
 
     def jwks(self) -> dict[str, list[dict[str, Any]]]:
         """``/.well-known/jwks.json``: public keys only, current first."""
@@ -418,7 +435,7 @@ def verify_ear(keys: Keyring | Mapping[str, Any], token: str, *, now: datetime, 
     if "crit" in header:
         raise Unauthenticated("the attestation token has critical header parameters keybroker does not know")
     kid = header.get("kid")
-    trusted = keys.verification_keys() if isinstance(keys, Keyring) else _keys_from_jwks(keys)
+    trusted = keys._verification_keys if isinstance(keys, Keyring) else _keys_from_jwks(keys)
     key = trusted.get(kid) if isinstance(kid, str) else None
     if key is None or not isinstance(kid, str):
         raise Unauthenticated(f"the attestation token was signed by an unknown key (kid {kid!r})")
@@ -444,3 +461,81 @@ def verify_ear(keys: Keyring | Mapping[str, Any], token: str, *, now: datetime, 
     if at + CLOCK_SKEW.total_seconds() < cast(int, iat):
         raise Unauthenticated("the attestation token is not valid yet (iat is in the future)")
     return _claims_of(raw, kid)
+
+
+class VerifiedEarCache:
+    """EARs that passed :func:`verify_ear` against a :class:`Keyring`, or that the keyring's signing
+    key just signed, by the SHA-256 of their exact text: a hit skips the signature check (~1 ms).
+
+    Why a hit is as good as a verification: every check of :func:`verify_ear` is a function of the
+    token's bytes, the keyring and the time. The token-only checks (form, base64url, ``alg``,
+    ``crit``, signature over header and payload, ``iss``, the EAR shape) gave the same answer for
+    these very bytes when the entry was made, and SHA-256 ties an entry to those bytes (a token
+    that differs in one character has another digest and is verified in full). The keyring check is
+    redone at every use: the ``kid`` must still be among the keys that verify (a key dropped from
+    the keyring stops its tokens here as it does in :func:`verify_ear`; a rotation keeps retired
+    kids on purpose, so that their tokens still verify). The time checks are redone too: ``now``
+    before ``exp`` at every use; "``iat`` not in the future" only gets truer as time passes.
+    Nothing that failed is kept; entries are only added after the full verification succeeded (or
+    when we signed the token ourselves, with the claims read back from the bytes we signed). The
+    claims are parsed again from the token at every hit, so callers never share mutable claims.
+    Per process, in memory, bounded (least recently used out); entries hold a digest, a kid and an
+    expiry, never a token.
+    """
+
+    def __init__(self, maxsize: int = 4096) -> None:
+        if maxsize < 1:
+            raise ValueError("maxsize must be at least 1")
+        self._maxsize = maxsize
+        self._entries: OrderedDict[bytes, tuple[str, int]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def claims(self, keys: Keyring, token: str, *, now: datetime, issuer: str) -> EarClaims | None:
+        """The claims of ``token`` if it is known verified, its kid still verifies and it has not
+        expired at ``now``; None otherwise (then verify it in full)."""
+        if now.tzinfo is None or now.utcoffset() is None:
+            raise ValueError("now must be a timezone-aware datetime")
+        if not isinstance(token, str) or len(token) > MAX_TOKEN_CHARS:
+            return None
+        digest = hashlib.sha256(token.encode()).digest()
+        with self._lock:
+            entry = self._entries.get(digest)
+            if entry is None:
+                return None
+            kid, exp = entry
+            if kid not in keys.kids or now.timestamp() >= exp:
+                del self._entries[digest]
+                return None
+            self._entries.move_to_end(digest)
+        claims = _claims_of(json.loads(_b64url_strict(token.split(".")[1])), kid)
+        if claims.issuer != issuer:  # an entry made for another issuer: not ours to answer
+            return None
+        return claims
+
+    def add(self, token: str, claims: EarClaims) -> None:
+        """Remember ``token``, which :func:`verify_ear` just returned ``claims`` for."""
+        self._put(token, claims.kid, claims.expires_at)
+
+    def add_signed(self, keys: Keyring, token: str, *, issuer: str) -> EarClaims:
+        """Remember ``token``, which :func:`issue_ear` just signed with ``keys``; its claims as
+        :func:`verify_ear` would return them (read back from the signed bytes)."""
+        parts = token.split(".")
+        header = json.loads(_b64url_strict(parts[0]))
+        if len(parts) != 3 or header.get("kid") != keys.kid or header.get("alg") != keys.alg:
+            raise ValueError("the token was not signed by this keyring's current key")
+        claims = _claims_of(json.loads(_b64url_strict(parts[1])), keys.kid)
+        if claims.issuer != issuer:
+            raise ValueError("the token was issued for another issuer")
+        self._put(token, claims.kid, claims.expires_at)
+        return claims
+
+    def _put(self, token: str, kid: str, exp: int) -> None:
+        digest = hashlib.sha256(token.encode()).digest()
+        with self._lock:
+            self._entries[digest] = (kid, exp)
+            self._entries.move_to_end(digest)
+            while len(self._entries) > self._maxsize:
+                self._entries.popitem(last=False)

@@ -6,9 +6,12 @@ The broker uses it in-process; ``/attestation/v1`` exposes it over HTTP.
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
+
+from sqlalchemy.orm import Session
 
 from keybroker.appraisal.decision import Decision
 from keybroker.appraisal.defaults import default_attestation_policy
@@ -20,7 +23,7 @@ from keybroker.keys.release import claims_digest, evidence_digest
 from keybroker.store.db import Database
 from keybroker.tee.dcap.verify import VerifiedQuote
 from keybroker.tee.verifier import ExpectedReportData, Verifier
-from keybroker.tokens.ear import EarClaims, issue_ear, verify_ear
+from keybroker.tokens.ear import EarClaims, VerifiedEarCache, issue_ear, verify_ear
 from keybroker.tokens.keyring_store import KeyringStore
 
 ATTEST_PURPOSE = "attestation-v1"
@@ -49,6 +52,7 @@ class AttestationService:
         self.keyring = keyring
         self._nonce_ttl = nonce_ttl
         self._token_ttl = token_ttl
+        self._verified = VerifiedEarCache()
 
     def nonce(self) -> nonces.IssuedNonce:
         with self._db.session() as s:
@@ -65,8 +69,13 @@ class AttestationService:
         runtime_data: dict[str, Any] | None,
         actor: str,
         protocol: str,
+        on_success: Callable[[Session, Attested], None] | None = None,
     ) -> Attested:
-        """Verify, appraise with the default attestation policy, sign an EAR; audit either way."""
+        """Verify, appraise with the default attestation policy, sign an EAR; audit either way.
+
+        ``on_success`` runs in the transaction that audits the success, so that the caller's own
+        writes (a session's token) commit with the audit record, or not at all.
+        """
         details: dict[str, Any] = {
             "protocol": protocol,
             "tee": tee,
@@ -88,8 +97,9 @@ class AttestationService:
             raise
         decision = default_attestation_policy(appraisal_input(verified, client_permissions=None))
         now = datetime.now(UTC)
+        ring = self.keyring.keyring()
         token = issue_ear(
-            self.keyring.keyring(),
+            ring,
             verified,
             decision,
             nonce=nonce,
@@ -106,9 +116,13 @@ class AttestationService:
                 "tcb_status": verified.status,
             }
         )
+        result = Attested(token, verified, decision)
         with self._db.session() as s:
             audit.append(s, actor=actor, action="attestation.attest", outcome="success", details=details)
-        return Attested(token, verified, decision)
+            if on_success is not None:
+                on_success(s, result)
+        self._verified.add_signed(ring, token, issuer=ISSUER)  # its use (/kbs/v0 resource) skips ECDSA
+        return result
 
     def attest_v1(self, tee: str, evidence: bytes, nonce: bytes, user_data: bytes, actor: str) -> Attested:
         """``/attestation/v1/attest``: REPORTDATA = SHA-512(nonce || user_data), the nonce single use."""
@@ -126,12 +140,27 @@ class AttestationService:
         )
 
     def verify_token(self, token: str) -> EarClaims:
+        """The claims of one of our EARs: known-verified tokens (ours, or verified before) skip the
+        signature check, with the kid and expiry checked again (see :class:`VerifiedEarCache`)."""
+        known = self.known_tokens()(token)
+        if known is not None:
+            return known
         now = datetime.now(UTC)
+        ring = self.keyring.keyring()
         try:
-            return verify_ear(self.keyring.keyring(), token, now=now, issuer=ISSUER)
+            claims = verify_ear(ring, token, now=now, issuer=ISSUER)
         except KeybrokerError:
             # another replica may have rotated: reload once
-            return verify_ear(self.keyring.keyring(refresh=True), token, now=now, issuer=ISSUER)
+            claims = verify_ear(self.keyring.keyring(refresh=True), token, now=now, issuer=ISSUER)
+        self._verified.add(token, claims)
+        return claims
+
+    def known_tokens(self) -> Callable[[str], EarClaims | None]:
+        """A look-up of known-verified tokens (None: not known, verify it with :meth:`verify_token`)
+        against the keyring as it is now. Take it before opening a transaction: loading the keyring
+        may need the database."""
+        ring = self.keyring.keyring()
+        return lambda token: self._verified.claims(ring, token, now=datetime.now(UTC), issuer=ISSUER)
 
     def jwks(self) -> dict[str, Any]:
         return self.keyring.keyring().jwks()

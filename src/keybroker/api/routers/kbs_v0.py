@@ -48,10 +48,20 @@ async def _json_body(request: Request) -> dict[str, Any]:
     return body
 
 
+# The workload-facing routes (auth, attest, resource) take the services container from the app
+# rather than by dependency injection, and answer a JSONResponse rather than a model or dict that
+# FastAPI would validate and serialize once more: they run on every transfer.
+
+
+def _services(request: Request) -> Services:
+    svc: Services = request.app.state.services
+    return svc
+
+
 @router.post("/auth")
-def auth(body: AuthIn, request: Request, svc: Svc) -> JSONResponse:
+def auth(body: AuthIn, request: Request) -> JSONResponse:
     """Start a session: a nonce to bind into the evidence, and the ``kbs-session-id`` cookie."""
-    challenge = svc.kbs_v0.auth(body.version, body.tee, body.extra_params)
+    challenge = _services(request).kbs_v0.auth(body.version, body.tee, body.extra_params)
     resp = JSONResponse({"nonce": challenge.nonce, "extra-params": challenge.extra_params})
     resp.set_cookie(
         COOKIE,
@@ -65,28 +75,27 @@ def auth(body: AuthIn, request: Request, svc: Svc) -> JSONResponse:
     return resp
 
 
-@router.post("/attest")
+@router.post("/attest", response_model=dict[str, str])
 async def attest(
-    request: Request, svc: Svc, session: Annotated[str | None, Cookie(alias=COOKIE)] = None
-) -> dict[str, str]:
+    request: Request, session: Annotated[str | None, Cookie(alias=COOKIE)] = None
+) -> JSONResponse:
     """Evidence bound to the session's nonce and the TEE's public key → an attestation token (EAR)."""
     body = await _json_body(request)
-    return {"token": await run_in_threadpool(svc.kbs_v0.attest, session, body)}
+    token = await run_in_threadpool(_services(request).kbs_v0.attest, session, body)
+    return JSONResponse({"token": token})
 
 
-@router.get("/resource/{repository}/{rtype}/{tag}")
+@router.get("/resource/{repository}/{rtype}/{tag}", response_model=dict[str, str])
 def get_resource(
     repository: str,
     rtype: str,
     tag: str,
     request: Request,
-    svc: Svc,
     session: Annotated[str | None, Cookie(alias=COOKIE)] = None,
-) -> dict[str, str]:
+) -> JSONResponse:
     """The resource as a flattened JWE to the attested TEE's key (cookie session or ``Bearer <EAR>``)."""
     path = resource_path(repository, rtype, tag)
-    ear, actor = svc.kbs_v0.claims_for(session, bearer(request))
-    return svc.kbs_v0.get_resource(path, ear, actor)
+    return JSONResponse(_services(request).kbs_v0.get_resource(path, session, bearer(request)))
 
 
 @router.post("/resource/{repository}/{rtype}/{tag}", status_code=204)
