@@ -118,7 +118,8 @@ class ReleaseService:
             return self._key_and_policy(s, key_id)
 
     def challenge(self, key_id: str) -> Challenge:
-        with self._db.session() as s:
+        # not durable: a nonce lost in a machine crash only makes the client ask again
+        with self._db.session(durable=False) as s:
             _, policy, _ = self._key_and_policy(s, key_id)
             issued = nonces.issue(s, purpose=V1_PURPOSE, subject=key_id, ttl=self._nonce_ttl)
         return Challenge(issued, policy.attestation_type[0])
@@ -128,9 +129,11 @@ class ReleaseService:
     ) -> wrap.SeclWrapped:
         details: dict[str, Any] = {"protocol": "kbs/v1", "evidence_sha256": evidence_digest(req.quote)}
         try:
-            # one transaction: the key and its policy, then the nonce is used up (unless the
-            # request is refused before the nonce is looked at)
-            with self._db.session() as s:
+            # One transaction: the key and its policy, then the nonce is used up (unless the
+            # request is refused before the nonce is looked at). Not durable by itself: the
+            # outcome, a release or a denial, is committed durably next, and that makes this
+            # commit durable too; a machine crash in between released nothing.
+            with self._db.session(durable=False) as s:
                 key, policy, policy_id = self._key_and_policy(s, key_id)
                 details["policy_id"] = policy_id
                 if policy.without_attestation:

@@ -10,10 +10,12 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 
 _MIGRATIONS = Path(__file__).with_name("migrations")
+#: Execution option: this transaction's commit need not reach the disk before it returns.
+_LAZY_COMMIT = "keybroker_lazy_commit"
 
 
 def make_engine(url: str) -> Engine:
@@ -36,6 +38,11 @@ def make_engine(url: str) -> Engine:
 
         @event.listens_for(engine, "begin")
         def _sqlite_begin(conn: Any) -> None:
+            # synchronous=NORMAL for a transaction opened with durable=False (see Database.session)
+            want = "NORMAL" if conn.get_execution_options().get(_LAZY_COMMIT) else "FULL"
+            if conn.info.get("synchronous") != want:
+                conn.exec_driver_sql(f"PRAGMA synchronous={want}")
+                conn.info["synchronous"] = want
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
@@ -59,17 +66,29 @@ class Database:
         # SQLite has one writer at a time and every transaction begins IMMEDIATE: queue the
         # process's threads on a lock (woken at once) rather than in SQLite's sleep-and-retry busy
         # handler, whose growing sleeps made the tail latency seconds under load.
-        self._serial: AbstractContextManager[object] = (
-            threading.RLock() if self.engine.dialect.name == "sqlite" else nullcontext()
-        )
+        self._sqlite = self.engine.dialect.name == "sqlite"
+        self._serial: AbstractContextManager[object] = threading.RLock() if self._sqlite else nullcontext()
 
     def migrate(self) -> None:
         migrate(self.engine)
 
     @contextmanager
-    def session(self) -> Iterator[Session]:
-        """A transaction: committed on success, rolled back on any error."""
+    def session(self, *, durable: bool = True) -> Iterator[Session]:
+        """A transaction: committed on success, rolled back on any error.
+
+        ``durable=False``: the commit does not wait for the disk (SQLite ``synchronous=NORMAL`` in
+        WAL mode; PostgreSQL ``synchronous_commit=off``). A crash of the machine (not of the
+        process) may then lose it, but never out of order: both logs are written sequentially, so
+        the next durable commit makes every earlier commit durable too. Only for writes whose loss
+        is harmless, such as a nonce issued (the client asks again) or a nonce used by a request
+        whose outcome is committed durably next (the release or the denial's audit record).
+        """
         with self._serial, self._sessions() as session, session.begin():
+            if not durable:
+                if self._sqlite:
+                    session.connection(execution_options={_LAZY_COMMIT: True})
+                else:
+                    session.execute(text("SET LOCAL synchronous_commit TO OFF"))
             yield session
 
     def dispose(self) -> None:
