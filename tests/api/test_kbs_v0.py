@@ -237,9 +237,9 @@ def _count_transactions(services: Services, monkeypatch: pytest.MonkeyPatch) -> 
     count = [0]
     opened = services.db.session
 
-    def counted() -> Any:
+    def counted(**kwargs: Any) -> Any:
         count[0] += 1
-        return opened()
+        return opened(**kwargs)
 
     monkeypatch.setattr(services.db, "session", counted)
     return count

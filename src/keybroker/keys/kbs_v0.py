@@ -175,7 +175,8 @@ class KbsV0Service:
         nonce = base64.b64encode(secrets.token_bytes(32)).decode()
         now = datetime.now(UTC)
         session_id = str(uuid.uuid4())
-        with self._db.session() as s:
+        # not durable: a session lost in a machine crash only makes the client authenticate again
+        with self._db.session(durable=False) as s:
             s.connection().execute(
                 _NEW_SESSION,
                 {
@@ -255,7 +256,9 @@ class KbsV0Service:
             raise InvalidInput(
                 "the quote is not valid base64", field="tee-evidence.primary_evidence.quote"
             ) from None
-        with self._db.session() as s:
+        # Not durable by itself: the outcome is audited durably next (appraise_and_sign), which
+        # makes this commit durable too; a machine crash in between issued nothing.
+        with self._db.session(durable=False) as s:
             row = self._session(s, session_id, lock=True)
             if row.attested_at is not None:
                 raise Forbidden("this session already attested: its nonce is used; call /kbs/v0/auth again")

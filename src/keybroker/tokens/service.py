@@ -55,7 +55,8 @@ class AttestationService:
         self._verified = VerifiedEarCache()
 
     def nonce(self) -> nonces.IssuedNonce:
-        with self._db.session() as s:
+        # not durable: a nonce lost in a machine crash only makes the client ask again
+        with self._db.session(durable=False) as s:
             return nonces.issue(s, purpose=ATTEST_PURPOSE, subject=None, ttl=self._nonce_ttl)
 
     def appraise_and_sign(
@@ -126,7 +127,8 @@ class AttestationService:
 
     def attest_v1(self, tee: str, evidence: bytes, nonce: bytes, user_data: bytes, actor: str) -> Attested:
         """``/attestation/v1/attest``: REPORTDATA = SHA-512(nonce || user_data), the nonce single use."""
-        with self._db.session() as s:
+        # not durable by itself: appraise_and_sign audits the outcome durably next
+        with self._db.session(durable=False) as s:
             nonces.consume(s, nonce, purpose=ATTEST_PURPOSE, subject=None)
         return self.appraise_and_sign(
             tee,
