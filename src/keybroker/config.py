@@ -16,11 +16,25 @@ from keybroker.seal.config import SealSettings
 DEFAULT_PORT = 9443
 
 
+class TrustedAttestationService(BaseModel):
+    """A remote attestation service whose EAR tokens this broker accepts (passport mode on /kbs/v1,
+    bearer tokens on /kbs/v0), beside the tokens of its own in-process service."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    #: The ``iss`` of its tokens ("keybroker" for another keybroker).
+    issuer: str = Field(default="keybroker", min_length=1, max_length=256)
+    #: Its JWKS (``GET /.well-known/jwks.json``) saved to a file: EC P-256/P-384 public keys.
+    jwks_file: Path
+
+
 class TrustSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     #: Extra root CAs for evidence (the dev TEE simulator). Empty: only Intel's pinned root.
     dev_roots: list[Path] = Field(default_factory=list)
+    #: Remote attestation services whose tokens are trusted. Empty: only this service's own.
+    attestation_services: list[TrustedAttestationService] = Field(default_factory=list)
 
 
 class Settings(BaseModel):

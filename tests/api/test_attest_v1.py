@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import base64
+import json
 import os
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
 from tests.api.test_transfer_v1 import _WORKLOAD, SGX_SIM_POLICY, SPKI
 from tests.helpers.api import unwrap_v1
 
+from keybroker.api.app import create_app
 from keybroker.api.services import DEV_PKI_DIR, Services
+from keybroker.config import Settings, TrustedAttestationService, TrustSettings
+from keybroker.errors import InvalidInput, Unauthenticated
 from keybroker.keys import binding
 from keybroker.tee import sim
 from keybroker.tokens.ear import verify_ear
@@ -110,3 +117,106 @@ def test_signing_key_persists_across_restart(client: TestClient, services: Servi
     assert rotated.kid != kid
     again.attestation.verify_token(str(body["token"]))  # old tokens still verify after rotation
     again.db.dispose()
+
+
+def _broker_trusting(tmp_path: Path, jwks: object, issuer: str = "keybroker") -> Services:
+    """A second keybroker whose passport mode trusts the first one's attestation service."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    jwks_file = tmp_path / "remote-jwks.json"
+    jwks_file.write_text(json.dumps(jwks))
+    settings = Settings(
+        data_dir=tmp_path / "broker",
+        database=f"sqlite:///{tmp_path / 'broker.db'}",
+        dev=True,
+        trust=TrustSettings(
+            attestation_services=[TrustedAttestationService(issuer=issuer, jwks_file=jwks_file)]
+        ),
+    )
+    return Services.build(settings)
+
+
+def _sim_key(client: TestClient, headers: dict[str, str], secret: bytes) -> str:
+    pid = client.post("/kbs/v1/key-transfer-policies", json=SGX_SIM_POLICY, headers=headers).json()["id"]
+    r = client.post(
+        "/kbs/v1/keys",
+        json={
+            "key_information": {"algorithm": "AES", "key_string": base64.b64encode(secret).decode()},
+            "transfer_policy_id": pid,
+        },
+        headers=headers,
+    )
+    return str(r.json()["key_information"]["id"])
+
+
+def test_passport_tokens_of_a_trusted_remote_attestation_service(
+    client: TestClient, services: Services, tmp_path: Path
+) -> None:
+    # "client" is the attestation service; the broker holds the key and trusts its JWKS only
+    code, body = _attest(client, services)
+    assert code == 200
+    token = str(body["token"])
+    broker = _broker_trusting(tmp_path, client.get("/.well-known/jwks.json").json())
+    try:
+        with TestClient(create_app(broker), base_url="https://testserver") as b:
+            headers = {"Authorization": "Bearer " + broker.tokens.mint("admin", ["*:*"])}
+            secret = os.urandom(32)
+            kid = _sim_key(b, headers, secret)
+            r = b.post(f"/kbs/v1/keys/{kid}/transfer", json={"attestation_token": token})
+            assert r.status_code == 200, r.text
+            assert unwrap_v1(r.json(), _WORKLOAD) == secret
+            (rec,) = [x for x in _audit(b, headers) if x["action"] == "key.transfer"]
+            assert rec["outcome"] == "success" and rec["details"]["mode"] == "passport"
+            # the remote token is checked in full every time: a tampered one is refused
+            bad = token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")
+            r = b.post(f"/kbs/v1/keys/{kid}/transfer", json={"attestation_token": bad})
+            assert r.status_code == 401 and "signature" in r.json()["detail"]
+            # the remote's policy decision does not bind the broker: its own key policy still applies
+            code, low = _attest(client, services, isvsvn=1)
+            r = b.post(f"/kbs/v1/keys/{kid}/transfer", json={"attestation_token": low["token"]})
+            assert r.status_code == 403 and any("isvsvn 1" in x for x in r.json()["reasons"])
+    finally:
+        broker.db.dispose()
+
+
+def test_remote_tokens_need_the_remote_configured(
+    client: TestClient, services: Services, tmp_path: Path
+) -> None:
+    code, body = _attest(client, services)
+    assert code == 200
+    # a broker trusting another service's keys (its own keyring's JWKS stands in for a stranger's)
+    stranger = Services.build(Settings(data_dir=tmp_path / "stranger", dev=True))
+    try:
+        broker = _broker_trusting(tmp_path, stranger.attestation.jwks())
+    finally:
+        stranger.db.dispose()
+    try:
+        with pytest.raises(Unauthenticated, match="unknown key"):
+            broker.attestation.verify_token(str(body["token"]))
+    finally:
+        broker.db.dispose()
+    # the right keys under the wrong issuer
+    broker = _broker_trusting(tmp_path / "x", client.get("/.well-known/jwks.json").json(), issuer="other")
+    try:
+        with pytest.raises(Unauthenticated, match="iss"):
+            broker.attestation.verify_token(str(body["token"]))
+    finally:
+        broker.db.dispose()
+
+
+@pytest.mark.parametrize(
+    "content", ["not json", "[]", '{"keys": []}', '{"keys": [{"kty": "RSA", "n": "AQAB", "e": "AQAB"}]}']
+)
+def test_a_bad_remote_jwks_file_is_refused_at_start(tmp_path: Path, content: str) -> None:
+    jwks_file = tmp_path / "jwks.json"
+    jwks_file.write_text(content)
+    settings = Settings(
+        data_dir=tmp_path / "d",
+        dev=True,
+        trust=TrustSettings(attestation_services=[TrustedAttestationService(jwks_file=jwks_file)]),
+    )
+    with pytest.raises(InvalidInput, match=r"trust\.attestation_services\[0\]\.jwks_file"):
+        Services.build(settings)
+
+
+def _audit(client: TestClient, headers: dict[str, str]) -> list[dict[str, Any]]:
+    return list(client.get("/kbs/v1/audit", headers=headers).json())

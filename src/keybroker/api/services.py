@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -11,8 +12,8 @@ from cryptography import x509
 
 from keybroker.auth.tokens import TokenService, load_or_create_signing_key
 from keybroker.collateral.store import DbCollateralSource
-from keybroker.config import Settings
-from keybroker.errors import InvalidInput
+from keybroker.config import Settings, TrustedAttestationService
+from keybroker.errors import InvalidInput, KeybrokerError
 from keybroker.keys.kbs_v0 import KbsV0Service
 from keybroker.keys.release import ReleaseService
 from keybroker.keys.service import KeyService
@@ -25,8 +26,9 @@ from keybroker.store.db import Database
 from keybroker.tee.dcap.collateral import QuoteCollateral
 from keybroker.tee.sim import DevPki
 from keybroker.tee.verifier import ChainedCollateral, StaticCollateral, Verifier
+from keybroker.tokens.ear import jwks_keys
 from keybroker.tokens.keyring_store import KeyringStore
-from keybroker.tokens.service import AttestationService
+from keybroker.tokens.service import AttestationService, TrustedIssuer
 
 log = logging.getLogger("keybroker")
 
@@ -42,6 +44,26 @@ def _load_root(path: Path) -> x509.Certificate:
         raise InvalidInput(
             f"trust.dev_roots: cannot load a PEM certificate from {path}: {exc}", field="trust.dev_roots"
         ) from None
+
+
+def _trusted_issuer(index: int, conf: TrustedAttestationService) -> TrustedIssuer:
+    """A remote attestation service from ``trust.attestation_services``: its JWKS file, loaded now."""
+    field = f"trust.attestation_services[{index}].jwks_file"
+    try:
+        jwks = json.loads(conf.jwks_file.read_text())
+        if not isinstance(jwks, dict):
+            raise ValueError("not a JSON object")
+        kids = jwks_keys(jwks)
+    except (OSError, ValueError, KeybrokerError) as exc:
+        why = exc.detail if isinstance(exc, KeybrokerError) else str(exc)
+        raise InvalidInput(f"{field}: cannot load a JWKS from {conf.jwks_file}: {why}", field=field) from None
+    log.info(
+        "trusting attestation tokens of issuer %r signed by key(s) %s from %s",
+        conf.issuer,
+        ", ".join(sorted(kids)),
+        conf.jwks_file,
+    )
+    return TrustedIssuer(conf.issuer, jwks, str(conf.jwks_file))
 
 
 def _dev_pki(directory: Path) -> DevPki:
@@ -92,7 +114,8 @@ class Services:
         verifier = Verifier(ChainedCollateral(collateral, DbCollateralSource(db)), dev_roots=dev_roots)
         release = ReleaseService(db, keystore, verifier, timedelta(seconds=settings.nonce_ttl_seconds))
         nonce_ttl = timedelta(seconds=settings.nonce_ttl_seconds)
-        attestation = AttestationService(db, verifier, KeyringStore(db, barrier), nonce_ttl)
+        trusted = [_trusted_issuer(i, t) for i, t in enumerate(settings.trust.attestation_services)]
+        attestation = AttestationService(db, verifier, KeyringStore(db, barrier), nonce_ttl, trusted=trusted)
         services = cls(
             settings,
             db,

@@ -63,6 +63,8 @@ __all__ = [
     "Keyring",
     "VerifiedEarCache",
     "issue_ear",
+    "jwks_keys",
+    "unverified_kid",
     "verify_ear",
 ]
 
@@ -161,6 +163,25 @@ class Keyring:
         except (KeyError, TypeError, ValueError, JoseError) as exc:
             raise InvalidInput(f"malformed EAR keyring ({exc})", field="keyring") from None
         return cls(current, previous)
+
+
+def unverified_kid(token: str) -> str | None:
+    """The ``kid`` in an **unverified** token's header (None if there is none or it does not
+    parse): only to choose which trusted keys to verify it with."""
+    try:
+        header = json.loads(_b64url_strict(token.split(".", 1)[0]))
+    except (ValueError, Unauthenticated):
+        return None
+    kid = header.get("kid") if isinstance(header, dict) else None
+    return kid if isinstance(kid, str) else None
+
+
+def jwks_keys(jwks: Mapping[str, Any]) -> dict[str, ECKey]:
+    """kid -> key of a remote attestation service's JWKS (see :func:`_keys_from_jwks`); at least one."""
+    keys = _keys_from_jwks(jwks)
+    if not keys:
+        raise InvalidInput("the JWKS holds no EC P-256 or P-384 public key", field="jwks")
+    return keys
 
 
 def _keys_from_jwks(jwks: Mapping[str, Any]) -> dict[str, ECKey]:

@@ -6,9 +6,10 @@ The broker uses it in-process; ``/attestation/v1`` exposes it over HTTP.
 from __future__ import annotations
 
 import base64
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import cached_property
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -23,12 +24,26 @@ from keybroker.keys.release import claims_digest, evidence_digest
 from keybroker.store.db import Database
 from keybroker.tee.dcap.verify import VerifiedQuote
 from keybroker.tee.verifier import ExpectedReportData, Verifier
-from keybroker.tokens.ear import EarClaims, VerifiedEarCache, issue_ear, verify_ear
+from keybroker.tokens.ear import EarClaims, VerifiedEarCache, issue_ear, jwks_keys, unverified_kid, verify_ear
 from keybroker.tokens.keyring_store import KeyringStore
 
 ATTEST_PURPOSE = "attestation-v1"
 ISSUER = "keybroker"
 DEFAULT_TOKEN_TTL = timedelta(minutes=5)
+
+
+@dataclass(frozen=True)
+class TrustedIssuer:
+    """A remote attestation service whose tokens are accepted: its ``iss`` and its JWKS."""
+
+    issuer: str
+    jwks: Mapping[str, Any]
+    #: Where the JWKS came from (for errors and logs).
+    source: str
+
+    @cached_property
+    def kids(self) -> frozenset[str]:
+        return frozenset(jwks_keys(self.jwks))
 
 
 @dataclass(frozen=True)
@@ -46,8 +61,10 @@ class AttestationService:
         keyring: KeyringStore,
         nonce_ttl: timedelta,
         token_ttl: timedelta = DEFAULT_TOKEN_TTL,
+        trusted: Sequence[TrustedIssuer] = (),
     ) -> None:
         self._db = db
+        self._trusted = tuple(trusted)
         self.verifier = verifier
         self.keyring = keyring
         self._nonce_ttl = nonce_ttl
@@ -142,13 +159,23 @@ class AttestationService:
         )
 
     def verify_token(self, token: str) -> EarClaims:
-        """The claims of one of our EARs: known-verified tokens (ours, or verified before) skip the
-        signature check, with the kid and expiry checked again (see :class:`VerifiedEarCache`)."""
+        """The claims of one of our EARs, or of a trusted remote attestation service's.
+
+        Known-verified tokens of ours (ours, or verified before) skip the signature check, with the
+        kid and expiry checked again (see :class:`VerifiedEarCache`). A token whose kid is in a
+        trusted remote service's JWKS (and not in our keyring) is verified against that JWKS and
+        that service's issuer, in full every time.
+        """
         known = self.known_tokens()(token)
         if known is not None:
             return known
         now = datetime.now(UTC)
         ring = self.keyring.keyring()
+        kid = unverified_kid(token) if self._trusted else None
+        if kid is not None and kid not in ring.kids:
+            for remote in self._trusted:
+                if kid in remote.kids:
+                    return verify_ear(remote.jwks, token, now=now, issuer=remote.issuer)
         try:
             claims = verify_ear(ring, token, now=now, issuer=ISSUER)
         except KeybrokerError:
