@@ -95,3 +95,13 @@ def test_health_and_metrics(client: TestClient) -> None:
     client.get("/kbs/v1/version")
     text = client.get("/metrics").text
     assert 'keybroker_http_requests_total{method="GET",route="/kbs/v1/version",status="200"}' in text
+
+
+def test_metrics_labels_stay_bounded(client: TestClient) -> None:
+    for i in range(5):
+        assert client.get(f"/no/such/path/{i}").status_code == 404
+        client.request("BREW", f"/kbs/v1/keys/{i}")
+    text = client.get("/metrics").text
+    assert 'keybroker_http_requests_total{method="GET",route="<unmatched>",status="404"} 5.0' in text
+    assert "/no/such/path" not in text and "BREW" not in text
+    assert 'method="other"' in text

@@ -25,6 +25,9 @@ log = logging.getLogger("keybroker.api")
 MAX_BODY = 1024 * 1024
 _JSON_TYPES = ("application/json",)
 _SEALED_PREFIXES = ("/kbs/v1/keys", "/kbs/v1/key-transfer-policies")
+#: The metrics' route label of requests that matched no route.
+_UNMATCHED = "<unmatched>"
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 class BodyLimit:
@@ -139,7 +142,11 @@ class CrossCutting:
         return None
 
     def _finish(self, scope: Scope, method: str, path: str, status: int, start: float) -> None:
-        route_path: str = getattr(scope.get("route"), "path", path)
+        # the route's template, never the raw path: a label per path asked for would let anyone
+        # grow the metrics without bound
+        route_path: str = getattr(scope.get("route"), "path", None) or _UNMATCHED
+        if method not in _METHODS:
+            method = "other"
         self.requests.labels(method, route_path, str(status)).inc()
         self.latency.labels(method, route_path).observe(time.perf_counter() - start)
 
