@@ -22,7 +22,7 @@ from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Any, NamedTuple
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from keybroker.appraisal import rego, secl
@@ -43,6 +43,9 @@ from keybroker.tokens.service import AttestationService, Attested
 PROTOCOL_VERSION = "0.4.0"
 SUPPORTED_TEES = ("sgx", "tdx")
 SESSION_TTL = timedelta(minutes=5)
+#: How long an expired session is kept (for "expired" rather than "unknown" in the 401s) before
+#: housekeeping drops it.
+SESSION_RETENTION = timedelta(days=1)
 MAX_RESOURCE = 64 * 1024
 _HASH_PREFERENCE = ("sha384", "sha512", "sha256")
 _PATH_PART = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")
@@ -76,6 +79,7 @@ class _Resource(NamedTuple):
 # The hot path's statements: prepared once, run on the session's connection (Core rows, no ORM
 # objects or unit of work; each costs a fraction of an ORM load or flush).
 _NEW_SESSION = insert(KbsSession)
+_DROP_EXPIRED_SESSIONS = delete(KbsSession).where(KbsSession.expires_at < bindparam("before"))
 _READ_SESSION = select(*(getattr(KbsSession, f) for f in _LiveSession._fields)).where(
     KbsSession.id == bindparam("sid")
 )
@@ -177,6 +181,9 @@ class KbsV0Service:
         session_id = str(uuid.uuid4())
         # not durable: a session lost in a machine crash only makes the client authenticate again
         with self._db.session(durable=False) as s:
+            # housekeeping, on about one auth in 64: drop sessions expired for a day (expires_at index)
+            if secrets.randbelow(64) == 0:
+                s.connection().execute(_DROP_EXPIRED_SESSIONS, {"before": now - SESSION_RETENTION})
             s.connection().execute(
                 _NEW_SESSION,
                 {
