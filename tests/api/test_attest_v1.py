@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from tests.api.test_transfer_v1 import _WORKLOAD, SGX_SIM_POLICY, SPKI
+from tests.api.test_transfer_v1 import _WORKLOAD, SGX_SIM_POLICY, SPKI, _setup
 from tests.helpers.api import unwrap_v1
 
 from keybroker.api.app import create_app
@@ -76,18 +75,8 @@ def test_attest_nonce_single_use_and_binding(client: TestClient, services: Servi
 def test_passport_mode_transfer(
     client: TestClient, services: Services, admin_headers: dict[str, str]
 ) -> None:
-    pid = client.post("/kbs/v1/key-transfer-policies", json=SGX_SIM_POLICY, headers=admin_headers).json()[
-        "id"
-    ]
-    secret = os.urandom(16)
-    kid = client.post(
-        "/kbs/v1/keys",
-        json={
-            "key_information": {"algorithm": "AES", "key_string": base64.b64encode(secret).decode()},
-            "transfer_policy_id": pid,
-        },
-        headers=admin_headers,
-    ).json()["key_information"]["id"]
+    key = _setup(client, services, admin_headers, SGX_SIM_POLICY)
+    kid, secret = key.key_id, key.secret
     code, body = _attest(client, services)
     assert code == 200
     r = client.post(f"/kbs/v1/keys/{kid}/transfer", json={"attestation_token": body["token"]})
@@ -135,19 +124,6 @@ def _broker_trusting(tmp_path: Path, jwks: object, issuer: str = "keybroker") ->
     return Services.build(settings)
 
 
-def _sim_key(client: TestClient, headers: dict[str, str], secret: bytes) -> str:
-    pid = client.post("/kbs/v1/key-transfer-policies", json=SGX_SIM_POLICY, headers=headers).json()["id"]
-    r = client.post(
-        "/kbs/v1/keys",
-        json={
-            "key_information": {"algorithm": "AES", "key_string": base64.b64encode(secret).decode()},
-            "transfer_policy_id": pid,
-        },
-        headers=headers,
-    )
-    return str(r.json()["key_information"]["id"])
-
-
 def test_passport_tokens_of_a_trusted_remote_attestation_service(
     client: TestClient, services: Services, tmp_path: Path
 ) -> None:
@@ -159,8 +135,8 @@ def test_passport_tokens_of_a_trusted_remote_attestation_service(
     try:
         with TestClient(create_app(broker), base_url="https://testserver") as b:
             headers = {"Authorization": "Bearer " + broker.tokens.mint("admin", ["*:*"])}
-            secret = os.urandom(32)
-            kid = _sim_key(b, headers, secret)
+            key = _setup(b, broker, headers, SGX_SIM_POLICY)
+            kid, secret = key.key_id, key.secret
             r = b.post(f"/kbs/v1/keys/{kid}/transfer", json={"attestation_token": token})
             assert r.status_code == 200, r.text
             assert unwrap_v1(r.json(), _WORKLOAD) == secret
