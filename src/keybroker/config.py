@@ -28,6 +28,26 @@ class TrustedAttestationService(BaseModel):
     jwks_file: Path
 
 
+class AttestationSettings(BaseModel):
+    """Where ``/kbs/v1`` background checks verify evidence: in-process (default) or at a remote
+    attestation service (its ``/attestation/v1``; its JWKS named in ``trust.attestation_services``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    #: e.g. "https://attester.example:9443". None: verify in-process.
+    remote_url: str | None = None
+    #: The CA that signed the remote service's TLS certificate (None: the system's CAs).
+    remote_ca_file: Path | None = None
+    remote_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+
+    @field_validator("remote_url")
+    @classmethod
+    def _check_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith("https://"):
+            raise ValueError("must be an https:// URL")
+        return value
+
+
 class TrustSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -54,6 +74,7 @@ class Settings(BaseModel):
     #: Lifetime of /kbs/v1 and /kbs/v0 nonces and sessions, seconds.
     nonce_ttl_seconds: int = Field(default=300, ge=10, le=3600)
     trust: TrustSettings = Field(default_factory=TrustSettings)
+    attestation: AttestationSettings = Field(default_factory=AttestationSettings)
     keystore: KeystoreSettings = Field(default_factory=KeystoreSettings)
     seal: SealSettings = Field(default_factory=SealSettings)
 

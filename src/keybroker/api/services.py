@@ -28,6 +28,7 @@ from keybroker.tee.sim import DevPki
 from keybroker.tee.verifier import ChainedCollateral, StaticCollateral, Verifier
 from keybroker.tokens.ear import jwks_keys
 from keybroker.tokens.keyring_store import KeyringStore
+from keybroker.tokens.remote import RemoteAttestation
 from keybroker.tokens.service import AttestationService, TrustedIssuer
 
 log = logging.getLogger("keybroker")
@@ -64,6 +65,23 @@ def _trusted_issuer(index: int, conf: TrustedAttestationService) -> TrustedIssue
         conf.jwks_file,
     )
     return TrustedIssuer(conf.issuer, jwks, str(conf.jwks_file))
+
+
+def _remote_attestation(settings: Settings) -> RemoteAttestation | None:
+    """``attestation.remote_url``: /kbs/v1 background checks verified there (its tokens must be trusted)."""
+    conf = settings.attestation
+    if conf.remote_url is None:
+        return None
+    if not settings.trust.attestation_services:
+        raise InvalidInput(
+            "attestation.remote_url needs the remote service's JWKS in trust.attestation_services, "
+            "to verify the tokens it returns",
+            field="trust.attestation_services",
+        )
+    log.info("/kbs/v1 background checks verify evidence at %s", conf.remote_url)
+    return RemoteAttestation(
+        conf.remote_url, ca_file=conf.remote_ca_file, timeout=conf.remote_timeout_seconds
+    )
 
 
 def _dev_pki(directory: Path) -> DevPki:
@@ -112,10 +130,17 @@ class Services:
             for tee in ("sgx", "tdx"):
                 collateral.add(QuoteCollateral.from_json(pki.collateral_json(tee)))
         verifier = Verifier(ChainedCollateral(collateral, DbCollateralSource(db)), dev_roots=dev_roots)
-        release = ReleaseService(db, keystore, verifier, timedelta(seconds=settings.nonce_ttl_seconds))
         nonce_ttl = timedelta(seconds=settings.nonce_ttl_seconds)
         trusted = [_trusted_issuer(i, t) for i, t in enumerate(settings.trust.attestation_services)]
         attestation = AttestationService(db, verifier, KeyringStore(db, barrier), nonce_ttl, trusted=trusted)
+        release = ReleaseService(
+            db,
+            keystore,
+            verifier,
+            nonce_ttl,
+            remote=_remote_attestation(settings),
+            verify_token=attestation.verify_token,
+        )
         services = cls(
             settings,
             db,

@@ -63,11 +63,24 @@ _CONSUME_UNBOUND = (
 
 
 def issue(
-    session: Session, *, purpose: str, subject: str | None, ttl: timedelta, now: datetime | None = None
+    session: Session,
+    *,
+    purpose: str,
+    subject: str | None,
+    ttl: timedelta,
+    now: datetime | None = None,
+    value: bytes | None = None,
 ) -> IssuedNonce:
-    """Create a nonce for ``purpose`` (e.g. ``kbs-v1-transfer``), optionally tied to ``subject`` (a key id)."""
+    """Create a nonce for ``purpose`` (e.g. ``kbs-v1-transfer``), optionally tied to ``subject`` (a key id).
+
+    ``value``: a nonce made elsewhere (a remote attestation service's), recorded here so that it is
+    single use and tied to ``subject`` here too. None: 32 fresh random bytes.
+    """
     now = now or datetime.now(UTC)
-    value = secrets.token_bytes(NONCE_SIZE)
+    if value is None:
+        value = secrets.token_bytes(NONCE_SIZE)
+    elif len(value) != NONCE_SIZE:
+        raise InvalidInput(f"a nonce is {NONCE_SIZE} bytes, not {len(value)}", field="nonce")
     # housekeeping, on about one issue in 64: drop nonces expired for a day (expires_at index)
     if secrets.randbelow(64) == 0:
         session.execute(delete(Nonce).where(Nonce.expires_at < now - timedelta(days=1)))

@@ -13,11 +13,12 @@ Steps, in this order (a failure at any step denies, is audited, and releases not
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import rfc8785
@@ -29,7 +30,16 @@ from keybroker.appraisal import secl
 from keybroker.appraisal.decision import Decision
 from keybroker.audit import log as audit
 from keybroker.auth.tokens import Principal
-from keybroker.errors import EvidenceError, Forbidden, InvalidInput, KeybrokerError, NotFound, PolicyDenied
+from keybroker.errors import (
+    BackendUnavailable,
+    EvidenceError,
+    Forbidden,
+    InvalidInput,
+    KeybrokerError,
+    NotFound,
+    PolicyDenied,
+    VerificationError,
+)
 from keybroker.keys import binding, nonces, wrap
 from keybroker.keys.policy import TransferPolicyBody
 from keybroker.keystores.base import KeyStore
@@ -38,6 +48,7 @@ from keybroker.store.models import Key, TransferPolicy
 from keybroker.tee.dcap.verify import VerifiedQuote
 from keybroker.tee.verifier import Verifier
 from keybroker.tokens.ear import EarClaims
+from keybroker.tokens.remote import RemoteAttestation
 
 V1_PURPOSE = "kbs-v1-transfer"
 log = logging.getLogger("keybroker.release")
@@ -93,11 +104,26 @@ _KEY_AND_POLICY = (
 
 
 class ReleaseService:
-    def __init__(self, db: Database, keystore: KeyStore, verifier: Verifier, nonce_ttl: timedelta) -> None:
+    def __init__(
+        self,
+        db: Database,
+        keystore: KeyStore,
+        verifier: Verifier,
+        nonce_ttl: timedelta,
+        *,
+        remote: RemoteAttestation | None = None,
+        verify_token: Callable[[str], EarClaims] | None = None,
+    ) -> None:
+        """``remote``: background checks verify evidence at that attestation service instead of
+        in-process; its tokens are checked with ``verify_token`` (which must trust it)."""
+        if remote is not None and verify_token is None:
+            raise ValueError("a remote attestation service needs verify_token")
         self._db = db
         self._keystore = keystore
         self._verifier = verifier
         self._nonce_ttl = nonce_ttl
+        self._remote = remote
+        self._verify_token = verify_token
 
     @staticmethod
     def _key_and_policy(s: Session, key_id: str) -> tuple[ReleasableKey, TransferPolicyBody, str]:
@@ -118,10 +144,26 @@ class ReleaseService:
             return self._key_and_policy(s, key_id)
 
     def challenge(self, key_id: str) -> Challenge:
+        if self._remote is not None:
+            return self._remote_challenge(key_id)
         # not durable: a nonce lost in a machine crash only makes the client ask again
         with self._db.session(durable=False) as s:
             _, policy, _ = self._key_and_policy(s, key_id)
             issued = nonces.issue(s, purpose=V1_PURPOSE, subject=key_id, ttl=self._nonce_ttl)
+        return Challenge(issued, policy.attestation_type[0])
+
+    def _remote_challenge(self, key_id: str) -> Challenge:
+        """The remote attestation service's nonce, recorded here too (single use, this key)."""
+        assert self._remote is not None
+        _, policy, _ = self._lookup(key_id)  # an unknown key is refused before the remote is asked
+        value, remote_expiry = self._remote.nonce()
+        ttl = min(self._nonce_ttl, remote_expiry - datetime.now(UTC))
+        if ttl <= timedelta(0):
+            raise BackendUnavailable(
+                f"the remote attestation service at {self._remote.url} gave an expired nonce"
+            )
+        with self._db.session(durable=False) as s:
+            issued = nonces.issue(s, purpose=V1_PURPOSE, subject=key_id, ttl=ttl, value=value)
         return Challenge(issued, policy.attestation_type[0])
 
     def transfer(
@@ -144,16 +186,18 @@ class ReleaseService:
                     raise PolicyDenied(why, reasons=[why])
                 nonces.consume(s, req.nonce, purpose=V1_PURPOSE, subject=key_id)
             workload_key = _rsa_workload_key(req.user_data, "user_data")
-            expected = binding.v1_report_data(req.nonce, req.user_data)
-            verified = self._verifier.verify(req.attestation_type.lower(), req.quote, expected)
-            details["claims_sha256"] = claims_digest(verified)
-            details["tcb_status"] = verified.status
-            decision: Decision = secl.evaluate(
-                policy,
-                verified,
-                client_permissions=None if principal is None else sorted(principal.client_permissions),
-                policy_id=policy_id,
-            )
+            permissions = None if principal is None else sorted(principal.client_permissions)
+            decision: Decision
+            if self._remote is not None:
+                decision = self._appraise_remotely(req, policy, policy_id, permissions, details)
+            else:
+                expected = binding.v1_report_data(req.nonce, req.user_data)
+                verified = self._verifier.verify(req.attestation_type.lower(), req.quote, expected)
+                details["claims_sha256"] = claims_digest(verified)
+                details["tcb_status"] = verified.status
+                decision = secl.evaluate(
+                    policy, verified, client_permissions=permissions, policy_id=policy_id
+                )
             details["notes"] = list(decision.notes)
             if not decision.allowed:
                 raise PolicyDenied(
@@ -163,6 +207,38 @@ class ReleaseService:
         except KeybrokerError as exc:
             self._audit_denial(actor, key_id, exc, details)
             raise
+
+    def _appraise_remotely(
+        self,
+        req: EvidenceRequest,
+        policy: TransferPolicyBody,
+        policy_id: str,
+        permissions: list[str] | None,
+        details: dict[str, Any],
+    ) -> Decision:
+        """The evidence verified at the remote attestation service; its EAR checked here (signature,
+        issuer, expiry, and that it binds this nonce and this workload key); the key's own policy
+        evaluated here on the claims the EAR carries."""
+        assert self._remote is not None and self._verify_token is not None
+        tee = req.attestation_type.lower()
+        details["verifier"] = self._remote.url
+        token = self._remote.attest(tee, req.quote, req.nonce, req.user_data)
+        ear = self._verify_token(token)
+        details.update({"token_kid": ear.kid, "ear_status": ear.status})
+        if ear.tee != tee:
+            raise VerificationError(
+                f"the remote attestation service attested a {ear.tee.upper()} quote, not {tee.upper()}",
+                check="tee_type",
+            )
+        if ear.held_data != req.user_data or ear.nonce != base64.b64encode(req.nonce).decode():
+            raise VerificationError(
+                "the remote attestation service's token does not bind this nonce and workload key",
+                check="report_data",
+            )
+        doc = ear.appraisal_input(client_permissions=permissions)
+        details["claims_sha256"] = hashlib.sha256(rfc8785.dumps(doc["claims"])).hexdigest()
+        details["tcb_status"] = doc["tcb"]["status"]
+        return secl.evaluate_input(policy, doc, policy_id=policy_id)
 
     def transfer_passport(
         self,
