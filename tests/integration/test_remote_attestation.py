@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from tests.api.test_transfer_v1 import _WORKLOAD, SGX_SIM_POLICY, SPKI
+from tests.api.test_transfer_v1 import _WORKLOAD, SGX_SIM_POLICY, SPKI, _setup
 from tests.helpers.api import unwrap_v1
 from tests.helpers.postgres import free_port
 from tests.helpers.server import Server
@@ -55,20 +54,6 @@ def broker(tmp_path: Path, attester: Server) -> Iterator[tuple[TestClient, Servi
     services.db.dispose()
 
 
-def _key(client: TestClient, headers: dict[str, str], secret: bytes) -> str:
-    pid = client.post("/kbs/v1/key-transfer-policies", json=SGX_SIM_POLICY, headers=headers).json()["id"]
-    r = client.post(
-        "/kbs/v1/keys",
-        json={
-            "key_information": {"algorithm": "AES", "key_string": base64.b64encode(secret).decode()},
-            "transfer_policy_id": pid,
-        },
-        headers=headers,
-    )
-    assert r.status_code == 201, r.text
-    return str(r.json()["key_information"]["id"])
-
-
 def _transfer(
     client: TestClient, attester: Server, key_id: str, *, spki: bytes = SPKI, **quote_fields: Any
 ) -> tuple[httpx.Response, dict[str, Any]]:
@@ -98,9 +83,9 @@ def _audit(client: TestClient, headers: dict[str, str]) -> list[dict[str, Any]]:
 def test_background_check_verified_remotely(
     broker: tuple[TestClient, Services, dict[str, str]], attester: Server
 ) -> None:
-    client, _, headers = broker
-    secret = os.urandom(32)
-    key_id = _key(client, headers, secret)
+    client, services, headers = broker
+    key = _setup(client, services, headers, SGX_SIM_POLICY)
+    key_id, secret = key.key_id, key.secret
     r, body = _transfer(client, attester, key_id)
     assert r.status_code == 200, r.text
     assert unwrap_v1(r.json(), _WORKLOAD) == secret
@@ -110,7 +95,7 @@ def test_background_check_verified_remotely(
     # the broker recorded the remote's nonce too: single use, this key
     r = client.post(f"/kbs/v1/keys/{key_id}/transfer", json=body, headers={"Attestation-Type": "SGX"})
     assert r.status_code == 403 and "already used" in r.json()["detail"]
-    other = _key(client, headers, os.urandom(32))
+    other = _setup(client, services, headers, SGX_SIM_POLICY).key_id
     r = client.post(f"/kbs/v1/keys/{other}/transfer", json=body, headers={"Attestation-Type": "SGX"})
     assert r.status_code == 403 and "another key" in r.json()["detail"]
 
@@ -118,8 +103,8 @@ def test_background_check_verified_remotely(
 def test_the_brokers_own_policy_decides(
     broker: tuple[TestClient, Services, dict[str, str]], attester: Server
 ) -> None:
-    client, _, headers = broker
-    key_id = _key(client, headers, os.urandom(32))
+    client, services, headers = broker
+    key_id = _setup(client, services, headers, SGX_SIM_POLICY).key_id
     r, _ = _transfer(client, attester, key_id, isvsvn=1)
     assert r.status_code == 403 and any("isvsvn 1" in x for x in r.json()["reasons"])
     rec = _audit(client, headers)[-1]
@@ -129,8 +114,8 @@ def test_the_brokers_own_policy_decides(
 def test_evidence_refused_by_the_remote_is_denied_with_its_check(
     broker: tuple[TestClient, Services, dict[str, str]], attester: Server
 ) -> None:
-    client, _, headers = broker
-    key_id = _key(client, headers, os.urandom(32))
+    client, services, headers = broker
+    key_id = _setup(client, services, headers, SGX_SIM_POLICY).key_id
     other_spki = SPKI[:-1] + bytes([SPKI[-1] ^ 1])
     r, _ = _transfer(client, attester, key_id, spki=other_spki)  # bound to another key
     assert r.status_code == 400, r.text
@@ -148,7 +133,7 @@ def test_untrusted_remote_tokens_and_configuration_errors(tmp_path: Path, attest
     try:
         headers = {"Authorization": "Bearer " + services.tokens.mint("admin", ["*:*"])}
         with TestClient(create_app(services), base_url="https://testserver") as client:
-            key_id = _key(client, headers, os.urandom(32))
+            key_id = _setup(client, services, headers, SGX_SIM_POLICY).key_id
             r, _ = _transfer(client, attester, key_id)
             assert r.status_code == 401 and "unknown key" in r.json()["detail"]
     finally:
@@ -178,7 +163,7 @@ def test_remote_down_is_a_503_naming_it(tmp_path: Path, attester: Server) -> Non
     try:
         headers = {"Authorization": "Bearer " + services.tokens.mint("admin", ["*:*"])}
         with TestClient(create_app(services), base_url="https://testserver") as client:
-            key_id = _key(client, headers, os.urandom(32))
+            key_id = _setup(client, services, headers, SGX_SIM_POLICY).key_id
             r = client.post(f"/kbs/v1/keys/{key_id}/transfer")
             assert r.status_code == 503 and down in r.json()["detail"]
     finally:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -80,8 +80,10 @@ def evidence_digest(evidence: bytes) -> str:
     return hashlib.sha256(evidence).hexdigest()
 
 
-def claims_digest(verified: VerifiedQuote) -> str:
-    return hashlib.sha256(rfc8785.dumps(verified.claims.to_dict())).hexdigest()
+def claims_digest(claims: VerifiedQuote | Mapping[str, Any]) -> str:
+    """SHA-256 of the JCS form of the verified claims (a quote's, or as an EAR carries them)."""
+    doc = claims.claims.to_dict() if isinstance(claims, VerifiedQuote) else claims
+    return hashlib.sha256(rfc8785.dumps(doc)).hexdigest()
 
 
 def _rsa_workload_key(spki_der: bytes, field: str) -> rsa.RSAPublicKey:
@@ -198,12 +200,14 @@ class ReleaseService:
                 decision = secl.evaluate(
                     policy, verified, client_permissions=permissions, policy_id=policy_id
                 )
-            details["notes"] = list(decision.notes)
-            if not decision.allowed:
-                raise PolicyDenied(
-                    "the evidence does not satisfy the key's transfer policy", reasons=decision.reasons
-                )
-            return self._release(key, workload_key, actor, details)
+            return self._release_if_allowed(
+                decision,
+                "the evidence does not satisfy the key's transfer policy",
+                key,
+                workload_key,
+                actor,
+                details,
+            )
         except KeybrokerError as exc:
             self._audit_denial(actor, key_id, exc, details)
             raise
@@ -236,7 +240,7 @@ class ReleaseService:
                 check="report_data",
             )
         doc = ear.appraisal_input(client_permissions=permissions)
-        details["claims_sha256"] = hashlib.sha256(rfc8785.dumps(doc["claims"])).hexdigest()
+        details["claims_sha256"] = claims_digest(doc["claims"])
         details["tcb_status"] = doc["tcb"]["status"]
         return secl.evaluate_input(policy, doc, policy_id=policy_id)
 
@@ -270,12 +274,14 @@ class ReleaseService:
                 client_permissions=None if principal is None else sorted(principal.client_permissions)
             )
             decision = secl.evaluate_input(policy, doc, policy_id=policy_id)
-            details["notes"] = list(decision.notes)
-            if not decision.allowed:
-                raise PolicyDenied(
-                    "the attested claims do not satisfy the key's transfer policy", reasons=decision.reasons
-                )
-            return self._release(key, workload_key, actor, details)
+            return self._release_if_allowed(
+                decision,
+                "the attested claims do not satisfy the key's transfer policy",
+                key,
+                workload_key,
+                actor,
+                details,
+            )
         except KeybrokerError as exc:
             self._audit_denial(actor, key_id, exc, details)
             raise
@@ -314,6 +320,21 @@ class ReleaseService:
         except KeybrokerError as exc:
             self._audit_denial(actor, key_id, exc, details)
             raise
+
+    def _release_if_allowed(
+        self,
+        decision: Decision,
+        denial: str,
+        key: ReleasableKey,
+        workload_key: rsa.RSAPublicKey,
+        actor: str,
+        details: dict[str, Any],
+    ) -> wrap.SeclWrapped:
+        """Release if the policy allowed it; else deny (``denial``) with the decision's reasons."""
+        details["notes"] = list(decision.notes)
+        if not decision.allowed:
+            raise PolicyDenied(denial, reasons=decision.reasons)
+        return self._release(key, workload_key, actor, details)
 
     def _release(
         self,
