@@ -222,27 +222,36 @@ def transfer_v1(
     return r.json(), qcpu
 
 
+def _v0_auth(c: httpx.Client, path: str, tee: str) -> tuple[str, dict[str, str]]:
+    """KBS protocol auth: the nonce and the session cookie header."""
+    r = _ok(c.post(path, json={"version": "0.4.0", "tee": tee, "extra-params": ""}), "auth")
+    session = r.cookies.get("kbs-session-id")
+    if not session:
+        raise TransferFailed("auth: no kbs-session-id cookie")
+    return r.json()["nonce"], {"Cookie": f"kbs-session-id={session}"}
+
+
+def _v0_attest_body(tee: str, quote_b64: str, nonce: str, jwk: dict[str, object]) -> dict[str, Any]:
+    """The attester's /attest body: runtime data and the quote as the CoCo attestation agent sends them."""
+    primary: dict[str, Any] = {"quote": quote_b64}
+    if tee == "tdx":
+        primary["cc_eventlog"] = None
+    return {
+        "runtime-data": {"nonce": nonce, "tee-pubkey": jwk},
+        "tee-evidence": {"primary_evidence": primary, "additional_evidence": ""},
+    }
+
+
 def transfer_v0(
     c: httpx.Client, t: Target, v: Variant, pki: sim.DevPki, w: Workload
 ) -> tuple[dict[str, Any], float]:
     """One /kbs/v0 transfer (auth, attest, resource over the session cookie)."""
-    r = _ok(c.post("/kbs/v0/auth", json={"version": "0.4.0", "tee": t.tee, "extra-params": ""}), "auth")
-    nonce = r.json()["nonce"]
-    session = r.cookies.get("kbs-session-id")
-    if not session:
-        raise TransferFailed("auth: no kbs-session-id cookie")
-    cookie = {"Cookie": f"kbs-session-id={session}"}
+    nonce, cookie = _v0_auth(c, "/kbs/v0/auth", t.tee)
     jwk = w.jwk(v.workload)
     q0 = time.thread_time()
     quote = make_quote(pki, t.tee, binding.v0_report_data(nonce, jwk, "", "sha384"))
     qcpu = time.thread_time() - q0
-    primary: dict[str, Any] = {"quote": base64.b64encode(quote).decode()}
-    if t.tee == "tdx":
-        primary["cc_eventlog"] = None
-    body = {
-        "runtime-data": {"nonce": nonce, "tee-pubkey": jwk},
-        "tee-evidence": {"primary_evidence": primary, "additional_evidence": ""},
-    }
+    body = _v0_attest_body(t.tee, base64.b64encode(quote).decode(), nonce, jwk)
     _ok(c.post("/kbs/v0/attest", json=body, headers=cookie), "attest")
     r = _ok(c.get(f"/kbs/v0/resource/{t.resources[v.key]}", headers=cookie), "resource")
     return r.json(), qcpu
@@ -271,19 +280,8 @@ def peer_v0(
     c: httpx.Client, t: Target, v: Variant, pki: sim.DevPki, w: Workload
 ) -> tuple[dict[str, Any], float]:
     """A /kbs/v0 transfer's requests against the framework floor."""
-    r = _ok(c.post("/floor/auth", json={"version": "0.4.0", "tee": t.tee, "extra-params": ""}), "auth")
-    nonce = r.json()["nonce"]
-    session = r.cookies.get("kbs-session-id")
-    if not session:
-        raise TransferFailed("auth: no kbs-session-id cookie")
-    cookie = {"Cookie": f"kbs-session-id={session}"}
-    primary: dict[str, Any] = {"quote": t.quotes["v0"]}
-    if t.tee == "tdx":
-        primary["cc_eventlog"] = None
-    body = {
-        "runtime-data": {"nonce": nonce, "tee-pubkey": w.jwk(v.workload)},
-        "tee-evidence": {"primary_evidence": primary, "additional_evidence": ""},
-    }
+    nonce, cookie = _v0_auth(c, "/floor/auth", t.tee)
+    body = _v0_attest_body(t.tee, t.quotes["v0"], nonce, w.jwk(v.workload))
     _ok(c.post("/floor/attest", json=body, headers=cookie), "attest")
     r = _ok(c.get("/floor/resource", headers=cookie), "resource")
     return r.json(), 0.0
