@@ -25,7 +25,7 @@ import dcap_qvl
 from keybroker.tee.dcap.collateral import QuoteCollateral
 from keybroker.tee.dcap.verify import verify_quote
 
-CORPUS = (Path(__file__).resolve().parents[1] / ".." / "shared" / "corpus").resolve()
+CORPUS = Path(__file__).resolve().parents[1] / "tests" / "vectors" / "attestation"
 
 WORKLOADS = [
     (

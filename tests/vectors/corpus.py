@@ -1,6 +1,9 @@
-"""The shared attestation evidence corpus (``../shared/corpus`` beside the repository), read in place.
+"""The attestation evidence corpus vendored in ``tests/vectors/attestation/``.
 
-Never copy corpus files into the repository; reference them by case id or relative path.
+Real SGX/TDX quotes with Intel collateral, SEV-SNP reports with AMD chains, Azure vTPM evidence and
+TPM quotes, with ``cases.json`` (evidence, collateral, verification time, expected verdict) and
+``provenance.json`` (each file's upstream repository, commit, path and sha256; checked by
+``tests/vectors/test_vectors.py``). Tests reference files by case id or path relative to that folder.
 """
 
 from __future__ import annotations
@@ -11,8 +14,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[2]
-CORPUS = (REPO / ".." / "shared" / "corpus").resolve()
+CORPUS = Path(__file__).resolve().parent / "attestation"
 
 
 @cache

@@ -7,7 +7,7 @@
 * :func:`default_resource_policy`: the ``/kbs/v0`` resource policy. It allows only an
   ``affirming`` appraisal (TCB UpToDate, not debug) of evidence that is not simulated. Stricter than
   Confidential Containers Trustee's default resource policy, which releases resources without
-  looking at ``ear.status`` at all (see ``../shared/docs/protocols.md``, Trustee pitfalls).
+  looking at ``ear.status`` at all (Trustee pitfalls: its default resource policy ignores the attestation status).
 """
 
 from __future__ import annotations

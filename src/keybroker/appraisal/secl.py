@@ -1,7 +1,7 @@
 """Evaluate an Intel SecL KBS v5 key-transfer policy (:class:`TransferPolicyBody`) on verified claims.
 
 Every clause is checked and every failure reported (no early exit), each with the expected and the
-actual value. Differences from SecL, on purpose (see ``../shared/docs/protocols.md``, pitfalls):
+actual value. Differences from SecL, on purpose (``docs/policies.md`` lists them):
 ``isvsvn``/``seamsvn`` are minimums (>=), not equality; MRENCLAVE is checked when listed; debug
 enclaves/TDs and simulated evidence are denied unless the policy allows them; ``client_permissions``
 are checked on every path, and a policy that lists any denies a request without a token.

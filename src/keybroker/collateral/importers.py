@@ -3,7 +3,7 @@
 Three JSON forms are read (detected by their members, never by file name):
 
 * **corpus form**: dcap-qvl's ``QuoteCollateralV3`` (``tcb_info``, ``qe_identity``, CRLs in hex, ...),
-  as in ``../shared/corpus`` and the simulator's ``collateral-{sgx,tdx}.json``;
+  as in ``tests/vectors/attestation/`` and the simulator's ``collateral-{sgx,tdx}.json``;
 * **PCS form**: Intel PCS/PCCS v4 responses with their issuer-chain headers, as one object whose
   members are any of ``tcb_info_body`` + ``tcb_info_issuer_chain``, ``qe_identity_body`` +
   ``qe_identity_issuer_chain``, ``qve_identity_body`` + ``qve_identity_issuer_chain``, ``pck_crl``

@@ -22,7 +22,7 @@ Layout of a dev PKI directory (dir 0700, every ``*.key`` 0600)::
                                "SGX-Enclave-Identity-Issuer-Chain" header value
     pck-processor-crl-chain.pem  PCK CA + root: PCS "SGX-PCK-CRL-Issuer-Chain" header value
     pck-platform-crl-chain.pem
-    collateral-sgx.json        dcap-qvl QuoteCollateralV3 JSON (the ../shared/corpus form)
+    collateral-sgx.json        dcap-qvl QuoteCollateralV3 JSON (the corpus form)
     collateral-tdx.json
     platforms/<name>/ak.key                  the QE attestation key of the simulated platform
     platforms/<name>/pck-<tcb>.pem/.key      one PCK cert per TCB level (CPUSVN/PCESVN differ)
