@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DATA_DIR ?= ./data
 LISTEN ?= 127.0.0.1:9443
 
-.PHONY: run test lint typecheck unit bench venv system-deps clean
+.PHONY: run test lint typecheck unit suite bench venv system-deps clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,11 +31,15 @@ lint: venv
 typecheck: venv
 	$(BIN)/mypy
 
+## The fast tests only: no real servers (no PostgreSQL, no tests/integration).
 unit: venv
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -m "not integration and not postgres"
+
+suite: venv
+	$(BIN)/pytest -q --durations=15
 
 ## Everything: lint, type checks and the whole suite (installs what it needs first).
-test: venv system-deps lint typecheck unit
+test: venv system-deps lint typecheck suite
 
 ## Benchmarks: DCAP verification vs dcap-qvl; attested key transfer end to end (results in .bench/).
 bench: venv

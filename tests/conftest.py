@@ -50,3 +50,28 @@ def client(services: Services) -> Iterator[TestClient]:
 @pytest.fixture
 def admin_headers(services: Services) -> dict[str, str]:
     return {"Authorization": "Bearer " + services.tokens.mint("test-admin", ["*:*"])}
+
+
+_INTEGRATION = Path(__file__).parent / "integration"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests under ``tests/integration/`` run real servers (``make unit`` leaves them out)."""
+    for item in items:
+        if _INTEGRATION in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.integration)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the run if a server the tests started outlived its fixture (and stop it)."""
+    from tests.helpers import procs
+
+    left = procs.leftovers()
+    if left:
+        procs.kill_leftovers()
+        tr = session.config.pluginmanager.get_plugin("terminalreporter")
+        if tr is not None:
+            tr.write_line(
+                f"servers started by the tests were still running at the end: {left} (killed)", red=True
+            )
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.helpers import procs
 from tests.helpers.postgres import free_port
 from tests.helpers.testca import Issued, TestCA
 
@@ -55,7 +56,7 @@ class KmipServer:
             "logging_level=INFO\n"
             f"database_path={self.base / 'pykmip.db'}\n"
         )
-        self.proc = subprocess.Popen(
+        self.proc = procs.spawn(
             [str(BIN / "pykmip-server"), f"--config_path={conf}", f"--log_path={self.log_path}"],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -83,9 +84,8 @@ class KmipServer:
             return False
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=10)
+        if self.proc is not None:
+            procs.stop(self.proc, signal.SIGKILL)
         self.proc = None
 
     def logs(self) -> str:

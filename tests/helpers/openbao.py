@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from tests.helpers import procs
 from tests.helpers.postgres import free_port
 from tests.helpers.testca import TestCA
 
@@ -67,7 +68,7 @@ class BaoServer:
             args = ["server", f"-config={self.config_file}"]
         log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
         env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_"))}
-        self.proc = subprocess.Popen(
+        self.proc = procs.spawn(
             [str(bao_binary()), *args], stdout=log, stderr=subprocess.STDOUT, cwd=self.base, env=env
         )
         deadline = time.monotonic() + 30
@@ -108,9 +109,8 @@ class BaoServer:
         raise RuntimeError("bao server did not become active: " + self.log_path.read_text()[-3000:])
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=10)
+        if self.proc is not None:
+            procs.stop(self.proc, signal.SIGKILL)
         self.proc = None
 
     # --- set-up through the HTTP API -------------------------------------------------------

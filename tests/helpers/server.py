@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import ssl
 import subprocess
 import sys
@@ -12,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+from tests.helpers import procs
 from tests.helpers.postgres import free_port
 
 BIN = Path(sys.executable).parent
@@ -50,7 +50,7 @@ class Server:
         self.port = self.port or free_port()
         self.log_path = self.data_dir.parent / f"server-{self.port}.log"
         log = open(self.log_path, "a")  # noqa: SIM115 - closed with the process
-        self.proc = subprocess.Popen(
+        self.proc = procs.spawn(
             [
                 str(BIN / "keybroker"),
                 "serve",
@@ -83,13 +83,8 @@ class Server:
         raise RuntimeError("keybroker serve did not come up: " + self.log_path.read_text())
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        if self.proc is not None:
+            procs.stop(self.proc)
         self.proc = None
 
     def log(self) -> str:
