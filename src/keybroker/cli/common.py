@@ -13,6 +13,7 @@ from typing import Any, NoReturn, ParamSpec, TypeVar
 import httpx
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from keybroker.errors import KeybrokerError
 
@@ -26,7 +27,9 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 
 
 def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
-    err_console.print(f"[red]error:[/red] {message}", highlight=False)
+    # One line, never wrapped (a path or URL broken across lines cannot be pasted back), and the
+    # message is text, not markup: it may quote input with brackets in it.
+    err_console.print(Text.assemble(("error:", "red"), " ", message), highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
