@@ -19,8 +19,10 @@ from keybroker.keys.release import ReleaseService
 from keybroker.keys.service import KeyService
 from keybroker.keystores.base import KeyStore
 from keybroker.keystores.factory import build_keystore
+from keybroker.limits import FailureLimit
 from keybroker.seal.autounseal import configure_auto_unseal
 from keybroker.seal.barrier import Barrier
+from keybroker.seal.unseal import UnsealService
 from keybroker.serviceca import ServiceCA, load_or_create_ca
 from keybroker.store.db import Database
 from keybroker.tee.dcap.collateral import QuoteCollateral
@@ -110,6 +112,7 @@ class Services:
     release: ReleaseService
     attestation: AttestationService
     kbs_v0: KbsV0Service
+    unseal: UnsealService
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -132,6 +135,7 @@ class Services:
         verifier = Verifier(ChainedCollateral(collateral, DbCollateralSource(db)), dev_roots=dev_roots)
         nonce_ttl = timedelta(seconds=settings.nonce_ttl_seconds)
         trusted = [_trusted_issuer(i, t) for i, t in enumerate(settings.trust.attestation_services)]
+        limits = settings.limits
         attestation = AttestationService(db, verifier, KeyringStore(db, barrier), nonce_ttl, trusted=trusted)
         release = ReleaseService(
             db,
@@ -153,6 +157,15 @@ class Services:
             release,
             attestation,
             KbsV0Service(db, barrier, keystore, attestation),
+            UnsealService(
+                db,
+                barrier,
+                FailureLimit(
+                    "unseal attempts",
+                    limits.unseal_failures_per_client_per_minute,
+                    limits.unseal_failures_per_minute,
+                ),
+            ),
         )
         if settings.dev:
             services._dev_unseal(data_dir / DEV_UNSEAL_FILE)
