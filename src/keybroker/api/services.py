@@ -19,7 +19,7 @@ from keybroker.keys.release import ReleaseService
 from keybroker.keys.service import KeyService
 from keybroker.keystores.base import KeyStore
 from keybroker.keystores.factory import build_keystore
-from keybroker.limits import FailureLimit
+from keybroker.limits import FailureLimit, OutstandingCap
 from keybroker.seal.autounseal import configure_auto_unseal
 from keybroker.seal.barrier import Barrier
 from keybroker.seal.unseal import UnsealService
@@ -136,12 +136,20 @@ class Services:
         nonce_ttl = timedelta(seconds=settings.nonce_ttl_seconds)
         trusted = [_trusted_issuer(i, t) for i, t in enumerate(settings.trust.attestation_services)]
         limits = settings.limits
-        attestation = AttestationService(db, verifier, KeyringStore(db, barrier), nonce_ttl, trusted=trusted)
+        attestation = AttestationService(
+            db,
+            verifier,
+            KeyringStore(db, barrier),
+            nonce_ttl,
+            trusted=trusted,
+            nonce_cap=OutstandingCap("attestation nonces", limits.outstanding_nonces),
+        )
         release = ReleaseService(
             db,
             keystore,
             verifier,
             nonce_ttl,
+            nonce_cap=OutstandingCap("key-transfer nonces", limits.outstanding_nonces),
             remote=_remote_attestation(settings),
             verify_token=attestation.verify_token,
         )
@@ -156,7 +164,13 @@ class Services:
             verifier,
             release,
             attestation,
-            KbsV0Service(db, barrier, keystore, attestation),
+            KbsV0Service(
+                db,
+                barrier,
+                keystore,
+                attestation,
+                session_cap=OutstandingCap("unattested /kbs/v0 sessions", limits.outstanding_sessions),
+            ),
             UnsealService(
                 db,
                 barrier,
