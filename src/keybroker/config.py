@@ -57,6 +57,23 @@ class TrustSettings(BaseModel):
     attestation_services: list[TrustedAttestationService] = Field(default_factory=list)
 
 
+class LimitsSettings(BaseModel):
+    """Limits on what unauthenticated callers can make the service do or keep (429 past them)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    #: Failed unseal attempts (malformed, repeated or wrong shares) and resets per minute from one
+    #: client address (an IPv6 /64); also the burst. Past it, that address is refused (429).
+    unseal_failures_per_client_per_minute: int = Field(default=10, ge=1, le=10_000)
+    #: The same from all addresses together.
+    unseal_failures_per_minute: int = Field(default=60, ge=1, le=100_000)
+    #: Outstanding (unexpired, unused) nonces, for /kbs/v1 transfer challenges and for
+    #: /attestation/v1/nonce each. Past it, new challenges get 429 (issued ones stay usable).
+    outstanding_nonces: int = Field(default=10_000, ge=1, le=10_000_000)
+    #: Outstanding (unexpired, not yet attested) /kbs/v0 sessions.
+    outstanding_sessions: int = Field(default=10_000, ge=1, le=10_000_000)
+
+
 class Settings(BaseModel):
     """Everything ``keybroker serve`` and the local operator commands need."""
 
@@ -77,6 +94,7 @@ class Settings(BaseModel):
     attestation: AttestationSettings = Field(default_factory=AttestationSettings)
     keystore: KeystoreSettings = Field(default_factory=KeystoreSettings)
     seal: SealSettings = Field(default_factory=SealSettings)
+    limits: LimitsSettings = Field(default_factory=LimitsSettings)
 
     @field_validator("listen")
     @classmethod
@@ -121,6 +139,13 @@ _ENV_KEYS = {
     "LOG_LEVEL": "log_level",
     "NONCE_TTL_SECONDS": "nonce_ttl_seconds",
 }
+#: Settings of a section, ``KEYBROKER_<SECTION>_<NAME>``.
+_ENV_SECTION_KEYS = {
+    "LIMITS_UNSEAL_FAILURES_PER_CLIENT_PER_MINUTE": ("limits", "unseal_failures_per_client_per_minute"),
+    "LIMITS_UNSEAL_FAILURES_PER_MINUTE": ("limits", "unseal_failures_per_minute"),
+    "LIMITS_OUTSTANDING_NONCES": ("limits", "outstanding_nonces"),
+    "LIMITS_OUTSTANDING_SESSIONS": ("limits", "outstanding_sessions"),
+}
 
 
 def load_settings(
@@ -143,6 +168,9 @@ def load_settings(
     for suffix, key in _ENV_KEYS.items():
         if (_ENV_PREFIX + suffix) in env:
             merged[key] = env[_ENV_PREFIX + suffix]
+    for suffix, (section, key) in _ENV_SECTION_KEYS.items():
+        if (_ENV_PREFIX + suffix) in env:
+            merged.setdefault(section, {})[key] = env[_ENV_PREFIX + suffix]
     if _ENV_PREFIX + "TRUST_DEV_ROOTS" in env:
         roots = [p for p in env[_ENV_PREFIX + "TRUST_DEV_ROOTS"].split(os.pathsep) if p]
         merged.setdefault("trust", {})["dev_roots"] = roots

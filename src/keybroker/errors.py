@@ -84,6 +84,18 @@ class PayloadTooLarge(KeybrokerError):
     status = 413
 
 
+class TooManyRequests(KeybrokerError):
+    """A rate limit or a cap on outstanding challenges was reached; ``retry_after`` seconds (>= 1)
+    is when asking again may succeed (the ``Retry-After`` header)."""
+
+    title = "Too many requests"
+    status = 429
+
+    def __init__(self, detail: str, *, retry_after: int) -> None:
+        self.retry_after = max(1, retry_after)
+        super().__init__(detail, retry_after=self.retry_after)
+
+
 # --- evidence ---------------------------------------------------------------------------
 
 

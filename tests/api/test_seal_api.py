@@ -30,6 +30,9 @@ def test_init_unseal_seal_cycle(sealed_services: Services, tmp_path: Path, datab
         "shares": 0,
         "threshold": 0,
         "progress": 0,
+        "t": 0,
+        "n": 0,
+        "nonce": "",
     }
     assert client.get("/readyz").status_code == 503
     assert "not initialized" in client.get("/readyz").json()["detail"]
@@ -86,7 +89,9 @@ def test_wrong_shares_do_not_unseal(sealed_services: Services) -> None:
     client.post("/sys/v1/unseal", json={"key": base64.b64encode(foreign[0]).decode()})
     r = client.post("/sys/v1/unseal", json={"key": base64.b64encode(foreign[1]).decode()})
     assert r.status_code == 400 and "unseal key is wrong" in r.json()["detail"]
-    assert client.get("/sys/v1/seal-status").json()["sealed"] is True
+    assert r.json()["check"] == "wrong_key"
+    st = client.get("/sys/v1/seal-status").json()
+    assert st["sealed"] is True and st["progress"] == 0 and st["nonce"] == ""  # the attempt discarded
 
 
 def test_health_and_metrics(client: TestClient) -> None:

@@ -52,3 +52,13 @@ def test_errors_name_the_setting(tmp_path: Path, toml: str, env: dict[str, str],
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(InvalidInput, match="does not exist"):
         load_settings(tmp_path / "nope.toml", environ={})
+
+
+def test_limits_from_toml_and_environment(tmp_path: Path) -> None:
+    cfg = tmp_path / "kb.toml"
+    cfg.write_text("[limits]\noutstanding_nonces = 500\nunseal_failures_per_minute = 30\n")
+    s = load_settings(cfg, environ={"KEYBROKER_LIMITS_OUTSTANDING_NONCES": "700"})
+    assert (s.limits.outstanding_nonces, s.limits.unseal_failures_per_minute) == (700, 30)
+    assert (s.limits.outstanding_sessions, s.limits.unseal_failures_per_client_per_minute) == (10_000, 10)
+    with pytest.raises(InvalidInput, match="limits.outstanding_sessions"):
+        load_settings(None, environ={"KEYBROKER_LIMITS_OUTSTANDING_SESSIONS": "0"})

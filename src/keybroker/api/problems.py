@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from keybroker.errors import KeybrokerError
+from keybroker.errors import KeybrokerError, TooManyRequests
 
 log = logging.getLogger("keybroker.api")
 
@@ -64,7 +64,10 @@ def install(app: FastAPI) -> None:
     async def _domain(request: Request, exc: KeybrokerError) -> JSONResponse:
         if exc.status >= 500:
             log.error("request failed: %s %s: %s", request.method, request.url.path, exc.diagnostics())
-        return problem(exc.status, exc.title, exc.detail, request, **exc.extra)
+        resp = problem(exc.status, exc.title, exc.detail, request, **exc.extra)
+        if isinstance(exc, TooManyRequests):
+            resp.headers["Retry-After"] = str(exc.retry_after)
+        return resp
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:

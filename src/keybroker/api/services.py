@@ -19,8 +19,10 @@ from keybroker.keys.release import ReleaseService
 from keybroker.keys.service import KeyService
 from keybroker.keystores.base import KeyStore
 from keybroker.keystores.factory import build_keystore
+from keybroker.limits import FailureLimit, OutstandingCap
 from keybroker.seal.autounseal import configure_auto_unseal
 from keybroker.seal.barrier import Barrier
+from keybroker.seal.unseal import UnsealService
 from keybroker.serviceca import ServiceCA, load_or_create_ca
 from keybroker.store.db import Database
 from keybroker.tee.dcap.collateral import QuoteCollateral
@@ -110,6 +112,7 @@ class Services:
     release: ReleaseService
     attestation: AttestationService
     kbs_v0: KbsV0Service
+    unseal: UnsealService
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -132,12 +135,21 @@ class Services:
         verifier = Verifier(ChainedCollateral(collateral, DbCollateralSource(db)), dev_roots=dev_roots)
         nonce_ttl = timedelta(seconds=settings.nonce_ttl_seconds)
         trusted = [_trusted_issuer(i, t) for i, t in enumerate(settings.trust.attestation_services)]
-        attestation = AttestationService(db, verifier, KeyringStore(db, barrier), nonce_ttl, trusted=trusted)
+        limits = settings.limits
+        attestation = AttestationService(
+            db,
+            verifier,
+            KeyringStore(db, barrier),
+            nonce_ttl,
+            trusted=trusted,
+            nonce_cap=OutstandingCap("attestation nonces", limits.outstanding_nonces),
+        )
         release = ReleaseService(
             db,
             keystore,
             verifier,
             nonce_ttl,
+            nonce_cap=OutstandingCap("key-transfer nonces", limits.outstanding_nonces),
             remote=_remote_attestation(settings),
             verify_token=attestation.verify_token,
         )
@@ -152,7 +164,22 @@ class Services:
             verifier,
             release,
             attestation,
-            KbsV0Service(db, barrier, keystore, attestation),
+            KbsV0Service(
+                db,
+                barrier,
+                keystore,
+                attestation,
+                session_cap=OutstandingCap("unattested /kbs/v0 sessions", limits.outstanding_sessions),
+            ),
+            UnsealService(
+                db,
+                barrier,
+                FailureLimit(
+                    "unseal attempts",
+                    limits.unseal_failures_per_client_per_minute,
+                    limits.unseal_failures_per_minute,
+                ),
+            ),
         )
         if settings.dev:
             services._dev_unseal(data_dir / DEV_UNSEAL_FILE)

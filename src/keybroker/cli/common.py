@@ -70,7 +70,8 @@ class ServerClient:
         if resp.status_code >= 400:
             detail = data.get("detail", resp.reason_phrase) if isinstance(data, dict) else resp.reason_phrase
             code = EXIT_USAGE if resp.status_code in (400, 422) else EXIT_FAILED
-            fail(f"{resp.status_code} {detail}", code)
+            retry = resp.headers.get("retry-after") if resp.status_code == 429 else None
+            fail(f"{resp.status_code} {detail}" + (f" (Retry-After: {retry} s)" if retry else ""), code)
         return data if isinstance(data, dict) else {"items": data}
 
 

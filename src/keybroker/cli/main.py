@@ -204,19 +204,35 @@ def operator_unseal(
     share: Annotated[
         str | None, typer.Argument(help="one unseal share; read from stdin when omitted")
     ] = None,  # noqa: UP045
+    reset: Annotated[
+        bool,
+        typer.Option(
+            "--reset", help="discard the shares given so far (someone else's bogus share among them)"
+        ),
+    ] = False,
     server: ServerOpt = DEFAULT_SERVER,
     ca_file: CaOpt = None,
     data_dir: DataDirOpt = None,
 ) -> None:
-    """Give one unseal share."""
+    """Give one unseal share, or --reset the attempt under way."""
+    client = _client(server, ca_file, data_dir)
+    if reset:
+        if share is not None:
+            fail("give either a share or --reset, not both", EXIT_USAGE)
+        out = client.call("POST", "/sys/v1/unseal", {"reset": True})
+        console.print(f"unseal attempt reset: {out['progress']}/{out['t']} shares given", highlight=False)
+        return
     if share is None:
         if os.isatty(0):
             share = typer.prompt("Unseal share", hide_input=True)
         else:
             share = input().strip()
-    out = _client(server, ca_file, data_dir).call("POST", "/sys/v1/unseal", {"key": share})
+    out = client.call("POST", "/sys/v1/unseal", {"key": share})
     if out["sealed"]:
-        console.print(f"sealed: {out['progress']}/{out['threshold']} shares given")
+        console.print(
+            f"sealed: {out['progress']}/{out['t']} shares given (unseal attempt {out['nonce']})",
+            highlight=False,
+        )
     else:
         console.print("unsealed")
 
@@ -242,13 +258,18 @@ def operator_status(
     data_dir: DataDirOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
-    """Show whether the key store is initialized and sealed. Exit 0 unsealed, 1 sealed."""
+    """Show whether the key store is initialized and sealed, and the unseal progress (this
+    replica's: each is unsealed on its own). Exit 0 unsealed, 1 sealed."""
     out = _client(server, ca_file, data_dir).call("GET", "/sys/v1/seal-status")
     if as_json:
         console.print_json(json.dumps(out))
     else:
         for k, v in out.items():
-            console.print(f"{k:12} {v}", highlight=False)
+            if k not in ("t", "n", "progress", "nonce"):
+                console.print(f"{k:12} {v}", highlight=False)
+        if out["initialized"] and out["sealed"]:
+            attempt = f" (unseal attempt {out['nonce']})" if out["nonce"] else ""
+            console.print(f"{'progress':12} {out['progress']}/{out['t']}{attempt}", highlight=False)
     if out["sealed"]:
         raise typer.Exit(EXIT_FAILED)
 

@@ -22,7 +22,7 @@ from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Any, NamedTuple
 
-from sqlalchemy import bindparam, delete, insert, select, update
+from sqlalchemy import bindparam, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from keybroker.appraisal import rego, secl
@@ -33,6 +33,7 @@ from keybroker.errors import Forbidden, InvalidInput, KeybrokerError, NotFound, 
 from keybroker.keys import binding, wrap
 from keybroker.keys.policy import TransferPolicyBody
 from keybroker.keystores.base import KeyStore
+from keybroker.limits import Outstanding, OutstandingCap
 from keybroker.seal import aead
 from keybroker.seal.barrier import Barrier
 from keybroker.store.db import Database
@@ -43,9 +44,6 @@ from keybroker.tokens.service import AttestationService, Attested
 PROTOCOL_VERSION = "0.4.0"
 SUPPORTED_TEES = ("sgx", "tdx")
 SESSION_TTL = timedelta(minutes=5)
-#: How long an expired session is kept (for "expired" rather than "unknown" in the 401s) before
-#: housekeeping drops it.
-SESSION_RETENTION = timedelta(days=1)
 MAX_RESOURCE = 64 * 1024
 _HASH_PREFERENCE = ("sha384", "sha512", "sha256")
 _PATH_PART = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")
@@ -79,7 +77,11 @@ class _Resource(NamedTuple):
 # The hot path's statements: prepared once, run on the session's connection (Core rows, no ORM
 # objects or unit of work; each costs a fraction of an ORM load or flush).
 _NEW_SESSION = insert(KbsSession)
-_DROP_EXPIRED_SESSIONS = delete(KbsSession).where(KbsSession.expires_at < bindparam("before"))
+_DROP_EXPIRED_SESSIONS = delete(KbsSession).where(KbsSession.expires_at <= bindparam("now"))
+# a range of the partial index ix_kbs_sessions_outstanding (expires_at) WHERE attested_at IS NULL
+_OUTSTANDING_SESSIONS = select(func.count(), func.min(KbsSession.expires_at)).where(
+    KbsSession.expires_at > bindparam("now"), KbsSession.attested_at.is_(None)
+)
 _READ_SESSION = select(*(getattr(KbsSession, f) for f in _LiveSession._fields)).where(
     KbsSession.id == bindparam("sid")
 )
@@ -129,10 +131,25 @@ def _compiled(source: str) -> rego.RegoPolicy:
     return rego.compile_policy(source, policy_id="rego:" + hashlib.sha256(source.encode()).hexdigest()[:16])
 
 
+def _outstanding_sessions(s: Session, now: datetime) -> Outstanding:
+    """Drop the expired sessions, then count the unattested ones (anyone can open them)."""
+    s.connection().execute(_DROP_EXPIRED_SESSIONS, {"now": now})
+    count, first = s.connection().execute(_OUTSTANDING_SESSIONS, {"now": now}).one()
+    return Outstanding(count, first)
+
+
 class KbsV0Service:
     def __init__(
-        self, db: Database, barrier: Barrier, keystore: KeyStore, attestation: AttestationService
+        self,
+        db: Database,
+        barrier: Barrier,
+        keystore: KeyStore,
+        attestation: AttestationService,
+        *,
+        session_cap: OutstandingCap,
     ) -> None:
+        """``session_cap``: the unattested sessions allowed (429 past it)."""
+        self._session_cap = session_cap
         self._db = db
         self._barrier = barrier
         self._keystore = keystore
@@ -181,9 +198,8 @@ class KbsV0Service:
         session_id = str(uuid.uuid4())
         # not durable: a session lost in a machine crash only makes the client authenticate again
         with self._db.session(durable=False) as s:
-            # housekeeping, on about one auth in 64: drop sessions expired for a day (expires_at index)
-            if secrets.randbelow(64) == 0:
-                s.connection().execute(_DROP_EXPIRED_SESSIONS, {"before": now - SESSION_RETENTION})
+            # expired sessions are dropped when the cap counts (at most once a second)
+            self._session_cap.admit(lambda: _outstanding_sessions(s, now), now)
             s.connection().execute(
                 _NEW_SESSION,
                 {

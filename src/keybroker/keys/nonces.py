@@ -1,5 +1,10 @@
 """Server nonces: 32 random bytes, single use, short-lived, kept in the database so that every
-replica sees them and a restart loses none. Only SHA-256(nonce) is stored."""
+replica sees them and a restart loses none. Only SHA-256(nonce) is stored.
+
+Anyone may ask for a nonce, so issuing is capped (:class:`~keybroker.limits.OutstandingCap`, per
+purpose) and expired nonces are dropped when they expire (at the next count, at most a second
+later while nonces are being asked for), not kept.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +15,11 @@ import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import bindparam, delete, insert, update
+from sqlalchemy import bindparam, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from keybroker.errors import Forbidden, InvalidInput
+from keybroker.limits import Outstanding, OutstandingCap
 from keybroker.store.models import Nonce
 
 NONCE_SIZE = 32
@@ -60,6 +66,20 @@ _CONSUME = (
 _CONSUME_UNBOUND = (
     update(Nonce).where(*_CONSUMABLE, Nonce.subject.is_(None)).values(used_at=bindparam("b_used"))
 )
+# The expired (ix_nonces_expires_at), and the outstanding of a purpose: a range of the partial index
+# ix_nonces_outstanding (purpose, expires_at) WHERE used_at IS NULL, as long as the cap allows.
+_DROP_EXPIRED = delete(Nonce).where(Nonce.expires_at <= bindparam("b_now"))
+_OUTSTANDING = select(func.count(), func.min(Nonce.expires_at)).where(
+    Nonce.purpose == bindparam("b_purpose"), Nonce.expires_at > bindparam("b_now"), Nonce.used_at.is_(None)
+)
+
+
+def outstanding(session: Session, purpose: str, now: datetime) -> Outstanding:
+    """Drop the expired nonces (of every purpose), then count the outstanding ones of ``purpose``."""
+    conn = session.connection()
+    conn.execute(_DROP_EXPIRED, {"b_now": now})
+    count, first = conn.execute(_OUTSTANDING, {"b_purpose": purpose, "b_now": now}).one()
+    return Outstanding(count, first)
 
 
 def issue(
@@ -70,20 +90,23 @@ def issue(
     ttl: timedelta,
     now: datetime | None = None,
     value: bytes | None = None,
+    cap: OutstandingCap | None = None,
 ) -> IssuedNonce:
     """Create a nonce for ``purpose`` (e.g. ``kbs-v1-transfer``), optionally tied to ``subject`` (a key id).
 
     ``value``: a nonce made elsewhere (a remote attestation service's), recorded here so that it is
     single use and tied to ``subject`` here too. None: 32 fresh random bytes.
+    ``cap``: the outstanding nonces of ``purpose`` allowed (TooManyRequests past it); expired nonces
+    are dropped when it counts. None: neither capped nor swept (tools and tests; the services always
+    pass theirs).
     """
     now = now or datetime.now(UTC)
     if value is None:
         value = secrets.token_bytes(NONCE_SIZE)
     elif len(value) != NONCE_SIZE:
         raise InvalidInput(f"a nonce is {NONCE_SIZE} bytes, not {len(value)}", field="nonce")
-    # housekeeping, on about one issue in 64: drop nonces expired for a day (expires_at index)
-    if secrets.randbelow(64) == 0:
-        session.execute(delete(Nonce).where(Nonce.expires_at < now - timedelta(days=1)))
+    if cap is not None:
+        cap.admit(lambda: outstanding(session, purpose, now), now)
     session.connection().execute(
         _ISSUE,
         {
@@ -113,7 +136,7 @@ def consume(
     if result.rowcount != 1:
         row = session.get(Nonce, _id(value))
         if row is None or row.purpose != purpose:
-            why = "unknown nonce (not issued by this service)"
+            why = "unknown nonce (not issued by this service, or expired and dropped)"
         elif row.subject != subject:
             why = "the nonce was issued for another key"
         elif row.used_at is not None:

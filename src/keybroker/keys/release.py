@@ -43,6 +43,7 @@ from keybroker.errors import (
 from keybroker.keys import binding, nonces, wrap
 from keybroker.keys.policy import TransferPolicyBody
 from keybroker.keystores.base import KeyStore
+from keybroker.limits import OutstandingCap
 from keybroker.store.db import Database
 from keybroker.store.models import Key, TransferPolicy
 from keybroker.tee.dcap.verify import VerifiedQuote
@@ -113,13 +114,16 @@ class ReleaseService:
         verifier: Verifier,
         nonce_ttl: timedelta,
         *,
+        nonce_cap: OutstandingCap,
         remote: RemoteAttestation | None = None,
         verify_token: Callable[[str], EarClaims] | None = None,
     ) -> None:
-        """``remote``: background checks verify evidence at that attestation service instead of
+        """``nonce_cap``: the outstanding transfer nonces allowed (429 past it).
+        ``remote``: background checks verify evidence at that attestation service instead of
         in-process; its tokens are checked with ``verify_token`` (which must trust it)."""
         if remote is not None and verify_token is None:
             raise ValueError("a remote attestation service needs verify_token")
+        self._nonce_cap = nonce_cap
         self._db = db
         self._keystore = keystore
         self._verifier = verifier
@@ -151,13 +155,16 @@ class ReleaseService:
         # not durable: a nonce lost in a machine crash only makes the client ask again
         with self._db.session(durable=False) as s:
             _, policy, _ = self._key_and_policy(s, key_id)
-            issued = nonces.issue(s, purpose=V1_PURPOSE, subject=key_id, ttl=self._nonce_ttl)
+            issued = nonces.issue(
+                s, purpose=V1_PURPOSE, subject=key_id, ttl=self._nonce_ttl, cap=self._nonce_cap
+            )
         return Challenge(issued, policy.attestation_type[0])
 
     def _remote_challenge(self, key_id: str) -> Challenge:
         """The remote attestation service's nonce, recorded here too (single use, this key)."""
         assert self._remote is not None
         _, policy, _ = self._lookup(key_id)  # an unknown key is refused before the remote is asked
+        self._nonce_cap.check_room(datetime.now(UTC))  # and a full cap too
         value, remote_expiry = self._remote.nonce()
         ttl = min(self._nonce_ttl, remote_expiry - datetime.now(UTC))
         if ttl <= timedelta(0):
@@ -165,7 +172,9 @@ class ReleaseService:
                 f"the remote attestation service at {self._remote.url} gave an expired nonce"
             )
         with self._db.session(durable=False) as s:
-            issued = nonces.issue(s, purpose=V1_PURPOSE, subject=key_id, ttl=ttl, value=value)
+            issued = nonces.issue(
+                s, purpose=V1_PURPOSE, subject=key_id, ttl=ttl, value=value, cap=self._nonce_cap
+            )
         return Challenge(issued, policy.attestation_type[0])
 
     def transfer(

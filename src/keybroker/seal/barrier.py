@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hmac
 import os
 import threading
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -69,7 +71,31 @@ class SealStatus:
     seal_type: str | None
     shares: int
     threshold: int
+    #: Shares given so far in the current unseal attempt (this process's; each replica has its own).
     progress: int
+    #: The current unseal attempt's id (Vault's ``nonce``): changes when an attempt starts again.
+    #: "" when no share is pending.
+    nonce: str = ""
+
+
+class ShareRejected(InvalidInput):
+    """An unseal share refused. ``check``: ``malformed`` or ``duplicate`` (told at once), or
+    ``wrong_key`` (told at the threshold, when the combined key does not open the root key; the
+    attempt's ``discarded`` shares are dropped then). Never carries the share."""
+
+    def __init__(self, detail: str, *, check: str, attempt: str, discarded: int = 0) -> None:
+        super().__init__(detail, field="key", check=check)
+        self.check = check
+        self.attempt = attempt
+        self.discarded = discarded
+
+
+@dataclass(frozen=True)
+class ResetResult:
+    status: SealStatus
+    #: The attempt reset ("" if none was under way) and how many shares it had.
+    attempt: str
+    discarded: int
 
 
 @dataclass(frozen=True)
@@ -86,7 +112,9 @@ class Barrier:
         self._db = db
         self._lock = threading.Lock()
         self._root_key: bytes | None = None
+        # The unseal attempt under way: its shares (in memory only) and its id.
         self._pending: list[bytes] = []
+        self._attempt = ""
         self._auto: AutoSeal | None = None
 
     def attach_auto_seal(self, seal: AutoSeal) -> None:
@@ -109,7 +137,13 @@ class Barrier:
             return SealStatus(False, True, None, 0, 0, 0)
         with self._lock:
             return SealStatus(
-                True, self._root_key is None, cfg.seal_type, cfg.shares, cfg.threshold, len(self._pending)
+                True,
+                self._root_key is None,
+                cfg.seal_type,
+                cfg.shares,
+                cfg.threshold,
+                len(self._pending),
+                self._attempt,
             )
 
     @property
@@ -193,7 +227,7 @@ class Barrier:
         with self._lock:
             if self._root_key is None:
                 self._open(cfg, unseal_key)
-                self._pending = []
+                self._forget_attempt()
         return True
 
     def init_devfile(self, key_file: Path) -> None:
@@ -225,32 +259,90 @@ class Barrier:
             ) from None
         self._root_key = root
 
+    def _forget_attempt(self) -> None:
+        self._pending = []
+        self._attempt = ""
+
+    def _parse_share(self, share_b64: str) -> bytes:
+        """The share's bytes, or ShareRejected(malformed) naming what is wrong (never the share)."""
+        with self._lock:
+            attempt = self._attempt
+        try:
+            share = base64.b64decode(share_b64.strip(), validate=True)
+        except (binascii.Error, ValueError):
+            raise ShareRejected(
+                "the unseal share is not valid base64", check="malformed", attempt=attempt
+            ) from None
+        if len(share) != KEY_SIZE + 1:
+            raise ShareRejected(
+                f"the unseal share is {len(share)} bytes, expected {KEY_SIZE + 1}",
+                check="malformed",
+                attempt=attempt,
+            )
+        if share[-1] == 0:
+            raise ShareRejected(
+                "the unseal share carries index 0, which no share has", check="malformed", attempt=attempt
+            )
+        return share
+
     def submit_share(self, share_b64: str) -> SealStatus:
-        """Add one unseal share; unseals when the threshold is reached."""
+        """Add one unseal share to the attempt under way; unseal when the threshold is reached.
+
+        Raises :class:`ShareRejected`: at once for a malformed share or one whose index was already
+        given in this attempt; at the threshold when the shares do not reconstruct the unseal key
+        (one at least is wrong): the attempt's shares are then discarded, as Vault does.
+        """
         cfg = self._config()
         if cfg is None:
             raise Conflict("the key store is not initialized: run 'keybroker operator init'")
         if cfg.seal_type not in ("shamir", "pkcs11", "transit"):  # auto seals: recovery shares
             raise Conflict(f"the key store uses the {cfg.seal_type} seal, not unseal shares")
-        try:
-            share = base64.b64decode(share_b64.strip(), validate=True)
-        except (binascii.Error, ValueError):
-            raise InvalidInput("the unseal share is not valid base64", field="key") from None
-        if len(share) != KEY_SIZE + 1:
-            raise InvalidInput(
-                f"the unseal share is {len(share)} bytes, expected {KEY_SIZE + 1}", field="key"
-            )
+        share = self._parse_share(share_b64)
         with self._lock:
             if self._root_key is None:
-                if any(p[-1] == share[-1] for p in self._pending):
-                    raise InvalidInput("this share was already given", field="key")
+                for given in self._pending:
+                    if given[-1] != share[-1]:
+                        continue
+                    if hmac.compare_digest(given, share):
+                        raise ShareRejected(
+                            "this share was already given in this unseal attempt",
+                            check="duplicate",
+                            attempt=self._attempt,
+                        )
+                    raise ShareRejected(
+                        "a different share with the same index was already given in this unseal "
+                        "attempt: one of the two is not genuine. If the earlier one was not yours, "
+                        "reset the attempt ('keybroker operator unseal --reset') and start again",
+                        check="duplicate",
+                        attempt=self._attempt,
+                    )
+                if not self._pending:
+                    self._attempt = str(uuid.uuid4())
                 self._pending.append(share)
                 if len(self._pending) >= cfg.threshold:
-                    parts, self._pending = self._pending, []
-                    self._open(cfg, shamir.combine(parts))
+                    parts, attempt = self._pending, self._attempt
+                    self._forget_attempt()
+                    try:
+                        self._open(cfg, shamir.combine(parts))
+                    except InvalidInput:
+                        raise ShareRejected(
+                            f"the unseal key is wrong: these {len(parts)} shares do not reconstruct it "
+                            "(one at least is not genuine, or is of another key store). The attempt's "
+                            "shares were discarded: start again with the genuine shares",
+                            check="wrong_key",
+                            attempt=attempt,
+                            discarded=len(parts),
+                        ) from None
         return self.status()
+
+    def reset(self) -> ResetResult:
+        """Discard the shares of the attempt under way (Vault's ``reset``)."""
+        with self._lock:
+            attempt, discarded = self._attempt, len(self._pending)
+            self._forget_attempt()
+        return ResetResult(self.status(), attempt, discarded)
 
     def seal(self) -> None:
         with self._lock:
             self._root_key = None
-            self._pending = []
+            self._forget_attempt()

@@ -21,6 +21,7 @@ from keybroker.audit import log as audit
 from keybroker.errors import KeybrokerError
 from keybroker.keys import binding, nonces
 from keybroker.keys.release import claims_digest, evidence_digest
+from keybroker.limits import OutstandingCap
 from keybroker.store.db import Database
 from keybroker.tee.dcap.verify import VerifiedQuote
 from keybroker.tee.verifier import ExpectedReportData, Verifier
@@ -62,7 +63,11 @@ class AttestationService:
         nonce_ttl: timedelta,
         token_ttl: timedelta = DEFAULT_TOKEN_TTL,
         trusted: Sequence[TrustedIssuer] = (),
+        *,
+        nonce_cap: OutstandingCap,
     ) -> None:
+        """``nonce_cap``: the outstanding ``/attestation/v1`` nonces allowed (429 past it)."""
+        self._nonce_cap = nonce_cap
         self._db = db
         self._trusted = tuple(trusted)
         self.verifier = verifier
@@ -74,7 +79,9 @@ class AttestationService:
     def nonce(self) -> nonces.IssuedNonce:
         # not durable: a nonce lost in a machine crash only makes the client ask again
         with self._db.session(durable=False) as s:
-            return nonces.issue(s, purpose=ATTEST_PURPOSE, subject=None, ttl=self._nonce_ttl)
+            return nonces.issue(
+                s, purpose=ATTEST_PURPOSE, subject=None, ttl=self._nonce_ttl, cap=self._nonce_cap
+            )
 
     def appraise_and_sign(
         self,

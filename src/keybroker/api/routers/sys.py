@@ -1,17 +1,23 @@
-"""Operator endpoints: init, unseal, seal, status (Vault-style)."""
+"""Operator endpoints: init, unseal, seal, status (Vault-style).
+
+``/sys/v1/unseal`` and ``/sys/v1/seal-status`` are unauthenticated, as in Vault: holding a
+threshold of shares is the operators' authentication. See :mod:`keybroker.seal.unseal`.
+"""
 
 from __future__ import annotations
 
 from datetime import timedelta
 from typing import Annotated
 
-from fastapi import APIRouter, Depends
-from pydantic import BaseModel, ConfigDict, Field, StrictInt
+from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
 from keybroker.api.deps import require, services
 from keybroker.api.services import Services
 from keybroker.audit import log as audit
+from keybroker.errors import InvalidInput
 from keybroker.keys.service import Caller
+from keybroker.limits import client_key
 from keybroker.seal.barrier import SealStatus
 
 router = APIRouter(prefix="/sys/v1", tags=["operator"])
@@ -38,7 +44,11 @@ class InitOut(BaseModel):
 
 class UnsealIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    key: str = Field(min_length=1, max_length=256, description="one base64 unseal share")
+    key: str | None = Field(default=None, min_length=1, max_length=256, description="one base64 unseal share")
+    reset: StrictBool = Field(
+        default=False,
+        description="true: discard the shares given so far in this attempt (Vault's reset); give no key",
+    )
 
 
 class StatusOut(BaseModel):
@@ -47,11 +57,18 @@ class StatusOut(BaseModel):
     seal_type: str | None
     shares: int
     threshold: int
-    progress: int
+    progress: int = Field(
+        description="shares given so far in the current unseal attempt, on this replica (each is unsealed on its own)"
+    )
+    t: int = Field(description="Vault's name: the threshold")
+    n: int = Field(description="Vault's name: the number of shares")
+    nonce: str = Field(
+        description='the current unseal attempt\'s id ("" when no share is pending); a new one after a reset or a failed attempt'
+    )
 
 
 def _status(st: SealStatus) -> StatusOut:
-    return StatusOut(**st.__dict__)
+    return StatusOut(**st.__dict__, t=st.threshold, n=st.shares)
 
 
 @router.get("/seal-status", response_model=StatusOut)
@@ -77,14 +94,26 @@ def init(body: InitIn, svc: Svc) -> InitOut:
     )
 
 
-@router.post("/unseal", response_model=StatusOut)
-def unseal(body: UnsealIn, svc: Svc) -> StatusOut:
-    was_sealed = svc.barrier.sealed
-    st = svc.barrier.submit_share(body.key)
-    if was_sealed and not st.sealed:
-        with svc.db.session() as s:
-            audit.append(s, actor="operator", action="sys.unseal", outcome="success")
-    return _status(st)
+@router.post(
+    "/unseal",
+    response_model=StatusOut,
+    responses={429: {"description": "too many failed attempts from this address, or from all"}},
+)
+def unseal(body: UnsealIn, request: Request, svc: Svc) -> StatusOut:
+    """Give one unseal share (``key``), or discard the shares given so far (``reset``).
+
+    A malformed or repeated share is refused at once; a wrong one when the threshold is reached,
+    which discards the attempt's shares. Refusals and resets are audited (without the share) and
+    limited per client address and in all (429 with ``Retry-After``).
+    """
+    client = client_key(request.client.host if request.client else None)
+    if body.reset:
+        if body.key is not None:
+            raise InvalidInput("give either key or reset, not both", field="reset")
+        return _status(svc.unseal.reset(client))
+    if body.key is None:
+        raise InvalidInput("key (one base64 unseal share) is required, or reset: true", field="key")
+    return _status(svc.unseal.submit(body.key, client))
 
 
 @router.post("/seal", response_model=StatusOut)
