@@ -1,7 +1,7 @@
 """Outstanding challenges: partial indexes that count the unused, unexpired nonces of a purpose and
 the unattested /kbs/v0 sessions as a range scan bounded by the caps (``keybroker.limits``).
 
-Revision ID: 0007
+Revision ID: 0005
 Revises: 0004
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0007"
+revision = "0005"
 down_revision = "0004"
 
 
