@@ -144,11 +144,16 @@ class CollateralNotFound(CollateralError, NotFound):
 
 
 class PolicyDenied(KeybrokerError):
-    """Appraisal denied the request; ``reasons`` list each failed clause."""
+    """Appraisal denied the request; ``reasons`` list each failed clause as the caller may be told
+    it, ``explained`` as the audit log records it (with the policy's expected values; default: the
+    same as ``reasons``). Only ``reasons`` reach the response."""
 
     title = "Denied by policy"
     status = 403
 
-    def __init__(self, detail: str, *, reasons: Sequence[str]) -> None:
+    def __init__(
+        self, detail: str, *, reasons: Sequence[str], explained: Sequence[str] | None = None
+    ) -> None:
         super().__init__(detail, reasons=list(reasons))
         self.reasons = list(reasons)
+        self.explained = list(reasons if explained is None else explained)

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from fastapi.testclient import TestClient
-from tests.api.test_transfer_v1 import SGX_SIM_POLICY, TDX_SIM_POLICY
+from tests.api.test_transfer_v1 import SGX_SIM_POLICY, TDX_SIM_POLICY, _rsa_public
 from tests.helpers.api import token_headers
 
 from keybroker.api.app import create_app
@@ -49,15 +49,17 @@ def _attest(
     priv: Any,
     *,
     hashes: list[str] | None = None,
+    jwk: dict[str, Any] | None = None,
     **fields: Any,
 ) -> Any:
+    """Auth and attest; the tee-pubkey is ``priv``'s public key, or ``jwk`` as given."""
     extra: Any = {"supported-hash-algorithms": hashes} if hashes else ""
     r = client.post("/kbs/v0/auth", json={"version": "0.4.0", "tee": tee, "extra-params": extra})
     assert r.status_code == 200, r.text
     assert "kbs-session-id" in r.cookies
     nonce = r.json()["nonce"]
     alg = r.json()["extra-params"]["selected-hash-algorithm"] if hashes else "sha384"
-    jwk = wrap.public_jwk(priv.public_key())
+    jwk = jwk if jwk is not None else wrap.public_jwk(priv.public_key())
     rd = binding.v0_report_data(nonce, jwk, "", alg)
     quote = _quote(services, tee, rd, **fields)
     primary = {"quote": base64.b64encode(quote).decode()} | ({"cc_eventlog": None} if tee == "tdx" else {})
@@ -371,3 +373,249 @@ def test_housekeeping_drops_sessions_when_they_expire(client: TestClient, servic
     client.cookies.set("kbs-session-id", expired)
     r = client.get("/kbs/v0/resource/repo/secret/x")
     assert r.status_code == 401 and "unknown session" in r.json()["detail"]
+
+
+# --- a resource that serves a key (issue 11: resources:write escalated to any key) ----------------
+
+ALLOW_ALL = "package keybroker\ndefault allow := true\n"
+
+
+def _map_key(client: TestClient, services: Services, path: str, key_id: str, *permissions: str) -> Any:
+    return client.post(
+        f"/kbs/v0/resource/{path}", json={"key_id": key_id}, headers=token_headers(services, *permissions)
+    )
+
+
+def _key(client: TestClient, admin: dict[str, str], policy: dict[str, Any] | None) -> tuple[str, bytes]:
+    """A 256-bit AES key (and its bytes) under ``policy``, or with no transfer policy at all."""
+    secret = os.urandom(32)
+    info: dict[str, Any] = {
+        "key_information": {"algorithm": "AES", "key_string": base64.b64encode(secret).decode()}
+    }
+    if policy is not None:
+        info["transfer_policy_id"] = client.post(
+            "/kbs/v1/key-transfer-policies", json=policy, headers=admin
+        ).json()["id"]
+    r = client.post("/kbs/v1/keys", json=info, headers=admin)
+    assert r.status_code == 201, r.text
+    return r.json()["key_information"]["id"], secret
+
+
+def test_resources_write_alone_cannot_serve_a_key(
+    client: TestClient, services: Services, admin_headers: dict[str, str]
+) -> None:
+    """The attack: with only resources:write, map any key into a resource, allow everything, and
+    have a debug TD fetch it. Refused at the mapping, so there is nothing to fetch."""
+    key_id, secret = _key(client, admin_headers, None)  # not even releasable over /kbs/v1
+    r = _map_key(client, services, "evil/key/x", key_id, "resources:write")
+    assert r.status_code == 403, r.text
+    assert r.json()["permission"] == "keys:transfer" and "keys:transfer" in r.json()["detail"]
+    assert _policy(client, services, "evil/key/x", {"rego": ALLOW_ALL}).status_code == 404
+    priv = ec.generate_private_key(ec.SECP256R1())
+    assert _attest(client, services, "tdx", priv, debug=True).status_code == 200
+    assert client.get("/kbs/v0/resource/evil/key/x").status_code == 404
+    assert _audit(client, services, "resource.write") == []
+    # keys:transfer alone is not resources:write; raw secrets still need only resources:write
+    assert _map_key(client, services, "evil/key/x", key_id, "keys:transfer").status_code == 403
+    _put(client, services, "evil/secret/y", b"not a key")
+
+
+def test_key_resource_released_only_if_the_keys_own_policy_allows(
+    client: TestClient, services: Services, admin_headers: dict[str, str]
+) -> None:
+    key_id, secret = _key(client, admin_headers, TDX_SIM_POLICY)
+    r = _map_key(client, services, "app/key/k", key_id, "resources:write", "keys:transfer")
+    assert r.status_code == 204, r.text
+    (written,) = _audit(client, services, "resource.write")
+    assert written["details"] == {"kind": "key", "key_id": key_id}
+    assert _policy(client, services, "app/key/k", {"rego": ALLOW_ALL}).status_code == 204
+    priv = ec.generate_private_key(ec.SECP384R1())
+    expected_mrtd = sim.DEFAULT_MRTD.hex()
+
+    # a debug TD: the resource policy allows anything, the key's policy does not
+    assert _attest(client, services, "tdx", priv, debug=True).status_code == 200
+    r = client.get("/kbs/v0/resource/app/key/k")
+    assert r.status_code == 403, r.text
+    assert r.json()["detail"] == (
+        "the attestation result does not satisfy the transfer policy of the key behind the resource"
+    )
+    assert r.json()["reasons"] == [
+        "key policy: debug TD (TD_ATTRIBUTES.DEBUG is set) and the policy does not set allow_debug"
+    ]
+
+    # a TD with another MRTD: the caller learns the check and its own MRTD, not the expected one
+    assert _attest(client, services, "tdx", priv, mrtd=b"\x07" * 48).status_code == 200
+    r = client.get("/kbs/v0/resource/app/key/k")
+    assert r.status_code == 403
+    assert r.json()["reasons"] == [f"key policy: mrtd {'07' * 48} is not in the policy's list"]
+    assert expected_mrtd not in r.text
+
+    # the right TD: both allow
+    assert _attest(client, services, "tdx", priv).status_code == 200
+    r = client.get("/kbs/v0/resource/app/key/k")
+    assert r.status_code == 200, r.text
+    assert jwe_unwrap(r.json(), priv) == secret
+
+    debug, mrtd, released = _audit(client, services, "resource.release")
+    assert [debug["outcome"], mrtd["outcome"], released["outcome"]] == ["denied", "denied", "success"]
+    assert (
+        mrtd["reason"]
+        == f"key policy: mrtd {'07' * 48} is not in the policy's list (1 value: {expected_mrtd})"
+    )
+    for rec in (debug, mrtd, released):
+        assert rec["details"]["key_id"] == key_id
+        assert (
+            rec["details"]["key_policy_id"]
+            == client.get(f"/kbs/v1/keys/{key_id}", headers=admin_headers).json()["transfer_policy_id"]
+        )
+        assert rec["details"]["policy_id"].startswith("rego:")
+
+
+def test_key_resource_needs_both_policies(
+    client: TestClient, services: Services, admin_headers: dict[str, str]
+) -> None:
+    """The resource's own policy still applies (here the default, which refuses simulated
+    evidence); a key with no transfer policy is never released; each reason names its policy."""
+    key_id, _ = _key(client, admin_headers, TDX_SIM_POLICY)
+    bare_id, _ = _key(client, admin_headers, None)
+    perms = ("resources:write", "keys:transfer")
+    assert _map_key(client, services, "app/key/default", key_id, *perms).status_code == 204
+    assert _map_key(client, services, "app/key/bare", bare_id, *perms).status_code == 204
+    assert _policy(client, services, "app/key/bare", {"rego": ALLOW_ALL}).status_code == 204
+    priv = ec.generate_private_key(ec.SECP256R1())
+    assert _attest(client, services, "tdx", priv).status_code == 200
+
+    r = client.get("/kbs/v0/resource/app/key/default")
+    assert r.status_code == 403
+    assert r.json()["detail"] == "the attestation result does not satisfy the resource's policy"
+    assert r.json()["reasons"] == [
+        "resource policy: the evidence is simulated (it chains to the dev PKI, not to Intel)",
+        "resource policy: ear.status is warning, not affirming",
+    ]
+    r = client.get("/kbs/v0/resource/app/key/bare")
+    assert r.status_code == 403
+    assert r.json()["reasons"] == ["key policy: the key has no transfer policy and is never released"]
+    # /kbs/v1 agrees: the bare key is never released there either
+    assert client.post(f"/kbs/v1/keys/{bare_id}/transfer").status_code == 403
+
+    assert _attest(client, services, "tdx", priv, debug=True).status_code == 200
+    r = client.get("/kbs/v0/resource/app/key/default")
+    assert r.json()["detail"] == (
+        "the attestation result satisfies neither the resource's policy nor the key's transfer policy"
+    )
+    assert r.json()["reasons"][-1] == (
+        "key policy: debug TD (TD_ATTRIBUTES.DEBUG is set) and the policy does not set allow_debug"
+    )
+    audited = _audit(client, services, "resource.release")
+    assert [x["outcome"] for x in audited] == ["denied"] * 3
+    assert audited[1]["details"]["key_policy_id"] is None
+
+
+# --- the TEE's key bounded before appraisal; failures after an allow audited ----------------------
+
+
+def test_tee_pubkey_out_of_bounds_refused_at_attest(client: TestClient, services: Services) -> None:
+    """Before: attest issued a token for a 16392-bit RSA key and the release, once allowed, failed
+    with a 500 and no audit record. Now the attest refuses the key, naming the field and bound."""
+    _put(client, services, "repo/secret/big", b"s")
+    assert _policy(client, services, "repo/secret/big", {"rego": ALLOW_ALL}).status_code == 204
+    big = wrap.public_jwk(_rsa_public(16392))
+    r = _attest(client, services, "tdx", None, jwk=big)
+    assert r.status_code == 400, r.text
+    assert r.json()["field"] == "runtime-data.tee-pubkey"
+    assert r.json()["detail"].startswith(
+        "runtime-data.tee-pubkey: RSA key of 16392 bits; keybroker accepts 3072 to 8192 bits"
+    )
+    assert client.get("/kbs/v0/resource/repo/secret/big").status_code == 401  # no token was issued
+    # P-521 is within bounds, end to end
+    p521 = ec.generate_private_key(ec.SECP521R1())
+    assert _attest(client, services, "tdx", p521).status_code == 200
+    r = client.get("/kbs/v0/resource/repo/secret/big")
+    assert r.status_code == 200 and jwe_unwrap(r.json(), p521) == b"s"
+
+
+def test_bearer_token_with_out_of_bounds_tee_pubkey_is_a_400_and_audited(
+    client: TestClient, services: Services
+) -> None:
+    """A trusted attestation service's token carries whatever tee-pubkey its client sent: the
+    release checks it before appraising anything, and audits the refusal."""
+    from datetime import UTC, datetime, timedelta
+
+    from keybroker.appraisal.defaults import default_attestation_policy
+    from keybroker.appraisal.input import appraisal_input
+    from keybroker.tee.verifier import NO_REPORT_DATA
+    from keybroker.tokens.ear import issue_ear
+
+    _put(client, services, "repo/secret/bearer-big", b"s")
+    assert _policy(client, services, "repo/secret/bearer-big", {"rego": ALLOW_ALL}).status_code == 204
+    verified = services.verifier.verify("tdx", _quote(services, "tdx", bytes(64)), NO_REPORT_DATA)
+    token = issue_ear(
+        services.attestation.keyring.keyring(),
+        verified,
+        default_attestation_policy(appraisal_input(verified, client_permissions=None)),
+        nonce="n",
+        user_data=None,
+        runtime_data={"nonce": "n", "tee-pubkey": wrap.public_jwk(_rsa_public(4096, 2**64 + 1))},
+        issuer="keybroker",
+        ttl=timedelta(minutes=5),
+        now=datetime.now(UTC),
+    )
+    client.cookies.clear()
+    r = client.get("/kbs/v0/resource/repo/secret/bearer-big", headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 400, r.text
+    assert r.json()["field"] == "runtime-data.tee-pubkey"
+    assert "RSA public exponent of 65 bits is not accepted" in r.json()["detail"]
+    (rec,) = _audit(client, services, "resource.release")
+    assert rec["outcome"] == "failed" and "RSA public exponent of 65 bits" in rec["reason"]
+    assert "policy_id" not in rec["details"]  # refused before any policy was evaluated
+
+
+def test_release_failing_after_the_policies_allowed_is_audited(
+    client: TestClient, services: Services, admin_headers: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key_id, _ = _key(client, admin_headers, TDX_SIM_POLICY)
+    assert (
+        _map_key(client, services, "app/key/f", key_id, "resources:write", "keys:transfer").status_code == 204
+    )
+    assert _policy(client, services, "app/key/f", {"rego": ALLOW_ALL}).status_code == 204
+
+    def backend_failed(*_args: Any) -> bytes:
+        raise ConnectionResetError("the key store went away")
+
+    monkeypatch.setattr(services.keystore, "fetch", backend_failed)
+    assert _attest(client, services, "tdx", ec.generate_private_key(ec.SECP256R1())).status_code == 200
+    r = client.get("/kbs/v0/resource/app/key/f")
+    assert r.status_code == 500
+    assert r.json()["detail"] == "the resource was allowed but could not be released (ConnectionResetError)"
+    assert "went away" not in r.text  # the exception's own text is never echoed
+    (rec,) = _audit(client, services, "resource.release")
+    assert rec["outcome"] == "failed" and rec["reason"] == r.json()["detail"]
+    assert rec["details"]["key_id"] == key_id
+
+
+def test_key_resource_under_its_keys_own_policy(
+    client: TestClient, services: Services, admin_headers: dict[str, str]
+) -> None:
+    """The usual set-up (the resource's policy is the key's transfer policy): evaluated once, its
+    reasons told once."""
+    key_id, secret = _key(client, admin_headers, TDX_SIM_POLICY)
+    pid = client.get(f"/kbs/v1/keys/{key_id}", headers=admin_headers).json()["transfer_policy_id"]
+    assert (
+        _map_key(client, services, "app/key/own", key_id, "resources:write", "keys:transfer").status_code
+        == 204
+    )
+    assert _policy(client, services, "app/key/own", {"transfer_policy_id": pid}).status_code == 204
+    priv = ec.generate_private_key(ec.SECP256R1())
+    assert _attest(client, services, "tdx", priv, mrtd=b"\x07" * 48).status_code == 200
+    r = client.get("/kbs/v0/resource/app/key/own")
+    assert r.status_code == 403
+    assert r.json()["reasons"] == [f"key and resource policy: mrtd {'07' * 48} is not in the policy's list"]
+    assert _attest(client, services, "tdx", priv).status_code == 200
+    r = client.get("/kbs/v0/resource/app/key/own")
+    assert r.status_code == 200 and jwe_unwrap(r.json(), priv) == secret
+    denied, released = _audit(client, services, "resource.release")
+    assert sim.DEFAULT_MRTD.hex() in denied["reason"]
+    assert released["details"]["policy_id"] == released["details"]["key_policy_id"] == pid
+    assert released["details"]["notes"] == [
+        "key and resource policy: simulated evidence allowed (allow_simulated is true)"
+    ]

@@ -241,7 +241,16 @@ def test_client_permissions(client: TestClient, services: Services, admin_header
     assert r.status_code == 403
     nonce, _ = _nonce(s)
     r = _transfer(s, _sgx(s, nonce), nonce, headers=token_headers(services, client_permissions=("nginx",)))
-    assert r.status_code == 403 and any("USA" in reason for reason in r.json()["reasons"])
+    # a workload token without keys:transfer is told what its token holds, not what it lacks
+    assert r.status_code == 403 and r.json()["reasons"] == [
+        "the caller's token (client permissions [nginx]) lacks one the policy requires"
+    ]
+    nonce, _ = _nonce(s)
+    explained = token_headers(services, "keys:transfer", client_permissions=("nginx",))
+    r = _transfer(s, _sgx(s, nonce), nonce, headers=explained)
+    assert r.status_code == 403 and r.json()["reasons"] == [
+        "client permission USA is not in the caller's token"
+    ]
     nonce, _ = _nonce(s)
     r = _transfer(
         s, _sgx(s, nonce), nonce, headers=token_headers(services, client_permissions=("nginx", "USA"))
@@ -312,7 +321,18 @@ def test_good_tier_without_attestation_is_explicit_warned_and_audited(
         json=body,
         headers={"Attestation-Type": "NONE", **token_headers(services, client_permissions=("nginx",))},
     )
-    assert r.status_code == 403 and "USA" in r.json()["reasons"][0]
+    assert r.status_code == 403 and r.json()["reasons"] == [
+        "the token (client permissions [nginx]) lacks some the key's policy requires"
+    ]
+    r = client.post(
+        url,
+        json=body,
+        headers={
+            "Attestation-Type": "NONE",
+            **token_headers(services, "keys:transfer", client_permissions=("nginx",)),
+        },
+    )
+    assert r.status_code == 403 and r.json()["reasons"] == ["the token lacks client permission(s) USA"]
     r = client.post(
         url,
         json=body,
@@ -363,3 +383,138 @@ def test_none_policy_validation(
 ) -> None:
     r = client.post("/kbs/v1/key-transfer-policies", json=policy, headers=admin_headers)
     assert r.status_code == 400, r.text
+
+
+# --- what a denial tells whom (issue 11: anonymous reasons revealed the expected values) ----------
+
+
+def test_anonymous_denial_names_the_check_not_the_expected_values(
+    client: TestClient, services: Services, admin_headers: dict[str, str]
+) -> None:
+    policy = copy.deepcopy(TDX_SIM_POLICY)
+    policy["tdx"]["attributes"]["client_permissions"] = ["nginx", "USA"]
+    s = _setup(client, services, admin_headers, policy)
+    expected = {
+        "mrtd": sim.DEFAULT_MRTD.hex(),
+        "rtmr0": sim.DEFAULT_RTMRS[0].hex(),
+        "seamsvn": str(sim.DEFAULT_SEAMSVN),
+    }
+    presented_mrtd, presented_rtmr0 = "01" * 48, "02" * 48
+
+    def deny(headers: dict[str, str]) -> Any:
+        nonce, _ = _nonce(s)
+        quote = sim.tdx_quote(
+            s.pki,
+            report_data=binding.v1_report_data(nonce, SPKI),
+            mrtd=bytes.fromhex(presented_mrtd),
+            rtmr0=bytes.fromhex(presented_rtmr0),
+            seamsvn=sim.DEFAULT_SEAMSVN - 1,
+        )
+        r = _transfer(s, quote, nonce, "TDX", headers=headers)
+        assert r.status_code == 403, r.text
+        return r
+
+    anonymous = deny({})
+    assert anonymous.json()["reasons"] == [
+        f"seamsvn {sim.DEFAULT_SEAMSVN - 1} is below the policy minimum",
+        f"mrtd {presented_mrtd} is not in the policy's list",
+        f"rtmr0 {presented_rtmr0} differs from the policy's value",
+        "the policy requires client permissions but the request presented no token",
+    ]
+    for value in (*expected.values(), "nginx", "USA"):
+        assert value not in anonymous.text
+    # the audit log keeps the full explanation of the same denial
+    rec = _audit(s)[-1]
+    assert rec["outcome"] == "denied"
+    for value in (*expected.values(), "nginx, USA"):
+        assert value in rec["reason"]
+    # a token without keys:transfer is not enough to be told
+    other = deny(token_headers(services, "keys:search", "key_transfer_policies:search"))
+    assert expected["mrtd"] not in other.text and expected["rtmr0"] not in other.text
+    # a caller whose token holds keys:transfer (or *:*) is told in full
+    for headers in (token_headers(services, "keys:transfer"), admin_headers):
+        told = deny(headers)
+        assert told.json()["reasons"] == [
+            f"seamsvn {sim.DEFAULT_SEAMSVN - 1} is below the policy minimum {expected['seamsvn']}",
+            f"mrtd {presented_mrtd} is not in the policy's list (1 value: {expected['mrtd']})",
+            f"rtmr0 {presented_rtmr0} differs from the policy's {expected['rtmr0']}",
+            "client permission nginx is not in the caller's token",
+            "client permission USA is not in the caller's token",
+        ]
+
+
+def test_attestation_type_denial_does_not_list_the_policys_types(sgx: Setup) -> None:
+    nonce, _ = _nonce(sgx)
+    r = _transfer(sgx, _sgx(sgx, nonce), nonce, att="TDX")
+    assert r.status_code == 403
+    assert r.json()["detail"] == "Attestation-Type TDX is not allowed by the key's policy"
+    assert r.json()["reasons"] == ["Attestation-Type TDX is not allowed by the key's policy"]
+    assert _audit(sgx)[-1]["reason"] == "Attestation-Type TDX is not allowed by the key's policy (SGX)"
+
+
+# --- workload keys bounded before appraisal; failures after an allow audited -------------------
+
+
+def _rsa_public(bits: int, e: int = 65537) -> rsa.RSAPublicKey:
+    """An RSA public key of exactly ``bits`` bits (a random odd modulus: generating a real 16k key
+    takes minutes, and only the size matters to the bound)."""
+    n = int.from_bytes(os.urandom(bits // 8 + 1), "big") % (1 << bits) | (1 << (bits - 1)) | 1
+    return rsa.RSAPublicNumbers(e, n).public_key()
+
+
+@pytest.mark.parametrize(
+    ("bits", "e", "message"),
+    [
+        (16392, 65537, "user_data: RSA key of 16392 bits; keybroker accepts 3072 to 8192 bits"),
+        (8200, 65537, "user_data: RSA key of 8200 bits; keybroker accepts 3072 to 8192 bits"),
+        (4096, 2**64 + 1, "user_data: RSA public exponent of 65 bits is not accepted"),
+    ],
+)
+def test_workload_key_out_of_bounds_is_a_400_before_appraisal(
+    sgx: Setup, bits: int, e: int, message: str
+) -> None:
+    """Before: the policy allowed the release, then wrapping failed (OpenSSL refuses such keys):
+    a 500 and no audit record. Now: a 400 naming the field and the bound, and audited."""
+    spki = _rsa_public(bits, e).public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    nonce, _ = _nonce(sgx)
+    quote = sim.sgx_quote(sgx.pki, report_data=binding.v1_report_data(nonce, spki), isvprodid=7, isvsvn=2)
+    r = _transfer(sgx, quote, nonce, spki=spki)
+    assert r.status_code == 400, r.text
+    assert r.json()["field"] == "user_data" and r.json()["detail"].startswith(message)
+    rec = _audit(sgx)[-1]
+    assert rec["outcome"] == "failed" and rec["reason"].startswith(message)
+    assert "notes" not in rec["details"]  # refused before the policy was evaluated
+
+
+def test_release_failing_after_the_policy_allowed_is_audited(
+    sgx: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the key's sealed material corrupted in the database: the key store's integrity check fails
+    from sqlalchemy import update
+
+    from keybroker.store.models import KeyMaterial
+
+    with sgx.services.db.session() as s:
+        s.execute(update(KeyMaterial).where(KeyMaterial.key_id == sgx.key_id).values(ciphertext=b"\0" * 60))
+    nonce, _ = _nonce(sgx)
+    r = _transfer(sgx, _sgx(sgx, nonce), nonce)
+    assert r.status_code == 500 and "failed authentication" in r.json()["detail"]
+    rec = _audit(sgx)[-1]
+    assert rec["outcome"] == "failed" and "failed authentication" in rec["reason"]
+    assert rec["details"]["notes"] == ["simulated evidence allowed (allow_simulated is true)"]  # allowed
+
+    # any other failure of the wrapping (here OpenSSL's, as an out-of-bounds key caused): audited too
+    def encryption_failed(*_args: Any) -> Any:
+        raise ValueError("Encryption failed")
+
+    monkeypatch.setattr(sgx.services.keystore, "wrap_for_transfer", encryption_failed)
+    nonce, _ = _nonce(sgx)
+    r = _transfer(sgx, _sgx(sgx, nonce), nonce)
+    assert r.status_code == 500
+    assert (
+        r.json()["detail"] == "the key was allowed but could not be wrapped to the workload key (ValueError)"
+    )
+    rec = _audit(sgx)[-1]
+    assert rec["outcome"] == "failed" and rec["reason"] == r.json()["detail"]

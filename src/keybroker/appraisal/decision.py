@@ -37,13 +37,17 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 from keybroker.appraisal.input import evidence_facts
+from keybroker.errors import PolicyDenied
 
 __all__ = [
     "Decision",
     "EarStatus",
     "Executables",
+    "Reason",
     "TrustVector",
     "decide",
+    "denied",
+    "texts",
     "tier",
 ]
 
@@ -102,16 +106,75 @@ class TrustVector:
 
 
 @dataclass(frozen=True, slots=True)
+class Reason:
+    """Why one check failed, told two ways.
+
+    ``text`` is the full explanation, with the policy's expected values: for the audit log and for
+    callers entitled to the policy. ``public`` says which check failed and what the evidence or
+    the request presented, and nothing of what the policy expected: for anyone else, so that a
+    denial does not teach an anonymous caller the MRTD, RTMRs or client permissions to forge.
+    ``check`` names the clause (``mrtd``, ``isvsvn``, ``client_permissions``, ...); ``presented``
+    and ``expected`` are the compared values as text (None: not applicable, or nothing to hide).
+    """
+
+    check: str
+    text: str
+    public: str
+    presented: str | None = None
+    expected: str | None = None
+
+    @classmethod
+    def plain(cls, text: str, check: str = "policy") -> Reason:
+        """A reason that reveals nothing of the policy: the same text for everyone."""
+        return cls(check=check, text=text, public=text)
+
+    def within(self, label: str) -> Reason:
+        """The same reason, both forms prefixed with ``label`` (which of several policies said it)."""
+        return Reason(
+            check=self.check,
+            text=f"{label}: {self.text}",
+            public=f"{label}: {self.public}",
+            presented=self.presented,
+            expected=self.expected,
+        )
+
+
+def texts(reasons: Iterable[Reason], *, explain: bool) -> list[str]:
+    """The reasons as told to one audience: full (``explain``) or public, public ones deduplicated
+    (two missing permissions are one public fact)."""
+    if explain:
+        return [r.text for r in reasons]
+    return list(dict.fromkeys(r.public for r in reasons))
+
+
+def denied(detail: str, reasons: Iterable[Reason], *, explain: bool) -> PolicyDenied:
+    """The denial to raise: the caller is told ``reasons`` in full only if ``explain``; the
+    exception's ``explained`` (for the audit log) is always the full form."""
+    found = tuple(reasons)
+    return PolicyDenied(detail, reasons=texts(found, explain=explain), explained=texts(found, explain=True))
+
+
+@dataclass(frozen=True, slots=True)
 class Decision:
-    """The outcome of one appraisal. ``reasons`` explain a denial (one per failed clause, with
-    expected and actual values); ``notes`` record non-fatal facts. Neither carries key material."""
+    """The outcome of one appraisal. ``findings`` explain a denial (one per failed clause, each a
+    :class:`Reason`); ``notes`` record non-fatal facts. Neither carries key material."""
 
     allowed: bool
-    reasons: tuple[str, ...]
+    findings: tuple[Reason, ...]
     notes: tuple[str, ...]
     policy_id: str
     ear_status: EarStatus
     trust_vector: TrustVector = field(default_factory=TrustVector)
+
+    @property
+    def reasons(self) -> tuple[str, ...]:
+        """The full explanations (the audit log's form)."""
+        return tuple(r.text for r in self.findings)
+
+    @property
+    def public_reasons(self) -> tuple[str, ...]:
+        """What an anonymous caller is told: the failed checks and the presented values only."""
+        return tuple(texts(self.findings, explain=False))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -152,7 +215,7 @@ def decide(
     doc: Mapping[str, Any] | None,
     *,
     allowed: bool,
-    reasons: Iterable[str],
+    reasons: Iterable[str | Reason],
     notes: Iterable[str] = (),
     policy_id: str,
     executables: Executables,
@@ -160,12 +223,13 @@ def decide(
     """Build a :class:`Decision` and derive its EAR status and trustworthiness vector.
 
     Deny by default: a decision is allowed only if ``allowed`` is true, no reason was given and
-    there is an input document; a denial always carries at least one reason.
+    there is an input document; a denial always carries at least one reason. A string reason
+    reveals nothing of the policy (:meth:`Reason.plain`).
     """
-    reason_list = tuple(reasons)
+    reason_list = tuple(r if isinstance(r, Reason) else Reason.plain(r) for r in reasons)
     ok = allowed and not reason_list and doc is not None
     if not ok and not reason_list:
-        reason_list = (_DENIED_WITHOUT_REASON,)
+        reason_list = (Reason.plain(_DENIED_WITHOUT_REASON),)
     if not ok and executables == "approved":
         executables = "unchecked"
     vector = _vector(doc, allowed=ok, executables=executables)
@@ -177,7 +241,7 @@ def decide(
         status = "warning" if worst == "none" else worst
     return Decision(
         allowed=ok,
-        reasons=reason_list,
+        findings=reason_list,
         notes=tuple(notes),
         policy_id=policy_id,
         ear_status=status,

@@ -3,8 +3,10 @@
 A policy is one module in ``package keybroker`` over the appraisal input document
 (:mod:`keybroker.appraisal.input`) as ``input``. It must define ``allow``; the request is allowed
 only if ``allow`` is exactly ``true`` and the policy gives no ``reasons``. Optional rules:
-``reasons`` and ``notes`` (a set or array of strings). Deny by default: an undefined ``allow``, an
-evaluation error or malformed output denies with a reason; no exception leaves :func:`evaluate`.
+``reasons`` (a set or array of strings, told to every caller, or ``{"message", "expected",
+"check"}`` objects, whose ``expected`` only the audit log and entitled callers see) and ``notes``
+(strings). Deny by default: an undefined ``allow``, an evaluation error or malformed output denies
+with a reason; no exception leaves :func:`evaluate`.
 
 Hardening around rego-cpp (found by testing regopy 1.5.2; regression tests in
 ``tests/unit/appraisal/test_rego.py``):
@@ -32,13 +34,13 @@ import json
 import re
 import threading
 import weakref
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from regopy import LogLevel, RegoError, rego_shared  # type: ignore[import-untyped]
 
-from keybroker.appraisal.decision import Decision, decide
+from keybroker.appraisal.decision import Decision, Reason, decide
 from keybroker.errors import InvalidInput
 
 __all__ = ["FORBIDDEN_BUILTINS", "MAX_POLICY_BYTES", "RegoPolicy", "compile_policy", "evaluate"]
@@ -50,6 +52,9 @@ FORBIDDEN_BUILTINS: Final = frozenset(
 )
 _MAX_ITEMS: Final = 64
 _MAX_ITEM_CHARS: Final = 1024
+_REASON_KEYS: Final = frozenset({"message", "expected", "check"})
+_CHECK: Final = "rego"
+_T = TypeVar("_T")
 _MODULE_NAME: Final = "policy.rego"
 _QUERY: Final = "keybroker_policy_result = data.keybroker"
 _NODE_ERROR_MESSAGE: Final = 1801  # rego-cpp NodeKind.ErrorMessage
@@ -232,16 +237,60 @@ def compile_policy(source: str, *, policy_id: str = "rego") -> RegoPolicy:
     return RegoPolicy(source=source, policy_id=policy_id, _engine=engine)
 
 
+def _cap(text: str) -> str:
+    return text if len(text) <= _MAX_ITEM_CHARS else text[: _MAX_ITEM_CHARS - 1] + "…"
+
+
+def _capped(items: list[_T], name: str, more: Callable[[str], _T]) -> list[_T]:
+    if len(items) > _MAX_ITEMS:
+        return [*items[:_MAX_ITEMS], more(f"... and {len(items) - _MAX_ITEMS} more {name}")]
+    return items
+
+
 def _strings(value: object, name: str, problems: list[str]) -> list[str]:
     if value is None:
         return []
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         problems.append(f"the policy's {name} is not a set or array of strings")
         return []
-    items = [v if len(v) <= _MAX_ITEM_CHARS else v[: _MAX_ITEM_CHARS - 1] + "…" for v in value]
-    if len(items) > _MAX_ITEMS:
-        items = [*items[:_MAX_ITEMS], f"... and {len(items) - _MAX_ITEMS} more {name}"]
-    return items
+    return _capped([_cap(v) for v in value], name, str)
+
+
+def _shown(value: object) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        return ", ".join(_shown(v) for v in value)
+    return json.dumps(value, sort_keys=True)
+
+
+def _reason(item: object) -> Reason | None:
+    """A string (told to everyone) or ``{"message", "expected"?, "check"?}`` (``expected`` told
+    only in the full explanation); None if it is neither."""
+    if isinstance(item, str):
+        return Reason.plain(_cap(item), _CHECK)
+    if not isinstance(item, dict) or not set(item) <= _REASON_KEYS:
+        return None
+    message, check = item.get("message"), item.get("check", _CHECK)
+    if not isinstance(message, str) or not isinstance(check, str):
+        return None
+    message, check = _cap(message), _cap(check)
+    if "expected" not in item:
+        return Reason.plain(message, check)
+    expected = _cap(_shown(item["expected"]))
+    return Reason(check=check, text=f"{message} (expected {expected})", public=message, expected=expected)
+
+
+def _reasons(value: object, problems: list[str]) -> list[Reason]:
+    if value is None:
+        return []
+    reasons = [_reason(v) for v in value] if isinstance(value, list) else [None]
+    if any(r is None for r in reasons):
+        problems.append(
+            "the policy's reasons is not a set or array of strings and {message, expected, check} objects"
+        )
+        return []
+    return _capped([r for r in reasons if r is not None], "reasons", Reason.plain)
 
 
 def evaluate(policy: RegoPolicy, doc: Mapping[str, Any], *, policy_id: str | None = None) -> Decision:
@@ -264,7 +313,7 @@ def evaluate(policy: RegoPolicy, doc: Mapping[str, Any], *, policy_id: str | Non
     if not isinstance(result, dict):
         return deny("data.keybroker is not an object")
     problems: list[str] = []
-    reasons = _strings(result.get("reasons"), "reasons", problems)
+    reasons = _reasons(result.get("reasons"), problems)
     notes = _strings(result.get("notes"), "notes", problems)
     allow = result.get("allow")
     if allow is True:

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any, Final
 
-from keybroker.appraisal.decision import Decision, Executables, decide
+from keybroker.appraisal.decision import Decision, Executables, Reason, decide
 from keybroker.appraisal.input import AppraisalInput, appraisal_input
 from keybroker.keys.policy import SgxAttributes, TdxAttributes, TransferPolicyBody
 from keybroker.tee.dcap.verify import VerifiedQuote
@@ -34,13 +34,22 @@ def _listing(values: Sequence[str]) -> str:
 
 
 class _Clauses:
-    """Collects failed clauses (reasons) and non-fatal facts (notes) for one evaluation."""
+    """Collects failed clauses (reasons) and non-fatal facts (notes) for one evaluation.
+
+    Each reason is a :class:`Reason`: its full text names the policy's expected values, its
+    public text only the clause and the presented value."""
 
     def __init__(self, claims: Mapping[str, Any]) -> None:
         self.claims = claims
-        self.reasons: list[str] = []
+        self.reasons: list[Reason] = []
         self.notes: list[str] = []
         self.measurement_failed = False
+
+    def _mismatch(self, name: str, presented: str, public: str, expected: str, text: str) -> None:
+        self.reasons.append(
+            Reason(check=name, text=text, public=public, presented=presented, expected=expected)
+        )
+        self.measurement_failed = True
 
     def _hex(self, key: str, name: str) -> bytes | None:
         value = self.claims.get(key)
@@ -49,14 +58,14 @@ class _Clauses:
                 raise ValueError
             return bytes.fromhex(value)
         except ValueError:
-            self.reasons.append(f"{name}: claim {key} is missing or not hex")
+            self.reasons.append(Reason.plain(f"{name}: claim {key} is missing or not hex", check=name))
             self.measurement_failed = True
             return None
 
     def _int(self, key: str, name: str) -> int | None:
         value = self.claims.get(key)
         if isinstance(value, bool) or not isinstance(value, int):
-            self.reasons.append(f"{name}: claim {key} is missing or not an integer")
+            self.reasons.append(Reason.plain(f"{name}: claim {key} is missing or not an integer", check=name))
             self.measurement_failed = True
             return None
         return value
@@ -69,59 +78,74 @@ class _Clauses:
         if actual is None:
             return
         if actual not in {bytes.fromhex(v) for v in allowed}:
-            self.reasons.append(
-                f"{name} {actual.hex()} is not in the policy's list ({_listing([v.lower() for v in allowed])})"
-            )
-            self.measurement_failed = True
+            said = f"{name} {actual.hex()} is not in the policy's list"
+            expected = _listing([v.lower() for v in allowed])
+            self._mismatch(name, actual.hex(), said, expected, f"{said} ({expected})")
 
     def hex_exact(self, name: str, key: str, expected: str | None) -> None:
         if expected is None:
             return
         actual = self._hex(key, name)
         if actual is not None and actual != bytes.fromhex(expected):
-            self.reasons.append(f"{name} {actual.hex()} differs from the policy's {expected.lower()}")
-            self.measurement_failed = True
+            said = f"{name} {actual.hex()} differs from the policy's"
+            self._mismatch(
+                name, actual.hex(), f"{said} value", expected.lower(), f"{said} {expected.lower()}"
+            )
 
     def int_any_of(self, name: str, key: str, allowed: Sequence[int]) -> None:
         if not allowed:
             return
         actual = self._int(key, name)
         if actual is not None and actual not in allowed:
-            self.reasons.append(
-                f"{name} {actual} is not in the policy's list ({_listing([str(v) for v in allowed])})"
-            )
-            self.measurement_failed = True
+            said = f"{name} {actual} is not in the policy's list"
+            expected = _listing([str(v) for v in allowed])
+            self._mismatch(name, str(actual), said, expected, f"{said} ({expected})")
 
     def minimum(self, name: str, key: str, minimum: int | None) -> None:
         if minimum is None:
             return
         actual = self._int(key, name)
         if actual is not None and actual < minimum:
-            self.reasons.append(f"{name} {actual} is below the policy minimum {minimum}")
-            self.measurement_failed = True
+            said = f"{name} {actual} is below the policy minimum"
+            self._mismatch(name, str(actual), said, str(minimum), f"{said} {minimum}")
 
     def client_permissions(self, required: Sequence[str], presented: object) -> None:
         if not required:
             return
+        check = "client_permissions"
         if presented is None:
             self.reasons.append(
-                f"the policy requires client permissions [{', '.join(required)}] "
-                "but the request presented no token"
+                Reason(
+                    check=check,
+                    text=f"the policy requires client permissions [{', '.join(required)}] "
+                    "but the request presented no token",
+                    public="the policy requires client permissions but the request presented no token",
+                    expected=", ".join(required),
+                )
             )
             return
         if not isinstance(presented, list) or not all(isinstance(p, str) for p in presented):
-            self.reasons.append("client_permissions in the input document are malformed")
+            self.reasons.append(Reason.plain("client_permissions in the input document are malformed", check))
             return
         held = set(presented)
+        shown = ", ".join(sorted(held))
         for permission in required:
             if permission not in held:
-                self.reasons.append(f"client permission {permission} is not in the caller's token")
+                self.reasons.append(
+                    Reason(
+                        check=check,
+                        text=f"client permission {permission} is not in the caller's token",
+                        public=f"the caller's token (client permissions [{shown}]) lacks one the policy requires",
+                        presented=shown,
+                        expected=permission,
+                    )
+                )
 
     def tcb(self, tcb: object, *, enforce: bool) -> None:
         status = tcb.get("status") if isinstance(tcb, Mapping) else None
         advisories = tcb.get("advisory_ids") if isinstance(tcb, Mapping) else None
         if not isinstance(status, str):
-            self.reasons.append("the TCB status is missing from the input document")
+            self.reasons.append(Reason.plain("the TCB status is missing from the input document", "tcb"))
             return
         if status == "UpToDate":
             return
@@ -130,7 +154,9 @@ class _Clauses:
             suffix = "; advisories " + ", ".join(str(a) for a in advisories)
         if enforce:
             self.reasons.append(
-                f"TCB status {status} is not UpToDate (enforce_tcb_upto_date is true){suffix}"
+                Reason.plain(
+                    f"TCB status {status} is not UpToDate (enforce_tcb_upto_date is true){suffix}", "tcb"
+                )
             )
         else:
             self.notes.append(f"TCB status {status} allowed (enforce_tcb_upto_date is false){suffix}")
@@ -155,7 +181,7 @@ def _tdx(c: _Clauses, a: TdxAttributes) -> None:
 def evaluate_input(policy: TransferPolicyBody, doc: Mapping[str, Any], *, policy_id: str) -> Decision:
     """Evaluate ``policy`` on an appraisal input document (see :mod:`keybroker.appraisal.input`)."""
 
-    def deny(reason: str) -> Decision:
+    def deny(reason: str | Reason) -> Decision:
         return decide(doc, allowed=False, reasons=[reason], policy_id=policy_id, executables="unchecked")
 
     tee = doc.get("tee")
@@ -164,9 +190,15 @@ def evaluate_input(policy: TransferPolicyBody, doc: Mapping[str, Any], *, policy
         return deny(f"the evidence TEE {tee!r} is not SGX or TDX, or its claims do not match it")
     attestation_type = str(tee).upper()
     if attestation_type not in policy.attestation_type:
+        listed = ", ".join(policy.attestation_type)
         return deny(
-            f"the evidence is {attestation_type} but the policy's attestation_type is "
-            f"[{', '.join(policy.attestation_type)}]"
+            Reason(
+                check="attestation_type",
+                text=f"the evidence is {attestation_type} but the policy's attestation_type is [{listed}]",
+                public=f"the evidence is {attestation_type}, which the policy's attestation_type does not list",
+                presented=attestation_type,
+                expected=listed,
+            )
         )
     section = policy.sgx if tee == "sgx" else policy.tdx
     if section is None:  # the policy model forbids this; deny rather than trust it
@@ -180,8 +212,11 @@ def evaluate_input(policy: TransferPolicyBody, doc: Mapping[str, Any], *, policy
             c.notes.append("simulated evidence allowed (allow_simulated is true)")
         else:
             c.reasons.append(
-                "the evidence is simulated (it chains to the dev PKI, not to Intel) "
-                "and the policy does not set allow_simulated"
+                Reason.plain(
+                    "the evidence is simulated (it chains to the dev PKI, not to Intel) "
+                    "and the policy does not set allow_simulated",
+                    "sim",
+                )
             )
     debug = claims.get("debug")
     if debug is not False:
@@ -189,11 +224,19 @@ def evaluate_input(policy: TransferPolicyBody, doc: Mapping[str, Any], *, policy
         if debug is True and policy.allow_debug:
             c.notes.append(f"debug {what} allowed (allow_debug is true)")
         else:
-            c.reasons.append(f"debug {what} ({flag} is set) and the policy does not set allow_debug")
+            c.reasons.append(
+                Reason.plain(f"debug {what} ({flag} is set) and the policy does not set allow_debug", "debug")
+            )
     if section.policy_ids:
+        said = "name Trust Authority appraisal policies, which keybroker does not evaluate"
+        ids = ", ".join(section.policy_ids)
         c.reasons.append(
-            f"the policy's {tee}.policy_ids [{', '.join(section.policy_ids)}] name Trust Authority "
-            "appraisal policies, which keybroker does not evaluate"
+            Reason(
+                check="policy_ids",
+                text=f"the policy's {tee}.policy_ids [{ids}] {said}",
+                public=f"the policy's {tee}.policy_ids {said}",
+                expected=ids,
+            )
         )
     attributes = section.attributes
     if isinstance(attributes, SgxAttributes):

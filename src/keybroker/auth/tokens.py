@@ -33,6 +33,7 @@ PERMISSIONS = (
     "keys:retrieve",
     "keys:delete",
     "keys:certify",
+    "keys:transfer",
     "key_transfer_policies:create",
     "key_transfer_policies:retrieve",
     "key_transfer_policies:update",

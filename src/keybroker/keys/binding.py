@@ -18,30 +18,46 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from keybroker.errors import InvalidInput
 
 REPORT_DATA_SIZE = 64
+#: Workload key bounds, checked before any evidence is appraised: a key the wrapping cannot use
+#: (OpenSSL refuses RSA moduli above 16384 bits, and public exponents above 64 bits for moduli
+#: above 3072) must be refused up front, not fail after the policy allowed the release.
 MIN_RSA_BITS = 3072
-ALLOWED_CURVES = ("secp256r1", "secp384r1")
+MAX_RSA_BITS = 8192
+MAX_RSA_EXPONENT = 2**32 - 1
+ALLOWED_CURVES = {"secp256r1": "P-256", "secp384r1": "P-384", "secp521r1": "P-521"}
 V0_HASHES = {"sha256": hashlib.sha256, "sha384": hashlib.sha384, "sha512": hashlib.sha512}
 
 WorkloadKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
+_BOUNDS = f"RSA {MIN_RSA_BITS}-{MAX_RSA_BITS} bits or EC {'/'.join(ALLOWED_CURVES.values())}"
 
 
 def check_workload_key(key: object, field: str) -> WorkloadKey:
-    """Accept RSA >= 3072 bits or EC P-256/P-384; anything else is InvalidInput."""
+    """Accept RSA of 3072 to 8192 bits (odd public exponent 3 to 2^32-1) or EC P-256/P-384/P-521;
+    anything else is :class:`InvalidInput` naming ``field`` and the bound."""
     if isinstance(key, rsa.RSAPublicKey):
-        if key.key_size < MIN_RSA_BITS:
+        if not MIN_RSA_BITS <= key.key_size <= MAX_RSA_BITS:
             raise InvalidInput(
-                f"{field}: RSA key of {key.key_size} bits; at least {MIN_RSA_BITS} needed", field=field
+                f"{field}: RSA key of {key.key_size} bits; keybroker accepts {MIN_RSA_BITS} to "
+                f"{MAX_RSA_BITS} bits",
+                field=field,
+            )
+        e = key.public_numbers().e
+        if not (3 <= e <= MAX_RSA_EXPONENT and e % 2 == 1):
+            shown = str(e) if e.bit_length() <= 64 else f"of {e.bit_length()} bits"
+            raise InvalidInput(
+                f"{field}: RSA public exponent {shown} is not accepted; keybroker accepts an odd "
+                "exponent from 3 to 2^32-1 (65537 is usual)",
+                field=field,
             )
         return key
     if isinstance(key, ec.EllipticCurvePublicKey):
         if key.curve.name not in ALLOWED_CURVES:
             raise InvalidInput(
-                f"{field}: EC curve {key.curve.name} not accepted; use P-256 or P-384", field=field
+                f"{field}: EC curve {key.curve.name} not accepted; use {', '.join(ALLOWED_CURVES.values())}",
+                field=field,
             )
         return key
-    raise InvalidInput(
-        f"{field}: only RSA (>= {MIN_RSA_BITS} bits) and EC P-256/P-384 keys are accepted", field=field
-    )
+    raise InvalidInput(f"{field}: only {_BOUNDS} keys are accepted", field=field)
 
 
 def load_spki(der: bytes, field: str = "user_data") -> WorkloadKey:

@@ -5,6 +5,12 @@ HASH(JCS({"tee-pubkey", "nonce", "additional-evidence"})) is verified and apprai
 issued; resource → the resource's policy (default: ``ear.status`` affirming and no simulated
 evidence, stricter than Trustee's default, which ignores the status) decides, and the resource
 leaves as a flattened JWE to the ``tee-pubkey`` the evidence bound.
+
+A resource that serves a keybroker key is a second way out for that key, so it never widens the
+first: the key's own transfer policy must allow the same appraisal input too (as ``/kbs/v1``
+passport mode evaluates it; no client permissions, since no keybroker token is presented here),
+and a key without a transfer policy is never released. Denials tell the caller which check failed
+and what it presented, never the policies' expected values; the audit log has them.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import base64
 import binascii
 import hashlib
 import json
+import logging
 import os
 import re
 import secrets
@@ -22,12 +29,14 @@ from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Any, NamedTuple
 
+from joserfc.jwk import ECKey, RSAKey
 from sqlalchemy import bindparam, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from keybroker.appraisal import rego, secl
-from keybroker.appraisal.decision import Decision
+from keybroker.appraisal.decision import Decision, Reason, denied
 from keybroker.appraisal.defaults import default_resource_policy
+from keybroker.appraisal.input import AppraisalInput
 from keybroker.audit import log as audit
 from keybroker.errors import Forbidden, InvalidInput, KeybrokerError, NotFound, PolicyDenied, Unauthenticated
 from keybroker.keys import binding, wrap
@@ -48,6 +57,7 @@ MAX_RESOURCE = 64 * 1024
 _HASH_PREFERENCE = ("sha384", "sha512", "sha256")
 _PATH_PART = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")
 _VERSION = re.compile(r"^(\d+)\.(\d+)\.(\d+)$")
+log = logging.getLogger("keybroker.kbs_v0")
 
 
 class _LiveSession(NamedTuple):
@@ -62,7 +72,8 @@ class _LiveSession(NamedTuple):
 
 
 class _Resource(NamedTuple):
-    """What a release reads of a resource; ``found_key_id`` None: no key, or it was deleted."""
+    """What a release reads of a resource; ``found_key_id`` None: no key, or it was deleted;
+    ``key_policy_id`` None: the key has no transfer policy."""
 
     path: str
     kind: str
@@ -72,6 +83,8 @@ class _Resource(NamedTuple):
     policy: dict[str, Any] | None
     found_key_id: str | None
     backend_ref: str | None
+    key_policy_id: str | None
+    key_policy: dict[str, Any] | None
 
 
 # The hot path's statements: prepared once, run on the session's connection (Core rows, no ORM
@@ -97,8 +110,11 @@ _READ_RESOURCE = (
         *(getattr(KbsResource, f) for f in _Resource._fields[:6]),
         Key.id.label("found_key_id"),
         Key.backend_ref,
+        Key.transfer_policy_id.label("key_policy_id"),
+        TransferPolicy.body.label("key_policy"),
     )
     .outerjoin(Key, Key.id == KbsResource.key_id)
+    .outerjoin(TransferPolicy, TransferPolicy.id == Key.transfer_policy_id)
     .where(KbsResource.path == bindparam("path"))
 )
 _READ_POLICY = select(TransferPolicy.body).where(TransferPolicy.id == bindparam("id"))
@@ -337,7 +353,9 @@ class KbsV0Service:
             if ear is None:
                 raise  # no valid session or token: nothing was decided
             with self._db.session() as s:
-                reasons = getattr(exc, "reasons", None) or [exc.detail]
+                reasons = (
+                    exc.explained if isinstance(exc, PolicyDenied) else getattr(exc, "reasons", None)
+                ) or [exc.detail]
                 audit.append(
                     s,
                     actor=actor,
@@ -364,19 +382,30 @@ class KbsV0Service:
         if found is None:
             raise NotFound(f"resource {path} does not exist")
         res = _Resource._make(found)
-        decision = self._decide(s, res, ear)
+        # the workload key within bounds before anything is appraised (a remote service's token
+        # carries whatever its client sent)
+        tee_pubkey = _tee_pubkey(ear)
+        doc = ear.appraisal_input(client_permissions=None)
+        decision = self._decide(s, res, doc, ear.status)
         details["policy_id"] = decision.policy_id
         details["notes"] = list(decision.notes)
-        if not decision.allowed:
-            raise PolicyDenied(
+        if res.kind == "key":
+            self._decide_key(res, decision, doc, details)
+        elif not decision.allowed:
+            raise denied(
                 "the attestation result does not satisfy the resource's policy",
-                reasons=decision.reasons,
+                decision.findings,
+                explain=False,
             )
-        tee_pubkey = (ear.runtime_data or {}).get("tee-pubkey")
-        if not isinstance(tee_pubkey, dict):
-            raise Unauthenticated("the attestation token carries no tee-pubkey to wrap the resource to")
-        secret = self._material(s, res)
-        jwe = wrap.jwe_wrap(secret, tee_pubkey)
+        try:
+            jwe = wrap.jwe_wrap(self._material(s, res), tee_pubkey)
+        except KeybrokerError:
+            raise
+        except Exception as exc:  # a backend or cryptography failure: recorded, not swallowed
+            log.error("resource %s: the release was allowed but failed: %s", path, type(exc).__name__)
+            raise KeybrokerError(
+                f"the resource was allowed but could not be released ({type(exc).__name__})"
+            ) from exc
         audit.append(
             s,
             actor=actor,
@@ -387,14 +416,68 @@ class KbsV0Service:
         )
         return jwe
 
-    def _decide(self, s: Session, res: _Resource, ear: EarClaims) -> Decision:
-        doc = ear.appraisal_input(client_permissions=None)
+    @staticmethod
+    def _decide_key(
+        res: _Resource, resource_decision: Decision, doc: AppraisalInput, details: dict[str, Any]
+    ) -> None:
+        """Both must allow a resource that serves a key: its policy and the key's transfer policy,
+        on the same appraisal input. Denied: every reason of both, each saying whose it is."""
+        if res.found_key_id is None:
+            raise NotFound(f"the key behind resource {res.path} was deleted")
+        details["key_id"] = res.found_key_id
+        details["key_policy_id"] = res.key_policy_id
+        if res.key_policy_id is None or res.key_policy is None:
+            key_decision: Decision | None = None
+            key_allowed = False
+            key_said: list[Reason] = [
+                Reason.plain("the key has no transfer policy and is never released", "key_policy").within(
+                    _KEY_POLICY
+                )
+            ]
+        elif res.key_policy_id == resource_decision.policy_id:
+            # the resource's policy is the key's own: one evaluation, its reasons told once
+            details["notes"] = [f"{_BOTH_POLICIES}: {n}" for n in resource_decision.notes]
+            if not resource_decision.allowed:
+                raise denied(
+                    "the attestation result does not satisfy the key's transfer policy (the resource's too)",
+                    [r.within(_BOTH_POLICIES) for r in resource_decision.findings],
+                    explain=False,
+                )
+            return
+        else:
+            key_decision = secl.evaluate_input(
+                TransferPolicyBody.model_validate(res.key_policy), doc, policy_id=res.key_policy_id
+            )
+            key_allowed = key_decision.allowed
+            key_said = [r.within(_KEY_POLICY) for r in key_decision.findings]
+        details["notes"] = [
+            *(f"{_RESOURCE_POLICY}: {n}" for n in resource_decision.notes),
+            *(f"{_KEY_POLICY}: {n}" for n in (key_decision.notes if key_decision else ())),
+        ]
+        if resource_decision.allowed and key_allowed:
+            return
+        if not resource_decision.allowed and not key_allowed:
+            why = (
+                "the attestation result satisfies neither the resource's policy nor the key's transfer policy"
+            )
+        elif not key_allowed:
+            why = "the attestation result does not satisfy the transfer policy of the key behind the resource"
+        else:
+            why = "the attestation result does not satisfy the resource's policy"
+        resource_said = [r.within(_RESOURCE_POLICY) for r in resource_decision.findings]
+        raise denied(why, [*resource_said, *key_said], explain=False)
+
+    def _decide(self, s: Session, res: _Resource, doc: AppraisalInput, ear_status: str) -> Decision:
         policy = res.policy
         if policy is None:
-            return default_resource_policy(doc, ear_status=ear.status)
+            return default_resource_policy(doc, ear_status=ear_status)
         if "transfer_policy_id" in policy:
             policy_id = str(policy["transfer_policy_id"])
-            body = s.connection().execute(_READ_POLICY, {"id": policy_id}).scalar()
+            body = (
+                res.key_policy  # a key resource under its key's own policy: read already
+                if policy_id == res.key_policy_id
+                else s.connection().execute(_READ_POLICY, {"id": policy_id}).scalar()
+            )
             if body is None:
                 raise Forbidden("the resource's transfer policy no longer exists", reasons=["policy missing"])
             return secl.evaluate_input(TransferPolicyBody.model_validate(body), doc, policy_id=policy_id)
@@ -404,9 +487,7 @@ class KbsV0Service:
 
     def _material(self, s: Session, res: _Resource) -> bytes:
         if res.kind == "key":
-            assert res.key_id is not None
-            if res.found_key_id is None:
-                raise NotFound(f"the key behind resource {res.path} was deleted")
+            assert res.found_key_id is not None  # _decide_key
             return self._keystore.fetch(s, res.found_key_id, res.backend_ref)
         assert res.wrapped_dek is not None and res.ciphertext is not None
         root = self._barrier.root_key()
@@ -454,7 +535,7 @@ class KbsV0Service:
                 action="resource.write",
                 object_id=path,
                 outcome="success",
-                details={"kind": values["kind"]},
+                details={"kind": values["kind"]} | ({"key_id": values["key_id"]} if values["key_id"] else {}),
             )
 
     def set_policy(self, path: str, policy: dict[str, Any] | None, actor: str) -> None:
@@ -489,11 +570,25 @@ class KbsV0Service:
             return list(s.scalars(select(KbsResource).order_by(KbsResource.path)))
 
 
-def _check_jwk(jwk: dict[str, Any]) -> None:
-    from joserfc.errors import JoseError
-    from joserfc.jwk import ECKey, RSAKey
+_TEE_PUBKEY = "runtime-data.tee-pubkey"
+_RESOURCE_POLICY = "resource policy"
+_KEY_POLICY = "key policy"
+_BOTH_POLICIES = "key and resource policy"
 
-    field = "runtime-data.tee-pubkey"
+
+def _tee_pubkey(ear: EarClaims) -> RSAKey | ECKey:
+    """The TEE's key the token's runtime data carries, checked as at attest."""
+    jwk = (ear.runtime_data or {}).get("tee-pubkey")
+    if not isinstance(jwk, dict):
+        raise Unauthenticated("the attestation token carries no tee-pubkey to wrap the resource to")
+    return _check_jwk(jwk)
+
+
+def _check_jwk(jwk: dict[str, Any]) -> RSAKey | ECKey:
+    """The JWK as a public key within the workload key bounds, or :class:`InvalidInput`."""
+    from joserfc.errors import JoseError
+
+    field = _TEE_PUBKEY
     key: RSAKey | ECKey
     try:
         if jwk.get("kty") == "RSA":
@@ -507,3 +602,4 @@ def _check_jwk(jwk: dict[str, Any]) -> None:
     if key.is_private:
         raise InvalidInput("tee-pubkey holds private key material; send the public part", field=field)
     binding.check_workload_key(key.public_key, field)
+    return key

@@ -5,10 +5,16 @@ Steps, in this order (a failure at any step denies, is audited, and releases not
 2. ``Attestation-Type`` is one the policy allows;
 3. the nonce is consumed (single use, this key, not expired) *before* the evidence is looked at,
    so a failed attempt cannot be retried with the same nonce;
-4. ``user_data`` is the workload's ephemeral public key (DER SPKI, RSA >= 3072 or EC P-256/P-384);
+4. ``user_data`` is the workload's ephemeral public key, within bounds (DER SPKI, RSA 3072-8192
+   bits; see :func:`keybroker.keys.binding.check_workload_key`), so that nothing the policy allows
+   can fail at wrapping;
 5. the quote verifies (chain, collateral, TCB) and its REPORTDATA = SHA-512(nonce || user_data);
 6. the key's policy allows the verified claims (and the caller's client permissions);
-7. the key is wrapped to the workload key (SWK via RSA-OAEP-256, key under AES-256-GCM).
+7. the key is wrapped to the workload key (SWK via RSA-OAEP-256, key under AES-256-GCM). A failure
+   here is audited (outcome ``failed``) like every other outcome.
+
+Denials tell the caller which check failed and what it presented; the policy's expected values
+only to a caller whose token holds :data:`TRANSFER_PERMISSION` (the audit log always has them).
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from keybroker.appraisal import secl
-from keybroker.appraisal.decision import Decision
+from keybroker.appraisal.decision import Decision, Reason, denied
 from keybroker.audit import log as audit
 from keybroker.auth.tokens import Principal
 from keybroker.errors import (
@@ -52,7 +58,15 @@ from keybroker.tokens.ear import EarClaims
 from keybroker.tokens.remote import RemoteAttestation
 
 V1_PURPOSE = "kbs-v1-transfer"
+#: SecL's transfer permission. Here: a denial explained in full (with the policy's expected
+#: values), and, with ``resources:write``, serving a key through a ``/kbs/v0`` resource.
+TRANSFER_PERMISSION = "keys:transfer"
 log = logging.getLogger("keybroker.release")
+
+
+def explains(principal: Principal | None) -> bool:
+    """Whether the caller is told the policy's expected values when it is denied."""
+    return principal is not None and principal.allows(TRANSFER_PERMISSION)
 
 
 @dataclass(frozen=True)
@@ -91,11 +105,21 @@ def _rsa_workload_key(spki_der: bytes, field: str) -> rsa.RSAPublicKey:
     key = binding.load_spki(spki_der, field)
     if not isinstance(key, rsa.RSAPublicKey):
         raise InvalidInput(
-            f"/kbs/v1 wraps the session key with RSA-OAEP: {field} must be an RSA (>= 3072-bit) key; "
-            "use /kbs/v0 for EC keys",
+            f"/kbs/v1 wraps the session key with RSA-OAEP: {field} must be an RSA key "
+            f"({binding.MIN_RSA_BITS}-{binding.MAX_RSA_BITS} bits); use /kbs/v0 for EC keys",
             field=field,
         )
     return key
+
+
+def _wrap_failed(key_id: str, exc: Exception) -> KeybrokerError:
+    """A failure after the policy allowed the release, as an error the audit records."""
+    log.error(
+        "key %s: wrapping for the workload failed after the policy allowed it: %s", key_id, type(exc).__name__
+    )
+    return KeybrokerError(
+        f"the key was allowed but could not be wrapped to the workload key ({type(exc).__name__})"
+    )
 
 
 #: Prepared once (it runs twice per transfer): the key's backend reference and its policy.
@@ -181,6 +205,7 @@ class ReleaseService:
         self, key_id: str, req: EvidenceRequest, principal: Principal | None, actor: str
     ) -> wrap.SeclWrapped:
         details: dict[str, Any] = {"protocol": "kbs/v1", "evidence_sha256": evidence_digest(req.quote)}
+        explain = explains(principal)
         try:
             # One transaction: the key and its policy, then the nonce is used up (unless the
             # request is refused before the nonce is looked at). Not durable by itself: the
@@ -193,8 +218,16 @@ class ReleaseService:
                     why = "the key's policy releases without attestation: send only user_data with Attestation-Type NONE"
                     raise PolicyDenied(why, reasons=[why])
                 if req.attestation_type not in policy.attestation_type:
-                    why = f"Attestation-Type {req.attestation_type} is not allowed by the key's policy ({', '.join(policy.attestation_type)})"
-                    raise PolicyDenied(why, reasons=[why])
+                    said = f"Attestation-Type {req.attestation_type} is not allowed by the key's policy"
+                    listed = ", ".join(policy.attestation_type)
+                    reason = Reason(
+                        check="attestation_type",
+                        text=f"{said} ({listed})",
+                        public=said,
+                        presented=req.attestation_type,
+                        expected=listed,
+                    )
+                    raise denied(reason.text if explain else said, [reason], explain=explain)
                 nonces.consume(s, req.nonce, purpose=V1_PURPOSE, subject=key_id)
             workload_key = _rsa_workload_key(req.user_data, "user_data")
             permissions = None if principal is None else sorted(principal.client_permissions)
@@ -216,6 +249,7 @@ class ReleaseService:
                 workload_key,
                 actor,
                 details,
+                explain=explain,
             )
         except KeybrokerError as exc:
             self._audit_denial(actor, key_id, exc, details)
@@ -290,6 +324,7 @@ class ReleaseService:
                 workload_key,
                 actor,
                 details,
+                explain=explains(principal),
             )
         except KeybrokerError as exc:
             self._audit_denial(actor, key_id, exc, details)
@@ -317,8 +352,17 @@ class ReleaseService:
                 set(policy.none.attributes.client_permissions) - set(principal.client_permissions)
             )
             if missing:
-                why = f"the token lacks client permission(s) {', '.join(missing)}"
-                raise PolicyDenied("the caller is not allowed by the key's policy", reasons=[why])
+                held = ", ".join(sorted(principal.client_permissions))
+                reason = Reason(
+                    check="client_permissions",
+                    text=f"the token lacks client permission(s) {', '.join(missing)}",
+                    public=f"the token (client permissions [{held}]) lacks some the key's policy requires",
+                    presented=held,
+                    expected=", ".join(missing),
+                )
+                raise denied(
+                    "the caller is not allowed by the key's policy", [reason], explain=explains(principal)
+                )
             workload_key = _rsa_workload_key(user_data, "user_data")
             log.warning(
                 "key %s released WITHOUT attestation to %s (policy %s, tier good)", key_id, actor, policy_id
@@ -338,11 +382,14 @@ class ReleaseService:
         workload_key: rsa.RSAPublicKey,
         actor: str,
         details: dict[str, Any],
+        *,
+        explain: bool,
     ) -> wrap.SeclWrapped:
-        """Release if the policy allowed it; else deny (``denial``) with the decision's reasons."""
+        """Release if the policy allowed it; else deny (``denial``) with the decision's reasons, in
+        full only if ``explain``."""
         details["notes"] = list(decision.notes)
         if not decision.allowed:
-            raise PolicyDenied(denial, reasons=decision.reasons)
+            raise denied(denial, decision.findings, explain=explain)
         return self._release(key, workload_key, actor, details)
 
     def _release(
@@ -353,11 +400,18 @@ class ReleaseService:
         details: dict[str, Any],
         reason: str | None = None,
     ) -> wrap.SeclWrapped:
-        """Wrap the key to the workload (inside the HSM for HSM keys) and audit the release."""
+        """Wrap the key to the workload (inside the HSM for HSM keys) and audit the release.
+
+        Any failure is raised as a :class:`KeybrokerError`, which the caller audits: an allowed
+        release that fails is never an unaudited 500."""
         with self._db.session() as s:
-            wrapped = wrap.secl_from_transfer(
-                self._keystore.wrap_for_transfer(s, key.id, key.backend_ref, workload_key, b"")
-            )
+            try:
+                transfer = self._keystore.wrap_for_transfer(s, key.id, key.backend_ref, workload_key, b"")
+            except KeybrokerError:
+                raise
+            except Exception as exc:  # a backend or cryptography failure: recorded, not swallowed
+                raise _wrap_failed(key.id, exc) from exc
+            wrapped = wrap.secl_from_transfer(transfer)
             audit.append(
                 s,
                 actor=actor,
@@ -370,7 +424,9 @@ class ReleaseService:
         return wrapped
 
     def _audit_denial(self, actor: str, key_id: str, exc: KeybrokerError, details: dict[str, Any]) -> None:
-        reasons = getattr(exc, "reasons", None) or [exc.detail]
+        reasons = (exc.explained if isinstance(exc, PolicyDenied) else getattr(exc, "reasons", None)) or [
+            exc.detail
+        ]
         if isinstance(exc, EvidenceError) and "check" in exc.extra:
             details["failed_check"] = exc.extra["check"]
         with self._db.session() as s:

@@ -36,17 +36,21 @@ def secl_wrap(secret: bytes, workload_key: rsa.RSAPublicKey) -> SeclWrapped:
     return secl_from_transfer(software_wrap(secret, workload_key, b""))
 
 
-def jwe_wrap(secret: bytes, tee_pubkey_jwk: dict[str, object]) -> dict[str, str]:
-    """Flattened JWE of ``secret`` to the workload's JWK (RSA: RSA-OAEP-256; EC: ECDH-ES+A256KW)."""
-    kty = tee_pubkey_jwk.get("kty")
-    if kty == "RSA":
-        key: RSAKey | ECKey = RSAKey.import_key(tee_pubkey_jwk)  # type: ignore[arg-type]
-        alg = "RSA-OAEP-256"
-    elif kty == "EC":
-        key = ECKey.import_key(tee_pubkey_jwk)  # type: ignore[arg-type]
-        alg = "ECDH-ES+A256KW"
+def jwe_wrap(secret: bytes, tee_pubkey: dict[str, object] | RSAKey | ECKey) -> dict[str, str]:
+    """Flattened JWE of ``secret`` to the workload's key, a JWK or one imported already (RSA:
+    RSA-OAEP-256; EC: ECDH-ES+A256KW)."""
+    key: RSAKey | ECKey
+    if isinstance(tee_pubkey, RSAKey | ECKey):
+        key = tee_pubkey
+    elif tee_pubkey.get("kty") == "RSA":
+        key = RSAKey.import_key(tee_pubkey)  # type: ignore[arg-type]
+    elif tee_pubkey.get("kty") == "EC":
+        key = ECKey.import_key(tee_pubkey)  # type: ignore[arg-type]
     else:
-        raise InvalidInput(f"tee-pubkey kty {kty!r} is not RSA or EC", field="runtime-data.tee-pubkey")
+        raise InvalidInput(
+            f"tee-pubkey kty {tee_pubkey.get('kty')!r} is not RSA or EC", field="runtime-data.tee-pubkey"
+        )
+    alg = "RSA-OAEP-256" if isinstance(key, RSAKey) else "ECDH-ES+A256KW"
     if key.is_private:
         raise InvalidInput(
             "tee-pubkey holds a private key; send the public part only", field="runtime-data.tee-pubkey"

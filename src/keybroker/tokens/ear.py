@@ -292,7 +292,7 @@ def issue_ear(
                 "ear.appraisal-policy-id": decision.policy_id,
                 "ear.veraison.annotated-evidence": _annotated_evidence(verified, runtime_data),
                 "ear.veraison.policy-claims": {
-                    "reasons": list(decision.reasons),
+                    "reasons": list(decision.public_reasons),  # the attester may be anyone
                     "notes": list(decision.notes),
                 },
             }

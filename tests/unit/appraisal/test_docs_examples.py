@@ -13,6 +13,7 @@ from tests.helpers.sim_evidence import SimEvidence
 from keybroker.appraisal import rego, secl
 from keybroker.appraisal.input import appraisal_input
 from keybroker.keys.policy import TransferPolicyBody
+from keybroker.tee.sim import DEFAULT_MRTD
 
 DOC = Path(__file__).resolve().parents[3] / "docs" / "policies.md"
 _EXAMPLE = re.compile(r"<!-- example: ([\w-]+) -->\n```(\w+)\n(.*?)\n```", re.DOTALL)
@@ -45,6 +46,7 @@ def test_every_example_is_tested() -> None:
         "secl-tdx",
         "rego-sgx",
         "decision-rego-sgx",
+        "rego-tdx-reason-object",
     }
 
 
@@ -73,3 +75,12 @@ def test_rego_sgx_decision(sgx_doc: dict[str, Any], sim: SimEvidence) -> None:
     ok = dict(appraisal_input(sim.verify("sgx", isvsvn=3), client_permissions=["nginx"]))
     assert rego.evaluate(policy, ok).allowed
     assert not rego.evaluate(policy, {**ok, "client_permissions": None}).allowed
+
+
+def test_rego_reason_object(sim: SimEvidence) -> None:
+    policy = rego.compile_policy(EXAMPLES["rego-tdx-reason-object"])
+    assert rego.evaluate(policy, dict(appraisal_input(sim.verify("tdx"), client_permissions=None))).allowed
+    wrong = dict(appraisal_input(sim.verify("tdx", mrtd=b"\x07" * 48), client_permissions=None))
+    d = rego.evaluate(policy, wrong)
+    assert d.public_reasons == (f"mrtd {'07' * 48} is not allowed",)
+    assert d.reasons == (f"mrtd {'07' * 48} is not allowed (expected {DEFAULT_MRTD.hex()})",)

@@ -103,7 +103,7 @@ def test_concurrent_evaluations(sim: SimEvidence) -> None:
         ),
         (
             "package keybroker\nallow := false\nreasons := [1, 2]\n",
-            "the policy's reasons is not a set or array of strings",
+            "the policy's reasons is not a set or array of strings and {message, expected, check} objects",
         ),
         (
             'package keybroker\nallow := true\nnotes := "text"\n',
@@ -258,3 +258,39 @@ def test_policies_see_the_same_document_as_secl(sim: SimEvidence) -> None:
     other = copy.deepcopy(d)
     other["client_permissions"] = None
     assert not rego.evaluate(rego.compile_policy(src), other).allowed
+
+
+def test_reason_objects_keep_expected_values_out_of_the_public_form(sim: SimEvidence) -> None:
+    src = f"""package keybroker
+import rego.v1
+default allow := false
+expected := "{DEFAULT_MRENCLAVE.hex()}"
+allow if input.claims.mr_enclave == expected
+reasons contains {{
+    "check": "mrenclave",
+    "message": sprintf("mrenclave %s is not allowed", [input.claims.mr_enclave]),
+    "expected": [expected, "ab"],
+}} if input.claims.mr_enclave != expected
+reasons contains "written for everyone" if input.claims.mr_enclave != expected
+"""
+    d = rego.evaluate(rego.compile_policy(src), doc(sim, mrenclave=bytes(32)))
+    assert not d.allowed
+    mrenclave = next(f for f in d.findings if f.check == "mrenclave")
+    assert mrenclave.public == f"mrenclave {'00' * 32} is not allowed"
+    assert mrenclave.text == f"{mrenclave.public} (expected {DEFAULT_MRENCLAVE.hex()}, ab)"
+    assert DEFAULT_MRENCLAVE.hex() not in " ".join(d.public_reasons)
+    assert "written for everyone" in d.public_reasons and "written for everyone" in d.reasons
+
+
+@pytest.mark.parametrize(
+    "item",
+    ['{"message": 1}', '{"message": "m", "other": 1}', '{"expected": "x"}', '{"message": "m", "check": 2}'],
+)
+def test_malformed_reason_objects_deny_with_a_reason(sim: SimEvidence, item: str) -> None:
+    d = rego.evaluate(
+        rego.compile_policy(f"package keybroker\nallow := false\nreasons := [{item}]\n"), doc(sim)
+    )
+    assert not d.allowed
+    assert "the policy's reasons is not a set or array of strings and {message, expected, check} objects" in (
+        d.reasons
+    )

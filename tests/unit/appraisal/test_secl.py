@@ -466,3 +466,53 @@ def test_affirming_only_for_clean_non_simulated_evidence(sim: SimEvidence) -> No
         "storage-opaque": 0,
         "sourced-data": 0,
     }
+
+
+@pytest.mark.parametrize(
+    ("tee", "attrs", "quote"),
+    [("sgx", m[1], m[2]) for m in SGX_MISMATCHES] + [("tdx", m[1], m[2]) for m in TDX_MISMATCHES],
+    ids=[f"sgx-{m[0]}" for m in SGX_MISMATCHES] + [f"tdx-{m[0]}" for m in TDX_MISMATCHES],
+)
+def test_public_reasons_never_carry_the_policys_values(
+    sim: SimEvidence, tee: str, attrs: dict[str, Any], quote: dict[str, Any]
+) -> None:
+    """The public form names the clause and the presented value; the policy's expected values are
+    only in the full text (what the audit log and entitled callers get)."""
+    make = sgx_policy if tee == "sgx" else tdx_policy
+    d = evaluate(sim, make(**attrs), tee, **quote)
+    assert not d.allowed and d.findings
+    for finding in d.findings:
+        if finding.presented is not None:
+            assert finding.presented in finding.public
+        if finding.expected is None:
+            assert finding.public == finding.text
+            continue
+        assert finding.expected in finding.text
+        for value in finding.expected.replace(":", ",").split(","):
+            value = value.strip()
+            if len(value) > 1 and not value.endswith("value") and not value.endswith("values"):
+                assert value not in finding.public, (value, finding.public)
+    assert d.public_reasons == tuple(dict.fromkeys(f.public for f in d.findings))
+
+
+def test_public_client_permission_reasons(sim: SimEvidence) -> None:
+    policy = sgx_policy(client_permissions=["nginx", "USA"])
+    d = evaluate(sim, policy, "sgx", client_permissions=["other"])
+    assert d.reasons == (
+        "client permission nginx is not in the caller's token",
+        "client permission USA is not in the caller's token",
+    )
+    assert d.public_reasons == (
+        "the caller's token (client permissions [other]) lacks one the policy requires",
+    )
+    d = evaluate(sim, policy, "sgx", client_permissions=None)
+    assert d.public_reasons == ("the policy requires client permissions but the request presented no token",)
+
+
+def test_public_reasons_for_types_and_trust_authority_ids(sim: SimEvidence) -> None:
+    d = evaluate(sim, sgx_policy(), "tdx")
+    assert d.public_reasons == ("the evidence is TDX, which the policy's attestation_type does not list",)
+    policy = sgx_policy()
+    policy["sgx"]["policy_ids"] = ["0f0e0d0c-0000-4000-8000-000000000001"]
+    d = evaluate(sim, policy, "sgx")
+    assert "0f0e0d0c" in d.reasons[0] and "0f0e0d0c" not in d.public_reasons[0]

@@ -79,11 +79,43 @@ def test_workload_key_rules() -> None:
     der = small.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     with pytest.raises(InvalidInput, match="3072"):
         binding.load_spki(der)
+    k256 = ec.generate_private_key(ec.SECP256K1()).public_key()
+    with pytest.raises(InvalidInput, match="secp256k1 not accepted; use P-256, P-384, P-521"):
+        binding.check_workload_key(k256, "k")
     p521 = ec.generate_private_key(ec.SECP521R1()).public_key()
-    with pytest.raises(InvalidInput, match="P-256"):
-        binding.check_workload_key(p521, "k")
+    assert binding.check_workload_key(p521, "k") is p521
     with pytest.raises(InvalidInput, match="DER"):
         binding.load_spki(b"\x30\x03garbage")
     p256 = ec.generate_private_key(ec.SECP256R1()).public_key()
     der = p256.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     assert isinstance(binding.load_spki(der), ec.EllipticCurvePublicKey)
+
+
+def _rsa_public(bits: int, e: int = 65537) -> rsa.RSAPublicKey:
+    """An RSA public key of exactly ``bits`` bits (a random odd modulus: only its size matters here)."""
+    n = int.from_bytes(os.urandom(bits // 8 + 1), "big") % (1 << bits) | (1 << (bits - 1)) | 1
+    return rsa.RSAPublicNumbers(e, n).public_key()
+
+
+@pytest.mark.parametrize(
+    ("bits", "e", "message"),
+    [
+        (8200, 65537, "k: RSA key of 8200 bits; keybroker accepts 3072 to 8192 bits"),
+        (16392, 65537, "k: RSA key of 16392 bits; keybroker accepts 3072 to 8192 bits"),
+        (4096, 2**64 + 1, "k: RSA public exponent of 65 bits is not accepted"),
+        (4096, 2**32 + 1, "k: RSA public exponent 4294967297 is not accepted"),
+    ],
+)
+def test_workload_key_upper_bounds(bits: int, e: int, message: str) -> None:
+    with pytest.raises(InvalidInput) as info:
+        binding.check_workload_key(_rsa_public(bits, e), "k")
+    assert str(info.value).startswith(message) and info.value.field == "k"
+
+
+@pytest.mark.parametrize(("bits", "e"), [(3072, 3), (8192, 65537), (4096, 2**32 - 1)])
+def test_every_accepted_rsa_key_wraps(bits: int, e: int) -> None:
+    """The bounds are what the wrapping can use: an accepted key never fails there."""
+    key = binding.check_workload_key(_rsa_public(bits, e), "k")
+    assert isinstance(key, rsa.RSAPublicKey)
+    assert len(wrap.secl_wrap(b"k" * 32, key).wrapped_swk) == bits // 8
+    assert wrap.jwe_wrap(b"k", wrap.public_jwk(key))["ciphertext"]

@@ -10,10 +10,12 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from keybroker.api.deps import bearer, require, services
+from keybroker.api.deps import bearer, principal, require, services
 from keybroker.api.services import Services
-from keybroker.errors import InvalidInput
+from keybroker.auth.tokens import Principal
+from keybroker.errors import Forbidden, InvalidInput
 from keybroker.keys.kbs_v0 import SESSION_TTL, resource_path
+from keybroker.keys.release import TRANSFER_PERMISSION
 from keybroker.keys.service import Caller
 
 router = APIRouter(prefix="/kbs/v0", tags=["kbs-v0"])
@@ -98,7 +100,21 @@ def get_resource(
     return JSONResponse(_services(request).kbs_v0.get_resource(path, session, bearer(request)))
 
 
-@router.post("/resource/{repository}/{rtype}/{tag}", status_code=204)
+def _content_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+def _may_serve_keys(request: Request, p: Principal = Depends(principal)) -> None:
+    """A JSON body maps a keybroker key into the resource: a second way out for that key, so it
+    takes the permission over keys' transfers besides ``resources:write``."""
+    if _content_type(request) == "application/json" and not p.allows(TRANSFER_PERMISSION):
+        raise Forbidden(
+            f"serving a key as a resource needs the permission {TRANSFER_PERMISSION} besides resources:write",
+            permission=TRANSFER_PERMISSION,
+        )
+
+
+@router.post("/resource/{repository}/{rtype}/{tag}", status_code=204, dependencies=[Depends(_may_serve_keys)])
 async def put_resource(
     repository: str,
     rtype: str,
@@ -108,10 +124,10 @@ async def put_resource(
     caller: Caller = Depends(require("resources:write")),
 ) -> Response:
     """Write a resource: the raw bytes (``application/octet-stream``, up to 64 KiB), or
-    ``{"key_id": ...}`` (JSON) to serve a keybroker key. New resources get the default policy."""
+    ``{"key_id": ...}`` (JSON) to serve a keybroker key, which also needs ``keys:transfer``.
+    New resources get the default policy."""
     path = resource_path(repository, rtype, tag)
-    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if ctype == "application/json":
+    if _content_type(request) == "application/json":
         body = await _json_body(request)
         key_id = body.get("key_id")
         if set(body) != {"key_id"} or not isinstance(key_id, str):
