@@ -58,6 +58,9 @@ log = logging.getLogger("keybroker.release")
 class Challenge:
     nonce: nonces.IssuedNonce
     attestation_type: str
+    #: The key's public half (PEM SPKI) for RSA/EC keys, None for secrets: not secret, and it lets a
+    #: workload see that it already holds the key before it spends a release.
+    public_key_pem: str | None = None
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,7 @@ class ReleasableKey:
 
     id: str
     backend_ref: str | None
+    public_key_pem: str | None = None
 
 
 @dataclass(frozen=True)
@@ -99,7 +103,7 @@ def _rsa_workload_key(spki_der: bytes, field: str) -> rsa.RSAPublicKey:
 
 #: Prepared once (it runs twice per transfer): the key's backend reference and its policy.
 _KEY_AND_POLICY = (
-    select(Key.id, Key.backend_ref, Key.transfer_policy_id, TransferPolicy.body)
+    select(Key.id, Key.backend_ref, Key.public_key_pem, Key.transfer_policy_id, TransferPolicy.body)
     .outerjoin(TransferPolicy, TransferPolicy.id == Key.transfer_policy_id)
     .where(Key.id == bindparam("key_id"))
 )
@@ -139,7 +143,7 @@ class ReleaseService:
             )
         assert row.body is not None  # foreign key
         policy = TransferPolicyBody.model_validate(row.body)
-        return ReleasableKey(row.id, row.backend_ref), policy, row.transfer_policy_id
+        return ReleasableKey(row.id, row.backend_ref, row.public_key_pem), policy, row.transfer_policy_id
 
     def _lookup(self, key_id: str) -> tuple[ReleasableKey, TransferPolicyBody, str]:
         with self._db.session() as s:
@@ -150,14 +154,14 @@ class ReleaseService:
             return self._remote_challenge(key_id)
         # not durable: a nonce lost in a machine crash only makes the client ask again
         with self._db.session(durable=False) as s:
-            _, policy, _ = self._key_and_policy(s, key_id)
+            key, policy, _ = self._key_and_policy(s, key_id)
             issued = nonces.issue(s, purpose=V1_PURPOSE, subject=key_id, ttl=self._nonce_ttl)
-        return Challenge(issued, policy.attestation_type[0])
+        return Challenge(issued, policy.attestation_type[0], key.public_key_pem)
 
     def _remote_challenge(self, key_id: str) -> Challenge:
         """The remote attestation service's nonce, recorded here too (single use, this key)."""
         assert self._remote is not None
-        _, policy, _ = self._lookup(key_id)  # an unknown key is refused before the remote is asked
+        key, policy, _ = self._lookup(key_id)  # an unknown key is refused before the remote is asked
         value, remote_expiry = self._remote.nonce()
         ttl = min(self._nonce_ttl, remote_expiry - datetime.now(UTC))
         if ttl <= timedelta(0):
@@ -166,7 +170,7 @@ class ReleaseService:
             )
         with self._db.session(durable=False) as s:
             issued = nonces.issue(s, purpose=V1_PURPOSE, subject=key_id, ttl=ttl, value=value)
-        return Challenge(issued, policy.attestation_type[0])
+        return Challenge(issued, policy.attestation_type[0], key.public_key_pem)
 
     def transfer(
         self, key_id: str, req: EvidenceRequest, principal: Principal | None, actor: str
