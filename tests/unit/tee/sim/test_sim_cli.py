@@ -292,3 +292,22 @@ def test_refresh(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert (out / "collateral-sgx.json").read_text() != before  # new CRL numbers and signatures
     assert runner.invoke(devpki.app, ["refresh", "--dev-pki", str(tmp_path / "none")]).exit_code == 2
+
+
+def test_what_evidence_produces_keybroker_evidence_verify_verifies(cli_pki: Path, tmp_path: Path) -> None:
+    """The producer and the verifier are a pair: the client writes, ``keybroker evidence verify`` reads."""
+    import json
+
+    from keybroker.cli.main import app as server_app
+
+    out = tmp_path / "tdx.bin"
+    assert _evidence(cli_pki, "sim-tdx", out, "mrtd=" + "ab" * 48).exit_code == 0
+    result = runner.invoke(
+        server_app,
+        ["evidence", "verify", "--quote", str(out), "--collateral", str(cli_pki / "collateral-tdx.json")]
+        + ["--trust-root", str(cli_pki / "root.pem"), "--json"],
+    )
+    assert result.exit_code == 0, result.output
+    verified = json.loads(result.output)
+    assert verified["verdict"] == "verified"
+    assert "ab" * 48 in json.dumps(verified) and REPORT_DATA.hex() in json.dumps(verified)
