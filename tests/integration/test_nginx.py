@@ -216,6 +216,15 @@ def test_nginx_walkthrough(requirements: None, tmp_path: Path) -> None:
             timeout=120,
         )
         assert again.returncode == 0 and "unchanged:" in again.stderr, again.stderr
+        assert "nothing released" in run.stderr  # the doc's own re-run
+        with httpx.Client(
+            base_url=doc_vars["KB"],
+            verify=ssl.create_default_context(cafile=str(ca)),
+            headers={"Authorization": f"Bearer {doc_vars['TOKEN']}"},
+        ) as admin:
+            audit = admin.get("/kbs/v1/audit", params={"limit": 1000}).json()
+        transfers = [r for r in audit if r["action"] == "key.transfer" and r["object_id"] == key]
+        assert [r["outcome"] for r in transfers] == ["success", "denied"]  # the re-runs released nothing
         assert (
             _served_public_key(int(env["NGINX_PORT"]), ca).public_numbers() == broker_public.public_numbers()
         )  # type: ignore[union-attr]

@@ -44,3 +44,5 @@ def test_quickstart_runs(tmp_path: Path) -> None:
     assert "secp256r1" in out and "subject=CN = nginx.example.com" in out
     assert "\n204\n" in out
     assert "audit chain intact" in out
+    assert "wrote RSA-3072 private key" in r.stderr and "already holds key" in r.stderr
+    assert r.stderr.count("nothing released") == 1

@@ -3,27 +3,53 @@
 Exit codes: 0 ok, 1 denied or failed (the broker's reasons are printed), 2 usage, 3 the broker is
 unreachable or unavailable (network, TLS verification, 5xx after the retries). Key material is never
 printed or logged: ``get-key`` writes it only to ``--out`` (mode 0600) or into a PKCS#11 token.
+
+A key already where it should go is not released again: the broker's challenge names the key's public
+half before any evidence is sent, and the token (or the ``--out`` file) is checked against it first.
 """
 
 from __future__ import annotations
 
-import functools
-import logging
 import sys
 import time
-from collections.abc import Callable
+import uuid
 from pathlib import Path
-from typing import Annotated, ParamSpec, TypeVar
+from typing import Annotated
 
 import typer
 
 from keybroker import __version__
 from keybroker.cli import client_evidence
+from keybroker.cli.client_common import (
+    EXIT_DENIED,
+    EXIT_OK,
+    DevPkiOpt,
+    RootOpt,
+    SimFieldOpt,
+    TeeOpt,
+    VerboseOpt,
+    describe,
+    exit_code,
+    exits,
+    log,
+    provider,
+    say,
+    setup_logging,
+)
 from keybroker.client import evidence as ev
-from keybroker.client.errors import Denied, EvidenceUnavailable, Unreachable
+from keybroker.client.errors import OutputError
 from keybroker.client.http import RetryPolicy, TlsConfig, Transport, parse_sha384_pin
-from keybroker.client.material import ReleasedKey, check_writable, write_private_file
+from keybroker.client.material import ReleasedKey, check_writable, holds_private_key, write_private_file
+from keybroker.client.pkcs11_import import TokenTarget
+from keybroker.client.protocol_v1 import Challenge
 from keybroker.errors import InvalidInput, KeybrokerError
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"keybroker-client {__version__}")
+        raise typer.Exit()
+
 
 app = typer.Typer(
     name="keybroker-client",
@@ -33,56 +59,14 @@ app = typer.Typer(
     add_completion=False,
 )
 
-EXIT_OK, EXIT_DENIED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
-log = logging.getLogger("keybroker.client")
 
-P = ParamSpec("P")
-R = TypeVar("R")
-
-
-def _say(message: str) -> None:
-    typer.echo(message, err=True)
-
-
-def exit_code(exc: KeybrokerError) -> int:
-    if isinstance(exc, InvalidInput):
-        return EXIT_USAGE
-    if isinstance(exc, Unreachable):
-        return EXIT_UNREACHABLE
-    return EXIT_DENIED
-
-
-def _exits(fn: Callable[P, R]) -> Callable[P, R]:
-    """Client errors become a message on stderr and an exit code, never a traceback."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return fn(*args, **kwargs)
-        except KeybrokerError as exc:
-            _say("error: " + (exc.diagnostics() if isinstance(exc, Denied) else f"{exc.title}: {exc.detail}"))
-            raise typer.Exit(exit_code(exc)) from None
-
-    return wrapper
-
-
-class _StderrHandler(logging.Handler):
-    """Writes to whatever ``sys.stderr`` is at the time (test runners swap it)."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        typer.echo(self.format(record), err=True)
-
-
-def _logging(verbose: int) -> None:
-    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    handler = _StderrHandler()
-    handler.setFormatter(logging.Formatter("keybroker-client: %(message)s"))
-    log.handlers[:] = [handler]
-    log.setLevel(level)
-    log.propagate = False
-    # httpx/httpcore stay quiet: their debug output would include request details.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    logging.getLogger("httpcore").setLevel(logging.WARNING)
+@app.callback()
+def _main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="print the version")
+    ] = False,
+) -> None:
+    """keybroker workload client: obtains evidence inside a TEE and fetches keys."""
 
 
 # --- shared options --------------------------------------------------------------------------------
@@ -110,32 +94,10 @@ TokenOpt = Annotated[
         "--token", envvar="KEYBROKER_TOKEN", help="workload bearer token (client permissions, /kbs/v1)"
     ),
 ]
-TeeOpt = Annotated[
-    str,
-    typer.Option(
-        "--tee",
-        help="auto (detect), tdx (configfs-tsm or /dev/tdx_guest), snp (configfs-tsm), sgx (Gramine), "
-        "sim-tdx or sim-sgx (simulator, NOT FOR PRODUCTION)",
-    ),
-]
-DevPkiOpt = Annotated[
-    Path | None,
-    typer.Option("--dev-pki", help="the broker's dev PKI directory (--tee sim-*)"),
-]
-SimFieldOpt = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--sim-field",
-        help="simulated measurement NAME=VALUE, repeatable (tdx: mrtd, rtmr0..3, mrseam, seamsvn, debug, tcb; "
-        "sgx: mrenclave, mrsigner, isvprodid, isvsvn, debug, tcb)",
-    ),
-]
 RetriesOpt = Annotated[
     int, typer.Option("--retries", min=0, max=20, help="retries after a network error or 5xx")
 ]
 TimeoutOpt = Annotated[float, typer.Option("--timeout", min=0.1, help="seconds per HTTP request")]
-VerboseOpt = Annotated[int, typer.Option("--verbose", "-v", count=True, help="-v: progress, -vv: debug")]
-RootOpt = Annotated[Path, typer.Option("--system-root", hidden=True, help="prefix for /sys and /dev (tests)")]
 TimingsOpt = Annotated[bool, typer.Option("--timings", help="print how long each step took (stderr)")]
 
 ModuleOpt = Annotated[
@@ -153,34 +115,6 @@ PinFileOpt = Annotated[
 ReplaceOpt = Annotated[
     bool, typer.Option("--replace", help="overwrite a different key already under the same label or id")
 ]
-
-
-def _sim_fields(values: list[str] | None) -> dict[str, str]:
-    fields: dict[str, str] = {}
-    for item in values or []:
-        name, eq, value = item.partition("=")
-        if not eq or not name:
-            raise InvalidInput(f"--sim-field {item!r} is not NAME=VALUE", field="sim-field")
-        fields[name.strip().lower()] = value.strip()
-    return fields
-
-
-def _provider(tee: str, dev_pki: Path | None, sim_field: list[str] | None, root: Path) -> ev.Provider:
-    fields = _sim_fields(sim_field)
-    if tee == "auto":
-        if fields:
-            raise InvalidInput("--sim-field is for --tee sim-tdx or sim-sgx only", field="sim-field")
-        found = ev.detect(root)
-        _say("--tee auto: " + found.summary())
-        if found.provider is None:
-            raise EvidenceUnavailable("no TEE interface found (--tee sim-tdx or sim-sgx for the simulator)")
-        provider = found.provider
-    else:
-        provider = ev.provider_for(tee, root=root, dev_pki=dev_pki, sim_fields=fields)
-    if isinstance(provider, ev.Simulator):
-        _say(f"WARNING: simulated {provider.tee.upper()} evidence; NOT FOR PRODUCTION")
-    log.info("evidence from %s", provider.source)
-    return provider
 
 
 def _transport(
@@ -209,42 +143,86 @@ def _hex_id(value: str | None) -> bytes | None:
 
 
 def _check_uuid(key_id: str) -> str:
-    import uuid
-
     try:
         return str(uuid.UUID(key_id))
     except ValueError:
         raise InvalidInput(f"KEY_ID {key_id!r} is not a key id (UUID)", field="key_id") from None
 
 
-def _import(
-    released: ReleasedKey,
-    module: Path,
-    token_label: str,
-    pin: str,
-    label: str,
-    obj_id: bytes | None,
-    replace: bool,
-) -> str:
-    from keybroker.client.pkcs11_import import TokenTarget, import_private_key
+def _not_a_token_key(key_id: str, what: str) -> InvalidInput:
+    return InvalidInput(
+        f"key {key_id} is a {what}; only RSA and EC private keys go into a token (nothing was released)",
+        field="key_id",
+    )
+
+
+def _in_token_already(challenge: Challenge, key_id: str, target: TokenTarget, replace: bool) -> str | None:
+    """Before the release: the key's URI when the token already holds it; None when it is to be
+    imported. Raises when it cannot be (a secret, another key under the label or id, token errors)."""
+    from keybroker.client.pkcs11_import import inspect_target, load_public_key
+
+    if challenge.kind == "secret":
+        raise _not_a_token_key(key_id, "secret (AES or raw bytes)")
+    public = load_public_key(challenge.public_key) if challenge.public_key is not None else None
+    result = inspect_target(target, public, replace=replace)
+    if result is None:
+        return None
+    say(
+        f"unchanged: key {key_id} is already in token {target.token_label!r} as {target.label!r}; nothing released"
+    )
+    return result.uri
+
+
+def _import(released: ReleasedKey, target: TokenTarget, replace: bool) -> str:
+    from keybroker.client.pkcs11_import import import_private_key
 
     if released.kind == "secret":
-        raise InvalidInput(
-            f"key {released.key_id} is a {released.describe()}; only RSA and EC private keys go into a token",
-            field="key_id",
-        )
-    result = import_private_key(
-        TokenTarget(module, token_label, pin, label, obj_id), released.private_key(), replace=replace
+        raise _not_a_token_key(released.key_id, released.describe())
+    result = import_private_key(target, released.private_key(), replace=replace)
+    say(
+        f"{result.action}: {released.describe()} {released.key_id} as {target.label!r} "
+        f"in token {target.token_label!r}"
     )
-    _say(f"{result.action}: {released.describe()} {released.key_id} as {label!r} in token {token_label!r}")
     return result.uri
+
+
+def _file_is_current(challenge: Challenge, key_id: str, out: Path, keep_existing: bool) -> bool:
+    """Before the release: whether ``out`` already holds the key (or is to be kept as it is)."""
+    if challenge.public_key is not None:
+        held = holds_private_key(out, challenge.public_key)
+        if held:
+            say(f"unchanged: {out} already holds key {key_id} (the same public key); nothing released")
+            return True
+        if held is False:
+            if keep_existing:
+                raise OutputError(
+                    f"{out} holds something other than key {key_id}; --keep-existing keeps only a file "
+                    "that cannot be compared without a release (a secret): remove it or drop --keep-existing"
+                )
+            say(f"{out} holds something other than key {key_id}: replacing it")
+        return False
+    if not out.exists():
+        return False
+    if keep_existing:
+        say(f"kept {out} (--keep-existing): not compared with key {key_id}; nothing released")
+        return True
+    why = (
+        "a secret cannot be compared with it without a release"
+        if challenge.kind == "secret"
+        else "the broker does not name the key's public half"
+    )
+    say(
+        f"{out} exists and {why}: releasing key {key_id} again to replace it "
+        "(--keep-existing keeps the file and releases nothing)"
+    )
+    return False
 
 
 # --- commands --------------------------------------------------------------------------------------
 
 
 @app.command("get-key")
-@_exits
+@exits
 def get_key(
     key_id: Annotated[str, typer.Argument(help="the key's id")],
     server: ServerOpt,
@@ -258,6 +236,14 @@ def get_key(
         Path | None,
         typer.Option("--out", help="write the key here (PEM for private keys, raw for secrets), mode 0600"),
     ] = None,
+    keep_existing: Annotated[
+        bool,
+        typer.Option(
+            "--keep-existing",
+            help="keep an existing --out file that cannot be compared with the key (a secret) and release "
+            "nothing; a private key file is always compared, and kept only when it holds this key",
+        ),
+    ] = False,
     pkcs11_module: ModuleOpt = None,
     token_label: Annotated[
         str | None, typer.Option("--token-label", help="the PKCS#11 token's label")
@@ -267,7 +253,7 @@ def get_key(
     label: Annotated[str | None, typer.Option("--label", help="CKA_LABEL of the imported key")] = None,
     obj_id: Annotated[
         str | None,
-        typer.Option("--id", help="CKA_ID in hex [default: the key's Subject Key Identifier]"),
+        typer.Option("--id", help="CKA_ID in hex", show_default="the key's Subject Key Identifier"),
     ] = None,
     replace: ReplaceOpt = False,
     retries: RetriesOpt = 3,
@@ -276,17 +262,26 @@ def get_key(
     verbose: VerboseOpt = 0,
     system_root: RootOpt = Path("/"),
 ) -> None:
-    """Attest and fetch a key over /kbs/v1: to --out FILE, or into a PKCS#11 token (prints its URI)."""
-    from keybroker.client.pkcs11_import import read_pin
-    from keybroker.client.protocol_v1 import Timings, fetch_key
+    """Attest and fetch a key over /kbs/v1: to --out FILE, or into a PKCS#11 token (prints its URI).
 
-    _logging(verbose)
+    A key already there is not released again: the broker names the key's public half first, and a
+    token holding it under --label, or an --out file holding it, is left as it is. A wrong PIN, a
+    missing token or another key under --label or --id (without --replace) stop before any release.
+    """
+    from keybroker.client.pkcs11_import import inspect_target, read_pin
+    from keybroker.client.protocol_v1 import Timings, fetch_key, request_challenge
+
+    setup_logging(verbose)
     key_id = _check_uuid(key_id)
     to_token = any(v is not None for v in (pkcs11_module, token_label, label, obj_id))
     if (out is None) == (not to_token):
         raise InvalidInput("give either --out FILE or --pkcs11-module/--token-label/--label", field="out")
-    the_pin = ""
+    target: TokenTarget | None = None
     if to_token:
+        if keep_existing:
+            raise InvalidInput(
+                "--keep-existing is for --out FILE (a token keeps the same key anyway)", field="keep_existing"
+            )
         missing = [
             n
             for n, v in (
@@ -298,31 +293,42 @@ def get_key(
         ]
         if missing:
             raise InvalidInput(f"importing into a token needs {', '.join(missing)}", field="pkcs11")
-        the_pin = read_pin(pin, pin_file)
-    ident = _hex_id(obj_id)
+        assert pkcs11_module is not None and token_label is not None and label is not None
+        target = TokenTarget(pkcs11_module, token_label, read_pin(pin, pin_file), label, _hex_id(obj_id))
     if out is not None:
         check_writable(out)
-    provider = _provider(tee, dev_pki, sim_field, system_root)
+    source = provider(tee, dev_pki, sim_field, system_root)
+    if target is not None:
+        inspect_target(target, None)  # the module, the token and the PIN, before the broker is asked
     steps = Timings()
     started = time.perf_counter()
     with _transport(server, ca_file, ca_sha384, token, retries, timeout) as transport:
-        released = fetch_key(transport, key_id, provider, timings=steps)
+        challenge = request_challenge(transport, key_id, retry=True)
+        steps.steps["challenge"] = time.perf_counter() - started
+        if target is not None:
+            uri = _in_token_already(challenge, key_id, target, replace)
+            if uri is not None:
+                typer.echo(uri)
+                return
+        elif out is not None and _file_is_current(challenge, key_id, out, keep_existing):
+            return
+        released = fetch_key(transport, key_id, source, challenge=challenge, timings=steps)
     fetched = time.perf_counter()
     if out is not None:
         write_private_file(out, released.file_bytes())
-        _say(f"wrote {released.describe()} {key_id} to {out} (mode 0600)")
+        say(f"wrote {released.describe()} {key_id} to {out} (mode 0600)")
     else:
-        assert pkcs11_module is not None and token_label is not None and label is not None
-        typer.echo(_import(released, pkcs11_module, token_label, the_pin, label, ident, replace))
+        assert target is not None
+        typer.echo(_import(released, target, replace))
     if timings:
         parts = [f"{k} {v * 1000:.0f} ms" for k, v in steps.steps.items()]
         parts.append(f"total fetch {(fetched - started) * 1000:.0f} ms")
         parts.append(f"store {(time.perf_counter() - fetched) * 1000:.0f} ms")
-        _say("timings: " + ", ".join(parts))
+        say("timings: " + ", ".join(parts))
 
 
 @app.command()
-@_exits
+@exits
 def provision(
     config: Annotated[Path, typer.Option("--config", help="keys file: '<pkcs11 URI> <key id>' per line")],
     server: ServerOpt,
@@ -343,14 +349,15 @@ def provision(
 ) -> None:
     """Fetch every key a keys file lists into its PKCS#11 token (idempotent: run it at every boot).
 
-    Each line: ``pkcs11:token=KMS;id=%01;object=RSAKEY;type=private <key id>``; ``module-path`` and
-    ``pin-source`` query attributes override --pkcs11-module and --pin-file for that line. Every line
-    is tried; the exit code is the highest of the lines' codes.
+    Each line: 'pkcs11:token=KMS;id=%01;object=RSAKEY;type=private KEY_ID'; the URI's module-path and
+    pin-source query attributes override --pkcs11-module and --pin-file for that line. A key already in
+    its token is left as it is without a release; the token, the PIN and the label are checked before
+    a key is released. Every line is tried; the exit code is the highest of the lines' codes.
     """
-    from keybroker.client.pkcs11_import import parse_keys_file, read_pin
-    from keybroker.client.protocol_v1 import fetch_key
+    from keybroker.client.pkcs11_import import inspect_target, parse_keys_file, read_pin
+    from keybroker.client.protocol_v1 import fetch_key, request_challenge
 
-    _logging(verbose)
+    setup_logging(verbose)
     try:
         text = config.read_text()
     except OSError as exc:
@@ -368,17 +375,20 @@ def provision(
             the_pin = e.uri.pin_value
         else:
             the_pin = read_pin(pin if e.uri.pin_source is None else None, e.uri.pin_source or pin_file)
-        plans.append((e, module, the_pin))
-    provider = _provider(tee, dev_pki, sim_field, system_root)
+        plans.append((e, TokenTarget(module, e.uri.token, the_pin, e.uri.object, e.uri.id)))
+    source = provider(tee, dev_pki, sim_field, system_root)
     worst = EXIT_OK
     with _transport(server, ca_file, ca_sha384, token, retries, timeout) as transport:
-        for e, module, the_pin in plans:
+        for e, target in plans:
             try:
-                released = fetch_key(transport, e.key_id, provider)
-                uri = _import(released, module, e.uri.token, the_pin, e.uri.object, e.uri.id, replace)
+                inspect_target(target, None)  # the module, the token and the PIN first
+                challenge = request_challenge(transport, e.key_id, retry=True)
+                uri = _in_token_already(challenge, e.key_id, target, replace)
+                if uri is None:
+                    released = fetch_key(transport, e.key_id, source, challenge=challenge)
+                    uri = _import(released, target, replace)
             except KeybrokerError as exc:
-                text = exc.diagnostics() if isinstance(exc, Denied) else f"{exc.title}: {exc.detail}"
-                _say(f"error: {config}:{e.line} {e.key_id}: {text}")
+                say(f"error: {config}:{e.line} {e.key_id}: {describe(exc)}")
                 worst = max(worst, exit_code(exc))
                 continue
             typer.echo(f"{uri} {e.key_id}")
@@ -387,7 +397,7 @@ def provision(
 
 
 @app.command("get-resource")
-@_exits
+@exits
 def get_resource(
     resource: Annotated[str, typer.Argument(help="REPOSITORY/TYPE/TAG")],
     server: ServerOpt,
@@ -402,7 +412,9 @@ def get_resource(
     out: Annotated[
         Path | None,
         typer.Option(
-            "--out", help="write the resource here (mode 0600) [default: stdout; private keys need --out]"
+            "--out",
+            help="write the resource here (mode 0600)",
+            show_default="stdout; private keys need --out",
         ),
     ] = None,
     retries: RetriesOpt = 3,
@@ -413,19 +425,17 @@ def get_resource(
     """Attest and fetch a resource over the Confidential Containers KBS protocol (/kbs/v0)."""
     from keybroker.client.protocol_v0 import fetch_resource
 
-    _logging(verbose)
+    setup_logging(verbose)
     if key_type not in ("rsa", "ec"):
         raise InvalidInput(f"--key-type {key_type!r} is not rsa or ec", field="key_type")
     if out is not None:
         check_writable(out)
-    provider = _provider(tee, dev_pki, sim_field, system_root)
+    source = provider(tee, dev_pki, sim_field, system_root)
     with _transport(server, ca_file, ca_sha384, None, retries, timeout) as transport:
-        released = fetch_resource(
-            transport, resource, provider, key_type="rsa" if key_type == "rsa" else "ec"
-        )
+        released = fetch_resource(transport, resource, source, key_type="rsa" if key_type == "rsa" else "ec")
     if out is not None:
         write_private_file(out, released.file_bytes())
-        _say(f"wrote {released.describe()} {resource} to {out} (mode 0600)")
+        say(f"wrote {released.describe()} {resource} to {out} (mode 0600)")
     elif released.kind != "secret":
         raise InvalidInput(f"{resource} is a {released.describe()}: give --out FILE", field="out")
     else:
@@ -434,14 +444,14 @@ def get_resource(
 
 
 @app.command()
-@_exits
+@exits
 def detect(system_root: RootOpt = Path("/")) -> None:
     """Say which TEE interfaces this machine offers (what --tee auto would use)."""
     found = ev.detect(system_root)
     for line in found.findings:
         typer.echo(line)
     if found.provider is None:
-        _say("no TEE interface found")
+        say("no TEE interface found")
         raise typer.Exit(EXIT_DENIED)
     typer.echo(f"--tee auto uses: {found.provider.source}")
 
@@ -451,5 +461,5 @@ client_evidence.register(app)
 
 @app.command()
 def version() -> None:
-    """Print the version."""
+    """Print the version (the same as --version)."""
     typer.echo(f"keybroker-client {__version__}")

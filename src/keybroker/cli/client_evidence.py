@@ -1,178 +1,103 @@
-"""``keybroker-client evidence``: produce simulated SGX/TDX evidence from a dev PKI.
+"""``keybroker-client evidence``: produce evidence (a quote over given report data) and write it to a file.
 
-NOT FOR PRODUCTION: the quote verifies only where the dev root is trusted explicitly.
-Register into a CLI with ``register(app)`` (adds the command ``evidence``), or invoke the
-single-command Typer ``app`` directly.
+The quote comes from the same providers ``get-key`` uses: the TEE of this machine (configfs-tsm,
+``/dev/tdx_guest``, Gramine) or the simulator (``--tee sim-tdx|sim-sgx --dev-pki DIR``, NOT FOR
+PRODUCTION: its quotes verify only where the dev root is trusted). ``keybroker evidence verify``
+verifies what it writes. Register into a CLI with ``register(app)`` (adds the command ``evidence``),
+or invoke the single-command Typer ``app`` directly.
 """
 
 from __future__ import annotations
 
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from keybroker.tee.sim.pki import TCB_CHOICES, DevPki, TcbChoice
-from keybroker.tee.sim.quote import (
-    DEFAULT_MRENCLAVE,
-    DEFAULT_MRSEAM,
-    DEFAULT_MRSIGNER,
-    DEFAULT_MRSIGNERSEAM,
-    DEFAULT_MRTD,
-    DEFAULT_RTMRS,
-    DEFAULT_SEAMSVN,
-    sgx_quote,
-    tdx_quote,
+from keybroker.cli.client_common import (
+    DevPkiOpt,
+    RootOpt,
+    SimFieldOpt,
+    TeeOpt,
+    VerboseOpt,
+    exits,
+    provider,
+    say,
+    setup_logging,
+)
+from keybroker.client.errors import OutputError
+from keybroker.client.evidence import REPORT_DATA_SIZE
+from keybroker.errors import InvalidInput
+
+app = typer.Typer(
+    help="Produce evidence: a quote from this machine's TEE or the simulator.", add_completion=False
 )
 
-EXIT_USAGE = 2
-REPORT_DATA_SIZE = 64
 
-
-class SimTee(StrEnum):
-    sim_sgx = "sim-sgx"
-    sim_tdx = "sim-tdx"
-
-
-class TcbLevelName(StrEnum):
-    uptodate = "uptodate"
-    swhardening = "swhardening"
-    outofdate = "outofdate"
-    revoked = "revoked"
-
-
-def _usage_error(message: str) -> typer.Exit:
-    typer.echo(f"Error: {message}", err=True)
-    return typer.Exit(EXIT_USAGE)
-
-
-def _hex(option: str, value: str, size: int) -> bytes:
-    """Decode ``value`` as exactly ``size`` bytes of hex, or raise a usage error naming it."""
-    text = value.strip()
+def _report_data(value: str) -> bytes:
+    """Exactly 64 bytes of hex: shorter report data is not padded (a binding must be explicit)."""
     try:
-        raw = bytes.fromhex(text)
+        raw = bytes.fromhex(value.strip())
     except ValueError:
-        raise _usage_error(f"{option} is not hex: {value!r}") from None
-    if len(raw) != size:
-        raise _usage_error(
-            f"{option} must be exactly {size} bytes ({2 * size} hex characters), got {len(raw)}"
+        raise InvalidInput(f"--report-data is not hex: {value[:40]!r}", field="report_data") from None
+    if len(raw) != REPORT_DATA_SIZE:
+        raise InvalidInput(
+            f"--report-data must be exactly {REPORT_DATA_SIZE} bytes ({2 * REPORT_DATA_SIZE} hex characters), "
+            f"got {len(raw)}",
+            field="report_data",
         )
     return raw
 
 
-def _hex_or(option: str, value: str | None, size: int, default: bytes) -> bytes:
-    return default if value is None else _hex(option, value, size)
-
-
-def _tcb(value: TcbLevelName) -> TcbChoice:
-    for choice in TCB_CHOICES:
-        if choice == value.value:
-            return choice
-    raise _usage_error(f"unknown TCB level {value.value!r}")
-
-
-app = typer.Typer(help="Produce simulated TEE evidence (NOT FOR PRODUCTION).")
+def _write(path: Path, data: bytes, option: str) -> None:
+    try:
+        path.write_bytes(data)
+    except OSError as exc:
+        raise OutputError(f"cannot write {option} {path}: {exc.strerror}") from None
 
 
 @app.command("evidence")
+@exits
 def evidence(
-    tee: Annotated[SimTee, typer.Option("--tee", help="Simulated TEE.")],
-    dev_pki: Annotated[Path, typer.Option("--dev-pki", help="Dev PKI directory (keybroker dev-pki init).")],
     report_data: Annotated[
-        str, typer.Option("--report-data", help="Report data: exactly 64 bytes as 128 hex characters.")
+        str,
+        typer.Option(
+            "--report-data", metavar="HEX", help="the report data: exactly 64 bytes, 128 hex characters"
+        ),
     ],
-    out: Annotated[Path, typer.Option("--out", help="Write the raw quote to this file.")],
-    tcb: Annotated[
-        TcbLevelName, typer.Option("--tcb", help="TCB level of the platform.")
-    ] = TcbLevelName.uptodate,
-    debug: Annotated[bool, typer.Option("--debug", help="Debug enclave / debug TD.")] = False,
-    mrenclave: Annotated[str | None, typer.Option("--mrenclave", help="SGX: 32 bytes hex.")] = None,
-    mrsigner: Annotated[str | None, typer.Option("--mrsigner", help="SGX: 32 bytes hex.")] = None,
-    isvprodid: Annotated[int | None, typer.Option("--isvprodid", min=0, max=0xFFFF, help="SGX.")] = None,
-    isvsvn: Annotated[int | None, typer.Option("--isvsvn", min=0, max=0xFFFF, help="SGX.")] = None,
-    mrtd: Annotated[str | None, typer.Option("--mrtd", help="TDX: 48 bytes hex.")] = None,
-    rtmr0: Annotated[str | None, typer.Option("--rtmr0", help="TDX: 48 bytes hex.")] = None,
-    rtmr1: Annotated[str | None, typer.Option("--rtmr1", help="TDX: 48 bytes hex.")] = None,
-    rtmr2: Annotated[str | None, typer.Option("--rtmr2", help="TDX: 48 bytes hex.")] = None,
-    rtmr3: Annotated[str | None, typer.Option("--rtmr3", help="TDX: 48 bytes hex.")] = None,
-    mrseam: Annotated[str | None, typer.Option("--mrseam", help="TDX: 48 bytes hex.")] = None,
-    mrsignerseam: Annotated[
-        str | None, typer.Option("--mrsignerseam", help="TDX: 48 bytes hex (dev TCB Info expects zeros).")
+    out: Annotated[Path, typer.Option("--out", metavar="FILE", help="write the quote (raw bytes) here")],
+    tee: TeeOpt = "auto",
+    dev_pki: DevPkiOpt = None,
+    sim_field: SimFieldOpt = None,
+    aux_out: Annotated[
+        Path | None,
+        typer.Option("--aux-out", metavar="FILE", help="SEV-SNP: write the certificate table (auxblob) here"),
     ] = None,
-    seamsvn: Annotated[
-        int | None, typer.Option("--seamsvn", min=0, max=0xFFFF, help="TDX: major << 8 | minor.")
-    ] = None,
-    sept_ve_disable: Annotated[
-        bool | None,
-        typer.Option("--sept-ve-disable/--no-sept-ve-disable", help="TDX: TD attribute SEPT_VE_DISABLE."),
-    ] = None,
+    verbose: VerboseOpt = 0,
+    system_root: RootOpt = Path("/"),
 ) -> None:
-    """Write a real-format SGX v3 / TDX v4 quote signed by the dev PKI to --out."""
-    rd = _hex("--report-data", report_data, REPORT_DATA_SIZE)
-    sgx_only = {
-        "--mrenclave": mrenclave,
-        "--mrsigner": mrsigner,
-        "--isvprodid": isvprodid,
-        "--isvsvn": isvsvn,
-    }
-    tdx_only = {
-        "--mrtd": mrtd,
-        "--rtmr0": rtmr0,
-        "--rtmr1": rtmr1,
-        "--rtmr2": rtmr2,
-        "--rtmr3": rtmr3,
-        "--mrseam": mrseam,
-        "--mrsignerseam": mrsignerseam,
-        "--seamsvn": seamsvn,
-        "--sept-ve-disable/--no-sept-ve-disable": sept_ve_disable,
-    }
-    other = tdx_only if tee is SimTee.sim_sgx else sgx_only
-    misplaced = [name for name, value in other.items() if value is not None]
-    if misplaced:
-        raise _usage_error(f"{', '.join(misplaced)} cannot be used with --tee {tee.value}")
-    try:
-        pki = DevPki.load(dev_pki)
-    except (OSError, ValueError, KeyError) as e:
-        raise _usage_error(f"--dev-pki {dev_pki} is not a readable dev PKI: {e}") from e
-    level = _tcb(tcb)
-    if tee is SimTee.sim_sgx:
-        quote = sgx_quote(
-            pki,
-            report_data=rd,
-            mrenclave=_hex_or("--mrenclave", mrenclave, 32, DEFAULT_MRENCLAVE),
-            mrsigner=_hex_or("--mrsigner", mrsigner, 32, DEFAULT_MRSIGNER),
-            isvprodid=isvprodid or 0,
-            isvsvn=isvsvn or 0,
-            debug=debug,
-            tcb=level,
-        )
-        kind = "SGX quote v3"
-    else:
-        quote = tdx_quote(
-            pki,
-            report_data=rd,
-            mrtd=_hex_or("--mrtd", mrtd, 48, DEFAULT_MRTD),
-            rtmr0=_hex_or("--rtmr0", rtmr0, 48, DEFAULT_RTMRS[0]),
-            rtmr1=_hex_or("--rtmr1", rtmr1, 48, DEFAULT_RTMRS[1]),
-            rtmr2=_hex_or("--rtmr2", rtmr2, 48, DEFAULT_RTMRS[2]),
-            rtmr3=_hex_or("--rtmr3", rtmr3, 48, DEFAULT_RTMRS[3]),
-            mrseam=_hex_or("--mrseam", mrseam, 48, DEFAULT_MRSEAM),
-            mrsignerseam=_hex_or("--mrsignerseam", mrsignerseam, 48, DEFAULT_MRSIGNERSEAM),
-            seamsvn=DEFAULT_SEAMSVN if seamsvn is None else seamsvn,
-            debug=debug,
-            sept_ve_disable=True if sept_ve_disable is None else sept_ve_disable,
-            tcb=level,
-        )
-        kind = "TDX quote v4"
-    try:
-        out.write_bytes(quote)
-    except OSError as e:
-        raise _usage_error(f"cannot write --out {out}: {e}") from e
-    typer.echo(
-        f"Wrote a simulated {kind} ({len(quote)} bytes, TCB {level}) to {out}; "
-        f"it verifies only with the dev root {pki.root_fingerprint} trusted (NOT FOR PRODUCTION)"
-    )
+    """Produce evidence: a quote over --report-data from this machine's TEE or the simulator, to --out.
+
+    The same evidence get-key would send; keybroker evidence verify checks it. Simulated quotes
+    (--tee sim-tdx, sim-sgx) verify only where the dev root is trusted: NOT FOR PRODUCTION.
+    """
+    setup_logging(verbose)
+    data = _report_data(report_data)
+    source = provider(tee, dev_pki, sim_field, system_root)
+    produced = source.evidence(data)
+    _write(out, produced.quote, "--out")
+    what = f"{'simulated ' if produced.simulated else ''}{produced.tee.upper()} evidence"
+    say(f"wrote {what} ({len(produced.quote)} bytes) from {produced.source} to {out}")
+    if produced.aux is not None:
+        if aux_out is None:
+            say(f"the certificate table ({len(produced.aux)} bytes) was not written: give --aux-out FILE")
+        else:
+            _write(aux_out, produced.aux, "--aux-out")
+            say(f"wrote the certificate table ({len(produced.aux)} bytes) to {aux_out}")
+    elif aux_out is not None:
+        say(f"{produced.source} gives no certificate table: nothing written to --aux-out")
+    if produced.simulated:
+        say("it verifies only where the dev root is trusted (NOT FOR PRODUCTION)")
 
 
 def register(target: typer.Typer) -> None:

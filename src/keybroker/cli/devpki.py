@@ -1,7 +1,8 @@
 """``keybroker dev-pki``: create and manage the development PKI of the TEE simulator.
 
 NOT FOR PRODUCTION: the dev root must never be configured as a trust root outside
-development (``--trust-root`` / ``trust.dev_roots``).
+development (``--trust-root`` / ``trust.dev_roots``). Every command names the directory with
+``--dev-pki DIR``, as ``keybroker-client --tee sim-* --dev-pki DIR`` does.
 """
 
 from __future__ import annotations
@@ -47,20 +48,26 @@ def _usage_error(message: str) -> typer.Exit:
     return typer.Exit(EXIT_USAGE)
 
 
+DevPkiDir = Annotated[Path, typer.Option("--dev-pki", metavar="DIR", help="The dev PKI directory.")]
+
+
 @app.command("init")
 def init(
-    out: Annotated[Path, typer.Option("--out", help="Directory to create the dev PKI in (made 0700).")],
-    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing dev PKI in --out.")] = False,
+    directory: Annotated[
+        Path,
+        typer.Option("--dev-pki", metavar="DIR", help="Directory to create the dev PKI in (made 0700)."),
+    ],
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing dev PKI in DIR.")] = False,
 ) -> None:
     """Create a dev root CA, PCK CAs, TCB signing cert, CRLs, PCK certs, signed collateral."""
-    if out.exists() and not out.is_dir():
-        raise _usage_error(f"{out} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise _usage_error(f"{out} is not empty; refusing to overwrite it without --force")
-    pki = DevPki.create(out)
-    typer.echo(f"Created a development PKI in {out} (NOT FOR PRODUCTION):")
-    for path in sorted(p for p in out.rglob("*") if p.is_file()):
-        typer.echo(f"  {path.relative_to(out)}")
+    if directory.exists() and not directory.is_dir():
+        raise _usage_error(f"{directory} exists and is not a directory")
+    if directory.is_dir() and any(directory.iterdir()) and not force:
+        raise _usage_error(f"{directory} is not empty; refusing to overwrite it without --force")
+    pki = DevPki.create(directory)
+    typer.echo(f"Created a development PKI in {directory} (NOT FOR PRODUCTION):")
+    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+        typer.echo(f"  {path.relative_to(directory)}")
     typer.echo(f"Root CA: {pki.root_cert.subject.rfc4514_string()}")
     typer.echo(f"Root CA SHA-256 fingerprint: {pki.root_fingerprint}")
     typer.echo(f"Trust it only for development: --trust-root {pki.root_pem_path}")
@@ -68,7 +75,7 @@ def init(
 
 @app.command("revoke-pck")
 def revoke_pck(
-    directory: Annotated[Path, typer.Option("--dir", help="The dev PKI directory.")],
+    directory: DevPkiDir,
     platform: Annotated[PlatformName, typer.Option("--platform", help="Simulated platform to revoke.")],
     tcb: Annotated[
         TcbLevelName | None,
@@ -92,7 +99,7 @@ def revoke_pck(
 
 @app.command("refresh")
 def refresh(
-    directory: Annotated[Path, typer.Option("--dir", help="The dev PKI directory.")],
+    directory: DevPkiDir,
 ) -> None:
     """Reissue the CRLs, TCB Info and QE Identities (valid 30 days from now) and the collateral."""
     try:

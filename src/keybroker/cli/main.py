@@ -76,6 +76,9 @@ def _main(
     """keybroker."""
 
 
+app.command("version", help="Print the version (the same as --version).")(lambda: _version(True))
+
+
 def _settings(config: Path | None, data_dir: Path | None, database: str | None, **extra: Any) -> Settings:
     return load_settings(config, None, data_dir=data_dir, database=database, **extra)
 

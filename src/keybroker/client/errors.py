@@ -52,6 +52,13 @@ class TlsVerificationFailed(Unreachable):
     title = "TLS verification failed"
 
 
+class Inconsistent(KeybrokerError):
+    """The broker's answers contradict each other (a released key is not the one it announced)."""
+
+    title = "Inconsistent answer"
+    status = 502
+
+
 class EvidenceUnavailable(KeybrokerError):
     """The TEE could not produce evidence (device missing, kernel error, quoting service down)."""
 

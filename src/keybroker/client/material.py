@@ -40,6 +40,14 @@ class ReleasedKey:
         assert isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey)
         return key
 
+    def public_key_der(self) -> bytes:
+        """DER SubjectPublicKeyInfo of a private key (what the broker's challenge names)."""
+        return (
+            self.private_key()
+            .public_key()
+            .public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        )
+
     def file_bytes(self) -> bytes:
         """PEM (PKCS#8) for private keys, the raw bytes for secrets."""
         if self.kind == "secret":
@@ -59,6 +67,28 @@ def classify(key_id: str, material: bytes) -> ReleasedKey:
     if isinstance(key, ec.EllipticCurvePrivateKey):
         return ReleasedKey(key_id, "ec", material, key.curve.key_size)
     return ReleasedKey(key_id, "secret", material, len(material) * 8)
+
+
+def holds_private_key(path: Path, public_key_der: bytes) -> bool | None:
+    """Whether ``path`` holds the private key (PEM, as ``get-key`` writes it) whose public half is
+    ``public_key_der``: None when there is no file, False for anything else there (another key, a
+    secret, an unreadable or encrypted file)."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return False
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError):
+        return False
+    if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
+        return False
+    spki = key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return spki == public_key_der
 
 
 def check_writable(path: Path) -> None:

@@ -8,7 +8,9 @@ same ``CKA_LABEL`` and ``CKA_ID``. An imported key is, by PKCS#11's definition, 
 between the unwrap and this import.
 
 Idempotent: the same label (and id) already holding the same public key is left alone; a different
-key there is an error unless ``replace``. The result is named by an RFC 7512 PKCS#11 URI,
+key there is an error unless ``replace``. :func:`inspect_target` makes the same decision from the
+key's public half alone, before the key is released: a wrong PIN, a missing token, a conflicting
+object or a key already in place then cost no release. The result is named by an RFC 7512 PKCS#11 URI,
 ``pkcs11:token=...;id=...;object=...;type=private``, which nginx's pkcs11 engine and OpenSSL's
 pkcs11-provider take as is.
 """
@@ -34,6 +36,7 @@ from keybroker.errors import InvalidInput
 log = logging.getLogger("keybroker.client")
 
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
+PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
 
 # --- RFC 7512 URIs --------------------------------------------------------------------------------------
 
@@ -195,8 +198,22 @@ def read_pin(pin: str | None, pin_file: Path | None) -> str:
     return pin
 
 
-def default_id(key: PrivateKey) -> bytes:
-    return x509.SubjectKeyIdentifier.from_public_key(key.public_key()).digest
+def default_id(key: PrivateKey | PublicKey) -> bytes:
+    public = key.public_key() if isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) else key
+    return x509.SubjectKeyIdentifier.from_public_key(public).digest
+
+
+def load_public_key(spki_der: bytes) -> PublicKey:
+    """The DER SubjectPublicKeyInfo the broker's challenge names, as an RSA or EC public key."""
+    try:
+        key = serialization.load_der_public_key(spki_der)
+    except ValueError:
+        raise InvalidInput(
+            "the key's public half is not a DER SubjectPublicKeyInfo", field="public_key"
+        ) from None
+    if not isinstance(key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey):
+        raise InvalidInput("only RSA and EC private keys go into a token", field="public_key")
+    return key
 
 
 #: One loaded module per path and process: a module is initialized once (C_Initialize), and a
@@ -240,15 +257,15 @@ def _session(target: TokenTarget) -> Iterator[Any]:
             pass
 
 
-def _public_numbers_match(session: Any, obj: Any, key: PrivateKey) -> bool:
-    """Whether token private-key object ``obj`` (and its public twin) holds ``key``'s public key."""
+def _public_numbers_match(session: Any, obj: Any, key: PublicKey) -> bool:
+    """Whether token private-key object ``obj`` (and its public twin) holds public key ``key``."""
     from pkcs11 import Attribute, KeyType, ObjectClass
     from pkcs11.util.ec import decode_ec_public_key
 
-    if isinstance(key, rsa.RSAPrivateKey):
+    if isinstance(key, rsa.RSAPublicKey):
         if obj[Attribute.KEY_TYPE] != KeyType.RSA:
             return False
-        nums = key.public_key().public_numbers()
+        nums = key.public_numbers()
         return (
             int.from_bytes(obj[Attribute.MODULUS], "big") == nums.n
             and int.from_bytes(obj[Attribute.PUBLIC_EXPONENT], "big") == nums.e
@@ -256,9 +273,7 @@ def _public_numbers_match(session: Any, obj: Any, key: PrivateKey) -> bool:
     if obj[Attribute.KEY_TYPE] != KeyType.EC:
         return False
     want = decode_ec_public_key(
-        key.public_key().public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
+        key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     )
     if bytes(obj[Attribute.EC_PARAMS]) != want[Attribute.EC_PARAMS]:
         return False
@@ -310,40 +325,64 @@ def _templates(key: PrivateKey, label: str, obj_id: bytes) -> tuple[dict[Any, An
     return priv, pub
 
 
+def _examine(
+    s: Any, target: TokenTarget, public: PublicKey, replace: bool
+) -> tuple[dict[Any, Any], ImportResult | None]:
+    """The private-key objects under the target's label or id, and an "unchanged" result when they are
+    exactly this key (sensitive, non-extractable); :class:`TokenError` for another one unless ``replace``."""
+    from pkcs11 import Attribute, ObjectClass
+
+    obj_id = target.id or default_id(public)
+    by_label = list(s.get_objects({Attribute.CLASS: ObjectClass.PRIVATE_KEY, Attribute.LABEL: target.label}))
+    by_id = list(s.get_objects({Attribute.CLASS: ObjectClass.PRIVATE_KEY, Attribute.ID: obj_id}))
+    found = {o.handle: o for o in by_label + by_id}
+    if len(found) == 1:
+        obj = next(iter(found.values()))
+        label, existing_id = obj[Attribute.LABEL], bytes(obj[Attribute.ID] or b"")
+        same = (
+            label == target.label
+            and (target.id is None or existing_id == target.id)
+            and _public_numbers_match(s, obj, public)
+            and bool(obj[Attribute.SENSITIVE])
+            and not bool(obj[Attribute.EXTRACTABLE])
+        )
+        if same:
+            return found, ImportResult(format_uri(target.token_label, label, existing_id), "unchanged")
+    if found and not replace:
+        names = ", ".join(
+            sorted(
+                f"label {o[Attribute.LABEL]!r} id {bytes(o[Attribute.ID] or b'').hex() or '-'}"
+                for o in found.values()
+            )
+        )
+        raise TokenError(
+            f"token {target.token_label!r} already holds a conflicting private key under {names} "
+            "(another key, another CKA_ID, or not sensitive and non-extractable); --replace overwrites it"
+        )
+    return found, None
+
+
+def inspect_target(
+    target: TokenTarget, public: PublicKey | None, *, replace: bool = False
+) -> ImportResult | None:
+    """Before a release: the module loads, the token is there and takes the PIN, and (given the key's
+    public half) the key is already in place (an "unchanged" result), or its label and id are free or
+    ``replace`` is set (None); :class:`TokenError` otherwise."""
+    with _session(target) as s:
+        if public is None:
+            return None
+        return _examine(s, target, public, replace)[1]
+
+
 def import_private_key(target: TokenTarget, key: PrivateKey, *, replace: bool = False) -> ImportResult:
     """Import ``key`` (see the module docstring for the object attributes and idempotence)."""
     from pkcs11 import Attribute, ObjectClass
 
     obj_id = target.id or default_id(key)
     with _session(target) as s:
-        by_label = list(
-            s.get_objects({Attribute.CLASS: ObjectClass.PRIVATE_KEY, Attribute.LABEL: target.label})
-        )
-        by_id = list(s.get_objects({Attribute.CLASS: ObjectClass.PRIVATE_KEY, Attribute.ID: obj_id}))
-        found = {o.handle: o for o in by_label + by_id}
-        if len(found) == 1:
-            obj = next(iter(found.values()))
-            label, existing_id = obj[Attribute.LABEL], bytes(obj[Attribute.ID] or b"")
-            same = (
-                label == target.label
-                and (target.id is None or existing_id == target.id)
-                and _public_numbers_match(s, obj, key)
-                and bool(obj[Attribute.SENSITIVE])
-                and not bool(obj[Attribute.EXTRACTABLE])
-            )
-            if same:
-                return ImportResult(format_uri(target.token_label, label, existing_id), "unchanged")
-        if found and not replace:
-            names = ", ".join(
-                sorted(
-                    f"label {o[Attribute.LABEL]!r} id {bytes(o[Attribute.ID] or b'').hex() or '-'}"
-                    for o in found.values()
-                )
-            )
-            raise TokenError(
-                f"token {target.token_label!r} already holds a conflicting private key under {names} "
-                "(another key, another CKA_ID, or not sensitive and non-extractable); --replace overwrites it"
-            )
+        found, unchanged = _examine(s, target, key.public_key(), replace)
+        if unchanged is not None:
+            return unchanged
         stale = dict(found)
         for template in ({Attribute.LABEL: target.label}, {Attribute.ID: obj_id}):
             stale.update(

@@ -1,6 +1,8 @@
 """``/kbs/v1`` key transfer (Intel SecL / Trust Authority KBS style), the workload side.
 
-1. ``POST /kbs/v1/keys/{id}/transfer`` with an empty body: a fresh nonce.
+1. ``POST /kbs/v1/keys/{id}/transfer`` with an empty body: a fresh nonce, and the key's public half
+   for RSA/EC keys (null for a secret): :func:`request_challenge`. A caller may stop here when it
+   already holds the key (nothing is released, nothing is audited).
 2. An ephemeral RSA-3072 key pair, made here, kept in memory only.
 3. Evidence whose REPORTDATA = SHA-512(nonce || DER SPKI of that key) (see docs/architecture.md).
 4. ``POST`` again with ``{quote, nonce, user_data}`` and ``Attestation-Type``: the wrapped key.
@@ -8,7 +10,8 @@
 
 The nonce is single use and the broker spends it before it looks at the evidence, so step 4 is never
 retried by itself: on a network error or a 5xx the whole exchange starts again from step 1 (with a new
-nonce and a new key pair), up to the transport's retry policy.
+nonce and a new key pair), up to the transport's retry policy. A released private key must have the
+public half the challenge named.
 """
 
 from __future__ import annotations
@@ -18,11 +21,12 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from keybroker.client.errors import Denied, TlsVerificationFailed, Unreachable
+from keybroker.client.errors import Denied, Inconsistent, TlsVerificationFailed, Unreachable
 from keybroker.client.evidence import Provider
 from keybroker.client.http import Transport
 from keybroker.client.material import ReleasedKey, classify
@@ -52,14 +56,71 @@ def _b64(text: object, what: str) -> bytes:
         raise InvalidInput(f"the broker's {what} is not base64", field=what) from None
 
 
-def _attempt(transport: Transport, key_id: str, provider: Provider, timings: dict[str, float]) -> ReleasedKey:
+@dataclass(frozen=True)
+class Challenge:
+    """The broker's answer to the empty-body POST."""
+
+    nonce: bytes = field(repr=False)
+    #: The type the key's policy names first (a hint: the provider decides what is sent).
+    attestation_type: str
+    #: ``private``: an RSA/EC key whose DER SubjectPublicKeyInfo is ``public_key``; ``secret``: AES or
+    #: raw bytes; ``unknown``: the broker did not say (an older broker).
+    kind: Literal["private", "secret", "unknown"]
+    public_key: bytes | None = None
+
+
+def request_challenge(transport: Transport, key_id: str, *, retry: bool = False) -> Challenge:
+    """Step 1. Spends nothing on the broker but a nonce, so a caller may ask it to be retried."""
+    resp = transport.request("POST", f"/kbs/v1/keys/{key_id}/transfer", content=b"", retry=retry)
+    body = resp.json()
+    if not isinstance(body, dict):
+        raise InvalidInput("the broker's challenge is not a JSON object", field="challenge")
+    nonce = _b64((body.get("nonce") or {}).get("val"), "nonce.val")
+    wanted = resp.headers.get("Attestation-Type", "")
+    if "public_key" not in body:
+        return Challenge(nonce, wanted, "unknown")
+    if body["public_key"] is None:
+        return Challenge(nonce, wanted, "secret")
+    spki = _b64(body["public_key"], "public_key")
+    try:
+        serialization.load_der_public_key(spki)
+    except ValueError:
+        raise InvalidInput(
+            "the broker's public_key is not a DER SubjectPublicKeyInfo", field="public_key"
+        ) from None
+    return Challenge(nonce, wanted, "private", spki)
+
+
+def _check_release(challenge: Challenge, released: ReleasedKey) -> ReleasedKey:
+    """The released key must be the one the challenge described (the "unchanged" decisions rest on it)."""
+    if challenge.kind == "unknown":
+        return released
+    if challenge.kind == "secret":
+        if released.kind != "secret":
+            raise Inconsistent(f"the broker announced a secret but released a {released.describe()}")
+        return released
+    if released.kind == "secret" or released.public_key_der() != challenge.public_key:
+        raise Inconsistent(
+            f"the broker released {released.describe()} {released.key_id}, not the key whose public half "
+            "its challenge named; nothing was stored"
+        )
+    return released
+
+
+def _attempt(
+    transport: Transport,
+    key_id: str,
+    provider: Provider,
+    timings: dict[str, float],
+    challenge: Challenge | None,
+) -> ReleasedKey:
     t0 = time.perf_counter()
     path = f"/kbs/v1/keys/{key_id}/transfer"
-    challenge = transport.request("POST", path, content=b"", retry=False)
-    nonce = _b64((challenge.json().get("nonce") or {}).get("val"), "nonce.val")
-    wanted = challenge.headers.get("Attestation-Type", "")
+    if challenge is None:
+        challenge = request_challenge(transport, key_id)
+        timings["challenge"] = time.perf_counter() - t0
+    nonce, wanted = challenge.nonce, challenge.attestation_type
     t1 = time.perf_counter()
-    timings["challenge"] = t1 - t0
 
     tee = provider.tee
     if tee not in V1_TEES:
@@ -99,7 +160,7 @@ def _attempt(transport: Transport, key_id: str, provider: Provider, timings: dic
         _b64(body.get("wrapped_key"), "wrapped_key"), _b64(body.get("wrapped_swk"), "wrapped_swk"), private
     )
     timings["unwrap"] = time.perf_counter() - t4
-    return classify(key_id, material)
+    return _check_release(challenge, classify(key_id, material))
 
 
 def fetch_key(
@@ -107,16 +168,18 @@ def fetch_key(
     key_id: str,
     provider: Provider,
     *,
+    challenge: Challenge | None = None,
     timings: Timings | None = None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> ReleasedKey:
     """Run the exchange (again from the challenge after a network error or 5xx); :class:`Denied` as soon
-    as the broker refuses."""
+    as the broker refuses. ``challenge``: one just obtained with :func:`request_challenge`, used by the
+    first attempt (its nonce is fresh and unspent)."""
     attempts = max(1, transport.retry.attempts)
     steps = timings.steps if timings is not None else {}
     for attempt in range(attempts):
         try:
-            return _attempt(transport, key_id, provider, steps)
+            return _attempt(transport, key_id, provider, steps, challenge if attempt == 0 else None)
         except Denied:
             raise
         except Unreachable as exc:

@@ -73,6 +73,9 @@ def explains(principal: Principal | None) -> bool:
 class Challenge:
     nonce: nonces.IssuedNonce
     attestation_type: str
+    #: The key's public half (PEM SPKI) for RSA/EC keys, None for secrets: not secret, and it lets a
+    #: workload see that it already holds the key before it spends a release.
+    public_key_pem: str | None = None
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,7 @@ class ReleasableKey:
 
     id: str
     backend_ref: str | None
+    public_key_pem: str | None = None
 
 
 @dataclass(frozen=True)
@@ -124,7 +128,7 @@ def _wrap_failed(key_id: str, exc: Exception) -> KeybrokerError:
 
 #: Prepared once (it runs twice per transfer): the key's backend reference and its policy.
 _KEY_AND_POLICY = (
-    select(Key.id, Key.backend_ref, Key.transfer_policy_id, TransferPolicy.body)
+    select(Key.id, Key.backend_ref, Key.public_key_pem, Key.transfer_policy_id, TransferPolicy.body)
     .outerjoin(TransferPolicy, TransferPolicy.id == Key.transfer_policy_id)
     .where(Key.id == bindparam("key_id"))
 )
@@ -167,7 +171,7 @@ class ReleaseService:
             )
         assert row.body is not None  # foreign key
         policy = TransferPolicyBody.model_validate(row.body)
-        return ReleasableKey(row.id, row.backend_ref), policy, row.transfer_policy_id
+        return ReleasableKey(row.id, row.backend_ref, row.public_key_pem), policy, row.transfer_policy_id
 
     def _lookup(self, key_id: str) -> tuple[ReleasableKey, TransferPolicyBody, str]:
         with self._db.session() as s:
@@ -178,16 +182,16 @@ class ReleaseService:
             return self._remote_challenge(key_id)
         # not durable: a nonce lost in a machine crash only makes the client ask again
         with self._db.session(durable=False) as s:
-            _, policy, _ = self._key_and_policy(s, key_id)
+            key, policy, _ = self._key_and_policy(s, key_id)
             issued = nonces.issue(
                 s, purpose=V1_PURPOSE, subject=key_id, ttl=self._nonce_ttl, cap=self._nonce_cap
             )
-        return Challenge(issued, policy.attestation_type[0])
+        return Challenge(issued, policy.attestation_type[0], key.public_key_pem)
 
     def _remote_challenge(self, key_id: str) -> Challenge:
         """The remote attestation service's nonce, recorded here too (single use, this key)."""
         assert self._remote is not None
-        _, policy, _ = self._lookup(key_id)  # an unknown key is refused before the remote is asked
+        key, policy, _ = self._lookup(key_id)  # an unknown key is refused before the remote is asked
         self._nonce_cap.check_room(datetime.now(UTC))  # and a full cap too
         value, remote_expiry = self._remote.nonce()
         ttl = min(self._nonce_ttl, remote_expiry - datetime.now(UTC))
@@ -199,7 +203,7 @@ class ReleaseService:
             issued = nonces.issue(
                 s, purpose=V1_PURPOSE, subject=key_id, ttl=ttl, value=value, cap=self._nonce_cap
             )
-        return Challenge(issued, policy.attestation_type[0])
+        return Challenge(issued, policy.attestation_type[0], key.public_key_pem)
 
     def transfer(
         self, key_id: str, req: EvidenceRequest, principal: Principal | None, actor: str

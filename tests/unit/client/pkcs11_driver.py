@@ -13,7 +13,13 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from keybroker.client.errors import TokenError
-from keybroker.client.pkcs11_import import TokenTarget, _session, import_private_key, list_objects
+from keybroker.client.pkcs11_import import (
+    TokenTarget,
+    _session,
+    import_private_key,
+    inspect_target,
+    list_objects,
+)
 
 
 def main(module: Path, label: str, pin: str) -> dict[str, Any]:
@@ -21,8 +27,17 @@ def main(module: Path, label: str, pin: str) -> dict[str, Any]:
     web = TokenTarget(module, label, pin, "WEB")
     k1 = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     k2 = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    free = inspect_target(web, k1.public_key())
     first = import_private_key(web, k1)
+    held = inspect_target(web, k1.public_key())
     again = import_private_key(web, k1)
+    out["inspect"] = {"free": free, "held": held and [held.uri, held.action]}
+    try:
+        inspect_target(web, k2.public_key())
+    except TokenError as exc:
+        out["inspect"]["other"] = exc.detail
+    out["inspect"]["other_replace"] = inspect_target(web, k2.public_key(), replace=True)
+    out["inspect"]["access_only"] = inspect_target(web, None)
     out["first"] = {"uri": first.uri, "action": first.action}
     out["again"] = {"uri": again.uri, "action": again.action}
     try:
@@ -52,6 +67,14 @@ def main(module: Path, label: str, pin: str) -> dict[str, Any]:
             out["read_private_exponent"] = "readable"
         except p11.PKCS11Error as exc:
             out["read_private_exponent"] = type(exc).__name__
+    for name, target in (
+        ("bad_pin", TokenTarget(module, label, "0000", "X")),
+        ("no_token", TokenTarget(module, "no-such-token", pin, "X")),
+    ):
+        try:
+            inspect_target(target, None)
+        except TokenError as exc:
+            out["inspect_" + name] = exc.detail
     try:
         import_private_key(TokenTarget(module, label, "0000", "X"), k1)
     except TokenError as exc:

@@ -37,6 +37,14 @@ def _fake_tdx_machine(root: Path) -> Path:
         ([KEY, "--out", "k.pem", "--ca-sha384", "abcd"], "96 hex digits"),
         ([KEY, "--label", "X", "--pkcs11-module", "m.so", "--token-label", "T"], "needs a PIN"),
         ([KEY, "--out", "/nonexistent/dir/k.pem", "--tee", "tdx"], "cannot create files in /nonexistent/dir"),
+        (
+            [KEY, "--out", "k.pem", "--tee", "tdx", "--dev-pki", "d"],
+            "--dev-pki is for --tee sim-tdx or sim-sgx",
+        ),
+        (
+            [KEY, "--label", "X", "--pkcs11-module", "m.so", "--token-label", "T", "--keep-existing"],
+            "--keep-existing is for --out FILE",
+        ),
     ],
 )
 def test_get_key_usage_errors(args: list[str], fragment: str, tmp_path: Path) -> None:
@@ -120,3 +128,14 @@ def test_key_files_are_0600_from_the_start(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["k.pem"]
     with pytest.raises(OutputError, match="cannot write"):
         write_private_file(tmp_path / "missing" / "k.pem", b"x")
+
+
+@pytest.mark.parametrize("args", [["--version"], ["version"]])
+def test_version_both_ways(args: list[str]) -> None:
+    from keybroker import __version__
+    from keybroker.cli.main import app as server_app
+
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0 and result.output == f"keybroker-client {__version__}\n"
+    result = runner.invoke(server_app, args)
+    assert result.exit_code == 0 and result.output.strip() == f"keybroker {__version__}"

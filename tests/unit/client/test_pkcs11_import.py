@@ -134,3 +134,14 @@ def test_imported_objects_are_private_sensitive_non_extractable(token_run: dict[
 def test_token_errors(token_run: dict[str, Any]) -> None:
     assert "rejected the PIN" in token_run["bad_pin"]
     assert "no token labelled 'no-such-token'" in token_run["no_token"]
+    assert "rejected the PIN" in token_run["inspect_bad_pin"]
+    assert "no token labelled 'no-such-token'" in token_run["inspect_no_token"]
+
+
+def test_inspect_decides_from_the_public_key_alone(token_run: dict[str, Any]) -> None:
+    """What a release would lead to, known before it: free, already there, or a conflict."""
+    got = token_run["inspect"]
+    assert got["free"] is None and got["access_only"] is None
+    assert got["held"] == [token_run["first"]["uri"], "unchanged"]
+    assert "already holds a conflicting private key under label 'WEB'" in got["other"]
+    assert got["other_replace"] is None

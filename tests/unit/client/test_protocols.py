@@ -15,11 +15,11 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from keybroker.client.errors import Denied, Unreachable
+from keybroker.client.errors import Denied, Inconsistent, Unreachable
 from keybroker.client.evidence import Evidence, TeeName
 from keybroker.client.http import RetryPolicy, Transport
 from keybroker.client.protocol_v0 import fetch_resource
-from keybroker.client.protocol_v1 import Timings, fetch_key
+from keybroker.client.protocol_v1 import Timings, fetch_key, request_challenge
 from keybroker.errors import InvalidInput
 from keybroker.keys import binding, wrap
 
@@ -51,6 +51,8 @@ class V1Broker:
     secret: bytes
     fail_transfers: int = 0
     deny: bool = False
+    #: What the challenge says of the key: absent (an older broker), None (a secret) or a DER SPKI.
+    public_key: bytes | None | str = "absent"
     nonces: list[bytes] = field(default_factory=list)
     spkis: list[bytes] = field(default_factory=list)
     headers: list[str] = field(default_factory=list)
@@ -60,11 +62,11 @@ class V1Broker:
         if not request.content:
             nonce = os.urandom(32)
             self.nonces.append(nonce)
-            return httpx.Response(
-                200,
-                json={"nonce": {"val": base64.b64encode(nonce).decode(), "iat": 0, "exp": 60}},
-                headers={"Attestation-Type": "TDX"},
-            )
+            answer: dict[str, Any] = {"nonce": {"val": base64.b64encode(nonce).decode(), "iat": 0, "exp": 60}}
+            if self.public_key != "absent":
+                pk = self.public_key
+                answer["public_key"] = base64.b64encode(pk).decode() if isinstance(pk, bytes) else None
+            return httpx.Response(200, json=answer, headers={"Attestation-Type": "TDX"})
         body = json.loads(request.content)
         self.headers.append(request.headers["Attestation-Type"])
         nonce = base64.b64decode(body["nonce"]["val"])
@@ -204,3 +206,56 @@ def test_v1_private_key_release_is_pkcs8() -> None:
         got.kind == "rsa"
         and got.private_key().public_key().public_numbers() == key.public_key().public_numbers()
     )
+
+
+def _pkcs8(key: rsa.RSAPrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def _spki(key: rsa.RSAPrivateKey) -> bytes:
+    return key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def test_v1_challenge_says_what_the_key_is() -> None:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    for said, kind, public in [
+        (_spki(key), "private", _spki(key)),
+        (None, "secret", None),
+        ("absent", "unknown", None),
+    ]:
+        broker = V1Broker(b"k", public_key=said)
+        got = request_challenge(_transport(broker, []), KEY_ID)
+        assert (got.kind, got.public_key, got.attestation_type) == (kind, public, "TDX")
+        assert got.nonce == broker.nonces[-1] and broker.spkis == []  # nothing else was asked
+
+
+def test_v1_challenge_with_a_bad_public_key_is_refused() -> None:
+    with pytest.raises(InvalidInput, match="not a DER SubjectPublicKeyInfo"):
+        request_challenge(_transport(V1Broker(b"k", public_key=b"junk"), []), KEY_ID)
+
+
+def test_v1_uses_the_challenge_it_is_given_then_checks_the_release_against_it() -> None:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    broker = V1Broker(_pkcs8(key), public_key=_spki(key))
+    transport = _transport(broker, [])
+    challenge = request_challenge(transport, KEY_ID)
+    got = fetch_key(transport, KEY_ID, FakeTee(), challenge=challenge)
+    assert got.public_key_der() == _spki(key) and len(broker.nonces) == 1  # the same nonce, once
+
+
+@pytest.mark.parametrize("said", ["other key", None])
+def test_v1_a_release_other_than_announced_is_refused(said: str | None) -> None:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    broker = V1Broker(_pkcs8(key), public_key=_spki(other) if said else None)
+    with pytest.raises(
+        Inconsistent, match="announced a secret" if said is None else "not the key whose public"
+    ):
+        fetch_key(_transport(broker, []), KEY_ID, FakeTee())
+    secret_broker = V1Broker(os.urandom(32), public_key=_spki(key))
+    with pytest.raises(Inconsistent, match="not the key whose public half"):
+        fetch_key(_transport(secret_broker, []), KEY_ID, FakeTee())

@@ -7,6 +7,7 @@ import binascii
 import json
 from typing import Annotated, Any
 
+from cryptography.hazmat.primitives import serialization
 from fastapi import APIRouter, Header, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
@@ -52,6 +53,18 @@ class NonceOut(BaseModel):
 
 class ChallengeOut(BaseModel):
     nonce: NonceOut
+    public_key: str | None = Field(
+        description="base64 DER SubjectPublicKeyInfo of an RSA or EC key (not secret: a workload compares "
+        "it with the key it already holds before it attests); null for a secret (AES, raw)"
+    )
+
+
+def _spki_b64(pem: str | None) -> str | None:
+    if pem is None:
+        return None
+    public = serialization.load_pem_public_key(pem.encode())
+    der = public.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return base64.b64encode(der).decode()
 
 
 class TransferOut(BaseModel):
@@ -107,7 +120,8 @@ def _transfer(
                 val=challenge.nonce.b64,
                 iat=int(challenge.nonce.issued_at.timestamp()),
                 exp=int(challenge.nonce.expires_at.timestamp()),
-            )
+            ),
+            public_key=_spki_b64(challenge.public_key_pem),
         )
         return JSONResponse(body.model_dump(), headers={"Attestation-Type": challenge.attestation_type})
     try:
