@@ -11,7 +11,7 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.table import Table
 
-from keybroker import __version__
+from keybroker import __version__, datadir
 from keybroker.cli import collateral, devpki, evidence, keystore, policy
 from keybroker.cli.common import (
     EXIT_FAILED,
@@ -112,6 +112,7 @@ def serve(
     settings = _settings(
         config, data_dir, database, listen=listen, insecure_http=insecure_http, dev=dev, log_format=log_format
     )
+    datadir.restrict_umask()
     logs.configure(settings.log_format, settings.log_level)
     host = settings.host
     if settings.insecure_http:
@@ -130,11 +131,12 @@ def serve(
     scheme = "http"
     if not settings.insecure_http:
         names = sorted({"localhost", "127.0.0.1", "::1", host} - {"0.0.0.0", "::"})  # noqa: S104
-        cert, key = load_or_create_server_cert(settings.data_dir, services.ca, names)
+        cert, key = load_or_create_server_cert(settings.data_dir, services.tls_ca, names)
         ssl = {"ssl_certfile": str(cert), "ssl_keyfile": str(key)}
         scheme = "https"
-        typer.echo(f"service CA: {services.ca.cert_path}", err=True)
-        typer.echo(f"service CA SHA-384 fingerprint: {services.ca.fingerprint_sha384}", err=True)
+        typer.echo(f"TLS anchor (clients pin it): {services.tls_ca.cert_path}", err=True)
+        typer.echo(f"TLS anchor SHA-384 fingerprint: {services.tls_ca.fingerprint_sha384}", err=True)
+        typer.echo(f"issuing CA of key certificates: {services.issuing_ca.cert_path}", err=True)
     else:
         err_console.print(
             "[yellow]WARNING: --insecure-http: serving plain HTTP; tokens and keys cross unencrypted[/yellow]"

@@ -68,9 +68,13 @@ class PolicyOut(TransferPolicyBody):
 
 
 class CertificateIn(_In):
-    common_name: str = Field(min_length=1, max_length=64, examples=["nginx.example.com"])
+    common_name: str = Field(
+        min_length=1, max_length=64, examples=["nginx.example.com"], description="at most 64 bytes in UTF-8"
+    )
     sans: list[Annotated[str, Field(min_length=1, max_length=253)]] = Field(
-        default_factory=list, max_length=100
+        default_factory=list,
+        max_length=100,
+        examples=[["nginx.example.com", "bücher.example", "*.svc.example", "192.0.2.7", "2001:db8::7"]],
     )
     validity_days: StrictInt = Field(default=365, ge=1, le=3650)
     self_signed: StrictBool = False
@@ -80,7 +84,9 @@ class CertificateOut(BaseModel):
     key_id: str
     serial: str
     not_after: datetime
-    certificate: str = Field(description="PEM certificate followed by the issuing CA, if any")
+    certificate: str = Field(
+        description="PEM certificate followed by the CA that signed it (ca/issuing-ca.pem; none when self-signed)"
+    )
 
 
 class VersionOut(BaseModel):
@@ -185,7 +191,10 @@ def delete_key(key_id: str, svc: Svc, caller: Caller = Depends(require("keys:del
 def certify_key(
     key_id: str, body: CertificateIn, svc: Svc, caller: Caller = Depends(require("keys:certify"))
 ) -> CertificateOut:
-    """Issue an X.509 certificate for an RSA/EC key, signed by the service CA or self-signed."""
+    """Issue an X.509 certificate for an RSA/EC key, signed by the issuing CA (``ca/issuing-ca.pem``,
+    never the TLS anchor that clients of the broker pin) or self-signed. ``sans``: DNS names
+    (internationalized ones are converted to A-labels; ``*.`` only as a whole leftmost label) and IP
+    addresses (no zone id); without them the common name is the one name."""
     crow = svc.keys.certify(
         caller,
         key_id,
