@@ -11,7 +11,8 @@ from pathlib import Path
 from cryptography import x509
 
 from keybroker import datadir
-from keybroker.auth.tokens import TokenService, load_or_create_signing_key
+from keybroker.auth.registry import TokenRegistry
+from keybroker.auth.tokens import load_or_create_signing_key
 from keybroker.collateral.store import DbCollateralSource
 from keybroker.config import Settings, TrustedAttestationService
 from keybroker.errors import InvalidInput, KeybrokerError
@@ -123,7 +124,8 @@ class Services:
     barrier: Barrier
     keystore: KeyStore
     keys: KeyService
-    tokens: TokenService
+    #: Bearer tokens: issued, verified against their records, revoked.
+    tokens: TokenRegistry
     #: Anchors the broker's own HTTPS (``ca/ca.pem``, what clients pin); signs nothing else.
     tls_ca: ServiceCA
     #: Signs key certificates (``ca/issuing-ca.pem``).
@@ -143,7 +145,9 @@ class Services:
         configure_auto_unseal(barrier, settings.seal)
         keystore = build_keystore(settings.keystore, barrier)
         cas = load_or_create_cas(data_dir)
-        tokens = TokenService(load_or_create_signing_key(data_dir / TOKEN_KEY_FILE))
+        load_or_create_signing_key(data_dir / TOKEN_KEY_FILE)
+        tokens = TokenRegistry(db, data_dir / TOKEN_KEY_FILE)
+        tokens.register_key()
         dev_roots = [_load_root(p) for p in settings.trust.dev_roots]
         collateral = StaticCollateral()
         if settings.dev:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Annotated, Any
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
@@ -12,6 +12,7 @@ from keybroker import __version__
 from keybroker.api.deps import actor_of, principal, require, services
 from keybroker.api.services import Services
 from keybroker.audit import log as audit
+from keybroker.auth.registry import TokenRecord
 from keybroker.auth.tokens import Principal
 from keybroker.errors import Forbidden
 from keybroker.keys.policy import TransferPolicyBody
@@ -258,6 +259,70 @@ def delete_policy(
     policy_id: str, svc: Svc, caller: Caller = Depends(require("key_transfer_policies:delete"))
 ) -> Response:
     svc.keys.delete_policy(caller, policy_id)
+    return Response(status_code=204)
+
+
+# --- bearer tokens ---------------------------------------------------------------------------------
+
+
+class TokenOut(BaseModel):
+    """A recorded bearer token (the token itself is never stored nor shown again)."""
+
+    jti: str = Field(description="the token's id: what to revoke")
+    subject: str
+    permissions: list[str]
+    client_permissions: list[str]
+    issued_at: datetime
+    expires_at: datetime
+    issued_by: str
+    key_id: str = Field(description="kid of the key that signed it")
+    status: Literal["active", "expired", "revoked", "key retired"]
+    revoked_at: datetime | None
+    revoked_by: str | None
+    revoke_reason: str | None
+
+
+def _token_out(r: TokenRecord, now: datetime) -> TokenOut:
+    return TokenOut(
+        jti=r.jti,
+        subject=r.subject,
+        permissions=list(r.permissions),
+        client_permissions=list(r.client_permissions),
+        issued_at=r.issued_at,
+        expires_at=r.expires_at,
+        issued_by=r.issued_by,
+        key_id=r.key_id,
+        status=r.status(now),
+        revoked_at=r.revoked_at,
+        revoked_by=r.revoked_by,
+        revoke_reason=r.revoke_reason,
+    )
+
+
+@router.get("/tokens", response_model=list[TokenOut], tags=["tokens"])
+def search_tokens(
+    svc: Svc,
+    caller: Caller = Depends(require("tokens:search")),
+    include_inactive: bool = Query(
+        default=False, alias="all", description="also the expired, revoked and retired-key tokens on record"
+    ),
+) -> list[TokenOut]:
+    """The bearer tokens on record: every token that works is listed (the active ones by default)."""
+    now = datetime.now(UTC)
+    return [
+        _token_out(r, now) for r in svc.tokens.records(include_inactive=include_inactive, actor=caller.actor)
+    ]
+
+
+@router.delete("/tokens/{jti}", status_code=204, tags=["tokens"])
+def revoke_token(
+    jti: str,
+    svc: Svc,
+    caller: Caller = Depends(require("tokens:delete")),
+    reason: str | None = Query(default=None, min_length=1, max_length=256),
+) -> Response:
+    """Revoke a token by its ``jti``: refused from now on (by other replicas within 5 seconds)."""
+    svc.tokens.revoke(jti, actor=caller.actor, reason=reason)
     return Response(status_code=204)
 
 
