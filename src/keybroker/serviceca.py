@@ -22,12 +22,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from keybroker.errors import InvalidInput
-from keybroker.keys.certs import SERVER_EKU, PrivateKey, issue_leaf, make_ca, subject_alt_names
+from keybroker.keys.certs import SERVER_EKU, PrivateKey, issue_leaf, issued_by, make_ca, subject_alt_names
 
 log = logging.getLogger("keybroker")
 
@@ -57,13 +56,7 @@ class ServiceCA:
 
     def issued(self, cert: x509.Certificate) -> bool:
         """Whether this CA signed ``cert``."""
-        if cert.issuer != self.cert.subject:
-            return False
-        try:
-            cert.verify_directly_issued_by(self.cert)
-        except (ValueError, TypeError, InvalidSignature):
-            return False
-        return True
+        return issued_by(cert, self.cert)
 
 
 @dataclass(frozen=True)

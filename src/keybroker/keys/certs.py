@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 
 import idna
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, ObjectIdentifier
@@ -144,6 +145,17 @@ def subject_alt_names(names: Sequence[str], *, field: str = "sans") -> list[x509
         if general not in out:
             out.append(general)
     return out
+
+
+def issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    """Whether ``issuer`` signed ``cert`` (names match and the signature verifies)."""
+    if cert.issuer != issuer.subject:
+        return False
+    try:
+        cert.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
 
 
 def _hash_for(key: PrivateKey) -> hashes.SHA256 | hashes.SHA384:

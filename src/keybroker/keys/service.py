@@ -14,7 +14,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from sqlalchemy import select
@@ -23,7 +22,7 @@ from sqlalchemy.orm import Session
 from keybroker.audit import log as audit
 from keybroker.errors import Conflict, InvalidInput, KeybrokerError, NotFound
 from keybroker.keys import material as km
-from keybroker.keys.certs import check_common_name, issue_leaf, subject_alt_names
+from keybroker.keys.certs import check_common_name, issue_leaf, issued_by, subject_alt_names
 from keybroker.keys.policy import TransferPolicyBody
 from keybroker.keystores.base import KeyStore, StoredKey
 from keybroker.serviceca import ServiceCA
@@ -429,7 +428,7 @@ class KeyService:
         """The stored certificate followed by the CA that signed it (none when self-signed)."""
         cert = x509.load_pem_x509_certificate(crow.pem.encode())
         for issuer in (self._ca.cert, *self._chain_issuers):
-            if _signed_by(cert, issuer):
+            if issued_by(cert, issuer):
                 return crow.pem + issuer.public_bytes(serialization.Encoding.PEM).decode()
         return crow.pem
 
@@ -440,16 +439,4 @@ class KeyService:
             rows = s.execute(
                 select(Certificate.key_id, Certificate.pem).where(Certificate.created_at < created_before)
             ).all()
-        return [
-            key_id for key_id, pem in rows if _signed_by(x509.load_pem_x509_certificate(pem.encode()), ca)
-        ]
-
-
-def _signed_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
-    if cert.issuer != ca.subject or cert.issuer == cert.subject:
-        return False
-    try:
-        cert.verify_directly_issued_by(ca)
-    except (ValueError, TypeError, InvalidSignature):
-        return False
-    return True
+        return [key_id for key_id, pem in rows if issued_by(x509.load_pem_x509_certificate(pem.encode()), ca)]
