@@ -80,10 +80,9 @@ import httpx
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from keybroker.api.services import DEV_PKI_DIR, TOKEN_KEY_FILE
+from keybroker.api.services import DEV_PKI_DIR
 from keybroker.appraisal.defaults import default_attestation_policy
 from keybroker.appraisal.input import appraisal_input
-from keybroker.auth.tokens import TokenService, load_signing_key
 from keybroker.client import unwrap
 from keybroker.keys import binding, wrap
 from keybroker.keys.envelope import software_wrap
@@ -509,10 +508,23 @@ def sim_policy(tee: str) -> dict[str, Any]:
     }
 
 
-def set_up(server: Server, tee: str, aes_secret: bytes) -> Target:
-    token = TokenService(load_signing_key(server.data_dir / TOKEN_KEY_FILE)).mint(
-        "bench-admin", ["*:*"], ttl=timedelta(hours=2)
+def mint_admin_token(data_dir: Path) -> str:
+    """A *:* token for the set-up, issued (and recorded) as an operator would: ``keybroker token create``."""
+    r = subprocess.run(
+        [str(BIN / "keybroker"), "token", "create", "--data-dir", str(data_dir)]
+        + ["--subject", "bench-admin", "--permissions", "*:*", "--ttl", "2h"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
+    if r.returncode != 0:
+        raise RuntimeError(f"set-up: keybroker token create: {r.stderr.strip()}")
+    return r.stdout.strip()
+
+
+def set_up(server: Server, tee: str, aes_secret: bytes) -> Target:
+    token = mint_admin_token(server.data_dir)
     h = {"Authorization": f"Bearer {token}"}
     with httpx.Client(base_url=server.url, verify=ssl_context(server.ca), headers=h, timeout=60) as c:
 

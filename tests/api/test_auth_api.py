@@ -21,6 +21,8 @@ ROUTES = [
     ("PUT", f"/kbs/v1/key-transfer-policies/{KID}", SGX_POLICY, "key_transfer_policies:update"),
     ("DELETE", f"/kbs/v1/key-transfer-policies/{KID}", None, "key_transfer_policies:delete"),
     ("GET", "/kbs/v1/audit", None, "audit:read"),
+    ("GET", "/kbs/v1/tokens", None, "tokens:search"),
+    ("DELETE", f"/kbs/v1/tokens/{KID}", None, "tokens:delete"),
 ]
 
 

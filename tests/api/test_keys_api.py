@@ -261,8 +261,8 @@ def test_certificate_ca_signed_and_self_signed(
     assert r.status_code == 201, r.text
     chain = x509.load_pem_x509_certificates(r.json()["certificate"].encode())
     leaf, ca = chain
-    assert ca.subject == services.ca.cert.subject
-    leaf.verify_directly_issued_by(services.ca.cert)
+    assert ca == services.issuing_ca.cert
+    leaf.verify_directly_issued_by(services.issuing_ca.cert)
     san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert san.get_values_for_type(x509.DNSName) == ["nginx.example"]
     key_pub = client.get(f"/kbs/v1/keys/{kid}", headers=admin_headers).json()["key_information"]["public_key"]

@@ -19,8 +19,6 @@ from tests.helpers.server import Server, keybroker
 from tests.vectors.corpus import case, path, read_bytes, read_text
 from typer.testing import CliRunner
 
-from keybroker.api.services import TOKEN_KEY_FILE
-from keybroker.auth.tokens import TokenService, load_signing_key
 from keybroker.cli.collateral import app
 from keybroker.collateral.fetch import PcsClient, UpstreamUnavailable, fetch_collateral
 from keybroker.collateral.items import TrustedRoots
@@ -237,7 +235,11 @@ def test_second_instance_fetches_from_the_first_and_verifies(two_servers: tuple[
     first, second = two_servers
     c = case("dcap-tdx-gcp-cos113-2025-10")
     body = {"quote": base64.b64encode(read_bytes(c["quote"])).decode(), "at": c["verify_at"]}
-    token = TokenService(load_signing_key(second.data_dir / TOKEN_KEY_FILE)).mint("t", ["attestation:verify"])
+    minted = keybroker(
+        "token", "create", "--data-dir", str(second.data_dir), "--permissions", "attestation:verify"
+    )
+    assert minted.returncode == 0, minted.stderr
+    token = minted.stdout.strip()
     with second.client(token) as http:
         before = http.post("/attestation/v1/verify", json=body)
     assert (

@@ -4,7 +4,8 @@ The doc's ``sh`` blocks run in order in one ``bash -euo pipefail`` with ``WORK``
 ``NGINX_PORT`` pointing at a temp dir and free ports: a real ``keybroker serve --dev``, a policy, an
 RSA-3072 key and its certificate through the API, a SoftHSM token, ``keybroker-client provision`` as a
 simulated TD, nginx (Debian's, with the pkcs11 engine) serving with the key from the token, the wrong
-TD. The test then checks, itself: a TLS handshake trusting the service CA presents the broker's key;
+TD. The test then checks, itself: a TLS handshake trusting the issuing CA presents the broker's key,
+and one trusting only the broker's TLS anchor refuses nginx;
 the token holds exactly that key, sensitive and non-extractable; the denial is audited; provisioning
 again changes nothing. Then the doc's teardown block stops nginx and keybroker; leftovers are killed
 by pid. The block marked ``setup`` (packages, venv) is what ``make test`` does; it is checked against
@@ -44,7 +45,7 @@ PACKAGES = {
     "softhsm2": lambda: SOFTHSM_MODULE.exists() and shutil.which("softhsm2-util") is not None,
     "libengine-pkcs11-openssl": lambda: bool(glob.glob("/usr/lib/*/engines-3/pkcs11.so")),
 }
-EXPORTED = ("KEY", "POLICY", "TOKEN", "CA", "KB")
+EXPORTED = ("KEY", "POLICY", "TOKEN", "CA", "ISSUING_CA", "KB")
 
 
 @dataclass(frozen=True)
@@ -168,11 +169,12 @@ def test_nginx_walkthrough(requirements: None, tmp_path: Path) -> None:
         )
         assert run.returncode == 0, f"stdout:\n{run.stdout}\nstderr:\n{run.stderr}{logs}"
         doc_vars = dict(line.split("=", 1) for line in (work / ".doc-vars").read_text().splitlines())
-        key, ca = doc_vars["KEY"], Path(doc_vars["CA"])
+        key, ca, issuing_ca = doc_vars["KEY"], Path(doc_vars["CA"]), Path(doc_vars["ISSUING_CA"])
 
         # what the doc says the reader sees
         assert f"pkcs11:token=KMS;id=%01;object=RSAKEY;type=private {key}" in run.stdout
         assert "hello from a TD" in run.stdout
+        assert "not the broker (curl exit 60)" in run.stdout
         assert "nginx serves the broker's key" in run.stdout
         assert "keybroker-client exit 1" in run.stdout
         assert "denied by the key broker (403)" in run.stderr and "mrtd " + "00" * 48 in run.stderr
@@ -186,7 +188,9 @@ def test_nginx_walkthrough(requirements: None, tmp_path: Path) -> None:
             info = admin.get(f"/kbs/v1/keys/{key}").json()["key_information"]
             audit = admin.get("/kbs/v1/audit", params={"limit": 1000}).json()
         broker_public = serialization.load_pem_public_key(info["public_key"].encode())
-        served = _served_public_key(int(env["NGINX_PORT"]), ca)
+        served = _served_public_key(int(env["NGINX_PORT"]), issuing_ca)
+        with pytest.raises(ssl.SSLCertVerificationError):
+            _served_public_key(int(env["NGINX_PORT"]), ca)  # nginx does not pass for the broker
         assert served.public_numbers() == broker_public.public_numbers()  # type: ignore[union-attr]
         assert (info["algorithm"], info["key_length"]) == ("RSA", 3072)
 
@@ -226,7 +230,8 @@ def test_nginx_walkthrough(requirements: None, tmp_path: Path) -> None:
         transfers = [r for r in audit if r["action"] == "key.transfer" and r["object_id"] == key]
         assert [r["outcome"] for r in transfers] == ["success", "denied"]  # the re-runs released nothing
         assert (
-            _served_public_key(int(env["NGINX_PORT"]), ca).public_numbers() == broker_public.public_numbers()
+            _served_public_key(int(env["NGINX_PORT"]), issuing_ca).public_numbers()
+            == broker_public.public_numbers()
         )  # type: ignore[union-attr]
         print(f"docs/nginx.md ran in {elapsed:.1f} s")
 

@@ -42,6 +42,7 @@ def test_quickstart_runs(tmp_path: Path) -> None:
     assert "released RSA key of 3072 bits" in out
     assert "mrtd" in out and "is not in the policy's list" in out
     assert "secp256r1" in out and "subject=CN = nginx.example.com" in out
+    assert "/tmp/nginx-chain.pem: OK" in out
     assert "\n204\n" in out
     assert "audit chain intact" in out
     assert "wrote RSA-3072 private key" in r.stderr and "already holds key" in r.stderr

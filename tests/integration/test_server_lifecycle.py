@@ -26,7 +26,7 @@ def _cli(server: Server, *args: str, input: str | None = None) -> tuple[int, str
 
 
 def test_operator_flow_and_restart(server: Server) -> None:
-    # HTTPS with the service CA; the printed fingerprint is the CA's SHA-384
+    # HTTPS with the TLS anchor; the printed fingerprint is its SHA-384
     ca = x509.load_pem_x509_certificate(server.ca.read_bytes())
     assert ca.fingerprint(hashes.SHA384()).hex() in server.log()
 

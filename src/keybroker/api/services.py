@@ -10,7 +10,9 @@ from pathlib import Path
 
 from cryptography import x509
 
-from keybroker.auth.tokens import TokenService, load_or_create_signing_key
+from keybroker import datadir
+from keybroker.auth.registry import TokenRegistry
+from keybroker.auth.tokens import load_or_create_signing_key
 from keybroker.collateral.store import DbCollateralSource
 from keybroker.config import Settings, TrustedAttestationService
 from keybroker.errors import InvalidInput, KeybrokerError
@@ -23,7 +25,7 @@ from keybroker.limits import FailureLimit, OutstandingCap
 from keybroker.seal.autounseal import configure_auto_unseal
 from keybroker.seal.barrier import Barrier
 from keybroker.seal.unseal import UnsealService
-from keybroker.serviceca import ServiceCA, load_or_create_ca
+from keybroker.serviceca import ServiceCA, ServiceCAs, load_or_create_cas
 from keybroker.store.db import Database
 from keybroker.tee.dcap.collateral import QuoteCollateral
 from keybroker.tee.sim import DevPki
@@ -99,6 +101,24 @@ def _dev_pki(directory: Path) -> DevPki:
     return pki
 
 
+def _warn_key_certificates_under_tls_anchor(keys: KeyService, cas: ServiceCAs) -> None:
+    """A data dir from before the two CAs were separated may hold key certificates that its TLS anchor
+    signed: each lets whoever holds that key pass for the broker. Say so at every start until the
+    anchor is replaced (docs/certificates.md)."""
+    # only certificates stored before the issuing CA existed can have been signed by the TLS anchor
+    created = cas.issuing.cert.not_valid_before_utc + timedelta(minutes=10)
+    under_anchor = keys.certificates_issued_by(cas.tls.cert, created_before=created)
+    if under_anchor:
+        log.warning(
+            "%d key certificate(s) issued before this version were signed by the TLS anchor %s, so the "
+            "holders of those keys (%s) can pass for this broker to every client that trusts it: replace "
+            "the TLS anchor as docs/certificates.md says, and certify those keys again",
+            len(under_anchor),
+            cas.tls.cert_path,
+            ", ".join(sorted(under_anchor)[:10]) + (", ..." if len(under_anchor) > 10 else ""),
+        )
+
+
 @dataclass
 class Services:
     settings: Settings
@@ -106,8 +126,12 @@ class Services:
     barrier: Barrier
     keystore: KeyStore
     keys: KeyService
-    tokens: TokenService
-    ca: ServiceCA
+    #: Bearer tokens: issued, verified against their records, revoked.
+    tokens: TokenRegistry
+    #: Anchors the broker's own HTTPS (``ca/ca.pem``, what clients pin); signs nothing else.
+    tls_ca: ServiceCA
+    #: Signs key certificates (``ca/issuing-ca.pem``).
+    issuing_ca: ServiceCA
     verifier: Verifier
     release: ReleaseService
     attestation: AttestationService
@@ -117,14 +141,16 @@ class Services:
     @classmethod
     def build(cls, settings: Settings) -> Services:
         data_dir = settings.data_dir
-        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        datadir.prepare(data_dir)
         db = Database(settings.database_url)
         db.migrate()
         barrier = Barrier(db)
         configure_auto_unseal(barrier, settings.seal)
         keystore = build_keystore(settings.keystore, barrier)
-        ca = load_or_create_ca(data_dir)
-        tokens = TokenService(load_or_create_signing_key(data_dir / TOKEN_KEY_FILE))
+        cas = load_or_create_cas(data_dir)
+        load_or_create_signing_key(data_dir / TOKEN_KEY_FILE)
+        tokens = TokenRegistry(db, data_dir / TOKEN_KEY_FILE)
+        tokens.register_key()
         dev_roots = [_load_root(p) for p in settings.trust.dev_roots]
         collateral = StaticCollateral()
         if settings.dev:
@@ -158,9 +184,10 @@ class Services:
             db,
             barrier,
             keystore,
-            KeyService(db, keystore, ca),
+            KeyService(db, keystore, cas.issuing, chain_issuers=(cas.tls.cert,)),
             tokens,
-            ca,
+            cas.tls,
+            cas.issuing,
             verifier,
             release,
             attestation,
@@ -181,6 +208,7 @@ class Services:
                 ),
             ),
         )
+        _warn_key_certificates_under_tls_anchor(services.keys, cas)
         if settings.dev:
             services._dev_unseal(data_dir / DEV_UNSEAL_FILE)
         return services

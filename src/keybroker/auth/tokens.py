@@ -2,16 +2,20 @@
 
 Permissions are named as in Intel SecL (``keys:create``, ``key_transfer_policies:search``, ``*:*``).
 Workload identities carry ``client_permissions`` (the seed's SKC user labels, e.g. ``nginx,USA``).
-The signing key lives in the data dir (0600); tokens are minted locally by an operator who can read
-it (``keybroker token create``) or at ``operator init``.
+
+Pure: signing, verifying and the claims. Which keys and which tokens the broker still accepts (every
+token is recorded when it is issued, and can be revoked) is ``keybroker.auth.registry``'s.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 import os
 import re
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -43,10 +47,16 @@ PERMISSIONS = (
     "sys:seal",
     "resources:write",
     "attestation:verify",
+    "tokens:search",
+    "tokens:delete",
     "*:*",
 )
 _CLIENT_PERMISSION = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
+#: Subjects: who a token is for, as it appears in the audit log (``token:<subject>#<jti>``).
+_SUBJECT = re.compile(r"^[A-Za-z0-9_.@:\-]{1,128}$")
 _TTL = re.compile(r"^(\d+)([smhd])$")
+#: Longer tokens are refused before any parsing (ours are about 700 characters).
+MAX_TOKEN_CHARS = 8192
 
 
 @dataclass(frozen=True)
@@ -55,6 +65,8 @@ class Principal:
     permissions: frozenset[str]
     client_permissions: frozenset[str] = field(default_factory=frozenset)
     token_id: str | None = None
+    #: The ``kid`` of the key that signed the token.
+    key_id: str | None = None
 
     def allows(self, permission: str) -> bool:
         service = permission.split(":", 1)[0]
@@ -79,6 +91,11 @@ def parse_ttl(text: str) -> timedelta:
     return delta
 
 
+def key_id(key: ECKey) -> str:
+    """A signing key's ``kid``: its RFC 7638 thumbprint (SHA-256, base64url)."""
+    return str(key.thumbprint())
+
+
 def load_or_create_signing_key(path: Path) -> ECKey:
     if path.exists():
         return ECKey.import_key(path.read_bytes())
@@ -100,9 +117,129 @@ def load_signing_key(path: Path) -> ECKey:
         ) from None
 
 
+@dataclass(frozen=True)
+class IssuedToken:
+    """A token just signed, and what it says (recorded by the registry; the token itself never is)."""
+
+    token: str
+    jti: str
+    key_id: str
+    subject: str
+    permissions: tuple[str, ...]
+    client_permissions: tuple[str, ...]
+    issued_at: datetime
+    expires_at: datetime
+
+
+def check_subject(subject: str) -> str:
+    if not _SUBJECT.match(subject):
+        raise InvalidInput(
+            f"subject {subject!r} must be 1 to 128 characters of [A-Za-z0-9_.@:-]", field="subject"
+        )
+    return subject
+
+
+def issue(
+    key: ECKey,
+    subject: str,
+    permissions: Sequence[str],
+    *,
+    ttl: timedelta = timedelta(hours=1),
+    client_permissions: Sequence[str] = (),
+    now: datetime | None = None,
+) -> IssuedToken:
+    """Sign a token for ``subject`` with ``key``, after checking every claim."""
+    check_subject(subject)
+    for p in permissions:
+        if p not in PERMISSIONS:
+            raise InvalidInput(
+                f"unknown permission {p!r}; known: {', '.join(PERMISSIONS)}", field="permissions"
+            )
+    for cp in client_permissions:
+        if not _CLIENT_PERMISSION.match(cp):
+            raise InvalidInput(
+                f"client permission {cp!r} has characters outside [A-Za-z0-9_.:-]",
+                field="client_permissions",
+            )
+    issued = (now or datetime.now(UTC)).replace(microsecond=0)
+    expires = issued + ttl
+    jti = str(uuid.uuid4())
+    perms, cperms = tuple(sorted(set(permissions))), tuple(sorted(set(client_permissions)))
+    kid = key_id(key)
+    claims = {
+        "iss": ISSUER,
+        "aud": AUDIENCE,
+        "sub": subject,
+        "iat": int(issued.timestamp()),
+        "nbf": int(issued.timestamp()),
+        "exp": int(expires.timestamp()),
+        "jti": jti,
+        "permissions": list(perms),
+        "client_permissions": list(cperms),
+    }
+    token = jwt.encode({"alg": ALG, "typ": "JWT", "kid": kid}, claims, key, algorithms=[ALG])
+    return IssuedToken(token, jti, kid, subject, perms, cperms, issued, expires)
+
+
+def unverified_key_id(token: str) -> str:
+    """The ``kid`` in a token's header, unverified: only to pick the key to verify it with."""
+    if not isinstance(token, str) or len(token) > MAX_TOKEN_CHARS or token.count(".") != 2:
+        raise Unauthenticated("the bearer token is not a valid keybroker token")
+    head = token.split(".", 1)[0]
+    try:
+        header = json.loads(base64.urlsafe_b64decode(head + "=" * (-len(head) % 4)))
+    except (binascii.Error, ValueError):
+        raise Unauthenticated("the bearer token is not a valid keybroker token") from None
+    kid = header.get("kid") if isinstance(header, dict) else None
+    if not isinstance(kid, str) or not kid:
+        raise Unauthenticated("the bearer token names no signing key (kid)")
+    return kid
+
+
+def verify(token: str, keys: Mapping[str, ECKey], *, now: datetime | None = None) -> Principal:
+    """Check the signature (by the key of ``keys`` its ``kid`` names), issuer, audience, validity
+    window and the claims' shape; raise Unauthenticated otherwise."""
+    kid = unverified_key_id(token)
+    key = keys.get(kid)
+    if key is None:
+        raise Unauthenticated("the bearer token was not signed by a key of this broker")
+    try:
+        decoded = jwt.decode(token, key, algorithms=[ALG])
+    except (JoseError, ValueError):
+        raise Unauthenticated("the bearer token is not a valid keybroker token") from None
+    claims = decoded.claims
+    at = int((now or datetime.now(UTC)).timestamp())
+    if claims.get("iss") != ISSUER or claims.get("aud") != AUDIENCE:
+        raise Unauthenticated("the bearer token was not issued by keybroker for keybroker")
+    exp, nbf = claims.get("exp"), claims.get("nbf")
+    if not isinstance(exp, int) or not isinstance(nbf, int):
+        raise Unauthenticated("the bearer token has no validity window")
+    if at >= exp:
+        raise Unauthenticated("the bearer token has expired")
+    if at < nbf - 60:
+        raise Unauthenticated("the bearer token is not valid yet")
+    perms = claims.get("permissions", [])
+    cperms = claims.get("client_permissions", [])
+    jti = claims.get("jti")
+    if not isinstance(perms, list) or not isinstance(cperms, list):
+        raise Unauthenticated("the bearer token's permissions are malformed")
+    if not isinstance(jti, str) or not jti:
+        raise Unauthenticated("the bearer token has no id (jti)")
+    return Principal(
+        subject=str(claims.get("sub", "")),
+        permissions=frozenset(str(p) for p in perms),
+        client_permissions=frozenset(str(p) for p in cperms),
+        token_id=jti,
+        key_id=kid,
+    )
+
+
 class TokenService:
+    """Sign and verify with one key, nothing recorded (the registry adds records and revocation)."""
+
     def __init__(self, key: ECKey) -> None:
         self._key = key
+        self._keys = {key_id(key): key}
 
     def mint(
         self,
@@ -113,57 +250,9 @@ class TokenService:
         client_permissions: Sequence[str] = (),
         now: datetime | None = None,
     ) -> str:
-        for p in permissions:
-            if p not in PERMISSIONS:
-                raise InvalidInput(
-                    f"unknown permission {p!r}; known: {', '.join(PERMISSIONS)}", field="permissions"
-                )
-        for cp in client_permissions:
-            if not _CLIENT_PERMISSION.match(cp):
-                raise InvalidInput(
-                    f"client permission {cp!r} has characters outside [A-Za-z0-9_.:-]",
-                    field="client_permissions",
-                )
-        issued = now or datetime.now(UTC)
-        claims = {
-            "iss": ISSUER,
-            "aud": AUDIENCE,
-            "sub": subject,
-            "iat": int(issued.timestamp()),
-            "nbf": int(issued.timestamp()),
-            "exp": int((issued + ttl).timestamp()),
-            "jti": str(uuid.uuid4()),
-            "permissions": sorted(set(permissions)),
-            "client_permissions": sorted(set(client_permissions)),
-        }
-        return jwt.encode(
-            {"alg": ALG, "typ": "JWT", "kid": self._key.thumbprint()}, claims, self._key, algorithms=[ALG]
-        )
+        return issue(
+            self._key, subject, permissions, ttl=ttl, client_permissions=client_permissions, now=now
+        ).token
 
     def verify(self, token: str, *, now: datetime | None = None) -> Principal:
-        """Check signature, issuer, audience and validity window; raise Unauthenticated otherwise."""
-        try:
-            decoded = jwt.decode(token, self._key, algorithms=[ALG])
-        except (JoseError, ValueError):
-            raise Unauthenticated("the bearer token is not a valid keybroker token") from None
-        claims = decoded.claims
-        at = int((now or datetime.now(UTC)).timestamp())
-        if claims.get("iss") != ISSUER or claims.get("aud") != AUDIENCE:
-            raise Unauthenticated("the bearer token was not issued by keybroker for keybroker")
-        exp, nbf = claims.get("exp"), claims.get("nbf")
-        if not isinstance(exp, int) or not isinstance(nbf, int):
-            raise Unauthenticated("the bearer token has no validity window")
-        if at >= exp:
-            raise Unauthenticated("the bearer token has expired")
-        if at < nbf - 60:
-            raise Unauthenticated("the bearer token is not valid yet")
-        perms = claims.get("permissions", [])
-        cperms = claims.get("client_permissions", [])
-        if not isinstance(perms, list) or not isinstance(cperms, list):
-            raise Unauthenticated("the bearer token's permissions are malformed")
-        return Principal(
-            subject=str(claims.get("sub", "")),
-            permissions=frozenset(str(p) for p in perms),
-            client_permissions=frozenset(str(p) for p in cperms),
-            token_id=str(claims.get("jti")) if claims.get("jti") else None,
-        )
+        return verify(token, self._keys, now=now)

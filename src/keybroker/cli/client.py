@@ -85,7 +85,7 @@ CaPinOpt = Annotated[
     typer.Option(
         "--ca-sha384",
         envvar="KEYBROKER_CA_SHA384",
-        help="SHA-384 fingerprint (hex) of the service CA or of the server's certificate",
+        help="SHA-384 fingerprint (hex) of the broker's TLS anchor (ca/ca.pem) or of its certificate",
     ),
 ]
 TokenOpt = Annotated[

@@ -54,7 +54,7 @@ def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
 
 
 class ServerClient:
-    """A small client for the operator commands (HTTPS pinned to the service CA by default)."""
+    """A small client for the operator commands (HTTPS pinned to the broker's TLS anchor by default)."""
 
     def __init__(self, url: str, ca_file: Path | None, token: str | None = None) -> None:
         verify: Any = ssl.create_default_context(cafile=str(ca_file)) if ca_file is not None else True

@@ -11,8 +11,8 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.table import Table
 
-from keybroker import __version__
-from keybroker.cli import collateral, devpki, evidence, keystore, policy
+from keybroker import __version__, datadir
+from keybroker.cli import collateral, devpki, evidence, keystore, policy, token
 from keybroker.cli.common import (
     EXIT_FAILED,
     EXIT_USAGE,
@@ -32,10 +32,9 @@ app = typer.Typer(
     add_completion=False,
 )
 operator_app = typer.Typer(help="Initialize, unseal and seal the key store.", no_args_is_help=True)
-token_app = typer.Typer(help="Mint bearer tokens (needs read access to the data dir).", no_args_is_help=True)
 audit_app = typer.Typer(help="Read and verify the hash-chained audit log.", no_args_is_help=True)
 app.add_typer(operator_app, name="operator")
-app.add_typer(token_app, name="token")
+app.add_typer(token.app, name="token")
 app.add_typer(audit_app, name="audit")
 app.add_typer(devpki.app, name="dev-pki")
 app.add_typer(evidence.app, name="evidence")
@@ -115,6 +114,7 @@ def serve(
     settings = _settings(
         config, data_dir, database, listen=listen, insecure_http=insecure_http, dev=dev, log_format=log_format
     )
+    datadir.restrict_umask()
     logs.configure(settings.log_format, settings.log_level)
     host = settings.host
     if settings.insecure_http:
@@ -133,11 +133,12 @@ def serve(
     scheme = "http"
     if not settings.insecure_http:
         names = sorted({"localhost", "127.0.0.1", "::1", host} - {"0.0.0.0", "::"})  # noqa: S104
-        cert, key = load_or_create_server_cert(settings.data_dir, services.ca, names)
+        cert, key = load_or_create_server_cert(settings.data_dir, services.tls_ca, names)
         ssl = {"ssl_certfile": str(cert), "ssl_keyfile": str(key)}
         scheme = "https"
-        typer.echo(f"service CA: {services.ca.cert_path}", err=True)
-        typer.echo(f"service CA SHA-384 fingerprint: {services.ca.fingerprint_sha384}", err=True)
+        typer.echo(f"TLS anchor (clients pin it): {services.tls_ca.cert_path}", err=True)
+        typer.echo(f"TLS anchor SHA-384 fingerprint: {services.tls_ca.fingerprint_sha384}", err=True)
+        typer.echo(f"issuing CA of key certificates: {services.issuing_ca.cert_path}", err=True)
     else:
         err_console.print(
             "[yellow]WARNING: --insecure-http: serving plain HTTP; tokens and keys cross unencrypted[/yellow]"
@@ -275,34 +276,6 @@ def operator_status(
             console.print(f"{'progress':12} {out['progress']}/{out['t']}{attempt}", highlight=False)
     if out["sealed"]:
         raise typer.Exit(EXIT_FAILED)
-
-
-# --- tokens ---------------------------------------------------------------------------------------
-
-
-@token_app.command("create")
-@handle_errors
-def token_create(
-    permissions: Annotated[
-        str, typer.Option("--permissions", help="comma-separated, e.g. keys:create,keys:search or *:*")
-    ],
-    subject: Annotated[str, typer.Option("--subject", help="who the token is for")] = "admin",
-    ttl: Annotated[str, typer.Option("--ttl", help="lifetime: 30m, 1h, 7d")] = "1h",
-    client_permissions: Annotated[
-        str, typer.Option("--client-permissions", help="workload labels, e.g. nginx,USA")
-    ] = "",
-    config: ConfigOpt = None,
-    data_dir: DataDirOpt = None,
-) -> None:
-    """Mint a token signed with the service's key (local operator access to the data dir)."""
-    from keybroker.api.services import TOKEN_KEY_FILE
-    from keybroker.auth.tokens import TokenService, load_signing_key, parse_ttl
-
-    settings = _settings(config, data_dir, None)
-    perms = [p.strip() for p in permissions.split(",") if p.strip()]
-    cperms = [p.strip() for p in client_permissions.split(",") if p.strip()]
-    service = TokenService(load_signing_key(settings.data_dir / TOKEN_KEY_FILE))
-    typer.echo(service.mint(subject, perms, ttl=parse_ttl(ttl), client_permissions=cperms))
 
 
 # --- audit ----------------------------------------------------------------------------------------

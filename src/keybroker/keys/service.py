@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -21,7 +22,7 @@ from sqlalchemy.orm import Session
 from keybroker.audit import log as audit
 from keybroker.errors import Conflict, InvalidInput, KeybrokerError, NotFound
 from keybroker.keys import material as km
-from keybroker.keys.certs import issue_leaf
+from keybroker.keys.certs import check_common_name, issue_leaf, issued_by, subject_alt_names
 from keybroker.keys.policy import TransferPolicyBody
 from keybroker.keystores.base import KeyStore, StoredKey
 from keybroker.serviceca import ServiceCA
@@ -83,10 +84,21 @@ def _tier(body: TransferPolicyBody) -> dict[str, Any] | None:
 
 
 class KeyService:
-    def __init__(self, db: Database, keystore: KeyStore, ca: ServiceCA) -> None:
+    def __init__(
+        self,
+        db: Database,
+        keystore: KeyStore,
+        ca: ServiceCA,
+        *,
+        chain_issuers: Sequence[x509.Certificate] = (),
+    ) -> None:
+        """``ca`` issues key certificates (the issuing CA, never the broker's TLS anchor);
+        ``chain_issuers`` are other CAs whose certificates complete the chain of a stored certificate
+        they signed (the TLS anchor, for certificates issued before the two were separated)."""
         self._db = db
         self._keystore = keystore
         self._ca = ca
+        self._chain_issuers = tuple(chain_issuers)
 
     # --- transfer policies ---------------------------------------------------------------
 
@@ -329,9 +341,12 @@ class KeyService:
     # --- certificates --------------------------------------------------------------------
 
     def certify(self, caller: Caller, key_id: str, req: CertificateRequest) -> Certificate:
+        """Issue a certificate for an RSA/EC key, signed by the issuing CA (or self-signed)."""
         key_id = _check_uuid(key_id, "key")
         if not 1 <= req.validity_days <= 3650:
             raise InvalidInput("validity_days must be between 1 and 3650", field="validity_days")
+        check_common_name(req.common_name)
+        subject_alt_names(req.sans)
         with self._db.session() as s:
             row = s.get(Key, key_id, with_for_update=True)
             if row is None:
@@ -410,7 +425,18 @@ class KeyService:
             return crow
 
     def certificate_chain_pem(self, crow: Certificate) -> str:
+        """The stored certificate followed by the CA that signed it (none when self-signed)."""
         cert = x509.load_pem_x509_certificate(crow.pem.encode())
-        if cert.issuer == self._ca.cert.subject and cert.issuer != cert.subject:
-            return crow.pem + self._ca.cert.public_bytes(serialization.Encoding.PEM).decode()
+        for issuer in (self._ca.cert, *self._chain_issuers):
+            if issued_by(cert, issuer):
+                return crow.pem + issuer.public_bytes(serialization.Encoding.PEM).decode()
         return crow.pem
+
+    def certificates_issued_by(self, ca: x509.Certificate, *, created_before: datetime) -> list[str]:
+        """Ids of the keys whose stored certificate ``ca`` signed, among those stored before
+        ``created_before`` (for the start-up check that no key certificate chains to the TLS anchor)."""
+        with self._db.session() as s:
+            rows = s.execute(
+                select(Certificate.key_id, Certificate.pem).where(Certificate.created_at < created_before)
+            ).all()
+        return [key_id for key_id, pem in rows if issued_by(x509.load_pem_x509_certificate(pem.encode()), ca)]

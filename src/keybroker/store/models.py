@@ -196,3 +196,35 @@ class CollateralItem(Base):
     #: Where it came from: "file:<name>", "fetch:<url>", "bundle:<name>", "api".
     source: Mapped[str] = mapped_column(String(512))
     imported_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class BearerTokenKey(Base):
+    """A key that signs bearer tokens: its public half (the private one stays in the data dir). One
+    is current (``retired_at`` None); tokens of a retired key are refused."""
+
+    __tablename__ = "bearer_token_keys"
+
+    kid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    public_jwk: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    retired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class BearerToken(Base):
+    """A bearer token the broker issued: what it grants and whether it was revoked. Only tokens on
+    record are accepted. The token itself is not stored (it is a credential; its id is not)."""
+
+    __tablename__ = "bearer_tokens"
+
+    jti: Mapped[str] = mapped_column(String(36), primary_key=True)
+    kid: Mapped[str] = mapped_column(ForeignKey("bearer_token_keys.kid"))
+    subject: Mapped[str] = mapped_column(String(128))
+    permissions: Mapped[list[str]] = mapped_column(JSON)
+    client_permissions: Mapped[list[str]] = mapped_column(JSON)
+    issued_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    #: Who had it issued: "operator" (sys init), "cli:<user>", or a token's actor.
+    issued_by: Mapped[str] = mapped_column(String(256))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    revoked_by: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    revoke_reason: Mapped[str | None] = mapped_column(String(256), nullable=True)

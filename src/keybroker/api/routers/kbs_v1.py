@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Annotated, Any
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
@@ -12,6 +12,7 @@ from keybroker import __version__
 from keybroker.api.deps import actor_of, principal, require, services
 from keybroker.api.services import Services
 from keybroker.audit import log as audit
+from keybroker.auth.registry import TokenRecord
 from keybroker.auth.tokens import Principal
 from keybroker.errors import Forbidden
 from keybroker.keys.policy import TransferPolicyBody
@@ -68,9 +69,13 @@ class PolicyOut(TransferPolicyBody):
 
 
 class CertificateIn(_In):
-    common_name: str = Field(min_length=1, max_length=64, examples=["nginx.example.com"])
+    common_name: str = Field(
+        min_length=1, max_length=64, examples=["nginx.example.com"], description="at most 64 bytes in UTF-8"
+    )
     sans: list[Annotated[str, Field(min_length=1, max_length=253)]] = Field(
-        default_factory=list, max_length=100
+        default_factory=list,
+        max_length=100,
+        examples=[["nginx.example.com", "bücher.example", "*.svc.example", "192.0.2.7", "2001:db8::7"]],
     )
     validity_days: StrictInt = Field(default=365, ge=1, le=3650)
     self_signed: StrictBool = False
@@ -80,7 +85,9 @@ class CertificateOut(BaseModel):
     key_id: str
     serial: str
     not_after: datetime
-    certificate: str = Field(description="PEM certificate followed by the issuing CA, if any")
+    certificate: str = Field(
+        description="PEM certificate followed by the CA that signed it (ca/issuing-ca.pem; none when self-signed)"
+    )
 
 
 class VersionOut(BaseModel):
@@ -185,7 +192,10 @@ def delete_key(key_id: str, svc: Svc, caller: Caller = Depends(require("keys:del
 def certify_key(
     key_id: str, body: CertificateIn, svc: Svc, caller: Caller = Depends(require("keys:certify"))
 ) -> CertificateOut:
-    """Issue an X.509 certificate for an RSA/EC key, signed by the service CA or self-signed."""
+    """Issue an X.509 certificate for an RSA/EC key, signed by the issuing CA (``ca/issuing-ca.pem``,
+    never the TLS anchor that clients of the broker pin) or self-signed. ``sans``: DNS names
+    (internationalized ones are converted to A-labels; ``*.`` only as a whole leftmost label) and IP
+    addresses (no zone id); without them the common name is the one name."""
     crow = svc.keys.certify(
         caller,
         key_id,
@@ -249,6 +259,70 @@ def delete_policy(
     policy_id: str, svc: Svc, caller: Caller = Depends(require("key_transfer_policies:delete"))
 ) -> Response:
     svc.keys.delete_policy(caller, policy_id)
+    return Response(status_code=204)
+
+
+# --- bearer tokens ---------------------------------------------------------------------------------
+
+
+class TokenOut(BaseModel):
+    """A recorded bearer token (the token itself is never stored nor shown again)."""
+
+    jti: str = Field(description="the token's id: what to revoke")
+    subject: str
+    permissions: list[str]
+    client_permissions: list[str]
+    issued_at: datetime
+    expires_at: datetime
+    issued_by: str
+    key_id: str = Field(description="kid of the key that signed it")
+    status: Literal["active", "expired", "revoked", "key retired"]
+    revoked_at: datetime | None
+    revoked_by: str | None
+    revoke_reason: str | None
+
+
+def _token_out(r: TokenRecord, now: datetime) -> TokenOut:
+    return TokenOut(
+        jti=r.jti,
+        subject=r.subject,
+        permissions=list(r.permissions),
+        client_permissions=list(r.client_permissions),
+        issued_at=r.issued_at,
+        expires_at=r.expires_at,
+        issued_by=r.issued_by,
+        key_id=r.key_id,
+        status=r.status(now),
+        revoked_at=r.revoked_at,
+        revoked_by=r.revoked_by,
+        revoke_reason=r.revoke_reason,
+    )
+
+
+@router.get("/tokens", response_model=list[TokenOut], tags=["tokens"])
+def search_tokens(
+    svc: Svc,
+    caller: Caller = Depends(require("tokens:search")),
+    include_inactive: bool = Query(
+        default=False, alias="all", description="also the expired, revoked and retired-key tokens on record"
+    ),
+) -> list[TokenOut]:
+    """The bearer tokens on record: every token that works is listed (the active ones by default)."""
+    now = datetime.now(UTC)
+    return [
+        _token_out(r, now) for r in svc.tokens.records(include_inactive=include_inactive, actor=caller.actor)
+    ]
+
+
+@router.delete("/tokens/{jti}", status_code=204, tags=["tokens"])
+def revoke_token(
+    jti: str,
+    svc: Svc,
+    caller: Caller = Depends(require("tokens:delete")),
+    reason: str | None = Query(default=None, min_length=1, max_length=256),
+) -> Response:
+    """Revoke a token by its ``jti``: refused from now on (by other replicas within 5 seconds)."""
+    svc.tokens.revoke(jti, actor=caller.actor, reason=reason)
     return Response(status_code=204)
 
 

@@ -277,13 +277,15 @@ def _new_key() -> ec.EllipticCurvePrivateKey:
 def _write_atomic(path: Path, data: bytes, mode: int) -> None:
     """Write ``data`` to ``path`` via a temporary file created with ``mode`` and a rename, so
     that readers (a server importing collateral while ``revoke_pck`` runs) never see a torn file
-    and a private key is never readable by others, not even briefly."""
+    and a private key is never readable by others, not even briefly. A private file (0600) gets
+    exactly that mode; a public one ``mode`` less the umask (0600 under ``keybroker serve``)."""
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-        os.chmod(tmp, mode)  # os.open's mode is filtered by the umask
+        if mode == 0o600:
+            os.chmod(tmp, mode)  # os.open's mode is filtered by the umask
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)  # only left over if something failed before the rename
