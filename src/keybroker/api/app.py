@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
+from fastapi.routing import APIRoute
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
@@ -14,6 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from keybroker import __version__
 from keybroker.api import problems
+from keybroker.api.body import StrictJsonRoute
 from keybroker.api.deps import actor_of, bearer
 from keybroker.api.routers import attest_v1, attestation_v1, health, kbs_v0, kbs_v1, pccs_v4, sys, transfer_v1
 from keybroker.api.services import Services
@@ -213,4 +215,8 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(kbs_v1.router)
     app.include_router(sys.router)
     app.include_router(pccs_v4.router)
+    loose = [r.path for r in app.routes if isinstance(r, APIRoute) and not isinstance(r, StrictJsonRoute)]
+    if loose:
+        # every JSON body goes through the strict reader: a router without its route class would not
+        raise RuntimeError(f"routes without StrictJsonRoute: {', '.join(loose)}")
     return app

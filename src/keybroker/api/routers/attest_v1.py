@@ -9,12 +9,13 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
 
+from keybroker.api.body import StrictJsonRoute
 from keybroker.api.deps import services
 from keybroker.api.services import Services
 from keybroker.errors import InvalidInput
 from keybroker.keys import nonces
 
-router = APIRouter(tags=["attestation"])
+router = APIRouter(tags=["attestation"], route_class=StrictJsonRoute)
 Svc = Annotated[Services, Depends(services)]
 
 

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Final
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt
 
+from keybroker.api.body import StrictJsonRoute
 from keybroker.api.deps import require, services
 from keybroker.api.services import Services
 from keybroker.collateral.store import CollateralStore
@@ -22,7 +23,7 @@ from keybroker.tee.dcap.collateral import QuoteCollateral
 from keybroker.tee.dcap.verify import quote_fmspc_and_ca
 from keybroker.tee.verifier import NO_REPORT_DATA, ExpectedReportData
 
-router = APIRouter(prefix="/attestation/v1", tags=["attestation"])
+router = APIRouter(prefix="/attestation/v1", tags=["attestation"], route_class=StrictJsonRoute)
 Svc = Annotated[Services, Depends(services)]
 
 # --- POST /attestation/v1/verify ------------------------------------------------------------------

@@ -8,11 +8,12 @@ from fastapi import APIRouter, Depends, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
+from keybroker.api.body import StrictJsonRoute
 from keybroker.api.deps import services
 from keybroker.api.services import Services
 from keybroker.errors import BackendUnavailable, Sealed
 
-router = APIRouter(tags=["health"])
+router = APIRouter(tags=["health"], route_class=StrictJsonRoute)
 Svc = Annotated[Services, Depends(services)]
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Cookie, Depends, Request, Response
@@ -10,13 +9,14 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from keybroker.api.body import StrictJsonRoute, decode_json
 from keybroker.api.deps import bearer, require, services
 from keybroker.api.services import Services
 from keybroker.errors import InvalidInput
 from keybroker.keys.kbs_v0 import SESSION_TTL, resource_path
 from keybroker.keys.service import Caller
 
-router = APIRouter(prefix="/kbs/v0", tags=["kbs-v0"])
+router = APIRouter(prefix="/kbs/v0", tags=["kbs-v0"], route_class=StrictJsonRoute)
 Svc = Annotated[Services, Depends(services)]
 COOKIE = "kbs-session-id"
 
@@ -38,11 +38,7 @@ class ResourcePolicyIn(BaseModel):
 
 
 async def _json_body(request: Request) -> dict[str, Any]:
-    raw = await request.body()
-    try:
-        body = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise InvalidInput("the request body is not valid JSON", field="body") from None
+    body = decode_json(await request.body(), request.headers.get("content-type"))
     if not isinstance(body, dict):
         raise InvalidInput("the request body must be a JSON object", field="body")
     return body

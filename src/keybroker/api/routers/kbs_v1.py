@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
 from keybroker import __version__
+from keybroker.api.body import StrictJsonRoute
 from keybroker.api.deps import actor_of, principal, require, services
 from keybroker.api.services import Services
 from keybroker.audit import log as audit
@@ -18,7 +19,7 @@ from keybroker.keys.policy import TransferPolicyBody
 from keybroker.keys.service import Caller, CertificateRequest, CreateKeyRequest
 from keybroker.store.models import Certificate, Key, TransferPolicy
 
-router = APIRouter(prefix="/kbs/v1")
+router = APIRouter(prefix="/kbs/v1", route_class=StrictJsonRoute)
 
 
 class _In(BaseModel):

@@ -25,13 +25,14 @@ from typing import Annotated, Final, Literal
 
 from fastapi import APIRouter, Depends, Query, Response
 
+from keybroker.api.body import StrictJsonRoute
 from keybroker.api.deps import services
 from keybroker.api.services import Services
 from keybroker.collateral.items import Item, Kind
 from keybroker.collateral.store import CollateralStore
 from keybroker.errors import CollateralNotFound, InvalidInput
 
-router = APIRouter(tags=["pccs"])
+router = APIRouter(tags=["pccs"], route_class=StrictJsonRoute)
 Svc = Annotated[Services, Depends(services)]
 
 _FMSPC: Final = re.compile(r"[0-9A-Fa-f]{12}")

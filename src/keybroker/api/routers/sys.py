@@ -8,13 +8,14 @@ from typing import Annotated
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
+from keybroker.api.body import StrictJsonRoute
 from keybroker.api.deps import require, services
 from keybroker.api.services import Services
 from keybroker.audit import log as audit
 from keybroker.keys.service import Caller
 from keybroker.seal.barrier import SealStatus
 
-router = APIRouter(prefix="/sys/v1", tags=["operator"])
+router = APIRouter(prefix="/sys/v1", tags=["operator"], route_class=StrictJsonRoute)
 Svc = Annotated[Services, Depends(services)]
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Request
@@ -12,6 +11,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from keybroker.api.body import StrictJsonRoute, decode_json
 from keybroker.api.deps import actor_of, bearer
 from keybroker.api.problems import validation_detail
 from keybroker.api.services import Services
@@ -22,7 +22,7 @@ from keybroker.keys.release import EvidenceRequest
 from keybroker.keys.service import _check_uuid
 from keybroker.keys.wrap import SeclWrapped
 
-router = APIRouter(prefix="/kbs/v1", tags=["transfer"])
+router = APIRouter(prefix="/kbs/v1", tags=["transfer"], route_class=StrictJsonRoute)
 MAX_QUOTE = 64 * 1024
 
 
@@ -93,12 +93,18 @@ async def transfer_key(
     key_id = _check_uuid(key_id, "key")
     principal = _optional_principal(request, svc)
     raw = await request.body()
+    content_type = request.headers.get("content-type")
     # the database and cryptography work is blocking: keep it off the event loop
-    return await run_in_threadpool(_transfer, svc, key_id, raw, attestation_type, principal)
+    return await run_in_threadpool(_transfer, svc, key_id, raw, content_type, attestation_type, principal)
 
 
 def _transfer(
-    svc: Services, key_id: str, raw: bytes, attestation_type: str | None, principal: Principal | None
+    svc: Services,
+    key_id: str,
+    raw: bytes,
+    content_type: str | None,
+    attestation_type: str | None,
+    principal: Principal | None,
 ) -> Any:
     if not raw.strip():
         challenge = svc.release.challenge(key_id)
@@ -111,9 +117,7 @@ def _transfer(
         )
         return JSONResponse(body.model_dump(), headers={"Attestation-Type": challenge.attestation_type})
     try:
-        req = TransferIn.model_validate(json.loads(raw))
-    except json.JSONDecodeError:
-        raise InvalidInput("the request body is not valid JSON", field="body") from None
+        req = TransferIn.model_validate(decode_json(raw, content_type))
     except ValidationError as exc:
         from fastapi.exceptions import RequestValidationError
 

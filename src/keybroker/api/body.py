@@ -1,0 +1,76 @@
+"""Request bodies: every JSON body is read by :mod:`keybroker.strictjson`, on every route.
+
+Routes that declare a pydantic body get it through :class:`StrictJsonRoute` (the route class of
+every router; ``create_app`` refuses to start with a route of another class). FastAPI would read
+such a body with ``json.loads`` and turn whatever went wrong into one generic 400. Routes that read
+the body themselves (``/kbs/v1/keys/{id}/transfer``, ``/kbs/v0/attest``, a JSON
+``/kbs/v0/resource`` write) call :func:`decode_json`. Raw-secret bodies stay bytes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Coroutine
+from typing import Any, Final
+
+from fastapi import Request, Response
+from fastapi.routing import APIRoute
+
+from keybroker import strictjson
+from keybroker.errors import UnsupportedMediaType
+
+JSON_MEDIA_TYPE: Final = "application/json"
+_UTF8: Final = frozenset({"utf-8", "utf8"})
+
+
+def media_type(content_type: str | None) -> str:
+    """The media type of a Content-Type header, lower case, without parameters ("" if absent)."""
+    return (content_type or "").split(";", 1)[0].strip().lower()
+
+
+def check_json_content_type(content_type: str | None) -> None:
+    """415 unless ``content_type`` is ``application/json`` with no charset other than UTF-8."""
+    if media_type(content_type) != JSON_MEDIA_TYPE:
+        shown = f"Content-Type {media_type(content_type)}" if content_type else "no Content-Type"
+        raise UnsupportedMediaType(f"send the body as Content-Type: application/json (got {shown})")
+    for param in (content_type or "").split(";")[1:]:
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "charset":
+            charset = value.strip().strip('"').lower()
+            if charset not in _UTF8:
+                raise UnsupportedMediaType(
+                    f"JSON bodies are UTF-8 (RFC 8259); charset={charset} is not accepted", charset=charset
+                )
+
+
+def decode_json(raw: bytes, content_type: str | None) -> Any:
+    """A JSON request body: the Content-Type checked, then the bytes read strictly."""
+    check_json_content_type(content_type)
+    return strictjson.loads(raw)
+
+
+class StrictJsonRequest(Request):
+    """A request whose ``json()`` is :func:`decode_json` (FastAPI reads pydantic bodies through it)."""
+
+    _strict_json: Any
+
+    async def json(self) -> Any:
+        if not hasattr(self, "_strict_json"):
+            self._strict_json = decode_json(await self.body(), self.headers.get("content-type"))
+        return self._strict_json
+
+
+class StrictJsonRoute(APIRoute):
+    """Decodes a declared JSON body before FastAPI sees it, so that a bad one is our problem (415 or
+    a 400 naming what is wrong), not FastAPI's generic "error parsing the body"."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+        takes_body = self.body_field is not None
+
+        async def strict_handler(request: Request) -> Response:
+            strict = StrictJsonRequest(request.scope, request.receive)
+            if takes_body and await strict.body():
+                await strict.json()
+            return await handler(strict)
+
+        return strict_handler

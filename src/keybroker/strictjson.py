@@ -1,0 +1,151 @@
+"""The one JSON reader for untrusted input: I-JSON (RFC 7493) with bounds, or ``InvalidInput``.
+
+Python's ``json.loads`` accepts what no peer of ours sends and fails in ways the caller does not
+expect: it guesses UTF-16/32 from bytes and skips a BOM, raises ``UnicodeDecodeError`` on bad UTF-8,
+``RecursionError`` on deep nesting and ``ValueError`` on an integer of more than 4300 digits, reads
+``NaN``/``Infinity`` and ``1e999`` (infinity), keeps the last of two equal member names, and
+returns lone UTF-16 surrogates (``"\\ud800"``) as strings that no database or encoder takes.
+
+Here: UTF-8 only, no BOM; nesting at most :data:`MAX_DEPTH`; integers within ±(2**53 - 1) (I-JSON's
+interoperable range); finite numbers only; no duplicate member names; strings (and member names)
+of Unicode scalar values without U+0000 (PostgreSQL text cannot hold it). Every refusal is an
+``InvalidInput`` naming what is wrong and, where there is one, the member (``field``).
+
+Pure: no HTTP. Built on the stdlib parser and its hooks, not a parser of its own.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import Any, Final
+
+from keybroker.errors import InvalidInput
+
+#: Deepest nesting of arrays and objects. Our documents nest at most 5 levels.
+MAX_DEPTH: Final = 32
+#: I-JSON (RFC 7493 §2.2): integers beyond this are not exchanged exactly between implementations.
+MAX_SAFE_INTEGER: Final = 2**53 - 1
+_MAX_INT_DIGITS: Final = len(str(MAX_SAFE_INTEGER))
+#: Lone surrogates (not Unicode scalar values) and NUL.
+_BAD_CHAR: Final = re.compile("[\x00\ud800-\udfff]")
+_BOM: Final = b"\xef\xbb\xbf"
+
+
+class _Refused(Exception):
+    """Raised from the parser's hooks; carries the refusal out of ``json.loads``."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+def _int(text: str) -> int:
+    digits = text.lstrip("-")
+    if len(digits) > _MAX_INT_DIGITS or int(digits) > MAX_SAFE_INTEGER:
+        shown = text if len(text) <= 24 else f"{text[:12]}…({len(digits)} digits)"
+        raise _Refused(f"the integer {shown} is outside ±(2**53 - 1), the range JSON peers agree on")
+    return int(text)
+
+
+def _float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        shown = text if len(text) <= 24 else text[:24] + "…"
+        raise _Refused(f"the number {shown} is too large for a 64-bit float")
+    return value
+
+
+def _constant(name: str) -> Any:
+    raise _Refused(f"{name} is not a JSON number")
+
+
+def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _Refused(f"the member name {_show(key)} appears twice in one object")
+            seen.add(key)
+    return obj
+
+
+def _show(text: str) -> str:
+    return ascii(text if len(text) <= 40 else text[:40] + "…")
+
+
+def _path(parts: tuple[str | int, ...], what: str) -> str:
+    return ".".join(str(p) for p in parts) or what
+
+
+def _bad_string(value: str) -> str | None:
+    m = _BAD_CHAR.search(value)
+    if m is None:
+        return None
+    ch = m.group()
+    if ch == "\x00":
+        return "contains U+0000 (NUL), which is not accepted"
+    return f"contains a lone UTF-16 surrogate (\\u{ord(ch):04x}), which is not a Unicode character"
+
+
+def _check_tree(doc: Any, what: str) -> None:
+    """Depth and strings, iteratively (the document may be as deep as the C parser allowed)."""
+    stack: list[tuple[Any, tuple[str | int, ...]]] = [(doc, ())]
+    while stack:
+        value, path = stack.pop()
+        if isinstance(value, str):
+            problem = _bad_string(value)
+            if problem is not None:
+                raise InvalidInput(f"{_path(path, what)}: {problem}", field=_path(path, "body"))
+        elif isinstance(value, dict | list):
+            if len(path) >= MAX_DEPTH:
+                raise InvalidInput(
+                    f"{what} nests arrays and objects deeper than {MAX_DEPTH} levels", field="body"
+                )
+            if isinstance(value, dict):
+                for key, item in value.items():
+                    problem = _bad_string(key)
+                    if problem is not None:
+                        raise InvalidInput(
+                            f"{_path(path, what)}: the member name {_show(key)} {problem}",
+                            field=_path(path, "body"),
+                        )
+                    stack.append((item, (*path, key)))
+            else:
+                stack.extend((item, (*path, i)) for i, item in enumerate(value))
+
+
+def loads(raw: bytes | str, *, what: str = "the request body") -> Any:
+    """Parse ``raw`` (UTF-8 bytes, or text) as strict JSON; ``what`` names it in messages."""
+    if isinstance(raw, bytes):
+        if raw.startswith(_BOM):
+            raise InvalidInput(
+                f"{what} starts with a byte order mark; send UTF-8 JSON without one", field="body"
+            )
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InvalidInput(
+                f"{what} is not valid UTF-8 (byte 0x{raw[exc.start]:02x} at offset {exc.start})", field="body"
+            ) from None
+    else:
+        text = raw
+    try:
+        doc = json.loads(
+            text, object_pairs_hook=_pairs, parse_int=_int, parse_float=_float, parse_constant=_constant
+        )
+    except _Refused as exc:
+        raise InvalidInput(f"{what}: {exc.detail}", field="body") from None
+    except json.JSONDecodeError as exc:
+        raise InvalidInput(
+            f"{what} is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})", field="body"
+        ) from None
+    except RecursionError:
+        # the C parser's own guard, long before the stack is at risk
+        raise InvalidInput(
+            f"{what} nests arrays and objects deeper than {MAX_DEPTH} levels", field="body"
+        ) from None
+    _check_tree(doc, what)
+    return doc
