@@ -76,8 +76,9 @@ def _show(text: str) -> str:
     return ascii(text if len(text) <= 40 else text[:40] + "…")
 
 
-def _path(parts: tuple[str | int, ...], what: str) -> str:
-    return ".".join(str(p) for p in parts) or what
+def _path(parts: tuple[str | int, ...], base: str | None, empty: str) -> str:
+    joined = ".".join(str(p) for p in ((base, *parts) if base else parts))
+    return joined or empty
 
 
 def _bad_string(value: str) -> str | None:
@@ -90,7 +91,7 @@ def _bad_string(value: str) -> str | None:
     return f"contains a lone UTF-16 surrogate (\\u{ord(ch):04x}), which is not a Unicode character"
 
 
-def _check_tree(doc: Any, what: str) -> None:
+def _check_tree(doc: Any, what: str, field: str | None) -> None:
     """Depth and strings, iteratively (the document may be as deep as the C parser allowed)."""
     stack: list[tuple[Any, tuple[str | int, ...]]] = [(doc, ())]
     while stack:
@@ -98,37 +99,41 @@ def _check_tree(doc: Any, what: str) -> None:
         if isinstance(value, str):
             problem = _bad_string(value)
             if problem is not None:
-                raise InvalidInput(f"{_path(path, what)}: {problem}", field=_path(path, "body"))
+                where = _path(path, field, what)
+                raise InvalidInput(f"{where}: {problem}", field=_path(path, field, "body"))
         elif isinstance(value, dict | list):
             if len(path) >= MAX_DEPTH:
                 raise InvalidInput(
-                    f"{what} nests arrays and objects deeper than {MAX_DEPTH} levels", field="body"
+                    f"{what} nests arrays and objects deeper than {MAX_DEPTH} levels", field=field or "body"
                 )
             if isinstance(value, dict):
                 for key, item in value.items():
                     problem = _bad_string(key)
                     if problem is not None:
                         raise InvalidInput(
-                            f"{_path(path, what)}: the member name {_show(key)} {problem}",
-                            field=_path(path, "body"),
+                            f"{_path(path, field, what)}: the member name {_show(key)} {problem}",
+                            field=_path(path, field, "body"),
                         )
                     stack.append((item, (*path, key)))
             else:
                 stack.extend((item, (*path, i)) for i, item in enumerate(value))
 
 
-def loads(raw: bytes | str, *, what: str = "the request body") -> Any:
-    """Parse ``raw`` (UTF-8 bytes, or text) as strict JSON; ``what`` names it in messages."""
+def loads(raw: bytes | str, *, what: str = "the request body", field: str | None = None) -> Any:
+    """Parse ``raw`` (UTF-8 bytes, or text) as strict JSON.
+
+    ``what`` names the document in messages; ``field`` is the member that held it, for JSON carried
+    in a string of another document (None: the request body itself).
+    """
+    at = field or "body"
     if isinstance(raw, bytes):
         if raw.startswith(_BOM):
-            raise InvalidInput(
-                f"{what} starts with a byte order mark; send UTF-8 JSON without one", field="body"
-            )
+            raise InvalidInput(f"{what} starts with a byte order mark; send UTF-8 JSON without one", field=at)
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise InvalidInput(
-                f"{what} is not valid UTF-8 (byte 0x{raw[exc.start]:02x} at offset {exc.start})", field="body"
+                f"{what} is not valid UTF-8 (byte 0x{raw[exc.start]:02x} at offset {exc.start})", field=at
             ) from None
     else:
         text = raw
@@ -137,15 +142,15 @@ def loads(raw: bytes | str, *, what: str = "the request body") -> Any:
             text, object_pairs_hook=_pairs, parse_int=_int, parse_float=_float, parse_constant=_constant
         )
     except _Refused as exc:
-        raise InvalidInput(f"{what}: {exc.detail}", field="body") from None
+        raise InvalidInput(f"{what}: {exc.detail}", field=at) from None
     except json.JSONDecodeError as exc:
         raise InvalidInput(
-            f"{what} is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})", field="body"
+            f"{what} is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})", field=at
         ) from None
     except RecursionError:
         # the C parser's own guard, long before the stack is at risk
         raise InvalidInput(
-            f"{what} nests arrays and objects deeper than {MAX_DEPTH} levels", field="body"
+            f"{what} nests arrays and objects deeper than {MAX_DEPTH} levels", field=at
         ) from None
-    _check_tree(doc, what)
+    _check_tree(doc, what, field)
     return doc
