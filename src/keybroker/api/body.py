@@ -1,6 +1,6 @@
 """Request bodies: every JSON body is read by :mod:`keybroker.strictjson`, on every route.
 
-Routes that declare a pydantic body get it through :class:`StrictJsonRoute` (the route class of
+Routes that declare a pydantic body get it through :class:`StrictRoute` (the route class of
 every router; ``create_app`` refuses to start with a route of another class). FastAPI would read
 such a body with ``json.loads`` and turn whatever went wrong into one generic 400. Routes that read
 the body themselves (``/kbs/v1/keys/{id}/transfer``, ``/kbs/v0/attest``, a JSON
@@ -13,10 +13,11 @@ from collections.abc import Callable, Coroutine
 from typing import Any, Final
 
 from fastapi import Request, Response
+from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 
 from keybroker import strictjson
-from keybroker.errors import UnsupportedMediaType
+from keybroker.errors import InvalidInput, UnsupportedMediaType
 
 JSON_MEDIA_TYPE: Final = "application/json"
 _UTF8: Final = frozenset({"utf-8", "utf8"})
@@ -59,15 +60,28 @@ class StrictJsonRequest(Request):
         return self._strict_json
 
 
-class StrictJsonRoute(APIRoute):
+def _query_names(dependant: Dependant) -> frozenset[str]:
+    names = {field.alias for field in dependant.query_params}
+    for sub in dependant.dependencies:
+        names |= _query_names(sub)
+    return frozenset(names)
+
+
+class StrictRoute(APIRoute):
     """Decodes a declared JSON body before FastAPI sees it, so that a bad one is our problem (415 or
-    a 400 naming what is wrong), not FastAPI's generic "error parsing the body"."""
+    a 400 naming what is wrong), not FastAPI's generic "error parsing the body"; and refuses query
+    parameters the route does not take (``GET /kbs/v1/keys?keylength=2048`` listed every key)."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
         takes_body = self.body_field is not None
+        known = _query_names(self.dependant)
 
         async def strict_handler(request: Request) -> Response:
+            unknown = sorted(set(request.query_params) - known)
+            if unknown:
+                takes = f"it takes {', '.join(sorted(known))}" if known else "it takes none"
+                raise InvalidInput(f"unknown query parameter {unknown[0]!r} ({takes})", field=unknown[0])
             strict = StrictJsonRequest(request.scope, request.receive)
             if takes_body and await strict.body():
                 await strict.json()

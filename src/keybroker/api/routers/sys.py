@@ -8,14 +8,15 @@ from typing import Annotated
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
-from keybroker.api.body import StrictJsonRoute
+from keybroker.api.body import StrictRoute
 from keybroker.api.deps import require, services
+from keybroker.api.schema import BASE64_PATTERN, responses
 from keybroker.api.services import Services
 from keybroker.audit import log as audit
 from keybroker.keys.service import Caller
 from keybroker.seal.barrier import SealStatus
 
-router = APIRouter(prefix="/sys/v1", tags=["operator"], route_class=StrictJsonRoute)
+router = APIRouter(prefix="/sys/v1", tags=["operator"], route_class=StrictRoute)
 Svc = Annotated[Services, Depends(services)]
 
 
@@ -39,7 +40,9 @@ class InitOut(BaseModel):
 
 class UnsealIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    key: str = Field(min_length=1, max_length=256, description="one base64 unseal share")
+    key: str = Field(
+        min_length=4, max_length=256, pattern=BASE64_PATTERN, description="one base64 unseal share"
+    )
 
 
 class StatusOut(BaseModel):
@@ -60,7 +63,7 @@ def seal_status(svc: Svc) -> StatusOut:
     return _status(svc.barrier.status())
 
 
-@router.post("/init", response_model=InitOut)
+@router.post("/init", response_model=InitOut, responses=responses(409, 503))
 def init(body: InitIn, svc: Svc) -> InitOut:
     """Initialize the key store once. Answers 409 when already initialized."""
     result = svc.barrier.init_shamir(body.shares, body.threshold)
@@ -78,7 +81,7 @@ def init(body: InitIn, svc: Svc) -> InitOut:
     )
 
 
-@router.post("/unseal", response_model=StatusOut)
+@router.post("/unseal", response_model=StatusOut, responses=responses(409, 503))
 def unseal(body: UnsealIn, svc: Svc) -> StatusOut:
     was_sealed = svc.barrier.sealed
     st = svc.barrier.submit_share(body.key)

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import base64
 import binascii
-from typing import Annotated, Any
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Header, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from keybroker.api.body import StrictJsonRoute, decode_json
+from keybroker.api.body import StrictRoute, decode_json
 from keybroker.api.deps import actor_of, bearer
 from keybroker.api.problems import validation_detail
+from keybroker.api.schema import BASE64_PATTERN, NONCE_PATTERN, json_body, ref, responses
 from keybroker.api.services import Services
 from keybroker.auth.tokens import Principal
 from keybroker.errors import InvalidInput
@@ -22,23 +23,31 @@ from keybroker.keys.release import EvidenceRequest
 from keybroker.keys.service import _check_uuid
 from keybroker.keys.wrap import SeclWrapped
 
-router = APIRouter(prefix="/kbs/v1", tags=["transfer"], route_class=StrictJsonRoute)
+router = APIRouter(prefix="/kbs/v1", tags=["transfer"], route_class=StrictRoute)
 MAX_QUOTE = 64 * 1024
 
 
 class NonceIn(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    val: str = Field(max_length=128)
+    val: str = Field(pattern=NONCE_PATTERN, description="the challenge's nonce (base64, 32 bytes)")
 
 
 class TransferIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     quote: str | None = Field(
-        default=None, max_length=MAX_QUOTE * 2, description="base64 quote (background-check mode)"
+        default=None,
+        min_length=4,
+        max_length=MAX_QUOTE * 2,
+        pattern=BASE64_PATTERN,
+        description="base64 quote (background-check mode)",
     )
     nonce: NonceIn | None = None
     user_data: str | None = Field(
-        default=None, max_length=8192, description="base64 DER SubjectPublicKeyInfo of the workload key"
+        default=None,
+        min_length=4,
+        max_length=8192,
+        pattern=BASE64_PATTERN,
+        description="base64 DER SubjectPublicKeyInfo of the workload key",
     )
     event_log: str | None = Field(default=None, max_length=1024 * 1024)
     attestation_token: str | None = Field(default=None, max_length=64 * 1024, description="passport mode")
@@ -79,14 +88,34 @@ def _optional_principal(request: Request, svc: Services) -> Principal | None:
 
 @router.post(
     "/keys/{key_id}/transfer",
-    response_model=TransferOut,
-    responses={200: {"description": "a nonce challenge (empty body) or the wrapped key"}},
+    response_model=None,
+    responses={
+        200: {
+            "description": "a nonce challenge (empty body; the key's policy's type in the Attestation-Type "
+            "header) or the wrapped key",
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "oneOf": [ref(ChallengeOut, "serialization"), ref(TransferOut, "serialization")]
+                    }
+                }
+            },
+        },
+        **responses(404, 503),
+    },
+    # the bearer token is optional: policies with client_permissions need one
+    openapi_extra={**json_body(TransferIn, required=False), "security": [{}, {"bearer": []}]},
 )
 async def transfer_key(
     key_id: str,
     request: Request,
-    attestation_type: Annotated[str | None, Header(alias="Attestation-Type")] = None,
-) -> Any:
+    attestation_type: Annotated[
+        Literal["SGX", "TDX", "NONE"] | None,
+        Header(
+            alias="Attestation-Type", description="required with a body: SGX, TDX or NONE (no attestation)"
+        ),
+    ] = None,
+) -> JSONResponse:
     """Empty body: a fresh nonce and the ``Attestation-Type`` the key's policy wants. Then
     ``{"quote", "nonce", "user_data"}`` with the ``Attestation-Type`` header: the key, wrapped."""
     svc: Services = request.app.state.services
@@ -105,7 +134,7 @@ def _transfer(
     content_type: str | None,
     attestation_type: str | None,
     principal: Principal | None,
-) -> Any:
+) -> JSONResponse:
     if not raw.strip():
         challenge = svc.release.challenge(key_id)
         body = ChallengeOut(
