@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import uuid
 from collections.abc import Iterator
@@ -192,3 +193,13 @@ def test_strict_reader_names_the_nested_member() -> None:
     assert exc.value.detail == (
         "a.b.1: contains a lone UTF-16 surrogate (\\udfff), which is not a Unicode character"
     )
+
+
+def test_a_deeply_nested_token_header_is_a_401(env: tuple[TestClient, Services, dict[str, str]]) -> None:
+    """A bearer EAR whose header is 40,000 nested arrays was a RecursionError (500) at /kbs/v0/resource."""
+    client, _, _ = env
+    header = base64.urlsafe_b64encode(b"[" * 40_000).rstrip(b"=").decode()
+    for path in ("/kbs/v0/resource/repo/type/tag", "/kbs/v1/keys"):
+        r = client.get(path, headers={"Authorization": f"Bearer {header}.e30.c2ln"})
+        assert r.status_code == 401, (path, r.status_code, r.text[:300])
+        assert r.json()["title"] == "Unauthenticated"

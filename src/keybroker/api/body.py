@@ -82,6 +82,9 @@ class StrictRoute(APIRoute):
             if unknown:
                 takes = f"it takes {', '.join(sorted(known))}" if known else "it takes none"
                 raise InvalidInput(f"unknown query parameter {unknown[0]!r} ({takes})", field=unknown[0])
+            for name, value in request.query_params.multi_items():
+                if "\x00" in value:  # PostgreSQL text cannot hold it: a filter with it was a 500
+                    raise InvalidInput(f"{name} contains U+0000 (NUL), which is not accepted", field=name)
             strict = StrictJsonRequest(request.scope, request.receive)
             if takes_body and await strict.body():
                 await strict.json()

@@ -36,12 +36,9 @@ class KeyInformationIn(_In):
         description="AES, RSA or EC (any case)",
         json_schema_extra={"pattern": "^([Aa][Ee][Ss]|[Rr][Ss][Aa]|[Ee][Cc])$"},
     )
-    key_length: StrictInt | None = Field(
-        default=None,
-        examples=[3072],
-        description="AES 128/192/256, RSA 2048/3072/4096",
-        json_schema_extra={"enum": [*AES_LENGTHS, *RSA_LENGTHS]},
-    )
+    key_length: (
+        Annotated[StrictInt, Field(json_schema_extra={"enum": [*AES_LENGTHS, *RSA_LENGTHS]})] | None
+    ) = Field(default=None, examples=[3072], description="AES 128/192/256, RSA 2048/3072/4096")
     curve_type: str | None = Field(default=None, max_length=32, examples=["secp384r1"])
     #: Import: PEM private key (RSA/EC) or base64 (AES).
     key_string: str | None = Field(default=None, max_length=64 * 1024)
@@ -165,9 +162,9 @@ def search_keys(
     request: Request,
     svc: Svc,
     caller: Caller = Depends(require("keys:search")),
-    algorithm: str | None = Query(default=None, max_length=16),
+    algorithm: str | None = Query(default=None, pattern="^([Aa][Ee][Ss]|[Rr][Ss][Aa]|[Ee][Cc])$"),
     key_length: int | None = Query(default=None, alias="keyLength", ge=1, le=16384),
-    curve_type: str | None = Query(default=None, alias="curveType", max_length=32),
+    curve_type: str | None = Query(default=None, alias="curveType", pattern="^[A-Za-z0-9-]{1,32}$"),
     transfer_policy_id: str | None = Query(default=None, alias="transferPolicyId", pattern=UUID_PATTERN),
 ) -> list[KeyOut]:
     rows = svc.keys.list_keys(
