@@ -163,11 +163,12 @@ def test_verify_with_stored_collateral(
         QuoteCollateral.from_json(read_text(TDX_JUNE)),
         at=datetime.fromtimestamp(c["verify_at"], UTC),
     )
-    assert doc["collateral_expiry"] == june.collateral_expiry.isoformat()
+    # RFC 3339 with Z, as every timestamp the API sends
+    assert doc["collateral_expiry"] == june.collateral_expiry.isoformat().replace("+00:00", "Z")
     # ISO 8601 and hex work too
     at = datetime.fromtimestamp(c["verify_at"], UTC).isoformat().replace("+00:00", "Z")
     code, doc = _verify(client, services, {"quote": read_bytes(c["quote"]).hex(), "at": at})
-    assert code == 200 and doc["at"] == datetime.fromtimestamp(c["verify_at"], UTC).isoformat()
+    assert code == 200 and doc["at"] == at
 
 
 def test_verify_with_body_collateral_and_rejections(client: TestClient, services: Services) -> None:

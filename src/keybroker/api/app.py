@@ -6,14 +6,16 @@ import logging
 import time
 from typing import Any
 
-from fastapi import FastAPI, Request, Response
+from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi.routing import APIRoute
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from keybroker import __version__
-from keybroker.api import problems
+from keybroker.api import problems, schema
+from keybroker.api.body import StrictRoute
 from keybroker.api.deps import actor_of, bearer
 from keybroker.api.routers import attest_v1, attestation_v1, health, kbs_v0, kbs_v1, pccs_v4, sys, transfer_v1
 from keybroker.api.services import Services
@@ -28,6 +30,19 @@ _SEALED_PREFIXES = ("/kbs/v1/keys", "/kbs/v1/key-transfer-policies")
 #: The metrics' route label of requests that matched no route.
 _UNMATCHED = "<unmatched>"
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+#: Every router, in the order routes are matched: the workload-facing ones (every release) first.
+ROUTERS: tuple[APIRouter, ...] = (
+    transfer_v1.router,
+    kbs_v0.router,
+    attest_v1.router,
+    attestation_v1.router,
+    health.router,
+    kbs_v1.router,
+    sys.router,
+    pccs_v4.router,
+)
 
 
 class BodyLimit:
@@ -196,6 +211,7 @@ def create_app(services: Services) -> FastAPI:
         registry=registry,
     )
     problems.install(app)
+    schema.document(app)
 
     app.add_middleware(
         CrossCutting,
@@ -204,13 +220,10 @@ def create_app(services: Services) -> FastAPI:
         latency=latency,
     )
     app.add_middleware(BodyLimit)
-    # Routes are matched in order: the workload-facing ones (every release) first.
-    app.include_router(transfer_v1.router)
-    app.include_router(kbs_v0.router)
-    app.include_router(attest_v1.router)
-    app.include_router(attestation_v1.router)
-    app.include_router(health.router)
-    app.include_router(kbs_v1.router)
-    app.include_router(sys.router)
-    app.include_router(pccs_v4.router)
+    for router in ROUTERS:
+        app.include_router(router)
+    loose = [r.path for r in app.routes if isinstance(r, APIRoute) and not isinstance(r, StrictRoute)]
+    if loose:
+        # every JSON body goes through the strict reader: a router without its route class would not
+        raise RuntimeError(f"routes without StrictRoute: {', '.join(loose)}")
     return app

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from fastapi import Depends, Request
+from fastapi import Depends, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from keybroker.api.services import Services
 from keybroker.auth.tokens import Principal
@@ -18,6 +19,14 @@ async def services(request: Request) -> Services:
     return svc
 
 
+#: Documents the bearer token in the OpenAPI (``security``); the header is read by :func:`bearer`.
+BEARER_SCHEME = HTTPBearer(
+    auto_error=False,
+    scheme_name="bearer",
+    description="a keybroker token (ES384 JWT); see 'keybroker token create'",
+)
+
+
 def bearer(request: Request) -> str | None:
     header = request.headers.get("authorization")
     if header is None:
@@ -28,7 +37,11 @@ def bearer(request: Request) -> str | None:
     return token.strip()
 
 
-def principal(request: Request, svc: Services = Depends(services)) -> Principal:
+def principal(
+    request: Request,
+    svc: Services = Depends(services),
+    _documented: HTTPAuthorizationCredentials | None = Security(BEARER_SCHEME),
+) -> Principal:
     token = bearer(request)
     if token is None:
         raise Unauthenticated("this endpoint needs a bearer token (Authorization: Bearer <token>)")

@@ -18,7 +18,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import json
 import logging
 import os
 import re
@@ -33,6 +32,7 @@ from joserfc.jwk import ECKey, RSAKey
 from sqlalchemy import bindparam, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
+from keybroker import strictjson
 from keybroker.appraisal import rego, secl
 from keybroker.appraisal.decision import Decision, Reason, denied
 from keybroker.appraisal.defaults import default_resource_policy
@@ -188,12 +188,7 @@ class KbsV0Service:
         hash_alg = "sha384"
         out_params: dict[str, Any] | str = ""
         if isinstance(extra_params, str) and extra_params.strip():
-            try:
-                extra_params = json.loads(extra_params)
-            except json.JSONDecodeError:
-                raise InvalidInput(
-                    "extra-params is neither an object nor a JSON string", field="extra-params"
-                ) from None
+            extra_params = strictjson.loads(extra_params, what="extra-params", field="extra-params")
         if isinstance(extra_params, dict):
             offered = extra_params.get("supported-hash-algorithms")
             if offered is not None:
@@ -266,21 +261,15 @@ class KbsV0Service:
         _check_jwk(tee_pubkey)
         evidence = body.get("tee-evidence")
         if isinstance(evidence, str):
-            try:
-                evidence = json.loads(evidence)
-            except json.JSONDecodeError:
-                raise InvalidInput("tee-evidence is not JSON", field="tee-evidence") from None
+            evidence = strictjson.loads(evidence, what="tee-evidence", field="tee-evidence")
         if not isinstance(evidence, dict):
             raise InvalidInput("tee-evidence must be an object", field="tee-evidence")
         primary = evidence.get("primary_evidence", evidence)
         additional = evidence.get("additional_evidence", "") if "primary_evidence" in evidence else ""
         if isinstance(primary, str):
-            try:
-                primary = json.loads(primary)
-            except json.JSONDecodeError:
-                raise InvalidInput(
-                    "primary_evidence is not JSON", field="tee-evidence.primary_evidence"
-                ) from None
+            primary = strictjson.loads(
+                primary, what="primary_evidence", field="tee-evidence.primary_evidence"
+            )
         if not isinstance(primary, dict) or not isinstance(primary.get("quote"), str):
             raise InvalidInput(
                 "primary_evidence must carry the quote (base64)", field="tee-evidence.primary_evidence.quote"

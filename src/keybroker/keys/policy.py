@@ -33,6 +33,8 @@ Sha256Hex = Annotated[str, _hex_of(64)]
 Sha384Hex = Annotated[str, _hex_of(96)]
 U16 = Annotated[StrictInt, Field(ge=0, le=0xFFFF)]
 Permission = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:\-]+$")]
+#: A Trust Authority appraisal policy id (a UUID there); keybroker cannot evaluate them, so any denies.
+TrustAuthorityPolicyId = Annotated[str, Field(min_length=1, max_length=64)]
 
 
 class _Strict(BaseModel):
@@ -77,12 +79,12 @@ class NoneSection(_Strict):
 
 class SgxSection(_Strict):
     attributes: SgxAttributes
-    policy_ids: list[str] = Field(default_factory=list)
+    policy_ids: list[TrustAuthorityPolicyId] = Field(default_factory=list, max_length=64)
 
 
 class TdxSection(_Strict):
     attributes: TdxAttributes
-    policy_ids: list[str] = Field(default_factory=list)
+    policy_ids: list[TrustAuthorityPolicyId] = Field(default_factory=list, max_length=64)
 
 
 class TransferPolicyBody(_Strict):

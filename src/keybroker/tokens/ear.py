@@ -170,7 +170,7 @@ def unverified_kid(token: str) -> str | None:
     parse): only to choose which trusted keys to verify it with."""
     try:
         header = json.loads(_b64url_strict(token.split(".", 1)[0]))
-    except (ValueError, Unauthenticated):
+    except (ValueError, RecursionError, Unauthenticated):  # RecursionError: 40,000 nested arrays
         return None
     kid = header.get("kid") if isinstance(header, dict) else None
     return kid if isinstance(kid, str) else None
@@ -446,7 +446,7 @@ def verify_ear(keys: Keyring | Mapping[str, Any], token: str, *, now: datetime, 
         _b64url_strict(part)
     try:
         header = json.loads(_b64url_strict(parts[0]))
-    except ValueError:
+    except (ValueError, RecursionError):
         raise _malformed("header is not JSON") from None
     if not isinstance(header, dict):
         raise _malformed("header is not a JSON object")

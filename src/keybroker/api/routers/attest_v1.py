@@ -9,12 +9,14 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
 
+from keybroker.api.body import StrictRoute
 from keybroker.api.deps import services
+from keybroker.api.schema import BASE64_PATTERN, NONCE_PATTERN, responses
 from keybroker.api.services import Services
 from keybroker.errors import InvalidInput
 from keybroker.keys import nonces
 
-router = APIRouter(tags=["attestation"])
+router = APIRouter(tags=["attestation"], route_class=StrictRoute)
 Svc = Annotated[Services, Depends(services)]
 
 
@@ -27,10 +29,16 @@ class NonceOut(BaseModel):
 class AttestIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     tee: Literal["sgx", "tdx"]
-    evidence: str = Field(max_length=256 * 1024, description="base64 quote")
-    nonce: str = Field(max_length=128, description="the val of a nonce from /attestation/v1/nonce")
+    evidence: str = Field(
+        min_length=4, max_length=256 * 1024, pattern=BASE64_PATTERN, description="base64 quote"
+    )
+    nonce: str = Field(
+        pattern=NONCE_PATTERN, description="the val of a nonce from /attestation/v1/nonce (base64, 32 bytes)"
+    )
     user_data: str = Field(
-        max_length=16 * 1024, description="base64 data bound by REPORTDATA = SHA-512(nonce || user_data)"
+        max_length=16 * 1024,
+        pattern=BASE64_PATTERN,
+        description="base64 data bound by REPORTDATA = SHA-512(nonce || user_data)",
     )
 
 
@@ -46,7 +54,7 @@ def _b64(value: str, field: str) -> bytes:
         raise InvalidInput(f"{field} is not valid base64", field=field) from None
 
 
-@router.post("/attestation/v1/nonce", response_model=NonceOut)
+@router.post("/attestation/v1/nonce", response_model=NonceOut, responses=responses(429))
 def new_nonce(svc: Svc) -> NonceOut:
     issued = svc.attestation.nonce()
     return NonceOut(
@@ -54,7 +62,7 @@ def new_nonce(svc: Svc) -> NonceOut:
     )
 
 
-@router.post("/attestation/v1/attest", response_model=AttestOut)
+@router.post("/attestation/v1/attest", response_model=AttestOut, responses=responses(403, 503))
 def attest(body: AttestIn, svc: Svc) -> AttestOut:
     """Verify evidence bound to a nonce and user data; answer a signed EAR (ES384)."""
     result = svc.attestation.attest_v1(

@@ -12,7 +12,9 @@ from typing import Annotated, Any, Final
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt
 
+from keybroker.api.body import StrictRoute
 from keybroker.api.deps import require, services
+from keybroker.api.schema import responses, rfc3339
 from keybroker.api.services import Services
 from keybroker.collateral.store import CollateralStore
 from keybroker.errors import CollateralError, EvidenceParseError, InvalidInput
@@ -22,7 +24,7 @@ from keybroker.tee.dcap.collateral import QuoteCollateral
 from keybroker.tee.dcap.verify import quote_fmspc_and_ca
 from keybroker.tee.verifier import NO_REPORT_DATA, ExpectedReportData
 
-router = APIRouter(prefix="/attestation/v1", tags=["attestation"])
+router = APIRouter(prefix="/attestation/v1", tags=["attestation"], route_class=StrictRoute)
 Svc = Annotated[Services, Depends(services)]
 
 # --- POST /attestation/v1/verify ------------------------------------------------------------------
@@ -91,7 +93,7 @@ def _at(value: str | int | float | None) -> datetime | None:
     return parsed.astimezone(UTC)
 
 
-@router.post("/verify")
+@router.post("/verify", responses=responses(404))
 def verify(
     body: VerifyIn, svc: Svc, caller: Caller = Depends(require("attestation:verify"))
 ) -> dict[str, Any]:
@@ -122,8 +124,11 @@ def verify(
         raise
     return {
         "verified": True,
-        "at": (at or datetime.now(UTC)).isoformat(),
+        "at": rfc3339(at or datetime.now(UTC)),
         **verified.to_dict(),
+        # RFC 3339 with Z, as every timestamp the API sends
+        "collateral_expiry": rfc3339(verified.collateral_expiry),
+        "tcb_date": rfc3339(verified.tcb_date),
     }
 
 

@@ -8,11 +8,13 @@ from fastapi import APIRouter, Depends, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
+from keybroker.api.body import StrictRoute
 from keybroker.api.deps import services
+from keybroker.api.schema import responses
 from keybroker.api.services import Services
 from keybroker.errors import BackendUnavailable, Sealed
 
-router = APIRouter(tags=["health"])
+router = APIRouter(tags=["health"], route_class=StrictRoute)
 Svc = Annotated[Services, Depends(services)]
 
 
@@ -22,7 +24,7 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get("/readyz", responses=responses(503))
 def readyz(svc: Svc) -> dict[str, str]:
     """Ready to serve keys: database reachable and key store unsealed."""
     try:

@@ -2,37 +2,84 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Cookie, Depends, Request, Response
+from fastapi import APIRouter, Cookie, Depends, Path, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from keybroker.api.body import StrictRoute, decode_json
 from keybroker.api.deps import bearer, principal, require, services
+from keybroker.api.schema import UUID_PATTERN, json_body, ref, responses
 from keybroker.api.services import Services
 from keybroker.auth.tokens import Principal
 from keybroker.errors import Forbidden, InvalidInput
-from keybroker.keys.kbs_v0 import SESSION_TTL, resource_path
+from keybroker.keys.kbs_v0 import MAX_RESOURCE, SESSION_TTL, SUPPORTED_TEES, resource_path
 from keybroker.keys.release import TRANSFER_PERMISSION
 from keybroker.keys.service import Caller
 
-router = APIRouter(prefix="/kbs/v0", tags=["kbs-v0"])
+router = APIRouter(prefix="/kbs/v0", tags=["kbs-v0"], route_class=StrictRoute)
 Svc = Annotated[Services, Depends(services)]
 COOKIE = "kbs-session-id"
 
 
+#: One part of a resource path (repository, type, tag); "." and ".." are refused too.
+ResourcePart = Annotated[str, Path(pattern=r"^[A-Za-z0-9_.\-]{1,128}$")]
+
+
 class AuthIn(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
-    version: str = Field(max_length=16, examples=["0.4.0"])
-    tee: str = Field(max_length=32, examples=["tdx"])
-    extra_params: Any = Field(default="", alias="extra-params")
+    version: str = Field(
+        max_length=16, pattern=r"^[0-9]+\.[0-9]+\.[0-9]+$", examples=["0.4.0"], description="at most 0.4.0"
+    )
+    # checked by the service, whose refusal names what it supports
+    tee: str = Field(max_length=32, examples=["tdx"], json_schema_extra={"enum": list(SUPPORTED_TEES)})
+    extra_params: Any = Field(
+        default="",
+        alias="extra-params",
+        description='"", or an object (or its JSON text) with supported-hash-algorithms',
+    )
+
+
+class AuthOut(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+    nonce: str
+    extra_params: Any = Field(alias="extra-params")
+
+
+class RuntimeDataIn(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    nonce: str = Field(description="the nonce from /kbs/v0/auth")
+    tee_pubkey: dict[str, Any] = Field(
+        alias="tee-pubkey", description="the TEE's public key (JWK, RSA or EC)"
+    )
+
+
+class AttestationIn(BaseModel):
+    """The KBS protocol's Attestation request (documentation: the route reads the body itself)."""
+
+    model_config = ConfigDict(extra="allow")
+    runtime_data: RuntimeDataIn = Field(alias="runtime-data")
+    tee_evidence: dict[str, Any] | str = Field(
+        alias="tee-evidence", description="{primary_evidence: {quote}, additional_evidence}, or its JSON text"
+    )
+
+
+class TokenOut(BaseModel):
+    token: str = Field(description="the attestation result (EAR JWT)")
+
+
+class ResourceKeyIn(BaseModel):
+    """A JSON resource write: serve a keybroker key (documentation: the route reads the body itself)."""
+
+    model_config = ConfigDict(extra="forbid")
+    key_id: str = Field(json_schema_extra={"format": "uuid"})
 
 
 class ResourcePolicyIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    transfer_policy_id: str | None = Field(default=None, max_length=64)
+    transfer_policy_id: str | None = Field(default=None, pattern=UUID_PATTERN)
     rego: str | None = Field(
         default=None, max_length=64 * 1024, description="a Rego module in package keybroker"
     )
@@ -40,11 +87,7 @@ class ResourcePolicyIn(BaseModel):
 
 
 async def _json_body(request: Request) -> dict[str, Any]:
-    raw = await request.body()
-    try:
-        body = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise InvalidInput("the request body is not valid JSON", field="body") from None
+    body = decode_json(await request.body(), request.headers.get("content-type"))
     if not isinstance(body, dict):
         raise InvalidInput("the request body must be a JSON object", field="body")
     return body
@@ -60,7 +103,7 @@ def _services(request: Request) -> Services:
     return svc
 
 
-@router.post("/auth")
+@router.post("/auth", response_model=AuthOut, responses=responses(429, 503))
 def auth(body: AuthIn, request: Request) -> JSONResponse:
     """Start a session: a nonce to bind into the evidence, and the ``kbs-session-id`` cookie."""
     challenge = _services(request).kbs_v0.auth(body.version, body.tee, body.extra_params)
@@ -77,7 +120,12 @@ def auth(body: AuthIn, request: Request) -> JSONResponse:
     return resp
 
 
-@router.post("/attest", response_model=dict[str, str])
+@router.post(
+    "/attest",
+    response_model=TokenOut,
+    responses=responses(401, 403, 503),
+    openapi_extra=json_body(AttestationIn),
+)
 async def attest(
     request: Request, session: Annotated[str | None, Cookie(alias=COOKIE)] = None
 ) -> JSONResponse:
@@ -87,11 +135,16 @@ async def attest(
     return JSONResponse({"token": token})
 
 
-@router.get("/resource/{repository}/{rtype}/{tag}", response_model=dict[str, str])
+@router.get(
+    "/resource/{repository}/{rtype}/{tag}",
+    response_model=dict[str, str],
+    responses=responses(400, 401, 403, 404, 503),
+    openapi_extra={"security": [{"bearer": []}, {}]},
+)
 def get_resource(
-    repository: str,
-    rtype: str,
-    tag: str,
+    repository: ResourcePart,
+    rtype: ResourcePart,
+    tag: ResourcePart,
     request: Request,
     session: Annotated[str | None, Cookie(alias=COOKIE)] = None,
 ) -> JSONResponse:
@@ -114,11 +167,32 @@ def _may_serve_keys(request: Request, p: Principal = Depends(principal)) -> None
         )
 
 
-@router.post("/resource/{repository}/{rtype}/{tag}", status_code=204, dependencies=[Depends(_may_serve_keys)])
+@router.post(
+    "/resource/{repository}/{rtype}/{tag}",
+    status_code=204,
+    responses=responses(403, 404, 503),
+    dependencies=[Depends(_may_serve_keys)],
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/octet-stream": {
+                    "schema": {
+                        "type": "string",
+                        "format": "binary",
+                        "minLength": 1,
+                        "maxLength": MAX_RESOURCE,
+                    }
+                },
+                "application/json": {"schema": ref(ResourceKeyIn)},
+            },
+        }
+    },
+)
 async def put_resource(
-    repository: str,
-    rtype: str,
-    tag: str,
+    repository: ResourcePart,
+    rtype: ResourcePart,
+    tag: ResourcePart,
     request: Request,
     svc: Svc,
     caller: Caller = Depends(require("resources:write")),
@@ -138,11 +212,11 @@ async def put_resource(
     return Response(status_code=204)
 
 
-@router.post("/resource-policy/{repository}/{rtype}/{tag}", status_code=204)
+@router.post("/resource-policy/{repository}/{rtype}/{tag}", status_code=204, responses=responses(404))
 def set_resource_policy(
-    repository: str,
-    rtype: str,
-    tag: str,
+    repository: ResourcePart,
+    rtype: ResourcePart,
+    tag: ResourcePart,
     body: ResourcePolicyIn,
     svc: Svc,
     caller: Caller = Depends(require("resources:write")),

@@ -9,17 +9,20 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
 from keybroker import __version__
+from keybroker.api.body import StrictRoute
 from keybroker.api.deps import actor_of, principal, require, services
+from keybroker.api.schema import DB_INT_MAX, UUID_PATTERN, KeyId, PolicyId, Timestamp, responses
 from keybroker.api.services import Services
 from keybroker.audit import log as audit
 from keybroker.auth.registry import TokenRecord
 from keybroker.auth.tokens import Principal
 from keybroker.errors import Forbidden
+from keybroker.keys.material import AES_LENGTHS, RSA_LENGTHS
 from keybroker.keys.policy import TransferPolicyBody
 from keybroker.keys.service import Caller, CertificateRequest, CreateKeyRequest
 from keybroker.store.models import Certificate, Key, TransferPolicy
 
-router = APIRouter(prefix="/kbs/v1")
+router = APIRouter(prefix="/kbs/v1", route_class=StrictRoute)
 
 
 class _In(BaseModel):
@@ -27,8 +30,17 @@ class _In(BaseModel):
 
 
 class KeyInformationIn(_In):
-    algorithm: str = Field(min_length=1, max_length=16, examples=["RSA"])
-    key_length: StrictInt | None = Field(default=None, examples=[3072])
+    # algorithm and key_length are checked by the key service, whose refusals say what fits together
+    algorithm: str = Field(
+        min_length=1,
+        max_length=16,
+        examples=["RSA"],
+        description="AES, RSA or EC (any case)",
+        json_schema_extra={"pattern": "^([Aa][Ee][Ss]|[Rr][Ss][Aa]|[Ee][Cc])$"},
+    )
+    key_length: (
+        Annotated[StrictInt, Field(json_schema_extra={"enum": [*AES_LENGTHS, *RSA_LENGTHS]})] | None
+    ) = Field(default=None, examples=[3072], description="AES 128/192/256, RSA 2048/3072/4096")
     curve_type: str | None = Field(default=None, max_length=32, examples=["secp384r1"])
     #: Import: PEM private key (RSA/EC) or base64 (AES).
     key_string: str | None = Field(default=None, max_length=64 * 1024)
@@ -40,7 +52,7 @@ class KeyCreateIn(_In):
     key_information: KeyInformationIn
     label: str | None = Field(default=None, max_length=256)
     usage: str | None = Field(default=None, max_length=256)
-    transfer_policy_id: str | None = Field(default=None, max_length=64)
+    transfer_policy_id: str | None = Field(default=None, pattern=UUID_PATTERN)
 
 
 class KeyInformationOut(BaseModel):
@@ -56,7 +68,7 @@ class KeyOut(BaseModel):
     key_information: KeyInformationOut
     transfer_policy_id: str | None
     transfer_link: str
-    created_at: datetime
+    created_at: Timestamp
     label: str | None
     usage: str | None
 
@@ -64,8 +76,8 @@ class KeyOut(BaseModel):
 class PolicyOut(TransferPolicyBody):
     model_config = ConfigDict(extra="forbid", frozen=True)
     id: str
-    created_at: datetime
-    updated_at: datetime
+    created_at: Timestamp
+    updated_at: Timestamp
 
 
 class CertificateIn(_In):
@@ -84,7 +96,7 @@ class CertificateIn(_In):
 class CertificateOut(BaseModel):
     key_id: str
     serial: str
-    not_after: datetime
+    not_after: Timestamp
     certificate: str = Field(
         description="PEM certificate followed by the CA that signed it (ca/issuing-ca.pem; none when self-signed)"
     )
@@ -128,7 +140,7 @@ def version() -> VersionOut:
 # --- keys ------------------------------------------------------------------------------------
 
 
-@router.post("/keys", status_code=201, response_model=KeyOut, tags=["keys"])
+@router.post("/keys", status_code=201, response_model=KeyOut, tags=["keys"], responses=responses(503))
 def create_key(request: Request, body: KeyCreateIn, svc: Svc, p: Principal = Depends(principal)) -> KeyOut:
     """Generate a key (``keys:create``), or import one (``key_string``) or register an external one
     (``kmip_key_id``), both ``keys:register`` as in Intel SecL."""
@@ -153,15 +165,15 @@ def create_key(request: Request, body: KeyCreateIn, svc: Svc, p: Principal = Dep
     return _key_out(request, row)
 
 
-@router.get("/keys", response_model=list[KeyOut], tags=["keys"])
+@router.get("/keys", response_model=list[KeyOut], tags=["keys"], responses=responses(503))
 def search_keys(
     request: Request,
     svc: Svc,
     caller: Caller = Depends(require("keys:search")),
-    algorithm: str | None = Query(default=None, max_length=16),
+    algorithm: str | None = Query(default=None, pattern="^([Aa][Ee][Ss]|[Rr][Ss][Aa]|[Ee][Cc])$"),
     key_length: int | None = Query(default=None, alias="keyLength", ge=1, le=16384),
-    curve_type: str | None = Query(default=None, alias="curveType", max_length=32),
-    transfer_policy_id: str | None = Query(default=None, alias="transferPolicyId", max_length=64),
+    curve_type: str | None = Query(default=None, alias="curveType", pattern="^[A-Za-z0-9-]{1,32}$"),
+    transfer_policy_id: str | None = Query(default=None, alias="transferPolicyId", pattern=UUID_PATTERN),
 ) -> list[KeyOut]:
     rows = svc.keys.list_keys(
         caller,
@@ -175,22 +187,28 @@ def search_keys(
     return [_key_out(request, r) for r in rows]
 
 
-@router.get("/keys/{key_id}", response_model=KeyOut, tags=["keys"])
+@router.get("/keys/{key_id}", response_model=KeyOut, tags=["keys"], responses=responses(404, 503))
 def retrieve_key(
-    request: Request, key_id: str, svc: Svc, caller: Caller = Depends(require("keys:retrieve"))
+    request: Request, key_id: KeyId, svc: Svc, caller: Caller = Depends(require("keys:retrieve"))
 ) -> KeyOut:
     return _key_out(request, svc.keys.get_key(caller, key_id))
 
 
-@router.delete("/keys/{key_id}", status_code=204, tags=["keys"])
-def delete_key(key_id: str, svc: Svc, caller: Caller = Depends(require("keys:delete"))) -> Response:
+@router.delete("/keys/{key_id}", status_code=204, tags=["keys"], responses=responses(404, 503))
+def delete_key(key_id: KeyId, svc: Svc, caller: Caller = Depends(require("keys:delete"))) -> Response:
     svc.keys.delete_key(caller, key_id)
     return Response(status_code=204)
 
 
-@router.post("/keys/{key_id}/certificate", status_code=201, response_model=CertificateOut, tags=["keys"])
+@router.post(
+    "/keys/{key_id}/certificate",
+    status_code=201,
+    response_model=CertificateOut,
+    tags=["keys"],
+    responses=responses(404, 503),
+)
 def certify_key(
-    key_id: str, body: CertificateIn, svc: Svc, caller: Caller = Depends(require("keys:certify"))
+    key_id: KeyId, body: CertificateIn, svc: Svc, caller: Caller = Depends(require("keys:certify"))
 ) -> CertificateOut:
     """Issue an X.509 certificate for an RSA/EC key, signed by the issuing CA (``ca/issuing-ca.pem``,
     never the TLS anchor that clients of the broker pin) or self-signed. ``sans``: DNS names
@@ -204,9 +222,11 @@ def certify_key(
     return _cert_out(svc, crow)
 
 
-@router.get("/keys/{key_id}/certificate", response_model=CertificateOut, tags=["keys"])
+@router.get(
+    "/keys/{key_id}/certificate", response_model=CertificateOut, tags=["keys"], responses=responses(404, 503)
+)
 def get_certificate(
-    key_id: str, svc: Svc, caller: Caller = Depends(require("keys:retrieve"))
+    key_id: KeyId, svc: Svc, caller: Caller = Depends(require("keys:retrieve"))
 ) -> CertificateOut:
     return _cert_out(svc, svc.keys.get_certificate(caller, key_id))
 
@@ -223,30 +243,48 @@ def _cert_out(svc: Services, crow: Certificate) -> CertificateOut:
 # --- key-transfer policies ------------------------------------------------------------------------
 
 
-@router.post("/key-transfer-policies", status_code=201, response_model=PolicyOut, tags=["policies"])
+@router.post(
+    "/key-transfer-policies",
+    status_code=201,
+    response_model=PolicyOut,
+    tags=["policies"],
+    responses=responses(503),
+)
 def create_policy(
     body: TransferPolicyBody, svc: Svc, caller: Caller = Depends(require("key_transfer_policies:create"))
 ) -> PolicyOut:
     return _policy_out(svc.keys.create_policy(caller, body))
 
 
-@router.get("/key-transfer-policies", response_model=list[PolicyOut], tags=["policies"])
+@router.get(
+    "/key-transfer-policies", response_model=list[PolicyOut], tags=["policies"], responses=responses(503)
+)
 def search_policies(
     svc: Svc, caller: Caller = Depends(require("key_transfer_policies:search"))
 ) -> list[PolicyOut]:
     return [_policy_out(r) for r in svc.keys.list_policies(caller)]
 
 
-@router.get("/key-transfer-policies/{policy_id}", response_model=PolicyOut, tags=["policies"])
+@router.get(
+    "/key-transfer-policies/{policy_id}",
+    response_model=PolicyOut,
+    tags=["policies"],
+    responses=responses(404, 503),
+)
 def retrieve_policy(
-    policy_id: str, svc: Svc, caller: Caller = Depends(require("key_transfer_policies:retrieve"))
+    policy_id: PolicyId, svc: Svc, caller: Caller = Depends(require("key_transfer_policies:retrieve"))
 ) -> PolicyOut:
     return _policy_out(svc.keys.get_policy(caller, policy_id))
 
 
-@router.put("/key-transfer-policies/{policy_id}", response_model=PolicyOut, tags=["policies"])
+@router.put(
+    "/key-transfer-policies/{policy_id}",
+    response_model=PolicyOut,
+    tags=["policies"],
+    responses=responses(404, 503),
+)
 def update_policy(
-    policy_id: str,
+    policy_id: PolicyId,
     body: TransferPolicyBody,
     svc: Svc,
     caller: Caller = Depends(require("key_transfer_policies:update")),
@@ -254,9 +292,14 @@ def update_policy(
     return _policy_out(svc.keys.update_policy(caller, policy_id, body))
 
 
-@router.delete("/key-transfer-policies/{policy_id}", status_code=204, tags=["policies"])
+@router.delete(
+    "/key-transfer-policies/{policy_id}",
+    status_code=204,
+    tags=["policies"],
+    responses=responses(404, 409, 503),
+)
 def delete_policy(
-    policy_id: str, svc: Svc, caller: Caller = Depends(require("key_transfer_policies:delete"))
+    policy_id: PolicyId, svc: Svc, caller: Caller = Depends(require("key_transfer_policies:delete"))
 ) -> Response:
     svc.keys.delete_policy(caller, policy_id)
     return Response(status_code=204)
@@ -346,7 +389,9 @@ class AuditRecordOut(BaseModel):
 def read_audit(
     svc: Svc,
     caller: Caller = Depends(require("audit:read")),
-    after: int = Query(default=0, ge=0, description="return records with seq greater than this"),
+    after: int = Query(
+        default=0, ge=0, le=DB_INT_MAX, description="return records with seq greater than this"
+    ),
     limit: int = Query(default=100, ge=1, le=1000),
 ) -> list[AuditRecordOut]:
     with svc.db.session() as s:

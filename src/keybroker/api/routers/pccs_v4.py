@@ -25,13 +25,15 @@ from typing import Annotated, Final, Literal
 
 from fastapi import APIRouter, Depends, Query, Response
 
+from keybroker.api.body import StrictRoute
 from keybroker.api.deps import services
+from keybroker.api.schema import responses
 from keybroker.api.services import Services
 from keybroker.collateral.items import Item, Kind
 from keybroker.collateral.store import CollateralStore
 from keybroker.errors import CollateralNotFound, InvalidInput
 
-router = APIRouter(tags=["pccs"])
+router = APIRouter(tags=["pccs"], route_class=StrictRoute)
 Svc = Annotated[Services, Depends(services)]
 
 _FMSPC: Final = re.compile(r"[0-9A-Fa-f]{12}")
@@ -40,7 +42,34 @@ IDENTITY_CHAIN: Final = "SGX-Enclave-Identity-Issuer-Chain"
 CRL_CHAIN: Final = "SGX-PCK-CRL-Issuer-Chain"
 _CACHE: Final = "public, max-age=3600"
 
-UpdateQ = Annotated[str | None, Query(description="early or standard (keybroker serves the newest it holds)")]
+UpdateQ = Annotated[
+    str | None,
+    Query(
+        pattern="^(early|standard)$", description="early or standard (keybroker serves the newest it holds)"
+    ),
+]
+FmspcQ = Annotated[str, Query(pattern="^[0-9A-Fa-f]{12}$", description="12 hex digits")]
+CaQ = Annotated[
+    str,
+    Query(
+        pattern="^([Pp][Rr][Oo][Cc][Ee][Ss][Ss][Oo][Rr]|[Pp][Ll][Aa][Tt][Ff][Oo][Rr][Mm])$",
+        description="processor or platform",
+    ),
+]
+EncodingQ = Annotated[
+    str | None, Query(pattern="^[Dd][Ee][Rr]$", description="der: DER; absent: the hex of the DER")
+]
+UriQ = Annotated[str, Query(min_length=1, max_length=2048, description="a CRL distribution point")]
+
+_SIGNED_JSON: Final = {"application/json": {"schema": {"type": "object"}}}
+_CRL: Final = {
+    "application/pkix-crl": {"schema": {"type": "string", "format": "binary"}},
+    "text/plain": {"schema": {"type": "string", "pattern": "^([0-9a-f]{2})+$"}},
+}
+#: Intel's signed JSON (TCB Info, enclave identities), the issuer chain URL-encoded in a header.
+_JSON_ANSWERS = {200: {"description": "as Intel PCS answers", "content": _SIGNED_JSON}, **responses(404)}
+#: A CRL: DER (``application/pkix-crl``) or the hex of the DER (``text/plain``).
+_CRL_ANSWERS = {200: {"description": "the CRL", "content": _CRL}, **responses(404)}
 
 
 def _store(svc: Services) -> CollateralStore:
@@ -92,33 +121,63 @@ def _identity(svc: Services, kind: Kind, tee: Literal["sgx", "tdx"], update: str
     return _json(item, IDENTITY_CHAIN)
 
 
-@router.get("/sgx/certification/v4/tcb", summary="SGX TCB Info for an FMSPC")
-def sgx_tcb(svc: Svc, fmspc: str | None = None, update: UpdateQ = None) -> Response:
+@router.get(
+    "/sgx/certification/v4/tcb",
+    summary="SGX TCB Info for an FMSPC",
+    response_class=Response,
+    responses=_JSON_ANSWERS,
+)
+def sgx_tcb(svc: Svc, fmspc: FmspcQ, update: UpdateQ = None) -> Response:
     return _tcb(svc, "sgx", fmspc, update)
 
 
-@router.get("/tdx/certification/v4/tcb", summary="TDX TCB Info for an FMSPC")
-def tdx_tcb(svc: Svc, fmspc: str | None = None, update: UpdateQ = None) -> Response:
+@router.get(
+    "/tdx/certification/v4/tcb",
+    summary="TDX TCB Info for an FMSPC",
+    response_class=Response,
+    responses=_JSON_ANSWERS,
+)
+def tdx_tcb(svc: Svc, fmspc: FmspcQ, update: UpdateQ = None) -> Response:
     return _tcb(svc, "tdx", fmspc, update)
 
 
-@router.get("/sgx/certification/v4/qe/identity", summary="SGX QE identity")
+@router.get(
+    "/sgx/certification/v4/qe/identity",
+    summary="SGX QE identity",
+    response_class=Response,
+    responses=_JSON_ANSWERS,
+)
 def sgx_qe_identity(svc: Svc, update: UpdateQ = None) -> Response:
     return _identity(svc, "qe_identity", "sgx", update)
 
 
-@router.get("/tdx/certification/v4/qe/identity", summary="TDX QE (TD_QE) identity")
+@router.get(
+    "/tdx/certification/v4/qe/identity",
+    summary="TDX QE (TD_QE) identity",
+    response_class=Response,
+    responses=_JSON_ANSWERS,
+)
 def tdx_qe_identity(svc: Svc, update: UpdateQ = None) -> Response:
     return _identity(svc, "qe_identity", "tdx", update)
 
 
-@router.get("/sgx/certification/v4/qve/identity", summary="SGX QVE identity (404 unless stored)")
+@router.get(
+    "/sgx/certification/v4/qve/identity",
+    summary="SGX QVE identity (404 unless stored)",
+    response_class=Response,
+    responses=_JSON_ANSWERS,
+)
 def sgx_qve_identity(svc: Svc, update: UpdateQ = None) -> Response:
     return _identity(svc, "qve_identity", "sgx", update)
 
 
-@router.get("/sgx/certification/v4/pckcrl", summary="PCK CRL of the Processor or Platform CA")
-def pckcrl(svc: Svc, ca: str | None = None, encoding: str | None = None) -> Response:
+@router.get(
+    "/sgx/certification/v4/pckcrl",
+    summary="PCK CRL of the Processor or Platform CA",
+    response_class=Response,
+    responses=_CRL_ANSWERS,
+)
+def pckcrl(svc: Svc, ca: CaQ, encoding: EncodingQ = None) -> Response:
     """DER with ``encoding=der`` (as Intel PCS and QCNL ``collateral_version`` 3.1 ask); without it,
     the hex of the DER, as Intel PCCS answers and QCNL's default ``collateral_version`` 3.0 expects
     (Intel PCS would answer PEM there)."""
@@ -133,15 +192,31 @@ def pckcrl(svc: Svc, ca: str | None = None, encoding: str | None = None) -> Resp
     return _crl(item, encoding, {CRL_CHAIN: _chain_header(item)})
 
 
-@router.get("/sgx/certification/v4/rootcacrl", summary="Intel SGX Root CA CRL")
-def rootcacrl(svc: Svc, encoding: str | None = None) -> Response:
+@router.get(
+    "/sgx/certification/v4/rootcacrl",
+    summary="Intel SGX Root CA CRL",
+    response_class=Response,
+    responses=_CRL_ANSWERS,
+)
+def rootcacrl(svc: Svc, encoding: EncodingQ = None) -> Response:
     """The hex of the DER, as Intel PCCS serves it; DER with ``encoding=der``."""
     _encoding(encoding)
     return _crl(_root_crl(svc), encoding, {})
 
 
-@router.get("/sgx/certification/v4/crl", summary="A CRL by distribution point (QCNL collateral_version 3.1)")
-def crl(svc: Svc, uri: str | None = None) -> Response:
+@router.get(
+    "/sgx/certification/v4/crl",
+    summary="A CRL by distribution point (QCNL collateral_version 3.1)",
+    response_class=Response,
+    responses={
+        200: {
+            "description": "the CRL (DER)",
+            "content": {"application/pkix-crl": _CRL["application/pkix-crl"]},
+        },
+        **responses(404),
+    },
+)
+def crl(svc: Svc, uri: UriQ) -> Response:
     """QCNL 3.1 asks for the root CA CRL by the distribution point in the root-issued certificates;
     keybroker serves its newest root CA CRL (DER) for such a URI and 404 for any other."""
     if not uri:

@@ -12,7 +12,9 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
+from keybroker.api.body import StrictRoute
 from keybroker.api.deps import require, services
+from keybroker.api.schema import responses
 from keybroker.api.services import Services
 from keybroker.audit import log as audit
 from keybroker.errors import InvalidInput
@@ -20,7 +22,7 @@ from keybroker.keys.service import Caller
 from keybroker.limits import client_key
 from keybroker.seal.barrier import SealStatus
 
-router = APIRouter(prefix="/sys/v1", tags=["operator"])
+router = APIRouter(prefix="/sys/v1", tags=["operator"], route_class=StrictRoute)
 Svc = Annotated[Services, Depends(services)]
 
 
@@ -76,7 +78,7 @@ def seal_status(svc: Svc) -> StatusOut:
     return _status(svc.barrier.status())
 
 
-@router.post("/init", response_model=InitOut)
+@router.post("/init", response_model=InitOut, responses=responses(409, 503))
 def init(body: InitIn, svc: Svc) -> InitOut:
     """Initialize the key store once. Answers 409 when already initialized."""
     result = svc.barrier.init_shamir(body.shares, body.threshold)
@@ -97,7 +99,7 @@ def init(body: InitIn, svc: Svc) -> InitOut:
 @router.post(
     "/unseal",
     response_model=StatusOut,
-    responses={429: {"description": "too many failed attempts from this address, or from all"}},
+    responses=responses(409, 429, 503),
 )
 def unseal(body: UnsealIn, request: Request, svc: Svc) -> StatusOut:
     """Give one unseal share (``key``), or discard the shares given so far (``reset``).

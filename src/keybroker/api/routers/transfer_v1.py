@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
-from typing import Annotated, Any
+from typing import Annotated, Literal
 
 from cryptography.hazmat.primitives import serialization
 from fastapi import APIRouter, Header, Request
@@ -13,8 +12,10 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from keybroker.api.body import StrictRoute, decode_json
 from keybroker.api.deps import actor_of, bearer
 from keybroker.api.problems import validation_detail
+from keybroker.api.schema import BASE64_PATTERN, NONCE_PATTERN, json_body, ref, responses
 from keybroker.api.services import Services
 from keybroker.auth.tokens import Principal
 from keybroker.errors import InvalidInput
@@ -23,23 +24,31 @@ from keybroker.keys.release import EvidenceRequest
 from keybroker.keys.service import _check_uuid
 from keybroker.keys.wrap import SeclWrapped
 
-router = APIRouter(prefix="/kbs/v1", tags=["transfer"])
+router = APIRouter(prefix="/kbs/v1", tags=["transfer"], route_class=StrictRoute)
 MAX_QUOTE = 64 * 1024
 
 
 class NonceIn(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    val: str = Field(max_length=128)
+    val: str = Field(pattern=NONCE_PATTERN, description="the challenge's nonce (base64, 32 bytes)")
 
 
 class TransferIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     quote: str | None = Field(
-        default=None, max_length=MAX_QUOTE * 2, description="base64 quote (background-check mode)"
+        default=None,
+        min_length=4,
+        max_length=MAX_QUOTE * 2,
+        pattern=BASE64_PATTERN,
+        description="base64 quote (background-check mode)",
     )
     nonce: NonceIn | None = None
     user_data: str | None = Field(
-        default=None, max_length=8192, description="base64 DER SubjectPublicKeyInfo of the workload key"
+        default=None,
+        min_length=4,
+        max_length=8192,
+        pattern=BASE64_PATTERN,
+        description="base64 DER SubjectPublicKeyInfo of the workload key",
     )
     event_log: str | None = Field(default=None, max_length=1024 * 1024)
     attestation_token: str | None = Field(default=None, max_length=64 * 1024, description="passport mode")
@@ -92,27 +101,53 @@ def _optional_principal(request: Request, svc: Services) -> Principal | None:
 
 @router.post(
     "/keys/{key_id}/transfer",
-    response_model=TransferOut,
-    responses={200: {"description": "a nonce challenge (empty body) or the wrapped key"}},
+    response_model=None,
+    responses={
+        200: {
+            "description": "a nonce challenge (empty body; the key's policy's type in the Attestation-Type "
+            "header) or the wrapped key",
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "oneOf": [ref(ChallengeOut, "serialization"), ref(TransferOut, "serialization")]
+                    }
+                }
+            },
+        },
+        **responses(404, 429, 503),
+    },
+    # the bearer token is optional: policies with client_permissions need one
+    openapi_extra={**json_body(TransferIn, required=False), "security": [{}, {"bearer": []}]},
 )
 async def transfer_key(
     key_id: str,
     request: Request,
-    attestation_type: Annotated[str | None, Header(alias="Attestation-Type")] = None,
-) -> Any:
+    attestation_type: Annotated[
+        Literal["SGX", "TDX", "NONE"] | None,
+        Header(
+            alias="Attestation-Type", description="required with a body: SGX, TDX or NONE (no attestation)"
+        ),
+    ] = None,
+) -> JSONResponse:
     """Empty body: a fresh nonce and the ``Attestation-Type`` the key's policy wants. Then
     ``{"quote", "nonce", "user_data"}`` with the ``Attestation-Type`` header: the key, wrapped."""
     svc: Services = request.app.state.services
     key_id = _check_uuid(key_id, "key")
     principal = _optional_principal(request, svc)
     raw = await request.body()
+    content_type = request.headers.get("content-type")
     # the database and cryptography work is blocking: keep it off the event loop
-    return await run_in_threadpool(_transfer, svc, key_id, raw, attestation_type, principal)
+    return await run_in_threadpool(_transfer, svc, key_id, raw, content_type, attestation_type, principal)
 
 
 def _transfer(
-    svc: Services, key_id: str, raw: bytes, attestation_type: str | None, principal: Principal | None
-) -> Any:
+    svc: Services,
+    key_id: str,
+    raw: bytes,
+    content_type: str | None,
+    attestation_type: str | None,
+    principal: Principal | None,
+) -> JSONResponse:
     if not raw.strip():
         challenge = svc.release.challenge(key_id)
         body = ChallengeOut(
@@ -125,9 +160,7 @@ def _transfer(
         )
         return JSONResponse(body.model_dump(), headers={"Attestation-Type": challenge.attestation_type})
     try:
-        req = TransferIn.model_validate(json.loads(raw))
-    except json.JSONDecodeError:
-        raise InvalidInput("the request body is not valid JSON", field="body") from None
+        req = TransferIn.model_validate(decode_json(raw, content_type))
     except ValidationError as exc:
         from fastapi.exceptions import RequestValidationError
 
