@@ -177,7 +177,7 @@ def test_names_are_put_in_one_canonical_form(client: TestClient, admin_headers: 
         ({"common_name": "a" * 65}, "common_name", "64"),
         ({"common_name": "ok", "sans": ["a/b"]}, "sans", "'a/b'"),
         ({"common_name": "ok", "sans": ["u@a.b"]}, "sans", "'u@a.b'"),
-        ({"common_name": "ok", "sans": ["a\x00b"]}, "sans", "'a\\x00b'"),
+        ({"common_name": "ok", "sans": ["a\x00b"]}, "sans.0", "U+0000"),  # refused by the JSON reader
         ({"common_name": "ok", "sans": ["fe80::1%eth0"]}, "sans", "zone id"),
         ({"common_name": "ok", "sans": ["0.0.0.0"]}, "sans", "unspecified"),
         ({"common_name": "ok", "sans": ["01.2.3.4"]}, "sans", "all digits"),

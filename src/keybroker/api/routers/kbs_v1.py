@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
 from keybroker import __version__
@@ -357,9 +357,9 @@ def search_tokens(
     ]
 
 
-@router.delete("/tokens/{jti}", status_code=204, tags=["tokens"])
+@router.delete("/tokens/{jti}", status_code=204, tags=["tokens"], responses=responses(404))
 def revoke_token(
-    jti: str,
+    jti: Annotated[str, Path(description="the token's id (a UUID)", json_schema_extra={"format": "uuid"})],
     svc: Svc,
     caller: Caller = Depends(require("tokens:delete")),
     reason: str | None = Query(default=None, min_length=1, max_length=256),
