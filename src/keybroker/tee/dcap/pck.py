@@ -16,6 +16,7 @@ from typing import Final, Literal
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPublicKeyTypes
 from cryptography.x509.oid import NameOID
 
 from keybroker.errors import EvidenceParseError
@@ -27,6 +28,9 @@ __all__ = [
     "PckExtensions",
     "PlatformConfiguration",
     "ca_type_from_name",
+    "crl_signed_by",
+    "decode_certificate",
+    "decode_crl",
     "parse_pck_extensions",
     "parse_sgx_extensions_der",
     "split_pem_chain",
@@ -43,6 +47,47 @@ X509_DECODE_ERRORS: Final = (
     x509.UnsupportedGeneralNameType,
     x509.InvalidVersion,
 )
+
+
+def decode_certificate(der: bytes) -> x509.Certificate:
+    """Load a DER certificate and decode every field now.
+
+    cryptography parses names, extensions and keys lazily: a certificate that loads may still
+    raise ``ValueError`` wherever one of them is first read (a leaf's issuer, say). Reading them
+    all here moves every decoding failure to this one call, which raises one of
+    :data:`X509_DECODE_ERRORS`; callers turn that into their own named error.
+    """
+    cert = x509.load_der_x509_certificate(der)
+    _ = (cert.version, cert.serial_number, cert.signature_algorithm_oid, cert.signature)
+    _ = (cert.not_valid_before_utc, cert.not_valid_after_utc, cert.public_key(), cert.tbs_certificate_bytes)
+    for name in (cert.subject, cert.issuer):
+        name.rfc4514_string()
+    for ext in cert.extensions:
+        _ = ext.value
+    return cert
+
+
+def crl_signed_by(crl: x509.CertificateRevocationList, key: CertificateIssuerPublicKeyTypes) -> bool:
+    """Whether ``crl``'s signature verifies under ``key``; an unusable signature is simply not valid."""
+    try:
+        return crl.is_signature_valid(key)
+    except X509_DECODE_ERRORS:
+        return False
+
+
+def decode_crl(der: bytes) -> x509.CertificateRevocationList:
+    """Load a DER CRL and decode every field now (see :func:`decode_certificate`)."""
+    crl = x509.load_der_x509_crl(der)
+    _ = (crl.signature_algorithm_oid, crl.signature, crl.tbs_certlist_bytes)
+    _ = (crl.last_update_utc, crl.next_update_utc, crl.issuer.rfc4514_string())
+    for ext in crl.extensions:
+        _ = ext.value
+    for entry in crl:
+        _ = (entry.serial_number, entry.revocation_date_utc)
+        for entry_ext in entry.extensions:
+            _ = entry_ext.value
+    return crl
+
 
 _SGX: Final = "1.2.840.113741.1.13.1"
 SGX_EXTENSIONS_OID: Final = x509.ObjectIdentifier(_SGX)
