@@ -466,3 +466,25 @@ def test_affirming_only_for_clean_non_simulated_evidence(sim: SimEvidence) -> No
         "storage-opaque": 0,
         "sourced-data": 0,
     }
+
+
+def test_reserved_td_attribute_bits_denied_unless_allowed(sim: SimEvidence) -> None:
+    """A TD attribute bit no TDX module defines: denied unless the policy explicitly allows it."""
+    reserved = 1 << 40
+    reason = f"reserved TD attribute bits {reserved:016x} are set (TD_ATTRIBUTES {reserved | 1 << 28:016x})"
+    denied = evaluate(sim, tdx_policy(), "tdx", extra_td_attributes=reserved)
+    assert not denied.allowed
+    assert denied.reasons == (
+        f"{reason} and the policy does not set tdx.attributes.allow_reserved_td_attributes",
+    )
+    allowed = evaluate(
+        sim, tdx_policy(allow_reserved_td_attributes=True), "tdx", extra_td_attributes=reserved
+    )
+    assert allowed.allowed
+    assert allowed.notes == (
+        SIM_NOTE,
+        f"{reason}: allowed (tdx.attributes.allow_reserved_td_attributes is true)",
+    )
+    assert evaluate(sim, tdx_policy(), "tdx").allowed  # no reserved bit set: nothing to allow
+    with pytest.raises(ValueError, match="allow_reserved_td_attributes"):  # a TDX-only switch
+        TransferPolicyBody.model_validate(sgx_policy(allow_reserved_td_attributes=True))
