@@ -75,9 +75,10 @@ def regions(quote: bytes) -> list[Region]:
         Region("PCK chain", cert.offset, cert.offset + len(cert.data), "PCK chain"),
     ]
     assert auth_end + CERT_DATA_HEADER_SIZE == cert.offset
-    assert cert.offset + len(cert.data) == len(q.canonical)
+    end = len(quote) - q.trailing_size
+    assert cert.offset + len(cert.data) == end
     if q.trailing_size:
-        out.append(Region("padding", len(q.canonical), len(quote), "padding"))
+        out.append(Region("padding", end, len(quote), "padding"))
     return out
 
 
