@@ -2,10 +2,12 @@
 
 * :func:`default_attestation_policy`: the attestation service's appraisal of verified evidence
   (``/attestation/v1/attest``, ``/kbs/v0/attest``). Verification already passed; it denies only
-  debug enclaves/TDs, so the EAR says ``affirming`` for a clean TEE, ``warning`` for a TCB that is
-  not UpToDate or simulated evidence, and ``contraindicated`` for debug.
+  debug enclaves/TDs and TDs with reserved TD attribute bits set (a feature no known TDX module
+  defines), so the EAR says ``affirming`` for a clean TEE, ``warning`` for a TCB that is not
+  UpToDate or simulated evidence, and ``contraindicated`` for those.
 * :func:`default_resource_policy`: the ``/kbs/v0`` resource policy. It allows only an
-  ``affirming`` appraisal (TCB UpToDate, not debug) of evidence that is not simulated. Stricter than
+  ``affirming`` appraisal (TCB UpToDate, not debug, no reserved TD attribute bit) of evidence that
+  is not simulated. Stricter than
   Confidential Containers Trustee's default resource policy, which releases resources without
   looking at ``ear.status`` at all (Trustee pitfalls: its default resource policy ignores the attestation status).
 """
@@ -22,7 +24,11 @@ __all__ = [
     "DEFAULT_RESOURCE_POLICY_ID",
     "default_attestation_policy",
     "default_resource_policy",
+    "reserved_td_attributes",
 ]
+
+#: ``td_attributes.reserved`` of a TD with no reserved TD attribute bit set.
+_NO_RESERVED_BITS: Final = "0" * 16
 
 DEFAULT_ATTESTATION_POLICY_ID: Final = "keybroker:default-attestation-policy"
 DEFAULT_RESOURCE_POLICY_ID: Final = "keybroker:default-resource-policy"
@@ -47,10 +53,28 @@ def _debug(doc: Mapping[str, Any]) -> object:
     return claims.get("debug") if isinstance(claims, Mapping) else None
 
 
+def reserved_td_attributes(doc: Mapping[str, Any]) -> tuple[str, bool] | None:
+    """For a TD whose claims show reserved TD attribute bits set: (the reason to deny, whether the
+    claim is present, i.e. a policy may explicitly allow it). None for a TD with none set and for
+    SGX. A TD whose claim is missing or malformed is reported too (and may not be allowed)."""
+    if doc.get("tee") != "tdx":
+        return None
+    claims = doc.get("claims")
+    attributes = claims.get("td_attributes") if isinstance(claims, Mapping) else None
+    reserved = attributes.get("reserved") if isinstance(attributes, Mapping) else None
+    if reserved == _NO_RESERVED_BITS:
+        return None
+    if not isinstance(reserved, str) or len(reserved) != 16:
+        return "the TD's reserved TD attribute bits (claims.td_attributes.reserved) are missing", False
+    value = attributes.get("value") if isinstance(attributes, Mapping) else None
+    return f"reserved TD attribute bits {reserved} are set (TD_ATTRIBUTES {value})", True
+
+
 def default_attestation_policy(
     doc: Mapping[str, Any], *, policy_id: str = DEFAULT_ATTESTATION_POLICY_ID
 ) -> Decision:
-    """Appraise verified evidence without a user policy: deny debug, record everything else."""
+    """Appraise verified evidence without a user policy: deny debug and reserved TD attribute bits,
+    record everything else."""
     reasons: list[str] = []
     notes: list[str] = []
     if doc.get("tee") not in ("sgx", "tdx"):
@@ -58,6 +82,9 @@ def default_attestation_policy(
     debug = _debug(doc)
     if debug is not False:
         reasons.append(f"debug {_what(doc)} (or its debug flag is missing)")
+    reserved = reserved_td_attributes(doc)
+    if reserved is not None:
+        reasons.append(reserved[0])
     status, suffix = _tcb(doc)
     if not isinstance(status, str):
         reasons.append("the TCB status is missing from the input document")
@@ -92,6 +119,9 @@ def default_resource_policy(
         reasons.append(f"TCB status {status} is not UpToDate{suffix}")
     if _debug(doc) is not False:
         reasons.append(f"debug {_what(doc)} (or its debug flag is missing)")
+    reserved = reserved_td_attributes(doc)
+    if reserved is not None:
+        reasons.append(reserved[0])
     if doc.get("sim") is not False:
         reasons.append("the evidence is simulated (it chains to the dev PKI, not to Intel)")
     if ear_status is not None and ear_status != "affirming":

@@ -3,7 +3,8 @@
 Every clause is checked and every failure reported (no early exit), each with the expected and the
 actual value. Differences from SecL, on purpose (``docs/policies.md`` lists them):
 ``isvsvn``/``seamsvn`` are minimums (>=), not equality; MRENCLAVE is checked when listed; debug
-enclaves/TDs and simulated evidence are denied unless the policy allows them; ``client_permissions``
+enclaves/TDs, simulated evidence and TDs with reserved TD attribute bits set are denied unless
+the policy allows them; ``client_permissions``
 are checked on every path, and a policy that lists any denies a request without a token.
 ``policy_ids`` (Trust Authority appraisal policies) cannot be evaluated here and deny.
 
@@ -16,6 +17,7 @@ from collections.abc import Collection, Mapping, Sequence
 from typing import Any, Final
 
 from keybroker.appraisal.decision import Decision, Executables, Reason, decide
+from keybroker.appraisal.defaults import reserved_td_attributes
 from keybroker.appraisal.input import AppraisalInput, appraisal_input
 from keybroker.keys.policy import SgxAttributes, TdxAttributes, TransferPolicyBody
 from keybroker.tee.dcap.verify import VerifiedQuote
@@ -226,6 +228,19 @@ def evaluate_input(policy: TransferPolicyBody, doc: Mapping[str, Any], *, policy
         else:
             c.reasons.append(
                 Reason.plain(f"debug {what} ({flag} is set) and the policy does not set allow_debug", "debug")
+            )
+    reserved = reserved_td_attributes(doc)
+    if reserved is not None:
+        reason, may_allow = reserved
+        attrs = section.attributes
+        if may_allow and isinstance(attrs, TdxAttributes) and attrs.allow_reserved_td_attributes:
+            c.notes.append(f"{reason}: allowed (tdx.attributes.allow_reserved_td_attributes is true)")
+        else:
+            c.reasons.append(
+                Reason.plain(
+                    f"{reason} and the policy does not set tdx.attributes.allow_reserved_td_attributes",
+                    "reserved_td_attributes",
+                )
             )
     if section.policy_ids:
         said = "name Trust Authority appraisal policies, which keybroker does not evaluate"

@@ -31,7 +31,15 @@ from cryptography.x509.oid import NameOID
 
 from keybroker.errors import CollateralError, EvidenceParseError
 from keybroker.tee.dcap.collateral import QuoteCollateral, parse_enclave_identity, parse_tcb_info
-from keybroker.tee.dcap.pck import X509_DECODE_ERRORS, PckCa, ca_type_from_name, split_pem_chain
+from keybroker.tee.dcap.pck import (
+    X509_DECODE_ERRORS,
+    PckCa,
+    ca_type_from_name,
+    crl_signed_by,
+    decode_certificate,
+    decode_crl,
+    split_pem_chain,
+)
 from keybroker.tee.dcap.verify import INTEL_SGX_ROOT_CA
 
 __all__ = [
@@ -158,8 +166,7 @@ def _load_chain(pem: str, what: str) -> tuple[tuple[bytes, ...], tuple[x509.Cert
     certs = []
     for i, der in enumerate(ders):
         try:
-            cert = x509.load_der_x509_certificate(der)
-            _ = (cert.subject, cert.issuer, cert.public_key(), cert.extensions)
+            cert = decode_certificate(der)
         except X509_DECODE_ERRORS as exc:
             raise _bad(f"{what}[{i}]: undecodable certificate ({exc})") from None
         certs.append(cert)
@@ -278,10 +285,7 @@ def signed_item(
 
 def _load_crl(der: bytes, what: str) -> x509.CertificateRevocationList:
     try:
-        crl = x509.load_der_x509_crl(der)
-        _ = (crl.issuer, crl.last_update_utc, crl.next_update_utc)
-        for entry in crl:
-            _ = entry.serial_number
+        crl = decode_crl(der)
     except X509_DECODE_ERRORS as exc:
         raise _bad(f"{what}: not a DER CRL ({exc})") from None
     if crl.next_update_utc is None:
@@ -296,7 +300,7 @@ def pck_crl_item(der: bytes, issuer_chain: str, roots: TrustedRoots) -> Item:
     ca = ca_type_from_name(signer.subject)
     if ca is None or not _is_ca(signer):
         raise _bad(f"PCK CRL issuer chain: signer {_cn(signer.subject)!r} is not a PCK CA")
-    if crl.issuer != signer.subject or not crl.is_signature_valid(_ec_key(signer, "PCK CRL")):
+    if crl.issuer != signer.subject or not crl_signed_by(crl, _ec_key(signer, "PCK CRL")):
         raise _bad(f"PCK CRL (issuer {_cn(crl.issuer)!r}) is not signed by {_cn(signer.subject)!r}")
     assert crl.next_update_utc is not None
     return Item(
@@ -322,7 +326,7 @@ def root_ca_crl_item(der: bytes, roots: TrustedRoots) -> Item:
     """The root CA CRL, signed by a trusted root itself."""
     crl = _load_crl(der, "root CA CRL")
     for root in roots.certificates():
-        if crl.issuer == root.subject and crl.is_signature_valid(_ec_key(root, "root CA CRL")):
+        if crl.issuer == root.subject and crl_signed_by(crl, _ec_key(root, "root CA CRL")):
             root_der = root.public_bytes(Encoding.DER)
             kind = roots.kind(root_der)
             assert kind is not None and crl.next_update_utc is not None
@@ -383,7 +387,14 @@ def items_from_collateral(collateral: QuoteCollateral, roots: TrustedRoots) -> l
 def collateral_from_items(
     tcb_info: Item, qe_identity: Item, pck_crl: Item, root_ca_crl: Item
 ) -> QuoteCollateral:
-    """Assemble a quote's collateral from stored pieces (parsed again by ``QuoteCollateral``)."""
+    """Assemble a quote's collateral from stored pieces (parsed again by ``QuoteCollateral``).
+
+    All four must chain to the same root: the verifier checks the root CA CRL of the root the
+    collateral chains to, so pieces of two roots would leave one root's CRL unread.
+    """
+    roots = {i.root_sha256 for i in (tcb_info, qe_identity, pck_crl, root_ca_crl)}
+    if len(roots) != 1:
+        raise _bad(f"collateral pieces chain to {len(roots)} different roots; they must share one")
     assert tcb_info.signed_text is not None and tcb_info.signature is not None
     assert tcb_info.issuer_chain is not None
     assert qe_identity.signed_text is not None and qe_identity.signature is not None

@@ -66,6 +66,9 @@ class TdxAttributes(_Strict):
     rtmr3: Sha384Hex | None = None
     client_permissions: list[Permission] = Field(default_factory=list)
     enforce_tcb_upto_date: StrictBool = False
+    #: False (default): a TD with a reserved TD attribute bit set (a feature keybroker does not
+    #: know) is denied.
+    allow_reserved_td_attributes: StrictBool = False
 
 
 class NoneAttributes(_Strict):

@@ -52,6 +52,7 @@ from keybroker.keystores.base import KeyStore
 from keybroker.limits import OutstandingCap
 from keybroker.store.db import Database
 from keybroker.store.models import Key, TransferPolicy
+from keybroker.tee.dcap.abi import canonical_quote
 from keybroker.tee.dcap.verify import VerifiedQuote
 from keybroker.tee.verifier import Verifier
 from keybroker.tokens.ear import EarClaims
@@ -96,7 +97,8 @@ class EvidenceRequest:
 
 
 def evidence_digest(evidence: bytes) -> str:
-    return hashlib.sha256(evidence).hexdigest()
+    """SHA-256 of the quote without its zero padding: one quote, one digest (``VerifiedQuote.evidence_sha256``)."""
+    return hashlib.sha256(canonical_quote(evidence)).hexdigest()
 
 
 def claims_digest(claims: VerifiedQuote | Mapping[str, Any]) -> str:

@@ -137,3 +137,36 @@ def test_default_attestation_policy(sim: SimEvidence) -> None:
     debug = default_attestation_policy(_doc(sim, "tdx", debug=True))
     assert not debug.allowed and debug.ear_status == "contraindicated"
     assert debug.reasons == ("debug TD (or its debug flag is missing)",)
+
+
+#: A TD attribute bit no TDX module defines (bit 40 of the OTHER range).
+RESERVED_BIT = 1 << 40
+
+
+def test_reserved_td_attribute_bits_are_a_claim_the_default_policies_deny(sim: SimEvidence) -> None:
+    clean = _doc(sim, "tdx")
+    assert clean["claims"]["td_attributes"]["reserved"] == "0000000000000000"
+    assert default_attestation_policy(clean).allowed and default_resource_policy(clean).allowed
+
+    doc = _doc(sim, "tdx", extra_td_attributes=RESERVED_BIT)
+    assert doc["claims"]["td_attributes"]["reserved"] == f"{RESERVED_BIT:016x}"
+    reason = f"reserved TD attribute bits {RESERVED_BIT:016x} are set (TD_ATTRIBUTES {RESERVED_BIT | 1 << 28:016x})"
+    attested = default_attestation_policy(doc)
+    assert not attested.allowed and attested.ear_status == "contraindicated"
+    assert attested.reasons == (reason,)
+    assert default_resource_policy(doc).reasons == (reason,)
+    # a defined bit (PERFMON, 63) is a decoded claim, not a reserved one
+    perfmon = _doc(sim, "tdx", extra_td_attributes=1 << 63)
+    assert perfmon["claims"]["td_attributes"]["perfmon"] is True
+    assert default_attestation_policy(perfmon).allowed
+
+
+def test_missing_reserved_td_attributes_claim_denies(sim: SimEvidence) -> None:
+    doc = _doc(sim, "tdx")
+    del doc["claims"]["td_attributes"]["reserved"]
+    for decision in (default_attestation_policy(doc), default_resource_policy(doc)):
+        assert not decision.allowed
+        assert (
+            "the TD's reserved TD attribute bits (claims.td_attributes.reserved) are missing"
+            in decision.reasons
+        )

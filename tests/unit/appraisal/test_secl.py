@@ -516,3 +516,25 @@ def test_public_reasons_for_types_and_trust_authority_ids(sim: SimEvidence) -> N
     policy["sgx"]["policy_ids"] = ["0f0e0d0c-0000-4000-8000-000000000001"]
     d = evaluate(sim, policy, "sgx")
     assert "0f0e0d0c" in d.reasons[0] and "0f0e0d0c" not in d.public_reasons[0]
+
+
+def test_reserved_td_attribute_bits_denied_unless_allowed(sim: SimEvidence) -> None:
+    """A TD attribute bit no TDX module defines: denied unless the policy explicitly allows it."""
+    reserved = 1 << 40
+    reason = f"reserved TD attribute bits {reserved:016x} are set (TD_ATTRIBUTES {reserved | 1 << 28:016x})"
+    denied = evaluate(sim, tdx_policy(), "tdx", extra_td_attributes=reserved)
+    assert not denied.allowed
+    assert denied.reasons == (
+        f"{reason} and the policy does not set tdx.attributes.allow_reserved_td_attributes",
+    )
+    allowed = evaluate(
+        sim, tdx_policy(allow_reserved_td_attributes=True), "tdx", extra_td_attributes=reserved
+    )
+    assert allowed.allowed
+    assert allowed.notes == (
+        SIM_NOTE,
+        f"{reason}: allowed (tdx.attributes.allow_reserved_td_attributes is true)",
+    )
+    assert evaluate(sim, tdx_policy(), "tdx").allowed  # no reserved bit set: nothing to allow
+    with pytest.raises(ValueError, match="allow_reserved_td_attributes"):  # a TDX-only switch
+        TransferPolicyBody.model_validate(sgx_policy(allow_reserved_td_attributes=True))

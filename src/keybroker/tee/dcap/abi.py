@@ -10,8 +10,9 @@ Sources (all little-endian, packed):
   "TD 1.5ex" (``sgx_report2_body_v1_5_ex_t`` in Intel's ``sgx_quote_5.h``).
 * [SDK] ``sgx_report_body_t`` (``sgx_report.h``) for the KSS fields inside the SGX report body.
 
-Every structure is length-checked before any field is read, reserved ranges must be zero, and an
-error names the field and its absolute offset in the quote. The parse says nothing about
+Every structure is length-checked before any field is read, reserved ranges must be zero, bytes
+after the quote (configfs pads it) must be zero too, and an error names the field and its absolute
+offset in the quote. The parse says nothing about
 authenticity: callers hold the result as ``unverified_quote`` until ``verify.verify_quote``
 has checked it.
 """
@@ -42,6 +43,7 @@ __all__ = [
     "QuoteSignatureData",
     "TdReportBody",
     "TdReport15Ex",
+    "canonical_quote",
     "parse_enclave_report_body",
     "parse_quote",
 ]
@@ -278,8 +280,10 @@ class Quote:
     body_type: int
     signed_data: bytes
     signature: QuoteSignatureData
-    #: Bytes after the signature data (configfs pads quotes); unsigned, never interpreted.
+    #: Zero bytes after the signature data (configfs pads quotes); unsigned, must be zero.
     trailing_size: int
+    #: The quote without its zero padding: the one encoding of this quote (its digest identifies it).
+    canonical: bytes
 
     @property
     def tee(self) -> TeeName:
@@ -579,11 +583,34 @@ def parse_quote(raw: bytes) -> Quote:
     _need(raw, sig_start, sig_len, "signature_data", 0)
     sig_end = sig_start + sig_len
     signature = _parse_signature_data(raw[sig_start:sig_end], version, sig_start)
+    # Padding is unsigned: anything but zeros would give one quote many encodings.
+    padding = len(raw) - sig_end
+    if raw.count(0, sig_end) != padding:
+        first = next(i for i in range(sig_end, len(raw)) if raw[i])
+        raise EvidenceParseError(
+            f"trailing_bytes: {padding} bytes follow the quote (which ends at {sig_end}) and only zero "
+            f"padding may; byte {first} is 0x{raw[first]:02x}",
+            field="trailing_bytes",
+            offset=first,
+        )
     return Quote(
         header=header,
         body=body,
         body_type=body_type,
         signed_data=raw[:body_end],
         signature=signature,
-        trailing_size=len(raw) - sig_end,
+        trailing_size=padding,
+        canonical=raw[:sig_end],
     )
+
+
+def canonical_quote(raw: bytes) -> bytes:
+    """``raw`` without its zero padding if it parses as a quote, else ``raw`` unchanged.
+
+    For naming evidence (an audit record's digest) before, or whatever, the verification says:
+    a quote and the same quote padded with zeros get one digest.
+    """
+    try:
+        return parse_quote(raw).canonical
+    except EvidenceParseError:
+        return bytes(raw)

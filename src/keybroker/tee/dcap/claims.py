@@ -5,7 +5,10 @@ MRSERVICETD are valid claims that policy (``keybroker.appraisal``) may reject.
 
 Bit positions: SGX ``ATTRIBUTES.FLAGS`` from the Intel SDM Vol. 3D, 38.7.1 "ATTRIBUTES"; TD
 ``ATTRIBUTES`` from the Intel TDX Module ABI specification, "TDX ATTRIBUTES" (TUD bits 7:0,
-SEC bits 31:8, OTHER bits 63:32).
+SEC bits 31:8, OTHER bits 63:32), with the bits later modules define as Linux names them
+(``arch/x86/include/asm/shared/tdx.h``, ``TDX_ATTR_*``). Every other TD attribute bit is reserved:
+a TDX module sets one only for a feature this code does not know, so it is exposed as the claim
+``td_attributes.reserved`` (the reserved bits that are set), which the default policies deny.
 """
 
 from __future__ import annotations
@@ -15,7 +18,14 @@ from typing import Any, Final, Literal
 
 from keybroker.tee.dcap.abi import EnclaveReportBody, Quote, TdReportBody
 
-__all__ = ["SgxAttributes", "SgxClaims", "TdAttributes", "TdxClaims", "claims_from_quote"]
+__all__ = [
+    "TD_ATTRIBUTES_RESERVED",
+    "SgxAttributes",
+    "SgxClaims",
+    "TdAttributes",
+    "TdxClaims",
+    "claims_from_quote",
+]
 
 # SDM 38.7.1 ATTRIBUTES.FLAGS
 _SGX_INIT: Final = 1 << 0
@@ -27,13 +37,35 @@ _SGX_CET: Final = 1 << 6
 _SGX_KSS: Final = 1 << 7
 _SGX_AEXNOTIFY: Final = 1 << 10
 
-# TDX module ABI, TD ATTRIBUTES
+# TDX module ABI, TD ATTRIBUTES (Linux TDX_ATTR_*)
 _TD_DEBUG: Final = 1 << 0
+_TD_HGS_PLUS_PROF: Final = 1 << 4
+_TD_PERF_PROF: Final = 1 << 5
+_TD_PMT_PROF: Final = 1 << 6
+_TD_ICSSD: Final = 1 << 16
+_TD_LASS: Final = 1 << 27
 _TD_SEPT_VE_DISABLE: Final = 1 << 28
 _TD_MIGRATABLE: Final = 1 << 29
 _TD_PKS: Final = 1 << 30
 _TD_KL: Final = 1 << 31
+_TD_TPA: Final = 1 << 62
 _TD_PERFMON: Final = 1 << 63
+_TD_DEFINED: Final = (
+    _TD_DEBUG
+    | _TD_HGS_PLUS_PROF
+    | _TD_PERF_PROF
+    | _TD_PMT_PROF
+    | _TD_ICSSD
+    | _TD_LASS
+    | _TD_SEPT_VE_DISABLE
+    | _TD_MIGRATABLE
+    | _TD_PKS
+    | _TD_KL
+    | _TD_TPA
+    | _TD_PERFMON
+)
+#: The TD attribute bits no TDX module defines (yet).
+TD_ATTRIBUTES_RESERVED: Final = ~_TD_DEFINED & 0xFFFF_FFFF_FFFF_FFFF
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,16 +109,28 @@ class TdAttributes:
     def sept_ve_disable(self) -> bool:
         return bool(self.value & _TD_SEPT_VE_DISABLE)
 
+    @property
+    def reserved(self) -> int:
+        """The reserved bits that are set (0 on every TD a known TDX module builds)."""
+        return self.value & TD_ATTRIBUTES_RESERVED
+
     def to_dict(self) -> dict[str, Any]:
         v = self.value
         return {
             "value": f"{v:016x}",
             "debug": bool(v & _TD_DEBUG),
+            "hgs_plus_prof": bool(v & _TD_HGS_PLUS_PROF),
+            "perf_prof": bool(v & _TD_PERF_PROF),
+            "pmt_prof": bool(v & _TD_PMT_PROF),
+            "icssd": bool(v & _TD_ICSSD),
+            "lass": bool(v & _TD_LASS),
             "sept_ve_disable": bool(v & _TD_SEPT_VE_DISABLE),
             "migratable": bool(v & _TD_MIGRATABLE),
             "pks": bool(v & _TD_PKS),
             "key_locker": bool(v & _TD_KL),
+            "tpa": bool(v & _TD_TPA),
             "perfmon": bool(v & _TD_PERFMON),
+            "reserved": f"{self.reserved:016x}",
         }
 
 

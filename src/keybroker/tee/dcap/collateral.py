@@ -29,7 +29,14 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from keybroker.errors import CollateralError, EvidenceParseError
-from keybroker.tee.dcap.pck import X509_DECODE_ERRORS, PckCa, ca_type_from_name, split_pem_chain
+from keybroker.tee.dcap.pck import (
+    X509_DECODE_ERRORS,
+    PckCa,
+    ca_type_from_name,
+    decode_certificate,
+    decode_crl,
+    split_pem_chain,
+)
 
 __all__ = [
     "TCB_STATUSES",
@@ -185,6 +192,34 @@ class TdxModuleIdentity:
     tcb_levels: tuple[ModuleTcbLevel, ...]
 
 
+def _level_order(level: TcbLevel) -> tuple[tuple[int, ...], int, tuple[int, ...]]:
+    """Intel QVL's TCB level order (``TcbLevel::operator>`` in QVL's AttestationParsers
+    ``Json/TcbLevel.cpp``, intel/SGXDataCenterAttestationPrimitives): the 16 SGX component SVNs
+    compared lexicographically, then PCESVN, then (TDX) the 16 TDX component SVNs."""
+    return (level.sgx_components, level.pcesvn, level.tdx_components or ())
+
+
+def _sorted_levels(levels: tuple[TcbLevel, ...]) -> tuple[TcbLevel, ...]:
+    """TCB levels in the order Intel's QVL matches them, whatever their order in the JSON.
+
+    QVL keeps them in a ``std::set<TcbLevel, std::greater<TcbLevel>>`` (``Json/TcbInfo.cpp``):
+    highest first by :func:`_level_order`, and a second level equal in that order is rejected
+    ("Detected duplicated TCB levels"). dcap-qvl 0.7 walks them in JSON order instead; Intel
+    publishes them sorted, so the two agree on Intel's collateral, and here the order never
+    depends on how the JSON was written.
+    """
+    if not levels:
+        raise _bad("tcbInfo.tcbLevels is empty")
+    ordered = sorted(levels, key=_level_order, reverse=True)
+    for higher, lower in zip(ordered, ordered[1:], strict=False):
+        if _level_order(higher) == _level_order(lower):
+            raise _bad(
+                f"tcbInfo.tcbLevels: two levels have the same TCB (SGX {list(higher.sgx_components)}, "
+                f"PCESVN {higher.pcesvn}); Intel's QVL rejects duplicated TCB levels"
+            )
+    return tuple(ordered)
+
+
 @dataclass(frozen=True, slots=True)
 class TcbInfo:
     """TCB Info v2 (SGX) or v3 (SGX/TDX), PCS API v4."""
@@ -199,7 +234,11 @@ class TcbInfo:
     tcb_evaluation_data_number: int
     tdx_module: TdxModule | None
     tdx_module_identities: tuple[TdxModuleIdentity, ...]
+    #: Always in Intel QVL's order (see :func:`_sorted_levels`), however they were given.
     tcb_levels: tuple[TcbLevel, ...]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tcb_levels", _sorted_levels(tuple(self.tcb_levels)))
 
 
 def _components(value: object, where: str) -> tuple[int, ...]:
@@ -247,7 +286,9 @@ def _parse_module_identity(value: object, where: str) -> TdxModuleIdentity:
         mrsigner=_hex(ident, "mrsigner", where, 48),
         attributes=_hex(ident, "attributes", where, 8),
         attributes_mask=_hex(ident, "attributesMask", where, 8),
-        tcb_levels=tuple(levels),
+        # highest ISVSVN first (stable), so that the first level at or below the module's SVN is the
+        # highest one, as with the platform's levels
+        tcb_levels=tuple(sorted(levels, key=lambda lv: lv.isvsvn, reverse=True)),
     )
 
 
@@ -286,8 +327,6 @@ def parse_tcb_info(text: str) -> TcbInfo:
         _parse_tcb_level(v, version, tdx, f"tcbInfo.tcbLevels[{i}]")
         for i, v in enumerate(_list(doc, "tcbLevels", where))
     )
-    if not levels:
-        raise _bad("tcbInfo.tcbLevels is empty")
     return TcbInfo(
         id="TDX" if tdx else "SGX",
         version=version,
@@ -359,6 +398,9 @@ def parse_enclave_identity(text: str) -> EnclaveIdentity:
         )
     if not levels:
         raise _bad("enclaveIdentity.tcbLevels is empty")
+    # Highest ISVSVN first (stable): the first level at or below the QE's ISVSVN is then the highest
+    # such level whatever the JSON order (Intel publishes them sorted; QVL walks them as given).
+    levels.sort(key=lambda lv: lv.isvsvn, reverse=True)
     return EnclaveIdentity(
         id=ident,
         version=version,
@@ -386,12 +428,7 @@ def _load_chain(pem: str, name: str) -> tuple[x509.Certificate, ...]:
     certs = []
     for i, der in enumerate(ders):
         try:
-            cert = x509.load_der_x509_certificate(der)
-            # cryptography decodes lazily: decode every field now so later reads cannot fail.
-            _ = (cert.version, cert.subject, cert.issuer, cert.serial_number, cert.signature_algorithm_oid)
-            _ = (cert.not_valid_before_utc, cert.not_valid_after_utc, cert.public_key())
-            for ext in cert.extensions:
-                _ = ext.value
+            cert = decode_certificate(der)
         except X509_DECODE_ERRORS as exc:
             raise _bad(f"{name}[{i}]: undecodable certificate ({exc})") from None
         certs.append(cert)
@@ -400,10 +437,7 @@ def _load_chain(pem: str, name: str) -> tuple[x509.Certificate, ...]:
 
 def _load_crl(der: bytes, name: str) -> x509.CertificateRevocationList:
     try:
-        crl = x509.load_der_x509_crl(der)
-        _ = (crl.issuer, crl.last_update_utc, crl.next_update_utc, crl.signature_algorithm_oid)
-        for entry in crl:
-            _ = entry.serial_number
+        crl = decode_crl(der)
     except X509_DECODE_ERRORS as exc:
         raise _bad(f"{name}: not a DER CRL ({exc})") from None
     return crl

@@ -5,8 +5,10 @@ Follows Intel's Quote Verification Library (QVL), "Quote verification" steps 4.1
 ``tdxEvaluateTCB``: level matching and ``convergeTcbStatuses``) over TCB Info v2/v3 and Enclave
 Identity v2 (Intel PCS API v4 data models):
 
-* SGX: the first TCB level (Intel sorts them newest first) whose 16 SGX component SVNs are all
-  <= the PCK certificate's and whose PCESVN <= the PCK certificate's.
+* SGX: the first TCB level, in QVL's order (highest SGX component SVNs, then PCESVN, then TDX
+  component SVNs, first: ``collateral.parse_tcb_info`` sorts them so, whatever the JSON order),
+  whose 16 SGX component SVNs are all <= the PCK certificate's and whose PCESVN <= the PCK
+  certificate's.
 * TDX: additionally all 16 TDX components <= TEE_TCB_SVN; when TEE_TCB_SVN[1] (the TDX module
   major version) is non-zero, components 0 and 1 are skipped and the module is evaluated through
   ``tdxModuleIdentities["TDX_<major as %02X>"]`` by TEE_TCB_SVN[0] (its minor SVN).

@@ -3,26 +3,34 @@
 Steps (each a named check, in this order; a failure raises ``VerificationError(check=<name>)``;
 numbers in brackets are Intel QVL's step numbers, "Quote verification" 4.1.2.x):
 
-1. ``parse``: the quote's structure (``abi.parse_quote``; failures are ``EvidenceParseError``).
-2. ``pck_chain``: the PCK chain (quote certification data type 5, else the collateral's) is
+1. ``parse``: the quote's structure (``abi.parse_quote``; failures are ``EvidenceParseError``);
+   only zero padding may follow it.
+2. ``qe_vendor_id``: the header's QE vendor ID is Intel's (QVL rejects others as an unsupported
+   quote format).
+3. ``pck_chain``: the PCK chain (quote certification data type 5, else the collateral's) is
    leaf -> PCK Processor/Platform CA -> a trusted root, byte-identical to the pinned Intel SGX Root
    CA or an explicitly configured dev root; ECDSA-P256-SHA256 signatures, CA basic constraints,
    key usage, no unknown critical extension, leaf CN "SGX PCK Certificate" [4.1.2.5.5].
-3. ``collateral_chains``: TCB Info, QE Identity and PCK CRL issuer chains to the same root.
-4. ``tcb_info_signature`` / ``qe_identity_signature``: ECDSA over the exact signed JSON bytes.
-5. ``root_ca_crl``: signed by the root; no intermediate of any chain revoked.
-6. ``tee_type``: TCB Info id/version and QE Identity id (QE / TD_QE) fit the quote [4.1.2.5.10, .15].
-7. ``fmspc`` / ``pce_id``: the PCK certificate's match TCB Info's [4.1.2.5.11].
-8. ``pck_crl``: issued and signed by the quote's PCK CA; the PCK certificate not revoked [4.1.2.5.7-8].
-9. ``validity_window``: every certificate, both CRLs (thisUpdate..nextUpdate), TCB Info and QE
-   Identity (issueDate..nextUpdate) are valid at ``at`` (bounds inclusive).
-10. ``qe_report_signature``: QE report signed by the PCK key [4.1.2.5.13].
-11. ``qe_report_data``: QE REPORTDATA = SHA-256(attestation key || QE auth data) || 32 zero bytes [4.1.2.5.14].
-12. ``quote_signature``: header || body signed by the attestation key [4.1.2.5.17].
-13. ``qe_identity``: MRSIGNER, ISVPRODID, masked MISCSELECT/ATTRIBUTES, ISVSVN level; Revoked rejects [4.1.2.5.16].
-14. ``tdx_module`` (TDX): MRSIGNERSEAM / SEAMATTRIBUTES vs the TDX module identity [4.1.2.5.12].
-15. ``tcb_level``: Intel's TCB level matching (``tcb.evaluate_tcb``) [4.1.2.5.18].
-16. ``tcb_status``: the merged status; Revoked rejects.
+4. ``collateral_chains``: TCB Info, QE Identity and PCK CRL issuer chains end at the same root
+   certificate (byte for byte) as the PCK chain, so that this root's CRL is the one checked.
+5. ``tcb_info_signature`` / ``qe_identity_signature``: ECDSA over the exact signed JSON bytes.
+6. ``root_ca_crl``: signed by that root; no intermediate of any chain revoked.
+7. ``tee_type``: TCB Info id/version and QE Identity id (QE / TD_QE) fit the quote [4.1.2.5.10, .15].
+8. ``fmspc`` / ``pce_id``: the PCK certificate's match TCB Info's [4.1.2.5.11].
+9. ``pck_crl``: issued and signed by the quote's PCK CA; the PCK certificate not revoked [4.1.2.5.7-8].
+10. ``validity_window``: every certificate, both CRLs (thisUpdate..nextUpdate), TCB Info and QE
+    Identity (issueDate..nextUpdate) are valid at ``at`` (bounds inclusive).
+11. ``qe_report_signature``: QE report signed by the PCK key [4.1.2.5.13].
+12. ``qe_report_data``: QE REPORTDATA = SHA-256(attestation key || QE auth data) || 32 zero bytes [4.1.2.5.14].
+13. ``quote_signature``: header || body signed by the attestation key [4.1.2.5.17].
+14. ``qe_identity``: MRSIGNER, ISVPRODID, masked MISCSELECT/ATTRIBUTES, ISVSVN level; Revoked rejects [4.1.2.5.16].
+15. ``tdx_module`` (TDX): MRSIGNERSEAM / SEAMATTRIBUTES vs the TDX module identity [4.1.2.5.12].
+16. ``tcb_level``: Intel's TCB level matching (``tcb.evaluate_tcb``) [4.1.2.5.18].
+17. ``tcb_status``: the merged status; Revoked rejects.
+
+A certificate in the quote that does not decode is a ``VerificationError`` of the check that
+reads it; collateral is decoded (and refused with ``CollateralError``) when ``QuoteCollateral`` is
+built. Nothing else escapes.
 
 Time-independent work (chain and CRL signatures, collateral signatures, JSON parsing) is cached
 by content; everything that depends on ``at`` is checked on every call.
@@ -46,8 +54,8 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.x509.oid import ExtensionOID, NameOID, SignatureAlgorithmOID
 
-from keybroker.errors import CollateralError, EvidenceParseError, VerificationError
-from keybroker.tee.dcap.abi import Quote, TdReportBody, parse_quote
+from keybroker.errors import CollateralError, VerificationError
+from keybroker.tee.dcap.abi import INTEL_QE_VENDOR_ID, Quote, TdReportBody, parse_quote
 from keybroker.tee.dcap.claims import SgxClaims, TdxClaims, claims_from_quote
 from keybroker.tee.dcap.collateral import QuoteCollateral
 from keybroker.tee.dcap.pck import (
@@ -56,6 +64,8 @@ from keybroker.tee.dcap.pck import (
     PckCa,
     PckExtensions,
     ca_type_from_name,
+    crl_signed_by,
+    decode_certificate,
     parse_pck_extensions,
     split_pem_chain,
 )
@@ -71,6 +81,7 @@ __all__ = [
 
 CHECKS: Final = (
     "parse",
+    "qe_vendor_id",
     "pck_chain",
     "collateral_chains",
     "tcb_info_signature",
@@ -128,6 +139,8 @@ class VerifiedQuote:
     tcb_date: datetime
     tcb_evaluation_data_number: int
     quote_version: int
+    #: SHA-256 of the quote without its zero padding (:func:`abi.canonical_quote`): one quote, one digest.
+    evidence_sha256: str
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -145,6 +158,7 @@ class VerifiedQuote:
             "tcb_date": self.tcb_date.isoformat(),
             "tcb_evaluation_data_number": self.tcb_evaluation_data_number,
             "quote_version": self.quote_version,
+            "evidence_sha256": self.evidence_sha256,
         }
 
 
@@ -179,10 +193,13 @@ def _roots(dev_roots: Sequence[x509.Certificate]) -> _Roots:
 class _Chain:
     certs: tuple[x509.Certificate, ...]
     root: RootKind
+    #: The root certificate's DER: chains of one verification must all end at this same root.
+    root_der: bytes
     windows: tuple[_Window, ...]
 
 
 def _cn(name: x509.Name) -> str:
+    """The name's CN (else its RFC 4514 form), for messages; names were decoded on load."""
     cns = name.get_attributes_for_oid(NameOID.COMMON_NAME)
     return str(cns[0].value) if cns else name.rfc4514_string()
 
@@ -202,11 +219,7 @@ def _basic_constraints(cert: x509.Certificate) -> x509.BasicConstraints | None:
 def _load_cert(der: bytes, what: str, check: str) -> x509.Certificate:
     """Load and fully decode a certificate (cryptography decodes fields lazily; do it once, here)."""
     try:
-        cert = x509.load_der_x509_certificate(der)
-        _ = (cert.version, cert.subject, cert.issuer, cert.serial_number, cert.signature_algorithm_oid)
-        _ = (cert.not_valid_before_utc, cert.not_valid_after_utc, cert.public_key())
-        for ext in cert.extensions:
-            _ = ext.value
+        cert = decode_certificate(der)
     except X509_DECODE_ERRORS as exc:
         raise VerificationError(f"{what}: undecodable certificate ({exc})", check=check) from None
     return cert
@@ -282,13 +295,13 @@ def _verify_chain_uncached(
             raise VerificationError(
                 f"{name}: leaf {_cn(certs[0].subject)!r} is a CA certificate", check=check
             )
-    except ValueError as exc:  # malformed extensions surface lazily
+    except X509_DECODE_ERRORS as exc:  # defensive: _load_cert decoded every field already
         raise VerificationError(f"{name}: malformed certificate extension ({exc})", check=check) from None
     windows = tuple(
         (f"{name} certificate {_cn(c.subject)!r}", c.not_valid_before_utc, c.not_valid_after_utc)
         for c in certs
     )
-    return _Chain(certs=certs, root=root, windows=windows)
+    return _Chain(certs=certs, root=root, root_der=ders[-1], windows=windows)
 
 
 @lru_cache(maxsize=512)
@@ -351,12 +364,17 @@ def _pck_chain(pem: bytes, roots: _Roots) -> _PckChain:
 @dataclass(frozen=True, slots=True)
 class _VerifiedCollateral:
     root: RootKind
+    root_der: bytes
     windows: tuple[_Window, ...]
     root_revoked: frozenset[int]
     pck_revoked: frozenset[int]
     pck_crl_issuer: x509.Name
     pck_crl_issuer_der: bytes
     pck_crl_signer_spki: bytes
+
+
+def _fingerprint(der: bytes) -> str:
+    return f"sha256 {hashlib.sha256(der).hexdigest()[:16]}…"
 
 
 def _ec_key(cert: x509.Certificate) -> ec.EllipticCurvePublicKey:
@@ -427,9 +445,13 @@ def _verify_collateral(collateral: QuoteCollateral, roots: _Roots) -> _VerifiedC
     _check_signer(tcb_chain, "TCB Info issuer chain", tcb_signing=True)
     _check_signer(qe_chain, "QE Identity issuer chain", tcb_signing=True)
     _check_signer(crl_chain, "PCK CRL issuer chain", tcb_signing=False)
-    kinds = {tcb_chain.root, qe_chain.root, crl_chain.root}
-    if len(kinds) != 1:
-        raise VerificationError("collateral issuer chains end at different roots", check="collateral_chains")
+    if not tcb_chain.root_der == qe_chain.root_der == crl_chain.root_der:
+        raise VerificationError(
+            "collateral issuer chains end at different roots: TCB Info at "
+            f"{_fingerprint(tcb_chain.root_der)}, QE Identity at {_fingerprint(qe_chain.root_der)}, "
+            f"PCK CRL at {_fingerprint(crl_chain.root_der)}",
+            check="collateral_chains",
+        )
     _verify_json_signature(
         tcb_chain, collateral.tcb_info, collateral.tcb_info_signature, "TCB Info", "tcb_info_signature"
     )
@@ -443,7 +465,7 @@ def _verify_collateral(collateral: QuoteCollateral, roots: _Roots) -> _VerifiedC
 
     root_cert = tcb_chain.certs[-1]
     root_crl = collateral.root_crl
-    if root_crl.issuer != root_cert.subject or not root_crl.is_signature_valid(_ec_key(root_cert)):
+    if root_crl.issuer != root_cert.subject or not crl_signed_by(root_crl, _ec_key(root_cert)):
         raise VerificationError(
             f"root CA CRL (issuer {_cn(root_crl.issuer)!r}) is not signed by {_cn(root_cert.subject)!r}",
             check="root_ca_crl",
@@ -459,7 +481,7 @@ def _verify_collateral(collateral: QuoteCollateral, roots: _Roots) -> _VerifiedC
 
     pck_crl = collateral.pck_crl_parsed
     signer = crl_chain.certs[0]
-    if pck_crl.issuer != signer.subject or not pck_crl.is_signature_valid(_ec_key(signer)):
+    if pck_crl.issuer != signer.subject or not crl_signed_by(pck_crl, _ec_key(signer)):
         raise VerificationError(
             f"PCK CRL (issuer {_cn(pck_crl.issuer)!r}) is not signed by {_cn(signer.subject)!r}",
             check="pck_crl",
@@ -477,6 +499,7 @@ def _verify_collateral(collateral: QuoteCollateral, roots: _Roots) -> _VerifiedC
     )
     return _VerifiedCollateral(
         root=tcb_chain.root,
+        root_der=tcb_chain.root_der,
         windows=windows,
         root_revoked=root_revoked,
         pck_revoked=frozenset(r.serial_number for r in pck_crl),
@@ -563,6 +586,12 @@ def verify_quote(
     checks: list[str] = []
     unverified_quote = parse_quote(raw)
     checks.append("parse")
+    vendor = unverified_quote.header.qe_vendor_id
+    if vendor != INTEL_QE_VENDOR_ID:
+        raise VerificationError(
+            f"QE vendor ID {vendor.hex()} is not Intel's {INTEL_QE_VENDOR_ID.hex()}", check="qe_vendor_id"
+        )
+    checks.append("qe_vendor_id")
     roots = _roots(dev_roots)
     tee = unverified_quote.tee
 
@@ -570,9 +599,11 @@ def verify_quote(
     checks.append("pck_chain")
 
     coll = _verify_collateral(collateral, roots)
-    if coll.root != pck.chain.root:
+    if coll.root_der != pck.chain.root_der:
         raise VerificationError(
-            f"collateral chains end at the {coll.root} root but the PCK chain at the {pck.chain.root} root",
+            f"collateral chains end at the {coll.root} root {_fingerprint(coll.root_der)} but the PCK "
+            f"chain at the {pck.chain.root} root {_fingerprint(pck.chain.root_der)}: every chain and "
+            "CRL must come from the PCK chain's root",
             check="collateral_chains",
         )
     checks += ["collateral_chains", "tcb_info_signature", "qe_identity_signature"]
@@ -696,6 +727,7 @@ def verify_quote(
         tcb_date=evaluation.tcb_date,
         tcb_evaluation_data_number=tcb_info.tcb_evaluation_data_number,
         quote_version=verified_quote.header.version,
+        evidence_sha256=hashlib.sha256(verified_quote.canonical).hexdigest(),
     )
 
 
@@ -703,7 +735,8 @@ def quote_fmspc_and_ca(raw: bytes) -> tuple[str, str, str]:
     """(FMSPC hex upper, PCK CA ``processor``/``platform``, TEE ``sgx``/``tdx``) of an **unverified** quote.
 
     For choosing collateral from a store; trusts nothing. ``CollateralError`` if the quote carries
-    no PCK chain (then the collateral must be chosen by other means).
+    no PCK chain (then the collateral must be chosen by other means); ``EvidenceParseError`` or
+    ``VerificationError(check="pck_chain")`` if the chain's leaf does not decode or names no PCK CA.
     """
     unverified_quote = parse_quote(raw)
     pem = unverified_quote.signature.pck_chain_pem
@@ -721,13 +754,11 @@ def _unverified_fmspc_and_ca(pem: bytes) -> tuple[str, str]:
     """FMSPC and PCK CA from an **unverified** PCK chain (cached by its bytes: a platform's chain
     repeats in every quote it makes, and the extension parse costs more than the quote check)."""
     ders = split_pem_chain(pem)
-    try:
-        leaf = x509.load_der_x509_certificate(ders[0])
-    except ValueError as exc:
-        raise EvidenceParseError(
-            f"pck_cert_chain: undecodable leaf ({exc})", field="pck_cert_chain"
-        ) from None
+    leaf = _load_cert(ders[0], "PCK chain[0]", "pck_chain")
     ca = ca_type_from_name(leaf.issuer)
     if ca is None:
-        raise CollateralError(f"PCK issuer {_cn(leaf.issuer)!r} is neither a Processor nor a Platform CA")
+        raise VerificationError(
+            f"PCK issuer {_cn(leaf.issuer)!r} is neither a PCK Processor CA nor a PCK Platform CA",
+            check="pck_chain",
+        )
     return parse_pck_extensions(leaf).fmspc.hex().upper(), ca

@@ -33,6 +33,7 @@ __all__ = [
     "DEFAULT_MRTD",
     "DEFAULT_RTMRS",
     "DEFAULT_SEAMSVN",
+    "INTEL_QE_VENDOR_ID",
     "QE_AUTH_DATA",
     "SGX_ATTRIBUTES_DEBUG",
     "TD_ATTRIBUTES_DEBUG",
@@ -157,9 +158,11 @@ def _ak_public(key: ec.EllipticCurvePrivateKey) -> bytes:
     return n.x.to_bytes(32, "big") + n.y.to_bytes(32, "big")
 
 
-def _header(*, version: int, tee_type: int, qe_svn: int, pce_svn: int, qe_id: bytes) -> bytes:
+def _header(
+    *, version: int, tee_type: int, qe_svn: int, pce_svn: int, qe_id: bytes, qe_vendor_id: bytes
+) -> bytes:
     out = struct.pack("<HHIHH", version, ATT_KEY_TYPE_ECDSA_P256, tee_type, qe_svn, pce_svn)
-    out += INTEL_QE_VENDOR_ID + qe_id + bytes(4)
+    out += _check_len("QE vendor ID", qe_vendor_id, 16) + qe_id + bytes(4)
     return out
 
 
@@ -224,13 +227,15 @@ def sgx_quote(
     debug: bool = False,
     tcb: TcbChoice = "uptodate",
     platform: str = "sgx",
+    qe_vendor_id: bytes = INTEL_QE_VENDOR_ID,
 ) -> bytes:
     """An SGX ECDSA quote v3 from the simulated platform ``platform`` at TCB level ``tcb``.
 
     ``report_data`` must be exactly 64 bytes (no silent padding). ATTRIBUTES are INIT |
     MODE64BIT (| DEBUG when ``debug``), XFRM 0xE7; MISCSELECT, CONFIGID, ISVEXTPRODID,
     ISVFAMILYID are zero; CPUSVN is the platform's for ``tcb``. The PCK chain is
-    certification data type 5 (the v3 layout carries the QE report itself).
+    certification data type 5 (the v3 layout carries the QE report itself). The header carries
+    Intel's QE vendor ID, as real quotes do (another ``qe_vendor_id`` is for negative tests).
     """
     p = pki.platform(platform)
     if p.tee != "sgx":
@@ -243,6 +248,7 @@ def sgx_quote(
         qe_svn=p.qe.isvsvn,
         pce_svn=level.pcesvn,
         qe_id=p.qe_id,
+        qe_vendor_id=qe_vendor_id,
     )
     body = sgx_report_body(
         cpusvn=level.cpusvn,
@@ -308,6 +314,8 @@ def tdx_quote(
     sept_ve_disable: bool = True,
     tcb: TcbChoice = "uptodate",
     platform: str = "tdx",
+    qe_vendor_id: bytes = INTEL_QE_VENDOR_ID,
+    extra_td_attributes: int = 0,
 ) -> bytes:
     """A TDX ECDSA quote v4 (TD report 1.0) from simulated platform ``platform`` at ``tcb``.
 
@@ -315,7 +323,8 @@ def tdx_quote(
     minor SVN, major version) || the dev TCB level's TDX components 2..15. TD ATTRIBUTES:
     DEBUG (bit 0) if ``debug``, SEPT_VE_DISABLE (bit 28) if ``sept_ve_disable``; XFAM
     0x602E7; SEAM attributes, MRCONFIGID, MROWNER, MROWNERCONFIG zero. Header QE/PCE SVN
-    fields are zero (reserved in v4).
+    fields are zero (reserved in v4); its QE vendor ID is Intel's unless ``qe_vendor_id`` says
+    otherwise. ``extra_td_attributes`` are ORed into TD ATTRIBUTES (reserved bits, for tests).
     """
     p = pki.platform(platform)
     if p.tee != "tdx":
@@ -324,10 +333,21 @@ def tdx_quote(
     if level.tdx_components is None:
         raise ValueError(f"TCB level {tcb!r} of platform {platform!r} has no TDX components")
     tee_tcb_svn = struct.pack("<H", _check_u16("SEAMSVN", seamsvn)) + level.tdx_components[2:]
-    attributes = (TD_ATTRIBUTES_DEBUG if debug else 0) | (
-        TD_ATTRIBUTES_SEPT_VE_DISABLE if sept_ve_disable else 0
+    if not 0 <= extra_td_attributes < 1 << 64:
+        raise ValueError(f"extra_td_attributes must fit in 64 bits, got {extra_td_attributes:#x}")
+    attributes = (
+        (TD_ATTRIBUTES_DEBUG if debug else 0)
+        | (TD_ATTRIBUTES_SEPT_VE_DISABLE if sept_ve_disable else 0)
+        | extra_td_attributes
     )
-    header = _header(version=QUOTE_VERSION_TDX, tee_type=TEE_TYPE_TDX, qe_svn=0, pce_svn=0, qe_id=p.qe_id)
+    header = _header(
+        version=QUOTE_VERSION_TDX,
+        tee_type=TEE_TYPE_TDX,
+        qe_svn=0,
+        pce_svn=0,
+        qe_id=p.qe_id,
+        qe_vendor_id=qe_vendor_id,
+    )
     body = td_report10_body(
         tee_tcb_svn=tee_tcb_svn,
         mrseam=mrseam,

@@ -72,9 +72,15 @@ def test_field_offsets_on_a_known_quote() -> None:
     assert sgx.body.isv_svn == struct.unpack_from("<H", raw_sgx, 48 + 258)[0]
 
 
-def test_trailing_bytes_are_tolerated_and_counted() -> None:
-    q = parse_quote(read_bytes(COS113))
-    assert q.trailing_size == len(read_bytes(COS113)) - (632 + 4 + 4299)
+def test_zero_padding_is_tolerated_and_counted() -> None:
+    raw = read_bytes(COS113)
+    q = parse_quote(raw)
+    assert q.trailing_size == len(raw) - (632 + 4 + 4299)
+    assert q.canonical == raw[: 632 + 4 + 4299] and not any(raw[len(q.canonical) :])
+    assert parse_quote(q.canonical).trailing_size == 0
+    with pytest.raises(EvidenceParseError) as info:
+        parse_quote(raw[:-1] + b"\x01")
+    assert info.value.field == "trailing_bytes" and info.value.offset == len(raw) - 1
 
 
 @pytest.mark.parametrize("cut", [0, 1, 47, 48, 400, 631, 632, 635, 636, 700, 1000, 2000, 4000, 4934])

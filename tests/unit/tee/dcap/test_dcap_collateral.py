@@ -188,3 +188,30 @@ def test_enclave_identity_validation() -> None:
     doc["id"], doc["version"] = "QE", 1
     with pytest.raises(CollateralError, match="version 1"):
         parse_enclave_identity(json.dumps(doc))
+
+
+@pytest.mark.parametrize(
+    "rel",
+    [
+        "intel-dcap/phala-dcap-qvl/tdx_quote_collateral.json",
+        "intel-dcap/phala-dcap-qvl/sgx_quote_collateral.json",
+    ],
+)
+def test_level_order_does_not_depend_on_the_json_order(rel: str) -> None:
+    """Intel publishes levels highest first; shuffled, they parse to the same order (QVL's)."""
+    coll = json.loads(read_text(rel))
+    tcb, qe = json.loads(coll["tcb_info"]), json.loads(coll["qe_identity"])
+    assert len(tcb["tcbLevels"]) >= 2  # the SGX QE identity has several levels too, TD_QE one
+    as_published = (
+        parse_tcb_info(json.dumps(tcb)).tcb_levels,
+        parse_enclave_identity(json.dumps(qe)).tcb_levels,
+    )
+    for doc in (tcb, qe):
+        doc["tcbLevels"].reverse()
+        doc["tcbLevels"].insert(1, doc["tcbLevels"].pop())
+    assert parse_tcb_info(json.dumps(tcb)).tcb_levels == as_published[0]
+    assert parse_enclave_identity(json.dumps(qe)).tcb_levels == as_published[1]
+    for doc in tcb["tdxModuleIdentities"] if "tdxModuleIdentities" in tcb else []:
+        doc["tcbLevels"].reverse()
+    levels = [i.tcb_levels for i in parse_tcb_info(json.dumps(tcb)).tdx_module_identities]
+    assert all(list(lv) == sorted(lv, key=lambda m: m.isvsvn, reverse=True) for lv in levels)

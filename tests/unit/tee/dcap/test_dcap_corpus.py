@@ -18,7 +18,9 @@ CASES = load_cases("dcap")
 #: The check each reject case must fail, with why (cases.json gives only a reason text).
 REJECT_CHECK = {
     "dcap-tdx-outdated-notcb": "tcb_level",
-    "dcap-tdx-gtdx-spr-e4-notcb": "tcb_level",
+    # go-tdx-guest appended "extra bytes(only for testing purpose)": only zero padding may follow
+    # a quote (test_gtdx_quote_without_its_extra_bytes checks the TCB level without them)
+    "dcap-tdx-gtdx-spr-e4-notcb": "parse",
     "dcap-tdx-automata-q5-notcb": "tcb_level",
     "dcap-tdx-trustee-q5-notcb": "tcb_level",
     "dcap-tdx-godcap1-notcb": "tcb_level",
@@ -60,8 +62,9 @@ def test_corpus_case(c: dict[str, Any]) -> None:
     if expect["verdict"] == "reject":
         want = REJECT_CHECK[c["id"]]
         if want == "parse":
-            with pytest.raises(EvidenceParseError):
+            with pytest.raises(EvidenceParseError) as parse_info:
                 _verify(c)
+            assert parse_info.value.field is not None
         else:
             with pytest.raises(VerificationError) as info:
                 _verify(c)
@@ -83,6 +86,21 @@ def test_corpus_case(c: dict[str, Any]) -> None:
             assert result.claims.sept_ve_disable
         lo, hi = c["collateral_window"]
         assert result.collateral_expiry.timestamp() == hi
+
+
+def test_gtdx_quote_without_its_extra_bytes() -> None:
+    """The go-tdx-guest quote is refused for its non-zero trailing bytes; without them (or with
+    zeros in their place) it reaches TCB matching and fails there, as go-tdx-guest says."""
+    (c,) = [c for c in CASES if c["id"] == "dcap-tdx-gtdx-spr-e4-notcb"]
+    raw = read_bytes(c["quote"])
+    with pytest.raises(EvidenceParseError) as info:
+        _verify(c)
+    assert info.value.field == "trailing_bytes" and b"extra bytes" in raw[info.value.offset or 0 :]
+    extra = raw.index(b"\nextra bytes(only for testing purpose)\n")
+    for quote in (raw[:extra], raw[:extra] + bytes(len(raw) - extra)):
+        with pytest.raises(VerificationError) as verification:
+            verify_quote(quote, _collateral(c), at=verify_at(c))
+        assert verification.value.check == "tcb_level"
 
 
 #: The claim that decides each policy-dependent case (dcap-qvl rejects all three kinds).

@@ -1,20 +1,31 @@
-"""Property tests seeded from corpus quotes: any input yields a result or a clean rejection.
+"""Property tests seeded from corpus quotes.
 
-``parse_quote`` may raise only ``EvidenceParseError``; ``verify_quote`` only ``EvidenceParseError``,
-``VerificationError`` or ``CollateralError``; the collateral loaders only ``CollateralError``;
-the PCK extension reader only ``EvidenceParseError``. Anything else (IndexError, struct.error,
-ValueError from a lazily decoded certificate...) is a bug.
+* A changed byte is rejected: every byte of three real quotes (SGX v3, TDX v4 with configfs
+  padding, TDX v5 1.5ex) is changed once, and each change must be rejected by a check that covers
+  that byte (``tests/helpers/quote_layout.py`` says which signature, hash or structure does).
+  Bytes outside any signature (lengths and types, PEM framing, padding) are no exception: a change
+  to one is rejected too, except the few changes that leave the verdict as it was (a line break
+  swapped for another in the PEM chain; zero padding added), checked on their own.
+* Any input yields a result or a clean rejection: ``parse_quote`` may raise only
+  ``EvidenceParseError``; ``verify_quote`` only ``EvidenceParseError``, ``VerificationError`` or
+  ``CollateralError``; the collateral loaders only ``CollateralError``; the PCK extension reader
+  only ``EvidenceParseError``. Anything else (IndexError, struct.error, ValueError from a lazily
+  decoded certificate...) is a bug.
 """
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import struct
+from collections import Counter
 from datetime import UTC, datetime
 
+import pytest
 from cryptography import x509
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tests.helpers.quote_layout import Cover, pem_blocks, regions
 from tests.vectors.corpus import case, read_bytes, read_text, verify_at
 
 from keybroker.errors import CollateralError, EvidenceParseError, VerificationError
@@ -39,6 +50,71 @@ TIMES = [verify_at(c) for c in SEEDS]
 FUZZ = settings(
     max_examples=150, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
 )
+
+#: The checks that may refuse a change to bytes of each kind (``parse`` for EvidenceParseError).
+REFUSED_BY: dict[Cover, set[str]] = {
+    "attestation key": {"parse", "qe_vendor_id", "quote_signature"},
+    "QE report data": {"qe_report_data"},
+    "PCK key": {"parse", "qe_report_signature"},
+    "signature": {"quote_signature", "qe_report_signature"},
+    "structure": {"parse", "pck_chain"},
+    "PCK chain": {"parse", "pck_chain"},
+    "padding": {"parse"},
+}
+#: Every byte outside the PEM chain is changed; inside it, every PEM_STRIDE-th byte (the chain's
+#: bytes all fail the same few ways, and each costs a certificate chain verification).
+PEM_STRIDE = 7
+
+
+def _flip(raw: bytes, pos: int) -> bytes:
+    """One bit of byte ``pos`` flipped; which bit rotates with the position."""
+    return raw[:pos] + bytes([raw[pos] ^ (1 << (pos % 8))]) + raw[pos + 1 :]
+
+
+@pytest.mark.parametrize("i", range(3), ids=[c["id"] for c in SEEDS[:3]])
+def test_every_changed_byte_is_rejected_by_the_check_that_covers_it(i: int) -> None:
+    quote, collateral, at = QUOTES[i], COLLATERALS[i], TIMES[i]
+    verify_quote(quote, collateral, at=at)  # the seed itself verifies
+    refused: Counter[tuple[Cover, str]] = Counter()
+    for region in regions(quote):
+        step = PEM_STRIDE if region.cover == "PCK chain" else 1
+        for pos in range(region.start + (i % step), region.end, step):
+            try:
+                verify_quote(_flip(quote, pos), collateral, at=at)
+            except EvidenceParseError:
+                refused[region.cover, "parse"] += 1
+            except VerificationError as exc:
+                assert exc.check in REFUSED_BY[region.cover], (region.name, pos, str(exc))
+                refused[region.cover, exc.check] += 1
+            else:
+                raise AssertionError(f"a change at {pos} ({region.name}) was accepted")
+    covers = {cover for cover, _ in refused}
+    assert covers == set(REFUSED_BY) - ({"padding"} if parse_quote(quote).trailing_size == 0 else set())
+    # the signatures and the QE report data hash each did their part
+    for cover, check in [
+        ("attestation key", "quote_signature"),
+        ("QE report data", "qe_report_data"),
+        ("PCK key", "qe_report_signature"),
+        ("PCK chain", "pck_chain"),
+    ]:
+        assert refused[cover, check] > 0, (cover, check)
+
+
+@pytest.mark.parametrize("i", range(3), ids=[c["id"] for c in SEEDS[:3]])
+def test_unsigned_encoding_changes_that_keep_the_verdict(i: int) -> None:
+    """The only changes accepted: PEM line breaks (the DER they frame is what is signed) and zero
+    padding. They leave every verified fact as it was; padding does not even change the digest."""
+    quote, collateral, at = QUOTES[i], COLLATERALS[i], TIMES[i]
+    baseline = verify_quote(quote, collateral, at=at)
+    start, end = pem_blocks(quote)[0]
+    newline = quote.index(b"\n", start, end)
+    crlf_framed = quote[:newline] + b"\r" + quote[newline + 1 :]
+    reframed = verify_quote(crlf_framed, collateral, at=at)
+    assert reframed.evidence_sha256 != baseline.evidence_sha256
+    assert dataclasses.replace(reframed, evidence_sha256=baseline.evidence_sha256) == baseline
+    padded = verify_quote(quote + bytes(512), collateral, at=at)
+    assert padded == baseline
+
 
 edits = st.lists(st.tuples(st.integers(min_value=0), st.integers(0, 255)), min_size=1, max_size=4)
 

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from keybroker.errors import VerificationError
+from keybroker.errors import CollateralError, VerificationError
 from keybroker.tee.dcap.abi import TdReportBody, parse_enclave_report_body
 from keybroker.tee.dcap.collateral import (
     EnclaveIdentity,
@@ -283,3 +283,28 @@ def test_tdx_level_without_tdx_components_is_an_error() -> None:
     broken = replace(TDX_INFO, tcb_levels=(_level(PLATFORM, 11, "UpToDate"),))
     with pytest.raises(VerificationError, match="no TDX components"):
         match_platform_level(broken, PLATFORM, 11, bytes(16))
+
+
+def test_levels_are_sorted_as_intels_qvl_sorts_them() -> None:
+    """QVL's order is lexicographic over the SGX component SVNs, then PCESVN, then the TDX
+    component SVNs (``TcbLevel::operator>``), not dominance: a platform above two levels matches
+    the lexicographically higher one, whatever order the levels were given in."""
+    low_first = _level(_svn(4, 9), 13, "UpToDate")
+    high_first = _level(_svn(5, 0), 13, "OutOfDate")
+    for given in ((low_first, high_first), (high_first, low_first)):
+        info = _info(given)
+        assert info.tcb_levels == (high_first, low_first)
+        assert match_platform_level(info, _svn(5, 9), 13, None).status == "OutOfDate"
+    assert match_platform_level(_info((low_first, high_first)), _svn(4, 9), 13, None).status == "UpToDate"
+    # PCESVN before TDX components; TDX components break a tie of both
+    a = _level(PLATFORM, 11, "OutOfDate", tdx=_svn(9, 0, 9))
+    b = _level(PLATFORM, 12, "UpToDate", tdx=_svn(1, 0, 1))
+    c = _level(PLATFORM, 12, "SWHardeningNeeded", tdx=_svn(1, 0, 0))
+    assert _info((c, a, b), tdx=True).tcb_levels == (b, c, a)
+
+
+def test_duplicated_levels_are_refused() -> None:
+    with pytest.raises(CollateralError, match="same TCB"):
+        _info((_level(_svn(4), 13, "UpToDate"), _level(_svn(4), 13, "OutOfDate")))
+    # the same SGX TCB with different TDX components are different levels
+    assert len(_info(TDX_INFO.tcb_levels, tdx=True).tcb_levels) == 3

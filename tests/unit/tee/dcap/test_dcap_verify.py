@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -12,12 +14,15 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.hazmat.primitives.serialization import Encoding
+from tests.helpers.quote_layout import one_char_undecodable_leaf
 from tests.vectors.corpus import case, read_bytes, read_text, verify_at
 
 from keybroker.errors import CollateralError, EvidenceParseError, VerificationError
 from keybroker.tee.dcap import INTEL_SGX_ROOT_CA, QuoteCollateral, quote_fmspc_and_ca, verify_quote
+from keybroker.tee.dcap.abi import INTEL_QE_VENDOR_ID, canonical_quote, parse_quote
 from keybroker.tee.dcap.claims import SgxClaims, TdxClaims
 from keybroker.tee.sim import SGX_TCB, TDX_TCB, DevPki, sgx_quote, tdx_quote
+from keybroker.tee.verifier import NO_REPORT_DATA, StaticCollateral, Verifier
 
 ISSUED = dt.datetime(2026, 3, 1, 12, 0, 0, tzinfo=dt.UTC)
 AT = ISSUED + dt.timedelta(hours=1)
@@ -250,3 +255,136 @@ def test_revoked_qe_level_is_rejected(pki: DevPki) -> None:
             dev_roots=[pki.root_cert],
         )
     assert info.value.check == "qe_identity" and "Revoked" in str(info.value)
+
+
+# --- issue 11: the adversarial review ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tee", ["sgx", "tdx"])
+def test_qe_vendor_id_must_be_intels(pki: DevPki, tee: str) -> None:
+    """A quote signed by a trusted PKI but naming another QE vendor is refused (item 12)."""
+    make = sgx_quote if tee == "sgx" else tdx_quote
+    genuine = make(pki, report_data=RD)  # type: ignore[operator]
+    assert parse_quote(genuine).header.qe_vendor_id == INTEL_QE_VENDOR_ID  # as real quotes carry it
+    for vendor in (bytes(16), bytes.fromhex("00" * 15 + "01")):
+        quote = make(pki, report_data=RD, qe_vendor_id=vendor)  # type: ignore[operator]
+        with pytest.raises(VerificationError) as info:
+            verify_quote(quote, _coll(pki, tee), at=AT, dev_roots=[pki.root_cert])
+        assert info.value.check == "qe_vendor_id"
+        assert vendor.hex() in str(info.value) and INTEL_QE_VENDOR_ID.hex() in str(info.value)
+
+
+@pytest.fixture(scope="module")
+def other_pki(tmp_path_factory: pytest.TempPathFactory) -> DevPki:
+    """A second, independent dev PKI (its own root), trusted alongside the first."""
+    return DevPki.create(tmp_path_factory.mktemp("dcap-devpki-b") / "pki", now=ISSUED)
+
+
+def _root_crl(pki: DevPki, revoked: list[int]) -> bytes:
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(pki.root_cert.subject)
+        .last_update(ISSUED)
+        .next_update(ISSUED + dt.timedelta(days=30))
+    )
+    for serial in revoked:
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(ISSUED).build()
+        )
+    return builder.sign(pki.root.key, hashes.SHA256()).public_bytes(Encoding.DER)
+
+
+def test_every_chain_and_crl_ends_at_the_pck_chains_root(pki: DevPki, other_pki: DevPki) -> None:
+    """Two trusted roots A and B (item 13). A revokes its PCK Processor CA in its root CA CRL. A
+    quote chaining to A, with A's PCK CRL but B's TCB Info, QE Identity and root CA CRL, used to
+    verify: B's CRL was checked, A's never. Every chain and CRL must end at the PCK chain's root."""
+    roots = [pki.root_cert, other_pki.root_cert]
+    quote = sgx_quote(pki, report_data=RD)
+    a = json.loads(pki.collateral_json("sgx"))
+    a["root_ca_crl"] = _root_crl(pki, [pki.processor_ca.cert.serial_number]).hex()
+    with pytest.raises(VerificationError) as info:
+        verify_quote(quote, QuoteCollateral.from_json(json.dumps(a)), at=AT, dev_roots=roots)
+    assert info.value.check == "root_ca_crl" and "revoked" in str(info.value)
+
+    mixed = json.loads(other_pki.collateral_json("sgx"))
+    mixed.update(pck_crl=a["pck_crl"], pck_crl_issuer_chain=a["pck_crl_issuer_chain"])
+    with pytest.raises(VerificationError) as info:
+        verify_quote(quote, QuoteCollateral.from_json(json.dumps(mixed)), at=AT, dev_roots=roots)
+    assert info.value.check == "collateral_chains" and "different roots" in str(info.value)
+
+    # All of B's collateral for a quote of A: refused for its root, before any CRL is looked at.
+    with pytest.raises(VerificationError) as info:
+        verify_quote(quote, _coll(other_pki, "sgx"), at=AT, dev_roots=roots)
+    assert info.value.check == "collateral_chains"
+    assert hashlib.sha256(pki.root_der).hexdigest()[:16] in str(info.value)
+    # Each PKI's own collateral still verifies with both roots trusted.
+    for p in (pki, other_pki):
+        assert verify_quote(sgx_quote(p, report_data=RD), _coll(p, "sgx"), at=AT, dev_roots=roots).sim
+
+
+def test_only_zero_padding_may_follow_a_quote(pki: DevPki) -> None:
+    """Trailing bytes used to be accepted whatever they were (item 14): zeros still are (configfs
+    pads quotes) and give the same ``evidence_sha256``; anything else is refused."""
+    quote = tdx_quote(pki, report_data=RD)
+    coll = _coll(pki, "tdx")
+    plain = verify_quote(quote, coll, at=AT, dev_roots=[pki.root_cert])
+    assert plain.evidence_sha256 == hashlib.sha256(quote).hexdigest()
+    padded = verify_quote(quote + bytes(4096), coll, at=AT, dev_roots=[pki.root_cert])
+    assert padded.evidence_sha256 == plain.evidence_sha256 and padded.claims == plain.claims
+    assert canonical_quote(quote + bytes(7)) == quote
+    for junk in (b"\x01", bytes(99) + b"\x80", b"extra bytes"):
+        assert canonical_quote(quote + junk) == quote + junk  # not a quote: named as sent
+        with pytest.raises(EvidenceParseError) as info:
+            verify_quote(quote + junk, coll, at=AT, dev_roots=[pki.root_cert])
+        assert info.value.field == "trailing_bytes"
+        assert info.value.offset == len(quote) + next(i for i, b in enumerate(junk) if b)
+
+
+def _tcb_levels_resigned(pki: DevPki, tee: str, edit: Any) -> QuoteCollateral:
+    text = json.loads(pki.collateral_json(tee))["tcb_info"]  # type: ignore[arg-type]
+    doc = json.loads(text)
+    edit(doc["tcbLevels"])
+    chain = json.loads(pki.collateral_json(tee))["tcb_info_issuer_chain"]  # type: ignore[arg-type]
+    return _resign(
+        pki, tee, text=json.dumps(doc, separators=(",", ":")), signer_key=pki.tcb_signing.key, chain_pem=chain
+    )
+
+
+@pytest.mark.parametrize("tee", ["sgx", "tdx"])
+def test_tcb_levels_are_matched_in_qvl_order_not_json_order(pki: DevPki, tee: str) -> None:
+    """Validly signed TCB Info with its levels lowest first (item 15): each platform used to match
+    the lowest level it is above (an up-to-date platform was Revoked); levels are sorted as Intel's
+    QVL sorts them before matching."""
+    coll = _tcb_levels_resigned(pki, tee, lambda levels: levels.reverse())
+    make, table = (sgx_quote, SGX_TCB) if tee == "sgx" else (tdx_quote, TDX_TCB)
+    for tcb in ("uptodate", "swhardening", "outofdate"):
+        quote = make(pki, report_data=RD, tcb=tcb)  # type: ignore[operator]
+        result = verify_quote(quote, coll, at=AT, dev_roots=[pki.root_cert])
+        assert (result.status, result.advisory_ids) == (table[tcb].status, table[tcb].advisory_ids)  # type: ignore[index]
+
+
+def test_duplicated_tcb_levels_are_refused(pki: DevPki) -> None:
+    """Two levels with the same TCB but different statuses: which one applies would depend on the
+    JSON order, so TCB Info holding them is refused, as Intel's QVL refuses it."""
+    with pytest.raises(CollateralError, match="same TCB"):
+        _tcb_levels_resigned(pki, "sgx", lambda levels: levels.append(dict(levels[0], tcbStatus="OutOfDate")))
+
+
+@pytest.mark.parametrize("case_id", ["dcap-sgx-phala", "dcap-tdx-phala", "dcap-tdx15ex-phala"])
+def test_one_character_in_the_pck_chain_is_a_named_failure(case_id: str) -> None:
+    """A one-character change in the quote's PCK leaf whose issuer then fails to decode used to
+    raise ValueError out of the verifier (item 3a): now a VerificationError naming pck_chain,
+    from the collateral look-up and from the verification alike."""
+    c = case(case_id)
+    mutated = one_char_undecodable_leaf(read_bytes(c["quote"]))
+    coll = QuoteCollateral.from_json(read_text(c["collateral"]))
+    with pytest.raises(VerificationError) as info:
+        quote_fmspc_and_ca(mutated)
+    assert info.value.check == "pck_chain" and "undecodable certificate" in str(info.value)
+    with pytest.raises(VerificationError) as info:
+        verify_quote(mutated, coll, at=verify_at(c))
+    assert info.value.check == "pck_chain"
+    verifier = Verifier(StaticCollateral([coll]), clock=lambda: verify_at(c))
+    with pytest.raises(VerificationError) as info:
+        verifier.verify(coll.tee, mutated, NO_REPORT_DATA)
+    assert info.value.check == "pck_chain"

@@ -11,6 +11,8 @@ legitimately differ, ``_explain`` names the reason, and the test asserts that ex
   keybroker requires it to be the pinned root byte for byte (one canonical form);
 * PEM framing: keybroker allows only line breaks and NUL around and between the PEM blocks of
   the PCK chain (certification data type 5); dcap-qvl skips any other byte there;
+* padding: keybroker accepts only zero bytes after the quote (one quote, one encoding); dcap-qvl
+  ignores whatever follows it;
 * collateral PCK chain: dcap-qvl replaces the quote's PCK chain with the collateral's
   ``pck_certificate_chain``; keybroker requires the two to agree;
 * "not yet valid": dcap-qvl checks only TCB Info's issueDate; keybroker also checks the QE
@@ -69,13 +71,15 @@ class Pair:
     theirs: Any
     root_pem: tuple[int, int]  # byte range of the embedded root certificate's PEM
     chain_pem: tuple[int, int]  # byte range of the whole PCK chain
+    quote_end: int  # where the quote ends and its padding starts
     blocks: tuple[tuple[int, int], ...]  # byte ranges of each certificate's PEM block
 
 
 def _load(c: dict[str, Any]) -> Pair:
     quote = read_bytes(c["quote"])
     text = read_text(c["collateral"])
-    pem = parse_quote(quote).signature.pck_chain_pem
+    parsed = parse_quote(_without_padding(quote))
+    pem = parsed.signature.pck_chain_pem
     assert pem is not None
     start = quote.index(pem)
     blocks = [
@@ -89,8 +93,18 @@ def _load(c: dict[str, Any]) -> Pair:
         dcap_qvl.QuoteCollateralV3.from_json(text),
         spans[-1],
         (start, start + len(pem)),
+        len(parsed.canonical),
         spans,
     )
+
+
+def _without_padding(quote: bytes) -> bytes:
+    """The quote without what follows it, zeros or not (one corpus quote has test bytes there)."""
+    try:
+        return parse_quote(quote).canonical
+    except EvidenceParseError as exc:
+        assert exc.field == "trailing_bytes" and exc.offset is not None
+        return quote[: quote.index(b"\nextra bytes(only for testing purpose)\n")]
 
 
 def _ours(p: Pair, quote: bytes, t: int) -> Outcome:
@@ -133,6 +147,8 @@ def _explain(p: Pair, ours: Outcome, theirs: Outcome, *, flipped: int | None = N
         in_chain = p.chain_pem[0] <= flipped < p.chain_pem[1]
         if in_chain_check and p.ours.pck_certificate_chain is not None and in_chain:
             return "dcap-qvl uses the collateral's PCK chain instead of the quote's"
+        if ours.detail.startswith("parse: trailing_bytes") and flipped >= p.quote_end:
+            return "only zero padding after the quote"
         if (
             ours.detail.startswith("parse: pck_cert_chain")
             and in_chain
@@ -204,14 +220,15 @@ def test_bit_flips(pair: Pair) -> None:
         "embedded root differs from the pinned root",
         "dcap-qvl uses the collateral's PCK chain instead of the quote's",
         "strict PEM framing: only line breaks and NUL around certificates",
+        "only zero padding after the quote",
     }
 
 
 def test_truncations(pair: Pair) -> None:
     rng = random.Random(f"cut|{pair.case['quote']}")
     t = pair.case["verify_at"]
-    signed_end = len(parse_quote(pair.quote).signed_data)
-    sig_end = len(pair.quote) - parse_quote(pair.quote).trailing_size
+    signed_end = len(parse_quote(_without_padding(pair.quote)).signed_data)
+    sig_end = pair.quote_end
     for cut in [rng.randrange(sig_end) for _ in range(TRUNCATIONS_PER_PAIR)] + [signed_end, sig_end - 1]:
         ours, theirs = _ours(pair, pair.quote[:cut], t), _theirs(pair, pair.quote[:cut], t)
         assert not ours.accepted and ours.detail.startswith("parse:"), cut
