@@ -57,6 +57,17 @@ class TrustSettings(BaseModel):
     attestation_services: list[TrustedAttestationService] = Field(default_factory=list)
 
 
+class AuditSettings(BaseModel):
+    """Checkpoints of the audit chain head (:mod:`keybroker.audit.checkpoint`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    #: Seconds between checkpoints while records are appended (also one at start and at shutdown).
+    checkpoint_interval_seconds: float = Field(default=1.0, gt=0, le=60)
+    #: Also log each checkpoint (logger ``keybroker.audit.checkpoint``), e.g. for syslog/journald.
+    checkpoint_log: bool = False
+
+
 class Settings(BaseModel):
     """Everything ``keybroker serve`` and the local operator commands need."""
 
@@ -77,6 +88,7 @@ class Settings(BaseModel):
     attestation: AttestationSettings = Field(default_factory=AttestationSettings)
     keystore: KeystoreSettings = Field(default_factory=KeystoreSettings)
     seal: SealSettings = Field(default_factory=SealSettings)
+    audit: AuditSettings = Field(default_factory=AuditSettings)
 
     @field_validator("listen")
     @classmethod

@@ -10,6 +10,15 @@ from pathlib import Path
 
 from cryptography import x509
 
+from keybroker.audit import log as audit
+from keybroker.audit.checkpoint import (
+    CHECKPOINT_FILE,
+    CHECKPOINT_KEY_FILE,
+    CheckpointFile,
+    CheckpointSigner,
+    load_or_create_key,
+)
+from keybroker.audit.guard import ChainGuard, Checkpointer
 from keybroker.auth.tokens import TokenService, load_or_create_signing_key
 from keybroker.collateral.store import DbCollateralSource
 from keybroker.config import Settings, TrustedAttestationService
@@ -97,6 +106,26 @@ def _dev_pki(directory: Path) -> DevPki:
     return pki
 
 
+def _checkpointer(settings: Settings, db: Database, barrier: Barrier) -> Checkpointer:
+    """The audit chain's guard, attached to ``db`` before anything appends, and its checkpointer;
+    both start from the newest checkpoint in the data dir."""
+    signer = CheckpointSigner(load_or_create_key(settings.data_dir / CHECKPOINT_KEY_FILE))
+    sink = CheckpointFile(settings.data_dir / CHECKPOINT_FILE)
+    latest = sink.last(signer.public_key)
+    guard = ChainGuard(barrier, latest)
+    audit.attach_guard(db.engine, guard)
+    conf = settings.audit
+    return Checkpointer(
+        db,
+        guard,
+        signer,
+        sink,
+        interval=conf.checkpoint_interval_seconds,
+        emit_log=conf.checkpoint_log,
+        latest=latest,
+    )
+
+
 @dataclass
 class Services:
     settings: Settings
@@ -110,6 +139,8 @@ class Services:
     release: ReleaseService
     attestation: AttestationService
     kbs_v0: KbsV0Service
+    #: Authenticates the audit chain head before appends, checkpoints it (started with the app).
+    checkpointer: Checkpointer
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -119,6 +150,7 @@ class Services:
         db.migrate()
         barrier = Barrier(db)
         configure_auto_unseal(barrier, settings.seal)
+        checkpointer = _checkpointer(settings, db, barrier)
         keystore = build_keystore(settings.keystore, barrier)
         ca = load_or_create_ca(data_dir)
         tokens = TokenService(load_or_create_signing_key(data_dir / TOKEN_KEY_FILE))
@@ -153,6 +185,7 @@ class Services:
             release,
             attestation,
             KbsV0Service(db, barrier, keystore, attestation),
+            checkpointer,
         )
         if settings.dev:
             services._dev_unseal(data_dir / DEV_UNSEAL_FILE)
