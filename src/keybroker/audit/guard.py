@@ -100,9 +100,12 @@ class ChainGuard:
 
     # --- authentication ----------------------------------------------------------------------------
 
-    def before_append(self, session: Session, head: audit.Head) -> Ed25519PrivateKey | None:
-        """Authenticate ``head`` in the appending transaction (it holds the head lock)."""
+    def before_append(self, session: Session, head: audit.Head, *, own: bool) -> Ed25519PrivateKey | None:
+        """Authenticate ``head`` in the appending transaction (it holds the head lock); ``own``:
+        the transaction's own previous record, authenticated when it was appended."""
         key = self.signing_key()
+        if own:
+            return key
         anchor = self._anchor  # no commit can land between the head read and this: we hold the lock
         if anchor == (head.seq, head.hash) and self._signed_from == head.signed_from:
             if self._alarm is not None:

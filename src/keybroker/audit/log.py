@@ -175,8 +175,9 @@ class Head:
 class Guard(Protocol):
     """What ``append`` asks before extending the chain (:class:`keybroker.audit.guard.ChainGuard`)."""
 
-    def before_append(self, session: Session, head: Head) -> Ed25519PrivateKey | None:
-        """Authenticate ``head`` (raise if it cannot be); the record key, or None while sealed."""
+    def before_append(self, session: Session, head: Head, *, own: bool) -> Ed25519PrivateKey | None:
+        """Authenticate ``head`` (raise if it cannot be; ``own``: this transaction appended it);
+        the record key, or None while sealed."""
         ...
 
     def committed(self, seq: int, hash: str) -> None:
@@ -254,12 +255,14 @@ def append(
     rec.hash = record_hash(rec.prev_hash, _fields(rec))
     guard = _GUARDS.get(conn.engine)
     if guard is not None:
-        key = guard.before_append(session, head)
+        pending: list[tuple[Guard, int, str]] = session.info.setdefault(_PENDING, [])
+        own = bool(pending) and pending[-1][1:] == (head.seq, head.hash)
+        key = guard.before_append(session, head, own=own)
         if key is not None:
             rec.sig = sign_record(key, rec.hash)
         elif not unsigned_allowed(action, outcome):
             raise Sealed(f"the key store is sealed: a {action} {outcome} record cannot be signed")
-        session.info.setdefault(_PENDING, []).append((guard, rec.seq, rec.hash))
+        pending.append((guard, rec.seq, rec.hash))
     conn.execute(
         _INSERT,
         {**_fields(rec), "time": rec.time, "prev_hash": rec.prev_hash, "hash": rec.hash, "sig": rec.sig},

@@ -115,3 +115,23 @@ def test_records_are_signed_while_unsealed_and_only_sealed_time_actions_go_unsig
     assert audit.signature_valid(public, recs[0].hash, recs[0].sig or "")
     assert not audit.signature_valid(public, recs[1].hash, recs[0].sig or "")
     assert replica.derive_key(b"another label") != replica.derive_key(audit.RECORD_KEY_LABEL)
+
+
+def test_appends_in_one_transaction_and_a_rolled_back_append_keep_the_anchor_true(
+    db: Database, tmp_path: Path
+) -> None:
+    """The anchor moves only with commits: a rolled-back record must not look like a cut tail."""
+    _, guard = _unsealed_guard(db, tmp_path)
+    with db.session() as s:
+        for _ in range(20):
+            audit.append(s, actor="t", action="key.search", outcome="success")
+    assert guard.anchor is not None and guard.anchor[0] == 20
+    with pytest.raises(RuntimeError), db.session() as s:
+        audit.append(s, actor="t", action="key.create", outcome="success")
+        raise RuntimeError("the key store failed after the audit record")
+    assert guard.anchor[0] == 20
+    with db.session() as s:
+        rec = audit.append(s, actor="t", action="key.create", outcome="success")
+    assert rec.seq == 21 and guard.alarm is None and guard.anchor == (21, rec.hash)
+    with db.session() as s:
+        assert all(r.sig is not None for r in audit.iter_records(s))
