@@ -249,7 +249,7 @@ def test_replicas_extend_each_others_records(
 
 
 def test_the_checkpoint_endpoint_serves_the_newest_signed_checkpoint(
-    client: TestClient, services: Services, admin_headers: dict[str, str]
+    client: TestClient, services: Services, admin_headers: dict[str, str], tmp_path: Path
 ) -> None:
     assert client.post("/kbs/v1/keys", json=AES, headers=admin_headers).status_code == 201
     n = _count(services)
@@ -258,15 +258,22 @@ def test_the_checkpoint_endpoint_serves_the_newest_signed_checkpoint(
     out = client.get("/kbs/v1/audit/checkpoint", headers=reader).json()
     public = Ed25519PublicKey.from_public_bytes(base64.b64decode(out["public_key"]))
     cp = checkpoint.parse(out["line"], public)  # the signature verifies
-    assert (cp.seq, cp.hash, cp.key_id) == (n, out["hash"], out["key_id"]) and out[
-        "key_id"
-    ] == checkpoint.key_id(public)
+    assert (cp.seq, cp.hash, cp.key_id) == (n, out["hash"], out["key_id"])
+    assert out["key_id"] == checkpoint.key_id(public)
     last = client.get(f"/kbs/v1/audit?after={n - 1}", headers=reader).json()
     assert last[0]["hash"] == out["hash"] and last[0]["sig"]
-    assert (
-        client.get("/kbs/v1/audit/checkpoint", headers=token_headers(services, "keys:search")).status_code
-        == 403
-    )
+    forbidden = client.get("/kbs/v1/audit/checkpoint", headers=token_headers(services, "keys:search"))
+    assert forbidden.status_code == 403
+
+    # an auditor pins the served public key and verifies with it; another key is refused
+    pinned, other = tmp_path / "checkpoint.pub", tmp_path / "other.pub"
+    pinned.write_text(out["public_key"] + "\n")
+    other.write_text(base64.b64encode(bytes(range(32))).decode())
+    args = ["audit", "verify", "--data-dir", str(services.settings.data_dir), "--database", services.db.url]
+    r = CliRunner().invoke(cli, [*args, "--checkpoint-key", str(pinned)])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(cli, [*args, "--checkpoint-key", str(other)])
+    assert r.exit_code == 1 and "checkpoint-file check" in r.output and "signed by checkpoint key" in r.output
 
 
 def test_records_written_while_sealed_are_unsigned_and_verify_once_checkpointed(

@@ -21,6 +21,7 @@ ROUTES = [
     ("PUT", f"/kbs/v1/key-transfer-policies/{KID}", SGX_POLICY, "key_transfer_policies:update"),
     ("DELETE", f"/kbs/v1/key-transfer-policies/{KID}", None, "key_transfer_policies:delete"),
     ("GET", "/kbs/v1/audit", None, "audit:read"),
+    ("GET", "/kbs/v1/audit/checkpoint", None, "audit:read"),
 ]
 
 

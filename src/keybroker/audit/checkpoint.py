@@ -177,13 +177,16 @@ def load_or_create_key(path: Path) -> Ed25519PrivateKey:
 
 
 def load_public_key(path: Path) -> Ed25519PublicKey:
-    """The checkpoint public key from ``path``: the data dir's private key file, or an exported
-    public key (PEM SubjectPublicKeyInfo) for checking checkpoints away from the service."""
+    """The checkpoint public key from ``path``: the data dir's private key file, or, to check
+    checkpoints away from the service, the public key in PEM (SubjectPublicKeyInfo) or raw in
+    base64 (``public_key`` of ``GET /kbs/v1/audit/checkpoint``)."""
     try:
         pem = path.read_bytes()
     except FileNotFoundError:
         raise InvalidInput(f"no audit checkpoint key at {path}", field="checkpoint_key") from None
     try:
+        if b"-----BEGIN" not in pem:
+            return Ed25519PublicKey.from_public_bytes(base64.b64decode(pem.strip(), validate=True))
         if b"PRIVATE KEY" in pem:
             private = serialization.load_pem_private_key(pem, None)
             if isinstance(private, Ed25519PrivateKey):
@@ -192,9 +195,9 @@ def load_public_key(path: Path) -> Ed25519PublicKey:
             public = serialization.load_pem_public_key(pem)
             if isinstance(public, Ed25519PublicKey):
                 return public
-    except ValueError:
+    except (binascii.Error, ValueError):
         pass
-    raise InvalidInput(f"{path} holds no Ed25519 key in PEM", field="checkpoint_key")
+    raise InvalidInput(f"{path} holds no Ed25519 key (PEM, or raw in base64)", field="checkpoint_key")
 
 
 class CheckpointFile:

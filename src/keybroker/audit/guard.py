@@ -185,7 +185,9 @@ class ChainGuard:
         if new:
             log.error(
                 "AUDIT CHAIN ALARM: %s. This replica does not extend the audit log and refuses key "
-                "operations until the chain authenticates again; run 'keybroker audit verify'.",
+                "operations until the chain authenticates again; run 'keybroker audit verify'. If the "
+                "database was replaced on purpose (a restored backup, a new key store), move the "
+                "checkpoint file of the data dir aside, keeping it as the record of what was lost.",
                 reason,
             )
         raise AuditChainAlarm(
