@@ -398,8 +398,8 @@ def _consistent(cps: Sequence[Checkpoint]) -> str | None:
             )
         if a.signed_from != b.signed_from:
             return f"the checkpoints disagree on signed_from ({a.signed_from}, {b.signed_from})"
-        if a.record_key is not None and b.record_key is not None and a.record_key != b.record_key:
-            return "the checkpoints name two different record keys"
+    if len({c.record_key for c in cps if c.record_key is not None}) > 1:
+        return "the checkpoints name different record keys"
     if cps and cps[0].seq == 0 and cps[0].hash != GENESIS:
         return "a checkpoint of record 0 does not have the genesis hash"
     return None
