@@ -892,7 +892,7 @@ BUCKETS: list[tuple[str, tuple[str, ...]]] = [
     ("crypto: EAR verify", ("verify_ear (",)),
     ("crypto: wrap (SecL/JWE)", ("software_wrap (", "jwe_wrap (")),
     ("DB commit (incl. fsync)", ("do_commit (",)),
-    ("audit append (head read, record hash)", ("audit/log.py",)),
+    ("audit append (head check, record hash, signature)", ("keybroker/audit/",)),
     ("DB: nonces", ("keys/nonces.py",)),
     ("DB: key + policy lookup", ("_key_and_policy (",)),
     ("DB: sessions/resources (kbs/v0)", ("KbsV0Service",)),

@@ -74,6 +74,17 @@ class LimitsSettings(BaseModel):
     outstanding_sessions: int = Field(default=10_000, ge=1, le=10_000_000)
 
 
+class AuditSettings(BaseModel):
+    """Checkpoints of the audit chain head (:mod:`keybroker.audit.checkpoint`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    #: Seconds between checkpoints while records are appended (also one at start and at shutdown).
+    checkpoint_interval_seconds: float = Field(default=1.0, gt=0, le=60)
+    #: Also log each checkpoint (logger ``keybroker.audit.checkpoint``), e.g. for syslog/journald.
+    checkpoint_log: bool = False
+
+
 class Settings(BaseModel):
     """Everything ``keybroker serve`` and the local operator commands need."""
 
@@ -95,6 +106,7 @@ class Settings(BaseModel):
     keystore: KeystoreSettings = Field(default_factory=KeystoreSettings)
     seal: SealSettings = Field(default_factory=SealSettings)
     limits: LimitsSettings = Field(default_factory=LimitsSettings)
+    audit: AuditSettings = Field(default_factory=AuditSettings)
 
     @field_validator("listen")
     @classmethod

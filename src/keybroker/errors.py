@@ -74,6 +74,12 @@ class BackendUnavailable(KeybrokerError):
     status = 503
 
 
+class AuditChainAlarm(BackendUnavailable):
+    """The audit chain head cannot be authenticated: nothing is appended to it, no key is served."""
+
+    title = "Audit chain alarm"
+
+
 class UnsupportedMediaType(KeybrokerError):
     title = "Unsupported media type"
     status = 415

@@ -331,8 +331,7 @@ def test_create_is_atomic_when_the_keystore_fails(
     assert r.status_code == 503 and "mid-write" in r.json()["detail"]
     with services.db.session() as s:
         assert s.scalar(select(func.count()).select_from(Key)) == 0
-        # only the failure record was appended, no key.create
-        actions = [a for (a,) in s.execute(select(AuditRecord.action).order_by(AuditRecord.seq))][
-            audits_before:
-        ]
-    assert actions == ["POST /kbs/v1/keys"]
+        # only the failure record was appended, no successful key.create
+        rows = s.execute(select(AuditRecord.action, AuditRecord.outcome).order_by(AuditRecord.seq))
+        actions = [tuple(r) for r in rows][audits_before:]
+    assert actions == [("key.create", "failed")]

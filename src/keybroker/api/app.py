@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.routing import APIRoute
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -27,6 +29,32 @@ log = logging.getLogger("keybroker.api")
 MAX_BODY = 1024 * 1024
 _JSON_TYPES = ("application/json",)
 _SEALED_PREFIXES = ("/kbs/v1/keys", "/kbs/v1/key-transfer-policies")
+#: Refused while the audit chain cannot be authenticated (every other key operation is refused by
+#: ``audit.append``, which it needs).
+_KEY_PREFIXES = (*_SEALED_PREFIXES, "/kbs/v0/")
+#: The audit action of a failed admin call, by method and route template: every route under
+#: /kbs/v1/ must be here (``create_app`` checks). None: not audited here (public, or audited by its
+#: service with more detail). Requests that match no route are counted in the metrics, not audited:
+#: the log is not a log of request text.
+FAILURE_ACTIONS: dict[tuple[str, str], str | None] = {
+    ("GET", "/kbs/v1/version"): None,
+    ("POST", "/kbs/v1/keys"): "key.create",
+    ("GET", "/kbs/v1/keys"): "key.search",
+    ("GET", "/kbs/v1/keys/{key_id}"): "key.retrieve",
+    ("DELETE", "/kbs/v1/keys/{key_id}"): "key.delete",
+    ("POST", "/kbs/v1/keys/{key_id}/certificate"): "key.certify",
+    ("GET", "/kbs/v1/keys/{key_id}/certificate"): "key.certificate.retrieve",
+    ("POST", "/kbs/v1/keys/{key_id}/transfer"): None,  # the release service audits each decision
+    ("POST", "/kbs/v1/key-transfer-policies"): "policy.create",
+    ("GET", "/kbs/v1/key-transfer-policies"): "policy.search",
+    ("GET", "/kbs/v1/key-transfer-policies/{policy_id}"): "policy.retrieve",
+    ("PUT", "/kbs/v1/key-transfer-policies/{policy_id}"): "policy.update",
+    ("DELETE", "/kbs/v1/key-transfer-policies/{policy_id}"): "policy.delete",
+    ("GET", "/kbs/v1/audit"): "audit.read",
+    ("GET", "/kbs/v1/audit/checkpoint"): "audit.read",
+    ("GET", "/kbs/v1/tokens"): "token.search",
+    ("DELETE", "/kbs/v1/tokens/{jti}"): "token.revoke",
+}
 #: The metrics' route label of requests that matched no route.
 _UNMATCHED = "<unmatched>"
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -124,11 +152,11 @@ class CrossCutting:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                route_path = getattr(scope.get("route"), "path", path)
-                # Audited before the client hears of it. Transfers are audited by the release
-                # service, with the evidence and the reasons.
-                if status >= 400 and path.startswith("/kbs/v1/") and not route_path.endswith("/transfer"):
-                    await run_in_threadpool(self._audit_failure, scope, route_path, status)
+                # Audited before the client hears of it, under the route's action.
+                route_path = getattr(scope.get("route"), "path", None)
+                action = FAILURE_ACTIONS.get((method, route_path)) if route_path else None
+                if status >= 400 and action is not None:
+                    await run_in_threadpool(self._audit_failure, scope, action, status)
             await send(message)
 
         try:
@@ -154,6 +182,15 @@ class CrossCutting:
             return problems.problem(
                 503, "Service sealed", f"the key store {why}: key operations are unavailable", Request(scope)
             )
+        alarm = self.services.checkpointer.guard.alarm
+        if alarm is not None and path.startswith(_KEY_PREFIXES):
+            return problems.problem(
+                503,
+                "Audit chain alarm",
+                f"the audit chain cannot be authenticated: {alarm}; key operations are refused until an "
+                "operator checks it ('keybroker audit verify')",
+                Request(scope),
+            )
         return None
 
     def _finish(self, scope: Scope, method: str, path: str, status: int, start: float) -> None:
@@ -165,7 +202,7 @@ class CrossCutting:
         self.requests.labels(method, route_path, str(status)).inc()
         self.latency.labels(method, route_path).observe(time.perf_counter() - start)
 
-    def _audit_failure(self, scope: Scope, route_path: str, status: int) -> None:
+    def _audit_failure(self, scope: Scope, action: str, status: int) -> None:
         request = Request(scope)
         principal: Any = getattr(request.state, "principal", None)
         if principal is None:
@@ -183,7 +220,7 @@ class CrossCutting:
                 audit.append(
                     s,
                     actor=actor,
-                    action=f"{scope['method']} {route_path}",
+                    action=action,
                     object_id=params.get("key_id") or params.get("policy_id"),
                     outcome=outcome,
                     reason=getattr(request.state, "problem_detail", None) or f"HTTP {status}",
@@ -192,11 +229,31 @@ class CrossCutting:
             log.error("could not write the audit record for a failed request: %s", type(exc).__name__)
 
 
+def _check_failure_actions(app: FastAPI) -> None:
+    """Every /kbs/v1 route names the audit action of its failures (a programming error otherwise)."""
+    for route in app.routes:
+        if isinstance(route, APIRoute) and route.path.startswith("/kbs/v1/"):
+            for method in route.methods or ():
+                if (method, route.path) not in FAILURE_ACTIONS:
+                    raise RuntimeError(
+                        f"{method} {route.path}: add its audit action to api.app.FAILURE_ACTIONS"
+                    )
+
+
 def create_app(services: Services) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await run_in_threadpool(services.checkpointer.start)
+        try:
+            yield
+        finally:
+            await run_in_threadpool(services.checkpointer.stop)
+
     app = FastAPI(
         title="keybroker",
         version=__version__,
         description="Key Broker Service and Attestation Service for confidential computing.",
+        lifespan=lifespan,
     )
     app.state.services = services
     registry = CollectorRegistry()
@@ -210,6 +267,17 @@ def create_app(services: Services) -> FastAPI:
         ["method", "route"],
         registry=registry,
     )
+    guard = services.checkpointer.guard
+    Gauge(
+        "keybroker_audit_chain_alarm",
+        "1 while this replica cannot authenticate the audit chain head (it refuses key operations)",
+        registry=registry,
+    ).set_function(lambda: 0.0 if guard.alarm is None else 1.0)
+    Gauge(
+        "keybroker_audit_checkpoint_seq",
+        "The audit record covered by this replica's newest checkpoint",
+        registry=registry,
+    ).set_function(lambda: float(cp.seq) if (cp := services.checkpointer.latest) is not None else -1.0)
     problems.install(app)
     schema.document(app)
 
@@ -226,4 +294,5 @@ def create_app(services: Services) -> FastAPI:
     if loose:
         # every JSON body goes through the strict reader: a router without its route class would not
         raise RuntimeError(f"routes without StrictRoute: {', '.join(loose)}")
+    _check_failure_actions(app)
     return app

@@ -11,6 +11,15 @@ from pathlib import Path
 from cryptography import x509
 
 from keybroker import datadir
+from keybroker.audit import log as audit
+from keybroker.audit.checkpoint import (
+    CHECKPOINT_FILE,
+    CHECKPOINT_KEY_FILE,
+    CheckpointFile,
+    CheckpointSigner,
+    load_or_create_key,
+)
+from keybroker.audit.guard import ChainGuard, Checkpointer
 from keybroker.auth.registry import TokenRegistry
 from keybroker.auth.tokens import load_or_create_signing_key
 from keybroker.collateral.store import DbCollateralSource
@@ -119,6 +128,26 @@ def _warn_key_certificates_under_tls_anchor(keys: KeyService, cas: ServiceCAs) -
         )
 
 
+def _checkpointer(settings: Settings, db: Database, barrier: Barrier) -> Checkpointer:
+    """The audit chain's guard, attached to ``db`` before anything appends, and its checkpointer;
+    both start from the newest checkpoint in the data dir."""
+    signer = CheckpointSigner(load_or_create_key(settings.data_dir / CHECKPOINT_KEY_FILE))
+    sink = CheckpointFile(settings.data_dir / CHECKPOINT_FILE)
+    latest = sink.last(signer.public_key)
+    guard = ChainGuard(barrier, latest)
+    audit.attach_guard(db.engine, guard)
+    conf = settings.audit
+    return Checkpointer(
+        db,
+        guard,
+        signer,
+        sink,
+        interval=conf.checkpoint_interval_seconds,
+        emit_log=conf.checkpoint_log,
+        latest=latest,
+    )
+
+
 @dataclass
 class Services:
     settings: Settings
@@ -137,6 +166,8 @@ class Services:
     attestation: AttestationService
     kbs_v0: KbsV0Service
     unseal: UnsealService
+    #: Authenticates the audit chain head before appends, checkpoints it (started with the app).
+    checkpointer: Checkpointer
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -146,6 +177,7 @@ class Services:
         db.migrate()
         barrier = Barrier(db)
         configure_auto_unseal(barrier, settings.seal)
+        checkpointer = _checkpointer(settings, db, barrier)
         keystore = build_keystore(settings.keystore, barrier)
         cas = load_or_create_cas(data_dir)
         load_or_create_signing_key(data_dir / TOKEN_KEY_FILE)
@@ -207,6 +239,7 @@ class Services:
                     limits.unseal_failures_per_minute,
                 ),
             ),
+            checkpointer,
         )
         _warn_key_certificates_under_tls_anchor(services.keys, cas)
         if settings.dev:

@@ -9,10 +9,9 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-from rich.table import Table
 
 from keybroker import __version__, datadir
-from keybroker.cli import collateral, devpki, evidence, keystore, policy, token
+from keybroker.cli import audit, collateral, devpki, evidence, keystore, policy, token
 from keybroker.cli.common import (
     EXIT_FAILED,
     EXIT_USAGE,
@@ -32,10 +31,9 @@ app = typer.Typer(
     add_completion=False,
 )
 operator_app = typer.Typer(help="Initialize, unseal and seal the key store.", no_args_is_help=True)
-audit_app = typer.Typer(help="Read and verify the hash-chained audit log.", no_args_is_help=True)
 app.add_typer(operator_app, name="operator")
 app.add_typer(token.app, name="token")
-app.add_typer(audit_app, name="audit")
+app.add_typer(audit.app, name="audit")
 app.add_typer(devpki.app, name="dev-pki")
 app.add_typer(evidence.app, name="evidence")
 app.add_typer(collateral.app, name="collateral")
@@ -276,60 +274,6 @@ def operator_status(
             console.print(f"{'progress':12} {out['progress']}/{out['t']}{attempt}", highlight=False)
     if out["sealed"]:
         raise typer.Exit(EXIT_FAILED)
-
-
-# --- audit ----------------------------------------------------------------------------------------
-
-
-@audit_app.command("list")
-@handle_errors
-def audit_list(
-    config: ConfigOpt = None,
-    data_dir: DataDirOpt = None,
-    database: DatabaseOpt = None,
-    after: Annotated[int, typer.Option(min=0, help="show records after this sequence number")] = 0,
-    limit: Annotated[int, typer.Option(min=1, help="at most this many records")] = 1000,
-    as_json: Annotated[bool, typer.Option("--json", help="one JSON object per line")] = False,
-) -> None:
-    """List audit records."""
-    from keybroker.audit import log as audit
-    from keybroker.store.db import Database
-
-    db = Database(_settings(config, data_dir, database).database_url)
-    with db.session() as s:
-        rows = [audit.to_dict(r) for r in audit.iter_records(s, after=after, limit=limit)]
-    if as_json:
-        for r in rows:
-            typer.echo(json.dumps(r))
-        return
-    table = Table("seq", "time", "actor", "action", "object", "outcome", "reason", expand=True)
-    for r in rows:
-        table.add_row(
-            str(r["seq"]),
-            r["time"],
-            r["actor"],
-            r["action"],
-            r["object_id"] or "",
-            r["outcome"],
-            r["reason"] or "",
-        )
-    console.print(table)
-
-
-@audit_app.command("verify")
-@handle_errors
-def audit_verify(config: ConfigOpt = None, data_dir: DataDirOpt = None, database: DatabaseOpt = None) -> None:
-    """Recompute the hash chain. Exit 0 intact; 1 naming the first bad record."""
-    from keybroker.audit import log as audit
-    from keybroker.store.db import Database
-
-    db = Database(_settings(config, data_dir, database).database_url)
-    with db.session() as s:
-        result = audit.verify_chain(s)
-    if result.ok:
-        console.print(f"audit chain intact: {result.records} records")
-        return
-    fail(f"audit chain broken at record {result.bad_seq}: {result.problem}", EXIT_FAILED)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -23,6 +23,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from sqlalchemy import select
 
 from keybroker.errors import Conflict, InvalidInput, Sealed
@@ -155,6 +157,11 @@ class Barrier:
         if key is None:
             raise Sealed("the key store is sealed: unseal it with 'keybroker operator unseal'")
         return key
+
+    def derive_key(self, label: bytes, length: int = KEY_SIZE) -> bytes:
+        """A key derived from the root key (HKDF-SHA256, ``label`` as info): the same on every replica
+        that shares the root key, unavailable while sealed. Callers must drop it when ``sealed``."""
+        return HKDF(algorithm=hashes.SHA256(), length=length, salt=None, info=label).derive(self.root_key())
 
     # --- init / unseal / seal ------------------------------------------------------------
 

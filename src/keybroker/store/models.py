@@ -90,6 +90,9 @@ class AuditRecord(Base):
     details: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64))
+    #: Ed25519 signature of ``hash`` by the record key under the seal (base64); None for records
+    #: written while sealed or before signing began (``AuditHead.signed_from``).
+    sig: Mapped[str | None] = mapped_column(String(128), nullable=True)
 
 
 class AuditHead(Base):
@@ -100,6 +103,9 @@ class AuditHead(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     seq: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"))
     hash: Mapped[str] = mapped_column(String(64))
+    #: The first record that must be signed (records before it predate signing). Anchored by the
+    #: checkpoints, which repeat it: a change here alone is detected.
+    signed_from: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), default=1)
 
 
 class Nonce(Base):

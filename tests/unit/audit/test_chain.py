@@ -8,6 +8,8 @@ from keybroker.audit import log as audit
 from keybroker.store.db import Database
 from keybroker.store.models import AuditRecord
 
+_ACTIONS = ("key.create", "key.retrieve", "key.search", "key.delete", "policy.create")
+
 
 def _db(tmp_path: Path, n: int = 5) -> Database:
     db = Database(f"sqlite:///{tmp_path / 'a.db'}")
@@ -15,7 +17,12 @@ def _db(tmp_path: Path, n: int = 5) -> Database:
     for i in range(n):
         with db.session() as s:
             audit.append(
-                s, actor="t", action=f"act{i}", outcome="success", object_id=str(i), details={"i": i}
+                s,
+                actor="t",
+                action=_ACTIONS[i % len(_ACTIONS)],
+                outcome="success",
+                object_id=str(i),
+                details={"i": i},
             )
     return db
 

@@ -23,7 +23,7 @@ def test_parallel_appends_keep_the_chain(database_url: str) -> None:
 
     def append(i: int) -> None:
         with db.session() as s:
-            audit.append(s, actor="t", action="parallel", outcome="success", object_id=str(i))
+            audit.append(s, actor="t", action="key.search", outcome="success", object_id=str(i))
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         list(pool.map(append, range(200)))

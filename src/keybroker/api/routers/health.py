@@ -12,7 +12,7 @@ from keybroker.api.body import StrictRoute
 from keybroker.api.deps import services
 from keybroker.api.schema import responses
 from keybroker.api.services import Services
-from keybroker.errors import BackendUnavailable, Sealed
+from keybroker.errors import AuditChainAlarm, BackendUnavailable, Sealed
 
 router = APIRouter(tags=["health"], route_class=StrictRoute)
 Svc = Annotated[Services, Depends(services)]
@@ -37,6 +37,8 @@ def readyz(svc: Svc) -> dict[str, str]:
         raise Sealed("the key store is not initialized: run 'keybroker operator init'")
     if st.sealed:
         raise Sealed(f"the key store is sealed ({st.progress}/{st.threshold} unseal shares given)")
+    if (alarm := svc.checkpointer.guard.alarm) is not None:
+        raise AuditChainAlarm(f"the audit chain cannot be authenticated: {alarm}")
     svc.keystore.health()
     return {"status": "ready"}
 

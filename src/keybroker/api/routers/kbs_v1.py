@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -14,9 +15,10 @@ from keybroker.api.deps import actor_of, principal, require, services
 from keybroker.api.schema import DB_INT_MAX, UUID_PATTERN, KeyId, PolicyId, Timestamp, responses
 from keybroker.api.services import Services
 from keybroker.audit import log as audit
+from keybroker.audit.checkpoint import raw_public
 from keybroker.auth.registry import TokenRecord
 from keybroker.auth.tokens import Principal
-from keybroker.errors import Forbidden
+from keybroker.errors import Forbidden, NotFound
 from keybroker.keys.material import AES_LENGTHS, RSA_LENGTHS
 from keybroker.keys.policy import TransferPolicyBody
 from keybroker.keys.service import Caller, CertificateRequest, CreateKeyRequest
@@ -383,6 +385,9 @@ class AuditRecordOut(BaseModel):
     details: dict[str, Any] | None
     prev_hash: str
     hash: str
+    sig: str | None = Field(
+        description="Ed25519 signature of hash by the record key (base64); null while sealed"
+    )
 
 
 @router.get("/audit", response_model=list[AuditRecordOut], tags=["audit"])
@@ -396,3 +401,39 @@ def read_audit(
 ) -> list[AuditRecordOut]:
     with svc.db.session() as s:
         return [AuditRecordOut(**audit.to_dict(r)) for r in audit.iter_records(s, after=after, limit=limit)]
+
+
+class CheckpointOut(BaseModel):
+    seq: int = Field(description="the last audit record the checkpoint covers (0: the empty chain)")
+    hash: str = Field(description="that record's hash: it fixes every record up to it")
+    time: str
+    signed_from: int = Field(description="the first record that must carry a signature")
+    record_key: str | None = Field(description="the record signing key, raw Ed25519 public key (base64)")
+    key_id: str = Field(description="the checkpoint key: SHA-256 of its raw public key, first 16 bytes, hex")
+    public_key: str = Field(
+        description="the checkpoint key, raw Ed25519 public key (base64); pin it out of band"
+    )
+    sig: str = Field(
+        description="Ed25519 over 'keybroker/audit-checkpoint/v1\\n' + JCS of the other fields but public_key"
+    )
+    line: str = Field(description="the checkpoint as written to the checkpoint file")
+
+
+@router.get("/audit/checkpoint", response_model=CheckpointOut, tags=["audit"])
+def read_audit_checkpoint(svc: Svc, caller: Caller = Depends(require("audit:read"))) -> CheckpointOut:
+    """This replica's newest signed checkpoint of the audit chain head."""
+    cp = svc.checkpointer.latest
+    if cp is None:
+        raise NotFound("this replica has written no audit checkpoint yet")
+    body = cp.body()
+    return CheckpointOut(
+        seq=cp.seq,
+        hash=cp.hash,
+        time=body["time"],
+        signed_from=cp.signed_from,
+        record_key=cp.record_key,
+        key_id=cp.key_id,
+        public_key=base64.b64encode(raw_public(svc.checkpointer.signer.public_key)).decode(),
+        sig=cp.sig,
+        line=cp.to_json(),
+    )

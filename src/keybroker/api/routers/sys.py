@@ -120,7 +120,9 @@ def unseal(body: UnsealIn, request: Request, svc: Svc) -> StatusOut:
 
 @router.post("/seal", response_model=StatusOut)
 def seal(svc: Svc, caller: Caller = Depends(require("sys:seal"))) -> StatusOut:
-    svc.barrier.seal()
-    with svc.db.session() as s:
-        audit.append(s, actor=caller.actor, action="sys.seal", outcome="success")
+    try:  # recorded first, so that the record is signed while the key is still at hand
+        with svc.db.session() as s:
+            audit.append(s, actor=caller.actor, action="sys.seal", outcome="success")
+    finally:  # sealed even when the audit record cannot be written
+        svc.barrier.seal()
     return _status(svc.barrier.status())
