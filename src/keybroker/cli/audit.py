@@ -17,23 +17,11 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from keybroker.cli.common import EXIT_FAILED, console, handle_errors
+from keybroker.cli.common import EXIT_FAILED, ConfigOpt, DatabaseOpt, DataDirOpt, console, handle_errors
 from keybroker.config import Settings, load_settings
 
 app = typer.Typer(help="Read and verify the signed, hash-chained audit log.", no_args_is_help=True)
 
-ConfigOpt = Annotated[
-    Optional[Path],  # noqa: UP045 - typer needs Optional here
-    typer.Option("--config", help="TOML config file", envvar="KEYBROKER_CONFIG"),
-]
-DataDirOpt = Annotated[
-    Optional[Path],  # noqa: UP045
-    typer.Option("--data-dir", help="data directory [default: ./data]"),
-]
-DatabaseOpt = Annotated[
-    Optional[str],  # noqa: UP045
-    typer.Option("--database", help="SQLAlchemy URL [default: SQLite in the data dir]"),
-]
 
 #: Shown as escapes: control, format (bidi overrides, zero-width) and line/paragraph separators.
 _UNPRINTABLE = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
@@ -104,13 +92,13 @@ def audit_verify(
     database: DatabaseOpt = None,
     checkpoints: Annotated[
         Optional[Path],  # noqa: UP045
-        typer.Option("--checkpoints", help="checkpoint file [default: <data-dir>/audit-checkpoints.jsonl]"),
+        typer.Option("--checkpoints", help="checkpoint file (default: <data-dir>/audit-checkpoints.jsonl)"),
     ] = None,
     checkpoint_key: Annotated[
         Optional[Path],  # noqa: UP045
         typer.Option(
             "--checkpoint-key",
-            help="checkpoint key: the data dir's, or its public key in PEM [default: <data-dir>/audit-checkpoint-key.pem]",
+            help="checkpoint key: the data dir's, or its public key in PEM (default: <data-dir>/audit-checkpoint-key.pem)",
         ),
     ] = None,
     grace: Annotated[
@@ -118,7 +106,7 @@ def audit_verify(
         typer.Option(
             "--grace",
             min=0,
-            help="seconds a record may stay uncovered by a checkpoint [default: the checkpoint interval + 10]",
+            help="seconds a record may stay uncovered by a checkpoint (default: the checkpoint interval + 10)",
         ),
     ] = None,
     no_checkpoints: Annotated[

@@ -23,6 +23,9 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from keybroker.cli.common import (
+    ConfigOpt,
+    DatabaseOpt,
+    DataDirOpt,
     console,
     err_console,
     handle_errors,
@@ -46,18 +49,6 @@ P = ParamSpec("P")
 R = TypeVar("R")
 _FMSPC = re.compile(r"[0-9A-Fa-f]{12}")
 
-ConfigOpt = Annotated[
-    Optional[Path],  # noqa: UP045 - typer needs Optional here
-    typer.Option("--config", help="TOML config file", envvar="KEYBROKER_CONFIG"),
-]
-DataDirOpt = Annotated[
-    Optional[Path],  # noqa: UP045
-    typer.Option("--data-dir", help="data directory [default: ./data]"),
-]
-DatabaseOpt = Annotated[
-    Optional[str],  # noqa: UP045
-    typer.Option("--database", help="SQLAlchemy URL [default: SQLite in the data dir]"),
-]
 TrustRootOpt = Annotated[
     Optional[list[Path]],  # noqa: UP045
     typer.Option(
@@ -217,7 +208,7 @@ def list_(
 def export(
     fmspc: Annotated[str, typer.Option("--fmspc", help="FMSPC (12 hex digits).")],
     out: Annotated[Path, typer.Option("--out", help="Bundle file to write.")],
-    tee: Annotated[Optional[str], typer.Option("--tee", help="sgx or tdx [default: both].")] = None,  # noqa: UP045
+    tee: Annotated[Optional[str], typer.Option("--tee", help="sgx or tdx (default: both).")] = None,  # noqa: UP045
     history: Annotated[bool, typer.Option("--history", help="Include every stored version.")] = False,
     config: ConfigOpt = None,
     data_dir: DataDirOpt = None,
@@ -245,11 +236,11 @@ def fetch(
         str, typer.Option("--from", help="PCS/PCCS URL, e.g. https://api.trustedservices.intel.com")
     ],
     fmspc: Annotated[str, typer.Option("--fmspc", help="FMSPC (12 hex digits).")],
-    tee: Annotated[Optional[str], typer.Option("--tee", help="sgx or tdx [default: both].")] = None,  # noqa: UP045
+    tee: Annotated[Optional[str], typer.Option("--tee", help="sgx or tdx (default: both).")] = None,  # noqa: UP045
     ca_file: Annotated[
         Optional[Path],  # noqa: UP045
         typer.Option(
-            "--ca-file", help="CA bundle to trust for the source's TLS certificate [default: system]."
+            "--ca-file", help="CA bundle to trust for the source's TLS certificate (default: system)."
         ),
     ] = None,
     retries: Annotated[

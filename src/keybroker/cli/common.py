@@ -8,7 +8,7 @@ import ssl
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn, ParamSpec, TypeVar
+from typing import Annotated, Any, NoReturn, Optional, ParamSpec, TypeVar
 
 import httpx
 import typer
@@ -19,6 +19,25 @@ from keybroker.errors import KeybrokerError
 
 console = Console()
 err_console = Console(stderr=True)
+
+# Options shared by the local operator commands. Help texts say "(default: ...)", never "[default:
+# ...]": rich reads square brackets as markup and drops them.
+ConfigOpt = Annotated[
+    Optional[Path],  # noqa: UP045 - typer needs Optional here
+    typer.Option("--config", help="TOML config file", envvar="KEYBROKER_CONFIG"),
+]
+DataDirOpt = Annotated[
+    Optional[Path],  # noqa: UP045
+    typer.Option("--data-dir", help="data directory (default: ./data)", envvar="KEYBROKER_DATA_DIR"),
+]
+DatabaseOpt = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option(
+        "--database",
+        help="SQLAlchemy URL, e.g. postgresql+psycopg://user@host/db (default: SQLite in the data dir)",
+        envvar="KEYBROKER_DATABASE",
+    ),
+]
 
 P = ParamSpec("P")
 R = TypeVar("R")

@@ -235,7 +235,7 @@ def verify(
     at: Annotated[
         Optional[str],  # noqa: UP045
         typer.Option(
-            "--at", help="Verification time: ISO 8601 with timezone, or UNIX seconds [default: now]."
+            "--at", help="Verification time: ISO 8601 with timezone, or UNIX seconds (default: now)."
         ),
     ] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
@@ -261,7 +261,7 @@ def verify(
     ] = None,
 ) -> None:
     """Verify a quote: verdict, TCB status, advisories, checks performed and claims. Without
-    --collateral, collateral comes from the service's store (``keybroker collateral import/fetch``)."""
+    --collateral, collateral comes from the service's store (keybroker collateral import or fetch)."""
     raw = b""
     try:
         when = parse_at(at) if at is not None else datetime.now(UTC)

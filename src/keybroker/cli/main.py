@@ -15,6 +15,9 @@ from keybroker.cli import audit, collateral, devpki, evidence, keystore, policy,
 from keybroker.cli.common import (
     EXIT_FAILED,
     EXIT_USAGE,
+    ConfigOpt,
+    DatabaseOpt,
+    DataDirOpt,
     ServerClient,
     console,
     err_console,
@@ -40,21 +43,10 @@ app.add_typer(collateral.app, name="collateral")
 app.add_typer(keystore.app, name="keystore")
 app.add_typer(policy.app, name="policy")
 
-ConfigOpt = Annotated[
-    Path | None, typer.Option("--config", help="TOML config file", envvar="KEYBROKER_CONFIG")
-]  # noqa: UP045
-DataDirOpt = Annotated[Optional[Path], typer.Option("--data-dir", help="data directory [default: ./data]")]  # noqa: UP045
-DatabaseOpt = Annotated[
-    Optional[str],  # noqa: UP045
-    typer.Option(
-        "--database",
-        help="SQLAlchemy URL, e.g. postgresql+psycopg://user@host/db [default: SQLite in the data dir]",
-    ),
-]
 ServerOpt = Annotated[str, typer.Option("--server", envvar="KEYBROKER_ADDR", help="the service's URL")]
 CaOpt = Annotated[
     Optional[Path],  # noqa: UP045
-    typer.Option("--ca-file", help="CA to trust for HTTPS [default: <data-dir>/ca/ca.pem]"),
+    typer.Option("--ca-file", help="CA to trust for HTTPS (default: <data-dir>/ca/ca.pem)"),
 ]
 
 
@@ -89,7 +81,7 @@ def serve(
     config: ConfigOpt = None,
     data_dir: DataDirOpt = None,
     listen: Annotated[
-        str | None, typer.Option("--listen", help="HOST:PORT [default: 127.0.0.1:9443]")
+        str | None, typer.Option("--listen", help="HOST:PORT (default: 127.0.0.1:9443)")
     ] = None,  # noqa: UP045
     database: DatabaseOpt = None,
     insecure_http: Annotated[

@@ -47,7 +47,7 @@ def test(
         Path | None, typer.Option("--collateral", help="collateral JSON (corpus form)")
     ] = None,  # noqa: UP045
     at: Annotated[
-        str | None, typer.Option("--at", help="verification time: ISO 8601 or UNIX seconds [default: now]")
+        str | None, typer.Option("--at", help="verification time: ISO 8601 or UNIX seconds (default: now)")
     ] = None,  # noqa: UP045
     client_permissions: Annotated[
         Optional[str],  # noqa: UP045

@@ -19,7 +19,16 @@ from rich.table import Table
 
 from keybroker import datadir
 from keybroker.auth.registry import TokenRecord, TokenRegistry
-from keybroker.cli.common import EXIT_FAILED, console, err_console, fail, handle_errors
+from keybroker.cli.common import (
+    EXIT_FAILED,
+    ConfigOpt,
+    DatabaseOpt,
+    DataDirOpt,
+    console,
+    err_console,
+    fail,
+    handle_errors,
+)
 from keybroker.config import load_settings
 from keybroker.errors import InvalidInput
 
@@ -28,18 +37,6 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
-ConfigOpt = Annotated[
-    Optional[Path],  # noqa: UP045 - typer needs Optional here
-    typer.Option("--config", help="TOML config file", envvar="KEYBROKER_CONFIG"),
-]
-DataDirOpt = Annotated[
-    Optional[Path],  # noqa: UP045
-    typer.Option("--data-dir", help="data directory [default: ./data]"),
-]
-DatabaseOpt = Annotated[
-    Optional[str],  # noqa: UP045
-    typer.Option("--database", help="SQLAlchemy URL [default: SQLite in the data dir]"),
-]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON")]
 
 

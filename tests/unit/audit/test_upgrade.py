@@ -1,5 +1,5 @@
 """An audit chain written before records were signed keeps verifying after the upgrade (migration
-0006 sets ``signed_from`` past it), and the checkpoints protect it from then on."""
+0007 sets ``signed_from`` past it), and the checkpoints protect it from then on."""
 
 from __future__ import annotations
 
@@ -27,13 +27,13 @@ LEGACY = 3
 
 
 def _legacy_database(url: str) -> None:
-    """The schema at revision 0004 and three records as the old code wrote them (no ``sig``)."""
+    """The schema at revision 0006 and three records as the old code wrote them (no ``sig``)."""
     engine: Engine = create_engine(url)
     cfg = Config()
     cfg.set_main_option("script_location", str(Path(store_db.__file__).with_name("migrations")))
     with engine.begin() as conn:
         cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "0004")
+        command.upgrade(cfg, "0006")
     prev = GENESIS
     with engine.begin() as conn:
         for seq in range(1, LEGACY + 1):
@@ -64,7 +64,7 @@ def _legacy_database(url: str) -> None:
 
 
 def _run(data_dir: Path, url: str, *, create_key: bool) -> None:
-    svc = Services.build(Settings(data_dir=data_dir, database=url, dev=True))  # migrates to 0006
+    svc = Services.build(Settings(data_dir=data_dir, database=url, dev=True))  # migrates to 0007
     with TestClient(create_app(svc), base_url="https://testserver") as c:
         if create_key:
             h = {"Authorization": "Bearer " + svc.tokens.mint("admin", ["*:*"])}

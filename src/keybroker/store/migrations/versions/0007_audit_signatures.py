@@ -3,8 +3,8 @@
 Records already in the log carry no signature: ``signed_from`` is set to the first record written
 after this upgrade (1 on a new database), and the checkpoints repeat it from then on.
 
-Revision ID: 0006
-Revises: 0004
+Revision ID: 0007
+Revises: 0006
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0006"
-down_revision = "0004"
+revision = "0007"
+down_revision = "0006"
 
 _SEQ = sa.BigInteger().with_variant(sa.Integer, "sqlite")
 
