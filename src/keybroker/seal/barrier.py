@@ -18,6 +18,7 @@ import hmac
 import os
 import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,6 +27,7 @@ from typing import Protocol
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from keybroker.errors import Conflict, InvalidInput, Sealed
 from keybroker.seal import aead, shamir
@@ -172,6 +174,7 @@ class Barrier:
         threshold: int,
         unseal_key: bytes,
         wrapped_unseal_key: bytes | None = None,
+        also: Callable[[Session], None] | None = None,
     ) -> None:
         root = os.urandom(KEY_SIZE)
         encrypted = aead.seal(unseal_key, root, _ROOT_AAD)
@@ -189,19 +192,28 @@ class Barrier:
             if s.get(SealConfig, 1) is not None:
                 raise Conflict("the key store is already initialized")
             s.add(cfg)
+            if also is not None:
+                s.flush()
+                also(s)
 
-    def init_shamir(self, shares: int = 5, threshold: int = 3) -> InitResult:
-        """Initialize: unseal shares, or recovery shares when an auto seal is attached."""
+    def init_shamir(
+        self, shares: int = 5, threshold: int = 3, *, also: Callable[[Session], None] | None = None
+    ) -> InitResult:
+        """Initialize: unseal shares, or recovery shares when an auto seal is attached. ``also`` runs
+        in the transaction that stores the seal configuration (the audit record of the init: if it
+        cannot be written, nothing is initialized and no share is handed out to be lost)."""
         if self._auto is not None:
-            return self.init_auto(shares, threshold)
+            return self.init_auto(shares, threshold, also=also)
         if self._config() is not None:
             raise Conflict("the key store is already initialized")
         unseal_key = os.urandom(KEY_SIZE)
         parts = shamir.split(unseal_key, shares, threshold)
-        self._store("shamir", shares, threshold, unseal_key)
+        self._store("shamir", shares, threshold, unseal_key, also=also)
         return InitResult([base64.b64encode(p).decode() for p in parts], threshold)
 
-    def init_auto(self, shares: int = 5, threshold: int = 3) -> InitResult:
+    def init_auto(
+        self, shares: int = 5, threshold: int = 3, *, also: Callable[[Session], None] | None = None
+    ) -> InitResult:
         """Initialize with the attached auto seal; the barrier is unsealed afterwards."""
         seal = self._auto
         if seal is None:
@@ -211,7 +223,7 @@ class Barrier:
         unseal_key = os.urandom(KEY_SIZE)
         parts = shamir.split(unseal_key, shares, threshold)
         wrapped = seal.wrap(unseal_key, create_key=True)
-        self._store(seal.seal_type, shares, threshold, unseal_key, wrapped)
+        self._store(seal.seal_type, shares, threshold, unseal_key, wrapped, also=also)
         cfg = self._config()
         assert cfg is not None
         with self._lock:

@@ -11,6 +11,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
+from sqlalchemy.orm import Session
 
 from keybroker.api.body import StrictRoute
 from keybroker.api.deps import require, services
@@ -80,17 +81,18 @@ def seal_status(svc: Svc) -> StatusOut:
 
 @router.post("/init", response_model=InitOut, responses=responses(409, 503))
 def init(body: InitIn, svc: Svc) -> InitOut:
-    """Initialize the key store once. Answers 409 when already initialized."""
-    result = svc.barrier.init_shamir(body.shares, body.threshold)
+    """Initialize the key store once. Answers 409 when already initialized.
+
+    The admin token is minted first and the init is audited in the transaction that stores the
+    seal configuration: once the store is initialized, nothing is left to fail and lose the shares."""
     token = svc.tokens.mint("initial-admin", ["*:*"], ttl=timedelta(hours=24))
-    with svc.db.session() as s:
-        audit.append(
-            s,
-            actor="operator",
-            action="sys.init",
-            outcome="success",
-            details={"shares": body.shares, "threshold": body.threshold, "recovery": result.recovery},
-        )
+    recovery = svc.barrier.auto_seal is not None
+
+    def audited(s: Session) -> None:
+        details = {"shares": body.shares, "threshold": body.threshold, "recovery": recovery}
+        audit.append(s, actor="operator", action="sys.init", outcome="success", details=details)
+
+    result = svc.barrier.init_shamir(body.shares, body.threshold, also=audited)
     return InitOut(
         unseal_shares=result.shares, threshold=result.threshold, admin_token=token, recovery=result.recovery
     )
