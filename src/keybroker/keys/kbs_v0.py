@@ -55,7 +55,7 @@ SUPPORTED_TEES = ("sgx", "tdx")
 SESSION_TTL = timedelta(minutes=5)
 MAX_RESOURCE = 64 * 1024
 _HASH_PREFERENCE = ("sha384", "sha512", "sha256")
-_PATH_PART = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")
+_PATH_PART = re.compile(r"[A-Za-z0-9_.\-]{1,128}")
 _VERSION = re.compile(r"^(\d+)\.(\d+)\.(\d+)$")
 log = logging.getLogger("keybroker.kbs_v0")
 
@@ -122,7 +122,7 @@ _READ_POLICY = select(TransferPolicy.body).where(TransferPolicy.id == bindparam(
 
 def resource_path(repository: str, rtype: str, tag: str) -> str:
     for name, part in (("repository", repository), ("type", rtype), ("tag", tag)):
-        if not _PATH_PART.match(part) or part in (".", ".."):
+        if not _PATH_PART.fullmatch(part) or part in (".", ".."):
             raise InvalidInput(f"resource {name} {part!r} must be 1-128 of [A-Za-z0-9_.-]", field=name)
     return f"{repository}/{rtype}/{tag}"
 
