@@ -157,6 +157,8 @@ _ENV_SECTION_KEYS = {
     "LIMITS_UNSEAL_FAILURES_PER_MINUTE": ("limits", "unseal_failures_per_minute"),
     "LIMITS_OUTSTANDING_NONCES": ("limits", "outstanding_nonces"),
     "LIMITS_OUTSTANDING_SESSIONS": ("limits", "outstanding_sessions"),
+    "AUDIT_CHECKPOINT_INTERVAL_SECONDS": ("audit", "checkpoint_interval_seconds"),
+    "AUDIT_CHECKPOINT_LOG": ("audit", "checkpoint_log"),
 }
 
 

@@ -63,13 +63,17 @@ def test_a_revoked_token_is_refused_at_once(
 
     # again: a no-op that keeps the first revocation; unknown ids are 404
     assert client.delete(f"/kbs/v1/tokens/{victim.jti}", headers=admin_headers).status_code == 204
-    assert client.delete(f"/kbs/v1/tokens/{uuid.uuid4()}", headers=admin_headers).status_code == 404
+    unknown = str(uuid.uuid4())
+    assert client.delete(f"/kbs/v1/tokens/{unknown}", headers=admin_headers).status_code == 404
     assert client.delete("/kbs/v1/tokens/not-a-uuid", headers=admin_headers).status_code == 404
     revocations = _audit(client, admin_headers, "token.revoke")
-    assert [(r["object_id"], r["details"]["already_revoked"]) for r in revocations] == [
-        (victim.jti, False),
-        (victim.jti, True),
+    assert [(r["object_id"], r["outcome"]) for r in revocations] == [
+        (victim.jti, "success"),
+        (victim.jti, "success"),
+        (unknown, "failed"),
+        ("not-a-uuid", "failed"),
     ]
+    assert [r["details"]["already_revoked"] for r in revocations[:2]] == [False, True]
     assert any(r["object_id"] == victim.jti for r in _audit(client, admin_headers, "token.create"))
 
 

@@ -62,3 +62,12 @@ def test_limits_from_toml_and_environment(tmp_path: Path) -> None:
     assert (s.limits.outstanding_sessions, s.limits.unseal_failures_per_client_per_minute) == (10_000, 10)
     with pytest.raises(InvalidInput, match="limits.outstanding_sessions"):
         load_settings(None, environ={"KEYBROKER_LIMITS_OUTSTANDING_SESSIONS": "0"})
+
+
+def test_audit_settings_from_toml_and_environment(tmp_path: Path) -> None:
+    cfg = tmp_path / "kb.toml"
+    cfg.write_text("[audit]\ncheckpoint_interval_seconds = 5\n")
+    s = load_settings(cfg, environ={"KEYBROKER_AUDIT_CHECKPOINT_LOG": "true"})
+    assert (s.audit.checkpoint_interval_seconds, s.audit.checkpoint_log) == (5, True)
+    with pytest.raises(InvalidInput, match="audit.checkpoint_interval_seconds"):
+        load_settings(None, environ={"KEYBROKER_AUDIT_CHECKPOINT_INTERVAL_SECONDS": "0"})

@@ -221,7 +221,7 @@ class CrossCutting:
                     s,
                     actor=actor,
                     action=action,
-                    object_id=params.get("key_id") or params.get("policy_id"),
+                    object_id=params.get("key_id") or params.get("policy_id") or params.get("jti"),
                     outcome=outcome,
                     reason=getattr(request.state, "problem_detail", None) or f"HTTP {status}",
                 )
