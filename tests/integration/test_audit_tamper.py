@@ -192,7 +192,9 @@ def test_middle_edit_with_hashes_recomputed_and_signatures_stripped(broker: Brok
         _rehash(s)
 
     _as_dba(broker, edit)
-    assert "carries no signature" in _failed(_verify(broker), "signature", 2)  # 1 is a token.create, which may be unsigned
+    assert "carries no signature" in _failed(
+        _verify(broker), "signature", 2
+    )  # 1 is a token.create, which may be unsigned
 
 
 def test_signed_from_moved_to_pass_everything_off_as_older_than_signing(broker: Broker) -> None:
@@ -203,7 +205,9 @@ def test_signed_from_moved_to_pass_everything_off_as_older_than_signing(broker: 
         s.execute(update(AuditHead).where(AuditHead.id == 1).values(signed_from=broker.records + 1))
 
     _as_dba(broker, edit)
-    assert f"signed_from is {broker.records + 1} but the checkpoints say 1" in _failed(_verify(broker), "head")
+    assert f"signed_from is {broker.records + 1} but the checkpoints say 1" in _failed(
+        _verify(broker), "head"
+    )
 
 
 def test_middle_delete_with_hashes_recomputed(broker: Broker) -> None:
