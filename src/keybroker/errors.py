@@ -149,6 +149,18 @@ class CollateralNotFound(CollateralError, NotFound):
     status = 404
 
 
+class UntrustedCollateralRoot(CollateralError):
+    """A piece of collateral whose issuer chain (or CRL issuer) ends at a root that is not trusted.
+
+    ``root_sha256`` is the SHA-256 of that root certificate's DER (None for a CRL whose issuer is
+    no trusted root: its certificate is not in hand); ``root_name`` its common name."""
+
+    def __init__(self, detail: str, *, root_sha256: str | None, root_name: str) -> None:
+        super().__init__(detail, root_sha256=root_sha256, root_name=root_name)
+        self.root_sha256 = root_sha256
+        self.root_name = root_name
+
+
 class PolicyDenied(KeybrokerError):
     """Appraisal denied the request; ``reasons`` list each failed clause as the caller may be told
     it, ``explained`` as the audit log records it (with the policy's expected values; default: the

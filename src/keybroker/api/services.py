@@ -8,8 +8,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from cryptography import x509
-
 from keybroker import datadir
 from keybroker.audit import log as audit
 from keybroker.audit.checkpoint import (
@@ -23,6 +21,8 @@ from keybroker.audit.guard import ChainGuard, Checkpointer
 from keybroker.auth.registry import TokenRegistry
 from keybroker.auth.tokens import load_or_create_signing_key
 from keybroker.collateral.store import DbCollateralSource
+from keybroker.collateral.trust import DEV_PKI_DIR as DEV_PKI_DIR  # where tests find the dev PKI
+from keybroker.collateral.trust import dev_pki_dir, evidence_trust
 from keybroker.config import Settings, TrustedAttestationService
 from keybroker.errors import InvalidInput, KeybrokerError
 from keybroker.keys.kbs_v0 import KbsV0Service
@@ -38,7 +38,7 @@ from keybroker.serviceca import ServiceCA, ServiceCAs, load_or_create_cas
 from keybroker.store.db import Database
 from keybroker.tee.dcap.collateral import QuoteCollateral
 from keybroker.tee.sim import DevPki
-from keybroker.tee.verifier import ChainedCollateral, StaticCollateral, Verifier
+from keybroker.tee.verifier import Verifier
 from keybroker.tokens.ear import jwks_keys
 from keybroker.tokens.keyring_store import KeyringStore
 from keybroker.tokens.remote import RemoteAttestation
@@ -48,16 +48,6 @@ log = logging.getLogger("keybroker")
 
 TOKEN_KEY_FILE = "token-signing-key.pem"  # noqa: S105 - a file name
 DEV_UNSEAL_FILE = "dev-unseal.key"
-DEV_PKI_DIR = "dev-pki"
-
-
-def _load_root(path: Path) -> x509.Certificate:
-    try:
-        return x509.load_pem_x509_certificate(path.read_bytes())
-    except (OSError, ValueError) as exc:
-        raise InvalidInput(
-            f"trust.dev_roots: cannot load a PEM certificate from {path}: {exc}", field="trust.dev_roots"
-        ) from None
 
 
 def _trusted_issuer(index: int, conf: TrustedAttestationService) -> TrustedIssuer:
@@ -183,14 +173,10 @@ class Services:
         load_or_create_signing_key(data_dir / TOKEN_KEY_FILE)
         tokens = TokenRegistry(db, data_dir / TOKEN_KEY_FILE)
         tokens.register_key()
-        dev_roots = [_load_root(p) for p in settings.trust.dev_roots]
-        collateral = StaticCollateral()
         if settings.dev:
-            pki = _dev_pki(data_dir / DEV_PKI_DIR)
-            dev_roots.append(pki.root_cert)
-            for tee in ("sgx", "tdx"):
-                collateral.add(QuoteCollateral.from_json(pki.collateral_json(tee)))
-        verifier = Verifier(ChainedCollateral(collateral, DbCollateralSource(db)), dev_roots=dev_roots)
+            _dev_pki(dev_pki_dir(settings))  # created, or its collateral refreshed, before it is read
+        trust = evidence_trust(settings, DbCollateralSource(db))
+        verifier = Verifier(trust.collateral, dev_roots=trust.dev_roots)
         nonce_ttl = timedelta(seconds=settings.nonce_ttl_seconds)
         trusted = [_trusted_issuer(i, t) for i, t in enumerate(settings.trust.attestation_services)]
         limits = settings.limits

@@ -10,6 +10,7 @@ Exit codes: 0 done; 1 failed (collateral did not verify, nothing found, server a
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Sequence
@@ -19,6 +20,8 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional, ParamSpec, TypeVar
 
 import typer
 from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import NameOID
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -33,8 +36,9 @@ from keybroker.cli.common import (
 from keybroker.collateral.fetch import FetchPlan, PcsClient, fetch_collateral
 from keybroker.collateral.importers import bundle_document, read_file, write_bundle
 from keybroker.collateral.items import Item, TrustedRoots
+from keybroker.collateral.trust import DEV_PKI_DIR, collateral_roots, dev_root_path
 from keybroker.config import Settings, load_settings
-from keybroker.errors import InvalidInput
+from keybroker.errors import InvalidInput, UntrustedCollateralRoot
 
 if TYPE_CHECKING:  # the database layer loads on use: `keybroker --help` stays quick
     from keybroker.collateral.store import CollateralStore, ImportResult
@@ -82,15 +86,47 @@ def _store(settings: Settings, *, create: bool = False) -> CollateralStore:
 
 
 def _roots(settings: Settings, paths: Sequence[Path] | None) -> TrustedRoots:
-    from keybroker.collateral.store import trusted_roots
-
+    """Intel's root, the server's (``collateral.trust``: trust.dev_roots, the dev PKI's in dev
+    mode) and ``--trust-root``."""
     extra: list[x509.Certificate] = []
     for path in paths or ():
         try:
             extra.extend(x509.load_pem_x509_certificates(path.read_bytes()))
         except (OSError, ValueError) as exc:
             raise InvalidInput(f"--trust-root {path}: not a readable PEM certificate ({exc})") from None
-    return trusted_roots(settings, extra)
+    return collateral_roots(settings, extra)
+
+
+def _is_root(path: Path, exc: UntrustedCollateralRoot) -> bool:
+    """Whether ``path`` holds the root that ``exc`` names (by its SHA-256; a CRL's by its name)."""
+    try:
+        cert = x509.load_pem_x509_certificate(path.read_bytes())
+    except (OSError, ValueError):
+        return False
+    if exc.root_sha256 is not None:
+        return hashlib.sha256(cert.public_bytes(Encoding.DER)).hexdigest() == exc.root_sha256
+    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return bool(names) and names[0].value == exc.root_name
+
+
+def _suggest_trust_root(
+    exc: UntrustedCollateralRoot, settings: Settings, near: Sequence[Path] = ()
+) -> UntrustedCollateralRoot:
+    """The same refusal, saying how to trust that root if it is meant to be: ``--trust-root`` with
+    the file that holds it when one is at hand (a dev PKI's ``root.pem`` beside the imported file,
+    or the data dir's dev PKI), else where a keybroker keeps its dev root."""
+    for candidate in (*near, dev_root_path(settings)):
+        if _is_root(candidate, exc):
+            hint = f"it is the root in {candidate}: if you trust it, add --trust-root {candidate}"
+            break
+    else:
+        hint = (
+            f"if you trust {exc.root_name!r}, add --trust-root with its PEM file (a keybroker's dev "
+            f"simulator root is <data-dir>/{DEV_PKI_DIR}/root.pem, e.g. data/{DEV_PKI_DIR}/root.pem)"
+        )
+    return UntrustedCollateralRoot(
+        f"{exc.detail}; {hint}", root_sha256=exc.root_sha256, root_name=exc.root_name
+    )
 
 
 def _fmspc(value: str) -> str:
@@ -159,7 +195,12 @@ def import_(
     """Verify collateral files and store them (all files in one transaction: all or nothing)."""
     settings = _settings(config, data_dir, database)
     roots = _roots(settings, trust_root)
-    batches = [(f"file:{path.name}", read_file(path, roots)) for path in files]
+    batches = []
+    for path in files:
+        try:
+            batches.append((f"file:{path.name}", read_file(path, roots)))
+        except UntrustedCollateralRoot as exc:
+            raise _suggest_trust_root(exc, settings, near=[path.parent / "root.pem"]) from None
     _report(_store(settings, create=True).import_sources(batches), as_json)
 
 
@@ -280,7 +321,10 @@ def fetch(
             started = True
             progress.update(task, description=f"{client.base_url}: {description}")
 
-        items, notes = fetch_collateral(client, fmspc=fmspc, tees=tees, roots=roots, step=step)
+        try:
+            items, notes = fetch_collateral(client, fmspc=fmspc, tees=tees, roots=roots, step=step)
+        except UntrustedCollateralRoot as exc:
+            raise _suggest_trust_root(exc, settings) from None
         progress.update(task, completed=len(plan.steps))
     result = _store(settings, create=True).import_items(items, source=f"fetch:{client.base_url}")
     _report(result, as_json, notes)

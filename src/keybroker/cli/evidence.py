@@ -20,17 +20,32 @@ from cryptography import x509
 from rich.console import Console
 from rich.table import Table
 
-from keybroker.errors import CollateralError, CollateralNotFound, EvidenceParseError, VerificationError
+from keybroker.cli.common import ConfigOpt, DatabaseOpt, DataDirOpt
+from keybroker.collateral.trust import EvidenceTrust, dev_pki_dir, dev_root_path, evidence_trust
+from keybroker.config import Settings, load_settings
+from keybroker.errors import (
+    CollateralError,
+    CollateralNotFound,
+    EvidenceParseError,
+    InvalidInput,
+    VerificationError,
+)
 from keybroker.tee.dcap.collateral import QuoteCollateral
 from keybroker.tee.dcap.verify import CHECKS, VerifiedQuote, quote_fmspc_and_ca, verify_quote
+from keybroker.tee.verifier import CollateralSource, StaticCollateral
 
 __all__ = [
     "CollateralLookup",
+    "DevOpt",
     "UsageError",
     "app",
+    "cli_settings",
     "decode_quote",
+    "dev_hint",
     "parse_at",
+    "server_trust",
     "set_collateral_lookup",
+    "trust_lookup",
     "verify_command",
 ]
 
@@ -203,26 +218,85 @@ def _print_verified(result: VerifiedQuote) -> None:
     _out.print(_claims_table(result.claims.to_dict()))
 
 
-def _store_lookup(
-    config: Path | None, data_dir: Path | None, database: str | None, at: datetime
-) -> CollateralLookup | None:
-    """The service's collateral store, unless a lookup was installed (tests) or none is configured."""
-    if _collateral_lookup is not None:
-        return None
-    from keybroker.collateral.store import lookup_for_cli
-    from keybroker.config import load_settings
-    from keybroker.errors import InvalidInput
-
+def cli_settings(
+    config: Path | None, data_dir: Path | None, database: str | None, dev: bool | None
+) -> Settings:
     try:
-        settings = load_settings(config, None, data_dir=data_dir, database=database)
+        return load_settings(config, None, data_dir=data_dir, database=database, dev=dev)
     except InvalidInput as exc:
         raise UsageError(exc.detail) from None
-    if settings.database is None and not (settings.data_dir / "keybroker.db").exists():
-        raise UsageError(
-            f"no --collateral and no collateral store at {settings.data_dir} (give --collateral, or --data-dir/--database)"
-        )
-    source = lookup_for_cli(settings, at=at)
-    return lambda fmspc, ca, tee: source.collateral_for(tee=tee, fmspc=fmspc.hex().upper(), pck_ca=ca)
+
+
+def server_trust(
+    settings: Settings,
+    *,
+    at: datetime,
+    extra_roots: Sequence[x509.Certificate],
+    need_store: bool,
+) -> EvidenceTrust:
+    """What ``keybroker serve`` with ``settings`` verifies quotes against (``collateral.trust``),
+    plus ``extra_roots`` (``--trust-root``); its collateral store read at ``at``.
+
+    ``need_store``: no ``--collateral`` was given, so collateral comes from the store (or from a
+    lookup installed with ``set_collateral_lookup``)."""
+    from keybroker.collateral.store import lookup_for_cli
+
+    store: CollateralSource = StaticCollateral()
+    if need_store:
+        hook = _collateral_lookup
+        if hook is not None:
+            store = _HookSource(hook)
+        elif (
+            settings.database is None
+            and not settings.dev
+            and not (settings.data_dir / "keybroker.db").exists()
+        ):
+            raise UsageError(
+                f"no --collateral and no collateral store at {settings.data_dir} "
+                "(give --collateral, or --data-dir/--database/--config of a keybroker)"
+            )
+        else:
+            store = lookup_for_cli(settings, at=at)
+    try:
+        return evidence_trust(settings, store, extra_roots=extra_roots)
+    except InvalidInput as exc:
+        raise UsageError(exc.detail) from None
+
+
+class _HookSource:
+    """A lookup installed with ``set_collateral_lookup`` as a ``CollateralSource``."""
+
+    def __init__(self, lookup: CollateralLookup) -> None:
+        self._lookup = lookup
+
+    def collateral_for(self, *, tee: str, fmspc: str, pck_ca: str) -> QuoteCollateral:
+        return self._lookup(bytes.fromhex(fmspc), pck_ca, tee)
+
+
+def dev_hint(settings: Settings | None) -> str:
+    """When a dev PKI sits in the data dir but dev mode is off: how to trust it as the server would."""
+    if settings is None or settings.dev or not dev_root_path(settings).exists():
+        return ""
+    return (
+        f" ({dev_pki_dir(settings)} holds the dev simulator's PKI: add --dev to trust its root and "
+        "collateral as 'keybroker serve --dev' does)"
+    )
+
+
+def trust_lookup(trust: EvidenceTrust) -> CollateralLookup:
+    return lambda fmspc, ca, tee: trust.collateral.collateral_for(
+        tee=tee, fmspc=fmspc.hex().upper(), pck_ca=ca
+    )
+
+
+#: ``--dev`` of the commands that verify evidence as the server does.
+DevOpt = Annotated[
+    Optional[bool],  # noqa: UP045
+    typer.Option(
+        "--dev",
+        help="the data dir is one of 'keybroker serve --dev': trust its dev PKI (root and collateral) as that server does",
+    ),
+]
 
 
 @app.command("verify")
@@ -243,26 +317,16 @@ def verify(
         Optional[list[Path]],  # noqa: UP045
         typer.Option("--trust-root", help="Extra trusted root (PEM), e.g. the dev PKI root. Repeatable."),
     ] = None,
-    data_dir: Annotated[
-        Optional[Path],  # noqa: UP045
-        typer.Option(
-            "--data-dir", help="Without --collateral: the service's data dir, whose collateral store is used."
-        ),
-    ] = None,
-    database: Annotated[
-        Optional[str],  # noqa: UP045
-        typer.Option("--database", help="Without --collateral: the service's database URL."),
-    ] = None,
-    config: Annotated[
-        Optional[Path],  # noqa: UP045
-        typer.Option(
-            "--config", help="Without --collateral: the service's config file.", envvar="KEYBROKER_CONFIG"
-        ),
-    ] = None,
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+    database: DatabaseOpt = None,
+    dev: DevOpt = None,
 ) -> None:
-    """Verify a quote: verdict, TCB status, advisories, checks performed and claims. Without
-    --collateral, collateral comes from the service's store (keybroker collateral import or fetch)."""
+    """Verify a quote: verdict, TCB status, advisories, checks performed and claims. It trusts what
+    the server of --data-dir/--database/--config trusts (with --dev, a 'serve --dev' one: its dev PKI
+    too); collateral comes from --collateral or else from that server's collateral store."""
     raw = b""
+    settings: Settings | None = None
     try:
         when = parse_at(at) if at is not None else datetime.now(UTC)
         raw = decode_quote(_read(quote, "quote"))
@@ -272,14 +336,21 @@ def verify(
                 coll = QuoteCollateral.from_json(_read(collateral, "collateral"))
             except CollateralError as exc:
                 raise UsageError(f"collateral {collateral}: {exc.detail}") from None
-        roots = _load_roots(trust_root or [])
-        lookup = None if coll is not None else _store_lookup(config, data_dir, database, when)
-        result = verify_command(raw, collateral=coll, at=when, trust_roots=roots, collateral_lookup=lookup)
+        extra = _load_roots(trust_root or [])
+        settings = cli_settings(config, data_dir, database, dev)
+        trust = server_trust(settings, at=when, extra_roots=extra, need_store=coll is None)
+        result = verify_command(
+            raw,
+            collateral=coll,
+            at=when,
+            trust_roots=trust.dev_roots,
+            collateral_lookup=None if coll is not None else trust_lookup(trust),
+        )
     except UsageError as exc:
         _err.print(f"[red]error:[/red] {exc}", highlight=False)
         raise typer.Exit(EXIT_USAGE) from None
     except CollateralNotFound as exc:
-        _err.print(f"[red]error:[/red] {exc.diagnostics()}", highlight=False)
+        _err.print(f"[red]error:[/red] {exc.diagnostics()}{dev_hint(settings)}", highlight=False)
         raise typer.Exit(EXIT_REJECTED) from None
     except CollateralError as exc:
         _err.print(f"[red]error:[/red] {exc.diagnostics()}", highlight=False)
@@ -301,7 +372,8 @@ def verify(
         else:
             _out.print("[bold red]REJECTED[/bold red]")
             _out.print(f"failed check: [bold]{check}[/bold]", highlight=False)
-            _out.print(f"why: {exc.detail}", highlight=False)
+            hint = dev_hint(settings) if check in ("pck_chain", "collateral_chains") else ""
+            _out.print(f"why: {exc.detail}{hint}", highlight=False)
         raise typer.Exit(EXIT_REJECTED) from None
     if json_output:
         typer.echo(json.dumps({"verdict": "verified", "at": when.isoformat(), **result.to_dict()}, indent=2))

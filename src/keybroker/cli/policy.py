@@ -14,9 +14,30 @@ from pydantic import ValidationError
 from keybroker.appraisal import rego, secl
 from keybroker.appraisal.decision import Decision
 from keybroker.appraisal.input import appraisal_input
-from keybroker.cli.common import EXIT_FAILED, EXIT_USAGE, console, fail, handle_errors
-from keybroker.cli.evidence import UsageError, _load_roots, _read, decode_quote, parse_at, verify_command
-from keybroker.errors import CollateralError, EvidenceError, InvalidInput
+from keybroker.cli.common import (
+    EXIT_FAILED,
+    EXIT_USAGE,
+    ConfigOpt,
+    DatabaseOpt,
+    DataDirOpt,
+    console,
+    fail,
+    handle_errors,
+)
+from keybroker.cli.evidence import (
+    DevOpt,
+    UsageError,
+    _load_roots,
+    _read,
+    cli_settings,
+    decode_quote,
+    dev_hint,
+    parse_at,
+    server_trust,
+    trust_lookup,
+    verify_command,
+)
+from keybroker.errors import CollateralError, CollateralNotFound, EvidenceError, InvalidInput
 from keybroker.keys.policy import TransferPolicyBody
 from keybroker.tee.dcap.collateral import QuoteCollateral
 
@@ -44,11 +65,16 @@ def test(
     policy: Annotated[Path, typer.Option("--policy", help="SecL v5 policy (JSON) or a Rego module (.rego)")],
     quote: Annotated[Path, typer.Option("--quote", help="the quote: raw, hex or base64")],
     collateral: Annotated[
-        Path | None, typer.Option("--collateral", help="collateral JSON (corpus form)")
-    ] = None,  # noqa: UP045
+        Optional[Path],  # noqa: UP045
+        typer.Option(
+            "--collateral",
+            help="collateral JSON (corpus form) (default: the collateral store of --data-dir/--database/--config)",
+        ),
+    ] = None,
     at: Annotated[
-        str | None, typer.Option("--at", help="verification time: ISO 8601 or UNIX seconds (default: now)")
-    ] = None,  # noqa: UP045
+        Optional[str],  # noqa: UP045
+        typer.Option("--at", help="verification time: ISO 8601 or UNIX seconds (default: now)"),
+    ] = None,
     client_permissions: Annotated[
         Optional[str],  # noqa: UP045
         typer.Option(
@@ -57,28 +83,44 @@ def test(
         ),
     ] = None,
     trust_root: Annotated[
-        list[Path], typer.Option("--trust-root", help="extra trusted root (the dev simulator's)")
+        list[Path], typer.Option("--trust-root", help="extra trusted root (PEM), e.g. another dev PKI's")
     ] = [],  # noqa: B006
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+    database: DatabaseOpt = None,
+    dev: DevOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the decision as JSON")] = False,
 ) -> None:
-    """Verify the quote, then evaluate the policy on its claims and print every reason.
-    Exit 0 allowed, 1 denied or evidence rejected, 2 usage error."""
+    """Verify the quote as the server of --data-dir/--database/--config would (with --dev, a
+    'serve --dev' one: its dev PKI too), then evaluate the policy on its claims and print every
+    reason. Exit 0 allowed, 1 denied or evidence rejected, 2 usage error."""
+    settings = None
     try:
         decide = _load_policy(policy)
         raw = decode_quote(_read(quote, "quote"))
         coll = QuoteCollateral.from_json(_read(collateral, "collateral")) if collateral else None
         when = parse_at(at) if at else datetime.now(UTC)
-        roots = _load_roots(trust_root)
+        extra = _load_roots(trust_root)
+        settings = cli_settings(config, data_dir, database, dev)
+        trust = server_trust(settings, at=when, extra_roots=extra, need_store=coll is None)
     except UsageError as exc:
         fail(str(exc), EXIT_USAGE)
     except CollateralError as exc:
         fail(f"collateral {collateral}: {exc.detail}", EXIT_USAGE)
-    if coll is None:
-        fail("pass --collateral (the collateral store lookup needs the server's database)", EXIT_USAGE)
     try:
-        verified = verify_command(raw, collateral=coll, at=when, trust_roots=roots)
+        verified = verify_command(
+            raw,
+            collateral=coll,
+            at=when,
+            trust_roots=trust.dev_roots,
+            collateral_lookup=None if coll is not None else trust_lookup(trust),
+        )
+    except CollateralNotFound as exc:
+        fail(f"{exc.detail}{dev_hint(settings)}", EXIT_FAILED)
     except EvidenceError as exc:
-        fail(f"evidence rejected ({exc.extra.get('check', 'parse')}): {exc.detail}", EXIT_FAILED)
+        check = exc.extra.get("check", "parse")
+        hint = dev_hint(settings) if check in ("pck_chain", "collateral_chains") else ""
+        fail(f"evidence rejected ({check}): {exc.detail}{hint}", EXIT_FAILED)
     perms = (
         None
         if client_permissions is None

@@ -23,6 +23,7 @@ import time
 import urllib.parse
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Final, Literal
 
@@ -31,7 +32,13 @@ from cryptography import x509
 
 from keybroker.collateral.importers import body_item, crl_from_wire, header_chain
 from keybroker.collateral.items import Item, TrustedRoots, pck_crl_item, root_ca_crl_item
-from keybroker.errors import BackendUnavailable, CollateralError, CollateralNotFound, InvalidInput
+from keybroker.errors import (
+    BackendUnavailable,
+    CollateralError,
+    CollateralNotFound,
+    InvalidInput,
+    UntrustedCollateralRoot,
+)
 
 __all__ = [
     "INTEL_PCS",
@@ -222,6 +229,60 @@ def _root_crl_url(item: Item) -> str | None:
     return None
 
 
+class _Gather:
+    """Pieces fetched for one FMSPC, all under one root (the *expected* root, set by the TCB Info):
+    a piece of another root, or of a root that is not trusted, is skipped with a note."""
+
+    def __init__(self, roots: TrustedRoots) -> None:
+        self.roots = roots
+        self.root: str | None = None
+        self.root_name = ""
+        self.items: list[Item] = []
+        self.notes: list[str] = []
+        #: The first piece refused for its root: the CLI suggests ``--trust-root`` from it.
+        self.untrusted: UntrustedCollateralRoot | None = None
+
+    @staticmethod
+    def _describe(item: Item) -> str:
+        if item.root_kind == "intel":
+            return "the Intel SGX Root CA"
+        return f"the dev root {item.root_sha256[:16]}…"
+
+    def take(self, make: Callable[[], Item], name: str) -> Item | None:
+        """Verify a piece (``make``); keep it if it is of the expected root, else note why not."""
+        try:
+            item = make()
+        except UntrustedCollateralRoot as exc:
+            self.untrusted = self.untrusted or exc
+            self.notes.append(f"{name} skipped: {exc.detail}")
+            return None
+        if self.root is not None and item.root_sha256 != self.root:
+            self.notes.append(
+                f"{name} skipped: it chains to {self._describe(item)}, the TCB Info to {self.root_name} "
+                "(collateral of two roots is never stored together)"
+            )
+            return None
+        self.items.append(item)
+        return item
+
+    def expect(self, tcb_infos: Sequence[Item]) -> list[Item]:
+        """Fix the expected root: Intel's if a TCB Info chains to it, else the first's; the TCB
+        Info of another root is dropped with a note. Returns the TCB Info kept."""
+        chosen = next((i for i in tcb_infos if i.root_kind == "intel"), tcb_infos[0])
+        self.root, self.root_name = chosen.root_sha256, self._describe(chosen)
+        kept = []
+        for item in tcb_infos:
+            if item.root_sha256 == self.root:
+                kept.append(item)
+            else:
+                self.items.remove(item)
+                self.notes.append(
+                    f"{item.label} skipped: it chains to {self._describe(item)}, the {chosen.label} to "
+                    f"{self.root_name} (collateral of two roots is never stored together)"
+                )
+        return kept
+
+
 def fetch_collateral(
     client: PcsClient,
     *,
@@ -232,13 +293,16 @@ def fetch_collateral(
 ) -> tuple[list[Item], list[str]]:
     """Fetch and verify everything needed for quotes of ``fmspc`` (one or both TEEs).
 
-    Returns (items, notes). A 404 for one TEE's TCB Info, for one PCK CA's CRL or for the QVE
-    identity is a note; if nothing is found for any requested TEE, ``CollateralNotFound``.
+    Returns (items, notes). Everything returned chains to one root: the TCB Info's (Intel's when
+    TCB Info of several roots is served). A piece of another root, or of a root that is not
+    trusted, is skipped with a note, as is a 404 for one TEE's TCB Info, for one PCK CA's CRL or
+    for the QVE identity. A TEE left without its QE identity is dropped (with a note); if no TEE
+    is left, or no PCK CRL or root CA CRL of that root, ``CollateralNotFound`` naming every note.
+    A piece that is malformed, badly signed or not what was asked for is a ``CollateralError``.
     """
     fmspc = fmspc.upper()
-    items: list[Item] = []
-    notes: list[str] = []
-    found: list[Tee] = []
+    got = _Gather(roots)
+    found: dict[Tee, Item] = {}
     for tee in tees:
         step(f"{tee.upper()} TCB Info {fmspc}")
         try:
@@ -246,64 +310,99 @@ def fetch_collateral(
         except CollateralNotFound as exc:
             if len(tees) == 1:
                 raise
-            notes.append(f"no {tee.upper()} TCB Info: {exc.detail}")
+            got.notes.append(f"no {tee.upper()} TCB Info: {exc.detail}")
             continue
-        item = body_item(
-            resp.text, _chain_header(resp, "TCB-Info-Issuer-Chain", "TCB Info"), roots, "TCB Info"
-        )
+        chain = _chain_header(resp, "TCB-Info-Issuer-Chain", "TCB Info")
+        item: Item | None
+        if len(tees) == 1:  # the one thing asked for: an untrusted root is the answer, not a note
+            item = body_item(resp.text, chain, roots, "TCB Info")
+            got.items.append(item)
+        else:
+            item = got.take(
+                partial(body_item, resp.text, chain, roots, "TCB Info"), f"{tee.upper()} TCB Info"
+            )
+        if item is None:
+            continue
         if item.kind != "tcb_info" or item.tee != tee or item.fmspc != fmspc:
             raise CollateralError(f"asked for {tee.upper()} TCB Info of FMSPC {fmspc}, got {item.label}")
-        items.append(item)
-        found.append(tee)
+        found[tee] = item
     if not found:
-        raise CollateralNotFound(f"{client.base_url} has no TCB Info for FMSPC {fmspc}: " + "; ".join(notes))
+        detail = f"{client.base_url} has no TCB Info for FMSPC {fmspc} of a trusted root: " + "; ".join(
+            got.notes
+        )
+        if got.untrusted is not None:
+            raise UntrustedCollateralRoot(
+                detail, root_sha256=got.untrusted.root_sha256, root_name=got.untrusted.root_name
+            )
+        raise CollateralNotFound(detail)
+    found = {i.tee: i for i in got.expect(list(found.values())) if i.tee is not None}
     for tee in tees:
         name = "TD_QE identity" if tee == "tdx" else "QE identity"
         step(name)
         if tee not in found:
             continue
-        resp = client.get(f"/{tee}/certification/v4/qe/identity")
-        chain = _chain_header(resp, "SGX-Enclave-Identity-Issuer-Chain", name)
-        item = body_item(resp.text, chain, roots, name)
-        if item.kind != "qe_identity" or item.tee != tee:
-            raise CollateralError(f"asked for the {name}, got {item.label}")
-        items.append(item)
+        identity: Item | None = None
+        try:
+            resp = client.get(f"/{tee}/certification/v4/qe/identity")
+        except CollateralNotFound as exc:
+            got.notes.append(f"no {name}: {exc.detail}")
+        else:
+            chain = _chain_header(resp, "SGX-Enclave-Identity-Issuer-Chain", name)
+            identity = got.take(partial(body_item, resp.text, chain, roots, name), name)
+            if identity is not None and (identity.kind != "qe_identity" or identity.tee != tee):
+                raise CollateralError(f"asked for the {name}, got {identity.label}")
+        if identity is None:
+            tcb = found.pop(tee)
+            got.items.remove(tcb)
+            got.notes.append(f"{tcb.label} not stored: no {name} of the same root")
+    if not found:
+        raise CollateralNotFound(
+            f"{client.base_url} has no complete collateral for FMSPC {fmspc} under one root: "
+            + "; ".join(got.notes)
+        )
     if "sgx" in tees:
         step("QVE identity")
         try:
             resp = client.get("/sgx/certification/v4/qve/identity")
         except CollateralNotFound as exc:
-            notes.append(f"no QVE identity: {exc.detail}")
+            got.notes.append(f"no QVE identity: {exc.detail}")
         else:
             chain = _chain_header(resp, "SGX-Enclave-Identity-Issuer-Chain", "QVE identity")
-            item = body_item(resp.text, chain, roots, "QVE identity")
-            if item.kind != "qve_identity":
-                raise CollateralError(f"asked for the QVE identity, got {item.label}")
-            items.append(item)
+            qve = got.take(partial(body_item, resp.text, chain, roots, "QVE identity"), "QVE identity")
+            if qve is not None and qve.kind != "qve_identity":
+                raise CollateralError(f"asked for the QVE identity, got {qve.label}")
     crls = 0
     for ca in ("processor", "platform"):
         step(f"PCK CRL {ca}")
         try:
             resp = client.get("/sgx/certification/v4/pckcrl", {"ca": ca, "encoding": "der"})
         except CollateralNotFound as exc:
-            notes.append(f"no PCK CRL for the {ca} CA: {exc.detail}")
+            got.notes.append(f"no PCK CRL for the {ca} CA: {exc.detail}")
             continue
         chain = _chain_header(resp, "SGX-PCK-CRL-Issuer-Chain", f"PCK CRL {ca}")
-        item = pck_crl_item(crl_from_wire(resp.content, f"PCK CRL {ca}"), chain, roots)
-        if item.pck_ca != ca:
-            raise CollateralError(f"asked for the {ca} CA's PCK CRL, got the {item.pck_ca} CA's")
-        items.append(item)
+        der = crl_from_wire(resp.content, f"PCK CRL {ca}")
+        crl = got.take(partial(pck_crl_item, der, chain, roots), f"PCK CRL {ca}")
+        if crl is None:
+            continue
+        if crl.pck_ca != ca:
+            raise CollateralError(f"asked for the {ca} CA's PCK CRL, got the {crl.pck_ca} CA's")
         crls += 1
     if not crls:
-        raise CollateralNotFound(f"{client.base_url} has no PCK CRL: " + "; ".join(notes[-2:]))
+        raise CollateralNotFound(
+            f"{client.base_url} has no PCK CRL under the root of the TCB Info: " + "; ".join(got.notes)
+        )
     step("root CA CRL")
     try:
         resp = client.get("/sgx/certification/v4/rootcacrl")
     except CollateralNotFound:
-        url = _root_crl_url(items[0])
+        url = _root_crl_url(next(iter(found.values())))
         if url is None:
             raise
-        notes.append(f"root CA CRL from its distribution point {url}")
+        got.notes.append(f"root CA CRL from its distribution point {url}")
         resp = client.get_external(url)
-    items.append(root_ca_crl_item(crl_from_wire(resp.content, "root CA CRL"), roots))
-    return items, notes
+    root_der = crl_from_wire(resp.content, "root CA CRL")
+    if got.take(partial(root_ca_crl_item, root_der, roots), "root CA CRL") is None:
+        raise CollateralNotFound(
+            f"{client.base_url} has no root CA CRL of the root of the TCB Info: " + "; ".join(got.notes)
+        )
+    return got.items, got.notes

@@ -34,7 +34,7 @@ from keybroker.collateral.items import (
     root_ca_crl_item,
     signed_item,
 )
-from keybroker.errors import CollateralError, InvalidInput
+from keybroker.errors import CollateralError, InvalidInput, UntrustedCollateralRoot
 from keybroker.tee.dcap.collateral import (
     JSON_KEYS,
     OPTIONAL_JSON_KEYS,
@@ -313,6 +313,10 @@ def read_file(path: Path, roots: TrustedRoots) -> list[Item]:
         )
     try:
         return items_from_document(doc, roots)
+    except UntrustedCollateralRoot as exc:
+        raise UntrustedCollateralRoot(
+            f"{path}: {exc.detail}", root_sha256=exc.root_sha256, root_name=exc.root_name
+        ) from None
     except CollateralError as exc:
         raise _bad(f"{path}: {exc.detail}") from None
 

@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
-from keybroker.errors import CollateralError, EvidenceParseError
+from keybroker.errors import CollateralError, EvidenceParseError, UntrustedCollateralRoot
 from keybroker.tee.dcap.collateral import QuoteCollateral, parse_enclave_identity, parse_tcb_info
 from keybroker.tee.dcap.pck import (
     X509_DECODE_ERRORS,
@@ -189,9 +189,12 @@ def _verify_chain(
         raise _bad(f"{what}: {len(certs)} certificates; expected the signer and the root")
     root_kind = roots.kind(ders[-1])
     if root_kind is None:
-        raise _bad(
-            f"{what}: ends at {_cn(certs[-1].subject)!r} (sha256 {hashlib.sha256(ders[-1]).hexdigest()}), "
-            f"not {roots.describe()}"
+        root_sha = hashlib.sha256(ders[-1]).hexdigest()
+        name = _cn(certs[-1].subject)
+        raise UntrustedCollateralRoot(
+            f"{what}: ends at {name!r} (sha256 {root_sha}), not {roots.describe()}",
+            root_sha256=root_sha,
+            root_name=name,
         )
     signer, root = certs
     if not _is_ca(root):
@@ -347,7 +350,11 @@ def root_ca_crl_item(der: bytes, roots: TrustedRoots) -> Item:
                 root_kind=kind,
                 digest=_digest("root_ca_crl", der),
             )
-    raise _bad(f"root CA CRL (issuer {_cn(crl.issuer)!r}) is not signed by {roots.describe()}")
+    raise UntrustedCollateralRoot(
+        f"root CA CRL (issuer {_cn(crl.issuer)!r}) is not signed by {roots.describe()}",
+        root_sha256=None,
+        root_name=_cn(crl.issuer),
+    )
 
 
 # --- whole collateral <-> items ----------------------------------------------------------------

@@ -20,11 +20,9 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from threading import Lock
 from typing import Any, Final
 
-from cryptography import x509
 from sqlalchemy import Connection, DateTime, Select, and_, bindparam, case, func, or_, select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
@@ -33,7 +31,6 @@ from keybroker.collateral.items import (
     Item,
     Kind,
     RootKind,
-    TrustedRoots,
     collateral_from_items,
     label,
     utc,
@@ -51,7 +48,6 @@ __all__ = [
     "ImportResult",
     "StoredItem",
     "lookup_for_cli",
-    "trusted_roots",
 ]
 
 _TEES: Final = ("sgx", "tdx")
@@ -62,7 +58,6 @@ _ASSEMBLED_MAX: Final = 256
 _ASSEMBLED: OrderedDict[tuple[str, ...], QuoteCollateral] = OrderedDict()
 _ASSEMBLED_LOCK: Final = Lock()
 _SUMMARY_MAX: Final = 12
-DEV_PKI_ROOT: Final = Path("dev-pki") / "root.pem"
 _PLURAL: Final = {
     "tcb_info": "TCB Info",
     "qe_identity": "identities",
@@ -483,23 +478,6 @@ class DbCollateralSource:
 
     def collateral_for(self, *, tee: str, fmspc: str, pck_ca: str) -> QuoteCollateral:
         return self.store.collateral_for(tee=tee, fmspc=fmspc, pck_ca=pck_ca, at=self.at)
-
-
-def trusted_roots(settings: Settings, extra: Iterable[x509.Certificate] = ()) -> TrustedRoots:
-    """Intel's root plus the configured dev roots (``trust.dev_roots``; the data dir's dev PKI in dev mode)."""
-    certs: list[x509.Certificate] = list(extra)
-    paths = list(settings.trust.dev_roots)
-    dev_pki_root = settings.data_dir / DEV_PKI_ROOT
-    if settings.dev and dev_pki_root.exists():
-        paths.append(dev_pki_root)
-    for path in paths:
-        try:
-            certs.extend(x509.load_pem_x509_certificates(path.read_bytes()))
-        except (OSError, ValueError) as exc:
-            raise InvalidInput(
-                f"trust.dev_roots: cannot load {path}: {exc}", field="trust.dev_roots"
-            ) from None
-    return TrustedRoots(certs)
 
 
 class _CliSource:

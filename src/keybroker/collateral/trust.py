@@ -1,0 +1,120 @@
+"""What quotes are verified against, from the settings: one place for the server and the CLI.
+
+``keybroker serve`` (``api.services``) and the local commands that verify evidence or store
+collateral (``evidence verify``, ``policy test``, ``collateral import/fetch``) build their trust
+here, so that for one data dir and configuration the command line trusts exactly what the server
+trusts:
+
+* roots: the Intel SGX Root CA (always; pinned in ``tee.dcap``), every certificate in the
+  ``trust.dev_roots`` files, and in dev mode the data dir's dev PKI root (``dev-pki/root.pem``);
+* collateral: in dev mode the dev PKI's own (``dev-pki/collateral-{sgx,tdx}.json``) first, then
+  the collateral store.
+
+The dev PKI is created and refreshed by the server (``api.services``); this module only reads it,
+so the command line never writes a data dir it inspects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from cryptography import x509
+
+from keybroker.collateral.items import TrustedRoots
+from keybroker.config import Settings
+from keybroker.errors import CollateralError, InvalidInput
+from keybroker.tee.dcap.collateral import QuoteCollateral
+from keybroker.tee.verifier import TEES, ChainedCollateral, CollateralSource, StaticCollateral
+
+__all__ = [
+    "DEV_PKI_DIR",
+    "EvidenceTrust",
+    "collateral_roots",
+    "configured_roots",
+    "dev_pki_dir",
+    "dev_root_path",
+    "evidence_trust",
+]
+
+#: The dev TEE simulator's PKI inside the data dir (``keybroker serve --dev`` creates it).
+DEV_PKI_DIR: Final = "dev-pki"
+
+
+def dev_pki_dir(settings: Settings) -> Path:
+    return settings.data_dir / DEV_PKI_DIR
+
+
+def dev_root_path(settings: Settings) -> Path:
+    """Where the data dir's dev root is (whether or not it exists, whether or not dev mode is on)."""
+    return dev_pki_dir(settings) / "root.pem"
+
+
+def _dev_pki_missing(settings: Settings, path: Path, why: str) -> InvalidInput:
+    return InvalidInput(
+        f"dev mode trusts the data dir's dev PKI, but {path} {why}: start 'keybroker serve --dev "
+        f"--data-dir {settings.data_dir}' once to create it, or leave dev mode off",
+        field="dev",
+    )
+
+
+def configured_roots(settings: Settings) -> list[x509.Certificate]:
+    """The roots trusted besides Intel's: ``trust.dev_roots``, then (dev mode) the dev PKI's root."""
+    certs: list[x509.Certificate] = []
+    for path in settings.trust.dev_roots:
+        try:
+            certs.extend(x509.load_pem_x509_certificates(path.read_bytes()))
+        except (OSError, ValueError) as exc:
+            raise InvalidInput(
+                f"trust.dev_roots: cannot load a PEM certificate from {path}: {exc}", field="trust.dev_roots"
+            ) from None
+    if settings.dev:
+        path = dev_root_path(settings)
+        try:
+            certs.append(x509.load_pem_x509_certificate(path.read_bytes()))
+        except FileNotFoundError:
+            raise _dev_pki_missing(settings, path, "does not exist") from None
+        except (OSError, ValueError) as exc:
+            raise _dev_pki_missing(settings, path, f"is not a readable PEM certificate ({exc})") from None
+    return certs
+
+
+def collateral_roots(settings: Settings, extra: Iterable[x509.Certificate] = ()) -> TrustedRoots:
+    """The roots that collateral must chain to before it is stored (``collateral import/fetch``)."""
+    return TrustedRoots([*configured_roots(settings), *extra])
+
+
+def _dev_collateral(settings: Settings) -> StaticCollateral:
+    directory = dev_pki_dir(settings)
+    static = StaticCollateral()
+    for tee in TEES:
+        path = directory / f"collateral-{tee}.json"
+        try:
+            static.add(QuoteCollateral.from_json(path.read_text()))
+        except FileNotFoundError:
+            raise _dev_pki_missing(settings, path, "does not exist") from None
+        except (OSError, CollateralError) as exc:
+            why = exc.detail if isinstance(exc, CollateralError) else str(exc)
+            raise _dev_pki_missing(settings, path, f"is not usable collateral ({why})") from None
+    return static
+
+
+@dataclass(frozen=True, slots=True)
+class EvidenceTrust:
+    """What a quote is verified against: where its collateral comes from, and the roots trusted
+    besides Intel's (``Verifier(collateral, dev_roots=...)``, ``verify_quote(..., dev_roots=...)``)."""
+
+    collateral: CollateralSource
+    dev_roots: tuple[x509.Certificate, ...]
+
+
+def evidence_trust(
+    settings: Settings, store: CollateralSource, *, extra_roots: Iterable[x509.Certificate] = ()
+) -> EvidenceTrust:
+    """The server's trust for ``settings``: in dev mode the dev PKI's collateral before ``store``
+    (the collateral store), and the configured roots plus ``extra_roots`` (``--trust-root``)."""
+    roots = (*configured_roots(settings), *extra_roots)
+    sources: list[CollateralSource] = [_dev_collateral(settings)] if settings.dev else []
+    return EvidenceTrust(ChainedCollateral(*sources, store), roots)
