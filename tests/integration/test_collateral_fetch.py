@@ -26,6 +26,7 @@ from keybroker.collateral.store import CollateralStore
 from keybroker.errors import CollateralError, CollateralNotFound, InvalidInput
 from keybroker.store.db import Database
 from keybroker.tee.dcap.collateral import QuoteCollateral
+from keybroker.tee.sim import DevPki
 
 TDX = "intel-dcap/assembled/tdx_00806F050000_2025-10.json"
 FMSPC = "00806F050000"
@@ -311,3 +312,126 @@ def test_root_ca_crl_from_its_distribution_point(pccs: FakePccs, monkeypatch: py
     assert asked == ["https://certificates.trustedservices.intel.com/IntelSGXRootCA.der"]
     assert items[-1].kind == "root_ca_crl" and items[-1].crl_der == root_crl
     assert notes[-1] == f"root CA CRL from its distribution point {asked[0]}"
+
+
+# --- a keybroker holding collateral of two roots ---------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def mixed_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, DevPki]]:
+    """A keybroker whose store holds Intel's TDX collateral (platform CA CRL only) and, imported with
+    --trust-root, a dev PKI's SGX collateral (processor CA CRL): its PCCS endpoints serve Intel's
+    pieces first, and the dev processor CA CRL because it has no Intel one."""
+    base = tmp_path_factory.mktemp("mixed")
+    pki = DevPki.create(base / "pki")
+    server = Server(base / "data")
+    for args in (
+        [str(path(TDX))],
+        [str(pki.collateral_path("sgx")), "--trust-root", str(pki.root_pem_path)],
+    ):
+        r = keybroker("collateral", "import", *args, "--data-dir", str(server.data_dir))
+        assert r.returncode == 0, r.stderr
+    server.start()
+    try:
+        yield server, pki
+    finally:
+        server.stop()
+
+
+def _fetch(server: Server, data: Path, *args: str) -> tuple[int, str]:
+    r = CliRunner().invoke(
+        app,
+        [
+            "fetch",
+            "--from",
+            server.url,
+            "--ca-file",
+            str(server.ca),
+            "--data-dir",
+            str(data),
+            "--retries",
+            "0",
+            *args,
+        ],
+    )
+    return r.exit_code, r.output
+
+
+def _stored(data: Path) -> list[dict[str, Any]]:
+    if not (data / "keybroker.db").exists():
+        return []
+    r = CliRunner().invoke(app, ["list", "--data-dir", str(data), "--json"])
+    assert r.exit_code == 0, r.output
+    items: list[dict[str, Any]] = json.loads(r.output)
+    return items
+
+
+def test_fetch_from_a_mixed_keybroker_skips_the_other_roots_pieces(
+    mixed_server: tuple[Server, DevPki], tmp_path: Path
+) -> None:
+    """Before: the dev PCK CRL failed the whole fetch ("PCK CRL issuer chain ends at keybroker DEV
+    SGX Root CA ... not the Intel SGX Root CA"). Now it is skipped with a note."""
+    server, _ = mixed_server
+    data = tmp_path / "data"
+    code, out = _fetch(server, data, "--fmspc", FMSPC, "--tee", "tdx", "--json")
+    assert code == 0, out
+    report = json.loads(out)
+    assert [i["label"] for i in report["added"]] == [
+        "TCB Info TDX 00806F050000",
+        "TD_QE identity",
+        "PCK CRL platform",
+        "root CA CRL",
+    ]
+    assert {i["root"] for i in report["added"]} == {"intel"}
+    assert [n for n in report["notes"] if n.startswith("PCK CRL processor skipped: ")] == [
+        next(n for n in report["notes"] if "ends at 'keybroker DEV SGX Root CA" in n)
+    ]
+    assert {i["root"] for i in _stored(data)} == {"intel"}
+
+
+def test_fetch_with_the_dev_root_trusted_stores_one_root_only(
+    mixed_server: tuple[Server, DevPki], tmp_path: Path
+) -> None:
+    """Before: with --trust-root, the dev PCK CRL was stored beside Intel's TDX collateral."""
+    server, pki = mixed_server
+    data = tmp_path / "data"
+    code, out = _fetch(
+        server, data, "--fmspc", FMSPC, "--tee", "tdx", "--trust-root", str(pki.root_pem_path), "--json"
+    )
+    assert code == 0, out
+    notes = json.loads(out)["notes"]
+    assert any(
+        n.startswith("PCK CRL processor skipped: it chains to the dev root ")
+        and n.endswith(
+            "the TCB Info to the Intel SGX Root CA (collateral of two roots is never stored together)"
+        )
+        for n in notes
+    ), notes
+    stored = _stored(data)
+    assert len(stored) == 4 and {i["root"] for i in stored} == {"intel"}
+
+
+def test_dev_collateral_is_not_completed_with_intels(
+    mixed_server: tuple[Server, DevPki], tmp_path: Path
+) -> None:
+    """Before: the dev TCB Info was stored with Intel's platform CA CRL and root CA CRL (both served
+    Intel-first). Now the dev set is incomplete (no dev root CA CRL is served): nothing is stored."""
+    server, pki = mixed_server
+    data = tmp_path / "data"
+    dev_fmspc = pki.platform("sgx").fmspc.hex().upper()
+    code, out = _fetch(
+        server, data, "--fmspc", dev_fmspc, "--tee", "sgx", "--trust-root", str(pki.root_pem_path)
+    )
+    flat = " ".join(out.split())
+    assert code == 1, out
+    assert "has no root CA CRL of the root of the TCB Info" in flat
+    assert (
+        "PCK CRL platform skipped: it chains to the Intel SGX Root CA, the TCB Info to the dev root" in flat
+    )
+    assert "root CA CRL skipped: it chains to the Intel SGX Root CA" in flat
+    assert _stored(data) == []
+    # without --trust-root, the dev TCB Info is refused and the flag suggested
+    code, out = _fetch(server, data, "--fmspc", dev_fmspc, "--tee", "sgx")
+    flat = " ".join(out.split())
+    assert code == 1 and "not the Intel SGX Root CA" in flat and "add --trust-root with its PEM file" in flat
+    assert _stored(data) == []

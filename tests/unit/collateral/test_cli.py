@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -108,7 +109,13 @@ def test_export_of_an_uncached_fmspc_fails(tmp_path: Path) -> None:
 def test_sim_collateral_needs_trust_root(tmp_path: Path, dev_pki: DevPki) -> None:
     data = tmp_path / "data"
     code, out = _run("import", str(dev_pki.collateral_path("sgx")), "--data-dir", str(data))
-    assert code == 1 and "not the Intel SGX Root CA" in " ".join(out.split())
+    flat = " ".join(out.split())
+    assert code == 1 and "not the Intel SGX Root CA" in flat
+    # the refusal names the flag and the file that holds the root (beside the imported file)
+    assert (
+        f"it is the root in {dev_pki.root_pem_path}: if you trust it, add --trust-root {dev_pki.root_pem_path}"
+        in flat
+    )
     code, out = _run(
         "import",
         str(dev_pki.collateral_path("sgx")),
@@ -125,3 +132,28 @@ def test_sim_collateral_needs_trust_root(tmp_path: Path, dev_pki: DevPki) -> Non
     code, out = _run("import", str(dev_pki.collateral_path("tdx")), "--config", str(config))
     assert code == 0, out
     assert len(_list(data)) == 7  # TDX TCB Info, TD_QE identity, platform CA CRL; the root CA CRL is shared
+
+
+def test_untrusted_root_hint_names_the_data_dirs_dev_root(tmp_path: Path, dev_pki: DevPki) -> None:
+    """Dev collateral copied elsewhere, imported into a data dir whose dev PKI signed it: the hint
+    names <data-dir>/dev-pki/root.pem; collateral of an unknown root gets the general advice."""
+    data = tmp_path / "data"
+    shutil.copytree(dev_pki.directory, data / "dev-pki")
+    copy = tmp_path / "elsewhere" / "sgx.json"
+    copy.parent.mkdir()
+    shutil.copy(dev_pki.collateral_path("sgx"), copy)
+    code, out = _run("import", str(copy), "--data-dir", str(data))
+    root = data / "dev-pki" / "root.pem"
+    assert code == 1 and f"add --trust-root {root}" in " ".join(out.split())
+
+    stranger = DevPki.create(tmp_path / "stranger")
+    shutil.copy(stranger.collateral_path("tdx"), copy)
+    code, out = _run("import", str(copy), "--data-dir", str(data))
+    flat = " ".join(out.split())
+    assert code == 1
+    assert (
+        "if you trust 'keybroker DEV SGX Root CA - NOT FOR PRODUCTION', add --trust-root with its PEM file"
+        in flat
+    )
+    assert "e.g. data/dev-pki/root.pem" in flat
+    assert not (data / "keybroker.db").exists()  # nothing was stored, not even a database
