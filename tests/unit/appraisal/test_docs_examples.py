@@ -8,10 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.helpers.sim_evidence import SimEvidence
+from tests.helpers.sim_evidence import AT, SimEvidence
+from typer.testing import CliRunner
 
 from keybroker.appraisal import rego, secl
 from keybroker.appraisal.input import appraisal_input
+from keybroker.cli.main import app
 from keybroker.keys.policy import TransferPolicyBody
 from keybroker.tee.sim import DEFAULT_MRTD
 
@@ -54,11 +56,37 @@ def test_input_document(sgx_doc: dict[str, Any]) -> None:
     assert _json("input-sgx") == sgx_doc
 
 
-def test_secl_sgx_decision(sim: SimEvidence) -> None:
+def _policy_test(sim: SimEvidence, tmp_path: Path, policy_file: str, policy: str) -> dict[str, Any]:
+    """What the doc says it is: ``keybroker policy test ... --client-permissions nginx,USA --json``
+    on a quote of the enclave of the input document (ISVSVN 2, TCB needing SW hardening)."""
+    (tmp_path / policy_file).write_text(policy)
+    quote = tmp_path / "sgx.quote"
+    quote.write_bytes(sim.quote("sgx", isvsvn=2, tcb="swhardening"))
+    collateral = tmp_path / "collateral.json"
+    collateral.write_text(sim.pki.collateral_json("sgx"))
+    r = CliRunner().invoke(
+        app,
+        ["policy", "test", "--policy", str(tmp_path / policy_file), "--quote", str(quote)]
+        + [
+            "--collateral",
+            str(collateral),
+            "--at",
+            AT.isoformat(),
+            "--trust-root",
+            str(sim.pki.root_pem_path),
+        ]
+        + ["--client-permissions", "nginx,USA", "--json"],
+    )
+    decision: dict[str, Any] = json.loads(r.output)
+    return decision
+
+
+def test_secl_sgx_decision(sim: SimEvidence, tmp_path: Path) -> None:
     policy = TransferPolicyBody.model_validate(_json("secl-sgx"))
     verified = sim.verify("sgx", isvsvn=2, tcb="swhardening")
-    d = secl.evaluate(policy, verified, client_permissions=["nginx", "USA"], policy_id="example-sgx")
+    d = secl.evaluate(policy, verified, client_permissions=["nginx", "USA"], policy_id="example-sgx.json")
     assert d.to_dict() == _json("decision-secl-sgx")
+    assert _policy_test(sim, tmp_path, "example-sgx.json", EXAMPLES["secl-sgx"]) == _json("decision-secl-sgx")
 
 
 def test_secl_tdx_allows_the_default_td(sim: SimEvidence) -> None:
@@ -69,8 +97,9 @@ def test_secl_tdx_allows_the_default_td(sim: SimEvidence) -> None:
     assert denied.reasons[0].startswith("TCB status OutOfDate is not UpToDate")
 
 
-def test_rego_sgx_decision(sgx_doc: dict[str, Any], sim: SimEvidence) -> None:
-    policy = rego.compile_policy(EXAMPLES["rego-sgx"], policy_id="example-rego")
+def test_rego_sgx_decision(sgx_doc: dict[str, Any], sim: SimEvidence, tmp_path: Path) -> None:
+    assert _policy_test(sim, tmp_path, "example.rego", EXAMPLES["rego-sgx"]) == _json("decision-rego-sgx")
+    policy = rego.compile_policy(EXAMPLES["rego-sgx"], policy_id="example.rego")
     assert rego.evaluate(policy, sgx_doc).to_dict() == _json("decision-rego-sgx")
     ok = dict(appraisal_input(sim.verify("sgx", isvsvn=3), client_permissions=["nginx"]))
     assert rego.evaluate(policy, ok).allowed
