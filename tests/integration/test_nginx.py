@@ -92,17 +92,47 @@ def _stop(pid_file: Path, sig: int) -> None:
         os.kill(pid, signal.SIGKILL)
 
 
-def test_doc_setup_block_is_what_make_test_installs() -> None:
+def _setup_block() -> str:
     blocks = doc_blocks(DOC.read_text())
     assert [b.kind for b in blocks].count("setup") == 1 and [b.kind for b in blocks].count("teardown") == 1
-    setup = next(b for b in blocks if b.kind == "setup").code.strip().splitlines()
-    apt = "sudo apt-get install -y --no-install-recommends "
-    assert setup[0].startswith(apt) and setup[1:] == ["make venv", "export PATH=$PWD/.venv/bin:$PATH"]
-    packages = setup[0].removeprefix(apt).split()
+    return next(b for b in blocks if b.kind == "setup").code
+
+
+def test_doc_setup_block_is_what_make_test_installs() -> None:
+    setup = _setup_block().strip().splitlines()
+    apt = "$SUDO apt-get install -y --no-install-recommends "
+    assert setup[2].startswith(apt) and setup[3:] == ["make venv", "export PATH=$PWD/.venv/bin:$PATH"]
+    packages = setup[2].removeprefix(apt).split()
     assert packages == list(PACKAGES)
     script = INSTALL.read_text()
     for name in packages:
         assert f"need+=({name})" in script, f"{INSTALL.name} does not install {name}"
+
+
+@pytest.mark.parametrize(("uid", "expected_prefix"), [("0", ""), ("1000", "sudo ")])
+def test_doc_setup_block_uses_sudo_only_when_not_root(uid: str, expected_prefix: str) -> None:
+    """The setup block as pasted by root (no sudo: a root shell often has none) and by a user:
+    ``id``, ``sudo``, ``apt-get`` and ``make`` are stand-ins that record what would run."""
+    shims = (
+        f"id() {{ echo {uid}; }}\n"
+        'sudo() { echo "sudo $*"; }\n'
+        'apt-get() { echo "apt-get $*"; }\n'
+        'make() { echo "make $*"; }\n'
+    )
+    r = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", shims + _setup_block()],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PWD": str(ROOT)},
+        cwd=ROOT,
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == [
+        f"{expected_prefix}apt-get update",
+        f"{expected_prefix}apt-get install -y --no-install-recommends {' '.join(PACKAGES)}",
+        "make venv",
+    ]
 
 
 @pytest.fixture
