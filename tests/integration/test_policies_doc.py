@@ -6,30 +6,18 @@ doc does not print."""
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
 
+from tests.helpers.docblocks import run_blocks
 from tests.helpers.server import Server, keybroker
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "policies.md"
-_BLOCK = re.compile(r"<!-- doc-test: (\w+) -->\n```(\w+)\n(.*?)```", re.S)
-
-
-def doc_blocks() -> list[str]:
-    blocks = []
-    for m in _BLOCK.finditer(DOC.read_text()):
-        assert (m.group(1), m.group(2)) == ("run", "sh"), (
-            f"docs/policies.md: unknown doc-test block {m.group(0)[:60]}"
-        )
-        blocks.append(m.group(3))
-    assert len(blocks) >= 4, "docs/policies.md lost its step-by-step blocks"
-    return blocks
 
 
 def test_attaching_policies_as_the_doc_shows(tmp_path: Path) -> None:
-    script = "\n".join(doc_blocks())
+    script = run_blocks(DOC, at_least=4)
     assert "export PATH=$PWD/.venv/bin:$PATH" in script and "https://127.0.0.1:9443" in script
     server = Server(tmp_path / "data", extra=["--dev"]).start()
     try:
