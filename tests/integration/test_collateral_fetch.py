@@ -166,6 +166,17 @@ def test_a_wrong_answer_is_refused(pccs: FakePccs) -> None:
         fetch_collateral(client, fmspc=FMSPC, tees=["tdx"], roots=TrustedRoots())
 
 
+def test_a_tee_without_its_qe_identity_is_not_stored(pccs: FakePccs) -> None:
+    del pccs.routes["/tdx/certification/v4/qe/identity"]
+    with (
+        _client(pccs.url, []) as client,
+        pytest.raises(CollateralNotFound, match="no complete collateral for FMSPC 00806F050000") as exc,
+    ):
+        fetch_collateral(client, fmspc=FMSPC, tees=["sgx", "tdx"], roots=TrustedRoots())
+    assert "TCB Info TDX 00806F050000 not stored: no TD_QE identity of the same root" in exc.value.detail
+    assert "no SGX TCB Info: " in exc.value.detail
+
+
 def test_urls() -> None:
     assert (
         PcsClient("https://pccs.example:8081/sgx/certification/v4/").base_url == "https://pccs.example:8081"

@@ -293,7 +293,8 @@ def fetch(
     trust_root: TrustRootOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Fetch an FMSPC's collateral from Intel PCS or any PCCS (another keybroker too), verify it, store it."""
+    """Fetch an FMSPC's collateral from Intel PCS or any PCCS (another keybroker too), verify it, store
+    it: all of one root (the TCB Info's); a piece of another root is skipped with a note."""
     fmspc = _fmspc(fmspc)
     tees = _tees(tee)
     settings = _settings(config, data_dir, database)

@@ -315,7 +315,10 @@ def verify(
     json_output: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
     trust_root: Annotated[
         Optional[list[Path]],  # noqa: UP045
-        typer.Option("--trust-root", help="Extra trusted root (PEM), e.g. the dev PKI root. Repeatable."),
+        typer.Option(
+            "--trust-root",
+            help="Extra trusted root (PEM) besides the server's, e.g. another dev PKI's root. Repeatable.",
+        ),
     ] = None,
     config: ConfigOpt = None,
     data_dir: DataDirOpt = None,
