@@ -510,6 +510,9 @@ def snp_report(
     committed_firmware: abi.FirmwareVersion | None = None,
     launch_mit_vector: int = 0,
     current_mit_vector: int = 0,
+    cpuid: tuple[int, int, int] | None = None,
+    signer_tcb: Tcb | None = None,
+    signer_chip_id: bytes | None = None,
     now: dt.datetime | None = None,
 ) -> SimSnpEvidence:
     """An ATTESTATION_REPORT in AMD's format, signed by the dev VCEK (or VLEK) for ``reported_tcb``.
@@ -518,7 +521,10 @@ def snp_report(
     CPUID. TCBs default to the product's :data:`DEFAULT_TCB` (committed and launch = reported,
     current = committed). ``chip_id`` defaults to the PKI's chip; ``mask_chip_id`` zeroes it (as
     MASK_CHIP_ID does; only a VLEK-signed report then verifies). The inputs are not validated
-    beyond what the format needs: tests use this to build reports a verifier must refuse.
+    beyond what the format needs: tests use this to build reports a verifier must refuse, with
+    ``cpuid`` (family, model, stepping; default the product's), ``signer_tcb`` (the TCB of the
+    signing key; default ``reported_tcb``) and ``signer_chip_id`` (whose VCEK signs; default
+    ``chip_id``).
     """
     product = pki.product
     if version is None:
@@ -545,7 +551,9 @@ def snp_report(
     chip = pki.chip_id if chip_id is None else chip_id
     if len(chip) != 64:
         raise ValueError("chip_id must be 64 bytes")
-    signer, key = pki.signer(reported, kind=signing_key, chip_id=chip_id, now=now)
+    signer, key = pki.signer(
+        signer_tcb or reported, kind=signing_key, chip_id=signer_chip_id or chip_id, now=now
+    )
 
     key_info = (int(author_key_en)) | (
         (abi.SIGNING_KEY_VCEK if signing_key == "vcek" else abi.SIGNING_KEY_VLEK) << 2
@@ -570,7 +578,7 @@ def snp_report(
     body[0x160:0x180] = report_id_ma
     body[0x180:0x188] = reported.encode(product)
     if version >= 3:
-        body[0x188:0x18B] = bytes(_CPUID[product])
+        body[0x188:0x18B] = bytes(cpuid or _CPUID[product])
     body[0x1A0:0x1E0] = bytes(64) if mask_chip_id else chip
     body[0x1E0:0x1E8] = committed.encode(product)
     fw_committed = committed_firmware or firmware

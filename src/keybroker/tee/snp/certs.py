@@ -140,7 +140,9 @@ def _decode(der: bytes, what: str, check: str) -> x509.Certificate:
         with warnings.catch_warnings():
             # Every VCEK/VLEK has serial number 0, which cryptography 50 parses with a warning.
             warnings.filterwarnings("ignore", message="Parsed a serial number which wasn't positive")
-            return decode_certificate(der)
+            cert = decode_certificate(der)
+            _ = (cert.signature_hash_algorithm, cert.signature_algorithm_parameters)
+            return cert
     except X509_DECODE_ERRORS as exc:
         raise VerificationError(f"{what}: undecodable certificate ({exc})", check=check) from None
 
@@ -218,9 +220,60 @@ def _pss_verify(issuer: x509.Certificate, signature: bytes, data: bytes) -> bool
     return True
 
 
+def _tlv(data: bytes, pos: int) -> tuple[int, int, int]:
+    """(tag, content start, end) of the DER element at ``pos`` (short or long definite length)."""
+    if pos + 2 > len(data):
+        raise ValueError("truncated DER")
+    first = data[pos + 1]
+    start = pos + 2
+    if first < 0x80:
+        length = first
+    else:
+        n = first & 0x7F
+        if not 1 <= n <= 3 or start + n > len(data):
+            raise ValueError("bad DER length")
+        length = int.from_bytes(data[start : start + n], "big")
+        start += n
+    if start + length > len(data):
+        raise ValueError("DER element runs past the end")
+    return data[pos], start, start + length
+
+
+def _same_algorithm(signed: bytes, tbs: bytes, *, first_optional: int) -> bool:
+    """The outer signatureAlgorithm equals the one inside the signed part, byte for byte (RFC 5280
+    4.1.1.2 / 5.1.1.2). ``signed`` is a certificate or CRL; ``first_optional`` the tag of the optional
+    field before the inner AlgorithmIdentifier (certificate: [0] version; CRL: INTEGER version).
+
+    The signature is checked with AMD's fixed PSS parameters, so the outer copy is otherwise
+    never read: without this, it could be edited and the certificate would still verify.
+    """
+    try:
+        _, body, _ = _tlv(signed, 0)
+        if signed[body : body + len(tbs)] != tbs:
+            return False
+        _, _, alg_end = _tlv(signed, body + len(tbs))
+        outer = signed[body + len(tbs) : alg_end]
+        _, pos, _ = _tlv(tbs, 0)
+        tag, _, end = _tlv(tbs, pos)
+        if tag == first_optional:
+            pos = end
+            tag, _, end = _tlv(tbs, pos)
+        if first_optional == 0xA0:  # certificate: the serial number comes before the algorithm
+            pos = end
+        _, _, end = _tlv(tbs, pos)
+        return tbs[pos:end] == outer
+    except ValueError:
+        return False
+
+
 def _signed_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
-    """``cert`` names ``issuer`` as its issuer and its signature verifies with AMD's PSS parameters."""
-    return cert.issuer == issuer.subject and _pss_verify(issuer, cert.signature, cert.tbs_certificate_bytes)
+    """``cert`` names ``issuer`` as its issuer, both copies of its signature algorithm agree, and its
+    signature verifies with AMD's PSS parameters."""
+    return (
+        cert.issuer == issuer.subject
+        and _same_algorithm(cert.public_bytes(Encoding.DER), cert.tbs_certificate_bytes, first_optional=0xA0)
+        and _pss_verify(issuer, cert.signature, cert.tbs_certificate_bytes)
+    )
 
 
 def _read_root(name: str) -> x509.Certificate:
@@ -552,12 +605,26 @@ def _verify_chain_uncached(
         raise _fail(
             f"{issuer_cn!r} is not signed by a trusted ARK-{product} (AMD's pinned key or a configured dev root)"
         )
+    # Every other certificate given must be this ARK or the other intermediate under it (AMD's
+    # combined files hold ASK, ARK and ASVK): nothing is passed over unchecked.
     if chain_ders is not None:
-        for c in candidates:
-            if c.subject == intermediate.issuer and c.issuer == c.subject and spki_sha256(c) != root.spki:
+        other_cn = f"SEV-VLEK-{product}" if kind == "vcek" else f"SEV-{product}"
+        for i, c in enumerate(candidates):
+            if c is intermediate or c == intermediate:
+                continue
+            if c.subject == intermediate.issuer:
+                if spki_sha256(c) != root.spki:
+                    raise _fail(
+                        f"the chain's ARK-{product} has key sha256 {spki_sha256(c)[:16]}…, not the trusted "
+                        f"{root.kind} ARK-{product} ({root.spki[:16]}…)"
+                    )
+                if not _signed_by(c, c):
+                    raise _fail(f"the chain's ARK-{product} is not validly self-signed")
+            elif _cn(c.subject) == other_cn and _signed_by(c, root.cert):
+                _profile(c, other_cn, ca=True)
+            else:
                 raise _fail(
-                    f"the chain's ARK-{product} has key sha256 {spki_sha256(c)[:16]}…, not the trusted "
-                    f"{root.kind} ARK-{product} ({root.spki[:16]}…)"
+                    f"chain[{i}] {_cn(c.subject)!r} is neither ARK-{product} nor an intermediate it signed"
                 )
 
     # (d) Names: every name has the root's attributes besides CN (for AMD's ARKs: AMD's location).
@@ -640,8 +707,10 @@ def _crl(der: bytes, index: int) -> x509.CertificateRevocationList:
 def _crl_signed_by(crl_der: bytes, ark_der: bytes) -> bool:
     crl = x509.load_der_x509_crl(crl_der)
     ark = x509.load_der_x509_certificate(ark_der)
-    return crl.signature_algorithm_oid == SignatureAlgorithmOID.RSASSA_PSS and _pss_verify(
-        ark, crl.signature, crl.tbs_certlist_bytes
+    return (
+        crl.signature_algorithm_oid == SignatureAlgorithmOID.RSASSA_PSS
+        and _same_algorithm(crl_der, crl.tbs_certlist_bytes, first_optional=0x02)
+        and _pss_verify(ark, crl.signature, crl.tbs_certlist_bytes)
     )
 
 

@@ -29,6 +29,9 @@ Steps (each a named check, in this order; a failure raises ``VerificationError(c
     (enarx/steward#154): the firmware never reports a TCB above the one it has committed, nor
     runs below its committed one; a report that says otherwise is misread or not genuine.
 
+ECDSA malleability: (R, n - S) verifies whenever (R, S) does; both are accepted (the firmware does
+not normalise S) and ``evidence_sha256`` is computed over the low-S form, so they are one report.
+
 What remains for policy (claims, not errors): debug, migration agent, SMT, VMPL, ID block, guest
 SVN, firmware versions and provisional firmware, TCB minimums, platform info, mitigation vectors.
 
@@ -51,11 +54,19 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from keybroker.errors import VerificationError
-from keybroker.tee.snp.abi import AttestationReport, Product, ReportTcbs, SigningKey, parse_report
+from keybroker.tee.snp.abi import (
+    SIG_R_END,
+    SIG_S_END,
+    AttestationReport,
+    Product,
+    ReportTcbs,
+    SigningKey,
+    parse_report,
+)
 from keybroker.tee.snp.certs import RootKind, check_crls, check_validity, verify_chain
 from keybroker.tee.snp.claims import SnpClaims, claims_from_report
 
-__all__ = ["CHECKS", "VerifiedSnpReport", "verify_report"]
+__all__ = ["CHECKS", "VerifiedSnpReport", "canonical_report", "verify_report"]
 
 CHECKS: Final = (
     "parse",
@@ -98,7 +109,7 @@ class VerifiedSnpReport:
     csp_id: str | None
     #: SHA-256 of the signing certificate's DER.
     signer_sha256: str
-    #: SHA-256 of the 1184 report bytes.
+    #: SHA-256 of the report with S in its low form (:func:`canonical_report`): one report, one digest.
     evidence_sha256: str
 
     def to_dict(self) -> dict[str, Any]:
@@ -251,8 +262,21 @@ def verify_report(
         expiry=expiry,
         csp_id=ext.csp_id,
         signer_sha256=verified_chain.leaf_sha256,
-        evidence_sha256=hashlib.sha256(verified_report.raw).hexdigest(),
+        evidence_sha256=hashlib.sha256(canonical_report(verified_report)).hexdigest(),
     )
+
+
+def canonical_report(report: AttestationReport) -> bytes:
+    """The report with its signature's S replaced by min(S, n - S).
+
+    ECDSA signatures are malleable: if (R, S) verifies, so does (R, n - S), and AMD's firmware does
+    not normalise S. Both encodings carry the same signed bytes and claims; naming evidence by this
+    form gives them one digest (as ``dcap.abi.canonical_quote`` does for zero padding).
+    """
+    s = min(report.signature_s, _P384_N - report.signature_s)
+    out = bytearray(report.raw)
+    out[SIG_R_END:SIG_S_END] = s.to_bytes(SIG_S_END - SIG_R_END, "little")
+    return bytes(out)
 
 
 def _tcb_text(components: dict[str, int]) -> str:
