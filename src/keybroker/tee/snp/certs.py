@@ -579,8 +579,14 @@ def _verify_chain_uncached(
         candidates = tuple(_decode(d, f"chain[{i}]", "cert_chain") for i, d in enumerate(chain_ders))
     matches = {c.public_bytes(Encoding.DER): c for c in candidates if c.subject == leaf.issuer}
     if not matches:
-        among = "AMD's shipped certificates" if chain_ders is None else f"the {len(candidates)} chain certificate(s)"
-        raise _fail(f"no {mid_role} {issuer_cn!r} with the name the {leaf_cn} names as its issuer among {among}")
+        among = (
+            "AMD's shipped certificates"
+            if chain_ders is None
+            else f"the {len(candidates)} chain certificate(s)"
+        )
+        raise _fail(
+            f"no {mid_role} {issuer_cn!r} with the name the {leaf_cn} names as its issuer among {among}"
+        )
     if len(matches) > 1:
         raise _fail(f"{len(matches)} different certificates named {issuer_cn!r} in the chain")
     (intermediate,) = matches.values()
