@@ -735,6 +735,10 @@ def check_crls(
     on it. AMD's ARK CRLs list intermediates only (AMD does not revoke VCEKs). CRLs of other issuers
     are ignored; with ``require`` at least one must apply. Returns their validity windows.
     """
+    if not crls:
+        if require:
+            raise VerificationError(f"no CRL issued by {_cn(chain.ark.subject)} was given", check="crl")
+        return ()
     ark_der = chain.ark.public_bytes(Encoding.DER)
     ark_cn = _cn(chain.ark.subject)
     applied: list[_Window] = []
