@@ -304,7 +304,8 @@ class SnpDevPki:
             return self._issued[memo_key]
         key = self._derived_key(kind, binding, tcb_raw)
         sub = self.directory / kind
-        stem = tcb_raw.hex() if chip_id is None or kind == "vlek" else f"{chip[:8].hex()}-{tcb_raw.hex()}"
+        own = binding == (self.chip_id if kind == "vcek" else self.csp_id.encode())
+        stem = tcb_raw.hex() if own else f"{hashlib.sha256(binding).hexdigest()[:16]}-{tcb_raw.hex()}"
         path = sub / f"{stem}.der"
         if path.exists():
             cert = x509.load_der_x509_certificate(path.read_bytes())

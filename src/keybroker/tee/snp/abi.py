@@ -263,7 +263,12 @@ class KeyInfo:
     @property
     def signing_key(self) -> SigningKey | None:
         """``vcek``, ``vlek``, or None when the report names no signing key (code 7)."""
-        return {SIGNING_KEY_VCEK: "vcek", SIGNING_KEY_VLEK: "vlek"}.get(self.signing_key_code)  # type: ignore[return-value]
+        code = self.signing_key_code
+        if code == SIGNING_KEY_VCEK:
+            return "vcek"
+        if code == SIGNING_KEY_VLEK:
+            return "vlek"
+        return None
 
 
 @dataclass(frozen=True, slots=True, order=True)

@@ -617,7 +617,7 @@ def _verify_chain_uncached(
     if chain_ders is not None:
         other_cn = f"SEV-VLEK-{product}" if kind == "vcek" else f"SEV-{product}"
         for i, c in enumerate(candidates):
-            if c is intermediate or c == intermediate:
+            if c == intermediate or c == leaf:
                 continue
             if c.subject == intermediate.issuer:
                 if spki_sha256(c) != root.spki:
@@ -689,7 +689,8 @@ def verify_chain(
     """Verify a VCEK (``kind`` "vcek") or VLEK ("vlek") up to a trusted ARK; time is not checked.
 
     ``chain`` holds AMD's ``cert_chain`` (ASK or ASVK, and optionally the ARK, in any order; the
-    other intermediate may be there too and is ignored), or None to use the shipped ASK/ASVK. An
+    leaf itself and the other intermediate may be there too: each is checked), or None to use the
+    shipped ASK/ASVK. An
     ARK in ``chain`` must have the trusted key; the trusted ARK is always the pinned (or dev root)
     certificate. Time-independent: cached by the certificates' bytes. Raises ``VerificationError``
     with ``check`` "cert_chain", "vcek_extensions" or "product".

@@ -584,3 +584,8 @@ def test_the_amd_crl_distribution_points_match_kds() -> None:
     dp = ark.extensions.get_extension_for_class(x509.CRLDistributionPoints).value
     assert dp[0].full_name[0].value == "https://kdsintf.amd.com/vcek/v1/Milan/crl"  # type: ignore[index,union-attr]
     assert certs.RSA_PSS_SHA384.mgf is not None
+
+
+def test_the_leaf_may_come_along_in_the_chain() -> None:
+    """[VCEK, ASK, ARK], as some tools pass the whole chain."""
+    assert _verify_real(chain=[VCEK, ASK, ARK]).signing_key == "vcek"
