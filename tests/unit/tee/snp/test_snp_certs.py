@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.x509.oid import NameOID
 from tests.unit.tee.snp.conftest import CORPUS_AT, ISSUED, SIM_AT
-from tests.vectors.corpus import read_bytes
+from tests.vectors.corpus import CORPUS, read_bytes
 
 from keybroker.errors import EvidenceParseError, VerificationError
 from keybroker.tee.sim import _der
@@ -32,6 +32,9 @@ from keybroker.tee.snp.certs import (
     verify_chain,
 )
 from keybroker.tee.snp.verify import verify_report
+
+# AMD's VCEKs and VLEKs have serial number 0: cryptography warns (keybroker silences it outside pytest).
+pytestmark = pytest.mark.filterwarnings("ignore:Parsed a serial number")
 
 MILAN_CHAIN = load_certificate_ders(read_bytes("amd-sev-snp/coco-trustee/milan_ask_ark_asvk.pem"))
 ASK, ARK, ASVK = MILAN_CHAIN
@@ -589,3 +592,26 @@ def test_the_amd_crl_distribution_points_match_kds() -> None:
 def test_the_leaf_may_come_along_in_the_chain() -> None:
     """[VCEK, ASK, ARK], as some tools pass the whole chain."""
     assert _verify_real(chain=[VCEK, ASK, ARK]).signing_key == "vcek"
+
+
+def test_serial_zero_warning_is_silenced_for_the_decoder_only() -> None:
+    """Outside pytest (which resets filters per test), even ``-W error`` does not trip on AMD's serial 0."""
+    import subprocess
+    import sys
+
+    code = (
+        "import datetime as dt, pathlib\n"
+        "from keybroker.tee.snp import verify_report\n"
+        f"d = pathlib.Path({str(CORPUS)!r}) / 'amd-sev-snp/coco-trustee'\n"
+        "v = verify_report((d / 'test-report.bin').read_bytes(), vcek_or_vlek=(d / 'test-vcek.der').read_bytes(),"
+        " at=dt.datetime(2025, 6, 1, tzinfo=dt.UTC))\n"
+        "print(v.product)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-W", "error::DeprecationWarning", "-W", "error::UserWarning", "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "Milan", done.stderr[-1500:]

@@ -29,6 +29,9 @@ from tests.unit.tee.snp.conftest import CORPUS_AT, RealReport, real_reports
 from keybroker.errors import EvidenceError
 from keybroker.tee.snp import verify_report
 
+# AMD's VCEKs and VLEKs have serial number 0: cryptography warns (keybroker silences it outside pytest).
+pytestmark = pytest.mark.filterwarnings("ignore:Parsed a serial number")
+
 HERE = Path(__file__).resolve().parent / "tinfoil"
 VERSION = "1.1.0"
 REAL = {r.name: r for r in real_reports()}
