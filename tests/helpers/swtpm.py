@@ -288,6 +288,21 @@ class Swtpm:
         blob = self.path("cred.blob")
         blob.write_bytes(tools_credential_file(credential_blob, encrypted_secret))
         session, out = self.path("session.ctx"), self.path("secret.out")
+        if ek == "ecc":
+            # swtpm's ECC P-384 EK (a high-range template) has userWithAuth: an empty password will do
+            self.run(
+                "tpm2_activatecredential",
+                "-c",
+                str(ak.ctx),
+                "-C",
+                EK_HANDLES[ek],
+                "-i",
+                str(blob),
+                "-o",
+                str(out),
+            )
+            return out.read_bytes()
+        # the RSA EK (low-range template) admits only PolicySecret(endorsement)
         script = (
             f"tpm2_startauthsession --policy-session -S {session} && "
             f"tpm2_policysecret -S {session} -c e >/dev/null && "
@@ -357,3 +372,25 @@ def event2(pcr: int, event_type: int, digests: dict[str, bytes], data: bytes) ->
 
 def build_event_log(banks: list[str], events: list[tuple[int, int, dict[str, bytes], bytes]]) -> bytes:
     return spec_id_event(banks) + b"".join(event2(*e) for e in events)
+
+
+def tools_pcrs_file(pcrs: dict[str, dict[int, bytes]]) -> bytes:
+    """The inverse of :func:`parse_tools_pcrs`: what ``tpm2_checkquote -f`` reads (banks in the given
+    order, PCRs ascending)."""
+    algs = {"sha1": 0x0004, "sha256": 0x000B, "sha384": 0x000C, "sha512": 0x000D}
+    sel = struct.pack("<I", len(pcrs))
+    values: list[bytes] = []
+    for bank, vals in pcrs.items():
+        bitmap = bytearray(4)
+        for i in sorted(vals):
+            bitmap[i // 8] |= 1 << (i % 8)
+            values.append(vals[i])
+        sel += struct.pack("<HB", algs[bank], 3) + bytes(bitmap) + b"\x00"
+    sel += bytes(8 * (16 - len(pcrs)))
+    lists = [values[i : i + 8] for i in range(0, len(values), 8)]
+    out = sel + struct.pack("<I", len(lists))
+    for chunk in lists:
+        out += struct.pack("<I", len(chunk))
+        out += b"".join(struct.pack("<H", len(v)) + v.ljust(64, b"\x00") for v in chunk)
+        out += bytes(66 * (8 - len(chunk)))
+    return out
