@@ -12,6 +12,7 @@ that matches (:func:`build_event_log`).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import socket
@@ -394,3 +395,29 @@ def tools_pcrs_file(pcrs: dict[str, dict[int, bytes]]) -> bytes:
         out += b"".join(struct.pack("<H", len(v)) + v.ljust(64, b"\x00") for v in chunk)
         out += bytes(66 * (8 - len(chunk)))
     return out
+
+
+@dataclass(frozen=True)
+class SyntheticBoot:
+    """PCRs 7 and 8 of the shared swtpm extended once with these events, the matching log, a quote."""
+
+    banks: list[str]
+    events: list[tuple[int, int, dict[str, bytes], bytes]]
+    log: bytes
+    ak: Ak
+    quote: Quote
+    nonce: bytes
+
+
+def uefi_variable(
+    name: str, data: bytes, guid: bytes = bytes.fromhex("61dfe48bca93d211aa0d00e098032b8c")
+) -> bytes:
+    """A UEFI_VARIABLE_DATA (EFI global variable GUID by default)."""
+    return guid + struct.pack("<QQ", len(name), len(data)) + name.encode("utf-16-le") + data
+
+
+def synthetic_event(
+    banks: list[str], pcr: int, typ: int, data: bytes, measured: bytes | None = None
+) -> tuple[int, int, dict[str, bytes], bytes]:
+    m = data if measured is None else measured
+    return pcr, typ, {b: hashlib.new(b, m).digest() for b in banks}, data
