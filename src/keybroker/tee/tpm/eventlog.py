@@ -361,70 +361,86 @@ def _text(data: bytes) -> str:
     return data.decode("utf-8", errors="replace")
 
 
+def _grub(ev: Event, alg: int) -> tuple[bytes, str] | None:
+    """(prefix, text) of a PCR 8 GRUB event whose text is what was measured; None if not GRUB's."""
+    if ev.event_type != EV_IPL:
+        return None
+    for prefix in (_GRUB_CMD, _GRUB_CMDLINE):
+        if ev.data.startswith(prefix):
+            body = ev.data[len(prefix) :]
+            return prefix, _text(_data_bound(ev, alg, [body.removesuffix(b"\x00"), body]))
+    return None
+
+
 def _claims(events: list[Event], alg: int) -> dict[str, Any]:
+    """Claims from verified events. Event types and most event data are not measured, so a list
+    claim is complete or None ("unknown"), never a partial list an edited type could shorten."""
     secure_boot: dict[str, Any] = {"enabled": None, "pk": None, "kek": None, "db": None, "dbx": None}
     separators: dict[str, str] = {}
     boot_apps: list[str] = []
-    efi_actions: list[str] = []
-    grub_commands: list[str] = []
-    cmdline: str | None = None
+    grub: list[tuple[bytes, str]] | None = []
     ipl_files: list[dict[str, Any]] = []
     crtm_version: str | None = None
     seen_vars: set[str] = set()
     for ev in events:
         digest_hex = ev.digest(alg).hex()
         if ev.event_type == EV_EFI_VARIABLE_DRIVER_CONFIG:
-            var = _uefi_variable(ev)
-            key = _SECURE_BOOT_VARIABLES.get((var[0], var[1])) if var is not None else None
-            if var is None or key is None:
-                continue
+            # [PFP] 10.4.4: the digest is of the whole UEFI_VARIABLE_DATA, so the data must match it
             _data_bound(ev, alg, [ev.data])
-            if key in seen_vars:
+            var = _uefi_variable(ev)
+            if var is None:
                 raise VerificationError(
-                    f"event {ev.number}: UEFI variable {var[1]} is measured twice", check="event_data"
+                    f"event {ev.number} ({ev.type_name}, PCR {ev.pcr}): malformed UEFI_VARIABLE_DATA",
+                    check="event_data",
                 )
-            seen_vars.add(key)
-            if key == "secure_boot":
-                secure_boot["enabled"] = var[2] == b"\x01"
-            else:
-                secure_boot[key] = digest_hex
+            key = _SECURE_BOOT_VARIABLES.get((var[0], var[1]))
+            if key is not None:
+                if key in seen_vars:
+                    raise VerificationError(
+                        f"event {ev.number}: UEFI variable {var[1]} is measured twice", check="event_data"
+                    )
+                seen_vars.add(key)
+                if key == "secure_boot":
+                    secure_boot["enabled"] = var[2] == b"\x01"
+                else:
+                    secure_boot[key] = digest_hex
         elif ev.event_type == EV_SEPARATOR:
             value = _data_bound(ev, alg, [ev.data])
             separators[str(ev.pcr)] = (
                 "ok" if value in _SEPARATOR_OK else ("error" if value == _SEPARATOR_ERROR else value.hex())
             )
-        elif ev.event_type == EV_EFI_BOOT_SERVICES_APPLICATION:
-            boot_apps.append(digest_hex)  # an Authenticode digest of the image: not checkable here
         elif ev.event_type == EV_EFI_ACTION:
-            efi_actions.append(_text(_data_bound(ev, alg, [ev.data])))
+            _data_bound(ev, alg, [ev.data])  # an action string is hashed as it is
         elif ev.event_type == EV_S_CRTM_VERSION:
             raw = _data_bound(ev, alg, [ev.data])
             crtm_version = raw.decode("utf-16-le", errors="replace").rstrip("\x00")
-        elif ev.event_type == EV_IPL and ev.pcr == 8:
-            for prefix in (_GRUB_CMD, _GRUB_CMDLINE):
-                if ev.data.startswith(prefix):
-                    body = ev.data[len(prefix) :]
-                    text = _text(_data_bound(ev, alg, [body.removesuffix(b"\x00"), body]))
-                    if prefix == _GRUB_CMD:
-                        grub_commands.append(text)
-                    else:
-                        cmdline = text
-                    break
-        elif ev.event_type == EV_IPL and ev.pcr == 9:
-            path = _text(ev.data.removesuffix(b"\x00"))
+        if ev.pcr == 4 and ev.event_type not in (EV_EFI_ACTION, EV_SEPARATOR):
+            # boot loaders and applications (Authenticode digests, not checkable here): every other
+            # PCR 4 event counts, whatever its (unmeasured) type says
+            boot_apps.append(digest_hex)
+        elif ev.pcr == 8 and grub is not None:
+            found = _grub(ev, alg)
+            grub = None if found is None else [*grub, found]
+        elif ev.pcr == 9:
+            path = _text(ev.data.removesuffix(b"\x00")) if ev.event_type == EV_IPL else None
             ipl_files.append({"digest": digest_hex, "path": path})
+    grub_commands = None if grub is None else [t for p, t in grub if p == _GRUB_CMD]
+    cmdlines = [] if grub is None else [t for p, t in grub if p == _GRUB_CMDLINE]
+    cmdline = cmdlines[0] if len(cmdlines) == 1 else None
     kernel = initrd = None
     if cmdline is not None:
         kernel_path = cmdline.split(" ", 1)[0]
         kernel = next((f["digest"] for f in ipl_files if f["path"] == kernel_path), None)
-    initrd_paths = [c.split()[1] for c in grub_commands if c.startswith("initrd ") and len(c.split()) > 1]
+    initrd_paths = [
+        c.split()[1] for c in grub_commands or () if c.startswith("initrd ") and len(c.split()) > 1
+    ]
     initrd = next((f["digest"] for f in ipl_files if f["path"] in initrd_paths), None)
     return {
         "secure_boot": secure_boot,
         "separators": separators,
         "boot_applications": boot_apps,
-        "efi_actions": efi_actions,
         "crtm_version": crtm_version,
+        # None unless every PCR 8 event is a GRUB command or command line whose text was measured
         "grub_commands": grub_commands,
         "kernel_cmdline": cmdline,
         # PCR 9 file paths are not measured (only the files are): the path is informational, and the

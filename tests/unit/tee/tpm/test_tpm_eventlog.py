@@ -60,12 +60,34 @@ def test_gce_log_claims() -> None:
     assert claims["separators"] == {str(i): "ok" for i in range(8)}
     assert claims["crtm_version"] == "GCE Virtual Firmware v1"
     assert len(claims["boot_applications"]) == 3
-    assert claims["efi_actions"][0] == "Calling EFI Application from Boot Option"
     assert claims["kernel_cmdline"].startswith("/syslinux/vmlinuz.A init=/usr/lib/systemd/systemd")
     assert "linux /syslinux/vmlinuz.A" in claims["grub_commands"][-1]
     assert claims["ipl_files"][0]["path"] == "/syslinux/vmlinuz.A"
     assert claims["kernel"] == claims["ipl_files"][0]["digest"]
     assert claims["initrd"] is None  # COS boots without one ("noinitrd")
+
+
+def test_unrecognized_pcr8_event_makes_grub_claims_unknown_not_partial() -> None:
+    """Event types are not measured: relabel a GRUB event and the command list would shrink. A list
+    claim is therefore complete or None."""
+    quote, raw = gce()
+    log = parse_event_log(raw)
+    first8 = next(e for e in log.events if e.pcr == 8)
+    relabelled = raw[: first8.offset + 4] + struct.pack("<I", 0x00000001) + raw[first8.offset + 8 :]
+    claims = verify_event_log(relabelled, quote).claims
+    assert claims["grub_commands"] is None and claims["kernel_cmdline"] is None and claims["kernel"] is None
+    # a PCR 4 boot application relabelled as something else still counts as one
+    app = next(e for e in log.events if e.pcr == 4 and e.event_type == 0x80000003)
+    hidden = raw[: app.offset + 4] + struct.pack("<I", 0x00000001) + raw[app.offset + 8 :]
+    assert (
+        verify_event_log(hidden, quote).claims["boot_applications"]
+        == verify_event_log(raw, quote).claims["boot_applications"]
+    )
+    # relabelled as an action or separator, its data no longer hashes to its digest: refused
+    as_action = raw[: app.offset + 4] + struct.pack("<I", 0x80000007) + raw[app.offset + 8 :]
+    with pytest.raises(VerificationError) as info:
+        verify_event_log(as_action, quote)
+    assert info.value.check == "event_data"
 
 
 def test_log_parse_structure() -> None:
@@ -172,7 +194,6 @@ def test_swtpm_synthetic_log(synthetic_boot: SyntheticBoot) -> None:
     assert verified.claims["secure_boot"]["enabled"] is False
     assert verified.claims["grub_commands"] == ["linux /vmlinuz root=/dev/sda"]
     assert verified.claims["separators"] == {"7": "ok"}
-    assert verified.claims["efi_actions"] == ["synthetic action"]
     assert replay(parse_event_log(boot.log), 0x000B)[7] == quote.pcr_values()["sha256"][7]
     # the same log with a different SecureBoot value (digest unchanged) lies about what was measured
     first = boot.events[0]
