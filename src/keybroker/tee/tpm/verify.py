@@ -36,7 +36,7 @@ import hmac
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Final
+from typing import Final
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -122,7 +122,8 @@ Pcrs = Mapping[str, Mapping[int, bytes]]
 
 @dataclass(frozen=True, slots=True)
 class VerifiedQuote:
-    """A quote whose signature, nonce and PCR values verified. ``attest`` is now trustworthy."""
+    """A quote whose signature, nonce and PCR values verified. ``attest`` is now trustworthy;
+    ``claims.tpm_claims`` turns it into the claims document."""
 
     attest: Attest
     signature_scheme: str
@@ -149,22 +150,6 @@ class VerifiedQuote:
 
     def pcr_values(self) -> dict[str, dict[int, bytes]]:
         return {bank: dict(values) for bank, values in self.pcrs}
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "signature_scheme": self.signature_scheme,
-            "ak_name": self.ak_name.hex() if self.ak_name is not None else None,
-            "ak_key_type": self.ak_key_type,
-            "ak_spki_sha256": self.ak_spki_sha256,
-            "extra_data": self.extra_data.hex(),
-            "nonce_checked": self.nonce_checked,
-            "qualified_signer": self.attest.qualified_signer.hex(),
-            "clock_info": self.clock_info.to_dict(),
-            "firmware_version": f"{self.attest.firmware_version:016x}",
-            "pcrs": {bank: {str(i): v.hex() for i, v in vals} for bank, vals in self.pcrs},
-            "checks": list(self.checks),
-            "evidence_sha256": self.evidence_sha256,
-        }
 
 
 def normalize_pcrs(pcrs: Pcrs) -> dict[int, dict[int, bytes]]:

@@ -1,4 +1,5 @@
-"""tpm2_checkquote (tpm2-tools) as an independent verifier: over the corpus quotes and swtpm's, with
+"""tpm2_checkquote (tpm2-tools) as an independent verifier: over the corpus quotes (GCE, keylime and
+the Azure vTPM quotes, whose extraData is taken as the nonce here) and swtpm's, with
 byte mutations of the message, the signature, the PCR values and the nonce, keybroker never accepts
 what tpm2_checkquote rejects. The unmutated good quotes are accepted by both (so the comparison says
 something). keybroker refusing more (SHA-1, PCR selection, AK attributes) is allowed.
@@ -16,11 +17,15 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from tests.helpers.swtpm import Swtpm, SyntheticBoot, tools_pcrs_file
 from tests.unit.tee.tpm.corpus import CASES, tpm_case
-from tests.vectors.corpus import path
+from tests.vectors.corpus import load_cases, path, read_bytes
 
 from keybroker.errors import EvidenceError
+from keybroker.tee.azure.evidence import parse_trustee_evidence
+from keybroker.tee.azure.hcl import parse_hcl_report
+from keybroker.tee.tpm.abi import TpmSignature, parse_attest
 from keybroker.tee.tpm.eventlog import verify_event_log
 from keybroker.tee.tpm.verify import verify_quote
 
@@ -108,6 +113,27 @@ def corpus_inputs() -> list[Input]:
         t = tpm_case(c)
         out.append(Input(c["id"], t.message, t.signature, path(c["ak_pub"]), t.ak_bytes, t.nonce, t.pcrs))
     return out
+
+
+def azure_inputs(tmp: Path) -> list[Input]:
+    """The Azure vTPM quotes of the corpus: HCLAkPub as PEM, the bare signature as a TPMT_SIGNATURE."""
+    out = []
+    for c in load_cases("az-vtpm"):
+        e = parse_trustee_evidence(read_bytes(c["evidence"]), "snp" if c["hw"].startswith("snp") else "tdx")
+        hcl = parse_hcl_report(e.hcl_report)
+        pem = hcl.ak_public.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+        (tmp / f"{c['id']}.pem").write_bytes(pem)
+        attest = parse_attest(e.quote)
+        signature = TpmSignature.raw_rsassa(e.signature).marshal()
+        pcrs = {"sha256": dict(enumerate(e.pcrs))}
+        out.append(Input(c["id"], e.quote, signature, tmp / f"{c['id']}.pem", pem, attest.extra_data, pcrs))
+    return out
+
+
+def test_azure_quotes_differential(tmp_path: Path) -> None:
+    for i in azure_inputs(tmp_path):
+        assert keybroker_accepts(i) and checkquote_accepts(i, tmp_path), i.name
+        _sweep(i, tmp_path, every_message_byte=i.name.endswith("evidence-v1"))
 
 
 EVERY_BYTE = {"tpm-keylime-emulator", "tpm-gce-gce-cos-85-nonce9009-sha1"}
