@@ -42,7 +42,25 @@ VAR_DATA_START: Final = HW_REPORT_END + IGVM_HDR_SIZE  # 0x4D4
 HCL_SIZE: Final = 2600
 TDREPORT_SIZE: Final = 1024
 SNP_REPORT_DATA: Final = (0x50, 0x90)
+# Intel TDX Module ABI, TDREPORT_STRUCT: REPORTMACSTRUCT (256 B; REPORTDATA at 128), TEE_TCB_INFO
+# (239 B at 256), reserved, TDINFO_STRUCT (512 B at 512). The fields a TD quote body repeats:
 TDREPORT_REPORT_DATA: Final = (0x80, 0xC0)
+TDREPORT_FIELDS: Final = (
+    ("tee_tcb_svn", 256 + 8, 256 + 24),
+    ("mr_seam", 256 + 24, 256 + 72),
+    ("mr_signer_seam", 256 + 72, 256 + 120),
+    ("seam_attributes", 256 + 120, 256 + 128),
+    ("td_attributes", 512, 520),
+    ("xfam", 520, 528),
+    ("mr_td", 528, 576),
+    ("mr_config_id", 576, 624),
+    ("mr_owner", 624, 672),
+    ("mr_owner_config", 672, 720),
+    ("rtmr0", 720, 768),
+    ("rtmr1", 768, 816),
+    ("rtmr2", 816, 864),
+    ("rtmr3", 864, 912),
+)
 _REPORT_TYPES: Final[dict[int, Literal["snp", "tdx"]]] = {2: "snp", 4: "tdx"}
 _HASH_TYPES: Final = {1: "sha256", 2: "sha384", 3: "sha512"}
 _MIN_RSA_BITS: Final = 2048

@@ -10,8 +10,9 @@ each failure a ``VerificationError(check=...)``):
    Its own failures propagate with their own check names.
 3. ``report_data``: the verified REPORT_DATA is H(runtime data) zero padded to 64 bytes, all 64 bytes
    compared (the runtime data holds HCLAkPub: the AK is now the hardware's).
-4. ``td_report`` (TDX): the TDREPORT in the HCL slot carries that same REPORTDATA (the TD quote was
-   made from it; a report from another TD cannot ride along).
+4. ``td_report`` (TDX): the TDREPORT in the HCL slot carries that same REPORTDATA and the TD quote
+   body's measurements (MRTD, RTMRs, attributes, TEE TCB): the TD quote was made from it, and a
+   report from another TD cannot ride along.
 5. The vTPM quote, ``tee.tpm.verify.verify_quote`` with HCLAkPub (a bare RSASSA-PKCS1-v1_5 SHA-256
    signature): ``signature``, ``extra_data`` (the nonce), ``pcr_selection`` (all 24 SHA-256 PCRs
    reported, exactly the quote's selection), ``pcr_digest``.
@@ -31,7 +32,9 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from keybroker.errors import EvidenceParseError, VerificationError
 from keybroker.tee.azure.evidence import AzureEvidence
-from keybroker.tee.azure.hcl import HclReport, expected_report_data, parse_hcl_report
+from keybroker.tee.azure.hcl import TDREPORT_FIELDS, HclReport, expected_report_data, parse_hcl_report
+from keybroker.tee.dcap.abi import TdReportBody
+from keybroker.tee.dcap.abi import parse_quote as parse_td_quote
 from keybroker.tee.tpm.abi import ClockInfo, TpmSignature
 from keybroker.tee.tpm.claims import tpm_claims
 from keybroker.tee.tpm.verify import NO_NONCE, ExpectedExtraData, VerifiedQuote, verify_quote
@@ -110,6 +113,40 @@ def _spki_sha256(key: Any) -> str:
     return hashlib.sha256(key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)).hexdigest()
 
 
+def _check_td_report(hcl: HclReport, td_quote: bytes, report_data: bytes) -> None:
+    """The TDREPORT in the HCL slot is the one the (verified) TD quote was made from: REPORTDATA and
+    every TEE_TCB_INFO / TDINFO field the quote body repeats are equal. The TDREPORT's MAC is not
+    remotely verifiable, so nothing else is read from it."""
+    body = parse_td_quote(td_quote).body
+    if not isinstance(body, TdReportBody):
+        raise VerificationError("the TD quote holds an SGX report body", check="td_report")
+    tdreport = hcl.tdreport
+    if not hmac.compare_digest(hcl.hw_report_data, report_data):
+        raise VerificationError(
+            "the TDREPORT in the HCL report carries other REPORTDATA than the verified TD quote",
+            check="td_report",
+        )
+    quoted = {
+        "tee_tcb_svn": body.tee_tcb_svn,
+        "mr_seam": body.mr_seam,
+        "mr_signer_seam": body.mr_signer_seam,
+        "seam_attributes": body.seam_attributes,
+        "td_attributes": body.td_attributes,
+        "xfam": body.xfam,
+        "mr_td": body.mr_td,
+        "mr_config_id": body.mr_config_id,
+        "mr_owner": body.mr_owner,
+        "mr_owner_config": body.mr_owner_config,
+        **{f"rtmr{i}": body.rtmr[i] for i in range(4)},
+    }
+    for name, start, end in TDREPORT_FIELDS:
+        if not hmac.compare_digest(tdreport[start:end], quoted[name]):
+            raise VerificationError(
+                f"the TDREPORT in the HCL report has another {name.upper()} than the verified TD quote",
+                check="td_report",
+            )
+
+
 def verify_azure_vtpm(
     evidence: AzureEvidence,
     *,
@@ -153,11 +190,8 @@ def verify_azure_vtpm(
     checks.append("report_data")
 
     if evidence.tee == "tdx":
-        if not hmac.compare_digest(hcl.hw_report_data, hardware.report_data):
-            raise VerificationError(
-                "the TDREPORT in the HCL report carries other REPORTDATA than the verified TD quote",
-                check="td_report",
-            )
+        assert evidence.td_quote is not None
+        _check_td_report(hcl, evidence.td_quote, hardware.report_data)
         checks.append("td_report")
 
     quote = verify_quote(

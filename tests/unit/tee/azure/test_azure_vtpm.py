@@ -21,7 +21,7 @@ from tests.vectors.corpus import case, load_cases, read_bytes, read_text, verify
 
 from keybroker.errors import EvidenceError, EvidenceParseError, VerificationError
 from keybroker.tee.azure.evidence import AzureEvidence, parse_trustee_evidence
-from keybroker.tee.azure.hcl import VAR_DATA_START, parse_hcl_report
+from keybroker.tee.azure.hcl import TDREPORT_FIELDS, VAR_DATA_START, parse_hcl_report
 from keybroker.tee.azure.verify import (
     HardwareEvidence,
     VerifiedAzureVtpm,
@@ -161,11 +161,14 @@ def test_user_data_must_carry_the_nonce() -> None:
     refused("user_data", with_hcl(e, _rebuild(e.hcl_report, runtime, snp_report_data=True)), nonce)
 
 
-def test_td_report_must_carry_the_quotes_report_data() -> None:
+@pytest.mark.parametrize(
+    ("offset", "needle"), [(0x80, "REPORTDATA"), (528, "MR_TD"), (720 + 47, "RTMR0"), (256 + 30, "MR_SEAM")]
+)
+def test_td_report_must_be_the_quoted_one(offset: int, needle: str) -> None:
     e, nonce = load(next(c for c in CASES if c["id"] == "azvtpm-az-tdx-vtpm-evidence-v1"))
     hcl = bytearray(e.hcl_report)
-    hcl[0x20 + 0x80] ^= 1  # TDREPORT.REPORTDATA[0]
-    refused("td_report", with_hcl(e, bytes(hcl)), nonce)
+    hcl[0x20 + offset] ^= 1
+    assert needle in refused("td_report", with_hcl(e, bytes(hcl)), nonce)
 
 
 def test_tee_mismatch_and_missing_parts() -> None:
@@ -228,10 +231,14 @@ def test_every_hcl_report_byte(c: dict[str, Any]) -> None:
     but the REPORTDATA the TD quote must repeat."""
     e, nonce = load(c)
     slot = range(0x20, 0x4C0)
-    report_data = range(0x20 + 0x50, 0x20 + 0x90) if e.tee == "snp" else range(0x20 + 0x80, 0x20 + 0xC0)
+    if e.tee == "snp":
+        checked = set(range(0x20 + 0x50, 0x20 + 0x90))
+    else:  # REPORTDATA and every field the TD quote body repeats; the TDREPORT after 1024 B must be zero
+        checked = set(range(0x20 + 0x80, 0x20 + 0xC0)) | set(range(0x20 + 1024, 0x4C0))
+        checked |= {0x20 + a for _, start, end in TDREPORT_FIELDS for a in range(start, end)}
     accepted = []
     for at in range(len(e.hcl_report)):
-        if at in slot and at not in report_data:
+        if at in slot and at not in checked:
             continue
         hcl = bytearray(e.hcl_report)
         hcl[at] ^= 0x01
