@@ -4,7 +4,7 @@ local CA (the "manufacturer" root here)."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import pytest
 from cryptography import x509
@@ -14,7 +14,7 @@ from tests.helpers.swtpm import Swtpm
 from tests.vectors.corpus import read_bytes
 
 from keybroker.errors import VerificationError
-from keybroker.tee.tpm.abi import ALG_SHA256, parse_tpm2b_public
+from keybroker.tee.tpm.abi import parse_tpm2b_public
 from keybroker.tee.tpm.credential import kdfa, kdfe, make_ak_challenge, make_credential, verify_ek_certificate
 
 SECRET = bytes(range(32))
@@ -134,11 +134,90 @@ def test_ek_certificate_refusals(swtpm: Swtpm) -> None:
         assert info.value.check == "ek_certificate"
 
 
-def test_kdf_output_lengths_and_odd_bits() -> None:
-    out = kdfa(ALG_SHA256, b"k", b"STORAGE", b"u", b"v", 300)
-    assert len(out) == 38 and out[0] < 16  # 300 bits: the top 4 bits of the first byte are clear
-    assert kdfa(ALG_SHA256, b"k", b"STORAGE", b"u", b"v", 256) != kdfa(
-        ALG_SHA256, b"k", b"INTEGRITY", b"u", b"v", 256
+#: Known answers from google/go-tpm tpm2/test/testvectors/kdfa.json (commit d88acdb2) and kdfe.json
+#: (commit 388df4f1): (hash alg, key or Z, label, contextU, contextV, bits, result), odd bit counts included.
+KDFA_VECTORS = [
+    (
+        0x0004,
+        "ff",
+        "CFB",
+        "86ed23c15d086e70a8eae700680e75d20cff",
+        "51122c5879b277ff",
+        140,
+        "0d0be71c885d10eb61f2219000885c2d7658",
+    ),
+    (
+        0x0004,
+        "",
+        "IDENTITY",
+        "4e462df0430f697bdb85c61a4ec7628943",
+        "ff80c59598996ff148c6574472ece01c608a02",
+        283,
+        "04512482418b546925489d197cadb96768cfe9744a9142f1360de6021a94bc8dda277697",
+    ),
+    (
+        0x000B,
+        "ff5625623188b99180b53e96108e3e01d19c18db598631d56c",
+        "STORAGE",
+        "ef12916d91f3ed8355f100ef7d3553ff69eb63edd59a0048eeda77",
+        "800bce408c34f800",
+        17,
+        "0051bb",
+    ),
+    (
+        0x000B,
+        "e38573d849a5cfc9973f58b4535e42b7c08ef28b1b3e775375b5c66b9644be",
+        "STORAGE",
+        "00586dccbebc998087e4",
+        "",
+        552,
+        "968f349b066ed26be3bd4e78333eb5c5b51c26ea376efe5dfaf061a2cf7f5eb82e4fcc2a30736e30f12b48ab17efd105"
+        "76a4cf33450324b3f20011628df7a07c411f8c0f6c",
+    ),
+]
+KDFE_VECTORS = [
+    (
+        0x0004,
+        "4f60ef1e20d3a266e4ed45ff",
+        "STORAGE",
+        "d309dcef2fb76c",
+        "81e625e75002c0596146a68669443ecbf699ff",
+        103,
+        "78e19b34a31ad8723f5eb1ea1a",
+    ),
+    (
+        0x000B,
+        "abfeed98891b58d2f881537fba2c215653f8b91b8a131b61f0b72de7ccd07a",
+        "IDENTITY",
+        "71a10284e793bd38f61e6aef1cbfa131c3ad546e72421fe4a3ff",
+        "64cc0fac59f45b9b2ace75856f409ac830ccc64f2fff",
+        241,
+        "00f17279fc5b8f842d30fbe5a7afc109468671e6da33fec996d6a7c170e37f",
+    ),
+    (
+        0x000B,
+        "ace0b616d2536451ca1fe0d9744107b88e5500",
+        "IDENTITY",
+        "e5aeb5370365c400",
+        "2e3345f6e9cca8341eb82e4098fe",
+        3,
+        "07",
+    ),
+]
+
+
+@pytest.mark.parametrize("v", KDFA_VECTORS)
+def test_kdfa_known_answers(v: tuple[int, str, str, str, str, int, str]) -> None:
+    alg, key, label, u, w, bits, result = v
+    assert (
+        kdfa(alg, bytes.fromhex(key), label.encode(), bytes.fromhex(u), bytes.fromhex(w), bits).hex()
+        == result
     )
-    assert len(kdfe(ALG_SHA256, b"z", b"IDENTITY", b"u", b"v", 512)) == 64
-    _ = datetime.now(UTC)
+
+
+@pytest.mark.parametrize("v", KDFE_VECTORS)
+def test_kdfe_known_answers(v: tuple[int, str, str, str, str, int, str]) -> None:
+    alg, z, label, u, w, bits, result = v
+    assert (
+        kdfe(alg, bytes.fromhex(z), label.encode(), bytes.fromhex(u), bytes.fromhex(w), bits).hex() == result
+    )
