@@ -8,6 +8,9 @@ ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 command -v softhsm2-util >/dev/null 2>&1 || need+=(softhsm2)  # PKCS#11 key store and seal tests
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx)  # nginx end to end (docs/nginx.md)
 ls /usr/lib/*/engines-3/pkcs11.so >/dev/null 2>&1 || need+=(libengine-pkcs11-openssl)  # nginx's key through PKCS#11
+command -v swtpm >/dev/null 2>&1 || need+=(swtpm)  # a software TPM 2.0 for the TPM tests (tests/helpers/swtpm.py)
+command -v swtpm_setup >/dev/null 2>&1 || need+=(swtpm-tools)  # swtpm_setup and its local CA: EKs with certificates
+command -v tpm2_quote >/dev/null 2>&1 || need+=(tpm2-tools)  # quotes, credentials, tpm2_checkquote as a second verifier
 
 if [ ${#need[@]} -eq 0 ]; then
   exit 0
