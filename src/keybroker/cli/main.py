@@ -284,9 +284,10 @@ def operator_init(
         console.print_json(json.dumps(out))
         return
     kind = "Recovery" if out.get("recovery") else "Unseal"
+    # Each on one line, never wrapped: what is copied from the terminal must be the whole value.
     for i, share in enumerate(out["unseal_shares"], 1):
-        console.print(f"{kind} share {i}: {share}", highlight=False)
-    console.print(f"\nInitial admin token (*:*, 24 h): {out['admin_token']}", highlight=False)
+        console.print(f"{kind} share {i}: {share}", highlight=False, soft_wrap=True)
+    console.print(f"\nInitial admin token (*:*, 24 h): {out['admin_token']}", highlight=False, soft_wrap=True)
     if out.get("recovery"):
         console.print(
             "\nThe key store is unsealed and will auto-unseal through its seal backend (HSM / Transit) at every start."
