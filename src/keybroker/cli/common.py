@@ -158,10 +158,11 @@ class ServerTarget:
     origin: str
     #: What else an error message should say (a recorded server that has stopped).
     note: str = ""
-    #: What to give instead, for the error messages.
-    remedy: str = "give --server URL, or the --data-dir of the running server"
-    #: What to give for a certificate problem.
-    tls_remedy: str = "give its TLS anchor with --ca-file (that server's <data-dir>/ca/ca.pem), or the --data-dir of that server"
+
+
+#: What the operator commands' errors tell to give instead.
+_REMEDY = "give --server URL, or the --data-dir of the running server"
+_TLS_REMEDY = "give its TLS anchor with --ca-file (that server's <data-dir>/ca/ca.pem), or the --data-dir of that server"
 
 
 def transport_error(
@@ -170,7 +171,7 @@ def transport_error(
     """What went wrong on the way to ``url``, said so that the operator knows what to do next."""
     where = f"{url} ({target.origin})" if target else url
     note = f"; {target.note}" if target and target.note else ""
-    remedy = target.remedy if target else "check the URL, and that the server is running"
+    remedy = _REMEDY if target else "check the URL, and that the server is running"
     verify = _cause(exc, ssl.SSLCertVerificationError)
     if isinstance(verify, ssl.SSLCertVerificationError):
         why = verify.verify_message or str(verify)
@@ -181,7 +182,7 @@ def transport_error(
             if target
             else "trusting the CA given (--ca-file) or the system CAs"
         )
-        tls_remedy = target.tls_remedy if target else "give the CA that signed its certificate with --ca-file"
+        tls_remedy = _TLS_REMEDY if target else "give the CA that signed its certificate with --ca-file"
         return TlsVerificationFailed(
             f"TLS verification failed for {where}: {why}, {trusted}. The server answered but its "
             f"certificate does not verify: {tls_remedy}"
@@ -205,10 +206,8 @@ def transport_error(
     tls = _cause(exc, ssl.SSLError)
     if isinstance(tls, ssl.SSLError):
         reason = tls.reason or str(tls)
-        return ServerUnreachable(
-            f"cannot reach {where}: the TLS handshake failed ({reason}); a server started with "
-            "--insecure-http speaks plain http://"
-        )
+        hint = "; a server started with --insecure-http speaks plain http://" if target else ""
+        return ServerUnreachable(f"cannot reach {where}: the TLS handshake failed ({reason}){hint}")
     if isinstance(exc, httpx.RemoteProtocolError):
         hint = "; an HTTPS server? use https://" if url.startswith("http://") else ""
         return ServerUnreachable(f"cannot reach {where}: it does not answer HTTP ({exc}){hint}")

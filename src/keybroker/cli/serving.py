@@ -173,6 +173,7 @@ def read_record(data_dir: Path) -> ServerRecord | None:
         or not isinstance(record.listen, str)
         or not isinstance(record.tls_anchor, str | None)
         or not isinstance(record.pid, int)
+        or record.pid <= 0
         or not isinstance(record.started_at, str)
         or not isinstance(record.stopped_at, str | None)
     ):
@@ -200,22 +201,26 @@ def _running(pid: int) -> bool:
 def check_url(url: str, option: str) -> str:
     """An https:// URL, or http:// to a loopback address (``serve --insecure-http``): an admin
     token is never sent in clear over a network."""
-    if url.startswith("https://"):
-        return url.rstrip("/")
-    if url.startswith("http://"):
-        host = urllib.parse.urlsplit(url).hostname or ""
+    scheme, host = url.partition("://")[0], None
+    try:
+        parts = urllib.parse.urlsplit(url)
+        host, _ = parts.hostname, parts.port  # .port raises on a port out of range
+    except ValueError:
+        pass
+    if scheme not in ("https", "http") or not host:
+        raise InvalidInput(f"{option} {url!r}: expected an https:// URL, e.g. {DEFAULT_URL}", field="server")
+    if scheme == "http":
         try:
             loopback = ipaddress.ip_address(host).is_loopback
         except ValueError:
             loopback = host == "localhost"
-        if loopback:
-            return url.rstrip("/")
-        raise InvalidInput(
-            f"{option} {url}: plain http:// only to a loopback address (a server started with "
-            "--insecure-http); use https://",
-            field="server",
-        )
-    raise InvalidInput(f"{option} {url!r}: expected an https:// URL, e.g. {DEFAULT_URL}", field="server")
+        if not loopback:
+            raise InvalidInput(
+                f"{option} {url}: plain http:// only to a loopback address (a server started with "
+                "--insecure-http); use https://",
+                field="server",
+            )
+    return url.rstrip("/")
 
 
 def find_server(
