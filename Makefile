@@ -18,6 +18,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 venv: $(VENV)/.installed
 
 ## Start the service on embedded defaults (SQLite, built-in key store, dev auto-unseal, HTTPS).
+## Elsewhere: make run LISTEN=127.0.0.1:8443 DATA_DIR=/tmp/kb (the operator commands then take --data-dir /tmp/kb).
 run: venv
 	$(BIN)/keybroker serve --dev --data-dir $(DATA_DIR) --listen $(LISTEN)
 

@@ -1,7 +1,8 @@
 """The data dir: private to the user the service runs as.
 
 It holds the TLS and issuing CAs' keys, the token signing key, the SQLite database (the sealed key
-store, the audit log) and, with ``--dev``, the unseal key. ``keybroker serve`` and the local operator
+store, the audit log), ``server.json`` (where ``serve`` listens, for the operator commands) and,
+with ``--dev``, the unseal key. ``keybroker serve`` and the local operator
 commands that write it run with umask 077, so every file they or their libraries (SQLite's WAL and
 shared-memory files) create is 0600 and every directory 0700, whatever the mode of a data dir that
 already existed. A data dir open to group or others is reported, not changed: its mode is the

@@ -17,7 +17,7 @@ class KeybrokerError(Exception):
     title = "Error"
     #: HTTP status the API maps this error to.
     status = 500
-    #: CLI exit code (keybroker.cli.common): 1 failed, 2 usage, 3 unreachable.
+    #: CLI exit code (keybroker.cli.common): 1 failed, 2 usage, 3 unreachable, 4 TLS verification failed.
     exit_code = 1
 
     def __init__(self, detail: str, **extra: Any) -> None:

@@ -37,10 +37,16 @@ class Server:
     port: int = 0
     proc: subprocess.Popen[str] | None = None
     log_path: Path | None = None
+    #: The address it listens on: 0.0.0.0 or :: for every address (the client dials loopback).
+    host: str = "127.0.0.1"
+    #: The arguments after ``keybroker`` instead of ``serve --data-dir ... --listen ...`` (a
+    #: documented command line), with ``port`` set to the port in it.
+    argv: list[str] | None = None
 
     @property
     def url(self) -> str:
-        return f"https://127.0.0.1:{self.port}"
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(self.host, self.host)  # noqa: S104
+        return f"https://{f'[{host}]' if ':' in host else host}:{self.port}"
 
     @property
     def ca(self) -> Path:
@@ -50,16 +56,10 @@ class Server:
         self.port = self.port or free_port()
         self.log_path = self.data_dir.parent / f"server-{self.port}.log"
         log = open(self.log_path, "a")  # noqa: SIM115 - closed with the process
+        listen = f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        args = self.argv or ["serve", "--data-dir", str(self.data_dir), "--listen", listen, *self.extra]
         self.proc = procs.spawn(
-            [
-                str(BIN / "keybroker"),
-                "serve",
-                "--data-dir",
-                str(self.data_dir),
-                "--listen",
-                f"127.0.0.1:{self.port}",
-                *self.extra,
-            ],
+            [str(BIN / "keybroker"), *args],
             stdout=log,
             stderr=subprocess.STDOUT,
             text=True,

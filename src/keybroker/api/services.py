@@ -238,7 +238,24 @@ class Services:
             self.barrier.init_devfile(key_file)
             status = self.barrier.status()
         if status.seal_type == "devfile":
-            self.barrier.unseal_devfile(key_file)
+            single = (
+                "--dev keeps the unseal key in the data dir that initialized the key store and is for one "
+                "data dir on one node: start it with that data dir, or give a new database"
+            )
+            if not key_file.is_file():
+                raise InvalidInput(
+                    f"--dev: the key store in this database was initialized by --dev with another data "
+                    f"dir, or its unseal key {key_file} was deleted; {single}",
+                    field="dev",
+                )
+            try:
+                self.barrier.unseal_devfile(key_file)
+            except InvalidInput:
+                raise InvalidInput(
+                    f"--dev: {key_file} does not open the key store in this database (it belongs to "
+                    f"another data dir's database); {single}",
+                    field="dev",
+                ) from None
             log.warning(
                 "DEV MODE: the key store auto-unsealed from %s. The unseal key sits next to the data: "
                 "never use --dev for real keys.",

@@ -17,7 +17,16 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from keybroker.cli.common import EXIT_FAILED, ConfigOpt, DatabaseOpt, DataDirOpt, console, handle_errors
+from keybroker.cli.common import (
+    EXIT_FAILED,
+    ConfigOpt,
+    DatabaseOpt,
+    DataDirOpt,
+    console,
+    handle_errors,
+    no_data,
+    open_existing_database,
+)
 from keybroker.config import Settings, load_settings
 
 app = typer.Typer(help="Read and verify the signed, hash-chained audit log.", no_args_is_help=True)
@@ -66,11 +75,11 @@ def audit_list(
     limit: Annotated[int, typer.Option(min=1, help="at most this many records")] = 1000,
     as_json: Annotated[bool, typer.Option("--json", help="one JSON object per line")] = False,
 ) -> None:
-    """List audit records (unprintable characters shown escaped)."""
+    """List audit records (unprintable characters shown escaped). Reads only: a data dir or database
+    without keybroker data is an error (exit 2), never created."""
     from keybroker.audit import log as audit
-    from keybroker.store.db import Database
 
-    db = Database(_settings(config, data_dir, database).database_url)
+    db = open_existing_database(_settings(config, data_dir, database))
     with db.session() as s:
         rows = [audit.to_dict(r) for r in audit.iter_records(s, after=after, limit=limit)]
     if as_json:
@@ -118,7 +127,8 @@ def audit_verify(
     ] = False,
 ) -> None:
     """Verify the audit log against the signed checkpoints. Exit 0 intact; 1 naming the first bad
-    record and the check that failed (chain, head, signature, checkpoint, coverage)."""
+    record and the check that failed (chain, head, signature, checkpoint, coverage); 2 when the data
+    dir or database holds no keybroker data (nothing is created there)."""
     from keybroker.audit import log as audit
     from keybroker.audit.checkpoint import (
         CHECKPOINT_FILE,
@@ -127,11 +137,13 @@ def audit_verify(
         CheckpointFile,
         load_public_key,
     )
-    from keybroker.store.db import Database
 
     settings = _settings(config, data_dir, database)
+    db = open_existing_database(settings)  # a wrong data dir: exit 2, and nothing created in it
     anchors: audit.Anchors | None = None
     if not no_checkpoints:
+        if checkpoints is None and not settings.data_dir.is_dir():
+            raise no_data(settings.data_dir, "no such directory")
         cp_path = checkpoints or settings.data_dir / CHECKPOINT_FILE
         if not cp_path.exists():
             _broken(
@@ -149,7 +161,6 @@ def audit_verify(
             else timedelta(seconds=settings.audit.checkpoint_interval_seconds) + audit.CHECKPOINT_SLACK
         )
         anchors = audit.Anchors(found, datetime.now(UTC), window)
-    db = Database(settings.database_url)
     with db.session() as s:
         result = audit.verify_chain(s, anchors)
     if not result.ok:

@@ -5,7 +5,7 @@ Like ``keybroker audit``, these commands open the database directly (``--data-di
 
 Exit codes: 0 done; 1 failed (collateral did not verify, nothing found, server answered 4xx);
 2 usage (bad option, unreadable or unrecognised file); 3 the collateral source is unreachable
-(network errors or 5xx through every retry).
+(network errors or 5xx through every retry); 4 its TLS certificate did not verify (``--ca-file``).
 """
 
 from __future__ import annotations

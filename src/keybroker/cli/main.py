@@ -5,14 +5,17 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import socket
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
 from keybroker import __version__, datadir
-from keybroker.cli import audit, collateral, devpki, evidence, keystore, policy, token
+from keybroker.cli import audit, collateral, devpki, evidence, keystore, policy, serving, token
 from keybroker.cli.common import (
+    EXIT_CODES_HELP,
     EXIT_FAILED,
     EXIT_USAGE,
     ConfigOpt,
@@ -26,6 +29,9 @@ from keybroker.cli.common import (
 )
 from keybroker.config import Settings, load_settings
 
+if TYPE_CHECKING:
+    import uvicorn
+
 app = typer.Typer(
     name="keybroker",
     help="Key Broker Service and Attestation Service for confidential computing.",
@@ -33,7 +39,13 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-operator_app = typer.Typer(help="Initialize, unseal and seal the key store.", no_args_is_help=True)
+operator_app = typer.Typer(
+    help="Initialize, unseal and seal the key store of a running server.\n\nThe server: --server, else "
+    "KEYBROKER_ADDR, else the URL keybroker serve recorded in <data-dir>/server.json, else "
+    "https://127.0.0.1:9443; its CA: --ca-file, else <data-dir>/ca/ca.pem.",
+    epilog=EXIT_CODES_HELP,
+    no_args_is_help=True,
+)
 app.add_typer(operator_app, name="operator")
 app.add_typer(token.app, name="token")
 app.add_typer(audit.app, name="audit")
@@ -43,10 +55,33 @@ app.add_typer(collateral.app, name="collateral")
 app.add_typer(keystore.app, name="keystore")
 app.add_typer(policy.app, name="policy")
 
-ServerOpt = Annotated[str, typer.Option("--server", envvar="KEYBROKER_ADDR", help="the service's URL")]
+ServerOpt = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option(
+        "--server",
+        envvar="KEYBROKER_ADDR",
+        show_envvar=True,
+        show_default="the URL in <data-dir>/server.json, else https://127.0.0.1:9443",
+        help="the service's URL",
+    ),
+]
 CaOpt = Annotated[
     Optional[Path],  # noqa: UP045
-    typer.Option("--ca-file", help="CA to trust for HTTPS (default: <data-dir>/ca/ca.pem)"),
+    typer.Option(
+        "--ca-file",
+        show_default="<data-dir>/ca/ca.pem, else the system CAs",
+        help="CA to trust for HTTPS (the server's TLS anchor)",
+    ),
+]
+ServerDataDirOpt = Annotated[
+    Optional[Path],  # noqa: UP045
+    typer.Option(
+        "--data-dir",
+        help="the server's data directory: its server.json names the server's URL, its ca/ca.pem the CA",
+        envvar="KEYBROKER_DATA_DIR",
+        show_envvar=True,
+        show_default="./data",
+    ),
 ]
 
 
@@ -56,7 +91,9 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
-@app.callback()
+@app.callback(
+    help=f"Key Broker Service and Attestation Service for confidential computing. {EXIT_CODES_HELP}"
+)
 def _main(
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="print the version")
@@ -75,38 +112,72 @@ def _settings(config: Path | None, data_dir: Path | None, database: str | None, 
 # --- serve ----------------------------------------------------------------------------------------
 
 
-@app.command()
+@app.command(epilog=EXIT_CODES_HELP)
 @handle_errors
 def serve(
     config: ConfigOpt = None,
     data_dir: DataDirOpt = None,
     listen: Annotated[
-        str | None, typer.Option("--listen", help="HOST:PORT (default: 127.0.0.1:9443)")
-    ] = None,  # noqa: UP045
+        Optional[str],  # noqa: UP045
+        typer.Option(
+            "--listen",
+            help="HOST:PORT to listen on; 0.0.0.0 or [::] for every address",
+            envvar="KEYBROKER_LISTEN",
+            show_envvar=True,
+            show_default="127.0.0.1:9443",
+        ),
+    ] = None,
     database: DatabaseOpt = None,
     insecure_http: Annotated[
-        Optional[bool], typer.Option("--insecure-http", help="plain HTTP, loopback only (testing)")  # noqa: UP045
+        Optional[bool],  # noqa: UP045
+        typer.Option(
+            "--insecure-http",
+            help="plain HTTP, loopback only (testing)",
+            envvar="KEYBROKER_INSECURE_HTTP",
+            show_envvar=True,
+            show_default="false",
+        ),
     ] = None,
     dev: Annotated[
-        bool | None,
-        typer.Option("--dev", help="development mode: auto-unseal from a key file; never for real keys"),  # noqa: UP045
+        Optional[bool],  # noqa: UP045
+        typer.Option(
+            "--dev",
+            help="development mode, for one data dir on one node: auto-unseal from a key file in the "
+            "data dir, trust the dev TEE simulator; never for real keys",
+            envvar="KEYBROKER_DEV",
+            show_envvar=True,
+            show_default="false",
+        ),
     ] = None,
-    log_format: Annotated[Optional[str], typer.Option("--log-format", help="text or json")] = None,  # noqa: UP045
+    log_format: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(
+            "--log-format",
+            help="text or json (one object per line)",
+            envvar="KEYBROKER_LOG_FORMAT",
+            show_envvar=True,
+            show_default="text",
+        ),
+    ] = None,
 ) -> None:
-    """Run the service (HTTPS by default, with a local CA created in the data dir on first start)."""
+    """Run the service (HTTPS by default, with a local CA created in the data dir on first start).
+
+    It says where it listens once the address is bound, and records that in <data-dir>/server.json
+    for the operator commands (marked stopped at a clean shutdown).
+    """
     import uvicorn
 
     from keybroker import logs
     from keybroker.api.app import create_app
     from keybroker.api.services import Services
-    from keybroker.serviceca import load_or_create_server_cert
+    from keybroker.serviceca import CA_DIR, TLS_CA_CERT, load_or_create_server_cert
 
     settings = _settings(
         config, data_dir, database, listen=listen, insecure_http=insecure_http, dev=dev, log_format=log_format
     )
     datadir.restrict_umask()
     logs.configure(settings.log_format, settings.log_level)
-    host = settings.host
+    host, port = settings.host, settings.port
     if settings.insecure_http:
         try:
             loopback = ipaddress.ip_address(host).is_loopback
@@ -117,68 +188,106 @@ def serve(
                 f"--insecure-http serves plain HTTP on loopback only; {host} is not a loopback address",
                 EXIT_USAGE,
             )
-    services = Services.build(settings)
-    application = create_app(services)
-    ssl: dict[str, str] = {}
-    scheme = "http"
-    if not settings.insecure_http:
-        names = sorted({"localhost", "127.0.0.1", "::1", host} - {"0.0.0.0", "::"})  # noqa: S104
-        cert, key = load_or_create_server_cert(settings.data_dir, services.tls_ca, names)
-        ssl = {"ssl_certfile": str(cert), "ssl_keyfile": str(key)}
-        scheme = "https"
-        typer.echo(f"TLS anchor (clients pin it): {services.tls_ca.cert_path}", err=True)
-        typer.echo(f"TLS anchor SHA-384 fingerprint: {services.tls_ca.fingerprint_sha384}", err=True)
-        typer.echo(f"issuing CA of key certificates: {services.issuing_ca.cert_path}", err=True)
-    else:
+    # Bound before anything is created: a port in use leaves the data dir as it was. Not listening
+    # until the service is built, so that early clients are refused rather than left hanging.
+    sockets = serving.bind(settings.listen, host, port)
+    try:
+        services = Services.build(settings)
+        application = create_app(services)
+        ssl: dict[str, str] = {}
+        scheme, anchor = "http", None
+        if not settings.insecure_http:
+            names = sorted({"localhost", "127.0.0.1", "::1", host} - {"0.0.0.0", "::"})  # noqa: S104
+            cert, key = load_or_create_server_cert(settings.data_dir, services.tls_ca, names)
+            ssl = {"ssl_certfile": str(cert), "ssl_keyfile": str(key)}
+            scheme, anchor = "https", f"{CA_DIR}/{TLS_CA_CERT}"
+            typer.echo(f"TLS anchor (clients pin it): {services.tls_ca.cert_path}", err=True)
+            typer.echo(f"TLS anchor SHA-384 fingerprint: {services.tls_ca.fingerprint_sha384}", err=True)
+            typer.echo(f"issuing CA of key certificates: {services.issuing_ca.cert_path}", err=True)
+        else:
+            err_console.print(
+                "[yellow]WARNING: --insecure-http: serving plain HTTP; tokens and keys cross unencrypted[/yellow]"
+            )
+        for sock in sockets:
+            sock.listen(serving.BACKLOG)
+        record = serving.new_record(serving.client_url(scheme, host, port), settings.listen, anchor)
+        serving.write_record(settings.data_dir, record)
+        st = services.barrier.status()
+        state = "not initialized" if not st.initialized else ("sealed" if st.sealed else "unsealed")
         err_console.print(
-            "[yellow]WARNING: --insecure-http: serving plain HTTP; tokens and keys cross unencrypted[/yellow]"
+            f"keybroker {__version__} listening on {scheme}://{settings.listen} (key store {state}); "
+            f"operator commands reach it at {record.url} (recorded in {settings.data_dir / serving.RECORD_FILE})",
+            highlight=False,
+            soft_wrap=True,
         )
-    st = services.barrier.status()
-    state = "not initialized" if not st.initialized else ("sealed" if st.sealed else "unsealed")
-    err_console.print(
-        f"keybroker {__version__} listening on {scheme}://{settings.listen} (key store {state})"
-    )
-    uvicorn.run(application, host=host, port=settings.port, log_config=None, access_log=False, **ssl)  # type: ignore[arg-type]
+        server = _uvicorn_server(
+            uvicorn.Config(application, host=host, port=port, log_config=None, access_log=False, **ssl),  # type: ignore[arg-type]
+            on_shutdown=lambda: serving.mark_stopped(settings.data_dir, record),
+        )
+        try:
+            server.run(sockets=sockets)
+        except SystemExit:  # uvicorn exits so when the app's start-up fails (it logged why)
+            fail("the service did not start (the log above says why)", EXIT_FAILED)
+        finally:
+            serving.mark_stopped(settings.data_dir, record)
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def _uvicorn_server(config: uvicorn.Config, on_shutdown: Callable[[], None]) -> uvicorn.Server:
+    """uvicorn's server, calling ``on_shutdown`` as its shutdown ends: uvicorn re-raises a SIGTERM
+    once it has shut down, so code after ``run`` does not run then."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().shutdown(sockets=sockets)
+            on_shutdown()
+
+    return Server(config)
 
 
 # --- operator -------------------------------------------------------------------------------------
 
 
 def _client(
-    server: str, ca_file: Path | None, data_dir: Path | None, token: str | None = None
+    ctx: typer.Context,
+    server: str | None,
+    ca_file: Path | None,
+    data_dir: Path | None,
+    token: str | None = None,
 ) -> ServerClient:
-    if server.startswith("https://") and ca_file is None:
-        candidate = (data_dir or Path("data")) / "ca" / "ca.pem"
-        ca_file = candidate if candidate.exists() else None
-    return ServerClient(server, ca_file, token)
+    source = ctx.get_parameter_source("server")
+    from_env = source is not None and source.name == "ENVIRONMENT"
+    return ServerClient(serving.find_server(server, data_dir, ca_file, server_from_env=from_env), token)
 
 
-DEFAULT_SERVER = "https://127.0.0.1:9443"
-
-
-@operator_app.command("init")
+@operator_app.command("init", epilog=EXIT_CODES_HELP)
 @handle_errors
 def operator_init(
+    ctx: typer.Context,
     shares: Annotated[int, typer.Option(min=1, max=255, help="number of unseal shares")] = 5,
     threshold: Annotated[int, typer.Option(min=1, max=255, help="shares needed to unseal")] = 3,
-    server: ServerOpt = DEFAULT_SERVER,
+    server: ServerOpt = None,
     ca_file: CaOpt = None,
-    data_dir: DataDirOpt = None,
+    data_dir: ServerDataDirOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
     """Initialize the key store: prints the unseal shares and a first admin token, once."""
     if threshold > shares:
         fail(f"--threshold {threshold} is larger than --shares {shares}", EXIT_USAGE)
-    out = _client(server, ca_file, data_dir).call(
+    out = _client(ctx, server, ca_file, data_dir).call(
         "POST", "/sys/v1/init", {"shares": shares, "threshold": threshold}
     )
     if as_json:
         console.print_json(json.dumps(out))
         return
     kind = "Recovery" if out.get("recovery") else "Unseal"
+    # Each on one line, never wrapped: what is copied from the terminal must be the whole value.
     for i, share in enumerate(out["unseal_shares"], 1):
-        console.print(f"{kind} share {i}: {share}", highlight=False)
-    console.print(f"\nInitial admin token (*:*, 24 h): {out['admin_token']}", highlight=False)
+        console.print(f"{kind} share {i}: {share}", highlight=False, soft_wrap=True)
+    console.print(f"\nInitial admin token (*:*, 24 h): {out['admin_token']}", highlight=False, soft_wrap=True)
     if out.get("recovery"):
         console.print(
             "\nThe key store is unsealed and will auto-unseal through its seal backend (HSM / Transit) at every start."
@@ -192,9 +301,10 @@ def operator_init(
         )
 
 
-@operator_app.command("unseal")
+@operator_app.command("unseal", epilog=EXIT_CODES_HELP)
 @handle_errors
 def operator_unseal(
+    ctx: typer.Context,
     share: Annotated[
         str | None, typer.Argument(help="one unseal share; read from stdin when omitted")
     ] = None,  # noqa: UP045
@@ -204,12 +314,12 @@ def operator_unseal(
             "--reset", help="discard the shares given so far (someone else's bogus share among them)"
         ),
     ] = False,
-    server: ServerOpt = DEFAULT_SERVER,
+    server: ServerOpt = None,
     ca_file: CaOpt = None,
-    data_dir: DataDirOpt = None,
+    data_dir: ServerDataDirOpt = None,
 ) -> None:
     """Give one unseal share, or --reset the attempt under way."""
-    client = _client(server, ca_file, data_dir)
+    client = _client(ctx, server, ca_file, data_dir)
     if reset:
         if share is not None:
             fail("give either a share or --reset, not both", EXIT_USAGE)
@@ -231,30 +341,32 @@ def operator_unseal(
         console.print("unsealed")
 
 
-@operator_app.command("seal")
+@operator_app.command("seal", epilog=EXIT_CODES_HELP)
 @handle_errors
 def operator_seal(
+    ctx: typer.Context,
     token: Annotated[str, typer.Option(envvar="KEYBROKER_TOKEN", help="a token with sys:seal")],
-    server: ServerOpt = DEFAULT_SERVER,
+    server: ServerOpt = None,
     ca_file: CaOpt = None,
-    data_dir: DataDirOpt = None,
+    data_dir: ServerDataDirOpt = None,
 ) -> None:
     """Seal the key store now (drops the root key from memory)."""
-    _client(server, ca_file, data_dir, token).call("POST", "/sys/v1/seal")
+    _client(ctx, server, ca_file, data_dir, token).call("POST", "/sys/v1/seal")
     console.print("sealed")
 
 
-@operator_app.command("status")
+@operator_app.command("status", epilog=EXIT_CODES_HELP)
 @handle_errors
 def operator_status(
-    server: ServerOpt = DEFAULT_SERVER,
+    ctx: typer.Context,
+    server: ServerOpt = None,
     ca_file: CaOpt = None,
-    data_dir: DataDirOpt = None,
+    data_dir: ServerDataDirOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
     """Show whether the key store is initialized and sealed, and the unseal progress (this
     replica's: each is unsealed on its own). Exit 0 unsealed, 1 sealed."""
-    out = _client(server, ca_file, data_dir).call("GET", "/sys/v1/seal-status")
+    out = _client(ctx, server, ca_file, data_dir).call("GET", "/sys/v1/seal-status")
     if as_json:
         console.print_json(json.dumps(out))
     else:

@@ -28,6 +28,7 @@ from keybroker.cli.common import (
     err_console,
     fail,
     handle_errors,
+    open_existing_database,
 )
 from keybroker.config import load_settings
 from keybroker.errors import InvalidInput
@@ -64,6 +65,15 @@ def _registry(config: Path | None, data_dir: Path | None, database: str | None) 
     db = Database(settings.database_url)
     db.migrate()
     return TokenRegistry(db, key_file)
+
+
+def _reader(config: Path | None, data_dir: Path | None, database: str | None) -> TokenRegistry:
+    """The token registry for reading only: nothing is created or migrated, and a data dir or
+    database without keybroker data is an error (exit 2)."""
+    from keybroker.api.services import TOKEN_KEY_FILE
+
+    settings = load_settings(config, None, data_dir=data_dir, database=database)
+    return TokenRegistry(open_existing_database(settings), settings.data_dir / TOKEN_KEY_FILE)
 
 
 def _split(text: str) -> list[str]:
@@ -135,7 +145,7 @@ def list_tokens(
     now = datetime.now(UTC)
     rows = [
         _as_dict(r, now)
-        for r in _registry(config, data_dir, database).records(include_inactive=include_inactive)
+        for r in _reader(config, data_dir, database).records(include_inactive=include_inactive)
     ]
     if as_json:
         for row in rows:

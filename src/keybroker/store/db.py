@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import threading
+import urllib.parse
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
@@ -11,7 +13,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event, make_url, text
+from sqlalchemy import Engine, create_engine, event, inspect, make_url, text
 from sqlalchemy.orm import Session, sessionmaker
 
 _MIGRATIONS = Path(__file__).with_name("migrations")
@@ -71,6 +73,34 @@ def migrate(engine: Engine) -> None:
     with engine.begin() as conn:
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
+
+
+#: Tables every keybroker database has had since its first migration.
+_KEYBROKER_TABLES = frozenset({"alembic_version", "seal_config", "audit_log"})
+
+
+def has_keybroker_schema(url: str) -> bool:
+    """Whether the database at ``url`` holds keybroker's tables, found without creating or changing
+    anything (for the read-only commands): a SQLite file is opened read-only and never created, and
+    no migration runs."""
+    if url.startswith("sqlite"):
+        path = make_url(url).database
+        if not path or path == ":memory:" or path.startswith("file:") or not Path(path).is_file():
+            return False
+        try:
+            con = sqlite3.connect(f"file:{urllib.parse.quote(path)}?mode=ro", uri=True, timeout=30)
+            try:
+                rows = con.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+            finally:
+                con.close()
+        except sqlite3.DatabaseError:  # not a SQLite file at all
+            return False
+        return _KEYBROKER_TABLES <= {name for (name,) in rows}
+    engine = create_engine(url, pool_pre_ping=True)
+    try:
+        return _KEYBROKER_TABLES <= set(inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
 
 
 class Database:

@@ -46,6 +46,8 @@ def _commands(known_bad: set[tuple[str, ...]]) -> list[Any]:
 def _texts(command: Any) -> Iterator[tuple[str, str]]:
     if command.help:
         yield "help", command.help
+    if getattr(command, "epilog", None):
+        yield "epilog", command.epilog
     for param in command.params:
         if getattr(param, "help", None):
             yield f"{param.name} help", param.help
