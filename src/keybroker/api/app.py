@@ -16,7 +16,7 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from keybroker import __version__
-from keybroker.api import problems, schema
+from keybroker.api import metrics, problems, schema
 from keybroker.api.body import StrictRoute
 from keybroker.api.deps import actor_of, bearer
 from keybroker.api.routers import attest_v1, attestation_v1, health, kbs_v0, kbs_v1, pccs_v4, sys, transfer_v1
@@ -203,6 +203,8 @@ class CrossCutting:
         self.latency.labels(method, route_path).observe(time.perf_counter() - start)
 
     def _audit_failure(self, scope: Scope, action: str, status: int) -> None:
+        if not self.services.db.availability.up:
+            return  # it could not be written (nor waited for): the outage is logged once instead
         request = Request(scope)
         principal: Any = getattr(request.state, "principal", None)
         if principal is None:
@@ -226,7 +228,8 @@ class CrossCutting:
                     reason=getattr(request.state, "problem_detail", None) or f"HTTP {status}",
                 )
         except Exception as exc:  # noqa: BLE001 - the response stands; the failure is logged
-            log.error("could not write the audit record for a failed request: %s", type(exc).__name__)
+            if self.services.db.availability.failed(exc) is None:  # an outage is logged once
+                log.error("could not write the audit record for a failed request: %s", type(exc).__name__)
 
 
 def _check_failure_actions(app: FastAPI) -> None:
@@ -278,6 +281,7 @@ def create_app(services: Services) -> FastAPI:
         "The audit record covered by this replica's newest checkpoint",
         registry=registry,
     ).set_function(lambda: float(cp.seq) if (cp := services.checkpointer.latest) is not None else -1.0)
+    metrics.register(registry, services)
     problems.install(app)
     schema.document(app)
 

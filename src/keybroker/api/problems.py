@@ -8,9 +8,11 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from keybroker.errors import KeybrokerError, TooManyRequests
+from keybroker.errors import BackendUnavailable, KeybrokerError
+from keybroker.store.db import RETRY_AFTER_SECONDS, Database, unavailable_reason
 
 log = logging.getLogger("keybroker.api")
 
@@ -38,6 +40,23 @@ def problem(
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
+def database_unavailable(reason: str) -> BackendUnavailable:
+    """The 503 for a database that cannot serve now (see ``store.db.unavailable_reason``): it names
+    the database (no host, no SQL), and ``Retry-After`` says when to ask again. A request refused so
+    has changed nothing: its transaction was rolled back (see docs/ha.md for the exceptions)."""
+    return BackendUnavailable(
+        f"the database is unavailable: {reason}; retry later",
+        backend="database",
+        retry_after=RETRY_AFTER_SECONDS,
+    )
+
+
+def _database(request: Request) -> Database | None:
+    services = getattr(request.app.state, "services", None)
+    db = getattr(services, "db", None)
+    return db if isinstance(db, Database) else None
+
+
 def _loc(loc: tuple[int | str, ...]) -> str:
     parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
     return ".".join(parts) or "body"
@@ -62,12 +81,22 @@ def validation_detail(exc: RequestValidationError) -> tuple[str, str, list[dict[
 def install(app: FastAPI) -> None:
     @app.exception_handler(KeybrokerError)
     async def _domain(request: Request, exc: KeybrokerError) -> JSONResponse:
-        if exc.status >= 500:
+        # an unavailable database is logged once per outage (store.db.Availability), not per request
+        if exc.status >= 500 and exc.extra.get("backend") != "database":
             log.error("request failed: %s %s: %s", request.method, request.url.path, exc.diagnostics())
         resp = problem(exc.status, exc.title, exc.detail, request, **exc.extra)
-        if isinstance(exc, TooManyRequests):
-            resp.headers["Retry-After"] = str(exc.retry_after)
+        retry_after = exc.extra.get("retry_after")
+        if isinstance(retry_after, int):
+            resp.headers["Retry-After"] = str(retry_after)
         return resp
+
+    @app.exception_handler(SQLAlchemyError)
+    async def _store(request: Request, exc: SQLAlchemyError) -> JSONResponse:
+        db = _database(request)
+        reason = db.availability.failed(exc) if db is not None else unavailable_reason(exc)
+        if reason is None:
+            return _internal(request, exc)
+        return await _domain(request, database_unavailable(reason))
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -81,6 +110,12 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        # Never echo the exception: it might hold anything. The log has the type only.
-        log.error("unexpected %s on %s %s", type(exc).__name__, request.method, request.url.path)
-        return problem(500, "Internal error", "the server failed to handle this request", request)
+        if isinstance(exc, SQLAlchemyError):  # raised outside the routes (a middleware)
+            return await _store(request, exc)
+        return _internal(request, exc)
+
+
+def _internal(request: Request, exc: Exception) -> JSONResponse:
+    # Never echo the exception: it might hold anything. The log has the type only.
+    log.error("unexpected %s on %s %s", type(exc).__name__, request.method, request.url.path)
+    return problem(500, "Internal error", "the server failed to handle this request", request)
