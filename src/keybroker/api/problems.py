@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from keybroker.errors import BackendUnavailable, KeybrokerError
+from keybroker.errors import AuditChainAlarm, BackendUnavailable, KeybrokerError
 from keybroker.store.db import RETRY_AFTER_SECONDS, Database, unavailable_reason
 
 log = logging.getLogger("keybroker.api")
@@ -86,6 +86,12 @@ def install(app: FastAPI) -> None:
             log.error("request failed: %s %s: %s", request.method, request.url.path, exc.diagnostics())
         resp = problem(exc.status, exc.title, exc.detail, request, **exc.extra)
         retry_after = exc.extra.get("retry_after")
+        if (
+            retry_after is None
+            and isinstance(exc, BackendUnavailable)
+            and not isinstance(exc, AuditChainAlarm)
+        ):
+            retry_after = RETRY_AFTER_SECONDS  # a backend away (key store, remote service) comes back
         if isinstance(retry_after, int):
             resp.headers["Retry-After"] = str(retry_after)
         return resp
