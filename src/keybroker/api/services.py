@@ -24,7 +24,7 @@ from keybroker.collateral.store import DbCollateralSource
 from keybroker.collateral.trust import DEV_PKI_DIR as DEV_PKI_DIR  # where tests find the dev PKI
 from keybroker.collateral.trust import dev_pki_dir, evidence_trust
 from keybroker.config import Settings, TrustedAttestationService
-from keybroker.errors import InvalidInput, KeybrokerError
+from keybroker.errors import Conflict, InvalidInput, KeybrokerError
 from keybroker.keys.kbs_v0 import KbsV0Service
 from keybroker.keys.release import ReleaseService
 from keybroker.keys.service import KeyService
@@ -235,25 +235,35 @@ class Services:
     def _dev_unseal(self, key_file: Path) -> None:
         status = self.barrier.status()
         if not status.initialized:
-            self.barrier.init_devfile(key_file)
+            try:
+                self.barrier.init_devfile(key_file)
+            except Conflict:
+                pass  # another process initialized it at the same moment: said below
             status = self.barrier.status()
-        if status.seal_type == "devfile":
-            single = (
-                "--dev keeps the unseal key in the data dir that initialized the key store and is for one "
-                "data dir on one node: start it with that data dir, or give a new database"
+        single = (
+            "--dev keeps the unseal key in the data dir that initialized the key store and is for one "
+            "data dir on one node: start it with that data dir, or give a new database; for replicas, "
+            "run without --dev (docs/ha.md)"
+        )
+        if not status.initialized:
+            raise InvalidInput(
+                f"--dev is single-node: another process is initializing the key store with {key_file}; "
+                f"{single}",
+                field="dev",
             )
+        if status.seal_type == "devfile":
             if not key_file.is_file():
                 raise InvalidInput(
-                    f"--dev: the key store in this database was initialized by --dev with another data "
-                    f"dir, or its unseal key {key_file} was deleted; {single}",
+                    f"--dev is single-node: the key store in this database was initialized by --dev with "
+                    f"another data dir, or its unseal key {key_file} was deleted; {single}",
                     field="dev",
                 )
             try:
                 self.barrier.unseal_devfile(key_file)
             except InvalidInput:
                 raise InvalidInput(
-                    f"--dev: {key_file} does not open the key store in this database (it belongs to "
-                    f"another data dir's database); {single}",
+                    f"--dev is single-node: {key_file} does not open the key store in this database (it "
+                    f"belongs to another data dir's database); {single}",
                     field="dev",
                 ) from None
             log.warning(

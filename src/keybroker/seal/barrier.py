@@ -27,6 +27,7 @@ from typing import Protocol
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from keybroker.errors import Conflict, InvalidInput, Sealed
@@ -188,13 +189,16 @@ class Barrier:
             encrypted_root_key=encrypted,
             created_at=datetime.now(UTC),
         )
-        with self._db.session() as s:
-            if s.get(SealConfig, 1) is not None:
-                raise Conflict("the key store is already initialized")
-            s.add(cfg)
-            if also is not None:
+        try:
+            with self._db.session() as s:
+                if s.get(SealConfig, 1) is not None:
+                    raise Conflict("the key store is already initialized")
+                s.add(cfg)
                 s.flush()
-                also(s)
+                if also is not None:
+                    also(s)
+        except IntegrityError:  # another process initialized it at the same moment
+            raise Conflict("the key store is already initialized") from None
 
     def init_shamir(
         self, shares: int = 5, threshold: int = 3, *, also: Callable[[Session], None] | None = None
@@ -255,10 +259,17 @@ class Barrier:
             raise Conflict("the key store is already initialized")
         unseal_key = os.urandom(KEY_SIZE)
         key_file.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another process on this data dir is initializing
+            raise Conflict(f"{key_file} exists: another process is initializing the key store") from None
         with os.fdopen(fd, "wb") as f:
             f.write(unseal_key)
-        self._store("devfile", 1, 1, unseal_key)
+        try:
+            self._store("devfile", 1, 1, unseal_key)
+        except BaseException:
+            key_file.unlink(missing_ok=True)  # it opens nothing: another process initialized first
+            raise
 
     def unseal_devfile(self, key_file: Path) -> None:
         cfg = self._config()
