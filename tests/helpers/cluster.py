@@ -11,7 +11,6 @@ dev PKI's root is trusted through ``trust.dev_roots`` and its collateral importe
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -101,17 +100,9 @@ class Cluster:
         return self
 
     def add(self) -> Server:
-        """Start one more replica and unseal it."""
+        """Start one more replica (an empty data dir: what it shares comes from the database) and
+        unseal it; until then it serves a bootstrap certificate, pinned through its record."""
         index = len(self.replicas)
-        # What every replica must share, copied by hand (issue 15: until it lives in the database).
-        data = self.data_dir(index)
-        data.mkdir(parents=True, exist_ok=True)
-        data.chmod(0o700)
-        first = self.replicas[0].data_dir
-        shutil.copytree(first / "ca", data / "ca")
-        for name in ("ca/server.pem", "ca/server-key.pem"):
-            (data / name).unlink(missing_ok=True)
-        shutil.copy2(first / "token-signing-key.pem", data / "token-signing-key.pem")
         server = self.replica(index).start()
         self.replicas.append(server)
         self.unseal(server)

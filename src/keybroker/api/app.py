@@ -247,9 +247,11 @@ def create_app(services: Services) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await run_in_threadpool(services.checkpointer.start)
+        services.replica.start()
         try:
             yield
         finally:
+            await run_in_threadpool(services.replica.stop)
             await run_in_threadpool(services.checkpointer.stop)
 
     app = FastAPI(

@@ -19,7 +19,6 @@ from keybroker.audit.checkpoint import (
 )
 from keybroker.audit.guard import ChainGuard, Checkpointer
 from keybroker.auth.registry import TokenRegistry
-from keybroker.auth.tokens import load_or_create_signing_key
 from keybroker.collateral.store import DbCollateralSource
 from keybroker.collateral.trust import DEV_PKI_DIR as DEV_PKI_DIR  # where tests find the dev PKI
 from keybroker.collateral.trust import dev_pki_dir, evidence_trust
@@ -31,10 +30,11 @@ from keybroker.keys.service import KeyService
 from keybroker.keystores.base import KeyStore
 from keybroker.keystores.factory import build_keystore
 from keybroker.limits import FailureLimit, OutstandingCap
+from keybroker.replica import Replica
 from keybroker.seal.autounseal import configure_auto_unseal
 from keybroker.seal.barrier import Barrier
 from keybroker.seal.unseal import UnsealService
-from keybroker.serviceca import ServiceCA, ServiceCAs, load_or_create_cas
+from keybroker.serviceca import ServiceCA, ServiceCAs
 from keybroker.store.db import Database
 from keybroker.tee.dcap.collateral import QuoteCollateral
 from keybroker.tee.sim import DevPki
@@ -158,6 +158,8 @@ class Services:
     unseal: UnsealService
     #: Authenticates the audit chain head before appends, checkpoints it (started with the app).
     checkpointer: Checkpointer
+    #: What this replica shares with the others (CAs, token key) and its HTTPS certificate.
+    replica: Replica
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -169,10 +171,12 @@ class Services:
         configure_auto_unseal(barrier, settings.seal)
         checkpointer = _checkpointer(settings, db, barrier)
         keystore = build_keystore(settings.keystore, barrier)
-        cas = load_or_create_cas(data_dir)
-        load_or_create_signing_key(data_dir / TOKEN_KEY_FILE)
         tokens = TokenRegistry(db, data_dir / TOKEN_KEY_FILE)
         tokens.register_key()
+        replica = Replica(data_dir, db, barrier, tokens)
+        cas = replica.cas
+        if not barrier.sealed:  # auto-unsealed above, before the replica listened for it
+            replica.sync_logged()
         if settings.dev:
             _dev_pki(dev_pki_dir(settings))  # created, or its collateral refreshed, before it is read
         trust = evidence_trust(settings, DbCollateralSource(db))
@@ -226,6 +230,7 @@ class Services:
                 ),
             ),
             checkpointer,
+            replica,
         )
         _warn_key_certificates_under_tls_anchor(services.keys, cas)
         if settings.dev:

@@ -170,7 +170,8 @@ def serve(
     from keybroker import logs
     from keybroker.api.app import create_app
     from keybroker.api.services import Services
-    from keybroker.serviceca import CA_DIR, TLS_CA_CERT, load_or_create_server_cert
+    from keybroker.keys.certs import subject_alt_names
+    from keybroker.replica import Served
 
     settings = _settings(
         config, data_dir, database, listen=listen, insecure_http=insecure_http, dev=dev, log_format=log_format
@@ -178,6 +179,7 @@ def serve(
     datadir.restrict_umask()
     logs.configure(settings.log_format, settings.log_level)
     host, port = settings.host, settings.port
+    subject_alt_names(settings.tls_names, field="tls_names")  # a bad name is a usage error, before anything
     if settings.insecure_http:
         try:
             loopback = ipaddress.ip_address(host).is_loopback
@@ -194,16 +196,28 @@ def serve(
     try:
         services = Services.build(settings)
         application = create_app(services)
-        ssl: dict[str, str] = {}
+        ssl: dict[str, Any] = {}
         scheme, anchor = "http", None
+        identity = serving.TlsIdentity()
         if not settings.insecure_http:
-            names = sorted({"localhost", "127.0.0.1", "::1", host} - {"0.0.0.0", "::"})  # noqa: S104
-            cert, key = load_or_create_server_cert(settings.data_dir, services.tls_ca, names)
-            ssl = {"ssl_certfile": str(cert), "ssl_keyfile": str(key)}
-            scheme, anchor = "https", f"{CA_DIR}/{TLS_CA_CERT}"
+            names = sorted({"localhost", "127.0.0.1", "::1", host, *settings.tls_names} - {"0.0.0.0", "::"})  # noqa: S104
+            served = services.replica.serve_tls(names)
+            ssl = {
+                "ssl_certfile": str(served.cert),
+                "ssl_keyfile": str(served.key),
+                "ssl_context_factory": identity.factory,
+            }
+            scheme, anchor = "https", served.anchor.relative_to(settings.data_dir).as_posix()
             typer.echo(f"TLS anchor (clients pin it): {services.tls_ca.cert_path}", err=True)
             typer.echo(f"TLS anchor SHA-384 fingerprint: {services.tls_ca.fingerprint_sha384}", err=True)
             typer.echo(f"issuing CA of key certificates: {services.issuing_ca.cert_path}", err=True)
+            if served.bootstrap:
+                typer.echo(
+                    f"until it is unsealed this replica serves a bootstrap certificate (CA {served.anchor}) "
+                    f"that only the operator commands on this host trust: keybroker operator unseal "
+                    f"--data-dir {settings.data_dir}",
+                    err=True,
+                )
         else:
             err_console.print(
                 "[yellow]WARNING: --insecure-http: serving plain HTTP; tokens and keys cross unencrypted[/yellow]"
@@ -212,6 +226,15 @@ def serve(
             sock.listen(serving.BACKLOG)
         record = serving.new_record(serving.client_url(scheme, host, port), settings.listen, anchor)
         serving.write_record(settings.data_dir, record)
+
+        def switch(new: Served) -> None:
+            # a certificate from the TLS anchor, once unsealed (or renewed): new connections get it
+            identity.switch(new.cert, new.key)
+            serving.update_anchor(
+                settings.data_dir, record, new.anchor.relative_to(settings.data_dir).as_posix()
+            )
+
+        services.replica.on_certificate(switch)
         st = services.barrier.status()
         state = "not initialized" if not st.initialized else ("sealed" if st.sealed else "unsealed")
         err_console.print(
@@ -221,7 +244,7 @@ def serve(
             soft_wrap=True,
         )
         server = _uvicorn_server(
-            uvicorn.Config(application, host=host, port=port, log_config=None, access_log=False, **ssl),  # type: ignore[arg-type]
+            uvicorn.Config(application, host=host, port=port, log_config=None, access_log=False, **ssl),
             on_shutdown=lambda: serving.mark_stopped(settings.data_dir, record),
         )
         try:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
+import logging
 import os
 import threading
 import uuid
@@ -34,6 +35,8 @@ from keybroker.errors import Conflict, InvalidInput, Sealed
 from keybroker.seal import aead, shamir
 from keybroker.store.db import Database
 from keybroker.store.models import SealConfig
+
+log = logging.getLogger("keybroker.seal")
 
 _ROOT_AAD = b"keybroker/root-key/v1"
 KEY_SIZE = 32
@@ -121,6 +124,26 @@ class Barrier:
         self._pending: list[bytes] = []
         self._attempt = ""
         self._auto: AutoSeal | None = None
+        self._on_unseal: list[Callable[[], None]] = []
+        self._on_seal: list[Callable[[], None]] = []
+
+    def on_unseal(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` each time the barrier opens (shares, auto seal, dev file), after it has
+        opened, in the thread that opened it. Its failures are logged, never raised: the barrier is
+        open either way, and the callback's owner retries (see ``keybroker.replica``)."""
+        self._on_unseal.append(callback)
+
+    def on_seal(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` each time the barrier is sealed, after the root key was dropped: drop
+        whatever was opened with it."""
+        self._on_seal.append(callback)
+
+    def _opened(self) -> None:
+        for callback in self._on_unseal:
+            try:
+                callback()
+            except Exception as exc:  # noqa: BLE001 - see on_unseal
+                log.error("after unseal: %s failed: %s: %s", callback, type(exc).__name__, exc)
 
     def attach_auto_seal(self, seal: AutoSeal) -> None:
         """Use ``seal`` for init and start-up (see :func:`keybroker.seal.autounseal.configure_auto_unseal`)."""
@@ -232,6 +255,7 @@ class Barrier:
         assert cfg is not None
         with self._lock:
             self._open(cfg, unseal_key)
+        self._opened()
         return InitResult([base64.b64encode(p).decode() for p in parts], threshold, recovery=True)
 
     def auto_unseal(self) -> bool:
@@ -248,9 +272,12 @@ class Barrier:
         wrapped, _ = _unpack_auto(cfg.encrypted_root_key)
         unseal_key = seal.unwrap(wrapped)
         with self._lock:
-            if self._root_key is None:
+            opened = self._root_key is None
+            if opened:
                 self._open(cfg, unseal_key)
                 self._forget_attempt()
+        if opened:
+            self._opened()
         return True
 
     def init_devfile(self, key_file: Path) -> None:
@@ -276,6 +303,7 @@ class Barrier:
         if cfg is None or cfg.seal_type != "devfile":
             raise Conflict("the key store does not use the dev key-file seal")
         self._open(cfg, key_file.read_bytes())
+        self._opened()
 
     def _open(self, cfg: SealConfig, unseal_key: bytes) -> None:
         blob = cfg.encrypted_root_key
@@ -328,6 +356,7 @@ class Barrier:
         if cfg.seal_type not in ("shamir", "pkcs11", "transit"):  # auto seals: recovery shares
             raise Conflict(f"the key store uses the {cfg.seal_type} seal, not unseal shares")
         share = self._parse_share(share_b64)
+        opened = False
         with self._lock:
             if self._root_key is None:
                 for given in self._pending:
@@ -363,6 +392,9 @@ class Barrier:
                             attempt=attempt,
                             discarded=len(parts),
                         ) from None
+                    opened = True
+        if opened:
+            self._opened()
         return self.status()
 
     def reset(self) -> ResetResult:
@@ -376,3 +408,5 @@ class Barrier:
         with self._lock:
             self._root_key = None
             self._forget_attempt()
+        for callback in self._on_seal:
+            callback()

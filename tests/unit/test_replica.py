@@ -1,0 +1,160 @@
+"""What replicas share through the database under the seal (``keybroker.replica``,
+``keybroker.seal.shared``): two ``Services`` on one database with two data dirs, as two replicas.
+
+Before (issue 15): a second replica with its own data dir made its own TLS anchor (clients pinning
+the first one failed) and its own token signing key (every token got 401 there); it worked only
+after ``ca/`` and ``token-signing-key.pem`` were copied by hand.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from sqlalchemy import text
+
+from keybroker.api.services import DEV_UNSEAL_FILE, TOKEN_KEY_FILE, Services
+from keybroker.auth import tokens
+from keybroker.config import Settings
+from keybroker.errors import Sealed
+from keybroker.replica import Served
+from keybroker.seal.shared import SharedSecretBroken, SharedSecrets
+
+NAMES = ["127.0.0.1", "localhost", "kb2.example"]
+
+
+@pytest.fixture
+def first(tmp_path: Path) -> Iterator[Services]:
+    svc = Services.build(
+        Settings(data_dir=tmp_path / "one", database=f"sqlite:///{tmp_path / 'kb.db'}", dev=True)
+    )
+    yield svc
+    svc.db.dispose()
+
+
+def _second(tmp_path: Path) -> Services:
+    """Another replica: an empty data dir, not --dev (sealed until given the first's unseal key)."""
+    return Services.build(Settings(data_dir=tmp_path / "two", database=f"sqlite:///{tmp_path / 'kb.db'}"))
+
+
+def _unseal(second: Services, first: Services) -> None:
+    second.barrier.unseal_devfile(first.settings.data_dir / DEV_UNSEAL_FILE)
+
+
+def test_a_replica_joins_with_an_empty_data_dir(first: Services, tmp_path: Path) -> None:
+    second = _second(tmp_path)
+    try:
+        one, two = first.settings.data_dir, second.settings.data_dir
+        # sealed: the CAs' certificates (public) are there, no private key, no token key yet
+        assert (two / "ca" / "ca.pem").read_bytes() == (one / "ca" / "ca.pem").read_bytes()
+        assert (two / "ca" / "issuing-ca.pem").read_bytes() == (one / "ca" / "issuing-ca.pem").read_bytes()
+        assert not (two / "ca" / "ca-key.pem").exists() and not (two / "ca" / "issuing-ca-key.pem").exists()
+        assert not (two / TOKEN_KEY_FILE).exists()
+        with pytest.raises(Sealed):
+            _ = second.tls_ca.key
+        # it serves a bootstrap certificate until it can issue its own
+        served = second.replica.serve_tls(NAMES)
+        assert served.bootstrap and served.anchor == two / "tls" / "bootstrap-ca.pem"
+        switched: list[Served] = []
+        second.replica.on_certificate(switched.append)
+
+        _unseal(second, first)
+
+        # unsealed: its certificate from the shared anchor, for its names; the token key written
+        assert len(switched) == 1 and not switched[0].bootstrap
+        assert switched[0].anchor == two / "ca" / "ca.pem"
+        assert not (two / "tls" / "bootstrap-ca.pem").exists()
+        chain = x509.load_pem_x509_certificates(switched[0].cert.read_bytes())
+        chain[0].verify_directly_issued_by(first.tls_ca.cert)
+        sans = chain[0].extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        assert "kb2.example" in sans.get_values_for_type(x509.DNSName)
+        assert (two / TOKEN_KEY_FILE).read_bytes() == (one / TOKEN_KEY_FILE).read_bytes()
+        assert (two / TOKEN_KEY_FILE).stat().st_mode & 0o777 == 0o600
+        assert not (two / "ca" / "ca-key.pem").exists()  # the CA keys stay in the database
+        # one CA, one token key: a token minted by either is accepted by both
+        token = first.tokens.mint("admin", ["*:*"])
+        assert second.tokens.verify(token).subject == "admin"
+        assert first.tokens.verify(second.tokens.mint("other", ["keys:search"])).subject == "other"
+        assert second.issuing_ca.key.public_key() == first.issuing_ca.key.public_key()
+
+        second.barrier.seal()  # what was opened under the seal goes with it
+        with pytest.raises(Sealed):
+            _ = second.issuing_ca.key
+    finally:
+        second.db.dispose()
+
+
+def test_the_database_holds_no_private_key_in_clear(first: Services) -> None:
+    one = first.settings.data_dir
+    secrets = [
+        serialization.load_pem_private_key((one / "ca" / name).read_bytes(), None)
+        for name in ("ca-key.pem", "issuing-ca-key.pem")
+    ]
+    token_key = tokens.load_signing_key(one / TOKEN_KEY_FILE)
+    with first.db.session() as s:
+        rows = s.execute(text("SELECT name, public, sealed FROM shared_secrets ORDER BY name")).all()
+    names = [r.name for r in rows]
+    assert names == ["ca:issuing", "ca:tls", f"token-signing-key:{tokens.key_id(token_key)}"]
+    blob = b"".join(bytes(r.sealed) + r.public.encode() for r in rows)
+    for key in secrets:
+        raw = key.private_numbers().private_value.to_bytes(48, "big")  # type: ignore[union-attr]
+        der = key.private_bytes(
+            serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        assert raw not in blob and der not in blob
+    assert token_key.as_pem(private=True) not in blob
+
+
+def test_a_row_changed_in_the_database_does_not_open(first: Services) -> None:
+    shared = SharedSecrets(first.db, first.barrier)
+    with first.db.session() as s:
+        tls = s.execute(text("SELECT sealed FROM shared_secrets WHERE name = 'ca:tls'")).scalar_one()
+        # the TLS anchor's sealed key under the issuing CA's name (and certificate)
+        s.execute(text("UPDATE shared_secrets SET sealed = :b WHERE name = 'ca:issuing'"), {"b": tls})
+    with pytest.raises(SharedSecretBroken, match="does not open"):
+        shared.get("ca:issuing")
+    with first.db.session() as s:  # another certificate beside the TLS anchor's key
+        other = s.execute(text("SELECT public FROM shared_secrets WHERE name = 'ca:issuing'")).scalar_one()
+        s.execute(text("UPDATE shared_secrets SET public = :p WHERE name = 'ca:tls'"), {"p": other})
+    with pytest.raises(SharedSecretBroken):
+        shared.get("ca:tls")
+
+
+def test_a_data_dir_with_its_own_ca_takes_the_shared_one(first: Services, tmp_path: Path) -> None:
+    """The issue's set-up: a second data dir that made its own CAs (as every data dir did before)."""
+    own = Services.build(Settings(data_dir=tmp_path / "two", database=f"sqlite:///{tmp_path / 'other.db'}"))
+    own.db.dispose()
+    own_anchor = (tmp_path / "two" / "ca" / "ca.pem").read_bytes()
+    assert own_anchor != (first.settings.data_dir / "ca" / "ca.pem").read_bytes()
+    second = _second(tmp_path)
+    try:
+        ca = tmp_path / "two" / "ca"
+        assert (ca / "ca.pem").read_bytes() == (first.settings.data_dir / "ca" / "ca.pem").read_bytes()
+        aside = sorted(ca.glob("replaced-*"))
+        assert aside and (aside[0] / "ca.pem").read_bytes() == own_anchor  # kept, not deleted
+        assert (aside[0] / "ca-key.pem").exists()
+        assert second.tls_ca.cert == first.tls_ca.cert
+    finally:
+        second.db.dispose()
+
+
+def test_a_rotated_token_key_reaches_every_replica(first: Services, tmp_path: Path) -> None:
+    second = _second(tmp_path)
+    try:
+        _unseal(second, first)
+        kid = first.tokens.rotate_key(actor="cli:test")  # keybroker token rotate-key on the first
+        first.replica.sync()  # the first seals its new key into the database
+        second.replica.sync()  # the second writes it into its data dir
+        key = tokens.load_signing_key(second.settings.data_dir / TOKEN_KEY_FILE)
+        assert tokens.key_id(key) == kid
+        with first.db.session() as s:
+            names = (
+                s.execute(text("SELECT name FROM shared_secrets WHERE name LIKE 'token%'")).scalars().all()
+            )
+        assert names == [f"token-signing-key:{kid}"]  # the retired key's sealed copy is gone
+        assert first.tokens.verify(second.tokens.mint("after", ["keys:search"])).subject == "after"
+    finally:
+        second.db.dispose()
