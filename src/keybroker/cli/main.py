@@ -149,6 +149,17 @@ def serve(
             show_default="false",
         ),
     ] = None,
+    tls_name: Annotated[
+        Optional[list[str]],  # noqa: UP045
+        typer.Option(
+            "--tls-name",
+            metavar="NAME",
+            help="a name (DNS or IP) this replica's HTTPS certificate carries besides the listen address "
+            "and loopback: the load balancer's name, the host's; repeat for several (KEYBROKER_TLS_NAMES: "
+            "comma-separated)",
+            show_default=False,
+        ),
+    ] = None,
     log_format: Annotated[
         Optional[str],  # noqa: UP045
         typer.Option(
@@ -174,7 +185,14 @@ def serve(
     from keybroker.replica import Served
 
     settings = _settings(
-        config, data_dir, database, listen=listen, insecure_http=insecure_http, dev=dev, log_format=log_format
+        config,
+        data_dir,
+        database,
+        listen=listen,
+        insecure_http=insecure_http,
+        dev=dev,
+        log_format=log_format,
+        tls_names=tls_name or None,
     )
     datadir.restrict_umask()
     logs.configure(settings.log_format, settings.log_level)
