@@ -98,6 +98,9 @@ class Settings(BaseModel):
     #: SQLAlchemy URL. None: SQLite (WAL) at ``<data_dir>/keybroker.db``.
     database: str | None = None
     insecure_http: bool = False
+    #: Processes serving the listening socket (``serve --workers``): PostgreSQL only, each unsealed
+    #: on its own (an auto-unseal seal, or --dev).
+    workers: int = Field(default=1, ge=1, le=64)
     #: Development mode: auto-unseal from a key file in the data dir, dev PKI for the simulator.
     dev: bool = False
     log_format: Literal["text", "json"] = "text"
@@ -149,6 +152,7 @@ _ENV_KEYS = {
     "LISTEN": "listen",
     "DATABASE": "database",
     "INSECURE_HTTP": "insecure_http",
+    "WORKERS": "workers",
     "DEV": "dev",
     "LOG_FORMAT": "log_format",
     "LOG_LEVEL": "log_level",

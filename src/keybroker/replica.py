@@ -64,6 +64,8 @@ log = logging.getLogger("keybroker.replica")
 
 #: How often an unsealed replica syncs (its certificate's renewal, a rotated token key).
 SYNC_SECONDS = 30.0
+#: How often a sealed replica with an auto seal looks whether the key store was initialized.
+SEALED_POLL_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -119,6 +121,7 @@ class Replica:
         self._listeners: list[Callable[[Served], None]] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._sealed_on_purpose = False
         barrier.on_unseal(self.sync)
         barrier.on_seal(self._forget)
 
@@ -253,6 +256,7 @@ class Replica:
             listener(self._served)
 
     def _forget(self) -> None:
+        self._sealed_on_purpose = True
         self.cas.tls.forget()
         self.cas.issuing.forget()
 
@@ -281,9 +285,24 @@ class Replica:
             if self._db.availability.failed(exc) is None:  # a database outage is logged once
                 log.error("replica sync failed: %s: %s", type(exc).__name__, exc)
 
+    def _auto_unseal(self) -> None:
+        """A replica with an auto seal that found the key store uninitialized at start (another
+        replica or worker ran ``operator init``) unseals once it is: never after ``seal``."""
+        if self._sealed_on_purpose or self._barrier.auto_seal is None:
+            return
+        try:
+            if self._barrier.auto_unseal():
+                log.info("auto-unsealed: the key store was initialized by another replica")
+        except Exception as exc:  # noqa: BLE001 - tried again at the next interval
+            if self._db.availability.failed(exc) is None:
+                log.warning("auto-unseal failed: %s: %s", type(exc).__name__, exc)
+
     def _run(self) -> None:
-        while not self._stop.wait(SYNC_SECONDS):
-            self.sync_logged()
+        while not self._stop.wait(SEALED_POLL_SECONDS if self._barrier.sealed else SYNC_SECONDS):
+            if self._barrier.sealed:
+                self._auto_unseal()
+            else:
+                self.sync_logged()
 
     def start(self) -> None:
         """Sync every :data:`SYNC_SECONDS` (a thread, started with the app)."""

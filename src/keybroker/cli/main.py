@@ -14,6 +14,7 @@ import typer
 
 from keybroker import __version__, datadir
 from keybroker.cli import audit, collateral, devpki, evidence, keystore, policy, serving, token
+from keybroker.cli import workers as serve_workers
 from keybroker.cli.common import (
     EXIT_CODES_HELP,
     EXIT_FAILED,
@@ -149,6 +150,19 @@ def serve(
             show_default="false",
         ),
     ] = None,
+    workers: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option(
+            "--workers",
+            min=1,
+            max=64,
+            help="processes serving the listening socket, e.g. one per core: PostgreSQL only, each unsealing "
+            "itself (an auto-unseal seal, or --dev)",
+            envvar="KEYBROKER_WORKERS",
+            show_envvar=True,
+            show_default="1",
+        ),
+    ] = None,
     tls_name: Annotated[
         Optional[list[str]],  # noqa: UP045
         typer.Option(
@@ -193,7 +207,9 @@ def serve(
         dev=dev,
         log_format=log_format,
         tls_names=tls_name or None,
+        workers=workers,
     )
+    serve_workers.check(settings)
     datadir.restrict_umask()
     logs.configure(settings.log_format, settings.log_level)
     host, port = settings.host, settings.port
@@ -213,10 +229,10 @@ def serve(
     sockets = serving.bind(settings.listen, host, port)
     try:
         services = Services.build(settings)
-        application = create_app(services)
         ssl: dict[str, Any] = {}
         scheme, anchor = "http", None
         identity = serving.TlsIdentity()
+        names: list[str] | None = None
         if not settings.insecure_http:
             names = sorted({"localhost", "127.0.0.1", "::1", host, *settings.tls_names} - {"0.0.0.0", "::"})  # noqa: S104
             served = services.replica.serve_tls(names)
@@ -261,8 +277,14 @@ def serve(
             highlight=False,
             soft_wrap=True,
         )
+        if settings.workers > 1:
+            _serve_workers(settings, services, names, sockets, ssl)
+            serving.mark_stopped(settings.data_dir, record)
+            return
         server = _uvicorn_server(
-            uvicorn.Config(application, host=host, port=port, log_config=None, access_log=False, **ssl),
+            uvicorn.Config(
+                create_app(services), host=host, port=port, log_config=None, access_log=False, **ssl
+            ),
             on_shutdown=lambda: serving.mark_stopped(settings.data_dir, record),
         )
         try:
@@ -274,6 +296,32 @@ def serve(
     finally:
         for sock in sockets:
             sock.close()
+
+
+def _serve_workers(
+    settings: Settings,
+    services: Any,
+    names: list[str] | None,
+    sockets: list[socket.socket],
+    ssl: dict[str, Any],
+) -> None:
+    """Hand the bound sockets to ``settings.workers`` processes (uvicorn's supervisor); each builds
+    its own services (:class:`keybroker.cli.workers.WorkerApp`). This process only supervises."""
+    import uvicorn
+    from uvicorn.supervisors import Multiprocess
+
+    services.db.dispose()
+    config = uvicorn.Config(
+        serve_workers.WorkerApp(settings, None if names is None else tuple(names)),
+        factory=True,
+        workers=settings.workers,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        **ssl,
+    )
+    Multiprocess(config, sockets=sockets).run()
 
 
 def _uvicorn_server(config: uvicorn.Config, on_shutdown: Callable[[], None]) -> uvicorn.Server:

@@ -169,6 +169,9 @@ class TlsIdentity:
     (``ssl_context_factory``) hands each handshake, through its SNI callback (called with or without
     SNI), the context of the current certificate. A connection keeps the certificate it began with."""
 
+    #: The one this process's server made its context with (a worker's, for its app factory).
+    latest: TlsIdentity | None = None
+
     def __init__(self) -> None:
         self._current: ssl.SSLContext | None = None
         self._config: Any = None
@@ -178,6 +181,7 @@ class TlsIdentity:
         context = default()
         self._config, self._make, self._current = config, default, context
         context.sni_callback = self._pick
+        TlsIdentity.latest = self
         return context
 
     def _pick(self, connection: Any, _server_name: str | None, _context: ssl.SSLContext) -> None:
