@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from keybroker.errors import AuditChainAlarm, BackendUnavailable, KeybrokerError
+from keybroker.errors import AuditChainAlarm, BackendUnavailable, KeybrokerError, Sealed
 from keybroker.store.db import RETRY_AFTER_SECONDS, Database, unavailable_reason
 
 log = logging.getLogger("keybroker.api")
@@ -81,8 +81,10 @@ def validation_detail(exc: RequestValidationError) -> tuple[str, str, list[dict[
 def install(app: FastAPI) -> None:
     @app.exception_handler(KeybrokerError)
     async def _domain(request: Request, exc: KeybrokerError) -> JSONResponse:
-        # an unavailable database is logged once per outage (store.db.Availability), not per request
-        if exc.status >= 500 and exc.extra.get("backend") != "database":
+        # an unavailable database is logged once per outage (store.db.Availability), not per request;
+        # a sealed replica's refusals are its state (audited when sealed), not errors: a load
+        # balancer's health checks would log one a second
+        if exc.status >= 500 and exc.extra.get("backend") != "database" and not isinstance(exc, Sealed):
             log.error("request failed: %s %s: %s", request.method, request.url.path, exc.diagnostics())
         resp = problem(exc.status, exc.title, exc.detail, request, **exc.extra)
         retry_after = exc.extra.get("retry_after")
