@@ -158,3 +158,37 @@ def test_a_rotated_token_key_reaches_every_replica(first: Services, tmp_path: Pa
         assert first.tokens.verify(second.tokens.mint("after", ["keys:search"])).subject == "after"
     finally:
         second.db.dispose()
+
+
+def test_replacing_the_tls_anchor_as_docs_certificates_md_says(first: Services, tmp_path: Path) -> None:
+    second = _second(tmp_path)
+    _unseal(second, first)
+    old = first.tls_ca.cert
+    first.db.dispose()
+    second.db.dispose()
+    # 1. every replica stopped; the anchor out of the database and out of one data dir
+    ca = first.settings.data_dir / "ca"
+    with second.db.session() as s:
+        s.execute(text("DELETE FROM shared_secrets WHERE name = 'ca:tls'"))
+    kept = tmp_path / "old-anchor"
+    kept.mkdir()
+    for name in ("ca.pem", "ca-key.pem"):
+        (ca / name).rename(kept / name)
+    # 2. that replica starts (--dev: unsealed at once): a new anchor, sealed into the database
+    one = Services.build(first.settings)
+    try:
+        assert one.tls_ca.cert != old and (ca / "ca.pem").exists()
+        with one.db.session() as s:
+            public = s.execute(text("SELECT public FROM shared_secrets WHERE name = 'ca:tls'")).scalar_one()
+        assert x509.load_pem_x509_certificate(public.encode()) == one.tls_ca.cert
+        # 3. the others take it from the database, their old certificate moved aside
+        two = _second(tmp_path)
+        try:
+            assert two.tls_ca.cert == one.tls_ca.cert
+            assert (two.settings.data_dir / "ca" / "ca.pem").read_bytes() == (ca / "ca.pem").read_bytes()
+            aside = sorted((two.settings.data_dir / "ca").glob("replaced-*"))
+            assert aside and x509.load_pem_x509_certificate((aside[0] / "ca.pem").read_bytes()) == old
+        finally:
+            two.db.dispose()
+    finally:
+        one.db.dispose()
