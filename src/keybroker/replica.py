@@ -2,10 +2,11 @@
 
 Shared, in ``shared_secrets`` under the seal (:mod:`keybroker.seal.shared`): the TLS anchor's and
 the issuing CA's keys (their certificates in clear beside them) and the current bearer token
-signing key. So a replica joins with an empty data dir: it writes the CAs' certificates into it
-(``ca/ca.pem``, ``ca/issuing-ca.pem``: what clients pin) at start, and once unsealed it issues
-itself an HTTPS certificate from the shared TLS anchor, for the names it serves, and writes the
-token signing key into its data dir (for the local ``keybroker token`` commands).
+signing key. So a replica joins with an empty data dir: once unsealed (when the rows open under the
+root key, which authenticates the certificates beside them) it writes the CAs' certificates into
+it (``ca/ca.pem``, ``ca/issuing-ca.pem``: what clients pin), issues itself an HTTPS certificate
+from the shared TLS anchor, for the names it serves, and writes the token signing key into its data
+dir (for the local ``keybroker token`` commands).
 
 Kept: its own HTTPS certificate and key (``tls/``), its audit checkpoint key and checkpoints.
 
@@ -107,6 +108,9 @@ class Replica:
         self._lock = threading.RLock()
         #: CAs whose key is still the data dir's file: sealed into the database at the next sync.
         self._to_adopt: set[str] = set()
+        #: CAs whose database certificate the data dir lacks: written at the next sync, once the
+        #: row opens under the root key.
+        self._to_take: set[str] = set()
         self._ca_dir = data_dir / CA_DIR
         self._ca_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         tls, issuing = self._load(TLS_ROLE), self._load(ISSUING_ROLE)
@@ -140,8 +144,13 @@ class Replica:
         return key
 
     def _load(self, role: _Role) -> ServiceCA:
-        """The CA of ``role``: the database's (its certificate written into the data dir), else the
-        data dir's files (created if absent), to be adopted at the first sync."""
+        """The CA of ``role``: the database's, else the data dir's files (created if absent), to be
+        adopted at the first sync.
+
+        The database's certificate is not authenticated until its row opens under the root key
+        (its sealed half is bound to it): whoever can write the database could put another there.
+        So while sealed it is only compared with the data dir's, never written over it; a data dir
+        without it, or with another, gets it at the first sync (:meth:`_take`)."""
         cert_path = self._ca_dir / role.cert_file
         public = self._shared.public(role.name)
         if public is None:
@@ -149,8 +158,20 @@ class Replica:
             self._to_adopt.add(role.name)
             return ca
         cert = x509.load_pem_x509_certificate(public.encode())
-        self._keep_only(role, cert)
+        if not cert_path.exists() or x509.load_pem_x509_certificate(cert_path.read_bytes()) != cert:
+            self._to_take.add(role.name)
         return ServiceCA(cert, self._opener(role, cert), cert_path)
+
+    def _take(self, role: _Role, ca: ServiceCA) -> None:
+        """Write the database's CA certificate of ``role`` into the data dir, now that its row opens
+        under the root key (the certificate is authentic)."""
+        found = self._shared.get(role.name)
+        if found is None:
+            raise Sealed(f"the {role.common_name} is no longer in the database")
+        cert = x509.load_pem_x509_certificate(found.public.encode())
+        self._keep_only(role, cert)
+        if cert != ca.cert:
+            ca.replace(cert, self._opener(role, cert))
 
     def _keep_only(self, role: _Role, cert: x509.Certificate) -> None:
         """Make the data dir's certificate of ``role`` the shared ``cert``; files of another CA are
@@ -183,9 +204,10 @@ class Replica:
             )
             ca.replace(ca.cert, self._opener(role, ca.cert))
             return
-        public = self._shared.public(role.name)
-        assert public is not None  # put() found a row
-        shared = x509.load_pem_x509_certificate(public.encode())
+        found = self._shared.get(role.name)  # another replica's, authenticated by opening it
+        if found is None:
+            raise Sealed(f"the {role.common_name} is no longer in the database")
+        shared = x509.load_pem_x509_certificate(found.public.encode())
         if shared != ca.cert:
             self._keep_only(role, shared)
         ca.replace(shared, self._opener(role, shared))
@@ -273,6 +295,9 @@ class Replica:
                 if role.name in self._to_adopt:
                     self._adopt(role, ca)
                     self._to_adopt.discard(role.name)
+                if role.name in self._to_take:
+                    self._take(role, ca)
+                    self._to_take.discard(role.name)
             _ = self.cas.issuing.key  # opened now, not first inside a transaction (SQLite: one writer)
             self._sync_token_key()
             self._sync_server_cert()

@@ -48,9 +48,9 @@ def test_a_replica_joins_with_an_empty_data_dir(first: Services, tmp_path: Path)
     second = _second(tmp_path)
     try:
         one, two = first.settings.data_dir, second.settings.data_dir
-        # sealed: the CAs' certificates (public) are there, no private key, no token key yet
-        assert (two / "ca" / "ca.pem").read_bytes() == (one / "ca" / "ca.pem").read_bytes()
-        assert (two / "ca" / "issuing-ca.pem").read_bytes() == (one / "ca" / "issuing-ca.pem").read_bytes()
+        # sealed: nothing from the database is written yet (its certificates are authenticated only
+        # by opening their rows under the root key), no private key, no token key
+        assert not (two / "ca" / "ca.pem").exists() and not (two / "ca" / "issuing-ca.pem").exists()
         assert not (two / "ca" / "ca-key.pem").exists() and not (two / "ca" / "issuing-ca-key.pem").exists()
         assert not (two / TOKEN_KEY_FILE).exists()
         with pytest.raises(Sealed):
@@ -73,6 +73,8 @@ def test_a_replica_joins_with_an_empty_data_dir(first: Services, tmp_path: Path)
         assert "kb2.example" in sans.get_values_for_type(x509.DNSName)
         assert (two / TOKEN_KEY_FILE).read_bytes() == (one / TOKEN_KEY_FILE).read_bytes()
         assert (two / TOKEN_KEY_FILE).stat().st_mode & 0o777 == 0o600
+        assert (two / "ca" / "ca.pem").read_bytes() == (one / "ca" / "ca.pem").read_bytes()
+        assert (two / "ca" / "issuing-ca.pem").read_bytes() == (one / "ca" / "issuing-ca.pem").read_bytes()
         assert not (two / "ca" / "ca-key.pem").exists()  # the CA keys stay in the database
         # one CA, one token key: a token minted by either is accepted by both
         token = first.tokens.mint("admin", ["*:*"])
@@ -132,6 +134,8 @@ def test_a_data_dir_with_its_own_ca_takes_the_shared_one(first: Services, tmp_pa
     second = _second(tmp_path)
     try:
         ca = tmp_path / "two" / "ca"
+        assert (ca / "ca.pem").read_bytes() == own_anchor  # untouched while sealed
+        _unseal(second, first)
         assert (ca / "ca.pem").read_bytes() == (first.settings.data_dir / "ca" / "ca.pem").read_bytes()
         aside = sorted(ca.glob("replaced-*"))
         assert aside and (aside[0] / "ca.pem").read_bytes() == own_anchor  # kept, not deleted
@@ -184,6 +188,7 @@ def test_replacing_the_tls_anchor_as_docs_certificates_md_says(first: Services, 
         # 3. the others take it from the database, their old certificate moved aside
         two = _second(tmp_path)
         try:
+            _unseal(two, one)
             assert two.tls_ca.cert == one.tls_ca.cert
             assert (two.settings.data_dir / "ca" / "ca.pem").read_bytes() == (ca / "ca.pem").read_bytes()
             aside = sorted((two.settings.data_dir / "ca").glob("replaced-*"))
@@ -192,3 +197,38 @@ def test_replacing_the_tls_anchor_as_docs_certificates_md_says(first: Services, 
             two.db.dispose()
     finally:
         one.db.dispose()
+
+
+def test_a_certificate_put_in_the_database_is_not_pinned(first: Services, tmp_path: Path) -> None:
+    """Whoever can write the database (not the root key) puts their own CA certificate beside the
+    TLS anchor's sealed key, so that replicas would write it into their data dirs for clients to
+    pin. A new replica writes no CA certificate while sealed; unsealed, the row does not open (its
+    sealed key is bound to the genuine certificate), so it writes none either, and serves only its
+    bootstrap certificate; the first replica's data dir keeps the genuine anchor."""
+    genuine = (first.settings.data_dir / "ca" / "ca.pem").read_bytes()
+    from datetime import UTC, datetime, timedelta
+
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from keybroker.keys.certs import make_ca
+
+    forged = make_ca(
+        ec.generate_private_key(ec.SECP384R1()), "keybroker TLS CA", datetime.now(UTC), timedelta(days=30)
+    )
+    with first.db.session() as s:
+        s.execute(
+            text("UPDATE shared_secrets SET public = :p WHERE name = 'ca:tls'"),
+            {"p": forged.public_bytes(serialization.Encoding.PEM).decode()},
+        )
+    second = _second(tmp_path)
+    try:
+        two = second.settings.data_dir / "ca"
+        assert not (two / "ca.pem").exists()
+        assert second.replica.serve_tls(NAMES).bootstrap
+        _unseal(second, first)  # the sync fails (logged): the forged row does not open
+        assert not (two / "ca.pem").exists()
+        with pytest.raises(SharedSecretBroken):
+            second.replica.sync()
+        assert (first.settings.data_dir / "ca" / "ca.pem").read_bytes() == genuine
+    finally:
+        second.db.dispose()

@@ -242,9 +242,16 @@ def serve(
                 "ssl_context_factory": identity.factory,
             }
             scheme, anchor = "https", served.anchor.relative_to(settings.data_dir).as_posix()
-            typer.echo(f"TLS anchor (clients pin it): {services.tls_ca.cert_path}", err=True)
-            typer.echo(f"TLS anchor SHA-384 fingerprint: {services.tls_ca.fingerprint_sha384}", err=True)
-            typer.echo(f"issuing CA of key certificates: {services.issuing_ca.cert_path}", err=True)
+            if services.tls_ca.cert_path.exists():
+                typer.echo(f"TLS anchor (clients pin it): {services.tls_ca.cert_path}", err=True)
+                typer.echo(f"TLS anchor SHA-384 fingerprint: {services.tls_ca.fingerprint_sha384}", err=True)
+                typer.echo(f"issuing CA of key certificates: {services.issuing_ca.cert_path}", err=True)
+            else:  # a new replica: the database's anchor is authenticated only by unsealing
+                typer.echo(
+                    f"TLS anchor (clients pin it): written to {services.tls_ca.cert_path} once this replica "
+                    "is unsealed",
+                    err=True,
+                )
             if served.bootstrap:
                 typer.echo(
                     f"until it is unsealed this replica serves a bootstrap certificate (CA {served.anchor}) "
