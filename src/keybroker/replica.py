@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 
 from keybroker.auth import tokens
 from keybroker.auth.registry import SHARED_KEY_PREFIX, TokenRegistry
-from keybroker.errors import InvalidInput, Sealed
+from keybroker.errors import InvalidInput, KeybrokerError, Sealed
 from keybroker.keys.certs import PrivateKey
 from keybroker.seal.barrier import Barrier
 from keybroker.seal.shared import SharedSecrets
@@ -318,6 +318,8 @@ class Replica:
         try:
             if self._barrier.auto_unseal():
                 log.info("auto-unsealed: the key store was initialized by another replica")
+        except KeybrokerError as exc:  # the seal backend: the start-up retry thread says so, with backoff
+            log.debug("auto-unseal failed: %s", exc.detail)
         except Exception as exc:  # noqa: BLE001 - tried again at the next interval
             if self._db.availability.failed(exc) is None:
                 log.warning("auto-unseal failed: %s: %s", type(exc).__name__, exc)
