@@ -31,6 +31,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import itertools
+import re
 import signal
 import threading
 import time
@@ -426,15 +427,30 @@ def test_replica_killed_under_load(broker: Broker, record_property: Callable[...
     _report("replica kill -9", _table(broker, load, calls), record_property)
 
 
+def _database_gauges(server: Server) -> tuple[float, float]:
+    """(keybroker_database_up, keybroker_database_outages_total) from the replica's /metrics."""
+    with server.client() as c:
+        text_ = c.get("/metrics").text
+    found = dict(re.findall(r"^(keybroker_database_up|keybroker_database_outages_total) (\S+)$", text_, re.M))
+    return float(found["keybroker_database_up"]), float(found["keybroker_database_outages_total"])
+
+
 def test_database_stopped_and_started_again(broker: Broker, record_property: Callable[..., None]) -> None:
+    during: list[tuple[float, float]] = []
+
     def fault(load: Load) -> Fault:
         broker.pg.shut_down("fast")
         down = time.monotonic()
-        time.sleep(5)
+        time.sleep(3)
+        during.append(_database_gauges(broker.replicas[0]))  # /metrics answers, without the database
+        time.sleep(2)
         broker.pg.start_again()
         return Fault(down, time.monotonic())
 
+    assert _database_gauges(broker.replicas[0]) == (1.0, 0.0)
     load, calls, f = _under_load(broker, fault)
+    assert during == [(0.0, 1.0)]
+    assert _database_gauges(broker.replicas[0]) == (1.0, 1.0)
     _check_calls(calls, f)
     assert any(c.status == 503 for c in calls), "the fault did not reach the service"
     _check_logs(broker, outages=1, fault=f)
