@@ -1,7 +1,7 @@
 """``keybroker-client``: the workload side, run inside the TEE.
 
 Exit codes: 0 ok, 1 denied or failed (the broker's reasons are printed), 2 usage, 3 the broker is
-unreachable or unavailable (network, TLS verification, 5xx after the retries). Key material is never
+unreachable or unavailable (network, 5xx after the retries), 4 TLS verification failed. Key material is never
 printed or logged: ``get-key`` writes it only to ``--out`` (mode 0600) or into a PKCS#11 token.
 
 A key already where it should go is not released again: the broker's challenge names the key's public
@@ -54,6 +54,10 @@ def _version(value: bool) -> None:
 app = typer.Typer(
     name="keybroker-client",
     help="keybroker workload client: obtains evidence inside a TEE and fetches keys.",
+    epilog=(
+        "Exit codes: 0 ok; 1 denied or failed; 2 usage; 3 broker unreachable or unavailable; "
+        "4 TLS verification failed (give --ca-file or --ca-sha384)."
+    ),
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,

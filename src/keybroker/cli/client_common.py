@@ -1,8 +1,9 @@
 """What every ``keybroker-client`` command shares: exit codes, errors as messages, logging, and the
 evidence options (``--tee``, ``--dev-pki``, ``--sim-field``) with the provider they choose.
 
-Exit codes: 0 ok, 1 denied or failed (the broker's reasons are printed), 2 usage, 3 the broker is
-unreachable or unavailable (network, TLS verification, 5xx after the retries).
+Exit codes (as for ``keybroker``): 0 ok, 1 denied or failed (the broker's reasons are printed),
+2 usage, 3 the broker is unreachable or unavailable (network, 5xx after the retries), 4 its TLS
+certificate did not verify against the pinned CA (a trust problem, not a network one).
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ from typing import Annotated, ParamSpec, TypeVar
 import typer
 
 from keybroker.client import evidence as ev
-from keybroker.client.errors import Denied, EvidenceUnavailable, Unreachable
+from keybroker.client.errors import Denied, EvidenceUnavailable, TlsVerificationFailed, Unreachable
 from keybroker.errors import InvalidInput, KeybrokerError
 
-EXIT_OK, EXIT_DENIED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+EXIT_OK, EXIT_DENIED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_TLS = 0, 1, 2, 3, 4
 log = logging.getLogger("keybroker.client")
 
 P = ParamSpec("P")
@@ -33,6 +34,8 @@ def say(message: str) -> None:
 def exit_code(exc: KeybrokerError) -> int:
     if isinstance(exc, InvalidInput):
         return EXIT_USAGE
+    if isinstance(exc, TlsVerificationFailed):
+        return EXIT_TLS
     if isinstance(exc, Unreachable):
         return EXIT_UNREACHABLE
     return EXIT_DENIED

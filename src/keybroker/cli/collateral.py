@@ -32,6 +32,7 @@ from keybroker.cli.common import (
     console,
     err_console,
     handle_errors,
+    open_existing_database,
 )
 from keybroker.collateral.fetch import FetchPlan, PcsClient, fetch_collateral
 from keybroker.collateral.importers import bundle_document, read_file, write_bundle
@@ -67,11 +68,14 @@ def _settings(config: Path | None, data_dir: Path | None, database: str | None) 
     return load_settings(config, None, data_dir=data_dir, database=database)
 
 
-def _store(settings: Settings, *, create: bool = False) -> CollateralStore:
-    """Open (and migrate) the database; ``create``: make the data dir for a new SQLite database."""
+def _store(settings: Settings, *, create: bool = False, read_only: bool = False) -> CollateralStore:
+    """Open (and migrate) the database; ``create``: make the data dir for a new SQLite database;
+    ``read_only`` (list, export): only a database keybroker has run on, never created or migrated."""
     from keybroker.collateral.store import CollateralStore
     from keybroker.store.db import Database
 
+    if read_only:
+        return CollateralStore(open_existing_database(settings))
     if settings.database is None:
         if create:
             settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -214,7 +218,7 @@ def list_(
     as_json: JsonOpt = False,
 ) -> None:
     """List stored collateral, history included (newest first; '*' marks what PCCS endpoints serve)."""
-    store = _store(_settings(config, data_dir, database))
+    store = _store(_settings(config, data_dir, database), read_only=True)
     rows = store.list_items(fmspc=_fmspc(fmspc) if fmspc else None)
     if as_json:
         typer.echo(json.dumps([r.to_dict() for r in rows], indent=2))
@@ -258,7 +262,7 @@ def export(
     """Write an offline bundle for an air-gapped site: TCB Info, QE/QVE identities, PCK CRLs, root CA CRL."""
     fmspc = _fmspc(fmspc)
     tees = _tees(tee)
-    store = _store(_settings(config, data_dir, database))
+    store = _store(_settings(config, data_dir, database), read_only=True)
     entries = store.export_items(fmspc=fmspc, tee=tees[0] if len(tees) == 1 else None, history=history)
     doc = bundle_document(
         entries, created_at=datetime.now(UTC), note=f"FMSPC {fmspc}, exported by keybroker collateral export"

@@ -19,6 +19,7 @@ import typer
 from cryptography import x509
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from keybroker.cli.common import ConfigOpt, DatabaseOpt, DataDirOpt
 from keybroker.collateral.trust import EvidenceTrust, dev_pki_dir, dev_root_path, evidence_trust
@@ -72,6 +73,11 @@ def _group() -> None:
 
 _out = Console()
 _err = Console(stderr=True)
+
+
+def _error(message: str) -> None:
+    """One line, never wrapped (a path broken across lines cannot be pasted back), text not markup."""
+    _err.print(Text.assemble(("error:", "red"), " ", message), highlight=False, soft_wrap=True)
 
 
 class UsageError(Exception):
@@ -350,13 +356,13 @@ def verify(
             collateral_lookup=None if coll is not None else trust_lookup(trust),
         )
     except UsageError as exc:
-        _err.print(f"[red]error:[/red] {exc}", highlight=False)
+        _error(str(exc))
         raise typer.Exit(EXIT_USAGE) from None
     except CollateralNotFound as exc:
-        _err.print(f"[red]error:[/red] {exc.diagnostics()}{dev_hint(settings)}", highlight=False)
+        _error(f"{exc.diagnostics()}{dev_hint(settings)}")
         raise typer.Exit(EXIT_REJECTED) from None
     except CollateralError as exc:
-        _err.print(f"[red]error:[/red] {exc.diagnostics()}", highlight=False)
+        _error(exc.diagnostics())
         raise typer.Exit(EXIT_USAGE) from None
     except (EvidenceParseError, VerificationError) as exc:
         check = exc.check if isinstance(exc, VerificationError) else "parse"
