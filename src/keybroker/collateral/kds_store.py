@@ -1,0 +1,496 @@
+"""The KDS cache: verified SEV-SNP collateral (VCEKs, ASK/ASVK chains, ARK CRLs) in the database.
+
+* :meth:`KdsStore.import_items` stores verified items in one transaction; a digest already stored
+  is skipped (re-imports and concurrent imports are no-ops).
+* :meth:`KdsStore.collateral_for` is what the SEV-SNP verifier asks: for (product, CHIP_ID,
+  REPORTED_TCB, signing key) the VCEK of that chip at that TCB, the ASK+ARK that issued it (or,
+  for a VLEK, the product's ASVK+ARK) and the ARK's CRLs. Each piece is the newest one valid at
+  ``at`` (now by default); when none is valid then, the newest issued before it, else the newest,
+  so that an expired cache gives the verifier's precise ``validity_window`` failure instead of a
+  vague "not found". Chain and CRLs are those of the VCEK's own ASK and ARK, never another root's.
+* :meth:`KdsStore.newest` answers the KDS endpoints: the newest piece, AMD-rooted before
+  dev-rooted (a guest must never be handed a simulator's chain while AMD's is here).
+* Every "not found" names what was asked and what is cached, and how to add it; a VCEK miss names
+  only the TCBs cached for that same chip (the cache never lists the fleet's chip ids).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final, cast
+
+from sqlalchemy import Select, and_, case, func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from keybroker.collateral.kds import (
+    SIDES,
+    SnpCollateral,
+    SnpItem,
+    SnpKind,
+    hex_or_none,
+    label,
+    tcb_text,
+)
+from keybroker.errors import CollateralNotFound, Conflict, InvalidInput
+from keybroker.store.db import Database
+from keybroker.store.models import SnpCollateralItem as Row
+from keybroker.tee.snp.abi import PRODUCTS, Product, SigningKey
+
+__all__ = ["KdsImportResult", "KdsStore", "StoredSnpItem"]
+
+_SUMMARY_MAX: Final = 12
+_FETCH: Final = "keybroker collateral fetch --snp"
+
+
+def _utc(value: datetime) -> datetime:
+    """Aware UTC (SQLite hands back naive datetimes; every one stored is UTC)."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredSnpItem:
+    """A stored piece's metadata (no content): what ``collateral list`` shows."""
+
+    id: int
+    kind: str
+    signing_key: str
+    product: str
+    hwid: str | None
+    tcb: str | None
+    digest: str
+    valid_from: datetime
+    valid_until: datetime
+    root_kind: str
+    ark_spki_sha256: str
+    source: str
+    imported_at: datetime
+
+    @property
+    def label(self) -> str:
+        return label(self.kind, self.signing_key, self.product, hex_or_none(self.hwid), hex_or_none(self.tcb))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "tee": "snp",
+            "label": self.label,
+            "signing_key": self.signing_key,
+            "product": self.product,
+            "hwid": self.hwid,
+            "tcb": self.tcb,
+            "digest": self.digest,
+            "valid_from": self.valid_from.isoformat(),
+            "valid_until": self.valid_until.isoformat(),
+            "root": self.root_kind,
+            "ark_spki_sha256": self.ark_spki_sha256,
+            "source": self.source,
+            "imported_at": self.imported_at.isoformat(),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class KdsImportResult:
+    added: tuple[SnpItem, ...]
+    already_stored: tuple[SnpItem, ...]
+
+
+def _row(item: SnpItem, source: str, now: datetime) -> Row:
+    return Row(
+        kind=item.kind,
+        signing_key=item.signing_key,
+        product=item.product,
+        hwid=item.hwid.hex() if item.hwid is not None else None,
+        tcb=item.tcb.hex() if item.tcb is not None else None,
+        content=item.content,
+        digest=item.digest,
+        valid_from=_utc(item.valid_from),
+        valid_until=_utc(item.valid_until),
+        ark_spki_sha256=item.ark_spki_sha256,
+        root_kind=item.root_kind,
+        intermediate_sha256=item.intermediate_sha256,
+        source=source[:512],
+        imported_at=now,
+    )
+
+
+def _item(row: Row) -> SnpItem:
+    """Rebuild an item from a row that was verified when it was imported."""
+    return SnpItem(
+        kind=cast(SnpKind, row.kind),
+        signing_key=cast(SigningKey, row.signing_key),
+        product=cast(Product, row.product),
+        hwid=hex_or_none(row.hwid),
+        tcb=hex_or_none(row.tcb),
+        content=bytes(row.content),
+        valid_from=_utc(row.valid_from),
+        valid_until=_utc(row.valid_until),
+        root_kind="amd" if row.root_kind == "amd" else "dev",
+        ark_spki_sha256=row.ark_spki_sha256,
+        intermediate_sha256=row.intermediate_sha256,
+        digest=row.digest,
+    )
+
+
+def _stored(row: Row) -> StoredSnpItem:
+    return StoredSnpItem(
+        id=row.id,
+        kind=row.kind,
+        signing_key=row.signing_key,
+        product=row.product,
+        hwid=row.hwid,
+        tcb=row.tcb,
+        digest=row.digest,
+        valid_from=_utc(row.valid_from),
+        valid_until=_utc(row.valid_until),
+        root_kind=row.root_kind,
+        ark_spki_sha256=row.ark_spki_sha256,
+        source=row.source,
+        imported_at=_utc(row.imported_at),
+    )
+
+
+def _prefer(q: Select[Row], at: datetime | None, *, amd_first: bool) -> Select[Row]:
+    """Order candidates: AMD-rooted first (``amd_first``), valid at ``at`` first, then issued before
+    it, then the rest; newest first within each."""
+    order: list[Any] = []
+    if amd_first:
+        order.append(case((Row.root_kind == "amd", 0), else_=1))
+    if at is not None:
+        order.append(
+            case(
+                (and_(Row.valid_from <= at, Row.valid_until >= at), 0),
+                (Row.valid_from <= at, 1),
+                else_=2,
+            )
+        )
+    return q.order_by(*order, Row.valid_from.desc(), Row.id.desc()).limit(1)
+
+
+def _check_product(product: str | None) -> Product | None:
+    if product is not None and product not in PRODUCTS:
+        raise InvalidInput(f"product {product!r} is not Milan, Genoa or Turin", field="product")
+    return product
+
+
+class KdsStore:
+    def __init__(self, db: Database, *, clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+        self.db = db
+        self._clock = clock
+
+    # --- writing -------------------------------------------------------------------------------
+
+    def import_items(self, items: Iterable[SnpItem], *, source: str) -> KdsImportResult:
+        """Store verified items (one transaction); digests already stored are skipped."""
+        return self.import_sources([(source, list(items))])
+
+    def import_sources(self, batches: Sequence[tuple[str, Sequence[SnpItem]]]) -> KdsImportResult:
+        """Store several sources' verified items in one transaction: all of them or none."""
+        labelled: dict[str, tuple[SnpItem, str]] = {}
+        for source, items in batches:
+            for item in items:
+                labelled.setdefault(item.digest, (item, source))
+        for attempt in range(3):
+            try:
+                with self.db.session() as s:
+                    digests = list(labelled)
+                    existing: set[str] = set()
+                    for i in range(0, len(digests), 500):
+                        chunk = digests[i : i + 500]
+                        existing.update(s.scalars(select(Row.digest).where(Row.digest.in_(chunk))))
+                    now = self._clock()
+                    new = [pair for digest, pair in labelled.items() if digest not in existing]
+                    s.add_all(_row(item, source, now) for item, source in new)
+                return KdsImportResult(
+                    tuple(item for item, _ in new),
+                    tuple(item for digest, (item, _) in labelled.items() if digest in existing),
+                )
+            except IntegrityError:  # a concurrent import stored one of them first: look again
+                if attempt == 2:
+                    raise Conflict(
+                        "SNP collateral import kept colliding with concurrent imports; retry"
+                    ) from None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # --- reading -------------------------------------------------------------------------------
+
+    def list_items(self, *, product: str | None = None) -> list[StoredSnpItem]:
+        """Every stored piece (history included), newest first within each group."""
+        q = select(Row)
+        if product is not None:
+            q = q.where(Row.product == _check_product(product))
+        q = q.order_by(
+            Row.product,
+            case((Row.kind == "snp_cert_chain", 0), (Row.kind == "snp_crl", 1), else_=2),
+            Row.signing_key,
+            Row.hwid,
+            Row.tcb,
+            Row.valid_from.desc(),
+            Row.id.desc(),
+        )
+        with self.db.session() as s:
+            return [_stored(r) for r in s.scalars(q)]
+
+    def chains(self, product: str | None = None) -> list[SnpItem]:
+        """Every stored chain (to verify a VCEK imported without its chain)."""
+        q = select(Row).where(Row.kind == "snp_cert_chain")
+        if product is not None:
+            q = q.where(Row.product == product)
+        with self.db.session() as s:
+            return [_item(r) for r in s.scalars(q.order_by(Row.valid_from.desc(), Row.id.desc()))]
+
+    def has_vcek(self, product: Product, hwid: bytes, tcb: bytes) -> bool:
+        """Whether a VCEK for this chip and TCB is cached (VCEKs never change: fetch skips them)."""
+        q = select(Row.id).where(
+            Row.kind == "snp_vcek", Row.product == product, Row.hwid == hwid.hex(), Row.tcb == tcb.hex()
+        )
+        with self.db.session() as s:
+            return s.execute(q.limit(1)).first() is not None
+
+    def newest(
+        self,
+        kind: SnpKind,
+        *,
+        product: Product,
+        signing_key: SigningKey,
+        hwid: bytes | None = None,
+        tcb: bytes | None = None,
+    ) -> SnpItem | None:
+        """The newest stored piece, AMD-rooted first: what a KDS endpoint serves."""
+        q = select(Row).where(Row.kind == kind, Row.product == product, Row.signing_key == signing_key)
+        if hwid is not None:
+            q = q.where(Row.hwid == hwid.hex())
+        if tcb is not None:
+            q = q.where(Row.tcb == tcb.hex())
+        with self.db.session() as s:
+            row = s.scalars(_prefer(q, None, amd_first=True)).first()
+            return None if row is None else _item(row)
+
+    def collateral_for(
+        self,
+        *,
+        product: Product | None,
+        chip_id: bytes,
+        reported_tcb: bytes,
+        signing_key: SigningKey,
+        at: datetime | None = None,
+        require_crl: bool = True,
+    ) -> SnpCollateral:
+        """What verifies a report from the cache (see the module docstring), or ``CollateralNotFound``.
+
+        ``product``: the report's (CPUID, version 3 on), or None for a version 2 report: its VCEK
+        is then found by chip and TCB alone (a VLEK lookup needs the product: the VLEK names it).
+        ``chip_id``: CHIP_ID, 64 bytes (Turin: bytes 8-63 zero). ``reported_tcb``: REPORTED_TCB, 8
+        bytes. ``require_crl``: a CRL of the chain's ARK for this side must be cached.
+        """
+        product = _check_product(product)
+        if len(chip_id) != 64:
+            raise InvalidInput(f"chip_id is {len(chip_id)} bytes, CHIP_ID is 64", field="chip_id")
+        if len(reported_tcb) != 8:
+            raise InvalidInput(
+                f"reported_tcb is {len(reported_tcb)} bytes, a TCB_VERSION is 8", field="reported_tcb"
+            )
+        if signing_key not in SIDES:
+            raise InvalidInput(f"signing key {signing_key!r} is not vcek or vlek", field="signing_key")
+        when = _utc(at) if at is not None else self._clock()
+        with self.db.session() as s:
+            if signing_key == "vcek":
+                vcek_row = self._vcek(s, product, chip_id, reported_tcb, when)
+                product = cast(Product, vcek_row.product)
+                chain_q = select(Row).where(
+                    Row.kind == "snp_cert_chain",
+                    Row.product == product,
+                    Row.signing_key == "vcek",
+                    Row.intermediate_sha256 == vcek_row.intermediate_sha256,
+                    Row.ark_spki_sha256 == vcek_row.ark_spki_sha256,
+                )
+                chain_row = s.scalars(_prefer(chain_q, when, amd_first=False)).first()
+                if chain_row is None:
+                    raise CollateralNotFound(
+                        f"the VCEK for {product} chip {chip_id[:8].hex()}… at TCB "
+                        f"{tcb_text(reported_tcb, product)} is cached, but not the ASK+ARK {product} that "
+                        f"issued it (ASK sha256 {str(vcek_row.intermediate_sha256)[:16]}…); cached chains: "
+                        f"{self._summary(s, ('snp_cert_chain',))}. Add it with "
+                        f"'{_FETCH} --product {product}' or 'keybroker collateral import CERT_CHAIN_FILE'",
+                        asked={"product": product, "signing_key": "vcek", "what": "cert_chain"},
+                    )
+            else:
+                if product is None:
+                    raise InvalidInput(
+                        "a VLEK lookup needs the product (the VLEK's issuer names it)", field="product"
+                    )
+                vcek_row = None
+                chain_q = select(Row).where(
+                    Row.kind == "snp_cert_chain", Row.product == product, Row.signing_key == "vlek"
+                )
+                chain_row = s.scalars(_prefer(chain_q, when, amd_first=True)).first()
+                if chain_row is None:
+                    raise CollateralNotFound(
+                        f"no ASVK+ARK {product} cached (the chain of VLEK-signed reports); cached chains: "
+                        f"{self._summary(s, ('snp_cert_chain',))}. Add it with '{_FETCH} --product {product}'",
+                        asked={"product": product, "signing_key": "vlek", "what": "cert_chain"},
+                    )
+            crl_rows: list[Row] = []
+            for side in (signing_key, "vlek" if signing_key == "vcek" else "vcek"):
+                crl_q = select(Row).where(
+                    Row.kind == "snp_crl",
+                    Row.product == product,
+                    Row.signing_key == side,
+                    Row.ark_spki_sha256 == chain_row.ark_spki_sha256,
+                )
+                crl_row = s.scalars(_prefer(crl_q, when, amd_first=False)).first()
+                if crl_row is not None:
+                    crl_rows.append(crl_row)
+                elif side == signing_key and require_crl:
+                    raise CollateralNotFound(
+                        f"the {label('snp_cert_chain', side, product, None, None)} chain is cached, but no "
+                        f"{label('snp_crl', side, product, None, None)} of the same ARK (sha256 "
+                        f"{chain_row.ark_spki_sha256[:16]}…); cached CRLs: {self._summary(s, ('snp_crl',))}. "
+                        f"Add it with '{_FETCH} --product {product}'",
+                        asked={"product": product, "signing_key": side, "what": "crl"},
+                    )
+            rows = [r for r in (vcek_row, chain_row, *crl_rows) if r is not None]
+            chain = _item(chain_row).chain_ders()
+            return SnpCollateral(
+                product=product,
+                signing_key=signing_key,
+                vcek=bytes(vcek_row.content) if vcek_row is not None else None,
+                chain=chain,
+                crls=tuple(bytes(r.content) for r in crl_rows),
+                root_kind="amd" if chain_row.root_kind == "amd" else "dev",
+                ark_spki_sha256=chain_row.ark_spki_sha256,
+                digests=tuple(r.digest for r in rows),
+                valid_until=min(_utc(r.valid_until) for r in rows),
+            )
+
+    def _vcek(self, s: Session, product: Product | None, chip_id: bytes, tcb: bytes, when: datetime) -> Row:
+        if not any(chip_id):
+            raise CollateralNotFound(
+                "the report's CHIP_ID is zero (masked by the host): its VCEK cannot be looked up by chip; "
+                "the evidence must carry it (extended report / auxblob)",
+                asked={"product": product, "signing_key": "vcek", "what": "vcek"},
+            )
+        hwids = [chip_id.hex()]
+        if not any(chip_id[8:]) and product in (None, "Turin"):
+            hwids.append(chip_id[:8].hex())  # Turin: the hwID is CHIP_ID[0:8]
+        q = select(Row).where(Row.kind == "snp_vcek", Row.hwid.in_(hwids), Row.tcb == tcb.hex())
+        if product is not None:
+            q = q.where(Row.product == product)
+        row = s.scalars(_prefer(q, when, amd_first=False)).first()
+        if row is not None:
+            return row
+        where = product or "any product"
+        others = s.execute(
+            select(Row.product, Row.tcb)
+            .where(Row.kind == "snp_vcek", Row.hwid.in_(hwids))
+            .group_by(Row.product, Row.tcb)
+            .order_by(Row.product, Row.tcb)
+        ).all()
+        count = s.scalar(select(func.count()).select_from(Row).where(Row.kind == "snp_vcek")) or 0
+        same_chip = (
+            "cached for this chip: "
+            + "; ".join(f"{p} TCB {tcb_text(bytes.fromhex(t or ''), p)}" for p, t in others)
+            if others
+            else f"nothing cached for this chip ({count} VCEK(s) of other chips)"
+        )
+        shown = tcb_text(tcb, product) if product is not None else tcb.hex()
+        product_flag = "" if product is not None else " --product PRODUCT"
+        raise CollateralNotFound(
+            f"no VCEK cached for {where} chip {chip_id[:8].hex()}… at TCB {shown}; {same_chip}. Add it with "
+            f"'{_FETCH} --report REPORT{product_flag}' or 'keybroker collateral import VCEK_FILE'",
+            asked={"product": product, "signing_key": "vcek", "what": "vcek", "tcb": tcb.hex()},
+        )
+
+    def export_items(
+        self, *, products: Sequence[str] | None = None, history: bool = False
+    ) -> list[tuple[SnpItem, str, datetime]]:
+        """What an air-gapped site needs: chains, CRLs and VCEKs (of ``products``; all when None).
+        The newest of each (chain and CRL per product, side and ARK; VCEK per chip and TCB) unless
+        ``history``."""
+        q = select(Row)
+        if products is not None:
+            for p in products:
+                _check_product(p)
+            q = q.where(Row.product.in_(list(products)))
+        q = q.order_by(
+            Row.product,
+            case((Row.kind == "snp_cert_chain", 0), (Row.kind == "snp_crl", 1), else_=2),
+            Row.signing_key,
+            Row.hwid,
+            Row.tcb,
+            Row.valid_from.desc(),
+            Row.id.desc(),
+        )
+        with self.db.session() as s:
+            rows = list(s.scalars(q))
+            if not rows:
+                which = ", ".join(products) if products else "any product"
+                raise CollateralNotFound(
+                    f"no SEV-SNP collateral cached for {which}; cached: {self._summary(s)}",
+                    asked={"products": list(products or [])},
+                )
+            if not history:
+                newest: dict[tuple[Any, ...], Row] = {}
+                for r in rows:
+                    newest.setdefault((r.kind, r.product, r.signing_key, r.hwid, r.tcb, r.ark_spki_sha256), r)
+                rows = list(newest.values())
+            return [(_item(r), r.source, _utc(r.imported_at)) for r in rows]
+
+    # --- diagnostics ---------------------------------------------------------------------------
+
+    def not_found(
+        self,
+        kind: SnpKind,
+        *,
+        product: Product,
+        signing_key: SigningKey,
+        hwid: bytes | None = None,
+        tcb: bytes | None = None,
+    ) -> CollateralNotFound:
+        """The 404 of a KDS endpoint: what was asked, what is cached, and how to get it."""
+        with self.db.session() as s:
+            if kind == "snp_vcek":
+                assert hwid is not None and tcb is not None
+                chip = hwid + bytes(64 - len(hwid))
+                try:
+                    self._vcek(s, product, chip, tcb, self._clock())
+                except CollateralNotFound as exc:
+                    return exc
+                raise AssertionError("not_found called for a cached VCEK")  # pragma: no cover
+            what = label(kind, signing_key, product, None, None)
+            return CollateralNotFound(
+                f"no {what} cached; cached {'chains' if kind == 'snp_cert_chain' else 'CRLs'}: "
+                f"{self._summary(s, (kind,))}. Add it with '{_FETCH} --product {product}'",
+                asked={"product": product, "signing_key": signing_key, "what": kind.removeprefix("snp_")},
+            )
+
+    def summary(self) -> str:
+        with self.db.session() as s:
+            return self._summary(s)
+
+    def _summary(self, s: Session, kinds: Sequence[str] | None = None) -> str:
+        """What is cached, compactly: 'ASK+ARK Milan until 2045-10-22, VCEK CRL Milan until ...'.
+        VCEKs are counted per product, never listed (their hwIDs name the fleet's chips)."""
+        q = select(
+            Row.kind, Row.signing_key, Row.product, Row.root_kind, func.max(Row.valid_until), func.count()
+        )
+        if kinds is not None:
+            q = q.where(Row.kind.in_(kinds))
+        q = q.group_by(Row.kind, Row.signing_key, Row.product, Row.root_kind).order_by(
+            Row.product, Row.kind, Row.signing_key, Row.root_kind
+        )
+        groups = s.execute(q).all()
+        if not groups:
+            return "none"
+        parts = []
+        for kind, side, product, root_kind, until, count in groups[:_SUMMARY_MAX]:
+            dev = " (dev root)" if root_kind == "dev" else ""
+            if kind == "snp_vcek":
+                parts.append(f"{count} VCEK(s) of {product}{dev}")
+            else:
+                parts.append(f"{label(kind, side, product, None, None)}{dev} until {_utc(until):%Y-%m-%d}")
+        more = f", and {len(groups) - _SUMMARY_MAX} more" if len(groups) > _SUMMARY_MAX else ""
+        return ", ".join(parts) + more
