@@ -19,7 +19,17 @@ from keybroker import __version__
 from keybroker.api import problems, schema
 from keybroker.api.body import StrictRoute
 from keybroker.api.deps import actor_of, bearer
-from keybroker.api.routers import attest_v1, attestation_v1, health, kbs_v0, kbs_v1, pccs_v4, sys, transfer_v1
+from keybroker.api.routers import (
+    attest_v1,
+    attestation_v1,
+    health,
+    kbs_v0,
+    kbs_v1,
+    kds,
+    pccs_v4,
+    sys,
+    transfer_v1,
+)
 from keybroker.api.services import Services
 from keybroker.audit import log as audit
 from keybroker.errors import KeybrokerError
@@ -70,6 +80,7 @@ ROUTERS: tuple[APIRouter, ...] = (
     kbs_v1.router,
     sys.router,
     pccs_v4.router,
+    kds.router,
 )
 
 

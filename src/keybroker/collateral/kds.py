@@ -235,6 +235,8 @@ def parse_hwid(product: Product, text: str) -> bytes:
         raise InvalidInput(
             f"hwid: a {product} hwID is {size} bytes ({2 * size} hex digits), got {len(raw)}", field="hwid"
         )
+    if not any(raw):
+        raise InvalidInput("hwid: all zero (a masked CHIP_ID) names no chip", field="hwid")
     return raw
 
 
