@@ -400,14 +400,14 @@ def vcek_item(
         c.chain_ders() for c in chains if c.kind == "snp_cert_chain" and c.signing_key == "vcek"
     ]
     candidates.append(None)  # AMD's shipped ASK (pinned roots only)
-    first: VerificationError | None = None
+    errors: list[VerificationError] = []
     for chain in candidates:
         try:
             v = certs.verify_chain(der, chain, kind="vcek", dev_roots=dev_roots)
         except VerificationError as exc:
             if exc.check != "cert_chain":  # the extensions or product: no other chain changes that
                 raise CollateralError(f"{where}: {exc.detail}") from None
-            first = first or exc
+            errors.append(exc)
             continue
         hwid = v.ext.hwid
         assert hwid is not None  # parse_amd_extensions, kind "vcek"
@@ -427,9 +427,10 @@ def vcek_item(
             intermediate_sha256=hashlib.sha256(v.intermediate.public_bytes(Encoding.DER)).hexdigest(),
             digest=_digest("snp_vcek", "vcek", v.product, der),
         )
-    assert first is not None
+    # The telling failure: of a chain that holds the VCEK's issuer, else the first.
+    telling = next((e for e in errors if "names as its issuer among" not in e.detail), errors[0])
     chain_ders = tuple(d for c in candidates if c is not None for d in c)
-    raise _untrusted(first, chain_ders, dev_roots, where)
+    raise _untrusted(telling, chain_ders, dev_roots, where)
 
 
 def _is_vlek(der: bytes) -> bool:
