@@ -195,7 +195,7 @@ def _report(
         snp.print_snp_import(snp_result, table)
     console.print(table)
     for note in notes:
-        console.print(f"note: {note}", highlight=False)
+        console.print(f"note: {note}", highlight=False, markup=False)  # a server's words, not markup
     console.print(f"{len(added)} added, {len(stored)} already stored")
 
 
@@ -517,8 +517,10 @@ def _fetch_snp(
     plan = SnpFetchPlan(
         products=tuple(products) if products or refs else ("Milan", "Genoa", "Turin"), reports=refs
     )
-    store = _store(settings, create=True)
-    kds = _kds_store(store)
+    # What is cached already (VCEKs are not asked for again; stored chains verify VCEKs): only from a
+    # database that exists, so a fetch that fails leaves no new one behind.
+    existing = settings.database is not None or (settings.data_dir / "keybroker.db").exists()
+    kds = _kds_store(_store(settings)) if existing else None
     with KdsClient(source, ca_file=ca_file, retries=retries) as client, _progress(as_json) as progress:
         task = progress.add_task("fetching", total=len(plan.steps))
         try:
@@ -526,11 +528,12 @@ def _fetch_snp(
                 client,
                 plan,
                 dev_roots=dev_roots,
-                have_vcek=kds.has_vcek,
-                known_chains=kds.chains(),
+                have_vcek=kds.has_vcek if kds is not None else lambda *_: False,
+                known_chains=kds.chains() if kds is not None else (),
                 step=_stepper(progress, task, client.base_url),
             )
         except UntrustedCollateralRoot as exc:
             raise snp.suggest_snp_trust_root(exc) from None
         progress.update(task, completed=len(plan.steps))
+    kds = kds or _kds_store(_store(settings, create=True))
     _report(None, as_json, notes, snp_result=kds.import_items(items, source=f"fetch:{client.base_url}"))

@@ -379,7 +379,7 @@ class KdsStore:
         q = select(Row).where(Row.kind == "snp_vcek", Row.hwid.in_(hwids), Row.tcb == tcb.hex())
         if product is not None:
             q = q.where(Row.product == product)
-        row = s.scalars(_prefer(q, when, amd_first=False)).first()
+        row = s.scalars(_prefer(q, when, amd_first=True)).first()
         if row is not None:
             return row
         where = product or "any product"

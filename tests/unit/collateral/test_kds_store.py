@@ -37,18 +37,14 @@ from keybroker.tee.snp.verify import verify_report
 pytestmark = pytest.mark.filterwarnings("ignore:Parsed a serial number")
 
 
-def _store(directory: Path) -> KdsStore:
-    directory.mkdir(parents=True, exist_ok=True)
-    db = Database(f"sqlite:///{directory / 'keybroker.db'}")
-    db.migrate()
-    return KdsStore(db)
-
-
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[KdsStore]:
-    s = _store(tmp_path / "store")
+def store(database_url: str) -> Iterator[KdsStore]:
+    """The store on SQLite, and on PostgreSQL with ``-m postgres`` (times compare alike on both)."""
+    db = Database(database_url)
+    db.migrate()
+    s = KdsStore(db)
     yield s
-    s.db.dispose()
+    db.dispose()
 
 
 @pytest.fixture(scope="module")
