@@ -16,12 +16,15 @@
 
 from __future__ import annotations
 
+import functools
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Final, cast
+from threading import Lock
+from typing import Any, Final, NamedTuple, cast
 
-from sqlalchemy import Select, and_, case, func, select
+from sqlalchemy import Connection, DateTime, Select, and_, bindparam, case, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -37,6 +40,7 @@ from keybroker.collateral.kds import (
 from keybroker.errors import CollateralNotFound, Conflict, InvalidInput
 from keybroker.store.db import Database
 from keybroker.store.models import SnpCollateralItem as Row
+from keybroker.tee.snp import certs
 from keybroker.tee.snp.abi import PRODUCTS, Product, SigningKey
 
 __all__ = ["KdsImportResult", "KdsStore", "StoredSnpItem"]
@@ -153,21 +157,70 @@ def _stored(row: Row) -> StoredSnpItem:
     )
 
 
-def _prefer(q: Select[Row], at: datetime | None, *, amd_first: bool) -> Select[Row]:
-    """Order candidates: AMD-rooted first (``amd_first``), valid at ``at`` first, then issued before
-    it, then the rest; newest first within each."""
+def _newest_first(q: Select[Row]) -> Select[Row]:
+    """AMD-rooted first, then the newest: what the KDS endpoints serve."""
+    return q.order_by(case((Row.root_kind == "amd", 0), else_=1), Row.valid_from.desc(), Row.id.desc()).limit(
+        1
+    )
+
+
+class _Meta(NamedTuple):
+    """A stored piece without its content: what the lookup decides on."""
+
+    id: int
+    product: str
+    digest: str
+    intermediate_sha256: str | None
+    ark_spki_sha256: str
+    root_kind: str
+    valid_until: datetime
+
+
+_META_COLUMNS: Final = (
+    Row.id,
+    Row.product,
+    Row.digest,
+    Row.intermediate_sha256,
+    Row.ark_spki_sha256,
+    Row.root_kind,
+    Row.valid_until,
+)
+_ASSEMBLED_MAX: Final = 256
+#: Assembled lookups by their pieces' digests: content-addressed, so shared by every store (and
+#: database) in the process, and never stale (a new piece has a new digest).
+_ASSEMBLED: OrderedDict[tuple[str, ...], SnpCollateral] = OrderedDict()
+_ASSEMBLED_LOCK: Final = Lock()
+
+
+@functools.cache
+def _pick_statement(
+    filters: tuple[str, ...], amd_first: bool
+) -> Select[int, str, str, str | None, str, str, datetime]:
+    """The preferred-piece query for one filter shape, built once with bound parameters (SQLAlchemy
+    then reuses its compiled form: a lookup stays a few fast indexed queries). ``hwids`` is an
+    IN list; every other name an equality on that column."""
+    q = select(*_META_COLUMNS)
+    for name in filters:
+        if name == "hwids":
+            q = q.where(Row.hwid.in_(bindparam("hwids", expanding=True)))
+        else:
+            q = q.where(getattr(Row, name) == bindparam(name))
     order: list[Any] = []
     if amd_first:
         order.append(case((Row.root_kind == "amd", 0), else_=1))
-    if at is not None:
-        order.append(
-            case(
-                (and_(Row.valid_from <= at, Row.valid_until >= at), 0),
-                (Row.valid_from <= at, 1),
-                else_=2,
-            )
-        )
+    at = bindparam("at", type_=DateTime(timezone=True))
+    order.append(
+        case((and_(Row.valid_from <= at, Row.valid_until >= at), 0), (Row.valid_from <= at, 1), else_=2)
+    )
     return q.order_by(*order, Row.valid_from.desc(), Row.id.desc()).limit(1)
+
+
+def _pick(s: Connection, when: datetime, *, amd_first: bool = False, **values: Any) -> _Meta | None:
+    """The piece to use at ``when`` among those matching ``values``: valid then first (AMD-rooted
+    first with ``amd_first``), else issued before it, else the newest."""
+    stmt = _pick_statement(tuple(sorted(values)), amd_first)
+    found = s.execute(stmt, {**values, "at": when}).first()
+    return None if found is None else _Meta(*found)
 
 
 def _check_product(product: str | None) -> Product | None:
@@ -266,7 +319,7 @@ class KdsStore:
         if tcb is not None:
             q = q.where(Row.tcb == tcb.hex())
         with self.db.session() as s:
-            row = s.scalars(_prefer(q, None, amd_first=True)).first()
+            row = s.scalars(_newest_first(q)).first()
             return None if row is None else _item(row)
 
     def collateral_for(
@@ -285,6 +338,10 @@ class KdsStore:
         is then found by chip and TCB alone (a VLEK lookup needs the product: the VLEK names it).
         ``chip_id``: CHIP_ID, 64 bytes (Turin: bytes 8-63 zero). ``reported_tcb``: REPORTED_TCB, 8
         bytes. ``require_crl``: a CRL of the chain's ARK for this side must be cached.
+
+        The hot path of every SEV-SNP verification without certificates in the evidence: a few
+        indexed queries for the pieces' metadata, and the result assembled once per set of pieces
+        (content-addressed by their digests, shared by every store in the process).
         """
         product = _check_product(product)
         if len(chip_id) != 64:
@@ -296,23 +353,25 @@ class KdsStore:
         if signing_key not in SIDES:
             raise InvalidInput(f"signing key {signing_key!r} is not vcek or vlek", field="signing_key")
         when = _utc(at) if at is not None else self._clock()
-        with self.db.session() as s:
+        with self.db.engine.connect() as s:
+            vcek_meta: _Meta | None = None
             if signing_key == "vcek":
-                vcek_row = self._vcek(s, product, chip_id, reported_tcb, when)
-                product = cast(Product, vcek_row.product)
-                chain_q = select(Row).where(
-                    Row.kind == "snp_cert_chain",
-                    Row.product == product,
-                    Row.signing_key == "vcek",
-                    Row.intermediate_sha256 == vcek_row.intermediate_sha256,
-                    Row.ark_spki_sha256 == vcek_row.ark_spki_sha256,
+                vcek_meta = self._vcek(s, product, chip_id, reported_tcb, when)
+                product = cast(Product, vcek_meta.product)
+                chain_meta = _pick(
+                    s,
+                    when,
+                    kind="snp_cert_chain",
+                    product=product,
+                    signing_key="vcek",
+                    intermediate_sha256=vcek_meta.intermediate_sha256,
+                    ark_spki_sha256=vcek_meta.ark_spki_sha256,
                 )
-                chain_row = s.scalars(_prefer(chain_q, when, amd_first=False)).first()
-                if chain_row is None:
+                if chain_meta is None:
                     raise CollateralNotFound(
                         f"the VCEK for {product} chip {chip_id[:8].hex()}… at TCB "
                         f"{tcb_text(reported_tcb, product)} is cached, but not the ASK+ARK {product} that "
-                        f"issued it (ASK sha256 {str(vcek_row.intermediate_sha256)[:16]}…); cached chains: "
+                        f"issued it (ASK sha256 {str(vcek_meta.intermediate_sha256)[:16]}…); cached chains: "
                         f"{self._summary(s, ('snp_cert_chain',))}. Add it with "
                         f"'{_FETCH} --product {product}' or 'keybroker collateral import CERT_CHAIN_FILE'",
                         asked={"product": product, "signing_key": "vcek", "what": "cert_chain"},
@@ -322,51 +381,65 @@ class KdsStore:
                     raise InvalidInput(
                         "a VLEK lookup needs the product (the VLEK's issuer names it)", field="product"
                     )
-                vcek_row = None
-                chain_q = select(Row).where(
-                    Row.kind == "snp_cert_chain", Row.product == product, Row.signing_key == "vlek"
+                chain_meta = _pick(
+                    s, when, kind="snp_cert_chain", product=product, signing_key="vlek", amd_first=True
                 )
-                chain_row = s.scalars(_prefer(chain_q, when, amd_first=True)).first()
-                if chain_row is None:
+                if chain_meta is None:
                     raise CollateralNotFound(
                         f"no ASVK+ARK {product} cached (the chain of VLEK-signed reports); cached chains: "
                         f"{self._summary(s, ('snp_cert_chain',))}. Add it with '{_FETCH} --product {product}'",
                         asked={"product": product, "signing_key": "vlek", "what": "cert_chain"},
                     )
-            crl_rows: list[Row] = []
+            crl_metas: list[_Meta] = []
             for side in (signing_key, "vlek" if signing_key == "vcek" else "vcek"):
-                crl_q = select(Row).where(
-                    Row.kind == "snp_crl",
-                    Row.product == product,
-                    Row.signing_key == side,
-                    Row.ark_spki_sha256 == chain_row.ark_spki_sha256,
+                crl_meta = _pick(
+                    s,
+                    when,
+                    kind="snp_crl",
+                    product=product,
+                    signing_key=side,
+                    ark_spki_sha256=chain_meta.ark_spki_sha256,
                 )
-                crl_row = s.scalars(_prefer(crl_q, when, amd_first=False)).first()
-                if crl_row is not None:
-                    crl_rows.append(crl_row)
+                if crl_meta is not None:
+                    crl_metas.append(crl_meta)
                 elif side == signing_key and require_crl:
                     raise CollateralNotFound(
                         f"the {label('snp_cert_chain', side, product, None, None)} chain is cached, but no "
                         f"{label('snp_crl', side, product, None, None)} of the same ARK (sha256 "
-                        f"{chain_row.ark_spki_sha256[:16]}…); cached CRLs: {self._summary(s, ('snp_crl',))}. "
+                        f"{chain_meta.ark_spki_sha256[:16]}…); cached CRLs: {self._summary(s, ('snp_crl',))}. "
                         f"Add it with '{_FETCH} --product {product}'",
                         asked={"product": product, "signing_key": side, "what": "crl"},
                     )
-            rows = [r for r in (vcek_row, chain_row, *crl_rows) if r is not None]
-            chain = _item(chain_row).chain_ders()
-            return SnpCollateral(
-                product=product,
-                signing_key=signing_key,
-                vcek=bytes(vcek_row.content) if vcek_row is not None else None,
-                chain=chain,
-                crls=tuple(bytes(r.content) for r in crl_rows),
-                root_kind="amd" if chain_row.root_kind == "amd" else "dev",
-                ark_spki_sha256=chain_row.ark_spki_sha256,
-                digests=tuple(r.digest for r in rows),
-                valid_until=min(_utc(r.valid_until) for r in rows),
+            metas = [m for m in (vcek_meta, chain_meta, *crl_metas) if m is not None]
+            key = (signing_key, *(m.digest for m in metas))
+            with _ASSEMBLED_LOCK:
+                cached = _ASSEMBLED.get(key)
+                if cached is not None:
+                    _ASSEMBLED.move_to_end(key)
+                    return cached
+            contents = dict(
+                s.execute(select(Row.id, Row.content).where(Row.id.in_([m.id for m in metas]))).tuples().all()
             )
+        assembled = SnpCollateral(
+            product=product,
+            signing_key=signing_key,
+            vcek=bytes(contents[vcek_meta.id]) if vcek_meta is not None else None,
+            chain=certs.load_certificate_ders(bytes(contents[chain_meta.id]), field="cert_chain"),
+            crls=tuple(bytes(contents[m.id]) for m in crl_metas),
+            root_kind="amd" if chain_meta.root_kind == "amd" else "dev",
+            ark_spki_sha256=chain_meta.ark_spki_sha256,
+            digests=tuple(m.digest for m in metas),
+            valid_until=min(_utc(m.valid_until) for m in metas),
+        )
+        with _ASSEMBLED_LOCK:
+            _ASSEMBLED[key] = assembled
+            while len(_ASSEMBLED) > _ASSEMBLED_MAX:
+                _ASSEMBLED.popitem(last=False)
+        return assembled
 
-    def _vcek(self, s: Session, product: Product | None, chip_id: bytes, tcb: bytes, when: datetime) -> Row:
+    def _vcek(
+        self, s: Connection, product: Product | None, chip_id: bytes, tcb: bytes, when: datetime
+    ) -> _Meta:
         if not any(chip_id):
             raise CollateralNotFound(
                 "the report's CHIP_ID is zero (masked by the host): its VCEK cannot be looked up by chip; "
@@ -376,10 +449,10 @@ class KdsStore:
         hwids = [chip_id.hex()]
         if not any(chip_id[8:]) and product in (None, "Turin"):
             hwids.append(chip_id[:8].hex())  # Turin: the hwID is CHIP_ID[0:8]
-        q = select(Row).where(Row.kind == "snp_vcek", Row.hwid.in_(hwids), Row.tcb == tcb.hex())
+        values: dict[str, Any] = {"kind": "snp_vcek", "hwids": hwids, "tcb": tcb.hex()}
         if product is not None:
-            q = q.where(Row.product == product)
-        row = s.scalars(_prefer(q, when, amd_first=True)).first()
+            values["product"] = product
+        row = _pick(s, when, amd_first=True, **values)
         if row is not None:
             return row
         where = product or "any product"
@@ -451,7 +524,7 @@ class KdsStore:
         tcb: bytes | None = None,
     ) -> CollateralNotFound:
         """The 404 of a KDS endpoint: what was asked, what is cached, and how to get it."""
-        with self.db.session() as s:
+        with self.db.engine.connect() as s:
             if kind == "snp_vcek":
                 assert hwid is not None and tcb is not None
                 chip = hwid + bytes(64 - len(hwid))
@@ -471,7 +544,7 @@ class KdsStore:
         with self.db.session() as s:
             return self._summary(s)
 
-    def _summary(self, s: Session, kinds: Sequence[str] | None = None) -> str:
+    def _summary(self, s: Connection | Session, kinds: Sequence[str] | None = None) -> str:
         """What is cached, compactly: 'ASK+ARK Milan until 2045-10-22, VCEK CRL Milan until ...'.
         VCEKs are counted per product, never listed (their hwIDs name the fleet's chips)."""
         q = select(
