@@ -105,6 +105,20 @@ def _kds_store(store: CollateralStore) -> KdsStore:
     return KdsStore(store.db)
 
 
+def _kds_available(kds: KdsStore, *, asked: bool) -> bool:
+    """Whether the database has the KDS cache; a database that predates it (the server not yet
+    restarted on this version) lists its Intel collateral, and says so when SEV-SNP's is asked for."""
+    if kds.available():
+        return True
+    if asked:
+        raise InvalidInput(
+            "this database predates the SEV-SNP KDS cache (schema revision 0008): start keybroker serve "
+            "on it once, or run 'keybroker collateral import' or 'fetch', to upgrade it",
+            field="database",
+        )
+    return False
+
+
 def _extra_roots(paths: Sequence[Path] | None) -> list[x509.Certificate]:
     extra: list[x509.Certificate] = []
     for path in paths or ():
@@ -305,8 +319,8 @@ def list_(
     want_snp = not fmspc
     rows = store.list_items(fmspc=_fmspc(fmspc) if fmspc else None) if want_intel else []
     snp_rows = []
-    if want_snp:
-        kds = _kds_store(store)
+    kds = _kds_store(store)
+    if want_snp and _kds_available(kds, asked=snp_only or bool(products)):
         for p in products or (None,):
             snp_rows += kds.list_items(product=p)
     if as_json:
@@ -379,7 +393,9 @@ def export(
     doc = bundle_document(entries, created_at=datetime.now(UTC))
     labels = [e[0].label for e in entries]
     if want_snp:
-        labels += snp.add_snp_bundle_items(doc, _kds_store(store), products=products, history=history)
+        kds = _kds_store(store)
+        _kds_available(kds, asked=True)
+        labels += snp.add_snp_bundle_items(doc, kds, products=products, history=history)
         notes.append(f"SEV-SNP {', '.join(products) if products else 'all products'}")
     doc["note"] = f"{'; '.join(notes)}, exported by keybroker collateral export"
     doc["items"] = doc.pop("items")  # after the note, as bundle_document writes it

@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from threading import Lock
 from typing import Any, Final, NamedTuple, cast
 
-from sqlalchemy import Connection, DateTime, Select, and_, bindparam, case, func, select
+from sqlalchemy import Connection, DateTime, Select, and_, bindparam, case, func, inspect, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -233,6 +233,11 @@ class KdsStore:
     def __init__(self, db: Database, *, clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         self.db = db
         self._clock = clock
+
+    def available(self) -> bool:
+        """Whether the database has the KDS cache's table (schema revision 0008): the read-only
+        commands open a database as found, which may predate it until the server upgrades it."""
+        return inspect(self.db.engine).has_table(Row.__tablename__)
 
     # --- writing -------------------------------------------------------------------------------
 
