@@ -8,7 +8,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
-from keybroker.tee.dcap.collateral import QuoteCollateral
+from keybroker.tee.dcap.endorsements import QuoteCollateral
 from keybroker.tee.dcap.verify import VerifiedQuote, verify_quote
 from keybroker.tee.sim import DevPki, sgx_quote, tdx_quote
 

@@ -1,7 +1,7 @@
 """The appraisal input document: the one JSON document that every policy language sees.
 
 Built from a verified quote (background-check mode) or rebuilt from a verified attestation token
-(passport mode, :func:`keybroker.tokens.ear.EarClaims.appraisal_input`); both give the same shape::
+(passport mode, :func:`keybroker.attestation.ear.EarClaims.appraisal_input`); both give the same shape::
 
     {
       "tee": "sgx" | "tdx",

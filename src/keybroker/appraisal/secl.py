@@ -19,7 +19,7 @@ from typing import Any, Final
 from keybroker.appraisal.decision import Decision, Executables, Reason, decide
 from keybroker.appraisal.defaults import reserved_td_attributes
 from keybroker.appraisal.input import AppraisalInput, appraisal_input
-from keybroker.keys.policy import SgxAttributes, TdxAttributes, TransferPolicyBody
+from keybroker.appraisal.policy import SgxAttributes, TdxAttributes, TransferPolicyBody
 from keybroker.tee.dcap.verify import VerifiedQuote
 
 __all__ = ["evaluate", "evaluate_input"]

@@ -30,7 +30,7 @@ from keybroker.errors import (
     InvalidInput,
     VerificationError,
 )
-from keybroker.tee.dcap.collateral import QuoteCollateral
+from keybroker.tee.dcap.endorsements import QuoteCollateral
 from keybroker.tee.dcap.verify import CHECKS, VerifiedQuote, quote_fmspc_and_ca, verify_quote
 from keybroker.tee.verifier import CollateralSource, StaticCollateral
 

@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from keybroker.appraisal import rego, secl
 from keybroker.appraisal.decision import Decision
 from keybroker.appraisal.input import appraisal_input
+from keybroker.appraisal.policy import TransferPolicyBody
 from keybroker.cli.common import (
     EXIT_FAILED,
     EXIT_USAGE,
@@ -38,8 +39,7 @@ from keybroker.cli.evidence import (
     verify_command,
 )
 from keybroker.errors import CollateralError, CollateralNotFound, EvidenceError, InvalidInput
-from keybroker.keys.policy import TransferPolicyBody
-from keybroker.tee.dcap.collateral import QuoteCollateral
+from keybroker.tee.dcap.endorsements import QuoteCollateral
 
 app = typer.Typer(help="Key-transfer policies: dry runs on recorded evidence.", no_args_is_help=True)
 

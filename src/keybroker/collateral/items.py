@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
 from keybroker.errors import CollateralError, EvidenceParseError, UntrustedCollateralRoot
-from keybroker.tee.dcap.collateral import QuoteCollateral, parse_enclave_identity, parse_tcb_info
+from keybroker.tee.dcap.endorsements import QuoteCollateral, parse_enclave_identity, parse_tcb_info
 from keybroker.tee.dcap.pck import (
     X509_DECODE_ERRORS,
     PckCa,

@@ -39,7 +39,7 @@ from keybroker.config import Settings
 from keybroker.errors import CollateralError, CollateralNotFound, Conflict, InvalidInput
 from keybroker.store.db import Database
 from keybroker.store.models import CollateralItem as Row
-from keybroker.tee.dcap.collateral import QuoteCollateral
+from keybroker.tee.dcap.endorsements import QuoteCollateral
 from keybroker.tee.verifier import CollateralSource
 
 __all__ = [

@@ -26,7 +26,7 @@ from cryptography import x509
 from keybroker.collateral.items import TrustedRoots
 from keybroker.config import Settings
 from keybroker.errors import CollateralError, InvalidInput
-from keybroker.tee.dcap.collateral import QuoteCollateral
+from keybroker.tee.dcap.endorsements import QuoteCollateral
 from keybroker.tee.verifier import TEES, ChainedCollateral, CollateralSource, StaticCollateral
 
 __all__ = [

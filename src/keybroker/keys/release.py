@@ -6,7 +6,7 @@ Steps, in this order (a failure at any step denies, is audited, and releases not
 3. the nonce is consumed (single use, this key, not expired) *before* the evidence is looked at,
    so a failed attempt cannot be retried with the same nonce;
 4. ``user_data`` is the workload's ephemeral public key, within bounds (DER SPKI, RSA 3072-8192
-   bits; see :func:`keybroker.keys.binding.check_workload_key`), so that nothing the policy allows
+   bits; see :func:`keybroker.wire.binding.check_workload_key`), so that nothing the policy allows
    can fail at wrapping;
 5. the quote verifies (chain, collateral, TCB) and its REPORTDATA = SHA-512(nonce || user_data);
 6. the key's policy allows the verified claims (and the caller's client permissions);
@@ -34,6 +34,10 @@ from sqlalchemy.orm import Session
 
 from keybroker.appraisal import secl
 from keybroker.appraisal.decision import Decision, Reason, denied
+from keybroker.appraisal.policy import TransferPolicyBody
+from keybroker.attestation import nonces
+from keybroker.attestation.ear import EarClaims
+from keybroker.attestation.remote import RemoteAttestation
 from keybroker.audit import log as audit
 from keybroker.auth.tokens import Principal
 from keybroker.errors import (
@@ -46,8 +50,7 @@ from keybroker.errors import (
     PolicyDenied,
     VerificationError,
 )
-from keybroker.keys import binding, nonces, wrap
-from keybroker.keys.policy import TransferPolicyBody
+from keybroker.keys import wrap
 from keybroker.keystores.base import KeyStore
 from keybroker.limits import OutstandingCap
 from keybroker.store.db import Database
@@ -55,8 +58,7 @@ from keybroker.store.models import Key, TransferPolicy
 from keybroker.tee.dcap.abi import canonical_quote
 from keybroker.tee.dcap.verify import VerifiedQuote
 from keybroker.tee.verifier import Verifier
-from keybroker.tokens.ear import EarClaims
-from keybroker.tokens.remote import RemoteAttestation
+from keybroker.wire import binding
 
 V1_PURPOSE = "kbs-v1-transfer"
 #: SecL's transfer permission. Here: a denial explained in full (with the policy's expected

@@ -15,7 +15,7 @@ from typing import Literal, Protocol
 from cryptography import x509
 
 from keybroker.errors import CollateralNotFound, InvalidInput, VerificationError
-from keybroker.tee.dcap.collateral import QuoteCollateral
+from keybroker.tee.dcap.endorsements import QuoteCollateral
 from keybroker.tee.dcap.verify import VerifiedQuote, quote_fmspc_and_ca, verify_quote
 
 Tee = Literal["sgx", "tdx"]

@@ -9,9 +9,9 @@ from tests.vectors.corpus import load_cases, read_bytes, read_text, verify_at
 
 from keybroker.appraisal import secl
 from keybroker.appraisal.decision import Decision
-from keybroker.keys.policy import TransferPolicyBody
+from keybroker.appraisal.policy import TransferPolicyBody
 from keybroker.tee.dcap.claims import SgxClaims
-from keybroker.tee.dcap.collateral import QuoteCollateral
+from keybroker.tee.dcap.endorsements import QuoteCollateral
 from keybroker.tee.dcap.verify import VerifiedQuote, verify_quote
 
 CASES = [c for c in load_cases("dcap") if c["expect"]["verdict"] != "reject"]

@@ -18,7 +18,7 @@ from keybroker.collateral.items import (
     signed_item,
 )
 from keybroker.errors import CollateralError
-from keybroker.tee.dcap.collateral import QuoteCollateral
+from keybroker.tee.dcap.endorsements import QuoteCollateral
 from keybroker.tee.sim import DevPki
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from keybroker.errors import CollateralNotFound, InvalidInput, VerificationError
-from keybroker.tee.dcap.collateral import QuoteCollateral
+from keybroker.tee.dcap.endorsements import QuoteCollateral
 from keybroker.tee.sim import DevPki, sgx_quote, tdx_quote
 from keybroker.tee.verifier import NO_REPORT_DATA, StaticCollateral, Verifier
 

@@ -13,8 +13,8 @@ from keybroker.api.body import StrictRoute
 from keybroker.api.deps import services
 from keybroker.api.schema import BASE64_PATTERN, NONCE_PATTERN, responses
 from keybroker.api.services import Services
+from keybroker.attestation import nonces
 from keybroker.errors import InvalidInput
-from keybroker.keys import nonces
 
 router = APIRouter(tags=["attestation"], route_class=StrictRoute)
 Svc = Annotated[Services, Depends(services)]

@@ -16,11 +16,11 @@ from keybroker.api.body import StrictRoute
 from keybroker.api.deps import require, services
 from keybroker.api.schema import responses, rfc3339
 from keybroker.api.services import Services
+from keybroker.auth.caller import Caller
 from keybroker.collateral.store import CollateralStore
 from keybroker.errors import CollateralError, EvidenceParseError, InvalidInput
-from keybroker.keys.service import Caller
 from keybroker.tee.dcap.abi import parse_quote
-from keybroker.tee.dcap.collateral import QuoteCollateral
+from keybroker.tee.dcap.endorsements import QuoteCollateral
 from keybroker.tee.dcap.verify import quote_fmspc_and_ca
 from keybroker.tee.verifier import NO_REPORT_DATA, ExpectedReportData
 

@@ -17,9 +17,9 @@ from keybroker.api.deps import actor_of, bearer
 from keybroker.api.problems import validation_detail
 from keybroker.api.schema import BASE64_PATTERN, NONCE_PATTERN, json_body, ref, responses
 from keybroker.api.services import Services
+from keybroker.attestation import nonces
 from keybroker.auth.tokens import Principal
 from keybroker.errors import InvalidInput
-from keybroker.keys import nonces
 from keybroker.keys.release import EvidenceRequest
 from keybroker.keys.service import _check_uuid
 from keybroker.keys.wrap import SeclWrapped

@@ -57,7 +57,7 @@ from cryptography.x509.oid import ExtensionOID, NameOID, SignatureAlgorithmOID
 from keybroker.errors import CollateralError, VerificationError
 from keybroker.tee.dcap.abi import INTEL_QE_VENDOR_ID, Quote, TdReportBody, parse_quote
 from keybroker.tee.dcap.claims import SgxClaims, TdxClaims, claims_from_quote
-from keybroker.tee.dcap.collateral import QuoteCollateral
+from keybroker.tee.dcap.endorsements import QuoteCollateral
 from keybroker.tee.dcap.pck import (
     SGX_EXTENSIONS_OID,
     X509_DECODE_ERRORS,

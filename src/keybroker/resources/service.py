@@ -32,23 +32,23 @@ from joserfc.jwk import ECKey, RSAKey
 from sqlalchemy import bindparam, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
-from keybroker import strictjson
+from keybroker import aead, strictjson
 from keybroker.appraisal import rego, secl
 from keybroker.appraisal.decision import Decision, Reason, denied
 from keybroker.appraisal.defaults import default_resource_policy
 from keybroker.appraisal.input import AppraisalInput
+from keybroker.appraisal.policy import TransferPolicyBody
+from keybroker.attestation.ear import EarClaims
+from keybroker.attestation.service import AttestationService, Attested
 from keybroker.audit import log as audit
 from keybroker.errors import Forbidden, InvalidInput, KeybrokerError, NotFound, PolicyDenied, Unauthenticated
-from keybroker.keys import binding, wrap
-from keybroker.keys.policy import TransferPolicyBody
+from keybroker.keys import wrap
 from keybroker.keystores.base import KeyStore
 from keybroker.limits import Outstanding, OutstandingCap
-from keybroker.seal import aead
 from keybroker.seal.barrier import Barrier
 from keybroker.store.db import Database
 from keybroker.store.models import KbsResource, KbsSession, Key, TransferPolicy
-from keybroker.tokens.ear import EarClaims
-from keybroker.tokens.service import AttestationService, Attested
+from keybroker.wire import binding
 
 PROTOCOL_VERSION = "0.4.0"
 SUPPORTED_TEES = ("sgx", "tdx")

@@ -17,16 +17,24 @@ from sqlalchemy.orm import Session
 from keybroker.appraisal.decision import Decision
 from keybroker.appraisal.defaults import default_attestation_policy
 from keybroker.appraisal.input import appraisal_input
+from keybroker.attestation import nonces
+from keybroker.attestation.ear import (
+    EarClaims,
+    VerifiedEarCache,
+    issue_ear,
+    jwks_keys,
+    unverified_kid,
+    verify_ear,
+)
+from keybroker.attestation.keyring_store import KeyringStore
 from keybroker.audit import log as audit
 from keybroker.errors import KeybrokerError
-from keybroker.keys import binding, nonces
 from keybroker.keys.release import claims_digest, evidence_digest
 from keybroker.limits import OutstandingCap
 from keybroker.store.db import Database
 from keybroker.tee.dcap.verify import VerifiedQuote
 from keybroker.tee.verifier import ExpectedReportData, Verifier
-from keybroker.tokens.ear import EarClaims, VerifiedEarCache, issue_ear, jwks_keys, unverified_kid, verify_ear
-from keybroker.tokens.keyring_store import KeyringStore
+from keybroker.wire import binding
 
 ATTEST_PURPOSE = "attestation-v1"
 ISSUER = "keybroker"

@@ -23,11 +23,11 @@ from keybroker.appraisal import secl
 from keybroker.appraisal.decision import Decision
 from keybroker.appraisal.defaults import default_attestation_policy
 from keybroker.appraisal.input import appraisal_input
+from keybroker.appraisal.policy import TransferPolicyBody
+from keybroker.attestation.ear import EAT_PROFILE, Keyring, issue_ear, verify_ear
 from keybroker.errors import InvalidInput, Unauthenticated
-from keybroker.keys.policy import TransferPolicyBody
 from keybroker.tee.dcap.verify import VerifiedQuote
 from keybroker.tee.sim import DEFAULT_MRENCLAVE, DEFAULT_MRSIGNER, DEFAULT_MRTD, DEFAULT_RTMRS
-from keybroker.tokens.ear import EAT_PROFILE, Keyring, issue_ear, verify_ear
 
 ISSUER = "https://keybroker.test"
 TTL = dt.timedelta(minutes=5)
