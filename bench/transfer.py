@@ -88,8 +88,10 @@ from keybroker.client import unwrap
 from keybroker.keys import wrap
 from keybroker.tee import sim
 from keybroker.tee.dcap.endorsements import QuoteCollateral
+from keybroker.tee.dcap.plugin import dcap_verifiers
+from keybroker.tee.dcap.sources import StaticCollateral
 from keybroker.tee.dcap.verify import verify_quote
-from keybroker.tee.verifier import StaticCollateral, Verifier
+from keybroker.tee.verifier import Verifier
 from keybroker.wire import binding
 from keybroker.wire.envelope import software_wrap
 
@@ -837,7 +839,7 @@ def _best_ms(fn: Callable[[], object], seconds: float, rounds: int) -> float:
 def crypto_costs(pki: sim.DevPki, tee: str, w: Workload, seconds: float, rounds: int) -> dict[str, float]:
     """Milliseconds per call of each piece of server-side cryptography, as the server calls it."""
     collateral = QuoteCollateral.from_json(pki.collateral_json(tee))  # type: ignore[arg-type]
-    verifier = Verifier(StaticCollateral([collateral]), dev_roots=[pki.root_cert])
+    verifier = Verifier(dcap_verifiers(StaticCollateral([collateral]), [pki.root_cert]))
     nonce = os.urandom(32)
     rd = binding.v1_report_data(nonce, w.spki)
     quote = make_quote(pki, tee, rd)

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from keybroker import datadir
+from keybroker.appraisal.registry import REGISTRY
 from keybroker.attestation.ear import jwks_keys
 from keybroker.attestation.keyring_store import KeyringStore
 from keybroker.attestation.remote import RemoteAttestation
@@ -175,8 +176,7 @@ class Services:
         tokens.register_key()
         if settings.dev:
             _dev_pki(dev_pki_dir(settings))  # created, or its collateral refreshed, before it is read
-        trust = evidence_trust(settings, DbCollateralSource(db))
-        verifier = Verifier(trust.collateral, dev_roots=trust.dev_roots)
+        verifier = REGISTRY.verifier(evidence_trust(settings, DbCollateralSource(db)))
         nonce_ttl = timedelta(seconds=settings.nonce_ttl_seconds)
         trusted = [_trusted_issuer(i, t) for i, t in enumerate(settings.trust.attestation_services)]
         limits = settings.limits
