@@ -12,12 +12,12 @@ policy says otherwise; ``client_permissions`` may also be given for TDX.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal
 
 from pydantic import BaseModel, Field, StrictBool, create_model, model_validator
 
 from keybroker.appraisal.fields import Permission, Strict
-from keybroker.appraisal.registry import REGISTRY
+from keybroker.appraisal.registry import REGISTRY, TeeRegistry
 from keybroker.appraisal.sections.sgx import SgxAttributes, SgxSection
 from keybroker.appraisal.sections.tdx import TdxAttributes, TdxSection
 
@@ -32,12 +32,20 @@ __all__ = [
     "TdxSection",
     "TransferPolicyBase",
     "TransferPolicyBody",
+    "transfer_policy_model",
 ]
 
 DEFAULT_POLICY_NAME = "urn:intel:trustedcomputing:key-transfer-policy:require-trust-or-authorization"
-#: Attestation types SecL names that no registered TEE verifies yet: accepted by the schema and
-#: refused with a clear reason, rather than as an unknown value.
-RESERVED_TYPES: Final = tuple(t for t in ("SNP", "TPM") if t not in REGISTRY.attestation_types)
+#: Attestation types SecL names: those no registered TEE verifies yet are accepted by the schema
+#: and refused with a clear reason, rather than as an unknown value.
+_SECL_TYPES: Final = ("SNP", "TPM")
+
+
+def _reserved(registry: TeeRegistry) -> tuple[str, ...]:
+    return tuple(t for t in _SECL_TYPES if t not in registry.attestation_types)
+
+
+RESERVED_TYPES: Final = _reserved(REGISTRY)
 
 
 class NoneAttributes(Strict):
@@ -52,7 +60,10 @@ class NoneSection(Strict):
 class TransferPolicyBase(Strict):
     """The checks of a transfer policy; :data:`TransferPolicyBody` is the model, with its members
     in this order: ``attestation_type``, one section per registered TEE, ``none``, ``allow_debug``,
-    ``allow_simulated`` (built in :func:`_model`)."""
+    ``allow_simulated`` (built by :func:`transfer_policy_model` for a registry)."""
+
+    #: The TEEs whose sections the model has.
+    registry: ClassVar[TeeRegistry] = REGISTRY
 
     if TYPE_CHECKING:
         attestation_type: list[str]
@@ -64,7 +75,7 @@ class TransferPolicyBase(Strict):
 
     def section(self, tee: str) -> BaseModel | None:
         """The policy's section for ``tee`` (None: the policy has none)."""
-        value = getattr(self, tee, None) if REGISTRY.get(tee) is not None else None
+        value = getattr(self, tee, None) if self.registry.get(tee) is not None else None
         return value if isinstance(value, BaseModel) else None
 
     @model_validator(mode="after")
@@ -72,15 +83,15 @@ class TransferPolicyBase(Strict):
         types = set(self.attestation_type)
         if len(types) != len(self.attestation_type):
             raise ValueError("attestation_type lists a type twice")
-        for reserved in RESERVED_TYPES:
+        for reserved in _reserved(self.registry):
             if reserved in types:
                 raise ValueError(f"attestation_type {reserved} is reserved and not supported yet")
-        for tee in REGISTRY:
+        for tee in self.registry:
             if tee.attestation_type in types and self.section(tee.name) is None:
                 raise ValueError(
                     f"attestation_type has {tee.attestation_type} but the policy has no {tee.name} section"
                 )
-        for tee in REGISTRY:
+        for tee in self.registry:
             if self.section(tee.name) is not None and tee.attestation_type not in types:
                 raise ValueError(
                     f"the policy has {_a(tee.name)} {tee.name} section but attestation_type lacks "
@@ -104,25 +115,29 @@ def _a(word: str) -> str:
     return "an" if word[0] in "aeiosx" else "a"
 
 
-def _model() -> type[TransferPolicyBase]:
-    types: Any = Literal[(*REGISTRY.attestation_types, *RESERVED_TYPES, "NONE")]
+def transfer_policy_model(registry: TeeRegistry) -> type[TransferPolicyBase]:
+    """The transfer policy model for the TEEs of ``registry``: ``attestation_type`` lists their
+    types (and SecL's reserved ones, and ``NONE``), and each has its section, named after it."""
+    types: Any = Literal[(*registry.attestation_types, *_reserved(registry), "NONE")]
     fields: dict[str, Any] = {
         "attestation_type": (list[types], Field(min_length=1)),
-        **{tee.name: (tee.section.model | None, None) for tee in REGISTRY},
+        **{tee.name: (tee.section.model | None, None) for tee in registry},
         "none": (NoneSection | None, None),
         "allow_debug": (StrictBool, False),
         "allow_simulated": (StrictBool, False),
     }
-    return create_model(
+    model = create_model(
         "TransferPolicyBody",
         __base__=TransferPolicyBase,
         __doc__="What an admin sends to ``POST /kbs/v1/key-transfer-policies``.",
         __module__=__name__,
         **fields,
     )
+    model.registry = registry
+    return model
 
 
 if TYPE_CHECKING:
     TransferPolicyBody = TransferPolicyBase
 else:
-    TransferPolicyBody = _model()
+    TransferPolicyBody = transfer_policy_model(REGISTRY)

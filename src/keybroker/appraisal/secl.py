@@ -22,7 +22,6 @@ from keybroker.appraisal.clauses import Clauses
 from keybroker.appraisal.decision import Decision, Executables, Reason, decide
 from keybroker.appraisal.input import appraisal_input
 from keybroker.appraisal.policy import TransferPolicyBody
-from keybroker.appraisal.registry import REGISTRY
 from keybroker.tee.verifier import VerifiedEvidence
 
 __all__ = ["evaluate", "evaluate_input"]
@@ -36,9 +35,11 @@ def evaluate_input(policy: TransferPolicyBody, doc: Mapping[str, Any], *, policy
 
     tee = doc.get("tee")
     claims = doc.get("claims")
-    registered = REGISTRY.get(tee)
+    registered = policy.registry.get(tee)
     if registered is None or not isinstance(claims, Mapping) or claims.get("tee") != tee:
-        return deny(f"the evidence TEE {tee!r} is not {REGISTRY.listing()}, or its claims do not match it")
+        return deny(
+            f"the evidence TEE {tee!r} is not {policy.registry.listing()}, or its claims do not match it"
+        )
     attestation_type = registered.attestation_type
     if attestation_type not in policy.attestation_type:
         listed = ", ".join(policy.attestation_type)
