@@ -3,8 +3,9 @@
 * :func:`default_attestation_policy`: the attestation service's appraisal of verified evidence
   (``/attestation/v1/attest``, ``/kbs/v0/attest``). Verification already passed; it denies only
   debug enclaves/TDs and what the TEE's policy section adds (TDX: TDs with reserved TD attribute
-  bits set, a feature no known TDX module defines), so the EAR says ``affirming`` for a clean TEE, ``warning`` for a TCB that is not
-  UpToDate or simulated evidence, and ``contraindicated`` for those.
+  bits set, a feature no known TDX module defines), so the EAR says ``affirming`` for a clean TEE,
+  ``warning`` for a TCB that is not UpToDate or simulated evidence, and ``contraindicated`` for
+  those.
 * :func:`default_resource_policy`: the ``/kbs/v0`` resource policy. It allows only an
   ``affirming`` appraisal (TCB UpToDate, not debug, no reserved TD attribute bit) of evidence that
   is not simulated. Stricter than
@@ -37,8 +38,7 @@ def _what(doc: Mapping[str, Any]) -> str:
 
 
 def _unknown_tee(doc: Mapping[str, Any]) -> list[str]:
-    """The TEE is not one this broker verifies; else the findings of its section (TDX: reserved
-    TD attribute bits), in the order the reasons are told."""
+    """The reason to deny evidence of a TEE this broker does not verify (none for a registered one)."""
     registered = REGISTRY.get(doc.get("tee"))
     if registered is None:
         return [f"the evidence TEE {doc.get('tee')!r} is not {REGISTRY.listing()}"]
@@ -46,6 +46,7 @@ def _unknown_tee(doc: Mapping[str, Any]) -> list[str]:
 
 
 def _section_findings(doc: Mapping[str, Any]) -> list[str]:
+    """What the TEE's policy section denies by default (TDX: reserved TD attribute bits set)."""
     registered = REGISTRY.get(doc.get("tee"))
     return [] if registered is None else registered.section.default_findings(doc)
 

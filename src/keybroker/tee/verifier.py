@@ -17,6 +17,7 @@ Pure: no HTTP, no database; time and trust are injected.
 
 from __future__ import annotations
 
+import copy
 import enum
 import hashlib
 import hmac
@@ -123,8 +124,9 @@ class VerifiedEvidence:
         is built from (``keybroker.appraisal.input``) in both passport and background-check modes."""
         evidence: dict[str, Any] = {
             "tee": self.tee,
-            "claims": dict(self.claims),
-            "tcb": dict(self.tcb),
+            # copies: each caller (the EAR, the input document) may hold or change its own
+            "claims": copy.deepcopy(dict(self.claims)),
+            "tcb": copy.deepcopy(dict(self.tcb)),
             "sim": self.sim,
             "report_data": self.report_data.hex(),
         }

@@ -160,11 +160,12 @@ def _at(value: str | int | float | None) -> datetime | None:
 def verify(
     body: VerifyIn, svc: Svc, caller: Caller = Depends(require("attestation:verify"))
 ) -> dict[str, Any]:
-    """Verify evidence (a DCAP quote): the verdict, TCB status, advisories, checks performed and claims.
+    """Verify evidence (a DCAP quote): the verdict, TCB status, advisories, checks performed and
+    claims.
 
     Collateral: the body's, else the verifier's sources (the dev PKI's in dev mode, then the
-    store's for the quote's FMSPC / PCK CA, valid at ``at``). A rejected quote is a 400 problem whose ``check`` names the
-    failed step; a 404 names the FMSPC asked for and what is cached.
+    store's for the quote's FMSPC / PCK CA, valid at ``at``). A rejected quote is a 400 problem
+    whose ``check`` names the failed step; a 404 names the FMSPC asked for and what is cached.
     """
     tee, raw = _evidence(svc, body.quote)
     at = _at(body.at)

@@ -440,8 +440,8 @@ def verify_quote(
     """Verify ``raw`` (an SGX v3 or TDX v4/v5 quote) with ``collateral`` at time ``at``.
 
     The Intel SGX Root CA is always trusted; ``dev_roots`` are additional, explicitly configured
-    roots (the dev TEE simulator), or ``roots`` all of them, built once (``chain.TrustedRoots``). Raises ``EvidenceParseError`` (malformed quote) or
-    ``VerificationError`` naming the failed check.
+    roots (the dev TEE simulator), or ``roots`` all of them, built once (``chain.TrustedRoots``).
+    Raises ``EvidenceParseError`` (malformed quote) or ``VerificationError`` naming the failed check.
     """
     return verify_parsed_quote(parse_quote(raw), collateral, at=at, dev_roots=dev_roots, roots=roots)
 
