@@ -139,6 +139,8 @@ def _verify_chain(
         ders = split_pem_chain(pem.encode("ascii"), field=what)
     except (EvidenceParseError, UnicodeEncodeError) as exc:
         raise _bad(f"{what}: not a PEM certificate chain ({exc})") from None
+    if len(ders) != 2:  # Intel's collateral signers are issued by the root
+        raise _bad(f"{what}: {len(ders)} certificates; expected the signer and the root")
     try:
         certs = tuple(
             load_certificate(der, f"{what}[{i}]", "collateral_chains") for i, der in enumerate(ders)
