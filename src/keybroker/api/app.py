@@ -73,8 +73,8 @@ _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"
 ROUTERS: tuple[APIRouter, ...] = (
     transfer_v1.router,
     kbs_v0.router,
-    well_known.router,
     attestation_v1.router,
+    well_known.router,
     health.router,
     kbs_v1.router,
     sys.router,
