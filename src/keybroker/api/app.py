@@ -19,7 +19,16 @@ from keybroker import __version__
 from keybroker.api import problems, schema
 from keybroker.api.body import StrictRoute
 from keybroker.api.deps import actor_of, bearer
-from keybroker.api.routers import attest_v1, attestation_v1, health, kbs_v0, kbs_v1, pccs_v4, sys, transfer_v1
+from keybroker.api.routers import (
+    attestation_v1,
+    health,
+    kbs_v0,
+    kbs_v1,
+    pccs_v4,
+    sys,
+    transfer_v1,
+    well_known,
+)
 from keybroker.api.services import Services
 from keybroker.audit import log as audit
 from keybroker.errors import KeybrokerError
@@ -64,8 +73,8 @@ _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"
 ROUTERS: tuple[APIRouter, ...] = (
     transfer_v1.router,
     kbs_v0.router,
-    attest_v1.router,
     attestation_v1.router,
+    well_known.router,
     health.router,
     kbs_v1.router,
     sys.router,

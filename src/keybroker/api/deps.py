@@ -8,9 +8,9 @@ from fastapi import Depends, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from keybroker.api.services import Services
+from keybroker.auth.caller import Caller
 from keybroker.auth.tokens import Principal
 from keybroker.errors import Forbidden, Unauthenticated
-from keybroker.keys.service import Caller
 
 
 async def services(request: Request) -> Services:

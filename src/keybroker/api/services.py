@@ -9,6 +9,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from keybroker import datadir
+from keybroker.appraisal.registry import REGISTRY
+from keybroker.attestation.ear import jwks_keys
+from keybroker.attestation.keyring_store import KeyringStore
+from keybroker.attestation.remote import RemoteAttestation
+from keybroker.attestation.service import AttestationService, TrustedIssuer
 from keybroker.audit import log as audit
 from keybroker.audit.checkpoint import (
     CHECKPOINT_FILE,
@@ -25,24 +30,20 @@ from keybroker.collateral.trust import DEV_PKI_DIR as DEV_PKI_DIR  # where tests
 from keybroker.collateral.trust import dev_pki_dir, evidence_trust
 from keybroker.config import Settings, TrustedAttestationService
 from keybroker.errors import InvalidInput, KeybrokerError
-from keybroker.keys.kbs_v0 import KbsV0Service
 from keybroker.keys.release import ReleaseService
 from keybroker.keys.service import KeyService
+from keybroker.keys.serviceca import ServiceCA, ServiceCAs, load_or_create_cas
 from keybroker.keystores.base import KeyStore
 from keybroker.keystores.factory import build_keystore
 from keybroker.limits import FailureLimit, OutstandingCap
+from keybroker.resources.service import KbsV0Service
 from keybroker.seal.autounseal import configure_auto_unseal
 from keybroker.seal.barrier import Barrier
 from keybroker.seal.unseal import UnsealService
-from keybroker.serviceca import ServiceCA, ServiceCAs, load_or_create_cas
 from keybroker.store.db import Database
-from keybroker.tee.dcap.collateral import QuoteCollateral
+from keybroker.tee.dcap.endorsements import QuoteCollateral
 from keybroker.tee.sim import DevPki
 from keybroker.tee.verifier import Verifier
-from keybroker.tokens.ear import jwks_keys
-from keybroker.tokens.keyring_store import KeyringStore
-from keybroker.tokens.remote import RemoteAttestation
-from keybroker.tokens.service import AttestationService, TrustedIssuer
 
 log = logging.getLogger("keybroker")
 
@@ -175,8 +176,7 @@ class Services:
         tokens.register_key()
         if settings.dev:
             _dev_pki(dev_pki_dir(settings))  # created, or its collateral refreshed, before it is read
-        trust = evidence_trust(settings, DbCollateralSource(db))
-        verifier = Verifier(trust.collateral, dev_roots=trust.dev_roots)
+        verifier = REGISTRY.verifier(evidence_trust(settings, DbCollateralSource(db)))
         nonce_ttl = timedelta(seconds=settings.nonce_ttl_seconds)
         trusted = [_trusted_issuer(i, t) for i, t in enumerate(settings.trust.attestation_services)]
         limits = settings.limits

@@ -170,7 +170,7 @@ def serve(
     from keybroker import logs
     from keybroker.api.app import create_app
     from keybroker.api.services import Services
-    from keybroker.serviceca import CA_DIR, TLS_CA_CERT, load_or_create_server_cert
+    from keybroker.keys.serviceca import CA_DIR, TLS_CA_CERT, load_or_create_server_cert
 
     settings = _settings(
         config, data_dir, database, listen=listen, insecure_http=insecure_http, dev=dev, log_format=log_format

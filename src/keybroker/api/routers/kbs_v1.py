@@ -14,14 +14,15 @@ from keybroker.api.body import StrictRoute
 from keybroker.api.deps import actor_of, principal, require, services
 from keybroker.api.schema import DB_INT_MAX, UUID_PATTERN, KeyId, PolicyId, Timestamp, responses
 from keybroker.api.services import Services
+from keybroker.appraisal.policy import TransferPolicyBody
 from keybroker.audit import log as audit
 from keybroker.audit.checkpoint import raw_public
+from keybroker.auth.caller import Caller
 from keybroker.auth.registry import TokenRecord
 from keybroker.auth.tokens import Principal
 from keybroker.errors import Forbidden, NotFound
-from keybroker.keys.material import AES_LENGTHS, RSA_LENGTHS
-from keybroker.keys.policy import TransferPolicyBody
-from keybroker.keys.service import Caller, CertificateRequest, CreateKeyRequest
+from keybroker.keys.service import CertificateRequest, CreateKeyRequest
+from keybroker.keystores.material import AES_LENGTHS, RSA_LENGTHS
 from keybroker.store.models import Certificate, Key, TransferPolicy
 
 router = APIRouter(prefix="/kbs/v1", route_class=StrictRoute)

@@ -23,11 +23,12 @@ from keybroker.appraisal import secl
 from keybroker.appraisal.decision import Decision
 from keybroker.appraisal.defaults import default_attestation_policy
 from keybroker.appraisal.input import appraisal_input
+from keybroker.appraisal.policy import TransferPolicyBody
+from keybroker.attestation.ear import EAT_PROFILE, Keyring, issue_ear, verify_ear
 from keybroker.errors import InvalidInput, Unauthenticated
-from keybroker.keys.policy import TransferPolicyBody
 from keybroker.tee.dcap.verify import VerifiedQuote
 from keybroker.tee.sim import DEFAULT_MRENCLAVE, DEFAULT_MRSIGNER, DEFAULT_MRTD, DEFAULT_RTMRS
-from keybroker.tokens.ear import EAT_PROFILE, Keyring, issue_ear, verify_ear
+from keybroker.tee.verifier import VerifiedEvidence
 
 ISSUER = "https://keybroker.test"
 TTL = dt.timedelta(minutes=5)
@@ -41,11 +42,11 @@ def keyring() -> Keyring:
     return Keyring.generate()
 
 
-def _decision(v: VerifiedQuote) -> Decision:
+def _decision(v: VerifiedEvidence) -> Decision:
     return default_attestation_policy(appraisal_input(v, client_permissions=None))
 
 
-def _issue(keyring: Keyring, v: VerifiedQuote, **kw: Any) -> str:
+def _issue(keyring: Keyring, v: VerifiedEvidence, **kw: Any) -> str:
     args: dict[str, Any] = {
         "nonce": NONCE,
         "user_data": USER_DATA,
@@ -88,12 +89,14 @@ def test_sgx_token_shape(sim: SimEvidence, keyring: Keyring) -> None:
     assert cpu0["ear.appraisal-policy-id"] == "keybroker:default-attestation-policy"
     evidence = cpu0["ear.veraison.annotated-evidence"]
     assert evidence["tee"] == "sgx" and evidence["sim"] is True
-    assert evidence["claims"] == v.claims.to_dict()
+    quote = v.detail
+    assert isinstance(quote, VerifiedQuote)
+    assert evidence["claims"] == quote.claims.to_dict() == v.claims
     assert evidence["tcb"] == {
         "status": "UpToDate",
         "advisory_ids": [],
-        "collateral_expiry": v.collateral_expiry.isoformat(),
-        "tcb_date": v.tcb_date.isoformat(),
+        "collateral_expiry": quote.collateral_expiry.isoformat(),
+        "tcb_date": quote.tcb_date.isoformat(),
     }
     assert evidence["report_data"] == REPORT_DATA.hex()
     assert evidence["runtime_data_claims"] == RUNTIME
@@ -152,12 +155,12 @@ def test_passport_mode_sees_the_same_input_document(sim: SimEvidence, keyring: K
             "attestation_type": [tee.upper()],
             tee: {
                 "attributes": {
-                    "mrsigner": [v.claims.mr_signer.hex()],
+                    "mrsigner": [v.claims["mr_signer"]],
                     "isvprodid": [0],
                     "enforce_tcb_upto_date": True,
                 }
                 if tee == "sgx"
-                else {"mrsignerseam": [v.claims.mr_signer_seam.hex()], "mrseam": [v.claims.mr_seam.hex()]}  # type: ignore[union-attr]
+                else {"mrsignerseam": [v.claims["mr_signer_seam"]], "mrseam": [v.claims["mr_seam"]]}
             },
             "allow_simulated": True,
         }

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from keybroker.errors import InvalidInput
-from keybroker.keys.kbs_v0 import resource_path
+from keybroker.resources.service import resource_path
 
 
 def test_a_valid_path() -> None:

@@ -13,11 +13,11 @@ from joserfc.jwk import ECKey
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from keybroker.seal import aead
+from keybroker import aead
+from keybroker.attestation.ear import Alg, Keyring
 from keybroker.seal.barrier import Barrier
 from keybroker.store.db import Database
 from keybroker.store.models import SealConfig, SigningKey
-from keybroker.tokens.ear import Alg, Keyring
 
 KEEP_RETIRED = 4
 _REFRESH_SECONDS = 30.0

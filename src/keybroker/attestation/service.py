@@ -16,17 +16,22 @@ from sqlalchemy.orm import Session
 
 from keybroker.appraisal.decision import Decision
 from keybroker.appraisal.defaults import default_attestation_policy
-from keybroker.appraisal.input import appraisal_input
+from keybroker.appraisal.input import appraisal_input, claims_digest
+from keybroker.attestation import nonces
+from keybroker.attestation.ear import (
+    EarClaims,
+    VerifiedEarCache,
+    issue_ear,
+    jwks_keys,
+    unverified_kid,
+    verify_ear,
+)
+from keybroker.attestation.keyring_store import KeyringStore
 from keybroker.audit import log as audit
 from keybroker.errors import KeybrokerError
-from keybroker.keys import binding, nonces
-from keybroker.keys.release import claims_digest, evidence_digest
 from keybroker.limits import OutstandingCap
 from keybroker.store.db import Database
-from keybroker.tee.dcap.verify import VerifiedQuote
-from keybroker.tee.verifier import ExpectedReportData, Verifier
-from keybroker.tokens.ear import EarClaims, VerifiedEarCache, issue_ear, jwks_keys, unverified_kid, verify_ear
-from keybroker.tokens.keyring_store import KeyringStore
+from keybroker.tee.verifier import ExpectedReportData, KbsV1Binding, VerifiedEvidence, Verifier
 
 ATTEST_PURPOSE = "attestation-v1"
 ISSUER = "keybroker"
@@ -50,7 +55,7 @@ class TrustedIssuer:
 @dataclass(frozen=True)
 class Attested:
     token: str
-    verified: VerifiedQuote
+    verified: VerifiedEvidence
     decision: Decision
 
 
@@ -104,7 +109,7 @@ class AttestationService:
         details: dict[str, Any] = {
             "protocol": protocol,
             "tee": tee,
-            "evidence_sha256": evidence_digest(evidence),
+            "evidence_sha256": self.verifier.evidence_sha256(tee, evidence),
         }
         try:
             verified = self.verifier.verify(tee, evidence, expected)
@@ -150,14 +155,15 @@ class AttestationService:
         return result
 
     def attest_v1(self, tee: str, evidence: bytes, nonce: bytes, user_data: bytes, actor: str) -> Attested:
-        """``/attestation/v1/attest``: REPORTDATA = SHA-512(nonce || user_data), the nonce single use."""
+        """``/attestation/v1/attest``: the evidence binds the nonce and user data as ``/kbs/v1`` does
+        (SGX/TDX: REPORTDATA = SHA-512(nonce || user_data)); the nonce single use."""
         # not durable by itself: appraise_and_sign audits the outcome durably next
         with self._db.session(durable=False) as s:
             nonces.consume(s, nonce, purpose=ATTEST_PURPOSE, subject=None)
         return self.appraise_and_sign(
             tee,
             evidence,
-            binding.v1_report_data(nonce, user_data),
+            KbsV1Binding(nonce, user_data),
             nonce=base64.b64encode(nonce).decode(),
             user_data=user_data,
             runtime_data=None,

@@ -12,8 +12,8 @@ from tests.helpers.sim_evidence import AT, SimEvidence
 
 from keybroker.appraisal.defaults import default_attestation_policy
 from keybroker.appraisal.input import appraisal_input
+from keybroker.attestation.ear import Keyring, VerifiedEarCache, issue_ear, verify_ear
 from keybroker.errors import Unauthenticated
-from keybroker.tokens.ear import Keyring, VerifiedEarCache, issue_ear, verify_ear
 
 ISSUER = "https://keybroker.test"
 TTL = dt.timedelta(minutes=5)

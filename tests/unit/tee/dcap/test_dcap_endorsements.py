@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from tests.vectors.corpus import load_cases, read_bytes, read_text
 
 from keybroker.errors import CollateralError
-from keybroker.tee.dcap.collateral import QuoteCollateral, parse_enclave_identity, parse_tcb_info
+from keybroker.tee.dcap.endorsements import QuoteCollateral, parse_enclave_identity, parse_tcb_info
 
 GTDX = "intel-dcap/google-go-tdx-guest/"
 ASSEMBLED_50806F = "intel-dcap/assembled/tdx_50806F000000_2023-06.json"

@@ -16,7 +16,6 @@ and what it presented, never the policies' expected values; the audit log has th
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import logging
 import os
@@ -32,26 +31,29 @@ from joserfc.jwk import ECKey, RSAKey
 from sqlalchemy import bindparam, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
-from keybroker import strictjson
+from keybroker import aead, strictjson
 from keybroker.appraisal import rego, secl
 from keybroker.appraisal.decision import Decision, Reason, denied
 from keybroker.appraisal.defaults import default_resource_policy
 from keybroker.appraisal.input import AppraisalInput
+from keybroker.appraisal.policy import TransferPolicyBody
+from keybroker.appraisal.registry import REGISTRY
+from keybroker.attestation.ear import EarClaims
+from keybroker.attestation.service import AttestationService, Attested
 from keybroker.audit import log as audit
 from keybroker.errors import Forbidden, InvalidInput, KeybrokerError, NotFound, PolicyDenied, Unauthenticated
-from keybroker.keys import binding, wrap
-from keybroker.keys.policy import TransferPolicyBody
+from keybroker.keys import wrap
 from keybroker.keystores.base import KeyStore
 from keybroker.limits import Outstanding, OutstandingCap
-from keybroker.seal import aead
 from keybroker.seal.barrier import Barrier
 from keybroker.store.db import Database
 from keybroker.store.models import KbsResource, KbsSession, Key, TransferPolicy
-from keybroker.tokens.ear import EarClaims
-from keybroker.tokens.service import AttestationService, Attested
+from keybroker.tee.verifier import KbsV0Binding
+from keybroker.wire import binding
 
 PROTOCOL_VERSION = "0.4.0"
-SUPPORTED_TEES = ("sgx", "tdx")
+#: The TEEs ``/kbs/v0/auth`` accepts: every registered one.
+SUPPORTED_TEES = REGISTRY.names
 SESSION_TTL = timedelta(minutes=5)
 MAX_RESOURCE = 64 * 1024
 _HASH_PREFERENCE = ("sha384", "sha512", "sha256")
@@ -270,20 +272,12 @@ class KbsV0Service:
             primary = strictjson.loads(
                 primary, what="primary_evidence", field="tee-evidence.primary_evidence"
             )
-        if not isinstance(primary, dict) or not isinstance(primary.get("quote"), str):
-            raise InvalidInput(
-                "primary_evidence must carry the quote (base64)", field="tee-evidence.primary_evidence.quote"
-            )
+        if not isinstance(primary, dict):
+            raise InvalidInput("primary_evidence must be an object", field="tee-evidence.primary_evidence")
         if not isinstance(additional, str):
             raise InvalidInput(
                 "additional_evidence must be a string", field="tee-evidence.additional_evidence"
             )
-        try:
-            quote = base64.b64decode(primary["quote"], validate=True)
-        except (binascii.Error, ValueError):
-            raise InvalidInput(
-                "the quote is not valid base64", field="tee-evidence.primary_evidence.quote"
-            ) from None
         # Not durable by itself: the outcome is audited durably next (appraise_and_sign), which
         # makes this commit durable too; a machine crash in between issued nothing.
         with self._db.session(durable=False) as s:
@@ -292,10 +286,12 @@ class KbsV0Service:
                 raise Forbidden("this session already attested: its nonce is used; call /kbs/v0/auth again")
             if not secrets.compare_digest(nonce, row.nonce):
                 raise Forbidden("runtime-data nonce is not this session's challenge nonce")
+            tee, hash_alg = row.tee, row.hash_alg
+            # the session's TEE reads its own evidence; malformed evidence leaves the nonce unspent
+            quote = self._attestation.verifier.plugin(tee).kbs_v0_evidence(primary)
             # the nonce is spent whatever the outcome
             s.connection().execute(_SPEND_NONCE, {"sid": session_id, "at": datetime.now(UTC)})
-            tee, hash_alg = row.tee, row.hash_alg
-        expected = binding.v0_report_data(nonce, tee_pubkey, additional, hash_alg)
+        expected = KbsV0Binding(nonce, tee_pubkey, additional, hash_alg)
 
         def keep_token(s: Session, result: Attested) -> None:
             s.connection().execute(

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from keybroker.errors import InvalidInput
-from keybroker.keys import material as km
+from keybroker.keystores import material as km
 
 
 def test_repr_hides_secret() -> None:

@@ -13,7 +13,8 @@ Token shape (JSON claims of a JWS, RFC 7515/7519)::
           "ear.veraison.annotated-evidence": {"tee", "claims", "tcb", "sim", "report_data",
                                               "runtime_data_claims"?},
           "ear.veraison.policy-claims": {"reasons": [...], "notes": [...]}}},
-      # flat claims in Intel Trust Authority's names, for /kbs/v1 passport mode:
+      # flat claims in Intel Trust Authority's names, for /kbs/v1 passport mode (the TEE's own
+      # from its verifier, VerifiedEvidence.ear_claims()):
       "attester_type", "attester_tcb_status", "attester_advisory_ids", "attester_held_data"?,
       "verifier_nonce"?, "sgx_*" | "tdx_*", "keybroker_sim"
     }
@@ -52,10 +53,10 @@ from joserfc.jwk import ECKey
 
 from keybroker import __version__
 from keybroker.appraisal.decision import Decision, EarStatus
-from keybroker.appraisal.input import AppraisalInput
+from keybroker.appraisal.input import AppraisalInput, appraisal_input
+from keybroker.appraisal.registry import REGISTRY
 from keybroker.errors import InvalidInput, Unauthenticated
-from keybroker.tee.dcap.claims import SgxClaims
-from keybroker.tee.dcap.verify import VerifiedQuote
+from keybroker.tee.verifier import VerifiedEvidence
 
 __all__ = [
     "EAT_PROFILE",
@@ -210,59 +211,20 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-def _annotated_evidence(verified: VerifiedQuote, runtime_data: Mapping[str, Any] | None) -> dict[str, Any]:
-    evidence: dict[str, Any] = {
-        "tee": verified.tee,
-        "claims": verified.claims.to_dict(),
-        "tcb": {
-            "status": verified.status,
-            "advisory_ids": list(verified.advisory_ids),
-            "collateral_expiry": verified.collateral_expiry.isoformat(),
-            "tcb_date": verified.tcb_date.isoformat(),
-        },
-        "sim": verified.sim,
-        "report_data": verified.report_data.hex(),
-    }
-    if runtime_data is not None:
-        evidence["runtime_data_claims"] = dict(runtime_data)
-    return evidence
-
-
-def _flat_claims(verified: VerifiedQuote) -> dict[str, Any]:
-    """Intel Trust Authority token claim names (intel/trustauthority-kbs reads these)."""
-    c = verified.claims
-    flat: dict[str, Any] = {
-        "attester_type": verified.tee.upper(),
+def _flat_claims(verified: VerifiedEvidence) -> dict[str, Any]:
+    """Intel Trust Authority's token claim names (intel/trustauthority-kbs reads these): the TEE's
+    own from its verifier (``attester_type``, ``sgx_*``/``tdx_*``), the TCB and sim flag here."""
+    return {
+        **verified.ear_claims(),
         "attester_tcb_status": verified.status,
         "attester_advisory_ids": list(verified.advisory_ids),
+        "keybroker_sim": verified.sim,
     }
-    if isinstance(c, SgxClaims):
-        flat.update(
-            sgx_mrenclave=c.mr_enclave.hex(),
-            sgx_mrsigner=c.mr_signer.hex(),
-            sgx_isvprodid=c.isv_prod_id,
-            sgx_isvsvn=c.isv_svn,
-            sgx_is_debuggable=c.debug,
-        )
-    else:
-        flat.update(
-            tdx_mrseam=c.mr_seam.hex(),
-            tdx_mrsignerseam=c.mr_signer_seam.hex(),
-            tdx_seamsvn=c.seam_svn,
-            tdx_mrtd=c.mr_td.hex(),
-            tdx_rtmr0=c.rtmr[0].hex(),
-            tdx_rtmr1=c.rtmr[1].hex(),
-            tdx_rtmr2=c.rtmr[2].hex(),
-            tdx_rtmr3=c.rtmr[3].hex(),
-            tdx_is_debuggable=c.debug,
-        )
-    flat["keybroker_sim"] = verified.sim
-    return flat
 
 
 def issue_ear(
     keyring: Keyring,
-    verified: VerifiedQuote,
+    verified: VerifiedEvidence,
     decision: Decision,
     *,
     nonce: str | None,
@@ -290,7 +252,7 @@ def issue_ear(
                 "ear.status": decision.ear_status,
                 "ear.trustworthiness-vector": decision.trust_vector.to_dict(),
                 "ear.appraisal-policy-id": decision.policy_id,
-                "ear.veraison.annotated-evidence": _annotated_evidence(verified, runtime_data),
+                "ear.veraison.annotated-evidence": verified.annotated_evidence(runtime_data),
                 "ear.veraison.policy-claims": {
                     "reasons": list(decision.public_reasons),  # the attester may be anyone
                     "notes": list(decision.notes),
@@ -321,7 +283,8 @@ class EarClaims:
     status: EarStatus
     trust_vector: dict[str, int]
     policy_id: str | None
-    tee: Literal["sgx", "tdx"]
+    tee: str
+    #: As the token carries it, its ``tcb`` cut to the members the TEE's results have.
     annotated_evidence: dict[str, Any]
     held_data: bytes | None
     runtime_data: dict[str, Any] | None
@@ -329,21 +292,9 @@ class EarClaims:
     raw: dict[str, Any] = field(repr=False)
 
     def appraisal_input(self, *, client_permissions: list[str] | None) -> AppraisalInput:
-        """The appraisal input document the token's evidence had (passport mode)."""
-        ev = self.annotated_evidence
-        tcb = ev["tcb"]
-        return {
-            "tee": self.tee,
-            "claims": dict(ev["claims"]),
-            "tcb": {
-                "status": str(tcb["status"]),
-                "advisory_ids": [str(a) for a in tcb["advisory_ids"]],
-                "collateral_expiry": str(tcb["collateral_expiry"]),
-                "tcb_date": str(tcb["tcb_date"]),
-            },
-            "sim": self.sim,
-            "client_permissions": None if client_permissions is None else sorted(set(client_permissions)),
-        }
+        """The appraisal input document the token's evidence had (passport mode): built by the one
+        builder from the annotated evidence, as for evidence verified here."""
+        return appraisal_input(self.annotated_evidence, client_permissions=client_permissions)
 
 
 def _b64url_strict(segment: str) -> bytes:
@@ -382,11 +333,11 @@ def _claims_of(raw: dict[str, Any], kid: str) -> EarClaims:
     tee = evidence.get("tee")
     tcb = evidence.get("tcb")
     claims = evidence.get("claims")
-    if tee not in ("sgx", "tdx") or not isinstance(claims, dict) or claims.get("tee") != tee:
-        raise _malformed("annotated evidence has no SGX/TDX claims")
-    if not isinstance(tcb, dict) or not all(
-        k in tcb for k in ("status", "advisory_ids", "collateral_expiry", "tcb_date")
-    ):
+    registered = REGISTRY.get(tee)
+    if registered is None or not isinstance(claims, dict) or claims.get("tee") != tee:
+        raise _malformed(f"annotated evidence has no {'/'.join(REGISTRY.attestation_types)} claims")
+    members = ("status", "advisory_ids", *registered.tcb_members)
+    if not isinstance(tcb, dict) or not all(k in tcb for k in members):
         raise _malformed("annotated evidence has no TCB status")
     if not isinstance(tcb["advisory_ids"], list):
         raise _malformed("advisory_ids")
@@ -418,8 +369,8 @@ def _claims_of(raw: dict[str, Any], kid: str) -> EarClaims:
         status=cast(EarStatus, status),
         trust_vector=dict(vector),
         policy_id=policy_id if isinstance(policy_id, str) else None,
-        tee=tee,
-        annotated_evidence=evidence,
+        tee=registered.name,
+        annotated_evidence={**evidence, "tcb": {k: tcb[k] for k in members}},
         held_data=held_data,
         runtime_data=runtime_data,
         sim=sim,
