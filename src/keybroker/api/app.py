@@ -19,7 +19,17 @@ from keybroker import __version__
 from keybroker.api import problems, schema
 from keybroker.api.body import StrictRoute
 from keybroker.api.deps import actor_of, bearer
-from keybroker.api.routers import attest_v1, attestation_v1, health, kbs_v0, kbs_v1, pccs_v4, sys, transfer_v1
+from keybroker.api.routers import (
+    attest_v1,
+    attestation_v1,
+    health,
+    kbs_v0,
+    kbs_v1,
+    pccs_v4,
+    roles_v1,
+    sys,
+    transfer_v1,
+)
 from keybroker.api.services import Services
 from keybroker.audit import log as audit
 from keybroker.errors import KeybrokerError
@@ -53,7 +63,13 @@ FAILURE_ACTIONS: dict[tuple[str, str], str | None] = {
     ("GET", "/kbs/v1/audit"): "audit.read",
     ("GET", "/kbs/v1/audit/checkpoint"): "audit.read",
     ("GET", "/kbs/v1/tokens"): "token.search",
+    ("POST", "/kbs/v1/tokens"): "token.create",
     ("DELETE", "/kbs/v1/tokens/{jti}"): "token.revoke",
+    ("GET", "/kbs/v1/roles"): "role.search",
+    ("POST", "/kbs/v1/roles"): "role.create",
+    ("GET", "/kbs/v1/roles/{role}"): "role.retrieve",
+    ("PUT", "/kbs/v1/roles/{role}"): "role.update",
+    ("DELETE", "/kbs/v1/roles/{role}"): "role.delete",
 }
 #: The metrics' route label of requests that matched no route.
 _UNMATCHED = "<unmatched>"
@@ -68,6 +84,7 @@ ROUTERS: tuple[APIRouter, ...] = (
     attestation_v1.router,
     health.router,
     kbs_v1.router,
+    roles_v1.router,
     sys.router,
     pccs_v4.router,
 )
@@ -209,7 +226,7 @@ class CrossCutting:
             # The request may have failed before its token was checked (e.g. a bad body).
             try:
                 token = bearer(request)
-                principal = self.services.tokens.verify(token) if token else None
+                principal = self.services.authn.verify(token) if token else None
             except KeybrokerError:
                 principal = None
         actor = actor_of(principal) if principal is not None else "anonymous"
@@ -221,7 +238,10 @@ class CrossCutting:
                     s,
                     actor=actor,
                     action=action,
-                    object_id=params.get("key_id") or params.get("policy_id") or params.get("jti"),
+                    object_id=params.get("key_id")
+                    or params.get("policy_id")
+                    or params.get("jti")
+                    or params.get("role"),
                     outcome=outcome,
                     reason=getattr(request.state, "problem_detail", None) or f"HTTP {status}",
                 )

@@ -1,4 +1,4 @@
-"""The read-only commands (``audit list``, ``audit verify``, ``keystore check``, ``token list``) given
+"""The read-only commands (``audit list``, ``audit verify``, ``keystore check``, ``token list``, ``role list``) given
 a wrong --data-dir or --database: "no keybroker data", exit 2, and nothing created there. Before,
 ``audit verify`` in a wrong folder left an empty ``keybroker.db`` behind."""
 
@@ -18,7 +18,13 @@ from keybroker.api.services import Services
 from keybroker.cli.main import app
 from keybroker.config import Settings
 
-COMMANDS = [["audit", "list"], ["audit", "verify"], ["keystore", "check"], ["token", "list"]]
+COMMANDS = [
+    ["audit", "list"],
+    ["audit", "verify"],
+    ["keystore", "check"],
+    ["token", "list"],
+    ["role", "list"],
+]
 IDS = [" ".join(c) for c in COMMANDS]
 
 
