@@ -23,6 +23,7 @@ from keybroker.audit.checkpoint import (
 )
 from keybroker.audit.guard import ChainGuard, Checkpointer
 from keybroker.auth.authn import Authenticator
+from keybroker.auth.oidc import OidcProvider
 from keybroker.auth.registry import TokenRegistry
 from keybroker.auth.rolestore import RoleStore
 from keybroker.auth.tokens import load_or_create_signing_key
@@ -164,6 +165,8 @@ class Services:
     roles: RoleStore
     #: Bearer tokens (keybroker's and the OpenID provider's) to principals, roles resolved.
     authn: Authenticator
+    #: The organisation's OpenID provider (``[oidc]``), or None.
+    oidc: OidcProvider | None
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -180,6 +183,7 @@ class Services:
         tokens = TokenRegistry(db, data_dir / TOKEN_KEY_FILE)
         tokens.register_key()
         roles = RoleStore(db)
+        oidc = OidcProvider(settings.oidc) if settings.oidc is not None else None
         if settings.dev:
             _dev_pki(dev_pki_dir(settings))  # created, or its collateral refreshed, before it is read
         trust = evidence_trust(settings, DbCollateralSource(db))
@@ -234,7 +238,8 @@ class Services:
             ),
             checkpointer,
             roles,
-            Authenticator(tokens, roles),
+            Authenticator(tokens, roles, oidc),
+            oidc,
         )
         _warn_key_certificates_under_tls_anchor(services.keys, cas)
         if settings.dev:
