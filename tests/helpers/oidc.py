@@ -34,17 +34,17 @@ HERE = Path(__file__).resolve().parent / "oidc"
 VERSION = "9.13.3"
 CLIENT_ID = "keybroker-console"
 API_AUDIENCE = "urn:keybroker:api"
-#: The people the provider knows: the login name typed on its page picks one.
+#: The people the provider knows: the login name typed on its page picks one (and is their ``sub``).
 ACCOUNTS: dict[str, dict[str, Any]] = {
     "alice": {
-        "sub": "alice-0001",
+        "sub": "alice",
         "email": "alice@example.com",
         "name": "Alice Admin",
         "groups": ["kb-keys", "kb-policies", "kb-audit", "kb-ops"],
     },
-    "bob": {"sub": "bob-0002", "email": "bob@example.com", "name": "Bob Auditor", "groups": ["kb-audit"]},
+    "bob": {"sub": "bob", "email": "bob@example.com", "name": "Bob Auditor", "groups": ["kb-audit"]},
     "mallory": {
-        "sub": "mallory-0003",
+        "sub": "mallory",
         "email": "mallory@example.com",
         "name": "Mallory",
         "groups": ["other"],

@@ -10,7 +10,7 @@
 - CSRF tokens are derived from those secrets (HMAC-SHA256), so nothing more is stored and a token is
   worthless without the cookie it came from.
 - Every console response carries a strict Content-Security-Policy (no inline script or style, no
-  other origin; htmx is served from ``/ui/static``), ``frame-ancestors 'none'``, ``no-referrer``,
+  other origin; htmx is served from ``/ui/static``), ``frame-ancestors 'none'``, no referrer to other sites,
   ``nosniff``, and ``Cache-Control: no-store`` on pages.
 """
 
@@ -71,7 +71,7 @@ def harden(request: Request, response: Response) -> None:
     h["Content-Security-Policy"] = CSP
     h["X-Content-Type-Options"] = "nosniff"
     h["X-Frame-Options"] = "DENY"
-    h["Referrer-Policy"] = "no-referrer"
+    h["Referrer-Policy"] = "same-origin"  # "no-referrer" would make the browser send Origin: null
     h["Cross-Origin-Opener-Policy"] = "same-origin"
     h["Permissions-Policy"] = "camera=(), microphone=(), geolocation=()"
     if request.url.scheme == "https":
