@@ -44,8 +44,10 @@ WRONG_MRTD = "00" * 48
 
 def _spki_pin(host: str, port: int) -> str:
     pem = ssl.get_server_certificate((host, port))
-    spki = x509.load_pem_x509_certificate(pem.encode()).public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    spki = (
+        x509.load_pem_x509_certificate(pem.encode())
+        .public_key()
+        .public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     )
     return base64.b64encode(hashlib.sha256(spki).digest()).decode()
 
@@ -141,7 +143,12 @@ def test_an_operator_releases_a_key_from_the_console(stack: Stack, browser: Any,
     assert "Alice Admin" in page.inner_text("form.who")
 
     cookie = next(c for c in context.cookies() if c["name"] == "__Host-kb_session")
-    assert (cookie["httpOnly"], cookie["secure"], cookie["sameSite"], cookie["path"]) == (True, True, "Strict", "/")
+    assert (cookie["httpOnly"], cookie["secure"], cookie["sameSite"], cookie["path"]) == (
+        True,
+        True,
+        "Strict",
+        "/",
+    )
 
     # a policy that does not match the simulated TD (another MRTD)
     wrong = copy.deepcopy(TDX_SIM_POLICY)
