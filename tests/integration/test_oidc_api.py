@@ -141,3 +141,24 @@ def test_without_an_api_audience_the_api_takes_no_provider_tokens(
         r = c.get("/kbs/v1/audit", headers=_bearer(provider.machine_token("ci-deployer")))
     svc.db.dispose()
     assert r.status_code == 401 and "no oidc.api_audience" in r.json()["detail"]
+
+
+def test_a_sign_in_response_this_browser_did_not_ask_for_is_refused(
+    client: TestClient, provider: OidcProvider
+) -> None:
+    """Login CSRF: the attacker sends the victim's browser to the callback with the attacker's own
+    code (or replays a state). Without this browser's sign-in cookie and state, no session."""
+    r = client.get("/ui/auth/callback", params={"code": "attacker-code", "state": "x"})
+    assert r.status_code == 401 and "started no sign-in" in r.text
+    assert "__Host-kb_session" not in r.headers.get("set-cookie", "")
+    start = client.get("/ui/auth/oidc", follow_redirects=False)
+    assert start.status_code == 303 and start.headers["location"].startswith(provider.issuer)
+    assert "code_challenge_method=S256" in start.headers["location"]
+    r = client.get("/ui/auth/callback", params={"code": "attacker-code", "state": "not-the-state"})
+    assert r.status_code == 401 and "state does not match" in r.text
+    # the pending sign-in was used up by that attempt (and its cookie cleared)
+    r = client.get("/ui/auth/callback", params={"code": "attacker-code", "state": "not-the-state"})
+    assert r.status_code == 401 and "started no sign-in" in r.text
+    admin = {"Authorization": "Bearer " + client.app.state.services.tokens.mint("a", ["*:*"])}  # type: ignore[attr-defined]
+    records = client.get("/kbs/v1/audit", params={"limit": 1000}, headers=admin).json()
+    assert [r["outcome"] for r in records if r["action"] == "console.login"] == ["denied"] * 3
