@@ -57,6 +57,9 @@ class Stack:
     idp: OidcProvider
     server: Server
     shots: Path
+    #: A port registered with the provider for a second (production-mode) server.
+    spare_port: int
+    conf: Path
 
 
 @pytest.fixture(scope="module")
@@ -65,8 +68,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         pytest.skip("Debian's chromium is not installed (make test installs it when run as root)")
     pytest.importorskip("playwright.sync_api")
     base = tmp_path_factory.mktemp("console")
-    port = free_port()
-    idp = OidcProvider(base / "idp", [f"https://127.0.0.1:{port}/ui/auth/callback"]).start()
+    port, spare = free_port(), free_port()
+    idp = OidcProvider(
+        base / "idp", [f"https://127.0.0.1:{p}/ui/auth/callback" for p in (port, spare)]
+    ).start()
     conf = base / "keybroker.toml"
     conf.write_text(idp.config_toml())
     server = Server(base / "data", extra=["--dev", "--config", str(conf)], port=port)
@@ -75,7 +80,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         out = Path(os.environ.get("KEYBROKER_TEST_OUTPUT", tmp_path_factory.getbasetemp()))
         shots = out / "console-screenshots"
         shots.mkdir(parents=True, exist_ok=True)
-        yield Stack(idp, server, shots)
+        yield Stack(idp, server, shots, spare, conf)
     finally:
         server.stop()
         idp.stop()
@@ -96,8 +101,9 @@ def browser(stack: Stack) -> Iterator[Any]:
         b.close()
 
 
-def _sign_in(page: Any, stack: Stack, login: str) -> None:
-    page.goto(f"{stack.server.url}/ui/")
+def _sign_in(page: Any, stack: Stack, login: str, server: Server | None = None) -> None:
+    server = server or stack.server
+    page.goto(f"{server.url}/ui/")
     assert page.url.endswith("/ui/login")
     page.get_by_role("link", name="Sign in with OpenID Connect").click()
     page.wait_for_url(f"{stack.idp.issuer}/**")
@@ -107,7 +113,7 @@ def _sign_in(page: Any, stack: Stack, login: str) -> None:
     page.wait_for_selector("button[type=submit]")
     if "consent" in page.content().lower() or "authorize" in page.content().lower():
         page.click("button[type=submit]")
-    page.wait_for_url(f"{stack.server.url}/ui/**")
+    page.wait_for_url(f"{server.url}/ui/**")
     page.wait_for_selector("form.who")
 
 
@@ -245,3 +251,58 @@ def test_an_auditor_does_not_see_what_he_may_not_do(stack: Stack, browser: Any) 
     nav = page.inner_text("header nav")
     assert "Keys" not in nav and "Audit" not in nav and "System" in nav
     context.close()
+
+
+def test_an_operator_unseals_from_the_console(stack: Stack, browser: Any, tmp_path: Path) -> None:
+    """A production-mode server (Shamir shares, no --dev): the shares typed into the System page go
+    over the same TLS to the same unseal service; a wrong share is refused and audited."""
+    server = Server(tmp_path / "data", extra=["--config", str(stack.conf)], port=stack.spare_port).start()
+    try:
+        init = subprocess.run(
+            [
+                str(BIN / "keybroker"),
+                "operator",
+                "init",
+                "--shares",
+                "3",
+                "--threshold",
+                "2",
+                "--json",
+                "--data-dir",
+                str(server.data_dir),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert init.returncode == 0, init.stderr
+        shares = json.loads(init.stdout)["unseal_shares"]
+        pins = ",".join([_spki_pin("127.0.0.1", server.port), _spki_pin("127.0.0.1", stack.idp.port)])
+        # the browser of the fixture trusts the first server's key only: another with this one's
+        other = browser.browser_type.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=["--no-sandbox", f"--ignore-certificate-errors-spki-list={pins}"],
+        )
+        try:
+            page = other.new_page(viewport={"width": 1280, "height": 800})
+            _sign_in(page, stack, "alice", server)
+            assert page.url.endswith("/ui/system")
+            assert page.inner_text("#seal-state") == "sealed"
+            page.fill("#share", "not a share!")
+            page.click("text=Give this share")
+            assert "share" in page.inner_text("p.error").lower()
+            page.fill("#share", shares[0])
+            page.click("text=Give this share")
+            assert "1/2" in page.inner_text("main")
+            page.screenshot(path=str(stack.shots / "system-unseal.png"), full_page=True)
+            page.fill("#share", shares[1])
+            page.click("text=Give this share")
+            assert page.inner_text("#seal-state") == "unsealed"
+            page.goto(f"{server.url}/ui/audit?action=sys.unseal")
+            results = page.inner_text("#results")
+            assert "success" in results and "failed" in results
+        finally:
+            other.close()
+    finally:
+        server.stop()
