@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from keybroker.auth.config import OidcSettings
 from keybroker.errors import InvalidInput
 from keybroker.keystores.config import KeystoreSettings
 from keybroker.seal.config import SealSettings
@@ -85,6 +86,18 @@ class AuditSettings(BaseModel):
     checkpoint_log: bool = False
 
 
+class ConsoleSettings(BaseModel):
+    """The web console at ``/ui``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    #: A session ends after this long without a request, seconds.
+    session_idle_seconds: int = Field(default=900, ge=60, le=86_400)
+    #: ... and this long after sign-in in any case, seconds.
+    session_max_seconds: int = Field(default=8 * 3600, ge=300, le=7 * 86_400)
+
+
 class Settings(BaseModel):
     """Everything ``keybroker serve`` and the local operator commands need."""
 
@@ -107,6 +120,9 @@ class Settings(BaseModel):
     seal: SealSettings = Field(default_factory=SealSettings)
     limits: LimitsSettings = Field(default_factory=LimitsSettings)
     audit: AuditSettings = Field(default_factory=AuditSettings)
+    #: None: no OpenID provider (the console's dev login under --dev only).
+    oidc: OidcSettings | None = None
+    console: ConsoleSettings = Field(default_factory=ConsoleSettings)
 
     @field_validator("listen")
     @classmethod

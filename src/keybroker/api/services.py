@@ -23,7 +23,10 @@ from keybroker.audit.checkpoint import (
     load_or_create_key,
 )
 from keybroker.audit.guard import ChainGuard, Checkpointer
+from keybroker.auth.authn import Authenticator
+from keybroker.auth.oidc import OidcProvider
 from keybroker.auth.registry import TokenRegistry
+from keybroker.auth.rolestore import RoleStore
 from keybroker.auth.tokens import load_or_create_signing_key
 from keybroker.collateral.store import DbCollateralSource
 from keybroker.collateral.trust import DEV_PKI_DIR as DEV_PKI_DIR  # where tests find the dev PKI
@@ -159,6 +162,12 @@ class Services:
     unseal: UnsealService
     #: Authenticates the audit chain head before appends, checkpoints it (started with the app).
     checkpointer: Checkpointer
+    #: Custom roles, and role names resolved to permissions.
+    roles: RoleStore
+    #: Bearer tokens (keybroker's and the OpenID provider's) to principals, roles resolved.
+    authn: Authenticator
+    #: The organisation's OpenID provider (``[oidc]``), or None.
+    oidc: OidcProvider | None
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -174,6 +183,8 @@ class Services:
         load_or_create_signing_key(data_dir / TOKEN_KEY_FILE)
         tokens = TokenRegistry(db, data_dir / TOKEN_KEY_FILE)
         tokens.register_key()
+        roles = RoleStore(db)
+        oidc = OidcProvider(settings.oidc) if settings.oidc is not None else None
         if settings.dev:
             _dev_pki(dev_pki_dir(settings))  # created, or its collateral refreshed, before it is read
         verifier = REGISTRY.verifier(evidence_trust(settings, DbCollateralSource(db)))
@@ -226,6 +237,9 @@ class Services:
                 ),
             ),
             checkpointer,
+            roles,
+            Authenticator(tokens, roles, oidc),
+            oidc,
         )
         _warn_key_certificates_under_tls_anchor(services.keys, cas)
         if settings.dev:

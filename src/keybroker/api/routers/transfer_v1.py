@@ -97,7 +97,7 @@ def _optional_principal(request: Request, svc: Services) -> Principal | None:
     token = bearer(request)
     if token is None:
         return None
-    p = svc.tokens.verify(token)
+    p = svc.authn.verify(token)
     request.state.principal = p
     return p
 
