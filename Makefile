@@ -25,9 +25,11 @@ run: venv
 system-deps:
 	./scripts/install-system-deps.sh
 
+## ruff, and the package layers (import-linter's contracts in pyproject.toml; docs/architecture.md).
 lint: venv
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
+	$(BIN)/lint-imports
 
 typecheck: venv
 	$(BIN)/mypy

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import dcap_qvl
 
-from keybroker.tee.dcap.collateral import QuoteCollateral
+from keybroker.tee.dcap.endorsements import QuoteCollateral
 from keybroker.tee.dcap.verify import verify_quote
 
 CORPUS = Path(__file__).resolve().parents[1] / "tests" / "vectors" / "attestation"

@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from keybroker.auth.config import OidcSettings
 from keybroker.errors import InvalidInput
 from keybroker.keystores.config import KeystoreSettings
 from keybroker.seal.config import SealSettings
@@ -102,6 +103,18 @@ class CollateralSettings(BaseModel):
         return value
 
 
+class ConsoleSettings(BaseModel):
+    """The web console at ``/ui``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    #: A session ends after this long without a request, seconds.
+    session_idle_seconds: int = Field(default=900, ge=60, le=86_400)
+    #: ... and this long after sign-in in any case, seconds.
+    session_max_seconds: int = Field(default=8 * 3600, ge=300, le=7 * 86_400)
+
+
 class Settings(BaseModel):
     """Everything ``keybroker serve`` and the local operator commands need."""
 
@@ -125,6 +138,9 @@ class Settings(BaseModel):
     limits: LimitsSettings = Field(default_factory=LimitsSettings)
     audit: AuditSettings = Field(default_factory=AuditSettings)
     collateral: CollateralSettings = Field(default_factory=CollateralSettings)
+    #: None: no OpenID provider (the console's dev login under --dev only).
+    oidc: OidcSettings | None = None
+    console: ConsoleSettings = Field(default_factory=ConsoleSettings)
 
     @field_validator("listen")
     @classmethod

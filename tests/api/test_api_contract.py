@@ -109,7 +109,8 @@ def test_openapi_documents_problems_not_422(client: TestClient) -> None:
     assert doc["components"]["securitySchemes"]["bearer"] == {
         "type": "http",
         "scheme": "bearer",
-        "description": "a keybroker token (ES384 JWT); see 'keybroker token create'",
+        "description": "a keybroker token (ES384 JWT; see 'keybroker token create'), or a JWT of the "
+        "configured OpenID Connect provider",
     }
     problem = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
     for method, path, op in _operations(doc):

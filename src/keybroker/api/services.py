@@ -9,6 +9,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from keybroker import datadir
+from keybroker.appraisal.registry import REGISTRY
+from keybroker.attestation.ear import jwks_keys
+from keybroker.attestation.keyring_store import KeyringStore
+from keybroker.attestation.remote import RemoteAttestation
+from keybroker.attestation.service import AttestationService, TrustedIssuer
 from keybroker.audit import log as audit
 from keybroker.audit.checkpoint import (
     CHECKPOINT_FILE,
@@ -18,31 +23,30 @@ from keybroker.audit.checkpoint import (
     load_or_create_key,
 )
 from keybroker.audit.guard import ChainGuard, Checkpointer
+from keybroker.auth.authn import Authenticator
+from keybroker.auth.oidc import OidcProvider
 from keybroker.auth.registry import TokenRegistry
+from keybroker.auth.rolestore import RoleStore
 from keybroker.auth.tokens import load_or_create_signing_key
 from keybroker.collateral.store import DbCollateralSource
 from keybroker.collateral.trust import DEV_PKI_DIR as DEV_PKI_DIR  # where tests find the dev PKI
 from keybroker.collateral.trust import dev_pki_dir, evidence_trust
 from keybroker.config import Settings, TrustedAttestationService
 from keybroker.errors import InvalidInput, KeybrokerError
-from keybroker.keys.kbs_v0 import KbsV0Service
 from keybroker.keys.release import ReleaseService
 from keybroker.keys.service import KeyService
+from keybroker.keys.serviceca import ServiceCA, ServiceCAs, load_or_create_cas
 from keybroker.keystores.base import KeyStore
 from keybroker.keystores.factory import build_keystore
 from keybroker.limits import FailureLimit, OutstandingCap
+from keybroker.resources.service import KbsV0Service
 from keybroker.seal.autounseal import configure_auto_unseal
 from keybroker.seal.barrier import Barrier
 from keybroker.seal.unseal import UnsealService
-from keybroker.serviceca import ServiceCA, ServiceCAs, load_or_create_cas
 from keybroker.store.db import Database
-from keybroker.tee.dcap.collateral import QuoteCollateral
+from keybroker.tee.dcap.endorsements import QuoteCollateral
 from keybroker.tee.sim import DevPki
 from keybroker.tee.verifier import Verifier
-from keybroker.tokens.ear import jwks_keys
-from keybroker.tokens.keyring_store import KeyringStore
-from keybroker.tokens.remote import RemoteAttestation
-from keybroker.tokens.service import AttestationService, TrustedIssuer
 
 log = logging.getLogger("keybroker")
 
@@ -158,6 +162,12 @@ class Services:
     unseal: UnsealService
     #: Authenticates the audit chain head before appends, checkpoints it (started with the app).
     checkpointer: Checkpointer
+    #: Custom roles, and role names resolved to permissions.
+    roles: RoleStore
+    #: Bearer tokens (keybroker's and the OpenID provider's) to principals, roles resolved.
+    authn: Authenticator
+    #: The organisation's OpenID provider (``[oidc]``), or None.
+    oidc: OidcProvider | None
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -173,10 +183,11 @@ class Services:
         load_or_create_signing_key(data_dir / TOKEN_KEY_FILE)
         tokens = TokenRegistry(db, data_dir / TOKEN_KEY_FILE)
         tokens.register_key()
+        roles = RoleStore(db)
+        oidc = OidcProvider(settings.oidc) if settings.oidc is not None else None
         if settings.dev:
             _dev_pki(dev_pki_dir(settings))  # created, or its collateral refreshed, before it is read
-        trust = evidence_trust(settings, DbCollateralSource(db))
-        verifier = Verifier(trust.collateral, dev_roots=trust.dev_roots)
+        verifier = REGISTRY.verifier(evidence_trust(settings, DbCollateralSource(db)))
         nonce_ttl = timedelta(seconds=settings.nonce_ttl_seconds)
         trusted = [_trusted_issuer(i, t) for i, t in enumerate(settings.trust.attestation_services)]
         limits = settings.limits
@@ -226,6 +237,9 @@ class Services:
                 ),
             ),
             checkpointer,
+            roles,
+            Authenticator(tokens, roles, oidc),
+            oidc,
         )
         _warn_key_certificates_under_tls_anchor(services.keys, cas)
         if settings.dev:

@@ -59,6 +59,15 @@ ACTIONS: frozenset[str] = frozenset(
         "token.search",
         "token.revoke",
         "token.key.rotate",
+        # roles (/kbs/v1/roles, keybroker role ...)
+        "role.create",
+        "role.retrieve",
+        "role.search",
+        "role.update",
+        "role.delete",
+        # the web console's sign-in and sign-out (/ui)
+        "console.login",
+        "console.logout",
         # keys (/kbs/v1/keys)
         "key.create",
         "key.import",
@@ -105,6 +114,15 @@ SEALED_ACTIONS: Mapping[str, frozenset[str]] = MappingProxyType(
         "token.search": OUTCOMES,
         "token.revoke": OUTCOMES,
         "token.key.rotate": OUTCOMES,
+        # Roles, like tokens, are changed by `keybroker role` on the operator's host too.
+        "role.create": OUTCOMES,
+        "role.retrieve": OUTCOMES,
+        "role.search": OUTCOMES,
+        "role.update": OUTCOMES,
+        "role.delete": OUTCOMES,
+        # Operators sign in to the console to unseal it.
+        "console.login": OUTCOMES,
+        "console.logout": OUTCOMES,
     }
 )
 

@@ -122,6 +122,8 @@ def sim_fields(values: list[str] | None) -> dict[str, str]:
 
 def provider(tee: str, dev_pki: Path | None, sim_field: list[str] | None, root: Path) -> ev.Provider:
     """The evidence provider ``--tee`` names (``auto``: what this machine offers, said on stderr)."""
+    from keybroker.cli.client_sim import Simulator  # the simulator's dev PKI: loaded only when asked for
+
     fields = sim_fields(sim_field)
     if dev_pki is not None and not tee.startswith("sim-"):
         raise InvalidInput("--dev-pki is for --tee sim-tdx or sim-sgx only", field="dev_pki")
@@ -134,8 +136,8 @@ def provider(tee: str, dev_pki: Path | None, sim_field: list[str] | None, root: 
             raise EvidenceUnavailable("no TEE interface found (--tee sim-tdx or sim-sgx for the simulator)")
         chosen = found.provider
     else:
-        chosen = ev.provider_for(tee, root=root, dev_pki=dev_pki, sim_fields=fields)
-    if isinstance(chosen, ev.Simulator):
+        chosen = ev.provider_for(tee, root=root, dev_pki=dev_pki, sim_fields=fields, simulator=Simulator)
+    if isinstance(chosen, Simulator):
         say(f"WARNING: simulated {chosen.tee.upper()} evidence; NOT FOR PRODUCTION")
     log.info("evidence from %s", chosen.source)
     return chosen

@@ -1,4 +1,5 @@
-"""``keybroker evidence``: verify attestation evidence (Intel SGX/TDX DCAP quotes) from the command line.
+"""``keybroker evidence``: verify attestation evidence from the command line, through the one verifier
+(the TEEs of ``appraisal.registry``: Intel SGX/TDX DCAP quotes today).
 
 Exit codes: 0 verified, 1 rejected (the failed check and why are printed), 2 usage error (unreadable
 file, bad ``--at``, a quote that is not raw, hex or base64, unusable collateral or trust root).
@@ -21,8 +22,9 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from keybroker.appraisal.registry import REGISTRY
 from keybroker.cli.common import ConfigOpt, DatabaseOpt, DataDirOpt
-from keybroker.collateral.trust import EvidenceTrust, dev_pki_dir, dev_root_path, evidence_trust
+from keybroker.collateral.trust import dev_pki_dir, dev_root_path, evidence_trust
 from keybroker.config import Settings, load_settings
 from keybroker.errors import (
     CollateralError,
@@ -31,9 +33,10 @@ from keybroker.errors import (
     InvalidInput,
     VerificationError,
 )
-from keybroker.tee.dcap.collateral import QuoteCollateral
-from keybroker.tee.dcap.verify import CHECKS, VerifiedQuote, quote_fmspc_and_ca, verify_quote
-from keybroker.tee.verifier import CollateralSource, StaticCollateral
+from keybroker.tee.dcap.endorsements import QuoteCollateral
+from keybroker.tee.dcap.sources import CollateralSource, StaticCollateral
+from keybroker.tee.trust import EvidenceTrust
+from keybroker.tee.verifier import NO_REPORT_DATA, VerifiedEvidence, Verifier
 
 __all__ = [
     "CollateralLookup",
@@ -41,13 +44,16 @@ __all__ = [
     "UsageError",
     "app",
     "cli_settings",
+    "checks_before",
+    "decode_evidence",
     "decode_quote",
     "dev_hint",
     "parse_at",
     "server_trust",
     "set_collateral_lookup",
-    "trust_lookup",
+    "read_endorsements",
     "verify_command",
+    "verify_with",
 ]
 
 EXIT_VERIFIED: Final = 0
@@ -90,39 +96,48 @@ def set_collateral_lookup(lookup: CollateralLookup | None) -> None:
     _collateral_lookup = lookup
 
 
-def _looks_like_quote(raw: bytes) -> bool:
-    return len(raw) >= 4 and raw[0] in (3, 4, 5) and raw[1] == 0 and raw[2:4] == b"\x02\x00"
-
-
 _HEX: Final = re.compile(rb"(?:0x)?([0-9A-Fa-f]+)")
 _B64: Final = re.compile(rb"[A-Za-z0-9+/]+={0,2}|[A-Za-z0-9_-]+={0,2}")
 
 
-def decode_quote(data: bytes) -> bytes:
-    """A quote given raw, as hex, or as base64 (standard or URL-safe), detected strictly.
-
-    Raw input must start with a quote header (version 3-5, ECDSA-P256 key type); text input must be
-    one hex or base64 token (surrounding whitespace allowed) that decodes to such a header.
-    """
-    if _looks_like_quote(data):
-        return data
+def _candidates(data: bytes) -> list[bytes]:
+    """``data`` as given, then one hex or base64 (standard or URL-safe) token decoded (surrounding
+    whitespace allowed): the readings a verifier may recognize, in that order."""
+    out = [data]
     text = data.strip()
-    decoded: bytes | None = None
     hex_match = _HEX.fullmatch(text)
     if hex_match and len(hex_match.group(1)) % 2 == 0:
-        decoded = bytes.fromhex(hex_match.group(1).decode("ascii"))
+        out.append(bytes.fromhex(hex_match.group(1).decode("ascii")))
     elif _B64.fullmatch(text) and len(text) % 4 in (0, 2, 3):
         padded = text + b"=" * (-len(text) % 4)
         try:
             if b"-" in text or b"_" in text:
-                decoded = base64.urlsafe_b64decode(padded)
+                out.append(base64.urlsafe_b64decode(padded))
             else:
-                decoded = base64.b64decode(padded, validate=True)
+                out.append(base64.b64decode(padded, validate=True))
         except binascii.Error:
-            decoded = None
-    if decoded is None or not _looks_like_quote(decoded):
-        raise UsageError("the quote is not a DCAP quote in raw, hex or base64 form")
-    return decoded
+            pass
+    return out
+
+
+def _detector() -> Verifier:
+    """The registered TEEs' verifiers without trust: enough to recognize evidence."""
+    return REGISTRY.verifier(EvidenceTrust())
+
+
+def decode_evidence(data: bytes, verifier: Verifier | None = None) -> tuple[str, bytes]:
+    """(TEE, evidence) of evidence given raw, as hex, or as base64, detected strictly: the one
+    reading a registered TEE's verifier recognizes (a DCAP quote: its header, version 3-5,
+    ECDSA-P256 key type, the TEE type)."""
+    found = (verifier or _detector()).detect(_candidates(data))
+    if found is None:
+        raise UsageError(f"the quote is not {REGISTRY.listing()} evidence in raw, hex or base64 form")
+    return found
+
+
+def decode_quote(data: bytes) -> bytes:
+    """The evidence of :func:`decode_evidence`, without its TEE."""
+    return decode_evidence(data)[1]
 
 
 def parse_at(value: str) -> datetime:
@@ -159,34 +174,59 @@ def _load_roots(paths: Sequence[Path]) -> list[x509.Certificate]:
 
 
 def verify_command(
-    quote: bytes,
+    evidence: bytes,
     *,
-    collateral: QuoteCollateral | None,
+    collateral: object | None,
     at: datetime,
     trust_roots: Sequence[x509.Certificate] = (),
     collateral_lookup: CollateralLookup | None = None,
-) -> VerifiedQuote:
+) -> VerifiedEvidence:
     """What ``evidence verify`` does once its inputs are decoded.
 
     Without ``collateral`` the quote's (unverified) FMSPC / PCK CA / TEE select it through
     ``collateral_lookup`` (or the one installed with ``set_collateral_lookup``).
     """
+    source: CollateralSource = StaticCollateral()
     if collateral is None:
         lookup = collateral_lookup or _collateral_lookup
         if lookup is None:
             raise UsageError("collateral store lookup arrives with the server; pass --collateral")
-        fmspc, ca, tee = quote_fmspc_and_ca(quote)
-        collateral = lookup(bytes.fromhex(fmspc), ca, tee)
-    return verify_quote(quote, collateral, at=at, dev_roots=trust_roots)
+        source = _HookSource(lookup)
+    return verify_with(
+        EvidenceTrust(dev_roots=tuple(trust_roots), collateral=source), evidence, collateral, at
+    )
 
 
-def _checks_before(check: str, tee: str | None) -> list[str]:
+def verify_with(
+    trust: EvidenceTrust, evidence: bytes, endorsements: object | None, at: datetime
+) -> VerifiedEvidence:
+    """Verify ``evidence`` (raw, hex or base64) as a server with ``trust`` would, through the one
+    verifier; ``endorsements``: the caller's (``--collateral``), else ``trust``'s sources."""
+    verifier = REGISTRY.verifier(trust)
+    tee, raw = decode_evidence(evidence, verifier)
+    return verifier.verify(tee, raw, NO_REPORT_DATA, at=at, endorsements=endorsements)
+
+
+def read_endorsements(evidence: bytes, path: Path | None) -> object | None:
+    """``--collateral``: the caller's endorsements for the TEE of ``evidence`` (UsageError if unusable)."""
+    if path is None:
+        return None
+    detector = _detector()
+    tee, _ = decode_evidence(evidence, detector)
+    try:
+        return detector.plugin(tee).endorsements(_read(path, "collateral"))
+    except CollateralError as exc:
+        raise UsageError(f"collateral {path}: {exc.detail}") from None
+
+
+def checks_before(check: str, tee: str | None) -> list[str]:
+    """The checks of ``tee``'s verifier that passed before ``check`` failed."""
+    detector = _detector()
     done: list[str] = []
-    for name in CHECKS:
+    for name in detector.plugin(tee).checks if tee in detector.tees else ():
         if name == check:
             break
-        if name != "tdx_module" or tee == "tdx":
-            done.append(name)
+        done.append(name)
     return done
 
 
@@ -203,7 +243,7 @@ def _claims_table(claims: dict[str, Any]) -> Table:
     return table
 
 
-def _print_verified(result: VerifiedQuote) -> None:
+def _print_verified(result: VerifiedEvidence) -> None:
     _out.print("[bold green]VERIFIED[/bold green]")
     if result.sim:
         _out.print(
@@ -212,16 +252,10 @@ def _print_verified(result: VerifiedQuote) -> None:
     summary = Table(show_header=False, box=None)
     summary.add_column(style="bold")
     summary.add_column(overflow="fold")
-    summary.add_row("TEE", f"{result.tee.upper()} (quote v{result.quote_version})")
-    summary.add_row("TCB status", result.status)
-    summary.add_row("advisories", ", ".join(result.advisory_ids) or "none")
-    summary.add_row("FMSPC / PCK CA", f"{result.fmspc} / {result.pck_ca}")
-    summary.add_row("root", result.root)
-    summary.add_row("TCB date", result.tcb_date.isoformat())
-    summary.add_row("collateral expiry", result.collateral_expiry.isoformat())
-    summary.add_row("checks", ", ".join(result.checks))
+    for label, value in result.summary():
+        summary.add_row(label, value)
     _out.print(summary)
-    _out.print(_claims_table(result.claims.to_dict()))
+    _out.print(_claims_table(dict(result.claims)))
 
 
 def cli_settings(
@@ -275,7 +309,9 @@ class _HookSource:
     def __init__(self, lookup: CollateralLookup) -> None:
         self._lookup = lookup
 
-    def collateral_for(self, *, tee: str, fmspc: str, pck_ca: str) -> QuoteCollateral:
+    def collateral_for(
+        self, *, tee: str, fmspc: str, pck_ca: str, at: datetime | None = None
+    ) -> QuoteCollateral:
         return self._lookup(bytes.fromhex(fmspc), pck_ca, tee)
 
 
@@ -286,12 +322,6 @@ def dev_hint(settings: Settings | None) -> str:
     return (
         f" ({dev_pki_dir(settings)} holds the dev simulator's PKI: add --dev to trust its root and "
         "collateral as 'keybroker serve --dev' does)"
-    )
-
-
-def trust_lookup(trust: EvidenceTrust) -> CollateralLookup:
-    return lambda fmspc, ca, tee: trust.collateral.collateral_for(
-        tee=tee, fmspc=fmspc.hex().upper(), pck_ca=ca
     )
 
 
@@ -334,27 +364,17 @@ def verify(
     """Verify a quote: verdict, TCB status, advisories, checks performed and claims. It trusts what
     the server of --data-dir/--database/--config trusts (with --dev, a 'serve --dev' one: its dev PKI
     too); collateral comes from --collateral or else from that server's collateral store."""
-    raw = b""
     settings: Settings | None = None
+    tee: str | None = None
     try:
         when = parse_at(at) if at is not None else datetime.now(UTC)
-        raw = decode_quote(_read(quote, "quote"))
-        coll = None
-        if collateral is not None:
-            try:
-                coll = QuoteCollateral.from_json(_read(collateral, "collateral"))
-            except CollateralError as exc:
-                raise UsageError(f"collateral {collateral}: {exc.detail}") from None
+        raw = _read(quote, "quote")
+        tee, _ = decode_evidence(raw)
+        endorsements = read_endorsements(raw, collateral)
         extra = _load_roots(trust_root or [])
         settings = cli_settings(config, data_dir, database, dev)
-        trust = server_trust(settings, at=when, extra_roots=extra, need_store=coll is None)
-        result = verify_command(
-            raw,
-            collateral=coll,
-            at=when,
-            trust_roots=trust.dev_roots,
-            collateral_lookup=None if coll is not None else trust_lookup(trust),
-        )
+        trust = server_trust(settings, at=when, extra_roots=extra, need_store=endorsements is None)
+        result = verify_with(trust, raw, endorsements, when)
     except UsageError as exc:
         _error(str(exc))
         raise typer.Exit(EXIT_USAGE) from None
@@ -366,13 +386,12 @@ def verify(
         raise typer.Exit(EXIT_USAGE) from None
     except (EvidenceParseError, VerificationError) as exc:
         check = exc.check if isinstance(exc, VerificationError) else "parse"
-        tee = "tdx" if raw[4:8] == b"\x81\x00\x00\x00" else "sgx"
         if json_output:
             doc: dict[str, Any] = {
                 "verdict": "rejected",
                 "failed_check": check,
                 "reason": exc.detail,
-                "checks_passed": _checks_before(check, tee),
+                "checks_passed": checks_before(check, tee),
                 "at": when.isoformat(),
             }
             if isinstance(exc, EvidenceParseError):
@@ -385,6 +404,7 @@ def verify(
             _out.print(f"why: {exc.detail}{hint}", highlight=False)
         raise typer.Exit(EXIT_REJECTED) from None
     if json_output:
-        typer.echo(json.dumps({"verdict": "verified", "at": when.isoformat(), **result.to_dict()}, indent=2))
+        report = {k: v.isoformat() if isinstance(v, datetime) else v for k, v in result.report().items()}
+        typer.echo(json.dumps({"verdict": "verified", "at": when.isoformat(), **report}, indent=2))
     else:
         _print_verified(result)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 import typer
 
 from keybroker import __version__, datadir
-from keybroker.cli import audit, collateral, devpki, evidence, keystore, policy, serving, token
+from keybroker.cli import audit, collateral, devpki, evidence, keystore, policy, role, serving, token
 from keybroker.cli.common import (
     EXIT_CODES_HELP,
     EXIT_FAILED,
@@ -48,6 +48,7 @@ operator_app = typer.Typer(
 )
 app.add_typer(operator_app, name="operator")
 app.add_typer(token.app, name="token")
+app.add_typer(role.app, name="role")
 app.add_typer(audit.app, name="audit")
 app.add_typer(devpki.app, name="dev-pki")
 app.add_typer(evidence.app, name="evidence")
@@ -170,7 +171,7 @@ def serve(
     from keybroker import logs
     from keybroker.api.app import create_app
     from keybroker.api.services import Services
-    from keybroker.serviceca import CA_DIR, TLS_CA_CERT, load_or_create_server_cert
+    from keybroker.keys.serviceca import CA_DIR, TLS_CA_CERT, load_or_create_server_cert
 
     settings = _settings(
         config, data_dir, database, listen=listen, insecure_http=insecure_http, dev=dev, log_format=log_format

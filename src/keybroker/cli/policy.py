@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from keybroker.appraisal import rego, secl
 from keybroker.appraisal.decision import Decision
 from keybroker.appraisal.input import appraisal_input
+from keybroker.appraisal.policy import TransferPolicyBody
 from keybroker.cli.common import (
     EXIT_FAILED,
     EXIT_USAGE,
@@ -30,16 +31,14 @@ from keybroker.cli.evidence import (
     _load_roots,
     _read,
     cli_settings,
-    decode_quote,
+    decode_evidence,
     dev_hint,
     parse_at,
+    read_endorsements,
     server_trust,
-    trust_lookup,
-    verify_command,
+    verify_with,
 )
-from keybroker.errors import CollateralError, CollateralNotFound, EvidenceError, InvalidInput
-from keybroker.keys.policy import TransferPolicyBody
-from keybroker.tee.dcap.collateral import QuoteCollateral
+from keybroker.errors import CollateralNotFound, EvidenceError, InvalidInput
 
 app = typer.Typer(help="Key-transfer policies: dry runs on recorded evidence.", no_args_is_help=True)
 
@@ -91,30 +90,23 @@ def test(
     dev: DevOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the decision as JSON")] = False,
 ) -> None:
-    """Verify the quote as the server of --data-dir/--database/--config would (with --dev, a
+    """Verify the evidence as the server of --data-dir/--database/--config would (with --dev, a
     'serve --dev' one: its dev PKI too), then evaluate the policy on its claims and print every
     reason. Exit 0 allowed, 1 denied or evidence rejected, 2 usage error."""
     settings = None
     try:
         decide = _load_policy(policy)
-        raw = decode_quote(_read(quote, "quote"))
-        coll = QuoteCollateral.from_json(_read(collateral, "collateral")) if collateral else None
+        raw = _read(quote, "quote")
+        decode_evidence(raw)
+        endorsements = read_endorsements(raw, collateral)
         when = parse_at(at) if at else datetime.now(UTC)
         extra = _load_roots(trust_root)
         settings = cli_settings(config, data_dir, database, dev)
-        trust = server_trust(settings, at=when, extra_roots=extra, need_store=coll is None)
+        trust = server_trust(settings, at=when, extra_roots=extra, need_store=endorsements is None)
     except UsageError as exc:
         fail(str(exc), EXIT_USAGE)
-    except CollateralError as exc:
-        fail(f"collateral {collateral}: {exc.detail}", EXIT_USAGE)
     try:
-        verified = verify_command(
-            raw,
-            collateral=coll,
-            at=when,
-            trust_roots=trust.dev_roots,
-            collateral_lookup=None if coll is not None else trust_lookup(trust),
-        )
+        verified = verify_with(trust, raw, endorsements, when)
     except CollateralNotFound as exc:
         fail(f"{exc.detail}{dev_hint(settings)}", EXIT_FAILED)
     except EvidenceError as exc:

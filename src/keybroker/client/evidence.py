@@ -7,8 +7,9 @@
   ``TDX_CMD_GET_QUOTE`` through the GHCI GetQuote buffer), for kernels before configfs-tsm.
   ABI: include/uapi/linux/tdx-guest.h of the TDX guest kernels.
 - :class:`GramineAttestation`: SGX under Gramine (``/dev/attestation``, DCAP).
-- :class:`Simulator`: the dev TEE simulator (``--tee sim-sgx|sim-tdx --dev-pki DIR``). NOT FOR
-  PRODUCTION: its quotes verify only where the dev root is trusted (``keybroker serve --dev``).
+- the dev TEE simulator (``--tee sim-sgx|sim-tdx --dev-pki DIR``): ``keybroker.cli.client_sim``,
+  injected into :func:`provider_for` (it signs with server code). NOT FOR PRODUCTION: its quotes
+  verify only where the dev root is trusted (``keybroker serve --dev``).
 
 Every path hangs off ``root`` (``/`` by default) and file and ioctl access is injectable, so tests run
 against a fake configfs tree and fake device files in a temp dir. :func:`detect` looks for each
@@ -60,7 +61,7 @@ class Provider(Protocol):
     def evidence(self, report_data: bytes) -> Evidence: ...
 
 
-def _check_report_data(report_data: bytes) -> None:
+def check_report_data(report_data: bytes) -> None:
     if len(report_data) != REPORT_DATA_SIZE:
         raise InvalidInput(
             f"report data must be {REPORT_DATA_SIZE} bytes, got {len(report_data)}", field="report_data"
@@ -176,7 +177,7 @@ class ConfigfsTsm:
         return f"configfs-tsm ({self.provider()})"
 
     def evidence(self, report_data: bytes) -> Evidence:
-        _check_report_data(report_data)
+        check_report_data(report_data)
         tee = self.tee
         with self._entry() as entry:
             provider = self._read(entry / "provider").decode("ascii", "replace").strip()
@@ -246,7 +247,7 @@ def _os_ioctl(fd: int, request: int, arg: bytearray) -> None:
 
 
 def encode_report_request(report_data: bytes) -> bytearray:
-    _check_report_data(report_data)
+    check_report_data(report_data)
     return bytearray(report_data + bytes(TDX_REPORT_LEN))
 
 
@@ -360,7 +361,7 @@ class GramineAttestation:
         return f"Gramine {self.dir}"
 
     def evidence(self, report_data: bytes) -> Evidence:
-        _check_report_data(report_data)
+        check_report_data(report_data)
         kind = self.attestation_type()
         if kind != "dcap":
             raise EvidenceUnavailable(
@@ -429,41 +430,9 @@ def parse_sim_fields(tee: Literal["sgx", "tdx"], fields: Mapping[str, str]) -> d
     return out
 
 
-class Simulator:
-    """Real-format quotes signed by a dev PKI (NOT FOR PRODUCTION)."""
-
-    def __init__(
-        self, tee: Literal["sgx", "tdx"], dev_pki: Path, fields: Mapping[str, str] | None = None
-    ) -> None:
-        from keybroker.tee.sim import DevPki
-
-        self._tee: Literal["sgx", "tdx"] = tee
-        self._fields = parse_sim_fields(tee, fields or {})
-        try:
-            self._pki = DevPki.load(dev_pki)
-        except (OSError, ValueError, KeyError) as exc:
-            raise InvalidInput(
-                f"--dev-pki {dev_pki} is not a readable dev PKI: {exc}", field="dev_pki"
-            ) from None
-        self._dir = dev_pki
-
-    @property
-    def tee(self) -> TeeName:
-        return self._tee
-
-    @property
-    def source(self) -> str:
-        return f"simulator sim-{self._tee} (dev PKI {self._dir}; NOT FOR PRODUCTION)"
-
-    def evidence(self, report_data: bytes) -> Evidence:
-        from keybroker.tee.sim import sgx_quote, tdx_quote
-
-        _check_report_data(report_data)
-        if self._tee == "tdx":
-            quote = tdx_quote(self._pki, report_data=report_data, **self._fields)
-        else:
-            quote = sgx_quote(self._pki, report_data=report_data, **self._fields)
-        return Evidence(self._tee, quote, self.source, simulated=True)
+#: Makes the simulator's provider (``keybroker.cli.client_sim.Simulator``): the simulator signs with
+#: the dev PKI of ``keybroker.tee.sim``, which is server code, so this library only takes it injected.
+SimulatorFactory = Callable[[Literal["sgx", "tdx"], Path, Mapping[str, str]], "Provider"]
 
 
 # --- choosing ------------------------------------------------------------------------------------------
@@ -526,14 +495,21 @@ def provider_for(
     sim_fields: Mapping[str, str] | None = None,
     fs: TsmFs | None = None,
     ioctl: Ioctl | None = None,
+    simulator: SimulatorFactory | None = None,
 ) -> Provider:
-    """The provider for ``--tee``: ``auto`` (detect), ``tdx``, ``snp``, ``sgx``, ``sim-tdx``, ``sim-sgx``."""
+    """The provider for ``--tee``: ``auto`` (detect), ``tdx``, ``snp``, ``sgx``, ``sim-tdx``, ``sim-sgx``
+    (``sim-*`` with ``simulator``, which ``keybroker-client`` passes)."""
     if tee not in TEE_CHOICES:
         raise InvalidInput(f"--tee {tee!r} is not one of {', '.join(TEE_CHOICES)}", field="tee")
     if tee.startswith("sim-"):
         if dev_pki is None:
             raise InvalidInput(f"--tee {tee} needs --dev-pki DIR (the broker's dev PKI)", field="dev_pki")
-        return Simulator("sgx" if tee == "sim-sgx" else "tdx", dev_pki, sim_fields)
+        if simulator is None:
+            raise InvalidInput(
+                f"--tee {tee}: the simulator is not part of this library (keybroker-client has it)",
+                field="tee",
+            )
+        return simulator("sgx" if tee == "sim-sgx" else "tdx", dev_pki, sim_fields or {})
     if sim_fields:
         raise InvalidInput("--sim-field is for --tee sim-tdx or sim-sgx only", field="sim-field")
     found = detect(root, fs, ioctl)

@@ -27,7 +27,7 @@ from keybroker.client.http import Transport
 from keybroker.client.material import ReleasedKey, classify
 from keybroker.client.unwrap import jwe_unwrap
 from keybroker.errors import InvalidInput
-from keybroker.keys.binding import V0_HASHES, v0_report_data
+from keybroker.wire.binding import V0_HASHES, v0_report_data
 
 log = logging.getLogger("keybroker.client")
 

@@ -32,7 +32,7 @@ from keybroker.client.http import Transport
 from keybroker.client.material import ReleasedKey, classify
 from keybroker.client.unwrap import secl_unwrap
 from keybroker.errors import InvalidInput
-from keybroker.keys.binding import v1_report_data
+from keybroker.wire.binding import v1_report_data
 
 log = logging.getLogger("keybroker.client")
 

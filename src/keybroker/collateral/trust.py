@@ -17,17 +17,18 @@ so the command line never writes a data dir it inspects.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
 from cryptography import x509
 
-from keybroker.collateral.items import TrustedRoots
 from keybroker.config import Settings
 from keybroker.errors import CollateralError, InvalidInput
-from keybroker.tee.dcap.collateral import QuoteCollateral
-from keybroker.tee.verifier import TEES, ChainedCollateral, CollateralSource, StaticCollateral
+from keybroker.tee.dcap.chain import TrustedRoots
+from keybroker.tee.dcap.endorsements import QuoteCollateral
+from keybroker.tee.dcap.plugin import DCAP_TEES
+from keybroker.tee.dcap.sources import ChainedCollateral, CollateralSource, StaticCollateral
+from keybroker.tee.trust import EvidenceTrust
 
 __all__ = [
     "DEV_PKI_DIR",
@@ -89,7 +90,7 @@ def collateral_roots(settings: Settings, extra: Iterable[x509.Certificate] = ())
 def _dev_collateral(settings: Settings) -> StaticCollateral:
     directory = dev_pki_dir(settings)
     static = StaticCollateral()
-    for tee in TEES:
+    for tee in DCAP_TEES:
         path = directory / f"collateral-{tee}.json"
         try:
             static.add(QuoteCollateral.from_json(path.read_text()))
@@ -101,15 +102,6 @@ def _dev_collateral(settings: Settings) -> StaticCollateral:
     return static
 
 
-@dataclass(frozen=True, slots=True)
-class EvidenceTrust:
-    """What a quote is verified against: where its collateral comes from, and the roots trusted
-    besides Intel's (``Verifier(collateral, dev_roots=...)``, ``verify_quote(..., dev_roots=...)``)."""
-
-    collateral: CollateralSource
-    dev_roots: tuple[x509.Certificate, ...]
-
-
 def evidence_trust(
     settings: Settings, store: CollateralSource, *, extra_roots: Iterable[x509.Certificate] = ()
 ) -> EvidenceTrust:
@@ -117,4 +109,4 @@ def evidence_trust(
     (the collateral store), and the configured roots plus ``extra_roots`` (``--trust-root``)."""
     roots = (*configured_roots(settings), *extra_roots)
     sources: list[CollateralSource] = [_dev_collateral(settings)] if settings.dev else []
-    return EvidenceTrust(ChainedCollateral(*sources, store), roots)
+    return EvidenceTrust(dev_roots=roots, collateral=ChainedCollateral(*sources, store))

@@ -29,8 +29,9 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from keybroker import aead
 from keybroker.errors import Conflict, InvalidInput, Sealed
-from keybroker.seal import aead, shamir
+from keybroker.seal import shamir
 from keybroker.store.db import Database
 from keybroker.store.models import SealConfig
 

@@ -234,6 +234,50 @@ class BearerToken(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     revoked_by: Mapped[str | None] = mapped_column(String(256), nullable=True)
     revoke_reason: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    #: Roles the token names (resolved to permissions each time it is used); [] for none.
+    roles: Mapped[list[str]] = mapped_column(JSON, default=list)
+
+
+class Role(Base):
+    """A custom role: a named set of permissions (the built-in roles live in the code)."""
+
+    __tablename__ = "roles"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    permissions: Mapped[list[str]] = mapped_column(JSON)
+    description: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_by: Mapped[str] = mapped_column(String(256))
+
+
+class ConsoleSession(Base):
+    """A web console session, or a sign-in under way (``state`` "pending").
+
+    The browser holds a random secret in a cookie; only its SHA-256 is stored (``id``), so the table
+    holds nothing that signs anyone in. Who the person is and which roles they have comes from the
+    OpenID provider (or the dev login); the roles are resolved to permissions at each request.
+    """
+
+    __tablename__ = "console_sessions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    #: "pending" (sent to the OpenID provider, not back yet) or "active".
+    state: Mapped[str] = mapped_column(String(16))
+    #: "oidc" or "dev".
+    source: Mapped[str] = mapped_column(String(16))
+    subject: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    email: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    name: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    roles: Mapped[list[str]] = mapped_column(JSON, default=list)
+    #: Pending sign-ins: the OAuth state, the OpenID nonce and the PKCE code verifier.
+    oidc_state: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    oidc_nonce: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    oidc_verifier: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    #: The absolute end (the idle timeout ends it earlier).
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 class SnpCollateralItem(Base):

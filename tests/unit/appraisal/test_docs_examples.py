@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 
 from keybroker.appraisal import rego, secl
 from keybroker.appraisal.input import appraisal_input
+from keybroker.appraisal.policy import TransferPolicyBody
 from keybroker.cli.main import app
-from keybroker.keys.policy import TransferPolicyBody
 from keybroker.tee.sim import DEFAULT_MRTD
 
 DOC = Path(__file__).resolve().parents[3] / "docs" / "policies.md"

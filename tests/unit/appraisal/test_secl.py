@@ -11,8 +11,8 @@ from tests.helpers.sim_evidence import SimEvidence
 from keybroker.appraisal import secl
 from keybroker.appraisal.decision import Decision
 from keybroker.appraisal.input import appraisal_input
+from keybroker.appraisal.policy import TransferPolicyBody
 from keybroker.errors import VerificationError
-from keybroker.keys.policy import TransferPolicyBody
 from keybroker.tee.sim import (
     DEFAULT_MRENCLAVE,
     DEFAULT_MRSEAM,

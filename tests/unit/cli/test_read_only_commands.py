@@ -1,5 +1,5 @@
 """The read-only commands (``audit list``, ``audit verify``, ``keystore check``, ``token list``,
-``collateral list``, ``collateral export``) given
+``role list``, ``collateral list``, ``collateral export``) given
 a wrong --data-dir or --database: "no keybroker data", exit 2, and nothing created there. Before,
 ``audit verify`` in a wrong folder left an empty ``keybroker.db`` behind."""
 
@@ -24,6 +24,7 @@ COMMANDS = [
     ["audit", "verify"],
     ["keystore", "check"],
     ["token", "list"],
+    ["role", "list"],
     ["collateral", "list"],
     ["collateral", "export", "--fmspc", "00906ED50000", "--out", "bundle.json"],
 ]

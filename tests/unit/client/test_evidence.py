@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from keybroker.cli.client_sim import Simulator
 from keybroker.client import evidence as ev
 from keybroker.client.errors import EvidenceUnavailable
 from keybroker.errors import InvalidInput
@@ -272,11 +273,11 @@ def test_provider_for_usage_errors(tmp_path: Path) -> None:
     with pytest.raises(InvalidInput, match="not one of"):
         ev.provider_for("sev", root=tmp_path)
     with pytest.raises(InvalidInput, match="needs --dev-pki"):
-        ev.provider_for("sim-tdx", root=tmp_path)
+        ev.provider_for("sim-tdx", root=tmp_path, simulator=Simulator)
     with pytest.raises(InvalidInput, match="sim-tdx or sim-sgx only"):
         ev.provider_for("auto", root=tmp_path, sim_fields={"mrtd": "00"})
     with pytest.raises(InvalidInput, match="not a readable dev PKI"):
-        ev.provider_for("sim-tdx", root=tmp_path, dev_pki=tmp_path / "nothing")
+        ev.provider_for("sim-tdx", root=tmp_path, dev_pki=tmp_path / "nothing", simulator=Simulator)
 
 
 # --- simulator -----------------------------------------------------------------------------------------
@@ -290,13 +291,15 @@ def pki_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_simulator_quotes_carry_report_data_and_fields(pki_dir: Path) -> None:
-    tdx = ev.provider_for("sim-tdx", dev_pki=pki_dir, sim_fields={"mrtd": "11" * 48, "tcb": "outofdate"})
+    tdx = ev.provider_for(
+        "sim-tdx", dev_pki=pki_dir, sim_fields={"mrtd": "11" * 48, "tcb": "outofdate"}, simulator=Simulator
+    )
     got = tdx.evidence(RD)
     assert got.simulated and got.tee == "tdx" and "NOT FOR PRODUCTION" in got.source
     quote = parse_quote(got.quote)
     assert quote.report_data == RD
     assert RD in got.quote and bytes.fromhex("11" * 48) in got.quote
-    sgx = ev.Simulator("sgx", pki_dir, {"isvprodid": "7", "isvsvn": "0x2", "debug": "false"})
+    sgx = Simulator("sgx", pki_dir, {"isvprodid": "7", "isvsvn": "0x2", "debug": "false"})
     assert parse_quote(sgx.evidence(RD).quote).report_data == RD
 
 

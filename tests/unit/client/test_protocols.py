@@ -1,5 +1,5 @@
 """The /kbs/v1 and /kbs/v0 exchanges against mock brokers that check the binding the way the real one
-does (keybroker.keys.binding) and wrap with the real wrap (keybroker.keys.wrap)."""
+does (keybroker.wire.binding) and wrap with the real wrap (keybroker.keys.wrap)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ from keybroker.client.http import RetryPolicy, Transport
 from keybroker.client.protocol_v0 import fetch_resource
 from keybroker.client.protocol_v1 import Timings, fetch_key, request_challenge
 from keybroker.errors import InvalidInput
-from keybroker.keys import binding, wrap
+from keybroker.keys import wrap
+from keybroker.wire import binding
 
 KEY_ID = str(uuid.uuid4())
 

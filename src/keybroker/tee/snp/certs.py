@@ -46,8 +46,8 @@ from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.x509.oid import ExtensionOID, NameOID, SignatureAlgorithmOID
 
 from keybroker.errors import EvidenceParseError, VerificationError
-from keybroker.tee.dcap.pck import X509_DECODE_ERRORS, decode_certificate, decode_crl, split_pem_chain
 from keybroker.tee.snp.abi import PRODUCTS, Product, SigningKey, Tcb
+from keybroker.tee.x509 import X509_DECODE_ERRORS, decode_certificate, decode_crl, split_pem_chain
 
 __all__ = [
     "AMD_LOCATION",
@@ -137,13 +137,13 @@ _Window = tuple[str, datetime, datetime]
 
 # Every VCEK and VLEK has serial number 0, which cryptography 50 parses with a deprecation warning
 # (and says a future release will refuse: mind the pin in pyproject.toml). Silenced here for the
-# one decoder these certificates go through (``dcap.pck.decode_certificate``), by a filter set once:
+# one decoder these certificates go through (``tee.x509.decode_certificate``), by a filter set once:
 # ``warnings.catch_warnings`` around each call would not be thread-safe.
 warnings.filterwarnings(
     "ignore",
     message="Parsed a serial number which wasn't positive",
     category=CryptographyDeprecationWarning,
-    module=r"keybroker\.tee\.dcap\.pck",
+    module=r"keybroker\.tee\.x509",
 )
 
 

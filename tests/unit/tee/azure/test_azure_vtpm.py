@@ -28,7 +28,7 @@ from keybroker.tee.azure.verify import (
     VerifiedHardware,
     verify_azure_vtpm,
 )
-from keybroker.tee.dcap.collateral import QuoteCollateral
+from keybroker.tee.dcap.endorsements import QuoteCollateral
 from keybroker.tee.dcap.verify import verify_quote as dcap_verify_quote
 from keybroker.tee.tpm.verify import NO_NONCE
 

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from keybroker.cli import evidence
 from keybroker.cli.evidence import UsageError, app, decode_quote, parse_at, verify_command
 from keybroker.errors import CollateralError
-from keybroker.tee.dcap.collateral import QuoteCollateral
+from keybroker.tee.dcap.endorsements import QuoteCollateral
 from keybroker.tee.sim import DevPki, tdx_quote
 
 TDX = str(path("intel-dcap/phala-dcap-qvl/tdx_quote"))

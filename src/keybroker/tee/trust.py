@@ -1,0 +1,26 @@
+"""What the TEE verifiers are built with: the roots trusted besides the vendors' pinned ones, and
+the endorsement sources that are not carried in the evidence (Intel's DCAP collateral).
+
+Built from the settings in one place for the server and the CLI (``keybroker.collateral.trust``);
+each TEE's registration (``keybroker.appraisal.registry``) takes what its verifier needs. Pure data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from cryptography import x509
+
+from keybroker.tee.dcap.sources import CollateralSource, StaticCollateral
+
+__all__ = ["EvidenceTrust"]
+
+
+@dataclass(frozen=True, slots=True)
+class EvidenceTrust:
+    """``dev_roots``: explicitly configured roots (the dev simulators'), offered to every TEE's
+    verifier, each trusting those of its own kind; ``collateral``: where DCAP quotes' collateral
+    comes from (none: every lookup fails with ``CollateralNotFound``)."""
+
+    dev_roots: tuple[x509.Certificate, ...] = ()
+    collateral: CollateralSource = field(default_factory=StaticCollateral)
