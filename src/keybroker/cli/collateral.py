@@ -112,7 +112,7 @@ def _kds_available(kds: KdsStore, *, asked: bool) -> bool:
         return True
     if asked:
         raise InvalidInput(
-            "this database predates the SEV-SNP KDS cache (schema revision 0008): start keybroker serve "
+            "this database predates the SEV-SNP KDS cache (schema revision 0009): start keybroker serve "
             "on it once, or run 'keybroker collateral import' or 'fetch', to upgrade it",
             field="database",
         )

@@ -46,6 +46,7 @@ from keybroker.tee.snp.abi import PRODUCTS, REPORT_SIZE, Product, SigningKey, Tc
 
 __all__ = [
     "KDS_URL",
+    "SIDES",
     "SNP_KINDS",
     "ReportRef",
     "SnpCollateral",
@@ -56,7 +57,9 @@ __all__ = [
     "chain_path",
     "crl_item",
     "crl_path",
+    "hex_or_none",
     "items_from_bundle",
+    "label",
     "parse_hwid",
     "read_report_bytes",
     "report_ref",

@@ -235,7 +235,7 @@ class KdsStore:
         self._clock = clock
 
     def available(self) -> bool:
-        """Whether the database has the KDS cache's table (schema revision 0008): the read-only
+        """Whether the database has the KDS cache's table (schema revision 0009): the read-only
         commands open a database as found, which may predate it until the server upgrades it."""
         return inspect(self.db.engine).has_table(Row.__tablename__)
 

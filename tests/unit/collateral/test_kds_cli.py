@@ -132,7 +132,7 @@ def test_refusals_store_nothing(tmp_path: Path, sim: SimKds) -> None:
 
 
 def test_a_database_that_predates_the_kds_cache(tmp_path: Path) -> None:
-    """The read-only commands open a database as found: one at revision 0007 (the server not yet
+    """The read-only commands open a database as found: one at revision 0008 (the server not yet
     restarted on this version) still lists Intel's collateral, and says why SEV-SNP's is not there."""
     from alembic import command
     from alembic.config import Config
@@ -146,11 +146,11 @@ def test_a_database_that_predates_the_kds_cache(tmp_path: Path) -> None:
     cfg.set_main_option("script_location", str(store_db._MIGRATIONS))
     with db.engine.begin() as conn:
         cfg.attributes["connection"] = conn
-        command.downgrade(cfg, "0007")
+        command.downgrade(cfg, "0008")
     db.dispose()
     assert len(_list(data)) == 4
     for args in (["list", "--snp"], ["export", "--snp", "--out", str(tmp_path / "x.json")]):
         code, out = _run(*args, "--data-dir", str(data))
-        assert code == 2 and "predates the SEV-SNP KDS cache (schema revision 0008)" in out, out
+        assert code == 2 and "predates the SEV-SNP KDS cache (schema revision 0009)" in out, out
     assert _run("import", REAL[0], "--data-dir", str(data))[0] == 0  # a writing command upgrades it
     assert len(_list(data, "--snp")) == 2

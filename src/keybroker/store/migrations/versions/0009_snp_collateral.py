@@ -1,7 +1,7 @@
 """The KDS cache: AMD SEV-SNP VCEKs, ASK/ASVK chains and ARK CRLs with history.
 
-Revision ID: 0008
-Revises: 0007
+Revision ID: 0009
+Revises: 0008
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0008"
-down_revision = "0007"
+revision = "0009"
+down_revision = "0008"
 
 _TS = sa.DateTime(timezone=True)
 
