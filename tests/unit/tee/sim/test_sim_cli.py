@@ -219,7 +219,7 @@ def test_evidence_tdx_flags(cli_pki: Path, tmp_path: Path) -> None:
         ("sim-snp", None, [], "--tee 'sim-snp' is not one of auto, tdx, snp, sgx, sim-tdx, sim-sgx"),
         ("sim-sgx", None, ["tcb=bogus"], "sim-field tcb must be one of uptodate, swhardening"),
         ("sim-sgx", None, ["isvsvn=70000"], "sim-field isvsvn must be 0..65535"),
-        ("tdx", None, [], "--dev-pki is for --tee sim-tdx or sim-sgx only"),
+        ("tdx", None, [], "--dev-pki is for --tee sim-tdx, sim-sgx or sim-snp only"),
     ],
 )
 def test_evidence_usage_errors_exit_2(
