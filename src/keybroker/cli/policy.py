@@ -41,9 +41,13 @@ from keybroker.cli.evidence import (
     server_trust,
     verify_with,
 )
+from keybroker.cli.snp_measure import snp_measure
 from keybroker.errors import CollateralNotFound, EvidenceError, InvalidInput
 
-app = typer.Typer(help="Key-transfer policies: dry runs on recorded evidence.", no_args_is_help=True)
+app = typer.Typer(
+    help="Key-transfer policies: dry runs on recorded evidence; SEV-SNP launch measurements.",
+    no_args_is_help=True,
+)
 
 
 def _load_policy(policy_path: Path) -> Callable[[dict[str, object]], Decision]:
@@ -143,3 +147,6 @@ def test(
             console.print(f"  note:   {note}", highlight=False, soft_wrap=True)
     if not decision.allowed:
         raise typer.Exit(EXIT_FAILED)
+
+
+app.command("snp-measure")(snp_measure)
