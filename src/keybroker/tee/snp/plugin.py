@@ -29,6 +29,7 @@ import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
 from typing import Any, Final
 
 from cryptography import x509
@@ -356,13 +357,12 @@ def _leaf_and_chain(found: SnpEndorsements, kind: SigningKey) -> tuple[bytes, tu
     leaves: list[int] = []
     for i, der in enumerate(found.certificates):
         try:
-            cert = decode_certificate(der)
-            cns = [str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+            cns = _common_names(bytes(der))
         except X509_DECODE_ERRORS as exc:
             raise VerificationError(
                 f"certificate {i} from {found.origin} does not decode ({exc})", check="cert_chain"
             ) from None
-        if cns == [want]:
+        if cns == (want,):
             leaves.append(i)
     n = len(found.certificates)
     if not leaves:
@@ -379,6 +379,14 @@ def _leaf_and_chain(found: SnpEndorsements, kind: SigningKey) -> tuple[bytes, tu
     (index,) = leaves
     chain = tuple(d for i, d in enumerate(found.certificates) if i != index)
     return found.certificates[index], (chain or None)
+
+
+@lru_cache(maxsize=1024)
+def _common_names(der: bytes) -> tuple[str, ...]:
+    """The subject CNs of a certificate, decoded in full first (cached by its bytes, as the chain's
+    verification is: a running service sees the same few certificates again and again)."""
+    cert = decode_certificate(der)
+    return tuple(str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME))
 
 
 def _items(value: object, field: str, *, crl: bool) -> tuple[bytes, ...]:
