@@ -41,7 +41,10 @@ def test_a_matching_guest_is_allowed(sim_snp: SimSnpEvidence) -> None:
     assert decision.allowed, decision.reasons
     # AMD publishes no TCB status: never affirming, said in a note
     assert decision.ear_status == "warning"
-    assert "TCB status NoVendorStatus allowed (enforce_tcb_upto_date is false)" in decision.notes
+    assert (
+        "TCB status NoVendorStatus: AMD publishes no TCB status; snp.attributes.minimum_tcb sets the minimum SPLs"
+        in decision.notes
+    )
     assert "simulated evidence allowed (allow_simulated is true)" in decision.notes
 
 

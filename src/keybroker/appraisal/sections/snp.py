@@ -189,4 +189,5 @@ SECTION = PolicySection(
     debug_flag="POLICY.DEBUG",
     vendor="AMD",
     evaluate=_evaluate,
+    no_tcb_status_note="AMD publishes no TCB status; snp.attributes.minimum_tcb sets the minimum SPLs",
 )
