@@ -217,15 +217,14 @@ class SnpVerifier:
 
     def parse(self, evidence: bytes) -> SnpEvidence:
         raw_report, raw_table = split_evidence(bytes(evidence))
-        unverified_report = parse_report(raw_report if len(evidence) >= REPORT_SIZE else bytes(evidence))
+        unverified_report = parse_report(raw_report)  # exactly REPORT_SIZE bytes, or an error saying so
         table = parse_cert_table(raw_table) if raw_table else None
         return SnpEvidence(unverified_report, table)
 
     def _endorsements(self, parsed: SnpEvidence, kind: SigningKey, at: datetime) -> SnpEndorsements:
         table = parsed.table
-        if table is not None and table.signer(kind) is not None:
-            signer = table.signer(kind)
-            assert signer is not None
+        signer = None if table is None else table.signer(kind)
+        if table is not None and signer is not None:
             certs = tuple(c for c in (signer, table.ask, table.ark) if c is not None)
             crls = () if table.crl is None else (table.crl,)
             return SnpEndorsements(certs, crls, origin="the evidence's certificate table")
