@@ -30,7 +30,7 @@ from keybroker.auth.rolestore import RoleStore
 from keybroker.auth.tokens import load_or_create_signing_key
 from keybroker.collateral.store import DbCollateralSource
 from keybroker.collateral.trust import DEV_PKI_DIR as DEV_PKI_DIR  # where tests find the dev PKI
-from keybroker.collateral.trust import dev_pki_dir, evidence_trust
+from keybroker.collateral.trust import dev_pki_dir, evidence_trust, snp_dev_pki_dir
 from keybroker.config import Settings, TrustedAttestationService
 from keybroker.errors import InvalidInput, KeybrokerError
 from keybroker.keys.release import ReleaseService
@@ -46,6 +46,7 @@ from keybroker.seal.unseal import UnsealService
 from keybroker.store.db import Database
 from keybroker.tee.dcap.endorsements import QuoteCollateral
 from keybroker.tee.sim import DevPki
+from keybroker.tee.sim.snp import SnpDevPki
 from keybroker.tee.verifier import Verifier
 
 log = logging.getLogger("keybroker")
@@ -100,6 +101,16 @@ def _dev_pki(directory: Path) -> DevPki:
     log.warning(
         "DEV MODE: evidence from the simulator's dev root %s is trusted (claims carry sim=true)",
         pki.root_pem_path,
+    )
+    return pki
+
+
+def _snp_dev_pki(directory: Path) -> SnpDevPki:
+    """The SEV-SNP simulator's dev PKI (an AMD-shaped ARK/ASK/ASVK; created on first start)."""
+    pki = SnpDevPki.load_or_create(directory)
+    log.warning(
+        "DEV MODE: SEV-SNP reports chaining to the simulator's dev ARK %s are trusted (claims carry sim=true)",
+        directory / "ark.pem",
     )
     return pki
 
@@ -187,6 +198,7 @@ class Services:
         oidc = OidcProvider(settings.oidc) if settings.oidc is not None else None
         if settings.dev:
             _dev_pki(dev_pki_dir(settings))  # created, or its collateral refreshed, before it is read
+            _snp_dev_pki(snp_dev_pki_dir(settings))
         verifier = REGISTRY.verifier(evidence_trust(settings, DbCollateralSource(db)))
         nonce_ttl = timedelta(seconds=settings.nonce_ttl_seconds)
         trusted = [_trusted_issuer(i, t) for i, t in enumerate(settings.trust.attestation_services)]

@@ -19,8 +19,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from keybroker.appraisal.section import PolicySection
-from keybroker.appraisal.sections import sgx, tdx
+from keybroker.appraisal.sections import sgx, snp, tdx
 from keybroker.tee.dcap.plugin import DCAP_TCB_MEMBERS, DcapVerifier
+from keybroker.tee.snp.plugin import SnpVerifier
 from keybroker.tee.trust import EvidenceTrust
 from keybroker.tee.verifier import TeeVerifier, Verifier
 
@@ -86,4 +87,5 @@ REGISTRY = TeeRegistry(
     TeeRegistration(
         "tdx", tdx.SECTION, DCAP_TCB_MEMBERS, lambda t: DcapVerifier("tdx", t.collateral, t.dev_roots)
     ),
+    TeeRegistration("snp", snp.SECTION, (), lambda t: SnpVerifier(t.dev_roots, t.snp_endorsements)),
 )

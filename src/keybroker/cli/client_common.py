@@ -83,7 +83,7 @@ TeeOpt = Annotated[
     typer.Option(
         "--tee",
         help="auto (detect), tdx (configfs-tsm or /dev/tdx_guest), snp (configfs-tsm), sgx (Gramine), "
-        "sim-tdx or sim-sgx (simulator, NOT FOR PRODUCTION)",
+        "sim-tdx, sim-sgx or sim-snp (simulator, NOT FOR PRODUCTION)",
     ),
 ]
 DevPkiOpt = Annotated[
@@ -99,8 +99,11 @@ SimFieldOpt = Annotated[
         + ", ".join(ev.sim_field_names("tdx"))
         + "; SGX: "
         + ", ".join(ev.sim_field_names("sgx"))
+        + "; SNP: "
+        + ", ".join(ev.sim_field_names("snp"))
         + ". Measurements in hex, numbers decimal or 0x, flags true/false, tcb one of "
-        + ", ".join(ev.TCB_LEVELS),
+        + ", ".join(ev.TCB_LEVELS)
+        + ", signing_key vcek or vlek",
     ),
 ]
 VerboseOpt = Annotated[int, typer.Option("--verbose", "-v", count=True, help="-v: progress, -vv: debug")]
@@ -126,14 +129,16 @@ def provider(tee: str, dev_pki: Path | None, sim_field: list[str] | None, root: 
 
     fields = sim_fields(sim_field)
     if dev_pki is not None and not tee.startswith("sim-"):
-        raise InvalidInput("--dev-pki is for --tee sim-tdx or sim-sgx only", field="dev_pki")
+        raise InvalidInput("--dev-pki is for --tee sim-tdx, sim-sgx or sim-snp only", field="dev_pki")
     if tee == "auto":
         if fields:
-            raise InvalidInput("--sim-field is for --tee sim-tdx or sim-sgx only", field="sim-field")
+            raise InvalidInput("--sim-field is for --tee sim-tdx, sim-sgx or sim-snp only", field="sim-field")
         found = ev.detect(root)
         say("--tee auto: " + found.summary())
         if found.provider is None:
-            raise EvidenceUnavailable("no TEE interface found (--tee sim-tdx or sim-sgx for the simulator)")
+            raise EvidenceUnavailable(
+                "no TEE interface found (--tee sim-tdx, sim-sgx or sim-snp for the simulator)"
+            )
         chosen = found.provider
     else:
         chosen = ev.provider_for(tee, root=root, dev_pki=dev_pki, sim_fields=fields, simulator=Simulator)

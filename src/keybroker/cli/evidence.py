@@ -1,8 +1,9 @@
 """``keybroker evidence``: verify attestation evidence from the command line, through the one verifier
-(the TEEs of ``appraisal.registry``: Intel SGX/TDX DCAP quotes today).
+(the TEEs of ``appraisal.registry``: Intel SGX/TDX DCAP quotes and AMD SEV-SNP reports).
 
 Exit codes: 0 verified, 1 rejected (the failed check and why are printed), 2 usage error (unreadable
-file, bad ``--at``, a quote that is not raw, hex or base64, unusable collateral or trust root).
+file, bad ``--at``, evidence that is not raw, hex or base64, unusable collateral, certificate or
+trust root).
 """
 
 from __future__ import annotations
@@ -34,24 +35,30 @@ from keybroker.errors import (
     VerificationError,
 )
 from keybroker.tee.dcap.endorsements import QuoteCollateral
+from keybroker.tee.dcap.plugin import DCAP_TEES
 from keybroker.tee.dcap.sources import CollateralSource, StaticCollateral
 from keybroker.tee.trust import EvidenceTrust
 from keybroker.tee.verifier import NO_REPORT_DATA, VerifiedEvidence, Verifier
 
 __all__ = [
+    "CertOpt",
     "CollateralLookup",
     "DevOpt",
+    "TeeOpt",
     "UsageError",
     "app",
+    "check_tee",
     "cli_settings",
     "checks_before",
     "decode_evidence",
     "decode_quote",
     "dev_hint",
+    "needs_collateral_store",
     "parse_at",
     "server_trust",
     "set_collateral_lookup",
     "read_endorsements",
+    "read_evidence",
     "verify_command",
     "verify_with",
 ]
@@ -66,7 +73,7 @@ CollateralLookup = Callable[[bytes, str, str], QuoteCollateral]
 _collateral_lookup: CollateralLookup | None = None
 
 app = typer.Typer(
-    help="Verify attestation evidence: Intel SGX and TDX DCAP quotes.",
+    help="Verify attestation evidence: Intel SGX and TDX DCAP quotes, AMD SEV-SNP reports.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
@@ -74,7 +81,7 @@ app = typer.Typer(
 
 @app.callback()
 def _group() -> None:
-    """Verify attestation evidence: Intel SGX and TDX DCAP quotes."""
+    """Verify attestation evidence: Intel SGX and TDX DCAP quotes, AMD SEV-SNP reports."""
 
 
 _out = Console()
@@ -125,13 +132,18 @@ def _detector() -> Verifier:
     return REGISTRY.verifier(EvidenceTrust())
 
 
-def decode_evidence(data: bytes, verifier: Verifier | None = None) -> tuple[str, bytes]:
+def decode_evidence(
+    data: bytes, verifier: Verifier | None = None, *, tee: str | None = None
+) -> tuple[str, bytes]:
     """(TEE, evidence) of evidence given raw, as hex, or as base64, detected strictly: the one
     reading a registered TEE's verifier recognizes (a DCAP quote: its header, version 3-5,
-    ECDSA-P256 key type, the TEE type)."""
+    ECDSA-P256 key type, the TEE type; an SEV-SNP report: its length, version 2-5, signature
+    algorithm). ``tee``: the evidence must be that TEE's (``--tee``)."""
     found = (verifier or _detector()).detect(_candidates(data))
     if found is None:
-        raise UsageError(f"the quote is not {REGISTRY.listing()} evidence in raw, hex or base64 form")
+        raise UsageError(f"the evidence is not {REGISTRY.listing()} evidence in raw, hex or base64 form")
+    if tee is not None and found[0] != tee:
+        raise UsageError(f"--tee {tee}: the evidence is {found[0].upper()} evidence, not {tee.upper()}")
     return found
 
 
@@ -198,25 +210,92 @@ def verify_command(
 
 
 def verify_with(
-    trust: EvidenceTrust, evidence: bytes, endorsements: object | None, at: datetime
+    trust: EvidenceTrust,
+    evidence: bytes,
+    endorsements: object | None,
+    at: datetime,
+    *,
+    tee: str | None = None,
 ) -> VerifiedEvidence:
     """Verify ``evidence`` (raw, hex or base64) as a server with ``trust`` would, through the one
-    verifier; ``endorsements``: the caller's (``--collateral``), else ``trust``'s sources."""
+    verifier; ``endorsements``: the caller's (``--collateral``, ``--cert``), else ``trust``'s sources
+    (and for SEV-SNP the certificates the evidence carries)."""
     verifier = REGISTRY.verifier(trust)
-    tee, raw = decode_evidence(evidence, verifier)
-    return verifier.verify(tee, raw, NO_REPORT_DATA, at=at, endorsements=endorsements)
+    found, raw = decode_evidence(evidence, verifier, tee=tee)
+    return verifier.verify(found, raw, NO_REPORT_DATA, at=at, endorsements=endorsements)
 
 
-def read_endorsements(evidence: bytes, path: Path | None) -> object | None:
-    """``--collateral``: the caller's endorsements for the TEE of ``evidence`` (UsageError if unusable)."""
-    if path is None:
+def read_endorsements(
+    evidence: bytes, path: Path | None, certs: Sequence[Path] = (), *, tee: str | None = None
+) -> object | None:
+    """The caller's endorsements for the TEE of ``evidence`` (UsageError if unusable):
+    ``--collateral`` (DCAP: QuoteCollateralV3 JSON) or ``--cert`` files (SEV-SNP: the VCEK or VLEK,
+    DER or PEM, and ASK/ASVK/ARK PEM chains, in any order; PEM CRLs may come along)."""
+    if path is None and not certs:
         return None
     detector = _detector()
-    tee, _ = decode_evidence(evidence, detector)
+    tee, _ = decode_evidence(evidence, detector, tee=tee)
+    if certs:
+        if path is not None:
+            raise UsageError("give --collateral or --cert, not both")
+        if tee in DCAP_TEES:
+            raise UsageError(f"--cert is for SEV-SNP reports; {tee.upper()} quotes take --collateral")
+        text = _certificates_json(certs)
+        where = "--cert"
+    else:
+        assert path is not None
+        text = _read(path, "collateral").decode("utf-8", errors="replace")
+        where = f"collateral {path}"
     try:
-        return detector.plugin(tee).endorsements(_read(path, "collateral"))
+        return detector.plugin(tee).endorsements(text)
     except CollateralError as exc:
-        raise UsageError(f"collateral {path}: {exc.detail}") from None
+        raise UsageError(f"{where}: {exc.detail}") from None
+
+
+_PEM_BLOCK: Final = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----.*?-----END \1-----", re.DOTALL)
+
+
+def _certificates_json(paths: Sequence[Path]) -> str:
+    """``--cert`` files as ``{"certificates": [...], "crls": [...]}``: PEM blocks as they are (a
+    CERTIFICATE or an X509 CRL), a file that is not PEM as one base64 DER certificate."""
+    certificates: list[str] = []
+    crls: list[str] = []
+    for path in paths:
+        data = _read(path, "certificate")
+        if not data.lstrip().startswith(b"-----BEGIN"):
+            if not data.startswith(b"\x30"):
+                raise UsageError(f"certificate {path} is neither PEM nor a DER certificate")
+            certificates.append(base64.b64encode(data).decode("ascii"))
+            continue
+        blocks = list(_PEM_BLOCK.finditer(data))
+        if not blocks or _PEM_BLOCK.sub(b"", data).strip():
+            raise UsageError(f"certificate {path}: not a sequence of PEM blocks")
+        for block in blocks:
+            label = block.group(1)
+            if label == b"CERTIFICATE":
+                certificates.append(block.group(0).decode("ascii"))
+            elif label == b"X509 CRL":
+                crls.append(block.group(0).decode("ascii"))
+            else:
+                raise UsageError(
+                    f"certificate {path}: a PEM {label.decode()} block is neither a certificate nor a CRL"
+                )
+    return json.dumps({"certificates": certificates, "crls": crls})
+
+
+def read_evidence(
+    path: Path, *, tee: str | None, collateral: Path | None, certs: Sequence[Path]
+) -> tuple[bytes, str, object | None]:
+    """``--quote``/``--report`` (raw, hex or base64), its TEE, and the caller's endorsements."""
+    raw = _read(path, "evidence")
+    found, _ = decode_evidence(raw, tee=tee)
+    return raw, found, read_endorsements(raw, collateral, certs, tee=found)
+
+
+def needs_collateral_store(tee: str, endorsements: object | None) -> bool:
+    """Whether ``tee``'s endorsements come from the collateral store: DCAP quotes without
+    ``--collateral`` (SEV-SNP reports carry theirs, or a KDS source is configured)."""
+    return endorsements is None and tee in DCAP_TEES
 
 
 def checks_before(check: str, tee: str | None) -> list[str]:
@@ -335,12 +414,45 @@ DevOpt = Annotated[
 ]
 
 
+TeeOpt = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option(
+        "--tee",
+        help=f"The evidence's TEE ({', '.join(REGISTRY.names)}); default: recognized from the evidence.",
+    ),
+]
+CertOpt = Annotated[
+    Optional[list[Path]],  # noqa: UP045
+    typer.Option(
+        "--cert",
+        help="SEV-SNP: the VCEK or VLEK (DER or PEM) and the ASK/ASVK/ARK chain (PEM), in any order; "
+        "PEM CRLs too. Repeatable. Default: the certificates the evidence carries, else the KDS cache.",
+    ),
+]
+
+
+def check_tee(tee: str | None) -> str | None:
+    if tee is not None and tee not in REGISTRY.names:
+        raise UsageError(f"--tee {tee!r} is not one of {', '.join(REGISTRY.names)}")
+    return tee
+
+
 @app.command("verify")
 def verify(
-    quote: Annotated[Path, typer.Option("--quote", help="Quote file: raw, hex or base64.")],
+    quote: Annotated[
+        Path,
+        typer.Option(
+            "--report",
+            "--quote",
+            help="The evidence: a DCAP quote or an SEV-SNP report (optionally followed by its "
+            "certificate table), raw, hex or base64.",
+        ),
+    ],
+    tee_name: TeeOpt = None,
+    cert: CertOpt = None,
     collateral: Annotated[
         Optional[Path],  # noqa: UP045 - typer needs Optional here
-        typer.Option("--collateral", help="Collateral: dcap-qvl QuoteCollateralV3 JSON."),
+        typer.Option("--collateral", help="DCAP collateral: dcap-qvl QuoteCollateralV3 JSON."),
     ] = None,
     at: Annotated[
         Optional[str],  # noqa: UP045
@@ -361,20 +473,23 @@ def verify(
     database: DatabaseOpt = None,
     dev: DevOpt = None,
 ) -> None:
-    """Verify a quote: verdict, TCB status, advisories, checks performed and claims. It trusts what
+    """Verify evidence: verdict, TCB status, advisories, checks performed and claims. It trusts what
     the server of --data-dir/--database/--config trusts (with --dev, a 'serve --dev' one: its dev PKI
-    too); collateral comes from --collateral or else from that server's collateral store."""
+    too); DCAP collateral comes from --collateral or else from that server's collateral store, SEV-SNP
+    certificates from --cert, else from the report's certificate table, else the KDS cache."""
     settings: Settings | None = None
     tee: str | None = None
     try:
         when = parse_at(at) if at is not None else datetime.now(UTC)
-        raw = _read(quote, "quote")
-        tee, _ = decode_evidence(raw)
-        endorsements = read_endorsements(raw, collateral)
+        raw, tee, endorsements = read_evidence(
+            quote, tee=check_tee(tee_name), collateral=collateral, certs=cert or ()
+        )
         extra = _load_roots(trust_root or [])
         settings = cli_settings(config, data_dir, database, dev)
-        trust = server_trust(settings, at=when, extra_roots=extra, need_store=endorsements is None)
-        result = verify_with(trust, raw, endorsements, when)
+        trust = server_trust(
+            settings, at=when, extra_roots=extra, need_store=needs_collateral_store(tee, endorsements)
+        )
+        result = verify_with(trust, raw, endorsements, when, tee=tee)
     except UsageError as exc:
         _error(str(exc))
         raise typer.Exit(EXIT_USAGE) from None
@@ -393,6 +508,7 @@ def verify(
                 "reason": exc.detail,
                 "checks_passed": checks_before(check, tee),
                 "at": when.isoformat(),
+                "claims": None,
             }
             if isinstance(exc, EvidenceParseError):
                 doc["field"], doc["offset"] = exc.field, exc.offset
@@ -405,6 +521,10 @@ def verify(
         raise typer.Exit(EXIT_REJECTED) from None
     if json_output:
         report = {k: v.isoformat() if isinstance(v, datetime) else v for k, v in result.report().items()}
-        typer.echo(json.dumps({"verdict": "verified", "at": when.isoformat(), **report}, indent=2))
+        typer.echo(
+            json.dumps(
+                {"verdict": "verified", "failed_check": None, "at": when.isoformat(), **report}, indent=2
+            )
+        )
     else:
         _print_verified(result)

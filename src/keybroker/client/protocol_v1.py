@@ -37,7 +37,7 @@ from keybroker.wire.binding import v1_report_data
 log = logging.getLogger("keybroker.client")
 
 EPHEMERAL_RSA_BITS = 3072
-V1_TEES = {"sgx": "SGX", "tdx": "TDX"}
+V1_TEES = {"sgx": "SGX", "tdx": "TDX", "snp": "SNP"}
 
 
 @dataclass(frozen=True)
@@ -125,7 +125,7 @@ def _attempt(
     tee = provider.tee
     if tee not in V1_TEES:
         raise InvalidInput(
-            f"/kbs/v1 takes SGX or TDX evidence; {provider.source} provides {tee.upper()}", field="tee"
+            f"/kbs/v1 takes SGX, TDX or SNP evidence; {provider.source} provides {tee.upper()}", field="tee"
         )
     attestation_type = V1_TEES[tee]
     if wanted and wanted != attestation_type:
@@ -142,11 +142,14 @@ def _attempt(
     timings["evidence"] = t3 - t2
     log.info("evidence: %d bytes from %s", len(evidence.quote), evidence.source)
 
+    # SEV-SNP: the report, then the certificate table it came with (configfs-tsm auxblob), so the
+    # broker can verify it without a KDS cache
+    quote = evidence.quote + (evidence.aux or b"") if tee == "snp" else evidence.quote
     resp = transport.request(
         "POST",
         path,
         json_body={
-            "quote": base64.b64encode(evidence.quote).decode(),
+            "quote": base64.b64encode(quote).decode(),
             "nonce": {"val": base64.b64encode(nonce).decode()},
             "user_data": base64.b64encode(spki).decode(),
         },

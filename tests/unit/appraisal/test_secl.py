@@ -431,8 +431,8 @@ def test_hex_compares_case_insensitively(sim: SimEvidence) -> None:
             "debug enclave (ATTRIBUTES.DEBUG is set) and the policy does not set allow_debug",
         ),
         (
-            lambda d: d.update(tee="snp"),
-            "the evidence TEE 'snp' is not SGX or TDX, or its claims do not match it",
+            lambda d: d.update(tee="tpm"),
+            "the evidence TEE 'tpm' is not SGX, TDX or SNP, or its claims do not match it",
         ),
         (
             lambda d: d.update(client_permissions="nginx"),
