@@ -153,10 +153,10 @@ def test_tampered_and_unendorsed_reports(snp: Snp) -> None:
     evidence[0x90] ^= 1  # the measurement
     r = snp.transfer(bytes(evidence), nonce)
     assert r.status_code == 400 and r.json()["check"] == "report_signature", r.text
-    # no certificate table and no KDS cache: refused, saying so
+    # no certificate table and nothing in the KDS cache: refused, saying what to fetch
     nonce = snp.nonce()
     r = snp.transfer(snp.evidence(binding.v1_report_data(nonce, SPKI), with_certs=False), nonce)
-    assert r.status_code == 404 and "no endorsement source" in r.json()["detail"], r.text
+    assert r.status_code == 404 and "collateral fetch --snp" in r.json()["detail"], r.text
     # a real AMD-signed report is no SNP evidence of this nonce: its report data differs
     nonce = snp.nonce()
     real = read_bytes("amd-sev-snp/coco-trustee/test-report.bin")
@@ -441,3 +441,30 @@ def test_the_corpus_report_mutated_is_never_accepted(snp: Snp) -> None:
             "product",
             "tcb_binding",
         ), (name, problem)
+
+
+def test_a_report_without_certificates_verifies_with_the_kds_cache(snp: Snp) -> None:
+    """The KDS cache is the server's endorsement source: once the VCEK, its chain and the ARK's CRL
+    are cached (as ``collateral fetch --snp`` stores them), a report that carries no certificates is
+    verified with them; before, it was refused naming what is missing."""
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from keybroker.collateral.kds import chain_items, crl_item, vcek_item
+    from keybroker.collateral.kds_store import KdsStore
+
+    nonce = snp.nonce()
+    made = snp_report(snp.pki, report_data=binding.v1_report_data(nonce, SPKI))
+    r = snp.transfer(made.report, nonce)
+    assert r.status_code == 404 and "no endorsement source" not in r.json()["detail"], r.text
+    assert "collateral fetch --snp" in r.json()["detail"], r.text
+
+    dev = (snp.pki.root_cert,)
+    chain = chain_items([c.public_bytes(Encoding.DER) for c in made.chain], dev_roots=dev)
+    crl = crl_item(snp.pki.crl("vcek"), signing_key="vcek", dev_roots=dev)
+    vcek = vcek_item(made.signer.public_bytes(Encoding.DER), chains=chain, dev_roots=dev)
+    KdsStore(snp.services.db).import_items([*chain, crl, vcek], source="test")
+
+    nonce = snp.nonce()
+    made = snp_report(snp.pki, report_data=binding.v1_report_data(nonce, SPKI))
+    r = snp.transfer(made.report, nonce)
+    assert r.status_code == 200, r.text

@@ -28,6 +28,7 @@ from keybroker.auth.oidc import OidcProvider
 from keybroker.auth.registry import TokenRegistry
 from keybroker.auth.rolestore import RoleStore
 from keybroker.auth.tokens import load_or_create_signing_key
+from keybroker.collateral.kds_store import KdsStore, endorsement_source
 from keybroker.collateral.store import DbCollateralSource
 from keybroker.collateral.trust import DEV_PKI_DIR as DEV_PKI_DIR  # where tests find the dev PKI
 from keybroker.collateral.trust import dev_pki_dir, evidence_trust, snp_dev_pki_dir
@@ -199,7 +200,8 @@ class Services:
         if settings.dev:
             _dev_pki(dev_pki_dir(settings))  # created, or its collateral refreshed, before it is read
             _snp_dev_pki(snp_dev_pki_dir(settings))
-        verifier = REGISTRY.verifier(evidence_trust(settings, DbCollateralSource(db)))
+        kds = endorsement_source(KdsStore(db))  # SEV-SNP reports that carry no certificates
+        verifier = REGISTRY.verifier(evidence_trust(settings, DbCollateralSource(db), snp_endorsements=kds))
         nonce_ttl = timedelta(seconds=settings.nonce_ttl_seconds)
         trusted = [_trusted_issuer(i, t) for i, t in enumerate(settings.trust.attestation_services)]
         limits = settings.limits

@@ -376,8 +376,12 @@ def server_trust(
             )
         else:
             store = lookup_for_cli(settings, at=at)
+    # SEV-SNP: asked only for a report that carries no certificates and was given no --cert
+    from keybroker.collateral.kds_store import endorsement_source_for_cli
+
+    snp = endorsement_source_for_cli(settings)
     try:
-        return evidence_trust(settings, store, extra_roots=extra_roots)
+        return evidence_trust(settings, store, extra_roots=extra_roots, snp_endorsements=snp)
     except InvalidInput as exc:
         raise UsageError(exc.detail) from None
 

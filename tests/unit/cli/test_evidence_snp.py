@@ -111,10 +111,11 @@ def test_simulated_reports_carry_their_certificates_and_need_the_dev_ark(tmp_pat
         str(pki.directory / "ark.pem"),
     )
     assert code == 0, out
-    # the report alone, no certificates and no KDS source: a clear refusal
+    # the report alone, no certificates and no keybroker database to ask: a clear refusal
     (tmp_path / "alone.bin").write_bytes(made.report)
     code, out = _verify(tmp_path, "--report", str(tmp_path / "alone.bin"))
-    assert code == 1 and "no certificate table and no endorsement source (KDS cache)" in out
+    flat = " ".join(out.split())
+    assert code == 1 and "to look up the report's VCEK: give --cert, or --data-dir/--database" in flat, out
 
 
 @pytest.mark.parametrize(
@@ -210,3 +211,34 @@ def test_policy_test_on_real_reports(tmp_path: Path) -> None:
     assert code == 1 and "DENIED" in out
     assert "debug guest (POLICY.DEBUG is set) and the policy does not set allow_debug" in out
     assert "is not in the policy's list" in out  # another guest's measurement
+
+
+def test_without_certificates_the_data_dirs_kds_cache_is_asked(tmp_path: Path) -> None:
+    """As the server does: a report with no certificate table and no --cert is verified with the
+    VCEK, chain and CRL in the KDS cache of the keybroker named by --data-dir (--dev: its sim ARK)."""
+    from keybroker.api.services import Services
+    from keybroker.collateral.kds import chain_items, crl_item, vcek_item
+    from keybroker.collateral.kds_store import KdsStore
+    from keybroker.collateral.trust import snp_dev_pki_dir
+    from keybroker.config import Settings
+
+    data = tmp_path / "data"
+    services = Services.build(Settings(data_dir=data, dev=True))
+    pki = SnpDevPki.load(snp_dev_pki_dir(services.settings))
+    made = snp_report(pki)
+    (tmp_path / "alone.bin").write_bytes(made.report)
+    verify = ["evidence", "verify", "--data-dir", str(data), "--dev", "--report", str(tmp_path / "alone.bin")]
+    result = runner.invoke(app, [*verify, "--json"])
+    assert result.exit_code == 1 and "collateral fetch --snp" in " ".join(result.output.split()), (
+        result.output
+    )
+
+    dev = (pki.root_cert,)
+    chain = chain_items([c.public_bytes(Encoding.DER) for c in made.chain], dev_roots=dev)
+    crl = crl_item(pki.crl("vcek"), signing_key="vcek", dev_roots=dev)
+    vcek = vcek_item(made.signer.public_bytes(Encoding.DER), chains=chain, dev_roots=dev)
+    KdsStore(services.db).import_items([*chain, crl, vcek], source="test")
+    services.db.dispose()
+    result = runner.invoke(app, [*verify, "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["verdict"] == "verified"
