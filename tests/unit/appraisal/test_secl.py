@@ -432,7 +432,7 @@ def test_hex_compares_case_insensitively(sim: SimEvidence) -> None:
         ),
         (
             lambda d: d.update(tee="snp"),
-            "the evidence TEE 'snp' is not SGX or TDX, or its claims do not match it",
+            "the evidence TEE 'snp' is not SGX, TDX, TPM, AZ-SNP-VTPM or AZ-TDX-VTPM, or its claims do not match it",
         ),
         (
             lambda d: d.update(client_permissions="nginx"),
