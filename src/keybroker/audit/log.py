@@ -92,6 +92,13 @@ ACTIONS: frozenset[str] = frozenset(
         "attestation.attest",
         # the audit log itself (failed reads of /kbs/v1/audit)
         "audit.read",
+        # TPM attestation keys (/kbs/v1/tpm, keybroker tpm ak ...)
+        "tpm.ak.enrol",
+        "tpm.ak.activate",
+        "tpm.ak.search",
+        "tpm.ak.retrieve",
+        "tpm.ak.approve",
+        "tpm.ak.revoke",
     }
 )
 OUTCOMES: frozenset[str] = frozenset({"success", "denied", "failed"})

@@ -35,7 +35,11 @@ from keybroker.errors import InvalidInput
 
 log = logging.getLogger("keybroker.client")
 
-TeeName = Literal["sgx", "tdx", "snp"]
+TeeName = Literal["sgx", "tdx", "snp", "tpm", "az-snp-vtpm", "az-tdx-vtpm"]
+#: TEEs whose evidence is a TPM quote: the binding is the quote's extraData (SHA-256(nonce || SPKI)
+#: on /kbs/v1, the runtime-data hash on /kbs/v0), not 64 bytes of REPORTDATA, and the evidence a
+#: JSON document (``evidence(binding)`` takes the extraData).
+TPM_QUOTE_TEES: frozenset[str] = frozenset({"tpm", "az-snp-vtpm", "az-tdx-vtpm"})
 REPORT_DATA_SIZE = 64
 TEE_CHOICES = ("auto", "tdx", "snp", "sgx", "sim-tdx", "sim-sgx")
 

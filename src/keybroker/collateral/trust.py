@@ -28,6 +28,7 @@ from keybroker.tee.dcap.chain import TrustedRoots
 from keybroker.tee.dcap.endorsements import QuoteCollateral
 from keybroker.tee.dcap.plugin import DCAP_TEES
 from keybroker.tee.dcap.sources import ChainedCollateral, CollateralSource, StaticCollateral
+from keybroker.tee.tpm.trust import AkRegistry, TpmTrust
 from keybroker.tee.trust import EvidenceTrust
 
 __all__ = [
@@ -37,7 +38,9 @@ __all__ = [
     "configured_roots",
     "dev_pki_dir",
     "dev_root_path",
+    "ek_roots",
     "evidence_trust",
+    "tpm_trust",
 ]
 
 #: The dev TEE simulator's PKI inside the data dir (``keybroker serve --dev`` creates it).
@@ -102,11 +105,49 @@ def _dev_collateral(settings: Settings) -> StaticCollateral:
     return static
 
 
+def _pem_store(paths: Iterable[Path], field: str) -> tuple[x509.Certificate, ...]:
+    certs: list[x509.Certificate] = []
+    for path in paths:
+        try:
+            certs.extend(x509.load_pem_x509_certificates(path.read_bytes()))
+        except (OSError, ValueError) as exc:
+            raise InvalidInput(
+                f"{field}: cannot load PEM certificates from {path}: {exc}", field=field
+            ) from None
+    return tuple(certs)
+
+
+def tpm_trust(settings: Settings, registry: AkRegistry | None) -> TpmTrust:
+    """Which TPM AKs ``settings`` trust: ``tpm.ak_roots`` (per vendor) and the enrolled ones."""
+    roots = {
+        vendor: _pem_store(paths, f"tpm.ak_roots.{vendor}") for vendor, paths in settings.tpm.ak_roots.items()
+    }
+    return TpmTrust(ak_roots=roots, registry=registry, dev=settings.dev)
+
+
+def ek_roots(
+    settings: Settings,
+) -> tuple[dict[str, tuple[x509.Certificate, ...]], tuple[x509.Certificate, ...]]:
+    """(``tpm.ek_roots`` per manufacturer, ``tpm.dev_ek_roots`` in dev mode only) for enrolment."""
+    stores = {
+        vendor: _pem_store(paths, f"tpm.ek_roots.{vendor}") for vendor, paths in settings.tpm.ek_roots.items()
+    }
+    dev = _pem_store(settings.tpm.dev_ek_roots, "tpm.dev_ek_roots") if settings.dev else ()
+    return stores, dev
+
+
 def evidence_trust(
-    settings: Settings, store: CollateralSource, *, extra_roots: Iterable[x509.Certificate] = ()
+    settings: Settings,
+    store: CollateralSource,
+    *,
+    extra_roots: Iterable[x509.Certificate] = (),
+    aks: AkRegistry | None = None,
 ) -> EvidenceTrust:
     """The server's trust for ``settings``: in dev mode the dev PKI's collateral before ``store``
-    (the collateral store), and the configured roots plus ``extra_roots`` (``--trust-root``)."""
+    (the collateral store), the configured roots plus ``extra_roots`` (``--trust-root``), and the
+    TPM AK roots with the enrolled AKs of ``aks``."""
     roots = (*configured_roots(settings), *extra_roots)
     sources: list[CollateralSource] = [_dev_collateral(settings)] if settings.dev else []
-    return EvidenceTrust(dev_roots=roots, collateral=ChainedCollateral(*sources, store))
+    return EvidenceTrust(
+        dev_roots=roots, collateral=ChainedCollateral(*sources, store), tpm=tpm_trust(settings, aks)
+    )

@@ -136,7 +136,7 @@ def test_v1_denial_is_not_retried() -> None:
 def test_v1_refuses_snp_evidence_before_spending_anything() -> None:
     broker = V1Broker(b"k")
     tee = FakeTee(tee="snp")
-    with pytest.raises(InvalidInput, match="SGX or TDX"):
+    with pytest.raises(InvalidInput, match="takes SGX, TDX, TPM, AZ-SNP-VTPM, AZ-TDX-VTPM evidence"):
         fetch_key(_transport(broker, []), KEY_ID, tee)
     assert tee.asked == [] and broker.spkis == []
 
