@@ -1,5 +1,5 @@
 """``keybroker evidence``: verify attestation evidence from the command line, through the one verifier
-(the TEEs of ``appraisal.registry``: Intel SGX/TDX DCAP quotes today).
+(the TEEs of ``appraisal.registry``: Intel SGX/TDX DCAP quotes, TPM 2.0 quotes, Azure vTPM evidence).
 
 Exit codes: 0 verified, 1 rejected (the failed check and why are printed), 2 usage error (unreadable
 file, bad ``--at``, a quote that is not raw, hex or base64, unusable collateral or trust root).
@@ -24,6 +24,13 @@ from rich.text import Text
 
 from keybroker.appraisal.registry import REGISTRY
 from keybroker.cli.common import ConfigOpt, DatabaseOpt, DataDirOpt
+from keybroker.cli.evidence_tpm import (
+    CliInputError,
+    azure_endorsements,
+    parse_nonce,
+    tpm_cli_evidence,
+    tpm_cli_trust,
+)
 from keybroker.collateral.trust import dev_pki_dir, dev_root_path, evidence_trust
 from keybroker.config import Settings, load_settings
 from keybroker.errors import (
@@ -36,7 +43,7 @@ from keybroker.errors import (
 from keybroker.tee.dcap.endorsements import QuoteCollateral
 from keybroker.tee.dcap.sources import CollateralSource, StaticCollateral
 from keybroker.tee.trust import EvidenceTrust
-from keybroker.tee.verifier import NO_REPORT_DATA, VerifiedEvidence, Verifier
+from keybroker.tee.verifier import NO_REPORT_DATA, ExpectedReportData, VerifiedEvidence, Verifier
 
 __all__ = [
     "CollateralLookup",
@@ -66,7 +73,7 @@ CollateralLookup = Callable[[bytes, str, str], QuoteCollateral]
 _collateral_lookup: CollateralLookup | None = None
 
 app = typer.Typer(
-    help="Verify attestation evidence: Intel SGX and TDX DCAP quotes.",
+    help="Verify attestation evidence: Intel SGX and TDX DCAP quotes, TPM 2.0 quotes, Azure vTPM evidence.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
@@ -74,7 +81,7 @@ app = typer.Typer(
 
 @app.callback()
 def _group() -> None:
-    """Verify attestation evidence: Intel SGX and TDX DCAP quotes."""
+    """Verify attestation evidence: Intel SGX and TDX DCAP quotes, TPM 2.0 quotes, Azure vTPM evidence."""
 
 
 _out = Console()
@@ -335,12 +342,164 @@ DevOpt = Annotated[
 ]
 
 
+_TEES: Final = ("sgx", "tdx", "tpm", "az-snp-vtpm", "az-tdx-vtpm")
+PathsOpt = Optional[list[Path]]  # noqa: UP045
+
+
+def _option(value: object, name: str, tee: str | None) -> None:
+    if value not in (None, [], False):
+        raise UsageError(f"{name} is not an option of --tee {tee or 'sgx/tdx'}")
+
+
+def _verify_inputs(
+    *,
+    tee: str | None,
+    quote: Path | None,
+    signature: Path | None,
+    ak: Path | None,
+    ak_cert: Path | None,
+    ak_ca: list[Path],
+    pcrs: Path | None,
+    event_log: Path | None,
+    nonce: str | None,
+    evidence_file: Path | None,
+    cert: list[Path],
+    collateral: Path | None,
+) -> tuple[str | None, bytes, object | None, ExpectedReportData, list[bytes], bool]:
+    """(TEE or None to detect, evidence, endorsements, expected report data, ``--ak-ca`` bytes,
+    whether the collateral store is needed) of the command line."""
+    if tee is not None and tee not in _TEES:
+        raise UsageError(f"--tee {tee!r} is not one of {', '.join(_TEES)}")
+    tpm_only = {"--signature": signature, "--ak": ak, "--ak-cert": ak_cert, "--ak-ca": ak_ca, "--pcrs": pcrs}
+    tpm_only["--event-log"] = event_log
+    try:
+        expected: ExpectedReportData = NO_REPORT_DATA
+        if tee in (None, "sgx", "tdx"):
+            for name, value in {
+                **tpm_only,
+                "--nonce": nonce,
+                "--evidence": evidence_file,
+                "--cert": cert,
+            }.items():
+                _option(value, name, tee)
+            if quote is None:
+                raise UsageError("--quote FILE is required")
+            raw = _read(quote, "quote")
+            found, decoded = decode_evidence(raw)
+            if tee is not None and found != tee:
+                raise UsageError(f"--quote holds {found.upper()} evidence, not {tee.upper()}")
+            endorsements = read_endorsements(raw, collateral)
+            return found, decoded, endorsements, expected, [], endorsements is None
+        want = parse_nonce(nonce)
+        if want is not None:
+            expected = want
+        if tee == "tpm":
+            for name, value in {
+                "--evidence": evidence_file,
+                "--cert": cert,
+                "--collateral": collateral,
+            }.items():
+                _option(value, name, tee)
+            if quote is None or signature is None or ak is None:
+                raise UsageError("--tee tpm needs --quote, --signature and --ak")
+            ca = [_read(p, "--ak-ca certificate") for p in ak_ca]
+            raw = tpm_cli_evidence(
+                quote=_read(quote, "quote"),
+                signature=_read(signature, "signature"),
+                ak=_read(ak, "AK"),
+                pcrs=_read(pcrs, "PCR values") if pcrs is not None else None,
+                ak_cert=_read(ak_cert, "AK certificate") if ak_cert is not None else None,
+                ak_ca=ca,
+                event_log=_read(event_log, "event log") if event_log is not None else None,
+            )
+            return "tpm", raw, None, expected, ca, False
+        for name, value in {**tpm_only, "--quote": quote}.items():
+            _option(value, name, tee)
+        if evidence_file is None:
+            raise UsageError(f"--tee {tee} needs --evidence FILE (Trustee's JSON)")
+        endorsements = azure_endorsements(
+            str(tee),
+            [_read(p, "certificate") for p in cert],
+            _read(collateral, "collateral") if collateral else None,
+        )
+        need_store = tee == "az-tdx-vtpm" and (endorsements is None or endorsements.td_collateral is None)
+        return tee, _read(evidence_file, "evidence"), endorsements, expected, [], need_store
+    except CliInputError as exc:
+        raise UsageError(str(exc)) from None
+
+
 @app.command("verify")
 def verify(
-    quote: Annotated[Path, typer.Option("--quote", help="Quote file: raw, hex or base64.")],
-    collateral: Annotated[
+    quote: Annotated[
         Optional[Path],  # noqa: UP045 - typer needs Optional here
-        typer.Option("--collateral", help="Collateral: dcap-qvl QuoteCollateralV3 JSON."),
+        typer.Option(
+            "--quote", help="Quote file: an SGX/TDX quote (raw, hex or base64); --tee tpm: the TPMS_ATTEST."
+        ),
+    ] = None,
+    tee: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option("--tee", help=f"One of {', '.join(_TEES)} (default: detect an SGX/TDX quote)."),
+    ] = None,
+    signature: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(
+            "--signature", help="--tee tpm: the TPMT_SIGNATURE (or the bare signature of an RSA AK)."
+        ),
+    ] = None,
+    ak: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(
+            "--ak", help="--tee tpm: the AK, a PEM public key or its TPM2B_PUBLIC (trusted as given)."
+        ),
+    ] = None,
+    ak_cert: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(
+            "--ak-cert", help="--tee tpm: the AK certificate (PEM or DER); it must chain to --ak-ca."
+        ),
+    ] = None,
+    ak_ca: Annotated[
+        PathsOpt,
+        typer.Option(
+            "--ak-ca", help="--tee tpm: a CA certificate of the AK's chain (self-signed: a root). Repeatable."
+        ),
+    ] = None,
+    pcrs: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(
+            "--pcrs", help="--tee tpm: the PCR values, JSON {index: hex} (or per bank), or tpm2-tools' file."
+        ),
+    ] = None,
+    event_log: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(
+            "--event-log", help="--tee tpm: the TCG crypto-agile event log to replay against the quote."
+        ),
+    ] = None,
+    nonce: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(
+            "--nonce",
+            help='--tee tpm/az-*: the expected extraData, hex ("" for a quote without one); default: not checked.',
+        ),
+    ] = None,
+    evidence_file: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option("--evidence", help="--tee az-snp-vtpm/az-tdx-vtpm: Trustee's evidence JSON."),
+    ] = None,
+    cert: Annotated[
+        PathsOpt,
+        typer.Option(
+            "--cert",
+            help="--tee az-snp-vtpm: AMD's ASK/ARK for the VCEK (default: the shipped ones). Repeatable.",
+        ),
+    ] = None,
+    collateral: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(
+            "--collateral",
+            help="Collateral of a DCAP quote (an az-tdx-vtpm TD quote too): QuoteCollateralV3 JSON.",
+        ),
     ] = None,
     at: Annotated[
         Optional[str],  # noqa: UP045
@@ -350,7 +509,7 @@ def verify(
     ] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
     trust_root: Annotated[
-        Optional[list[Path]],  # noqa: UP045
+        PathsOpt,
         typer.Option(
             "--trust-root",
             help="Extra trusted root (PEM) besides the server's, e.g. another dev PKI's root. Repeatable.",
@@ -361,20 +520,40 @@ def verify(
     database: DatabaseOpt = None,
     dev: DevOpt = None,
 ) -> None:
-    """Verify a quote: verdict, TCB status, advisories, checks performed and claims. It trusts what
+    """Verify evidence: verdict, TCB status, advisories, checks performed and claims. It trusts what
     the server of --data-dir/--database/--config trusts (with --dev, a 'serve --dev' one: its dev PKI
-    too); collateral comes from --collateral or else from that server's collateral store."""
+    too); DCAP collateral comes from --collateral or else from that server's collateral store. A TPM
+    AK given with --ak is trusted as given; without --nonce the quote's extraData is a claim, not checked."""
     settings: Settings | None = None
-    tee: str | None = None
+    found: str | None = None
+    when = datetime.now(UTC)
     try:
-        when = parse_at(at) if at is not None else datetime.now(UTC)
-        raw = _read(quote, "quote")
-        tee, _ = decode_evidence(raw)
-        endorsements = read_endorsements(raw, collateral)
+        when = parse_at(at) if at is not None else when
+        found, raw, endorsements, expected, ca, need_store = _verify_inputs(
+            tee=tee,
+            quote=quote,
+            signature=signature,
+            ak=ak,
+            ak_cert=ak_cert,
+            ak_ca=ak_ca or [],
+            pcrs=pcrs,
+            event_log=event_log,
+            nonce=nonce,
+            evidence_file=evidence_file,
+            cert=cert or [],
+            collateral=collateral,
+        )
         extra = _load_roots(trust_root or [])
         settings = cli_settings(config, data_dir, database, dev)
-        trust = server_trust(settings, at=when, extra_roots=extra, need_store=endorsements is None)
-        result = verify_with(trust, raw, endorsements, when)
+        trust = server_trust(settings, at=when, extra_roots=extra, need_store=need_store)
+        if found == "tpm":
+            try:
+                trust = tpm_cli_trust(trust, ca)
+            except CliInputError as exc:
+                raise UsageError(str(exc)) from None
+        verifier = REGISTRY.verifier(trust)
+        assert found is not None
+        result = verifier.verify(found, raw, expected, at=when, endorsements=endorsements)
     except UsageError as exc:
         _error(str(exc))
         raise typer.Exit(EXIT_USAGE) from None
@@ -391,7 +570,7 @@ def verify(
                 "verdict": "rejected",
                 "failed_check": check,
                 "reason": exc.detail,
-                "checks_passed": checks_before(check, tee),
+                "checks_passed": checks_before(check, found),
                 "at": when.isoformat(),
             }
             if isinstance(exc, EvidenceParseError):
@@ -405,6 +584,10 @@ def verify(
         raise typer.Exit(EXIT_REJECTED) from None
     if json_output:
         report = {k: v.isoformat() if isinstance(v, datetime) else v for k, v in result.report().items()}
-        typer.echo(json.dumps({"verdict": "verified", "at": when.isoformat(), **report}, indent=2))
+        typer.echo(
+            json.dumps(
+                {"verdict": "verified", "failed_check": None, "at": when.isoformat(), **report}, indent=2
+            )
+        )
     else:
         _print_verified(result)
