@@ -23,7 +23,10 @@ from tests.helpers.swtpm import MISSING, SKIP_REASON, Swtpm
 
 from keybroker.api.app import create_app
 from keybroker.api.services import Services
+from keybroker.client.errors import Denied
 from keybroker.client.evidence import Evidence
+from keybroker.client.http import Transport
+from keybroker.client.protocol_v0 import fetch_resource
 from keybroker.client.tpm import TpmProvider, TpmTools, enrol
 from keybroker.config import Settings, TpmSettings
 from keybroker.wire import binding
@@ -336,3 +339,63 @@ def test_an_ek_without_a_trusted_root_is_refused(
             assert "tpm.ek_roots" in r.json()["detail"]
     finally:
         svc.db.dispose()
+
+
+def _transport(client: TestClient, token: str | None = None) -> Transport:
+    """The workload client's transport, through the ASGI app instead of the network."""
+    return Transport("https://testserver", token=token, http_transport=client._transport)
+
+
+def test_kbs_v0_releases_a_key_to_the_tpm_and_denies_a_changed_pcr(
+    client: TestClient, admin_headers: dict[str, str], services: Services, machine: Machine, swtpm: Swtpm
+) -> None:
+    """The workload client's /kbs/v0 code with ``--tee tpm``: the quote's extraData is the runtime-data
+    hash; the resource serves a key under the key's own TPM policy."""
+    _enrol(client, token_headers(services, "tpm_aks:create", "tpm_aks:approve"), machine)
+    key_id, secret = _key(client, admin_headers, _policy(_pcr16(machine)))
+    policy_id = client.get(f"/kbs/v1/keys/{key_id}", headers=admin_headers).json()["transfer_policy_id"]
+    writer = token_headers(services, "resources:write", "keys:transfer")
+    r = client.post("/kbs/v0/resource/default/key/tpm", json={"key_id": key_id}, headers=writer)
+    assert r.status_code == 204, r.text
+    r = client.post(
+        "/kbs/v0/resource-policy/default/key/tpm", json={"transfer_policy_id": policy_id}, headers=writer
+    )
+    assert r.status_code == 204, r.text
+
+    released = fetch_resource(_transport(client), "default/key/tpm", machine.provider())
+    assert released.material == secret
+
+    swtpm.run("tpm2_pcrextend", f"16:sha256={'cd' * 32}")
+    with pytest.raises(Denied) as denied:
+        fetch_resource(_transport(client), "default/key/tpm", machine.provider())
+    assert any("pcrs.sha256.16" in r and "is not in the policy's list" in r for r in denied.value.reasons)
+    attests = _audit(client, admin_headers, "attestation.attest")
+    assert attests and all(a["details"]["tee"] == "tpm" for a in attests)
+
+
+def test_attestation_token_for_tpm_evidence_and_a_passport_release(
+    client: TestClient, admin_headers: dict[str, str], services: Services, machine: Machine
+) -> None:
+    _enrol(client, token_headers(services, "tpm_aks:create", "tpm_aks:approve"), machine)
+    nonce = base64.b64decode(client.post("/attestation/v1/nonce").json()["val"])
+    evidence = _quote(machine, nonce)
+    body = {
+        "tee": "tpm",
+        "evidence": base64.b64encode(evidence.quote).decode(),
+        "nonce": base64.b64encode(nonce).decode(),
+        "user_data": base64.b64encode(SPKI).decode(),
+    }
+    r = client.post("/attestation/v1/attest", json=body)
+    assert r.status_code == 200, r.text
+    # TPM: no vendor TCB status, and swtpm's EK chains to a dev root: a warning, never affirming
+    assert r.json()["status"] == "warning"
+    ear = services.attestation.verify_token(r.json()["token"])
+    claims = ear.appraisal_input(client_permissions=None)["claims"]
+    assert ear.tee == "tpm" and claims["ak"]["trust"]["mode"] == "enrolled"
+    assert claims["pcrs"]["sha256"]["16"] == _pcr16(machine) and claims["debug"] is False
+    assert ear.trust_vector["runtime-opaque"] == 0  # a TPM hides no memory
+
+    key_id, secret = _key(client, admin_headers, _policy(_pcr16(machine)))
+    r = client.post(f"/kbs/v1/keys/{key_id}/transfer", json={"attestation_token": r.json()["token"]})
+    assert r.status_code == 200, r.text
+    assert unwrap_v1(r.json(), _WORKLOAD) == secret

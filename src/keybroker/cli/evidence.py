@@ -12,6 +12,7 @@ import binascii
 import json
 import re
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Final, Optional
@@ -42,6 +43,7 @@ from keybroker.errors import (
 )
 from keybroker.tee.dcap.endorsements import QuoteCollateral
 from keybroker.tee.dcap.sources import CollateralSource, StaticCollateral
+from keybroker.tee.tpm.trust import AkRegistry, ClockReading, EnrolledAk
 from keybroker.tee.trust import EvidenceTrust
 from keybroker.tee.verifier import NO_REPORT_DATA, ExpectedReportData, VerifiedEvidence, Verifier
 
@@ -310,6 +312,40 @@ def server_trust(
         raise UsageError(exc.detail) from None
 
 
+class _ReadOnlyAks:
+    """The data dir's enrolled AKs, read only (no clock is recorded by a dry run)."""
+
+    def __init__(self, settings: Settings) -> None:
+        from keybroker.cli.common import open_existing_database
+        from keybroker.tpmaks.store import DbAkRegistry
+
+        self._registry = DbAkRegistry(open_existing_database(settings))
+
+    def enrolled(self, name: bytes) -> EnrolledAk | None:
+        from sqlalchemy.exc import SQLAlchemyError
+
+        try:
+            return self._registry.enrolled(name)
+        except SQLAlchemyError:  # a database from before TPM AKs
+            return None
+
+    def observe(self, ak: str, reading: ClockReading) -> ClockReading | None:
+        return None
+
+
+def dry_run_tpm_trust(settings: Settings, trust: EvidenceTrust) -> EvidenceTrust:
+    """``policy test``: a TPM AK is trusted as enrolled in the data dir's database (read only) when it
+    is, else as given (the operator tests the policy on evidence they chose)."""
+    from keybroker.errors import KeybrokerError
+
+    registry: AkRegistry | None
+    try:
+        registry = _ReadOnlyAks(settings)
+    except KeybrokerError:
+        registry = None
+    return replace(trust, tpm=replace(trust.tpm, registry=registry, ak_given=True))
+
+
 class _HookSource:
     """A lookup installed with ``set_collateral_lookup`` as a ``CollateralSource``."""
 
@@ -389,7 +425,8 @@ def _verify_inputs(
             if tee is not None and found != tee:
                 raise UsageError(f"--quote holds {found.upper()} evidence, not {tee.upper()}")
             endorsements = read_endorsements(raw, collateral)
-            return found, decoded, endorsements, expected, [], endorsements is None
+            need_store = endorsements is None and found in ("sgx", "tdx", "az-tdx-vtpm")
+            return found, decoded, endorsements, expected, [], need_store
         want = parse_nonce(nonce)
         if want is not None:
             expected = want
@@ -546,7 +583,9 @@ def verify(
         extra = _load_roots(trust_root or [])
         settings = cli_settings(config, data_dir, database, dev)
         trust = server_trust(settings, at=when, extra_roots=extra, need_store=need_store)
-        if found == "tpm":
+        if found == "tpm" and tee is None:  # a TPM evidence document given whole, as policy test takes it
+            trust = dry_run_tpm_trust(settings, trust)
+        elif found == "tpm":
             try:
                 trust = tpm_cli_trust(trust, ca)
             except CliInputError as exc:

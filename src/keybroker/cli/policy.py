@@ -33,6 +33,7 @@ from keybroker.cli.evidence import (
     cli_settings,
     decode_evidence,
     dev_hint,
+    dry_run_tpm_trust,
     parse_at,
     read_endorsements,
     server_trust,
@@ -62,7 +63,14 @@ def _load_policy(policy_path: Path) -> Callable[[dict[str, object]], Decision]:
 @handle_errors
 def test(
     policy: Annotated[Path, typer.Option("--policy", help="SecL v5 policy (JSON) or a Rego module (.rego)")],
-    quote: Annotated[Path, typer.Option("--quote", help="the quote: raw, hex or base64")],
+    quote: Annotated[
+        Path,
+        typer.Option(
+            "--quote",
+            help="the evidence: an SGX/TDX quote (raw, hex or base64), keybroker's TPM evidence document, "
+            "or Trustee's Azure vTPM JSON",
+        ),
+    ],
     collateral: Annotated[
         Optional[Path],  # noqa: UP045
         typer.Option(
@@ -97,12 +105,15 @@ def test(
     try:
         decide = _load_policy(policy)
         raw = _read(quote, "quote")
-        decode_evidence(raw)
         endorsements = read_endorsements(raw, collateral)
         when = parse_at(at) if at else datetime.now(UTC)
         extra = _load_roots(trust_root)
         settings = cli_settings(config, data_dir, database, dev)
-        trust = server_trust(settings, at=when, extra_roots=extra, need_store=endorsements is None)
+        tee, _ = decode_evidence(raw)
+        need_store = endorsements is None and tee in ("sgx", "tdx", "az-tdx-vtpm")
+        trust = dry_run_tpm_trust(
+            settings, server_trust(settings, at=when, extra_roots=extra, need_store=need_store)
+        )
     except UsageError as exc:
         fail(str(exc), EXIT_USAGE)
     try:
