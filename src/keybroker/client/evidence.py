@@ -41,7 +41,7 @@ TeeName = Literal["sgx", "tdx", "snp", "tpm", "az-snp-vtpm", "az-tdx-vtpm"]
 #: JSON document (``evidence(binding)`` takes the extraData).
 TPM_QUOTE_TEES: frozenset[str] = frozenset({"tpm", "az-snp-vtpm", "az-tdx-vtpm"})
 REPORT_DATA_SIZE = 64
-TEE_CHOICES = ("auto", "tdx", "snp", "sgx", "sim-tdx", "sim-sgx")
+TEE_CHOICES = ("auto", "tdx", "snp", "sgx", "tpm", "az-snp-vtpm", "az-tdx-vtpm", "sim-tdx", "sim-sgx")
 
 
 @dataclass(frozen=True)
@@ -505,6 +505,11 @@ def provider_for(
     (``sim-*`` with ``simulator``, which ``keybroker-client`` passes)."""
     if tee not in TEE_CHOICES:
         raise InvalidInput(f"--tee {tee!r} is not one of {', '.join(TEE_CHOICES)}", field="tee")
+    if tee in TPM_QUOTE_TEES:
+        raise InvalidInput(
+            f"--tee {tee}: TPM evidence comes from keybroker.client.tpm (TpmProvider, AzureVtpmProvider)",
+            field="tee",
+        )
     if tee.startswith("sim-"):
         if dev_pki is None:
             raise InvalidInput(f"--tee {tee} needs --dev-pki DIR (the broker's dev PKI)", field="dev_pki")

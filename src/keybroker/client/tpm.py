@@ -77,7 +77,8 @@ class TpmTools:
         self._work = work or Path(tempfile.mkdtemp(prefix="keybroker-tpm-"))
         self._n = 0
         #: No resource manager between us and the TPM (swtpm, mssim): flush what each command leaves.
-        self._flush = tcti is not None and tcti.split(":", 1)[0] in ("swtpm", "mssim")
+        effective = tcti or os.environ.get("TPM2TOOLS_TCTI") or ""
+        self._flush = effective.split(":", 1)[0] in ("swtpm", "mssim")
 
     @staticmethod
     def _exe(tool: str) -> str:
