@@ -127,6 +127,12 @@ SEALED_ACTIONS: Mapping[str, frozenset[str]] = MappingProxyType(
         "role.search": OUTCOMES,
         "role.update": OUTCOMES,
         "role.delete": OUTCOMES,
+        # Enrolled TPM AKs, like roles, are listed, approved and revoked by `keybroker tpm ak` on the
+        # operator's host too (enrolment itself only through the API, signed).
+        "tpm.ak.search": OUTCOMES,
+        "tpm.ak.retrieve": OUTCOMES,
+        "tpm.ak.approve": OUTCOMES,
+        "tpm.ak.revoke": OUTCOMES,
         # Operators sign in to the console to unseal it.
         "console.login": OUTCOMES,
         "console.logout": OUTCOMES,
