@@ -64,11 +64,12 @@ class TpmSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    #: Per vendor (e.g. "gce"), PEM files of the CAs an AK certificate may chain to; self-signed
-    #: certificates are the trust anchors, the others intermediates. Empty: no AK certificate is trusted.
+    #: Per vendor (e.g. "gce"), files (PEM, or one DER certificate) of the CAs an AK certificate
+    #: may chain to; self-signed certificates are the trust anchors, the others intermediates.
+    #: Empty: no AK certificate is trusted.
     ak_roots: dict[str, list[Path]] = Field(default_factory=dict)
-    #: Per TPM manufacturer, PEM files of the CAs an EK certificate must chain to for its TPM's AKs
-    #: to be enrolled. Empty: no enrolment.
+    #: Per TPM manufacturer, files (PEM or DER) of the CAs an EK certificate must chain to for
+    #: its TPM's AKs to be enrolled. Empty: no enrolment.
     ek_roots: dict[str, list[Path]] = Field(default_factory=dict)
     #: Dev mode only (--dev; ignored otherwise): EK roots such as swtpm's local CA. AKs enrolled
     #: through them are simulated evidence (sim=true), refused by a server not in dev mode.

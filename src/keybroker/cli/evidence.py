@@ -552,6 +552,14 @@ def verify(
             help="Extra trusted root (PEM) besides the server's, e.g. another dev PKI's root. Repeatable.",
         ),
     ] = None,
+    write_evidence: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(
+            "--write-evidence",
+            help="--tee tpm: also write the TPM evidence document the files make (what keybroker-client "
+            "sends, what policy test --quote takes).",
+        ),
+    ] = None,
     config: ConfigOpt = None,
     data_dir: DataDirOpt = None,
     database: DatabaseOpt = None,
@@ -580,6 +588,13 @@ def verify(
             cert=cert or [],
             collateral=collateral,
         )
+        if write_evidence is not None:
+            if found != "tpm" or tee != "tpm":
+                raise UsageError("--write-evidence is for --tee tpm")
+            try:
+                write_evidence.write_bytes(raw)
+            except OSError as exc:
+                raise UsageError(f"cannot write --write-evidence {write_evidence}: {exc.strerror}") from None
         extra = _load_roots(trust_root or [])
         settings = cli_settings(config, data_dir, database, dev)
         trust = server_trust(settings, at=when, extra_roots=extra, need_store=need_store)

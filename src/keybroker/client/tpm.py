@@ -91,7 +91,8 @@ class TpmTools:
 
     @property
     def source(self) -> str:
-        return f"TPM ({self.tcti or 'default TCTI, /dev/tpmrm0'})"
+        tcti = self.tcti or os.environ.get("TPM2TOOLS_TCTI")
+        return f"TPM ({tcti or 'default TCTI, /dev/tpmrm0'})"
 
     def path(self, stem: str) -> Path:
         self._n += 1

@@ -106,14 +106,18 @@ def _dev_collateral(settings: Settings) -> StaticCollateral:
 
 
 def _pem_store(paths: Iterable[Path], field: str) -> tuple[x509.Certificate, ...]:
+    """The certificates of a root store's files: PEM (one or more), or one DER certificate (as
+    vendors publish their TPM CAs)."""
     certs: list[x509.Certificate] = []
     for path in paths:
         try:
-            certs.extend(x509.load_pem_x509_certificates(path.read_bytes()))
+            raw = path.read_bytes()
+            if raw.lstrip().startswith(b"-----BEGIN"):
+                certs.extend(x509.load_pem_x509_certificates(raw))
+            else:
+                certs.append(x509.load_der_x509_certificate(raw))
         except (OSError, ValueError) as exc:
-            raise InvalidInput(
-                f"{field}: cannot load PEM certificates from {path}: {exc}", field=field
-            ) from None
+            raise InvalidInput(f"{field}: cannot load certificates from {path}: {exc}", field=field) from None
     return tuple(certs)
 
 
