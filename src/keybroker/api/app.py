@@ -249,7 +249,9 @@ class CrossCutting:
                     object_id=params.get("key_id")
                     or params.get("policy_id")
                     or params.get("jti")
-                    or params.get("role"),
+                    or params.get("role")
+                    or params.get("name")
+                    or params.get("enrolment_id"),
                     outcome=outcome,
                     reason=getattr(request.state, "problem_detail", None) or f"HTTP {status}",
                 )
