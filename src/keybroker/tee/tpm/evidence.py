@@ -120,8 +120,7 @@ def _ak_key(der: bytes) -> rsa.RSAPublicKey | ec.EllipticCurvePublicKey:
 
 def looks_like_tpm_evidence(raw: bytes) -> bool:
     """A header check: a JSON object naming a quote and an AK (``recognizes``; trusts nothing)."""
-    head = raw[:1].strip() or raw.lstrip()[:1]
-    if head != b"{" or len(raw) > MAX_EVIDENCE:
+    if raw.lstrip()[:1] != b"{" or len(raw) > MAX_EVIDENCE:
         return False
     try:
         doc = strictjson.loads(raw, what="TPM evidence", field="evidence")
