@@ -116,6 +116,23 @@ class AuditSettings(BaseModel):
     checkpoint_log: bool = False
 
 
+class CollateralSettings(BaseModel):
+    """Where ``keybroker collateral fetch`` asks when no ``--from`` is given."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    #: AMD's Key Distribution Service, or a KDS-compatible mirror (another keybroker) for
+    #: ``collateral fetch --snp``. https:// (http:// on a loopback address only).
+    kds_url: str = Field(default="https://kdsintf.amd.com", min_length=1, max_length=2048)
+
+    @field_validator("kds_url")
+    @classmethod
+    def _check_kds_url(cls, value: str) -> str:
+        if not value.startswith(("https://", "http://")):
+            raise ValueError("must be an https:// URL")
+        return value
+
+
 class ConsoleSettings(BaseModel):
     """The web console at ``/ui``."""
 
@@ -150,6 +167,7 @@ class Settings(BaseModel):
     seal: SealSettings = Field(default_factory=SealSettings)
     limits: LimitsSettings = Field(default_factory=LimitsSettings)
     audit: AuditSettings = Field(default_factory=AuditSettings)
+    collateral: CollateralSettings = Field(default_factory=CollateralSettings)
     #: None: no OpenID provider (the console's dev login under --dev only).
     oidc: OidcSettings | None = None
     console: ConsoleSettings = Field(default_factory=ConsoleSettings)
@@ -206,6 +224,7 @@ _ENV_SECTION_KEYS = {
     "LIMITS_OUTSTANDING_SESSIONS": ("limits", "outstanding_sessions"),
     "AUDIT_CHECKPOINT_INTERVAL_SECONDS": ("audit", "checkpoint_interval_seconds"),
     "AUDIT_CHECKPOINT_LOG": ("audit", "checkpoint_log"),
+    "COLLATERAL_KDS_URL": ("collateral", "kds_url"),
 }
 
 

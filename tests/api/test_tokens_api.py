@@ -16,6 +16,7 @@ from tests.helpers.server import keybroker
 
 from keybroker.api.app import create_app
 from keybroker.api.services import TOKEN_KEY_FILE, Services
+from keybroker.auth.authn import Authenticator
 from keybroker.auth.registry import CACHE_SECONDS, TokenRegistry
 from keybroker.auth.tokens import TokenService, load_signing_key
 from keybroker.config import Settings
@@ -109,6 +110,7 @@ def registry_clock(services: Services) -> _Clock:
     CACHE_SECONDS of that clock)."""
     clock = _Clock()
     services.tokens = TokenRegistry(services.db, services.settings.data_dir / TOKEN_KEY_FILE, clock=clock)
+    services.authn = Authenticator(services.tokens, services.roles, services.oidc)
     return clock
 
 

@@ -24,6 +24,7 @@ from keybroker.api.routers import (
     health,
     kbs_v0,
     kbs_v1,
+    kds,
     pccs_v4,
     roles_v1,
     sys,
@@ -95,6 +96,7 @@ ROUTERS: tuple[APIRouter, ...] = (
     tpm_v1.router,
     sys.router,
     pccs_v4.router,
+    kds.router,
 )
 
 

@@ -280,6 +280,44 @@ class ConsoleSession(Base):
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
+class SnpCollateralItem(Base):
+    """One piece of AMD SEV-SNP collateral as AMD's KDS serves it, kept with its history.
+
+    ``kind``: ``snp_vcek`` (a VCEK, by product, hwID and REPORTED_TCB), ``snp_cert_chain`` (ASK+ARK
+    or ASVK+ARK, by product and ``signing_key`` side) or ``snp_crl`` (the ARK's CRL, by product and
+    side). Every row was verified to chain to a trusted ARK (``ark_spki_sha256``) before it was
+    stored; ``digest`` is unique, so re-importing is a no-op.
+    """
+
+    __tablename__ = "snp_collateral_items"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    #: "vcek" or "vlek": the side (a chain or CRL of VCEKs or of VLEKs); "vcek" for a VCEK.
+    signing_key: Mapped[str] = mapped_column(String(4))
+    #: "Milan", "Genoa" or "Turin".
+    product: Mapped[str] = mapped_column(String(8))
+    #: VCEK: the hwID, lowercase hex (64 bytes; 8 on Turin). Else None.
+    hwid: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    #: VCEK: the TCB_VERSION it was issued for, lowercase hex of the 8 bytes (= REPORTED_TCB).
+    tcb: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    #: VCEK: DER; cert chain: PEM (intermediate, then the trusted ARK); CRL: DER.
+    content: Mapped[bytes] = mapped_column(LargeBinary)
+    digest: Mapped[str] = mapped_column(String(64), unique=True)
+    #: Certificates: notBefore..notAfter (a chain: of both); CRL: thisUpdate..nextUpdate.
+    valid_from: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    valid_until: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    #: SHA-256 of the trusted ARK's SubjectPublicKeyInfo.
+    ark_spki_sha256: Mapped[str] = mapped_column(String(64))
+    #: "amd" (a pinned AMD ARK) or "dev" (an explicitly configured dev root).
+    root_kind: Mapped[str] = mapped_column(String(8))
+    #: SHA-256 of the ASK/ASVK DER: a VCEK's issuer, a chain's intermediate; None for a CRL.
+    intermediate_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    #: Where it came from: "file:<name>", "fetch:<url>", "bundle:<name>".
+    source: Mapped[str] = mapped_column(String(512))
+    imported_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
 class TpmAk(Base):
     """A TPM attestation key enrolled through its EK (``keybroker.tpmaks``): trusted once approved."""
 
