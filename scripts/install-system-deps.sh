@@ -14,6 +14,7 @@ command -v tpm2_quote >/dev/null 2>&1 || need+=(tpm2-tools)  # quotes, credentia
 command -v jq >/dev/null 2>&1 || need+=(jq)  # docs/tpm.md's commands, run by its doc test
 command -v chromium >/dev/null 2>&1 || need+=(chromium)  # the console's browser tests (Playwright drives it; no browser download)
 command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)  # WebDriver for the same browser
+[ -f /usr/share/OVMF/OVMF_CODE_4M.fd ] || need+=(ovmf)  # firmware for the SEV-SNP launch measurement tests
 
 if [ ${#need[@]} -eq 0 ]; then
   exit 0

@@ -85,7 +85,7 @@ TeeOpt = Annotated[
         "--tee",
         help="auto (detect), tdx (configfs-tsm or /dev/tdx_guest), snp (configfs-tsm), sgx (Gramine), "
         "tpm (a TPM through tpm2-tools: an enrolled or certified AK), az-snp-vtpm or az-tdx-vtpm (an Azure "
-        "confidential VM's vTPM), sim-tdx or sim-sgx (simulator, NOT FOR PRODUCTION)",
+        "confidential VM's vTPM), sim-tdx, sim-sgx or sim-snp (simulator, NOT FOR PRODUCTION)",
     ),
 ]
 #: ``--tpm NAME=VALUE`` settings and what each means.
@@ -121,8 +121,11 @@ SimFieldOpt = Annotated[
         + ", ".join(ev.sim_field_names("tdx"))
         + "; SGX: "
         + ", ".join(ev.sim_field_names("sgx"))
+        + "; SNP: "
+        + ", ".join(ev.sim_field_names("snp"))
         + ". Measurements in hex, numbers decimal or 0x, flags true/false, tcb one of "
-        + ", ".join(ev.TCB_LEVELS),
+        + ", ".join(ev.TCB_LEVELS)
+        + ", signing_key vcek or vlek",
     ),
 ]
 VerboseOpt = Annotated[int, typer.Option("--verbose", "-v", count=True, help="-v: progress, -vv: debug")]
@@ -223,7 +226,9 @@ def provider(
     settings = tpm_settings(tpm)
     if tee in ev.TPM_QUOTE_TEES:
         if dev_pki is not None or sim_field:
-            raise InvalidInput("--dev-pki and --sim-field are for --tee sim-tdx or sim-sgx only", field="tee")
+            raise InvalidInput(
+                "--dev-pki and --sim-field are for --tee sim-tdx, sim-sgx or sim-snp only", field="tee"
+            )
         chosen_tpm = tpm_provider(tee, settings)
         log.info("evidence from %s", chosen_tpm.source)
         return chosen_tpm
@@ -231,14 +236,16 @@ def provider(
         raise InvalidInput("--tpm is for --tee tpm, az-snp-vtpm or az-tdx-vtpm", field="tpm")
     fields = sim_fields(sim_field)
     if dev_pki is not None and not tee.startswith("sim-"):
-        raise InvalidInput("--dev-pki is for --tee sim-tdx or sim-sgx only", field="dev_pki")
+        raise InvalidInput("--dev-pki is for --tee sim-tdx, sim-sgx or sim-snp only", field="dev_pki")
     if tee == "auto":
         if fields:
-            raise InvalidInput("--sim-field is for --tee sim-tdx or sim-sgx only", field="sim-field")
+            raise InvalidInput("--sim-field is for --tee sim-tdx, sim-sgx or sim-snp only", field="sim-field")
         found = ev.detect(root)
         say("--tee auto: " + found.summary())
         if found.provider is None:
-            raise EvidenceUnavailable("no TEE interface found (--tee sim-tdx or sim-sgx for the simulator)")
+            raise EvidenceUnavailable(
+                "no TEE interface found (--tee sim-tdx, sim-sgx or sim-snp for the simulator)"
+            )
         chosen = found.provider
     else:
         chosen = ev.provider_for(tee, root=root, dev_pki=dev_pki, sim_fields=fields, simulator=Simulator)

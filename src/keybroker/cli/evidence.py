@@ -1,8 +1,10 @@
 """``keybroker evidence``: verify attestation evidence from the command line, through the one verifier
-(the TEEs of ``appraisal.registry``: Intel SGX/TDX DCAP quotes, TPM 2.0 quotes, Azure vTPM evidence).
+(the TEEs of ``appraisal.registry``: Intel SGX/TDX DCAP quotes, AMD SEV-SNP reports, TPM 2.0 quotes,
+Azure vTPM evidence).
 
 Exit codes: 0 verified, 1 rejected (the failed check and why are printed), 2 usage error (unreadable
-file, bad ``--at``, a quote that is not raw, hex or base64, unusable collateral or trust root).
+file, bad ``--at``, evidence that is not raw, hex or base64, unusable collateral, certificate or
+trust root).
 """
 
 from __future__ import annotations
@@ -42,25 +44,31 @@ from keybroker.errors import (
     VerificationError,
 )
 from keybroker.tee.dcap.endorsements import QuoteCollateral
+from keybroker.tee.dcap.plugin import DCAP_TEES
 from keybroker.tee.dcap.sources import CollateralSource, StaticCollateral
 from keybroker.tee.tpm.trust import AkRegistry, ClockReading, EnrolledAk
 from keybroker.tee.trust import EvidenceTrust
 from keybroker.tee.verifier import NO_REPORT_DATA, ExpectedReportData, VerifiedEvidence, Verifier
 
 __all__ = [
+    "CertOpt",
     "CollateralLookup",
     "DevOpt",
+    "TeeOpt",
     "UsageError",
     "app",
+    "check_tee",
     "cli_settings",
     "checks_before",
     "decode_evidence",
     "decode_quote",
     "dev_hint",
+    "needs_collateral_store",
     "parse_at",
     "server_trust",
     "set_collateral_lookup",
     "read_endorsements",
+    "read_evidence",
     "verify_command",
     "verify_with",
 ]
@@ -75,7 +83,8 @@ CollateralLookup = Callable[[bytes, str, str], QuoteCollateral]
 _collateral_lookup: CollateralLookup | None = None
 
 app = typer.Typer(
-    help="Verify attestation evidence: Intel SGX and TDX DCAP quotes, TPM 2.0 quotes, Azure vTPM evidence.",
+    help="Verify attestation evidence: Intel SGX and TDX DCAP quotes, AMD SEV-SNP reports, TPM 2.0 quotes, "
+    "Azure vTPM evidence.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
@@ -83,7 +92,8 @@ app = typer.Typer(
 
 @app.callback()
 def _group() -> None:
-    """Verify attestation evidence: Intel SGX and TDX DCAP quotes, TPM 2.0 quotes, Azure vTPM evidence."""
+    """Verify attestation evidence: Intel SGX and TDX DCAP quotes, AMD SEV-SNP reports, TPM 2.0 quotes,
+    Azure vTPM evidence."""
 
 
 _out = Console()
@@ -134,13 +144,18 @@ def _detector() -> Verifier:
     return REGISTRY.verifier(EvidenceTrust())
 
 
-def decode_evidence(data: bytes, verifier: Verifier | None = None) -> tuple[str, bytes]:
+def decode_evidence(
+    data: bytes, verifier: Verifier | None = None, *, tee: str | None = None
+) -> tuple[str, bytes]:
     """(TEE, evidence) of evidence given raw, as hex, or as base64, detected strictly: the one
     reading a registered TEE's verifier recognizes (a DCAP quote: its header, version 3-5,
-    ECDSA-P256 key type, the TEE type)."""
+    ECDSA-P256 key type, the TEE type; an SEV-SNP report: its length, version 2-5, signature
+    algorithm). ``tee``: the evidence must be that TEE's (``--tee``)."""
     found = (verifier or _detector()).detect(_candidates(data))
     if found is None:
-        raise UsageError(f"the quote is not {REGISTRY.listing()} evidence in raw, hex or base64 form")
+        raise UsageError(f"the evidence is not {REGISTRY.listing()} evidence in raw, hex or base64 form")
+    if tee is not None and found[0] != tee:
+        raise UsageError(f"--tee {tee}: the evidence is {found[0].upper()} evidence, not {tee.upper()}")
     return found
 
 
@@ -207,25 +222,97 @@ def verify_command(
 
 
 def verify_with(
-    trust: EvidenceTrust, evidence: bytes, endorsements: object | None, at: datetime
+    trust: EvidenceTrust,
+    evidence: bytes,
+    endorsements: object | None,
+    at: datetime,
+    *,
+    tee: str | None = None,
 ) -> VerifiedEvidence:
     """Verify ``evidence`` (raw, hex or base64) as a server with ``trust`` would, through the one
-    verifier; ``endorsements``: the caller's (``--collateral``), else ``trust``'s sources."""
+    verifier; ``endorsements``: the caller's (``--collateral``, ``--cert``), else ``trust``'s sources
+    (and for SEV-SNP the certificates the evidence carries)."""
     verifier = REGISTRY.verifier(trust)
-    tee, raw = decode_evidence(evidence, verifier)
-    return verifier.verify(tee, raw, NO_REPORT_DATA, at=at, endorsements=endorsements)
+    found, raw = decode_evidence(evidence, verifier, tee=tee)
+    return verifier.verify(found, raw, NO_REPORT_DATA, at=at, endorsements=endorsements)
 
 
-def read_endorsements(evidence: bytes, path: Path | None) -> object | None:
-    """``--collateral``: the caller's endorsements for the TEE of ``evidence`` (UsageError if unusable)."""
-    if path is None:
+def read_endorsements(
+    evidence: bytes, path: Path | None, certs: Sequence[Path] = (), *, tee: str | None = None
+) -> object | None:
+    """The caller's endorsements for the TEE of ``evidence`` (UsageError if unusable):
+    ``--collateral`` (DCAP: QuoteCollateralV3 JSON) or ``--cert`` files (SEV-SNP: the VCEK or VLEK,
+    DER or PEM, and ASK/ASVK/ARK PEM chains, in any order; PEM CRLs may come along)."""
+    if path is None and not certs:
         return None
     detector = _detector()
-    tee, _ = decode_evidence(evidence, detector)
+    tee, _ = decode_evidence(evidence, detector, tee=tee)
+    if certs:
+        if path is not None:
+            raise UsageError("give --collateral or --cert, not both")
+        if tee in DCAP_TEES:
+            raise UsageError(f"--cert is for SEV-SNP reports; {tee.upper()} quotes take --collateral")
+        if tee != "snp":
+            raise UsageError(
+                f"--cert is for SEV-SNP reports (evidence verify: --tee az-snp-vtpm too), not {tee.upper()} evidence"
+            )
+        text = _certificates_json(certs)
+        where = "--cert"
+    else:
+        assert path is not None
+        text = _read(path, "collateral").decode("utf-8", errors="replace")
+        where = f"collateral {path}"
     try:
-        return detector.plugin(tee).endorsements(_read(path, "collateral"))
+        return detector.plugin(tee).endorsements(text)
     except CollateralError as exc:
-        raise UsageError(f"collateral {path}: {exc.detail}") from None
+        raise UsageError(f"{where}: {exc.detail}") from None
+
+
+_PEM_BLOCK: Final = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----.*?-----END \1-----", re.DOTALL)
+
+
+def _certificates_json(paths: Sequence[Path]) -> str:
+    """``--cert`` files as ``{"certificates": [...], "crls": [...]}``: PEM blocks as they are (a
+    CERTIFICATE or an X509 CRL), a file that is not PEM as one base64 DER certificate."""
+    certificates: list[str] = []
+    crls: list[str] = []
+    for path in paths:
+        data = _read(path, "certificate")
+        if not data.lstrip().startswith(b"-----BEGIN"):
+            if not data.startswith(b"\x30"):
+                raise UsageError(f"certificate {path} is neither PEM nor a DER certificate")
+            certificates.append(base64.b64encode(data).decode("ascii"))
+            continue
+        blocks = list(_PEM_BLOCK.finditer(data))
+        if not blocks or _PEM_BLOCK.sub(b"", data).strip():
+            raise UsageError(f"certificate {path}: not a sequence of PEM blocks")
+        for block in blocks:
+            label = block.group(1)
+            if label == b"CERTIFICATE":
+                certificates.append(block.group(0).decode("ascii"))
+            elif label == b"X509 CRL":
+                crls.append(block.group(0).decode("ascii"))
+            else:
+                raise UsageError(
+                    f"certificate {path}: a PEM {label.decode()} block is neither a certificate nor a CRL"
+                )
+    return json.dumps({"certificates": certificates, "crls": crls})
+
+
+def read_evidence(
+    path: Path, *, tee: str | None, collateral: Path | None, certs: Sequence[Path]
+) -> tuple[bytes, str, object | None]:
+    """``--quote``/``--report`` (raw, hex or base64), its TEE, and the caller's endorsements."""
+    raw = _read(path, "evidence")
+    found, _ = decode_evidence(raw, tee=tee)
+    return raw, found, read_endorsements(raw, collateral, certs, tee=found)
+
+
+def needs_collateral_store(tee: str, endorsements: object | None) -> bool:
+    """Whether ``tee``'s endorsements come from the collateral store: DCAP quotes (an Azure TDX
+    vTPM's TD quote too) without ``--collateral`` (SEV-SNP reports carry theirs, or a KDS source is
+    configured; a TPM quote has none)."""
+    return endorsements is None and tee in (*DCAP_TEES, "az-tdx-vtpm")
 
 
 def checks_before(check: str, tee: str | None) -> list[str]:
@@ -306,8 +393,12 @@ def server_trust(
             )
         else:
             store = lookup_for_cli(settings, at=at)
+    # SEV-SNP: asked only for a report that carries no certificates and was given no --cert
+    from keybroker.collateral.kds_store import endorsement_source_for_cli
+
+    snp = endorsement_source_for_cli(settings)
     try:
-        return evidence_trust(settings, store, extra_roots=extra_roots)
+        return evidence_trust(settings, store, extra_roots=extra_roots, snp_endorsements=snp)
     except InvalidInput as exc:
         raise UsageError(exc.detail) from None
 
@@ -378,13 +469,35 @@ DevOpt = Annotated[
 ]
 
 
-_TEES: Final = ("sgx", "tdx", "tpm", "az-snp-vtpm", "az-tdx-vtpm")
+TeeOpt = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option(
+        "--tee",
+        help=f"The evidence's TEE ({', '.join(REGISTRY.names)}); default: recognized from the evidence.",
+    ),
+]
+CertOpt = Annotated[
+    Optional[list[Path]],  # noqa: UP045
+    typer.Option(
+        "--cert",
+        help="SEV-SNP: the VCEK or VLEK (DER or PEM) and the ASK/ASVK/ARK chain (PEM), in any order; "
+        "PEM CRLs too. Repeatable. Default: the certificates the evidence carries, else the KDS cache.",
+    ),
+]
 PathsOpt = Optional[list[Path]]  # noqa: UP045
+#: TEEs whose ``evidence verify`` input is not one evidence file: a TPM quote's parts, Trustee's JSON.
+_FILES_TEES: Final = ("tpm", "az-snp-vtpm", "az-tdx-vtpm")
+
+
+def check_tee(tee: str | None) -> str | None:
+    if tee is not None and tee not in REGISTRY.names:
+        raise UsageError(f"--tee {tee!r} is not one of {', '.join(REGISTRY.names)}")
+    return tee
 
 
 def _option(value: object, name: str, tee: str | None) -> None:
     if value not in (None, [], False):
-        raise UsageError(f"{name} is not an option of --tee {tee or 'sgx/tdx'}")
+        raise UsageError(f"{name} is not an option of --tee {tee or '(recognized from the evidence)'}")
 
 
 def _verify_inputs(
@@ -401,32 +514,22 @@ def _verify_inputs(
     evidence_file: Path | None,
     cert: list[Path],
     collateral: Path | None,
-) -> tuple[str | None, bytes, object | None, ExpectedReportData, list[bytes], bool]:
-    """(TEE or None to detect, evidence, endorsements, expected report data, ``--ak-ca`` bytes,
-    whether the collateral store is needed) of the command line."""
-    if tee is not None and tee not in _TEES:
-        raise UsageError(f"--tee {tee!r} is not one of {', '.join(_TEES)}")
+) -> tuple[str, bytes, object | None, ExpectedReportData, list[bytes], bool]:
+    """(TEE, evidence, endorsements, expected report data, ``--ak-ca`` bytes, whether the
+    collateral store is needed) of the command line."""
+    check_tee(tee)
     tpm_only = {"--signature": signature, "--ak": ak, "--ak-cert": ak_cert, "--ak-ca": ak_ca, "--pcrs": pcrs}
     tpm_only["--event-log"] = event_log
     try:
         expected: ExpectedReportData = NO_REPORT_DATA
-        if tee in (None, "sgx", "tdx"):
-            for name, value in {
-                **tpm_only,
-                "--nonce": nonce,
-                "--evidence": evidence_file,
-                "--cert": cert,
-            }.items():
+        if tee not in _FILES_TEES:  # one evidence file: a DCAP quote, an SEV-SNP report, a TPM document
+            for name, value in {**tpm_only, "--nonce": nonce, "--evidence": evidence_file}.items():
                 _option(value, name, tee)
             if quote is None:
-                raise UsageError("--quote FILE is required")
-            raw = _read(quote, "quote")
-            found, decoded = decode_evidence(raw)
-            if tee is not None and found != tee:
-                raise UsageError(f"--quote holds {found.upper()} evidence, not {tee.upper()}")
-            endorsements = read_endorsements(raw, collateral)
-            need_store = endorsements is None and found in ("sgx", "tdx", "az-tdx-vtpm")
-            return found, decoded, endorsements, expected, [], need_store
+                raise UsageError("--report/--quote FILE is required")
+            raw, found, endorsements = read_evidence(quote, tee=tee, collateral=collateral, certs=cert)
+            _, decoded = decode_evidence(raw, tee=found)
+            return found, decoded, endorsements, expected, [], needs_collateral_store(found, endorsements)
         want = parse_nonce(nonce)
         if want is not None:
             expected = want
@@ -450,17 +553,24 @@ def _verify_inputs(
                 event_log=_read(event_log, "event log") if event_log is not None else None,
             )
             return "tpm", raw, None, expected, ca, False
+        assert tee is not None
         for name, value in {**tpm_only, "--quote": quote}.items():
             _option(value, name, tee)
         if evidence_file is None:
             raise UsageError(f"--tee {tee} needs --evidence FILE (Trustee's JSON)")
         endorsements = azure_endorsements(
-            str(tee),
+            tee,
             [_read(p, "certificate") for p in cert],
             _read(collateral, "collateral") if collateral else None,
         )
-        need_store = tee == "az-tdx-vtpm" and (endorsements is None or endorsements.td_collateral is None)
-        return tee, _read(evidence_file, "evidence"), endorsements, expected, [], need_store
+        return (
+            tee,
+            _read(evidence_file, "evidence"),
+            endorsements,
+            expected,
+            [],
+            needs_collateral_store(tee, endorsements),
+        )
     except CliInputError as exc:
         raise UsageError(str(exc)) from None
 
@@ -470,13 +580,13 @@ def verify(
     quote: Annotated[
         Optional[Path],  # noqa: UP045 - typer needs Optional here
         typer.Option(
-            "--quote", help="Quote file: an SGX/TDX quote (raw, hex or base64); --tee tpm: the TPMS_ATTEST."
+            "--report",
+            "--quote",
+            help="The evidence: a DCAP quote or an SEV-SNP report (optionally followed by its certificate "
+            "table), raw, hex or base64, or keybroker's TPM evidence document; --tee tpm: the TPMS_ATTEST.",
         ),
     ] = None,
-    tee: Annotated[
-        Optional[str],  # noqa: UP045
-        typer.Option("--tee", help=f"One of {', '.join(_TEES)} (default: detect an SGX/TDX quote)."),
-    ] = None,
+    tee_name: TeeOpt = None,
     signature: Annotated[
         Optional[Path],  # noqa: UP045
         typer.Option(
@@ -528,14 +638,16 @@ def verify(
         PathsOpt,
         typer.Option(
             "--cert",
-            help="--tee az-snp-vtpm: AMD's ASK/ARK for the VCEK (default: the shipped ones). Repeatable.",
+            help="SEV-SNP: the VCEK or VLEK (DER or PEM) and the ASK/ASVK/ARK chain (PEM), in any order; "
+            "PEM CRLs too (default: the certificates the report carries, else the KDS cache). --tee "
+            "az-snp-vtpm: AMD's ASK/ARK for the VCEK (default: the shipped ones). Repeatable.",
         ),
     ] = None,
     collateral: Annotated[
         Optional[Path],  # noqa: UP045
         typer.Option(
             "--collateral",
-            help="Collateral of a DCAP quote (an az-tdx-vtpm TD quote too): QuoteCollateralV3 JSON.",
+            help="DCAP collateral of a quote (an az-tdx-vtpm TD quote too): QuoteCollateralV3 JSON.",
         ),
     ] = None,
     at: Annotated[
@@ -567,15 +679,16 @@ def verify(
 ) -> None:
     """Verify evidence: verdict, TCB status, advisories, checks performed and claims. It trusts what
     the server of --data-dir/--database/--config trusts (with --dev, a 'serve --dev' one: its dev PKI
-    too); DCAP collateral comes from --collateral or else from that server's collateral store. A TPM
-    AK given with --ak is trusted as given; without --nonce the quote's extraData is a claim, not checked."""
+    too); DCAP collateral comes from --collateral or else from that server's collateral store, SEV-SNP
+    certificates from --cert, else from the report's certificate table, else the KDS cache. A TPM AK
+    given with --ak is trusted as given; without --nonce the quote's extraData is a claim, not checked."""
     settings: Settings | None = None
     found: str | None = None
     when = datetime.now(UTC)
     try:
         when = parse_at(at) if at is not None else when
         found, raw, endorsements, expected, ca, need_store = _verify_inputs(
-            tee=tee,
+            tee=tee_name,
             quote=quote,
             signature=signature,
             ak=ak,
@@ -589,7 +702,7 @@ def verify(
             collateral=collateral,
         )
         if write_evidence is not None:
-            if found != "tpm" or tee != "tpm":
+            if found != "tpm" or tee_name != "tpm":
                 raise UsageError("--write-evidence is for --tee tpm")
             try:
                 write_evidence.write_bytes(raw)
@@ -598,7 +711,9 @@ def verify(
         extra = _load_roots(trust_root or [])
         settings = cli_settings(config, data_dir, database, dev)
         trust = server_trust(settings, at=when, extra_roots=extra, need_store=need_store)
-        if found == "tpm" and tee is None:  # a TPM evidence document given whole, as policy test takes it
+        if (
+            found == "tpm" and tee_name is None
+        ):  # a TPM evidence document given whole, as policy test takes it
             trust = dry_run_tpm_trust(settings, trust)
         elif found == "tpm":
             try:
@@ -626,6 +741,7 @@ def verify(
                 "reason": exc.detail,
                 "checks_passed": checks_before(check, found),
                 "at": when.isoformat(),
+                "claims": None,
             }
             if isinstance(exc, EvidenceParseError):
                 doc["field"], doc["offset"] = exc.field, exc.offset

@@ -30,6 +30,7 @@ from keybroker.client.material import ReleasedKey, classify
 from keybroker.client.unwrap import jwe_unwrap
 from keybroker.errors import InvalidInput
 from keybroker.wire.binding import V0_HASHES, v0_report_data, v0_runtime_digest
+from keybroker.wire.certtable import parse_cert_table
 
 log = logging.getLogger("keybroker.client")
 
@@ -70,6 +71,21 @@ def _selected_hash(extra: object) -> str:
     return "sha384"
 
 
+def snp_primary_evidence(report: bytes, auxblob: bytes | None) -> dict[str, Any]:
+    """Trustee's SEV-SNP evidence: ``{"attestation_report", "cert_chain"}``, the report in base64 and
+    the certificate table (configfs-tsm ``auxblob``) as virtee/sev ``CertTableEntry`` items."""
+    chain: list[dict[str, Any]] | None = None
+    if auxblob:  # checked by the provider (``evidence.usable_auxblob``)
+        chain = [
+            {
+                "cert_type": entry.name.upper() if entry.name else {"OTHER": str(entry.guid)},
+                "data": base64.b64encode(entry.data).decode(),
+            }
+            for entry in parse_cert_table(auxblob).entries
+        ]
+    return {"attestation_report": base64.b64encode(report).decode(), "cert_chain": chain}
+
+
 def _attempt(transport: Transport, resource: str, provider: Provider, key_type: KeyType) -> ReleasedKey:
     tee = provider.tee
     auth = transport.request(
@@ -97,9 +113,12 @@ def _attempt(transport: Transport, resource: str, provider: Provider, key_type: 
         primary = json.loads(evidence.quote)
     else:
         evidence = provider.evidence(v0_report_data(nonce, jwk, "", hash_alg))
-        primary = {"quote": base64.b64encode(evidence.quote).decode()}
-        if tee == "tdx":
-            primary["cc_eventlog"] = None
+        if tee == "snp":
+            primary = snp_primary_evidence(evidence.quote, evidence.aux)
+        else:
+            primary = {"quote": base64.b64encode(evidence.quote).decode()}
+            if tee == "tdx":
+                primary["cc_eventlog"] = None
     log.info("evidence: %d bytes from %s (%s binding)", len(evidence.quote), evidence.source, hash_alg)
     transport.request(
         "POST",

@@ -41,6 +41,7 @@ EPHEMERAL_RSA_BITS = 3072
 V1_TEES = {
     "sgx": "SGX",
     "tdx": "TDX",
+    "snp": "SNP",
     "tpm": "TPM",
     "az-snp-vtpm": "AZ-SNP-VTPM",
     "az-tdx-vtpm": "AZ-TDX-VTPM",
@@ -152,11 +153,14 @@ def _attempt(
     timings["evidence"] = t3 - t2
     log.info("evidence: %d bytes from %s", len(evidence.quote), evidence.source)
 
+    # SEV-SNP: the report, then the certificate table it came with (configfs-tsm auxblob), so the
+    # broker can verify it without a KDS cache
+    quote = evidence.quote + (evidence.aux or b"") if tee == "snp" else evidence.quote
     resp = transport.request(
         "POST",
         path,
         json_body={
-            "quote": base64.b64encode(evidence.quote).decode(),
+            "quote": base64.b64encode(quote).decode(),
             "nonce": {"val": base64.b64encode(nonce).decode()},
             "user_data": base64.b64encode(spki).decode(),
         },

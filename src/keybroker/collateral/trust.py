@@ -5,10 +5,12 @@ collateral (``evidence verify``, ``policy test``, ``collateral import/fetch``) b
 here, so that for one data dir and configuration the command line trusts exactly what the server
 trusts:
 
-* roots: the Intel SGX Root CA (always; pinned in ``tee.dcap``), every certificate in the
-  ``trust.dev_roots`` files, and in dev mode the data dir's dev PKI root (``dev-pki/root.pem``);
+* roots: the Intel SGX Root CA and AMD's three ARKs (always; pinned in ``tee.dcap`` and
+  ``tee.snp``), every certificate in the ``trust.dev_roots`` files, and in dev mode the data dir's
+  dev PKI roots (``dev-pki/root.pem``, Intel-shaped; ``dev-pki/snp/ark.pem``, AMD-shaped);
 * collateral: in dev mode the dev PKI's own (``dev-pki/collateral-{sgx,tdx}.json``) first, then
-  the collateral store.
+  the collateral store; SEV-SNP endorsements from the evidence itself or, when given, a KDS source.
+* TPM: the ``tpm.ak_roots`` stores and the enrolled attestation keys (``tpm_trust``).
 
 The dev PKI is created and refreshed by the server (``api.services``); this module only reads it,
 so the command line never writes a data dir it inspects.
@@ -28,6 +30,7 @@ from keybroker.tee.dcap.chain import TrustedRoots
 from keybroker.tee.dcap.endorsements import QuoteCollateral
 from keybroker.tee.dcap.plugin import DCAP_TEES
 from keybroker.tee.dcap.sources import ChainedCollateral, CollateralSource, StaticCollateral
+from keybroker.tee.snp.sources import SnpEndorsementSource
 from keybroker.tee.tpm.trust import AkRegistry, TpmTrust
 from keybroker.tee.trust import EvidenceTrust
 
@@ -40,6 +43,8 @@ __all__ = [
     "dev_root_path",
     "ek_roots",
     "evidence_trust",
+    "snp_dev_pki_dir",
+    "snp_dev_root_path",
     "tpm_trust",
 ]
 
@@ -56,6 +61,16 @@ def dev_root_path(settings: Settings) -> Path:
     return dev_pki_dir(settings) / "root.pem"
 
 
+def snp_dev_pki_dir(settings: Settings) -> Path:
+    """The SEV-SNP simulator's dev PKI (an AMD-shaped ARK, ASK, ASVK) inside the dev PKI."""
+    return dev_pki_dir(settings) / "snp"
+
+
+def snp_dev_root_path(settings: Settings) -> Path:
+    """The SEV-SNP simulator's dev ARK."""
+    return snp_dev_pki_dir(settings) / "ark.pem"
+
+
 def _dev_pki_missing(settings: Settings, path: Path, why: str) -> InvalidInput:
     return InvalidInput(
         f"dev mode trusts the data dir's dev PKI, but {path} {why}: start 'keybroker serve --dev "
@@ -65,7 +80,8 @@ def _dev_pki_missing(settings: Settings, path: Path, why: str) -> InvalidInput:
 
 
 def configured_roots(settings: Settings) -> list[x509.Certificate]:
-    """The roots trusted besides Intel's: ``trust.dev_roots``, then (dev mode) the dev PKI's root."""
+    """The roots trusted besides the vendors': ``trust.dev_roots``, then (dev mode) the dev PKI's
+    roots (Intel-shaped and AMD-shaped; each TEE's verifier takes those of its own kind)."""
     certs: list[x509.Certificate] = []
     for path in settings.trust.dev_roots:
         try:
@@ -75,13 +91,13 @@ def configured_roots(settings: Settings) -> list[x509.Certificate]:
                 f"trust.dev_roots: cannot load a PEM certificate from {path}: {exc}", field="trust.dev_roots"
             ) from None
     if settings.dev:
-        path = dev_root_path(settings)
-        try:
-            certs.append(x509.load_pem_x509_certificate(path.read_bytes()))
-        except FileNotFoundError:
-            raise _dev_pki_missing(settings, path, "does not exist") from None
-        except (OSError, ValueError) as exc:
-            raise _dev_pki_missing(settings, path, f"is not a readable PEM certificate ({exc})") from None
+        for path in (dev_root_path(settings), snp_dev_root_path(settings)):
+            try:
+                certs.append(x509.load_pem_x509_certificate(path.read_bytes()))
+            except FileNotFoundError:
+                raise _dev_pki_missing(settings, path, "does not exist") from None
+            except (OSError, ValueError) as exc:
+                raise _dev_pki_missing(settings, path, f"is not a readable PEM certificate ({exc})") from None
     return certs
 
 
@@ -146,12 +162,17 @@ def evidence_trust(
     *,
     extra_roots: Iterable[x509.Certificate] = (),
     aks: AkRegistry | None = None,
+    snp_endorsements: SnpEndorsementSource | None = None,
 ) -> EvidenceTrust:
     """The server's trust for ``settings``: in dev mode the dev PKI's collateral before ``store``
     (the collateral store), the configured roots plus ``extra_roots`` (``--trust-root``), and the
-    TPM AK roots with the enrolled AKs of ``aks``."""
+    TPM AK roots with the enrolled AKs of ``aks``; ``snp_endorsements``: the KDS cache SEV-SNP
+    reports without certificates are verified with (None: such a report is refused, saying so)."""
     roots = (*configured_roots(settings), *extra_roots)
     sources: list[CollateralSource] = [_dev_collateral(settings)] if settings.dev else []
     return EvidenceTrust(
-        dev_roots=roots, collateral=ChainedCollateral(*sources, store), tpm=tpm_trust(settings, aks)
+        dev_roots=roots,
+        collateral=ChainedCollateral(*sources, store),
+        tpm=tpm_trust(settings, aks),
+        snp_endorsements=snp_endorsements,
     )

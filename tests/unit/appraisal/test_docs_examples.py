@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.helpers.sim_evidence import AT, SimEvidence
+from cryptography.hazmat.primitives.serialization import Encoding
+from tests.helpers.sim_evidence import AT, SimEvidence, SimSnpEvidence
 from typer.testing import CliRunner
 
 from keybroker.appraisal import rego, secl
@@ -16,6 +17,7 @@ from keybroker.appraisal.input import appraisal_input
 from keybroker.appraisal.policy import TransferPolicyBody
 from keybroker.cli.main import app
 from keybroker.tee.sim import DEFAULT_MRTD
+from keybroker.tee.sim.snp import DEFAULT_MEASUREMENT, DEFAULT_POLICY
 
 DOC = Path(__file__).resolve().parents[3] / "docs" / "policies.md"
 _EXAMPLE = re.compile(r"<!-- example: ([\w-]+) -->\n```(\w+)\n(.*?)\n```", re.DOTALL)
@@ -50,6 +52,8 @@ def test_every_example_is_tested() -> None:
         "rego-sgx",
         "decision-rego-sgx",
         "rego-tdx-reason-object",
+        "secl-snp",
+        "decision-secl-snp",
     }
 
 
@@ -156,3 +160,24 @@ def test_tpm_example_allows_the_gce_machine_it_was_made_from() -> None:
         TransferPolicyBody.model_validate(policy), verified, client_permissions=None, policy_id="p"
     )
     assert [r.check for r in denied.findings] == ["dbx"]
+
+
+def test_secl_snp_decision(sim_snp: SimSnpEvidence, tmp_path: Path) -> None:
+    """The doc's SNP policy through ``keybroker policy test`` on the simulator's default guest in
+    debug mode, with its certificate table and the dev ARK trusted."""
+    policy = tmp_path / "example-snp.json"
+    policy.write_text(EXAMPLES["secl-snp"])
+    evidence = tmp_path / "guest.evidence"
+    evidence.write_bytes(sim_snp.evidence(policy=DEFAULT_POLICY | (1 << 19)))
+    ark = tmp_path / "ark.pem"
+    ark.write_bytes(sim_snp.pki.root_cert.public_bytes(Encoding.PEM))
+    r = CliRunner().invoke(
+        app,
+        ["policy", "test", "--policy", str(policy), "--report", str(evidence), "--at", AT.isoformat()]
+        + ["--trust-root", str(ark), "--client-permissions", "nginx,USA", "--json"]
+        + ["--data-dir", str(tmp_path / "none")],
+    )
+    assert r.exit_code == 1, r.output
+    assert json.loads(r.output) == _json("decision-secl-snp")
+    # the default guest is the one the example pins
+    assert _json("secl-snp")["snp"]["attributes"]["measurement"] == [DEFAULT_MEASUREMENT.hex()]
