@@ -81,7 +81,7 @@ _DELETE = object()
         (SGX_POLICY, ["sgx", "attributes", "colour"], "red", "colour", "unknown field"),
         (SGX_POLICY, ["attestation_type"], ["SGX", "TDX"], "body", "no tdx section"),
         (SGX_POLICY, ["attestation_type"], ["SNP"], "body", "no snp section"),
-        (SGX_POLICY, ["attestation_type"], ["TPM"], "body", "reserved"),
+        (SGX_POLICY, ["attestation_type"], ["TPM"], "body", "no tpm section"),
         (SGX_POLICY, ["attestation_type"], ["XYZ"], "attestation_type", "SGX"),
         (SGX_POLICY, ["attestation_type"], [], "attestation_type", "at least 1"),
         (TDX_POLICY, ["tdx", "attributes", "mrseam"], ["a" * 64], "mrseam", "96 hex"),

@@ -31,7 +31,7 @@ from keybroker.auth.tokens import load_or_create_signing_key
 from keybroker.collateral.kds_store import KdsStore, endorsement_source
 from keybroker.collateral.store import DbCollateralSource
 from keybroker.collateral.trust import DEV_PKI_DIR as DEV_PKI_DIR  # where tests find the dev PKI
-from keybroker.collateral.trust import dev_pki_dir, evidence_trust, snp_dev_pki_dir
+from keybroker.collateral.trust import dev_pki_dir, ek_roots, evidence_trust, snp_dev_pki_dir
 from keybroker.config import Settings, TrustedAttestationService
 from keybroker.errors import InvalidInput, KeybrokerError
 from keybroker.keys.release import ReleaseService
@@ -49,6 +49,8 @@ from keybroker.tee.dcap.endorsements import QuoteCollateral
 from keybroker.tee.sim import DevPki
 from keybroker.tee.sim.snp import SnpDevPki
 from keybroker.tee.verifier import Verifier
+from keybroker.tpmaks.service import TpmAkService
+from keybroker.tpmaks.store import DbAkRegistry
 
 log = logging.getLogger("keybroker")
 
@@ -180,6 +182,8 @@ class Services:
     authn: Authenticator
     #: The organisation's OpenID provider (``[oidc]``), or None.
     oidc: OidcProvider | None
+    #: TPM attestation keys: enrolment through the EK, approval, revocation.
+    tpm_aks: TpmAkService
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -201,7 +205,22 @@ class Services:
             _dev_pki(dev_pki_dir(settings))  # created, or its collateral refreshed, before it is read
             _snp_dev_pki(snp_dev_pki_dir(settings))
         kds = endorsement_source(KdsStore(db))  # SEV-SNP reports that carry no certificates
-        verifier = REGISTRY.verifier(evidence_trust(settings, DbCollateralSource(db), snp_endorsements=kds))
+        verifier = REGISTRY.verifier(
+            evidence_trust(settings, DbCollateralSource(db), aks=DbAkRegistry(db), snp_endorsements=kds)
+        )
+        manufacturers, dev_ek = ek_roots(settings)
+        if dev_ek:
+            log.warning(
+                "DEV MODE: TPM EKs certified by tpm.dev_ek_roots (%s) may enrol AKs (their evidence is "
+                "simulated: sim=true)",
+                ", ".join(str(p) for p in settings.tpm.dev_ek_roots),
+            )
+        tpm_aks = TpmAkService(
+            db,
+            ek_roots=manufacturers,
+            dev_ek_roots=dev_ek,
+            ttl=timedelta(seconds=settings.tpm.enrolment_ttl_seconds),
+        )
         nonce_ttl = timedelta(seconds=settings.nonce_ttl_seconds)
         trusted = [_trusted_issuer(i, t) for i, t in enumerate(settings.trust.attestation_services)]
         limits = settings.limits
@@ -254,6 +273,7 @@ class Services:
             roles,
             Authenticator(tokens, roles, oidc),
             oidc,
+            tpm_aks,
         )
         _warn_key_certificates_under_tls_anchor(services.keys, cas)
         if settings.dev:

@@ -1,5 +1,6 @@
 """``keybroker evidence``: verify attestation evidence from the command line, through the one verifier
-(the TEEs of ``appraisal.registry``: Intel SGX/TDX DCAP quotes and AMD SEV-SNP reports).
+(the TEEs of ``appraisal.registry``: Intel SGX/TDX DCAP quotes, AMD SEV-SNP reports, TPM 2.0 quotes,
+Azure vTPM evidence).
 
 Exit codes: 0 verified, 1 rejected (the failed check and why are printed), 2 usage error (unreadable
 file, bad ``--at``, evidence that is not raw, hex or base64, unusable collateral, certificate or
@@ -13,6 +14,7 @@ import binascii
 import json
 import re
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Final, Optional
@@ -25,6 +27,13 @@ from rich.text import Text
 
 from keybroker.appraisal.registry import REGISTRY
 from keybroker.cli.common import ConfigOpt, DatabaseOpt, DataDirOpt
+from keybroker.cli.evidence_tpm import (
+    CliInputError,
+    azure_endorsements,
+    parse_nonce,
+    tpm_cli_evidence,
+    tpm_cli_trust,
+)
 from keybroker.collateral.trust import dev_pki_dir, dev_root_path, evidence_trust
 from keybroker.config import Settings, load_settings
 from keybroker.errors import (
@@ -37,8 +46,9 @@ from keybroker.errors import (
 from keybroker.tee.dcap.endorsements import QuoteCollateral
 from keybroker.tee.dcap.plugin import DCAP_TEES
 from keybroker.tee.dcap.sources import CollateralSource, StaticCollateral
+from keybroker.tee.tpm.trust import AkRegistry, ClockReading, EnrolledAk
 from keybroker.tee.trust import EvidenceTrust
-from keybroker.tee.verifier import NO_REPORT_DATA, VerifiedEvidence, Verifier
+from keybroker.tee.verifier import NO_REPORT_DATA, ExpectedReportData, VerifiedEvidence, Verifier
 
 __all__ = [
     "CertOpt",
@@ -73,7 +83,8 @@ CollateralLookup = Callable[[bytes, str, str], QuoteCollateral]
 _collateral_lookup: CollateralLookup | None = None
 
 app = typer.Typer(
-    help="Verify attestation evidence: Intel SGX and TDX DCAP quotes, AMD SEV-SNP reports.",
+    help="Verify attestation evidence: Intel SGX and TDX DCAP quotes, AMD SEV-SNP reports, TPM 2.0 quotes, "
+    "Azure vTPM evidence.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
@@ -81,7 +92,8 @@ app = typer.Typer(
 
 @app.callback()
 def _group() -> None:
-    """Verify attestation evidence: Intel SGX and TDX DCAP quotes, AMD SEV-SNP reports."""
+    """Verify attestation evidence: Intel SGX and TDX DCAP quotes, AMD SEV-SNP reports, TPM 2.0 quotes,
+    Azure vTPM evidence."""
 
 
 _out = Console()
@@ -240,6 +252,10 @@ def read_endorsements(
             raise UsageError("give --collateral or --cert, not both")
         if tee in DCAP_TEES:
             raise UsageError(f"--cert is for SEV-SNP reports; {tee.upper()} quotes take --collateral")
+        if tee != "snp":
+            raise UsageError(
+                f"--cert is for SEV-SNP reports (evidence verify: --tee az-snp-vtpm too), not {tee.upper()} evidence"
+            )
         text = _certificates_json(certs)
         where = "--cert"
     else:
@@ -293,9 +309,10 @@ def read_evidence(
 
 
 def needs_collateral_store(tee: str, endorsements: object | None) -> bool:
-    """Whether ``tee``'s endorsements come from the collateral store: DCAP quotes without
-    ``--collateral`` (SEV-SNP reports carry theirs, or a KDS source is configured)."""
-    return endorsements is None and tee in DCAP_TEES
+    """Whether ``tee``'s endorsements come from the collateral store: DCAP quotes (an Azure TDX
+    vTPM's TD quote too) without ``--collateral`` (SEV-SNP reports carry theirs, or a KDS source is
+    configured; a TPM quote has none)."""
+    return endorsements is None and tee in (*DCAP_TEES, "az-tdx-vtpm")
 
 
 def checks_before(check: str, tee: str | None) -> list[str]:
@@ -386,6 +403,40 @@ def server_trust(
         raise UsageError(exc.detail) from None
 
 
+class _ReadOnlyAks:
+    """The data dir's enrolled AKs, read only (no clock is recorded by a dry run)."""
+
+    def __init__(self, settings: Settings) -> None:
+        from keybroker.cli.common import open_existing_database
+        from keybroker.tpmaks.store import DbAkRegistry
+
+        self._registry = DbAkRegistry(open_existing_database(settings))
+
+    def enrolled(self, name: bytes) -> EnrolledAk | None:
+        from sqlalchemy.exc import SQLAlchemyError
+
+        try:
+            return self._registry.enrolled(name)
+        except SQLAlchemyError:  # a database from before TPM AKs
+            return None
+
+    def observe(self, ak: str, reading: ClockReading) -> ClockReading | None:
+        return None
+
+
+def dry_run_tpm_trust(settings: Settings, trust: EvidenceTrust) -> EvidenceTrust:
+    """``policy test``: a TPM AK is trusted as enrolled in the data dir's database (read only) when it
+    is, else as given (the operator tests the policy on evidence they chose)."""
+    from keybroker.errors import KeybrokerError
+
+    registry: AkRegistry | None
+    try:
+        registry = _ReadOnlyAks(settings)
+    except KeybrokerError:
+        registry = None
+    return replace(trust, tpm=replace(trust.tpm, registry=registry, ak_given=True))
+
+
 class _HookSource:
     """A lookup installed with ``set_collateral_lookup`` as a ``CollateralSource``."""
 
@@ -433,6 +484,9 @@ CertOpt = Annotated[
         "PEM CRLs too. Repeatable. Default: the certificates the evidence carries, else the KDS cache.",
     ),
 ]
+PathsOpt = Optional[list[Path]]  # noqa: UP045
+#: TEEs whose ``evidence verify`` input is not one evidence file: a TPM quote's parts, Trustee's JSON.
+_FILES_TEES: Final = ("tpm", "az-snp-vtpm", "az-tdx-vtpm")
 
 
 def check_tee(tee: str | None) -> str | None:
@@ -441,22 +495,160 @@ def check_tee(tee: str | None) -> str | None:
     return tee
 
 
+def _option(value: object, name: str, tee: str | None) -> None:
+    if value not in (None, [], False):
+        raise UsageError(f"{name} is not an option of --tee {tee or '(recognized from the evidence)'}")
+
+
+def _verify_inputs(
+    *,
+    tee: str | None,
+    quote: Path | None,
+    signature: Path | None,
+    ak: Path | None,
+    ak_cert: Path | None,
+    ak_ca: list[Path],
+    pcrs: Path | None,
+    event_log: Path | None,
+    nonce: str | None,
+    evidence_file: Path | None,
+    cert: list[Path],
+    collateral: Path | None,
+) -> tuple[str, bytes, object | None, ExpectedReportData, list[bytes], bool]:
+    """(TEE, evidence, endorsements, expected report data, ``--ak-ca`` bytes, whether the
+    collateral store is needed) of the command line."""
+    check_tee(tee)
+    tpm_only = {"--signature": signature, "--ak": ak, "--ak-cert": ak_cert, "--ak-ca": ak_ca, "--pcrs": pcrs}
+    tpm_only["--event-log"] = event_log
+    try:
+        expected: ExpectedReportData = NO_REPORT_DATA
+        if tee not in _FILES_TEES:  # one evidence file: a DCAP quote, an SEV-SNP report, a TPM document
+            for name, value in {**tpm_only, "--nonce": nonce, "--evidence": evidence_file}.items():
+                _option(value, name, tee)
+            if quote is None:
+                raise UsageError("--report/--quote FILE is required")
+            raw, found, endorsements = read_evidence(quote, tee=tee, collateral=collateral, certs=cert)
+            _, decoded = decode_evidence(raw, tee=found)
+            return found, decoded, endorsements, expected, [], needs_collateral_store(found, endorsements)
+        want = parse_nonce(nonce)
+        if want is not None:
+            expected = want
+        if tee == "tpm":
+            for name, value in {
+                "--evidence": evidence_file,
+                "--cert": cert,
+                "--collateral": collateral,
+            }.items():
+                _option(value, name, tee)
+            if quote is None or signature is None or ak is None:
+                raise UsageError("--tee tpm needs --quote, --signature and --ak")
+            ca = [_read(p, "--ak-ca certificate") for p in ak_ca]
+            raw = tpm_cli_evidence(
+                quote=_read(quote, "quote"),
+                signature=_read(signature, "signature"),
+                ak=_read(ak, "AK"),
+                pcrs=_read(pcrs, "PCR values") if pcrs is not None else None,
+                ak_cert=_read(ak_cert, "AK certificate") if ak_cert is not None else None,
+                ak_ca=ca,
+                event_log=_read(event_log, "event log") if event_log is not None else None,
+            )
+            return "tpm", raw, None, expected, ca, False
+        assert tee is not None
+        for name, value in {**tpm_only, "--quote": quote}.items():
+            _option(value, name, tee)
+        if evidence_file is None:
+            raise UsageError(f"--tee {tee} needs --evidence FILE (Trustee's JSON)")
+        endorsements = azure_endorsements(
+            tee,
+            [_read(p, "certificate") for p in cert],
+            _read(collateral, "collateral") if collateral else None,
+        )
+        return (
+            tee,
+            _read(evidence_file, "evidence"),
+            endorsements,
+            expected,
+            [],
+            needs_collateral_store(tee, endorsements),
+        )
+    except CliInputError as exc:
+        raise UsageError(str(exc)) from None
+
+
 @app.command("verify")
 def verify(
     quote: Annotated[
-        Path,
+        Optional[Path],  # noqa: UP045 - typer needs Optional here
         typer.Option(
             "--report",
             "--quote",
-            help="The evidence: a DCAP quote or an SEV-SNP report (optionally followed by its "
-            "certificate table), raw, hex or base64.",
+            help="The evidence: a DCAP quote or an SEV-SNP report (optionally followed by its certificate "
+            "table), raw, hex or base64, or keybroker's TPM evidence document; --tee tpm: the TPMS_ATTEST.",
         ),
-    ],
+    ] = None,
     tee_name: TeeOpt = None,
-    cert: CertOpt = None,
+    signature: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(
+            "--signature", help="--tee tpm: the TPMT_SIGNATURE (or the bare signature of an RSA AK)."
+        ),
+    ] = None,
+    ak: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(
+            "--ak", help="--tee tpm: the AK, a PEM public key or its TPM2B_PUBLIC (trusted as given)."
+        ),
+    ] = None,
+    ak_cert: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(
+            "--ak-cert", help="--tee tpm: the AK certificate (PEM or DER); it must chain to --ak-ca."
+        ),
+    ] = None,
+    ak_ca: Annotated[
+        PathsOpt,
+        typer.Option(
+            "--ak-ca", help="--tee tpm: a CA certificate of the AK's chain (self-signed: a root). Repeatable."
+        ),
+    ] = None,
+    pcrs: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(
+            "--pcrs", help="--tee tpm: the PCR values, JSON {index: hex} (or per bank), or tpm2-tools' file."
+        ),
+    ] = None,
+    event_log: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(
+            "--event-log", help="--tee tpm: the TCG crypto-agile event log to replay against the quote."
+        ),
+    ] = None,
+    nonce: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(
+            "--nonce",
+            help='--tee tpm/az-*: the expected extraData, hex ("" for a quote without one); default: not checked.',
+        ),
+    ] = None,
+    evidence_file: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option("--evidence", help="--tee az-snp-vtpm/az-tdx-vtpm: Trustee's evidence JSON."),
+    ] = None,
+    cert: Annotated[
+        PathsOpt,
+        typer.Option(
+            "--cert",
+            help="SEV-SNP: the VCEK or VLEK (DER or PEM) and the ASK/ASVK/ARK chain (PEM), in any order; "
+            "PEM CRLs too (default: the certificates the report carries, else the KDS cache). --tee "
+            "az-snp-vtpm: AMD's ASK/ARK for the VCEK (default: the shipped ones). Repeatable.",
+        ),
+    ] = None,
     collateral: Annotated[
-        Optional[Path],  # noqa: UP045 - typer needs Optional here
-        typer.Option("--collateral", help="DCAP collateral: dcap-qvl QuoteCollateralV3 JSON."),
+        Optional[Path],  # noqa: UP045
+        typer.Option(
+            "--collateral",
+            help="DCAP collateral of a quote (an az-tdx-vtpm TD quote too): QuoteCollateralV3 JSON.",
+        ),
     ] = None,
     at: Annotated[
         Optional[str],  # noqa: UP045
@@ -466,10 +658,18 @@ def verify(
     ] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
     trust_root: Annotated[
-        Optional[list[Path]],  # noqa: UP045
+        PathsOpt,
         typer.Option(
             "--trust-root",
             help="Extra trusted root (PEM) besides the server's, e.g. another dev PKI's root. Repeatable.",
+        ),
+    ] = None,
+    write_evidence: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(
+            "--write-evidence",
+            help="--tee tpm: also write the TPM evidence document the files make (what keybroker-client "
+            "sends, what policy test --quote takes).",
         ),
     ] = None,
     config: ConfigOpt = None,
@@ -480,20 +680,49 @@ def verify(
     """Verify evidence: verdict, TCB status, advisories, checks performed and claims. It trusts what
     the server of --data-dir/--database/--config trusts (with --dev, a 'serve --dev' one: its dev PKI
     too); DCAP collateral comes from --collateral or else from that server's collateral store, SEV-SNP
-    certificates from --cert, else from the report's certificate table, else the KDS cache."""
+    certificates from --cert, else from the report's certificate table, else the KDS cache. A TPM AK
+    given with --ak is trusted as given; without --nonce the quote's extraData is a claim, not checked."""
     settings: Settings | None = None
-    tee: str | None = None
+    found: str | None = None
+    when = datetime.now(UTC)
     try:
-        when = parse_at(at) if at is not None else datetime.now(UTC)
-        raw, tee, endorsements = read_evidence(
-            quote, tee=check_tee(tee_name), collateral=collateral, certs=cert or ()
+        when = parse_at(at) if at is not None else when
+        found, raw, endorsements, expected, ca, need_store = _verify_inputs(
+            tee=tee_name,
+            quote=quote,
+            signature=signature,
+            ak=ak,
+            ak_cert=ak_cert,
+            ak_ca=ak_ca or [],
+            pcrs=pcrs,
+            event_log=event_log,
+            nonce=nonce,
+            evidence_file=evidence_file,
+            cert=cert or [],
+            collateral=collateral,
         )
+        if write_evidence is not None:
+            if found != "tpm" or tee_name != "tpm":
+                raise UsageError("--write-evidence is for --tee tpm")
+            try:
+                write_evidence.write_bytes(raw)
+            except OSError as exc:
+                raise UsageError(f"cannot write --write-evidence {write_evidence}: {exc.strerror}") from None
         extra = _load_roots(trust_root or [])
         settings = cli_settings(config, data_dir, database, dev)
-        trust = server_trust(
-            settings, at=when, extra_roots=extra, need_store=needs_collateral_store(tee, endorsements)
-        )
-        result = verify_with(trust, raw, endorsements, when, tee=tee)
+        trust = server_trust(settings, at=when, extra_roots=extra, need_store=need_store)
+        if (
+            found == "tpm" and tee_name is None
+        ):  # a TPM evidence document given whole, as policy test takes it
+            trust = dry_run_tpm_trust(settings, trust)
+        elif found == "tpm":
+            try:
+                trust = tpm_cli_trust(trust, ca)
+            except CliInputError as exc:
+                raise UsageError(str(exc)) from None
+        verifier = REGISTRY.verifier(trust)
+        assert found is not None
+        result = verifier.verify(found, raw, expected, at=when, endorsements=endorsements)
     except UsageError as exc:
         _error(str(exc))
         raise typer.Exit(EXIT_USAGE) from None
@@ -510,7 +739,7 @@ def verify(
                 "verdict": "rejected",
                 "failed_check": check,
                 "reason": exc.detail,
-                "checks_passed": checks_before(check, tee),
+                "checks_passed": checks_before(check, found),
                 "at": when.isoformat(),
                 "claims": None,
             }

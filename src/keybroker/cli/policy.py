@@ -35,6 +35,7 @@ from keybroker.cli.evidence import (
     check_tee,
     cli_settings,
     dev_hint,
+    dry_run_tpm_trust,
     needs_collateral_store,
     parse_at,
     read_evidence,
@@ -72,7 +73,10 @@ def test(
     quote: Annotated[
         Path,
         typer.Option(
-            "--report", "--quote", help="the evidence (DCAP quote, SEV-SNP report): raw, hex or base64"
+            "--report",
+            "--quote",
+            help="the evidence: a DCAP quote or an SEV-SNP report (raw, hex or base64), keybroker's TPM "
+            "evidence document, or Trustee's Azure vTPM JSON",
         ),
     ],
     tee_name: TeeOpt = None,
@@ -116,8 +120,11 @@ def test(
         when = parse_at(at) if at else datetime.now(UTC)
         extra = _load_roots(trust_root)
         settings = cli_settings(config, data_dir, database, dev)
-        trust = server_trust(
-            settings, at=when, extra_roots=extra, need_store=needs_collateral_store(tee, endorsements)
+        trust = dry_run_tpm_trust(
+            settings,
+            server_trust(
+                settings, at=when, extra_roots=extra, need_store=needs_collateral_store(tee, endorsements)
+            ),
         )
     except UsageError as exc:
         fail(str(exc), EXIT_USAGE)

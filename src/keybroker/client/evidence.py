@@ -36,9 +36,24 @@ from keybroker.wire.certtable import parse_cert_table
 
 log = logging.getLogger("keybroker.client")
 
-TeeName = Literal["sgx", "tdx", "snp"]
+TeeName = Literal["sgx", "tdx", "snp", "tpm", "az-snp-vtpm", "az-tdx-vtpm"]
+#: TEEs whose evidence is a TPM quote: the binding is the quote's extraData (SHA-256(nonce || SPKI)
+#: on /kbs/v1, the runtime-data hash on /kbs/v0), not 64 bytes of REPORTDATA, and the evidence a
+#: JSON document (``evidence(binding)`` takes the extraData).
+TPM_QUOTE_TEES: frozenset[str] = frozenset({"tpm", "az-snp-vtpm", "az-tdx-vtpm"})
 REPORT_DATA_SIZE = 64
-TEE_CHOICES = ("auto", "tdx", "snp", "sgx", "sim-tdx", "sim-sgx", "sim-snp")
+TEE_CHOICES = (
+    "auto",
+    "tdx",
+    "snp",
+    "sgx",
+    "tpm",
+    "az-snp-vtpm",
+    "az-tdx-vtpm",
+    "sim-tdx",
+    "sim-sgx",
+    "sim-snp",
+)
 SimTee = Literal["sgx", "tdx", "snp"]
 
 
@@ -537,6 +552,11 @@ def provider_for(
     ``sim-snp`` (``sim-*`` with ``simulator``, which ``keybroker-client`` passes)."""
     if tee not in TEE_CHOICES:
         raise InvalidInput(f"--tee {tee!r} is not one of {', '.join(TEE_CHOICES)}", field="tee")
+    if tee in TPM_QUOTE_TEES:
+        raise InvalidInput(
+            f"--tee {tee}: TPM evidence comes from keybroker.client.tpm (TpmProvider, AzureVtpmProvider)",
+            field="tee",
+        )
     if tee.startswith("sim-"):
         if dev_pki is None:
             raise InvalidInput(f"--tee {tee} needs --dev-pki DIR (the broker's dev PKI)", field="dev_pki")

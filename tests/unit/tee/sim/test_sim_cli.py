@@ -216,7 +216,13 @@ def test_evidence_tdx_flags(cli_pki: Path, tmp_path: Path) -> None:
         ("sim-tdx", None, ["mrtd"], "--sim-field 'mrtd' is not NAME=VALUE"),
         ("sim-tdx", None, ["debug=yes"], "sim-field debug must be true or false"),
         ("sim-tdx", None, ["tcb=1", "tcb=2"], "--sim-field tcb is given twice"),
-        ("sim-tpm", None, [], "--tee 'sim-tpm' is not one of auto, tdx, snp, sgx, sim-tdx, sim-sgx, sim-snp"),
+        (
+            "sim-tpm",
+            None,
+            [],
+            "--tee 'sim-tpm' is not one of auto, tdx, snp, sgx, tpm, az-snp-vtpm, az-tdx-vtpm, sim-tdx, sim-sgx, "
+            "sim-snp",
+        ),
         (
             "sim-snp",
             None,
