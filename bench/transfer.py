@@ -83,14 +83,17 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from keybroker.api.services import DEV_PKI_DIR
 from keybroker.appraisal.defaults import default_attestation_policy
 from keybroker.appraisal.input import appraisal_input
+from keybroker.attestation.ear import Keyring, issue_ear, verify_ear
 from keybroker.client import unwrap
-from keybroker.keys import binding, wrap
-from keybroker.keys.envelope import software_wrap
+from keybroker.keys import wrap
 from keybroker.tee import sim
-from keybroker.tee.dcap.collateral import QuoteCollateral
+from keybroker.tee.dcap.endorsements import QuoteCollateral
+from keybroker.tee.dcap.plugin import dcap_verifiers
+from keybroker.tee.dcap.sources import StaticCollateral
 from keybroker.tee.dcap.verify import verify_quote
-from keybroker.tee.verifier import StaticCollateral, Verifier
-from keybroker.tokens.ear import Keyring, issue_ear, verify_ear
+from keybroker.tee.verifier import Verifier
+from keybroker.wire import binding
+from keybroker.wire.envelope import software_wrap
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -142,7 +145,7 @@ def crypto_parts(v: Variant) -> list[str]:
     if v.protocol == "v1":
         return ["quote verification", f"SecL wrap {v.key_label}"]
     jwe = "RSA-OAEP-256" if v.workload == "rsa3072" else "ECDH-ES+A256KW"
-    # The session's own EAR is not verified again at /resource (keybroker.tokens.ear.VerifiedEarCache:
+    # The session's own EAR is not verified again at /resource (keybroker.attestation.ear.VerifiedEarCache:
     # it signed those very bytes); a bearer EAR from elsewhere would add "EAR verify (ES384)".
     return ["quote verification", "EAR issue (ES384)", f"JWE {jwe} {v.key_label}"]
 
@@ -836,7 +839,7 @@ def _best_ms(fn: Callable[[], object], seconds: float, rounds: int) -> float:
 def crypto_costs(pki: sim.DevPki, tee: str, w: Workload, seconds: float, rounds: int) -> dict[str, float]:
     """Milliseconds per call of each piece of server-side cryptography, as the server calls it."""
     collateral = QuoteCollateral.from_json(pki.collateral_json(tee))  # type: ignore[arg-type]
-    verifier = Verifier(StaticCollateral([collateral]), dev_roots=[pki.root_cert])
+    verifier = Verifier(dcap_verifiers(StaticCollateral([collateral]), [pki.root_cert]))
     nonce = os.urandom(32)
     rd = binding.v1_report_data(nonce, w.spki)
     quote = make_quote(pki, tee, rd)

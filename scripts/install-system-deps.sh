@@ -12,9 +12,12 @@ command -v swtpm >/dev/null 2>&1 || need+=(swtpm)  # a software TPM 2.0 for the 
 command -v swtpm_setup >/dev/null 2>&1 || need+=(swtpm-tools)  # swtpm_setup and its local CA: EKs with certificates
 command -v tpm2_quote >/dev/null 2>&1 || need+=(tpm2-tools)  # quotes, credentials, tpm2_checkquote as a second verifier
 command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need+=(haproxy)  # replicas behind HAProxy (docs/ha.md)
-command -v jq >/dev/null 2>&1 || need+=(jq)  # docs/ha.md's commands read operator init --json
+command -v jq >/dev/null 2>&1 || need+=(jq)  # docs/ha.md's and docs/tpm.md's commands, run by their doc tests
 command -v curl >/dev/null 2>&1 || need+=(curl)  # docs/ha.md's and docs/nginx.md's commands
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)  # systemd-analyze verify of packaging/keybroker.service
+command -v chromium >/dev/null 2>&1 || need+=(chromium)  # the console's browser tests (Playwright drives it; no browser download)
+command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)  # WebDriver for the same browser
+[ -f /usr/share/OVMF/OVMF_CODE_4M.fd ] || need+=(ovmf)  # firmware for the SEV-SNP launch measurement tests
 
 if [ ${#need[@]} -eq 0 ]; then
   exit 0

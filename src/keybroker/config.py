@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from keybroker.auth.config import OidcSettings
 from keybroker.errors import InvalidInput
 from keybroker.keystores.config import KeystoreSettings
 from keybroker.seal.config import SealSettings
@@ -57,6 +59,35 @@ class TrustSettings(BaseModel):
     attestation_services: list[TrustedAttestationService] = Field(default_factory=list)
 
 
+class TpmSettings(BaseModel):
+    """Which TPM attestation keys are trusted (``docs/tpm.md``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    #: Per vendor (e.g. "gce"), files (PEM, or one DER certificate) of the CAs an AK certificate
+    #: may chain to; self-signed certificates are the trust anchors, the others intermediates.
+    #: Empty: no AK certificate is trusted.
+    ak_roots: dict[str, list[Path]] = Field(default_factory=dict)
+    #: Per TPM manufacturer, files (PEM or DER) of the CAs an EK certificate must chain to for
+    #: its TPM's AKs to be enrolled. Empty: no enrolment.
+    ek_roots: dict[str, list[Path]] = Field(default_factory=dict)
+    #: Dev mode only (--dev; ignored otherwise): EK roots such as swtpm's local CA. AKs enrolled
+    #: through them are simulated evidence (sim=true), refused by a server not in dev mode.
+    dev_ek_roots: list[Path] = Field(default_factory=list)
+    #: Seconds the TPM has to return an enrolment's credential.
+    enrolment_ttl_seconds: int = Field(default=300, ge=10, le=3600)
+
+    @field_validator("ak_roots", "ek_roots")
+    @classmethod
+    def _check_vendors(cls, value: dict[str, list[Path]]) -> dict[str, list[Path]]:
+        for vendor, paths in value.items():
+            if not re.fullmatch(r"[A-Za-z0-9_.\-]{1,64}", vendor):
+                raise ValueError(f"vendor name {vendor!r} must be 1-64 of A-Z a-z 0-9 _ . -")
+            if not paths:
+                raise ValueError(f"vendor {vendor!r} lists no PEM file")
+        return value
+
+
 class LimitsSettings(BaseModel):
     """Limits on what unauthenticated callers can make the service do or keep (429 past them)."""
 
@@ -83,6 +114,35 @@ class AuditSettings(BaseModel):
     checkpoint_interval_seconds: float = Field(default=1.0, gt=0, le=60)
     #: Also log each checkpoint (logger ``keybroker.audit.checkpoint``), e.g. for syslog/journald.
     checkpoint_log: bool = False
+
+
+class CollateralSettings(BaseModel):
+    """Where ``keybroker collateral fetch`` asks when no ``--from`` is given."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    #: AMD's Key Distribution Service, or a KDS-compatible mirror (another keybroker) for
+    #: ``collateral fetch --snp``. https:// (http:// on a loopback address only).
+    kds_url: str = Field(default="https://kdsintf.amd.com", min_length=1, max_length=2048)
+
+    @field_validator("kds_url")
+    @classmethod
+    def _check_kds_url(cls, value: str) -> str:
+        if not value.startswith(("https://", "http://")):
+            raise ValueError("must be an https:// URL")
+        return value
+
+
+class ConsoleSettings(BaseModel):
+    """The web console at ``/ui``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    #: A session ends after this long without a request, seconds.
+    session_idle_seconds: int = Field(default=900, ge=60, le=86_400)
+    #: ... and this long after sign-in in any case, seconds.
+    session_max_seconds: int = Field(default=8 * 3600, ge=300, le=7 * 86_400)
 
 
 class Settings(BaseModel):
@@ -113,6 +173,11 @@ class Settings(BaseModel):
     seal: SealSettings = Field(default_factory=SealSettings)
     limits: LimitsSettings = Field(default_factory=LimitsSettings)
     audit: AuditSettings = Field(default_factory=AuditSettings)
+    collateral: CollateralSettings = Field(default_factory=CollateralSettings)
+    #: None: no OpenID provider (the console's dev login under --dev only).
+    oidc: OidcSettings | None = None
+    console: ConsoleSettings = Field(default_factory=ConsoleSettings)
+    tpm: TpmSettings = Field(default_factory=TpmSettings)
 
     @field_validator("listen")
     @classmethod
@@ -166,6 +231,7 @@ _ENV_SECTION_KEYS = {
     "LIMITS_OUTSTANDING_SESSIONS": ("limits", "outstanding_sessions"),
     "AUDIT_CHECKPOINT_INTERVAL_SECONDS": ("audit", "checkpoint_interval_seconds"),
     "AUDIT_CHECKPOINT_LOG": ("audit", "checkpoint_log"),
+    "COLLATERAL_KDS_URL": ("collateral", "kds_url"),
 }
 
 

@@ -37,9 +37,7 @@ from keybroker.auth import tokens
 from keybroker.auth.registry import SHARED_KEY_PREFIX, TokenRegistry
 from keybroker.errors import InvalidInput, KeybrokerError, Sealed
 from keybroker.keys.certs import PrivateKey
-from keybroker.seal.barrier import Barrier
-from keybroker.seal.shared import SharedSecrets
-from keybroker.serviceca import (
+from keybroker.keys.serviceca import (
     CA_DIR,
     ISSUING_CA_CERT,
     ISSUING_CA_KEY,
@@ -59,6 +57,8 @@ from keybroker.serviceca import (
     remove_bootstrap,
     write_certificate,
 )
+from keybroker.seal.barrier import Barrier
+from keybroker.seal.shared import SharedSecrets
 from keybroker.store.db import Database
 
 log = logging.getLogger("keybroker.replica")

@@ -15,11 +15,11 @@ from tests.helpers.api import unwrap_v1
 
 from keybroker.api.app import create_app
 from keybroker.api.services import DEV_PKI_DIR, Services
+from keybroker.attestation.ear import verify_ear
 from keybroker.config import Settings, TrustedAttestationService, TrustSettings
 from keybroker.errors import InvalidInput, Unauthenticated
-from keybroker.keys import binding
 from keybroker.tee import sim
-from keybroker.tokens.ear import verify_ear
+from keybroker.wire import binding
 
 
 def _attest(client: TestClient, services: Services, **quote_fields: object) -> tuple[int, dict[str, object]]:
@@ -68,7 +68,7 @@ def test_attest_nonce_single_use_and_binding(client: TestClient, services: Servi
     body["user_data"] = base64.b64encode(SPKI).decode()
     r = client.post("/attestation/v1/attest", json=body)
     assert r.status_code == 403 and "already used" in r.json()["detail"]
-    r = client.post("/attestation/v1/attest", json={**body, "tee": "snp"})
+    r = client.post("/attestation/v1/attest", json={**body, "tee": "cca"})
     assert r.status_code == 400
 
 

@@ -73,6 +73,7 @@ def _tls_server(tmp_path: Path, chain_pem: str, key: ec.EllipticCurvePrivateKey)
         yield listener.getsockname()[1]
     finally:
         stop.set()
+        listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() under way (close() alone does not)
         listener.close()
         thread.join(timeout=10)
 

@@ -26,8 +26,8 @@ from tests.helpers.api import unwrap_v1
 
 from keybroker.api.app import create_app
 from keybroker.api.services import Services
+from keybroker.attestation.nonces import _id
 from keybroker.config import LimitsSettings, Settings
-from keybroker.keys.nonces import _id
 from keybroker.store.models import KbsSession, Nonce
 
 CAP = 3

@@ -17,8 +17,9 @@ from tests.helpers.api import token_headers
 from keybroker.api.app import create_app
 from keybroker.api.services import DEV_PKI_DIR, Services
 from keybroker.client.unwrap import jwe_unwrap
-from keybroker.keys import binding, wrap
+from keybroker.keys import wrap
 from keybroker.tee import sim
+from keybroker.wire import binding
 
 REGO_ALLOW_SIM_TDX = f"""package keybroker
 default allow := false
@@ -148,7 +149,7 @@ def test_protocol_errors(client: TestClient, services: Services) -> None:
     assert client.post("/kbs/v0/auth", json={"version": "9.9.9", "tee": "tdx"}).status_code == 400
     assert (
         "not supported"
-        in client.post("/kbs/v0/auth", json={"version": "0.4.0", "tee": "snp"}).json()["detail"]
+        in client.post("/kbs/v0/auth", json={"version": "0.4.0", "tee": "cca"}).json()["detail"]
     )
     assert client.post("/kbs/v0/attest", json={}).status_code in (400, 401)
     client.cookies.clear()
@@ -546,8 +547,8 @@ def test_bearer_token_with_out_of_bounds_tee_pubkey_is_a_400_and_audited(
 
     from keybroker.appraisal.defaults import default_attestation_policy
     from keybroker.appraisal.input import appraisal_input
+    from keybroker.attestation.ear import issue_ear
     from keybroker.tee.verifier import NO_REPORT_DATA
-    from keybroker.tokens.ear import issue_ear
 
     _put(client, services, "repo/secret/bearer-big", b"s")
     assert _policy(client, services, "repo/secret/bearer-big", {"rego": ALLOW_ALL}).status_code == 204

@@ -28,12 +28,14 @@ from schemathesis.specs.openapi.checks import (
 )
 from tests.helpers import postgres
 from tests.helpers.api import SGX_POLICY
+from tests.helpers.snp_kds import real_items
 from tests.vectors.corpus import path as corpus_path
 
 from keybroker.api.app import ROUTERS, create_app
 from keybroker.api.services import DEV_UNSEAL_FILE, Services
 from keybroker.collateral.importers import read_file
 from keybroker.collateral.items import TrustedRoots
+from keybroker.collateral.kds_store import KdsStore
 from keybroker.collateral.store import CollateralStore
 from keybroker.config import Settings
 
@@ -102,6 +104,7 @@ def _seed(client: TestClient, services: Services, admin: dict[str, str]) -> None
     CollateralStore(services.db).import_sources(
         [(SGX_COLLATERAL, read_file(corpus_path(SGX_COLLATERAL), TrustedRoots()))]
     )
+    KdsStore(services.db).import_items(real_items(), source="sweep")  # the KDS endpoints answer 200 too
 
 
 def _operations() -> list[tuple[str, str]]:

@@ -16,7 +16,7 @@ from keybroker.api.services import Services
 from keybroker.collateral.importers import read_file
 from keybroker.collateral.items import Item, TrustedRoots
 from keybroker.collateral.store import CollateralStore
-from keybroker.tee.dcap.collateral import QuoteCollateral
+from keybroker.tee.dcap.endorsements import QuoteCollateral
 from keybroker.tee.dcap.verify import verify_quote
 from keybroker.tee.sim import DevPki, tdx_quote
 

@@ -33,10 +33,11 @@ from tests.helpers.quote_layout import one_char_undecodable_leaf, pem_blocks, re
 from keybroker.api.app import create_app
 from keybroker.api.services import DEV_PKI_DIR, Services
 from keybroker.config import Settings, TrustSettings
-from keybroker.keys import binding, wrap
+from keybroker.keys import wrap
 from keybroker.tee import sim
 from keybroker.tee.dcap.abi import INTEL_QE_VENDOR_ID, canonical_quote
 from keybroker.tee.sim.pki import signature_raw
+from keybroker.wire import binding
 
 _TEE_KEY = ec.generate_private_key(ec.SECP256R1())
 _JWK = wrap.public_jwk(_TEE_KEY.public_key())

@@ -16,7 +16,8 @@ from tests.helpers.server import keybroker
 
 from keybroker.api.app import create_app
 from keybroker.api.services import TOKEN_KEY_FILE, Services
-from keybroker.auth.registry import CACHE_SECONDS
+from keybroker.auth.authn import Authenticator
+from keybroker.auth.registry import CACHE_SECONDS, TokenRegistry
 from keybroker.auth.tokens import TokenService, load_signing_key
 from keybroker.config import Settings
 from keybroker.errors import InvalidInput
@@ -93,13 +94,28 @@ def test_a_token_signed_with_the_key_but_never_recorded_is_refused(
     assert r.status_code == 401 and "not on record" in r.json()["detail"]
 
 
-def _wait_past_cache() -> None:
-    """Another process changed the records: this one reads them again after CACHE_SECONDS."""
-    time.sleep(CACHE_SECONDS + 0.5)
+class _Clock:
+    """The token registry's clock, moved by the test rather than by waiting."""
+
+    def __init__(self) -> None:
+        self.now = time.monotonic()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def registry_clock(services: Services) -> _Clock:
+    """``services`` with its token registry on a clock the test moves (its records cache lasts
+    CACHE_SECONDS of that clock)."""
+    clock = _Clock()
+    services.tokens = TokenRegistry(services.db, services.settings.data_dir / TOKEN_KEY_FILE, clock=clock)
+    services.authn = Authenticator(services.tokens, services.roles, services.oidc)
+    return clock
 
 
 def test_rotating_the_key_refuses_every_older_token(
-    client: TestClient, services: Services, tmp_path: Path, database_url: str
+    registry_clock: _Clock, client: TestClient, services: Services, tmp_path: Path, database_url: str
 ) -> None:
     old_admin = services.tokens.mint("old-admin", ["*:*"])
     old_workload = services.tokens.mint("old-workload", ["keys:search"])
@@ -109,7 +125,7 @@ def test_rotating_the_key_refuses_every_older_token(
 
     r = keybroker("token", "rotate-key", "--yes", "--data-dir", data, "--database", database_url)
     assert r.returncode == 0, r.stderr
-    _wait_past_cache()
+    registry_clock.now += CACHE_SECONDS + 0.5  # another process changed the records: read again after
     for t in (old_admin, old_workload):
         r2 = client.get("/kbs/v1/keys", headers=_bearer(t))
         assert r2.status_code == 401 and "retired" in r2.json()["detail"], r2.text

@@ -15,8 +15,8 @@ from fastapi.testclient import TestClient
 from tests.helpers.api import token_headers, unwrap_v1
 
 from keybroker.api.services import DEV_PKI_DIR, Services
-from keybroker.keys import binding
 from keybroker.tee import sim
+from keybroker.wire import binding
 
 _WORKLOAD = rsa.generate_private_key(public_exponent=65537, key_size=3072)
 SPKI = _WORKLOAD.public_key().public_bytes(

@@ -33,8 +33,8 @@ from tests.helpers.api import unwrap_v1
 from keybroker.api.app import create_app
 from keybroker.api.services import DEV_PKI_DIR, Services
 from keybroker.config import Settings
-from keybroker.keys import binding
 from keybroker.tee import sim
+from keybroker.wire import binding
 
 pytestmark = pytest.mark.postgres
 

@@ -1,18 +1,31 @@
-"""A throwaway PostgreSQL server on a free loopback port, started from the Debian binaries."""
+"""A throwaway PostgreSQL server on a free loopback port, started from the Debian binaries.
+
+Its cluster lives in shared memory (``/dev/shm``) when there is room: creating a database there
+takes milliseconds, on a loaded disk a third of a second. Databases are created and dropped over one
+admin connection rather than by ``createdb``/``dropdb`` processes.
+"""
 
 from __future__ import annotations
 
 import glob
 import os
 import pwd
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+import psycopg
+
+#: Where the cluster goes when it has at least this much room (else the default temporary dir).
+_SHM = Path("/dev/shm")
+_SHM_MIN_FREE = 2 << 30
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,62}")
 
 
 def free_port() -> int:
@@ -26,12 +39,29 @@ def find_bindir() -> Path | None:
     return Path(found[-1]).parent if found else None
 
 
+def _scratch_dir() -> str | None:
+    """``/dev/shm`` if it is writable and has room, else None (the default temporary dir)."""
+    try:
+        if os.access(_SHM, os.W_OK) and shutil.disk_usage(_SHM).free >= _SHM_MIN_FREE:
+            return str(_SHM)
+    except OSError:
+        pass
+    return None
+
+
+def _quoted(name: str) -> str:
+    if not _NAME.fullmatch(name):
+        raise ValueError(f"not a plain database name: {name!r}")
+    return f'"{name}"'
+
+
 @dataclass
 class PostgresServer:
     bindir: Path
     datadir: Path
     port: int
     run_as: list[str]
+    _admin: psycopg.Connection[tuple[object, ...]] | None = field(default=None, repr=False)
 
     @property
     def admin_url(self) -> str:
@@ -40,25 +70,31 @@ class PostgresServer:
     def url(self, dbname: str) -> str:
         return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{dbname}"
 
-    def create_database(self, name: str) -> str:
-        subprocess.run(
-            [
-                *self.run_as,
-                str(self.bindir / "createdb"),
-                "-h",
-                "127.0.0.1",
-                "-p",
-                str(self.port),
-                "-U",
-                "postgres",
-                name,
-            ],
-            check=True,
-            capture_output=True,
-        )
+    def admin(self, sql: str) -> None:
+        """Run one statement as the superuser on the ``postgres`` database (autocommit, as CREATE
+        and DROP DATABASE need)."""
+        if self._admin is None or self._admin.closed:
+            self._admin = psycopg.connect(
+                host="127.0.0.1", port=self.port, user="postgres", dbname="postgres", autocommit=True
+            )
+        self._admin.execute(sql.encode())
+
+    def create_database(self, name: str, *, template: str | None = None) -> str:
+        """Create database ``name`` (empty, or a copy of database ``template``, which must have no
+        connections) and return its URL."""
+        sql = f"CREATE DATABASE {_quoted(name)}"
+        if template is not None:
+            sql += f" TEMPLATE {_quoted(template)}"
+        self.admin(sql)
         return self.url(name)
 
+    def drop_database(self, name: str) -> None:
+        """Drop ``name`` if it exists, ending the connections still open to it."""
+        self.admin(f"DROP DATABASE IF EXISTS {_quoted(name)} WITH (FORCE)")
+
     def stop(self) -> None:
+        if self._admin is not None:
+            self._admin.close()
         subprocess.run(
             [*self.run_as, str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-m", "immediate", "stop"],
             capture_output=True,
@@ -125,13 +161,14 @@ def start() -> PostgresServer | None:
     bindir = find_bindir()
     if bindir is None:
         return None
-    base = Path(tempfile.mkdtemp(prefix="kb-pg-"))
+    base = Path(tempfile.mkdtemp(prefix="kb-pg-", dir=_scratch_dir()))
     datadir = base / "data"
     run_as: list[str] = []
     if os.geteuid() == 0:  # PostgreSQL refuses to run as root
         try:
             pw = pwd.getpwnam("postgres")
         except KeyError:
+            shutil.rmtree(base, ignore_errors=True)
             return None
         os.chown(base, pw.pw_uid, pw.pw_gid)
         run_as = ["runuser", "-u", "postgres", "--"]

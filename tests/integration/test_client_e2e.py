@@ -1,6 +1,6 @@
 """``keybroker-client`` as a subprocess against a real ``keybroker serve --dev``, with simulated TDX
 evidence: /kbs/v1 to a file and into SoftHSM, /kbs/v0 resources, denial (reasons, exit 1, audited,
-nothing stored), a pinned CA, and an unreachable broker (exit 3). No release is wasted: a key already
+nothing stored), a pinned CA (a wrong pin exits 4), and an unreachable broker (exit 3). No release is wasted: a key already
 in place, a wrong PIN, a missing token or another key under the label cost no ``key.transfer``."""
 
 from __future__ import annotations
@@ -248,7 +248,7 @@ def test_pinned_ca_and_a_wrong_pin(broker: Broker, tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     before = len(broker.transfers(broker.aes_key))
     r = client("get-key", broker.aes_key, *base, "--ca-sha384", "11" * 48)
-    assert r.returncode == 3 and "TLS verification failed" in r.stderr, r.stderr
+    assert r.returncode == 4 and "TLS verification failed" in r.stderr, r.stderr
     assert len(broker.transfers(broker.aes_key)) == before
 
 

@@ -25,7 +25,7 @@ from keybroker.collateral.items import TrustedRoots
 from keybroker.collateral.store import CollateralStore
 from keybroker.errors import CollateralError, CollateralNotFound, InvalidInput
 from keybroker.store.db import Database
-from keybroker.tee.dcap.collateral import QuoteCollateral
+from keybroker.tee.dcap.endorsements import QuoteCollateral
 from keybroker.tee.sim import DevPki
 
 TDX = "intel-dcap/assembled/tdx_00806F050000_2025-10.json"

@@ -49,8 +49,8 @@ from tests.api.test_transfer_v1 import TDX_SIM_POLICY
 from tests.helpers import cluster, openbao, postgres, procs
 from tests.helpers.server import Server, keybroker
 
-from keybroker.keys import binding
 from keybroker.tee import sim
+from keybroker.wire import binding
 
 #: The replicas' statement timeout in these tests (the default is 5 s): the client-side deadline of
 #: a round trip is 1 s more, connecting is bounded by connect_timeout.

@@ -21,8 +21,8 @@ from keybroker.api.app import create_app
 from keybroker.api.services import DEV_PKI_DIR, Services
 from keybroker.config import AttestationSettings, Settings, TrustedAttestationService, TrustSettings
 from keybroker.errors import InvalidInput
-from keybroker.keys import binding
 from keybroker.tee import sim
+from keybroker.wire import binding
 
 
 @pytest.fixture(scope="module")

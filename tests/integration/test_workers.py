@@ -27,8 +27,8 @@ from tests.helpers import postgres, procs
 from tests.helpers.postgres import free_port
 from tests.helpers.server import Server, keybroker
 
-from keybroker.keys import binding
 from keybroker.tee import sim
+from keybroker.wire import binding
 
 _WORKLOAD = rsa.generate_private_key(public_exponent=65537, key_size=3072)
 SPKI = _WORKLOAD.public_key().public_bytes(

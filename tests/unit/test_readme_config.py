@@ -70,6 +70,8 @@ def test_each_commented_alternative_loads(tmp_path: Path, text: str) -> None:
         declared = re.search(r'^type = "(\w+)"', text, re.M)
         assert declared is not None
         assert getattr(settings, header).root.type == declared.group(1)
+    elif header == "oidc":
+        assert settings.oidc is not None and settings.oidc.role_mapping["kb-audit"] == ["auditor"]
     else:
         assert header == "trust.attestation_services" and len(settings.trust.attestation_services) == 1
 
@@ -121,6 +123,10 @@ def _text_of(table: str, tag: str | None) -> str:
     if table == "trust.attestation_services":
         texts = [a for a in ALTERNATIVES if a.startswith(f"[[{table}]]")]
         assert len(texts) == 1, f"the README shows no [[{table}]] example"
+        return texts[0]
+    if table == "oidc":  # optional (None: no provider): shown commented out
+        texts = [a for a in ALTERNATIVES if a.startswith(f"[{table}]\n")]
+        assert len(texts) == 1, f"the README shows no [{table}] example"
         return texts[0]
     assert not table or f"\n[{table}]" in BLOCK, f"the README shows no [{table}] section"
     start = 0 if not table else BLOCK.index(f"\n[{table}]")

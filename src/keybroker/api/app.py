@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request, Response
-from fastapi.routing import APIRoute
+from fastapi.routing import APIRoute, iter_route_contexts
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
@@ -19,7 +19,19 @@ from keybroker import __version__
 from keybroker.api import metrics, problems, schema
 from keybroker.api.body import StrictRoute
 from keybroker.api.deps import actor_of, bearer
-from keybroker.api.routers import attest_v1, attestation_v1, health, kbs_v0, kbs_v1, pccs_v4, sys, transfer_v1
+from keybroker.api.routers import (
+    attestation_v1,
+    health,
+    kbs_v0,
+    kbs_v1,
+    kds,
+    pccs_v4,
+    roles_v1,
+    sys,
+    tpm_v1,
+    transfer_v1,
+    well_known,
+)
 from keybroker.api.services import Services
 from keybroker.audit import log as audit
 from keybroker.errors import KeybrokerError
@@ -53,7 +65,19 @@ FAILURE_ACTIONS: dict[tuple[str, str], str | None] = {
     ("GET", "/kbs/v1/audit"): "audit.read",
     ("GET", "/kbs/v1/audit/checkpoint"): "audit.read",
     ("GET", "/kbs/v1/tokens"): "token.search",
+    ("POST", "/kbs/v1/tokens"): "token.create",
     ("DELETE", "/kbs/v1/tokens/{jti}"): "token.revoke",
+    ("GET", "/kbs/v1/roles"): "role.search",
+    ("POST", "/kbs/v1/roles"): "role.create",
+    ("GET", "/kbs/v1/roles/{role}"): "role.retrieve",
+    ("PUT", "/kbs/v1/roles/{role}"): "role.update",
+    ("DELETE", "/kbs/v1/roles/{role}"): "role.delete",
+    ("POST", "/kbs/v1/tpm/enrolments"): "tpm.ak.enrol",
+    ("POST", "/kbs/v1/tpm/enrolments/{enrolment_id}/activation"): "tpm.ak.activate",
+    ("GET", "/kbs/v1/tpm/aks"): "tpm.ak.search",
+    ("GET", "/kbs/v1/tpm/aks/{name}"): "tpm.ak.retrieve",
+    ("POST", "/kbs/v1/tpm/aks/{name}/approval"): "tpm.ak.approve",
+    ("POST", "/kbs/v1/tpm/aks/{name}/revocation"): "tpm.ak.revoke",
 }
 #: The metrics' route label of requests that matched no route.
 _UNMATCHED = "<unmatched>"
@@ -64,12 +88,15 @@ _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"
 ROUTERS: tuple[APIRouter, ...] = (
     transfer_v1.router,
     kbs_v0.router,
-    attest_v1.router,
     attestation_v1.router,
+    well_known.router,
     health.router,
     kbs_v1.router,
+    roles_v1.router,
+    tpm_v1.router,
     sys.router,
     pccs_v4.router,
+    kds.router,
 )
 
 
@@ -211,7 +238,7 @@ class CrossCutting:
             # The request may have failed before its token was checked (e.g. a bad body).
             try:
                 token = bearer(request)
-                principal = self.services.tokens.verify(token) if token else None
+                principal = self.services.authn.verify(token) if token else None
             except KeybrokerError:
                 principal = None
         actor = actor_of(principal) if principal is not None else "anonymous"
@@ -223,7 +250,12 @@ class CrossCutting:
                     s,
                     actor=actor,
                     action=action,
-                    object_id=params.get("key_id") or params.get("policy_id") or params.get("jti"),
+                    object_id=params.get("key_id")
+                    or params.get("policy_id")
+                    or params.get("jti")
+                    or params.get("role")
+                    or params.get("name")
+                    or params.get("enrolment_id"),
                     outcome=outcome,
                     reason=getattr(request.state, "problem_detail", None) or f"HTTP {status}",
                 )
@@ -232,15 +264,38 @@ class CrossCutting:
                 log.error("could not write the audit record for a failed request: %s", type(exc).__name__)
 
 
+def _api_routes(app: FastAPI) -> list[tuple[str, APIRoute]]:
+    """Every API route with its full path: FastAPI keeps included routers as one entry of
+    ``app.routes`` each, so checks must walk the routes they include."""
+    return [
+        (rc.path or "", rc.route) for rc in iter_route_contexts(app.routes) if isinstance(rc.route, APIRoute)
+    ]
+
+
 def _check_failure_actions(app: FastAPI) -> None:
     """Every /kbs/v1 route names the audit action of its failures (a programming error otherwise)."""
-    for route in app.routes:
-        if isinstance(route, APIRoute) and route.path.startswith("/kbs/v1/"):
+    for path, route in _api_routes(app):
+        if path.startswith("/kbs/v1/"):
             for method in route.methods or ():
-                if (method, route.path) not in FAILURE_ACTIONS:
-                    raise RuntimeError(
-                        f"{method} {route.path}: add its audit action to api.app.FAILURE_ACTIONS"
-                    )
+                if (method, path) not in FAILURE_ACTIONS:
+                    raise RuntimeError(f"{method} {path}: add its audit action to api.app.FAILURE_ACTIONS")
+
+
+def _check_route_classes(app: FastAPI) -> None:
+    """Every JSON body goes through the strict reader (``StrictRoute``) and every console form through
+    the strict form reader with its CSRF check (``StrictFormRoute``, only under /ui/): a route
+    without its class would not."""
+    from keybroker.ui.forms import StrictFormRoute
+
+    loose = []
+    for path, r in _api_routes(app):
+        is_ui = path == "/ui" or path.startswith("/ui/")
+        if is_ui != isinstance(r, StrictFormRoute) or not isinstance(r, StrictRoute):
+            loose.append(path)
+    if loose:
+        raise RuntimeError(
+            f"routes without their strict route class (StrictRoute; StrictFormRoute under /ui): {', '.join(loose)}"
+        )
 
 
 def create_app(services: Services) -> FastAPI:
@@ -296,9 +351,10 @@ def create_app(services: Services) -> FastAPI:
     app.add_middleware(BodyLimit)
     for router in ROUTERS:
         app.include_router(router)
-    loose = [r.path for r in app.routes if isinstance(r, APIRoute) and not isinstance(r, StrictRoute)]
-    if loose:
-        # every JSON body goes through the strict reader: a router without its route class would not
-        raise RuntimeError(f"routes without StrictRoute: {', '.join(loose)}")
+    if services.settings.console.enabled:
+        from keybroker import ui
+
+        ui.install(app, services)
+    _check_route_classes(app)
     _check_failure_actions(app)
     return app

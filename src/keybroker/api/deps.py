@@ -8,9 +8,9 @@ from fastapi import Depends, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from keybroker.api.services import Services
+from keybroker.auth.caller import Caller
 from keybroker.auth.tokens import Principal
 from keybroker.errors import Forbidden, Unauthenticated
-from keybroker.keys.service import Caller
 
 
 async def services(request: Request) -> Services:
@@ -23,7 +23,8 @@ async def services(request: Request) -> Services:
 BEARER_SCHEME = HTTPBearer(
     auto_error=False,
     scheme_name="bearer",
-    description="a keybroker token (ES384 JWT); see 'keybroker token create'",
+    description="a keybroker token (ES384 JWT; see 'keybroker token create'), or a JWT of the configured "
+    "OpenID Connect provider",
 )
 
 
@@ -45,7 +46,7 @@ def principal(
     token = bearer(request)
     if token is None:
         raise Unauthenticated("this endpoint needs a bearer token (Authorization: Bearer <token>)")
-    p = svc.tokens.verify(token)
+    p = svc.authn.verify(token)
     request.state.principal = p
     return p
 
@@ -63,4 +64,10 @@ def require(permission: str) -> Callable[..., Caller]:
 
 
 def actor_of(p: Principal) -> str:
+    """How the audit log names the caller: ``token:<subject>#<jti>``, ``oidc:<sub> <email>`` (the
+    person, as the OpenID provider names them) or ``dev:<name>``."""
+    if p.source == "oidc":
+        return f"oidc:{p.subject}" + (f" <{p.email}>" if p.email else "")
+    if p.source == "dev":
+        return f"dev:{p.subject}"
     return f"token:{p.subject}" + (f"#{p.token_id}" if p.token_id else "")

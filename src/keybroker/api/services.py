@@ -9,6 +9,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from keybroker import datadir
+from keybroker.appraisal.registry import REGISTRY
+from keybroker.attestation.ear import jwks_keys
+from keybroker.attestation.keyring_store import KeyringStore
+from keybroker.attestation.remote import RemoteAttestation
+from keybroker.attestation.service import AttestationService, TrustedIssuer
 from keybroker.audit import log as audit
 from keybroker.audit.checkpoint import (
     CHECKPOINT_FILE,
@@ -18,31 +23,34 @@ from keybroker.audit.checkpoint import (
     load_or_create_key,
 )
 from keybroker.audit.guard import ChainGuard, Checkpointer
+from keybroker.auth.authn import Authenticator
+from keybroker.auth.oidc import OidcProvider
 from keybroker.auth.registry import TokenRegistry
+from keybroker.auth.rolestore import RoleStore
+from keybroker.collateral.kds_store import KdsStore, endorsement_source
 from keybroker.collateral.store import DbCollateralSource
 from keybroker.collateral.trust import DEV_PKI_DIR as DEV_PKI_DIR  # where tests find the dev PKI
-from keybroker.collateral.trust import dev_pki_dir, evidence_trust
+from keybroker.collateral.trust import dev_pki_dir, ek_roots, evidence_trust, snp_dev_pki_dir
 from keybroker.config import Settings, TrustedAttestationService
 from keybroker.errors import Conflict, InvalidInput, KeybrokerError
-from keybroker.keys.kbs_v0 import KbsV0Service
 from keybroker.keys.release import ReleaseService
 from keybroker.keys.service import KeyService
+from keybroker.keys.serviceca import ServiceCA, ServiceCAs
 from keybroker.keystores.base import KeyStore
 from keybroker.keystores.factory import build_keystore
 from keybroker.limits import FailureLimit, OutstandingCap
 from keybroker.replica import Replica
+from keybroker.resources.service import KbsV0Service
 from keybroker.seal.autounseal import configure_auto_unseal
 from keybroker.seal.barrier import Barrier
 from keybroker.seal.unseal import UnsealService
-from keybroker.serviceca import ServiceCA, ServiceCAs
 from keybroker.store.db import Database
-from keybroker.tee.dcap.collateral import QuoteCollateral
+from keybroker.tee.dcap.endorsements import QuoteCollateral
 from keybroker.tee.sim import DevPki
+from keybroker.tee.sim.snp import SnpDevPki
 from keybroker.tee.verifier import Verifier
-from keybroker.tokens.ear import jwks_keys
-from keybroker.tokens.keyring_store import KeyringStore
-from keybroker.tokens.remote import RemoteAttestation
-from keybroker.tokens.service import AttestationService, TrustedIssuer
+from keybroker.tpmaks.service import TpmAkService
+from keybroker.tpmaks.store import DbAkRegistry
 
 log = logging.getLogger("keybroker")
 
@@ -96,6 +104,16 @@ def _dev_pki(directory: Path) -> DevPki:
     log.warning(
         "DEV MODE: evidence from the simulator's dev root %s is trusted (claims carry sim=true)",
         pki.root_pem_path,
+    )
+    return pki
+
+
+def _snp_dev_pki(directory: Path) -> SnpDevPki:
+    """The SEV-SNP simulator's dev PKI (an AMD-shaped ARK/ASK/ASVK; created on first start)."""
+    pki = SnpDevPki.load_or_create(directory)
+    log.warning(
+        "DEV MODE: SEV-SNP reports chaining to the simulator's dev ARK %s are trusted (claims carry sim=true)",
+        directory / "ark.pem",
     )
     return pki
 
@@ -160,6 +178,14 @@ class Services:
     checkpointer: Checkpointer
     #: What this replica shares with the others (CAs, token key) and its HTTPS certificate.
     replica: Replica
+    #: Custom roles, and role names resolved to permissions.
+    roles: RoleStore
+    #: Bearer tokens (keybroker's and the OpenID provider's) to principals, roles resolved.
+    authn: Authenticator
+    #: The organisation's OpenID provider (``[oidc]``), or None.
+    oidc: OidcProvider | None
+    #: TPM attestation keys: enrolment through the EK, approval, revocation.
+    tpm_aks: TpmAkService
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -177,10 +203,28 @@ class Services:
         cas = replica.cas
         if not barrier.sealed:  # auto-unsealed above, before the replica listened for it
             replica.sync_logged()
+        roles = RoleStore(db)
+        oidc = OidcProvider(settings.oidc) if settings.oidc is not None else None
         if settings.dev:
             _dev_pki(dev_pki_dir(settings))  # created, or its collateral refreshed, before it is read
-        trust = evidence_trust(settings, DbCollateralSource(db))
-        verifier = Verifier(trust.collateral, dev_roots=trust.dev_roots)
+            _snp_dev_pki(snp_dev_pki_dir(settings))
+        kds = endorsement_source(KdsStore(db))  # SEV-SNP reports that carry no certificates
+        verifier = REGISTRY.verifier(
+            evidence_trust(settings, DbCollateralSource(db), aks=DbAkRegistry(db), snp_endorsements=kds)
+        )
+        manufacturers, dev_ek = ek_roots(settings)
+        if dev_ek:
+            log.warning(
+                "DEV MODE: TPM EKs certified by tpm.dev_ek_roots (%s) may enrol AKs (their evidence is "
+                "simulated: sim=true)",
+                ", ".join(str(p) for p in settings.tpm.dev_ek_roots),
+            )
+        tpm_aks = TpmAkService(
+            db,
+            ek_roots=manufacturers,
+            dev_ek_roots=dev_ek,
+            ttl=timedelta(seconds=settings.tpm.enrolment_ttl_seconds),
+        )
         nonce_ttl = timedelta(seconds=settings.nonce_ttl_seconds)
         trusted = [_trusted_issuer(i, t) for i, t in enumerate(settings.trust.attestation_services)]
         limits = settings.limits
@@ -231,6 +275,10 @@ class Services:
             ),
             checkpointer,
             replica,
+            roles,
+            Authenticator(tokens, roles, oidc),
+            oidc,
+            tpm_aks,
         )
         _warn_key_certificates_under_tls_anchor(services.keys, cas)
         if settings.dev:

@@ -2,9 +2,10 @@
 
 * :func:`default_attestation_policy`: the attestation service's appraisal of verified evidence
   (``/attestation/v1/attest``, ``/kbs/v0/attest``). Verification already passed; it denies only
-  debug enclaves/TDs and TDs with reserved TD attribute bits set (a feature no known TDX module
-  defines), so the EAR says ``affirming`` for a clean TEE, ``warning`` for a TCB that is not
-  UpToDate or simulated evidence, and ``contraindicated`` for those.
+  debug enclaves/TDs and what the TEE's policy section adds (TDX: TDs with reserved TD attribute
+  bits set, a feature no known TDX module defines), so the EAR says ``affirming`` for a clean TEE,
+  ``warning`` for a TCB that is not UpToDate or simulated evidence, and ``contraindicated`` for
+  those.
 * :func:`default_resource_policy`: the ``/kbs/v0`` resource policy. It allows only an
   ``affirming`` appraisal (TCB UpToDate, not debug, no reserved TD attribute bit) of evidence that
   is not simulated. Stricter than
@@ -18,24 +19,41 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from keybroker.appraisal.decision import Decision, decide
+from keybroker.appraisal.registry import REGISTRY
 
 __all__ = [
     "DEFAULT_ATTESTATION_POLICY_ID",
     "DEFAULT_RESOURCE_POLICY_ID",
     "default_attestation_policy",
     "default_resource_policy",
-    "reserved_td_attributes",
 ]
-
-#: ``td_attributes.reserved`` of a TD with no reserved TD attribute bit set.
-_NO_RESERVED_BITS: Final = "0" * 16
 
 DEFAULT_ATTESTATION_POLICY_ID: Final = "keybroker:default-attestation-policy"
 DEFAULT_RESOURCE_POLICY_ID: Final = "keybroker:default-resource-policy"
 
 
 def _what(doc: Mapping[str, Any]) -> str:
-    return "enclave" if doc.get("tee") == "sgx" else "TD"
+    registered = REGISTRY.get(doc.get("tee"))
+    return "TEE" if registered is None else registered.section.subject
+
+
+def _unknown_tee(doc: Mapping[str, Any]) -> list[str]:
+    """The reason to deny evidence of a TEE this broker does not verify (none for a registered one)."""
+    registered = REGISTRY.get(doc.get("tee"))
+    if registered is None:
+        return [f"the evidence TEE {doc.get('tee')!r} is not {REGISTRY.listing()}"]
+    return []
+
+
+def _section_findings(doc: Mapping[str, Any]) -> list[str]:
+    """What the TEE's policy section denies by default (TDX: reserved TD attribute bits set)."""
+    registered = REGISTRY.get(doc.get("tee"))
+    return [] if registered is None else registered.section.default_findings(doc)
+
+
+def _vendor(doc: Mapping[str, Any]) -> str:
+    registered = REGISTRY.get(doc.get("tee"))
+    return "the vendor" if registered is None else registered.section.vendor
 
 
 def _tcb(doc: Mapping[str, Any]) -> tuple[object, str]:
@@ -53,23 +71,6 @@ def _debug(doc: Mapping[str, Any]) -> object:
     return claims.get("debug") if isinstance(claims, Mapping) else None
 
 
-def reserved_td_attributes(doc: Mapping[str, Any]) -> tuple[str, bool] | None:
-    """For a TD whose claims show reserved TD attribute bits set: (the reason to deny, whether the
-    claim is present, i.e. a policy may explicitly allow it). None for a TD with none set and for
-    SGX. A TD whose claim is missing or malformed is reported too (and may not be allowed)."""
-    if doc.get("tee") != "tdx":
-        return None
-    claims = doc.get("claims")
-    attributes = claims.get("td_attributes") if isinstance(claims, Mapping) else None
-    reserved = attributes.get("reserved") if isinstance(attributes, Mapping) else None
-    if reserved == _NO_RESERVED_BITS:
-        return None
-    if not isinstance(reserved, str) or len(reserved) != 16:
-        return "the TD's reserved TD attribute bits (claims.td_attributes.reserved) are missing", False
-    value = attributes.get("value") if isinstance(attributes, Mapping) else None
-    return f"reserved TD attribute bits {reserved} are set (TD_ATTRIBUTES {value})", True
-
-
 def default_attestation_policy(
     doc: Mapping[str, Any], *, policy_id: str = DEFAULT_ATTESTATION_POLICY_ID
 ) -> Decision:
@@ -77,14 +78,11 @@ def default_attestation_policy(
     record everything else."""
     reasons: list[str] = []
     notes: list[str] = []
-    if doc.get("tee") not in ("sgx", "tdx"):
-        reasons.append(f"the evidence TEE {doc.get('tee')!r} is not SGX or TDX")
+    reasons.extend(_unknown_tee(doc))
     debug = _debug(doc)
     if debug is not False:
         reasons.append(f"debug {_what(doc)} (or its debug flag is missing)")
-    reserved = reserved_td_attributes(doc)
-    if reserved is not None:
-        reasons.append(reserved[0])
+    reasons.extend(_section_findings(doc))
     status, suffix = _tcb(doc)
     if not isinstance(status, str):
         reasons.append("the TCB status is missing from the input document")
@@ -92,7 +90,7 @@ def default_attestation_policy(
         notes.append(f"TCB status {status}{suffix}")
     sim = doc.get("sim")
     if sim is True:
-        notes.append("simulated evidence (it chains to the dev PKI, not to Intel)")
+        notes.append(f"simulated evidence (it chains to the dev PKI, not to {_vendor(doc)})")
     elif sim is not False:
         reasons.append("the input document does not say whether the evidence is simulated")
     return decide(
@@ -112,18 +110,15 @@ def default_resource_policy(
     when given, is the status the token carries and must also be ``affirming``.
     """
     reasons: list[str] = []
-    if doc.get("tee") not in ("sgx", "tdx"):
-        reasons.append(f"the evidence TEE {doc.get('tee')!r} is not SGX or TDX")
+    reasons.extend(_unknown_tee(doc))
     status, suffix = _tcb(doc)
     if status != "UpToDate":
         reasons.append(f"TCB status {status} is not UpToDate{suffix}")
     if _debug(doc) is not False:
         reasons.append(f"debug {_what(doc)} (or its debug flag is missing)")
-    reserved = reserved_td_attributes(doc)
-    if reserved is not None:
-        reasons.append(reserved[0])
+    reasons.extend(_section_findings(doc))
     if doc.get("sim") is not False:
-        reasons.append("the evidence is simulated (it chains to the dev PKI, not to Intel)")
+        reasons.append(f"the evidence is simulated (it chains to the dev PKI, not to {_vendor(doc)})")
     if ear_status is not None and ear_status != "affirming":
         reasons.append(f"ear.status is {ear_status}, not affirming")
     return decide(doc, allowed=not reasons, reasons=reasons, policy_id=policy_id, executables="unchecked")

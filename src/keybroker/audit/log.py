@@ -59,6 +59,15 @@ ACTIONS: frozenset[str] = frozenset(
         "token.search",
         "token.revoke",
         "token.key.rotate",
+        # roles (/kbs/v1/roles, keybroker role ...)
+        "role.create",
+        "role.retrieve",
+        "role.search",
+        "role.update",
+        "role.delete",
+        # the web console's sign-in and sign-out (/ui)
+        "console.login",
+        "console.logout",
         # keys (/kbs/v1/keys)
         "key.create",
         "key.import",
@@ -83,6 +92,13 @@ ACTIONS: frozenset[str] = frozenset(
         "attestation.attest",
         # the audit log itself (failed reads of /kbs/v1/audit)
         "audit.read",
+        # TPM attestation keys (/kbs/v1/tpm, keybroker tpm ak ...)
+        "tpm.ak.enrol",
+        "tpm.ak.activate",
+        "tpm.ak.search",
+        "tpm.ak.retrieve",
+        "tpm.ak.approve",
+        "tpm.ak.revoke",
     }
 )
 OUTCOMES: frozenset[str] = frozenset({"success", "denied", "failed"})
@@ -105,6 +121,21 @@ SEALED_ACTIONS: Mapping[str, frozenset[str]] = MappingProxyType(
         "token.search": OUTCOMES,
         "token.revoke": OUTCOMES,
         "token.key.rotate": OUTCOMES,
+        # Roles, like tokens, are changed by `keybroker role` on the operator's host too.
+        "role.create": OUTCOMES,
+        "role.retrieve": OUTCOMES,
+        "role.search": OUTCOMES,
+        "role.update": OUTCOMES,
+        "role.delete": OUTCOMES,
+        # Enrolled TPM AKs, like roles, are listed, approved and revoked by `keybroker tpm ak` on the
+        # operator's host too (enrolment itself only through the API, signed).
+        "tpm.ak.search": OUTCOMES,
+        "tpm.ak.retrieve": OUTCOMES,
+        "tpm.ak.approve": OUTCOMES,
+        "tpm.ak.revoke": OUTCOMES,
+        # Operators sign in to the console to unseal it.
+        "console.login": OUTCOMES,
+        "console.logout": OUTCOMES,
     }
 )
 

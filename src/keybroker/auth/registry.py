@@ -76,6 +76,7 @@ class TokenRecord:
     revoked_by: str | None
     revoke_reason: str | None
     key_retired: bool
+    roles: tuple[str, ...] = ()
 
     def status(self, now: datetime) -> TokenStatus:
         if self.revoked_at is not None:
@@ -118,6 +119,7 @@ class TokenRegistry:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._db = db
+        self.db = db
         self._key_file = key_file
         self._ttl = cache_seconds
         self._max_entries = cache_entries
@@ -276,13 +278,14 @@ class TokenRegistry:
         *,
         ttl: timedelta = timedelta(hours=1),
         client_permissions: Sequence[str] = (),
+        roles: Sequence[str] = (),
         actor: str = "operator",
         now: datetime | None = None,
     ) -> IssuedToken:
         """Sign a token with the current key and record it, with its audit record, in one transaction."""
         key = tokens.load_signing_key(self._key_file)
         issued = tokens.issue(
-            key, subject, permissions, ttl=ttl, client_permissions=client_permissions, now=now
+            key, subject, permissions, ttl=ttl, client_permissions=client_permissions, roles=roles, now=now
         )
         with self._db.session() as s:
             self._current_key(s, key)
@@ -294,6 +297,7 @@ class TokenRegistry:
                     subject=issued.subject,
                     permissions=list(issued.permissions),
                     client_permissions=list(issued.client_permissions),
+                    roles=list(issued.roles),
                     issued_at=issued.issued_at,
                     expires_at=issued.expires_at,
                     issued_by=actor,
@@ -309,6 +313,7 @@ class TokenRegistry:
                     "subject": issued.subject,
                     "permissions": list(issued.permissions),
                     "client_permissions": list(issued.client_permissions),
+                    "roles": list(issued.roles),
                     "expires_at": issued.expires_at.isoformat(),
                 },
             )
@@ -449,4 +454,5 @@ def _record(row: BearerToken, key_retired: bool) -> TokenRecord:
         revoked_by=row.revoked_by,
         revoke_reason=row.revoke_reason,
         key_retired=bool(key_retired),
+        roles=tuple(row.roles or ()),
     )

@@ -48,12 +48,26 @@ PERMISSIONS = (
     "resources:write",
     "attestation:verify",
     "tokens:search",
+    "tokens:create",
     "tokens:delete",
+    "roles:search",
+    "roles:create",
+    "roles:update",
+    "roles:delete",
+    "tpm_aks:create",
+    "tpm_aks:search",
+    "tpm_aks:retrieve",
+    "tpm_aks:approve",
+    "tpm_aks:revoke",
     "*:*",
 )
 _CLIENT_PERMISSION = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
 #: Subjects: who a token is for, as it appears in the audit log (``token:<subject>#<jti>``).
 _SUBJECT = re.compile(r"^[A-Za-z0-9_.@:\-]{1,128}$")
+#: Role names (``keybroker.auth.roles``): lower case, digits and hyphens, starting with a letter.
+ROLE_NAME = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
+#: A token or a session names at most this many roles.
+MAX_ROLES = 32
 _TTL = re.compile(r"^(\d+)([smhd])$")
 #: Longer tokens are refused before any parsing (ours are about 700 characters).
 MAX_TOKEN_CHARS = 8192
@@ -67,6 +81,14 @@ class Principal:
     token_id: str | None = None
     #: The ``kid`` of the key that signed the token.
     key_id: str | None = None
+    #: Roles named by the token or session (``keybroker.auth.roles``); ``permissions`` includes what
+    #: they granted when it was resolved.
+    roles: frozenset[str] = field(default_factory=frozenset)
+    #: Who vouches for the subject: "token" (a keybroker bearer token), "oidc" (the configured
+    #: OpenID Connect provider), "dev" (the console's dev login under --dev).
+    source: str = "token"
+    #: The person's e-mail address as the OpenID provider gave it (for the audit log).
+    email: str | None = None
 
     def allows(self, permission: str) -> bool:
         service = permission.split(":", 1)[0]
@@ -129,6 +151,24 @@ class IssuedToken:
     client_permissions: tuple[str, ...]
     issued_at: datetime
     expires_at: datetime
+    roles: tuple[str, ...] = ()
+
+
+def check_role_name(name: str, *, field: str = "name") -> str:
+    if not isinstance(name, str) or not ROLE_NAME.match(name):
+        raise InvalidInput(
+            f"role name {name!r} must be 1 to 63 characters of a-z, 0-9 and '-', starting with a letter",
+            field=field,
+        )
+    return name
+
+
+def check_role_names(names: Sequence[str], *, field: str = "roles") -> tuple[str, ...]:
+    if len(names) > MAX_ROLES:
+        raise InvalidInput(f"at most {MAX_ROLES} roles", field=field)
+    for n in names:
+        check_role_name(n, field=field)
+    return tuple(sorted(set(names)))
 
 
 def check_subject(subject: str) -> str:
@@ -146,10 +186,12 @@ def issue(
     *,
     ttl: timedelta = timedelta(hours=1),
     client_permissions: Sequence[str] = (),
+    roles: Sequence[str] = (),
     now: datetime | None = None,
 ) -> IssuedToken:
     """Sign a token for ``subject`` with ``key``, after checking every claim."""
     check_subject(subject)
+    role_names = check_role_names(roles)
     for p in permissions:
         if p not in PERMISSIONS:
             raise InvalidInput(
@@ -177,8 +219,10 @@ def issue(
         "permissions": list(perms),
         "client_permissions": list(cperms),
     }
+    if role_names:
+        claims["roles"] = list(role_names)
     token = jwt.encode({"alg": ALG, "typ": "JWT", "kid": kid}, claims, key, algorithms=[ALG])
-    return IssuedToken(token, jti, kid, subject, perms, cperms, issued, expires)
+    return IssuedToken(token, jti, kid, subject, perms, cperms, issued, expires, role_names)
 
 
 def unverified_key_id(token: str) -> str:
@@ -220,8 +264,9 @@ def verify(token: str, keys: Mapping[str, ECKey], *, now: datetime | None = None
         raise Unauthenticated("the bearer token is not valid yet")
     perms = claims.get("permissions", [])
     cperms = claims.get("client_permissions", [])
+    roles = claims.get("roles", [])
     jti = claims.get("jti")
-    if not isinstance(perms, list) or not isinstance(cperms, list):
+    if not isinstance(perms, list) or not isinstance(cperms, list) or not isinstance(roles, list):
         raise Unauthenticated("the bearer token's permissions are malformed")
     if not isinstance(jti, str) or not jti:
         raise Unauthenticated("the bearer token has no id (jti)")
@@ -231,6 +276,7 @@ def verify(token: str, keys: Mapping[str, ECKey], *, now: datetime | None = None
         client_permissions=frozenset(str(p) for p in cperms),
         token_id=jti,
         key_id=kid,
+        roles=frozenset(str(r) for r in roles),
     )
 
 

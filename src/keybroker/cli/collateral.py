@@ -1,4 +1,5 @@
-"""``keybroker collateral``: import, list, export and fetch Intel DCAP collateral (local operator access).
+"""``keybroker collateral``: import, list, export and fetch Intel DCAP collateral and AMD SEV-SNP
+collateral (the KDS cache: ``--snp``; the SNP half is in ``cli.collateral_snp``), local operator access.
 
 Like ``keybroker audit``, these commands open the database directly (``--data-dir`` / ``--database``
 / ``--config``), so they work on an air-gapped host with the service stopped or running.
@@ -13,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional, ParamSpec, TypeVar
@@ -25,6 +26,7 @@ from cryptography.x509.oid import NameOID
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from keybroker.cli import collateral_snp as snp
 from keybroker.cli.common import (
     ConfigOpt,
     DatabaseOpt,
@@ -32,19 +34,23 @@ from keybroker.cli.common import (
     console,
     err_console,
     handle_errors,
+    open_existing_database,
 )
 from keybroker.collateral.fetch import FetchPlan, PcsClient, fetch_collateral
-from keybroker.collateral.importers import bundle_document, read_file, write_bundle
+from keybroker.collateral.importers import bundle_document, items_from_document, read_file, write_bundle
 from keybroker.collateral.items import Item, TrustedRoots
+from keybroker.collateral.kds_fetch import KdsClient, SnpFetchPlan, fetch_snp_collateral
 from keybroker.collateral.trust import DEV_PKI_DIR, collateral_roots, dev_root_path
 from keybroker.config import Settings, load_settings
-from keybroker.errors import InvalidInput, UntrustedCollateralRoot
+from keybroker.errors import CollateralError, InvalidInput, UntrustedCollateralRoot
 
 if TYPE_CHECKING:  # the database layer loads on use: `keybroker --help` stays quick
+    from keybroker.collateral.kds_store import KdsImportResult, KdsStore
     from keybroker.collateral.store import CollateralStore, ImportResult
 
 app = typer.Typer(
-    help="Intel DCAP collateral: import files, list, export offline bundles, fetch from a PCS/PCCS.",
+    help="Intel DCAP and AMD SEV-SNP collateral: import files, list, export offline bundles, fetch from a "
+    "PCS/PCCS or a KDS (--snp).",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
@@ -61,17 +67,25 @@ TrustRootOpt = Annotated[
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+SnpOpt = Annotated[bool, typer.Option("--snp", help="AMD SEV-SNP collateral (the KDS cache).")]
+ProductOpt = Annotated[
+    Optional[list[str]],  # noqa: UP045
+    typer.Option("--product", help="SEV-SNP product: Milan, Genoa or Turin. Repeatable."),
+]
 
 
 def _settings(config: Path | None, data_dir: Path | None, database: str | None) -> Settings:
     return load_settings(config, None, data_dir=data_dir, database=database)
 
 
-def _store(settings: Settings, *, create: bool = False) -> CollateralStore:
-    """Open (and migrate) the database; ``create``: make the data dir for a new SQLite database."""
+def _store(settings: Settings, *, create: bool = False, read_only: bool = False) -> CollateralStore:
+    """Open (and migrate) the database; ``create``: make the data dir for a new SQLite database;
+    ``read_only`` (list, export): only a database keybroker has run on, never created or migrated."""
     from keybroker.collateral.store import CollateralStore
     from keybroker.store.db import Database
 
+    if read_only:
+        return CollateralStore(open_existing_database(settings))
     if settings.database is None:
         if create:
             settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -85,16 +99,40 @@ def _store(settings: Settings, *, create: bool = False) -> CollateralStore:
     return CollateralStore(db)
 
 
-def _roots(settings: Settings, paths: Sequence[Path] | None) -> TrustedRoots:
-    """Intel's root, the server's (``collateral.trust``: trust.dev_roots, the dev PKI's in dev
-    mode) and ``--trust-root``."""
+def _kds_store(store: CollateralStore) -> KdsStore:
+    from keybroker.collateral.kds_store import KdsStore
+
+    return KdsStore(store.db)
+
+
+def _kds_available(kds: KdsStore, *, asked: bool) -> bool:
+    """Whether the database has the KDS cache; a database that predates it (the server not yet
+    restarted on this version) lists its Intel collateral, and says so when SEV-SNP's is asked for."""
+    if kds.available():
+        return True
+    if asked:
+        raise InvalidInput(
+            "this database predates the SEV-SNP KDS cache (schema revision 0009): start keybroker serve "
+            "on it once, or run 'keybroker collateral import' or 'fetch', to upgrade it",
+            field="database",
+        )
+    return False
+
+
+def _extra_roots(paths: Sequence[Path] | None) -> list[x509.Certificate]:
     extra: list[x509.Certificate] = []
     for path in paths or ():
         try:
             extra.extend(x509.load_pem_x509_certificates(path.read_bytes()))
         except (OSError, ValueError) as exc:
             raise InvalidInput(f"--trust-root {path}: not a readable PEM certificate ({exc})") from None
-    return collateral_roots(settings, extra)
+    return extra
+
+
+def _roots(settings: Settings, paths: Sequence[Path] | None) -> TrustedRoots:
+    """Intel's root, the server's (``collateral.trust``: trust.dev_roots, the dev PKI's in dev
+    mode) and ``--trust-root``."""
+    return collateral_roots(settings, _extra_roots(paths))
 
 
 def _is_root(path: Path, exc: UntrustedCollateralRoot) -> bool:
@@ -147,23 +185,32 @@ def _d(t: datetime) -> str:
     return t.strftime("%Y-%m-%d %H:%M")
 
 
-def _report(result: ImportResult, as_json: bool, notes: Sequence[str] = ()) -> None:
+def _report(
+    result: ImportResult | None,
+    as_json: bool,
+    notes: Sequence[str] = (),
+    snp_result: KdsImportResult | None = None,
+) -> None:
+    added: list[dict[str, Any]] = [_brief(i) for i in result.added] if result else []
+    stored: list[dict[str, Any]] = [_brief(i) for i in result.already_stored] if result else []
+    if snp_result is not None:
+        added += [snp.snp_brief(i) for i in snp_result.added]
+        stored += [snp.snp_brief(i) for i in snp_result.already_stored]
     if as_json:
-        doc = {
-            "added": [_brief(i) for i in result.added],
-            "already_stored": [_brief(i) for i in result.already_stored],
-            "notes": list(notes),
-        }
+        doc = {"added": added, "already_stored": stored, "notes": list(notes)}
         typer.echo(json.dumps(doc, indent=2))
         return
     table = Table("", "item", "issued", "next update", "root", "digest")
-    for mark, items in (("+", result.added), ("=", result.already_stored)):
-        for i in items:
-            table.add_row(mark, i.label, _d(i.issue_date), _d(i.next_update), i.root_kind, i.digest[:12])
+    if result is not None:
+        for mark, items in (("+", result.added), ("=", result.already_stored)):
+            for i in items:
+                table.add_row(mark, i.label, _d(i.issue_date), _d(i.next_update), i.root_kind, i.digest[:12])
+    if snp_result is not None:
+        snp.print_snp_import(snp_result, table)
     console.print(table)
     for note in notes:
-        console.print(f"note: {note}", highlight=False)
-    console.print(f"{len(result.added)} added, {len(result.already_stored)} already stored")
+        console.print(f"note: {note}", highlight=False, markup=False)  # a server's words, not markup
+    console.print(f"{len(added)} added, {len(stored)} already stored")
 
 
 def _brief(i: Item) -> dict[str, Any]:
@@ -184,24 +231,69 @@ def _brief(i: Item) -> dict[str, Any]:
 @handle_errors
 def import_(
     files: Annotated[
-        list[Path], typer.Argument(help="Corpus (QuoteCollateralV3), PCS-form or bundle JSON files.")
+        list[Path],
+        typer.Argument(
+            help="Corpus (QuoteCollateralV3), PCS-form or bundle JSON files; AMD KDS files (a cert_chain, "
+            "a VCEK, a CRL with --crl-for)."
+        ),
     ],
     config: ConfigOpt = None,
     data_dir: DataDirOpt = None,
     database: DatabaseOpt = None,
     trust_root: TrustRootOpt = None,
+    crl_for: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(
+            "--crl-for",
+            help="vcek or vlek: which KDS CRL (/vcek/v1/{P}/crl or /vlek/v1/{P}/crl) an AMD CRL file is.",
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Verify collateral files and store them (all files in one transaction: all or nothing)."""
+    """Verify collateral files and store them (every file verified before anything is stored)."""
     settings = _settings(config, data_dir, database)
-    roots = _roots(settings, trust_root)
-    batches = []
-    for path in files:
+    extra = _extra_roots(trust_root)
+    roots = collateral_roots(settings, extra)
+    side = snp.parse_crl_for(crl_for)
+    opened: list[CollateralStore] = []
+
+    def store() -> CollateralStore:
+        if not opened:
+            opened.append(_store(settings, create=True))
+        return opened[0]
+
+    def read_intel(path: Path) -> list[Item]:
         try:
-            batches.append((f"file:{path.name}", read_file(path, roots)))
+            return read_file(path, roots)
         except UntrustedCollateralRoot as exc:
             raise _suggest_trust_root(exc, settings, near=[path.parent / "root.pem"]) from None
-    _report(_store(settings, create=True).import_sources(batches), as_json)
+
+    def read_intel_document(doc: dict[str, Any], path: Path) -> list[Item]:
+        try:
+            return items_from_document(doc, roots)
+        except UntrustedCollateralRoot as exc:
+            raise _suggest_trust_root(
+                UntrustedCollateralRoot(
+                    f"{path}: {exc.detail}", root_sha256=exc.root_sha256, root_name=exc.root_name
+                ),
+                settings,
+                near=[path.parent / "root.pem"],
+            ) from None
+        except CollateralError as exc:
+            raise CollateralError(f"{path}: {exc.detail}") from None
+
+    plan = snp.plan_import(
+        files,
+        read_intel=read_intel,
+        read_intel_document=read_intel_document,
+        snp_dev=snp.snp_roots(settings, extra),
+        stored_chains=lambda: _kds_store(store()).chains(),
+        crl_for=side,
+    )
+    # Everything verified: now stored, Intel's pieces in one transaction and SEV-SNP's in one.
+    result = store().import_sources(plan.intel) if plan.intel else None
+    snp_result = _kds_store(store()).import_sources(plan.snp) if plan.snp else None
+    _report(result, as_json, snp_result=snp_result)
 
 
 @app.command("list")
@@ -211,14 +303,36 @@ def list_(
     data_dir: DataDirOpt = None,
     database: DatabaseOpt = None,
     fmspc: Annotated[Optional[str], typer.Option("--fmspc", help="Only this FMSPC's TCB Info.")] = None,  # noqa: UP045
+    snp_only: SnpOpt = False,
+    product: ProductOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """List stored collateral, history included (newest first; '*' marks what PCCS endpoints serve)."""
-    store = _store(_settings(config, data_dir, database))
-    rows = store.list_items(fmspc=_fmspc(fmspc) if fmspc else None)
+    """List stored collateral, history included (newest first; '*' marks what the PCCS and KDS
+    endpoints serve). Intel's and SEV-SNP's; --fmspc: Intel's only, --snp or --product: SEV-SNP's only."""
+    products = snp.parse_products(product)
+    if fmspc and (snp_only or products):
+        raise InvalidInput(
+            "--fmspc lists Intel collateral, --snp and --product SEV-SNP's: give one", field="fmspc"
+        )
+    store = _store(_settings(config, data_dir, database), read_only=True)
+    want_intel = not (snp_only or products)
+    want_snp = not fmspc
+    rows = store.list_items(fmspc=_fmspc(fmspc) if fmspc else None) if want_intel else []
+    snp_rows = []
+    kds = _kds_store(store)
+    if want_snp and _kds_available(kds, asked=snp_only or bool(products)):
+        for p in products or (None,):
+            snp_rows += kds.list_items(product=p)
     if as_json:
-        typer.echo(json.dumps([r.to_dict() for r in rows], indent=2))
+        typer.echo(json.dumps([r.to_dict() for r in rows] + [r.to_dict() for r in snp_rows], indent=2))
         return
+    if want_intel and (rows or not snp_rows):
+        _print_intel_list(rows)
+    if snp_rows or not want_intel:
+        snp.print_snp_list(snp_rows)
+
+
+def _print_intel_list(rows: Sequence[Any]) -> None:
     now = datetime.now(UTC)
     table = Table("", "id", "item", "issued", "next update", "state", "root", "source", "digest")
     served: dict[tuple[Any, ...], int] = {}
@@ -247,37 +361,74 @@ def list_(
 @app.command("export")
 @handle_errors
 def export(
-    fmspc: Annotated[str, typer.Option("--fmspc", help="FMSPC (12 hex digits).")],
     out: Annotated[Path, typer.Option("--out", help="Bundle file to write.")],
+    fmspc: Annotated[Optional[str], typer.Option("--fmspc", help="FMSPC (12 hex digits).")] = None,  # noqa: UP045
     tee: Annotated[Optional[str], typer.Option("--tee", help="sgx or tdx (default: both).")] = None,  # noqa: UP045
+    snp_too: SnpOpt = False,
+    product: ProductOpt = None,
     history: Annotated[bool, typer.Option("--history", help="Include every stored version.")] = False,
     config: ConfigOpt = None,
     data_dir: DataDirOpt = None,
     database: DatabaseOpt = None,
 ) -> None:
-    """Write an offline bundle for an air-gapped site: TCB Info, QE/QVE identities, PCK CRLs, root CA CRL."""
-    fmspc = _fmspc(fmspc)
+    """Write an offline bundle for an air-gapped site: an FMSPC's TCB Info, QE/QVE identities, PCK CRLs
+    and root CA CRL (--fmspc); SEV-SNP chains, CRLs and VCEKs (--snp, all products unless --product).
+    Both in one bundle when both are given."""
+    products = snp.parse_products(product)
+    want_snp = snp_too or bool(products)
+    if fmspc is None and not want_snp:
+        raise InvalidInput(
+            "give --fmspc (Intel collateral) or --snp (SEV-SNP collateral), or both", field="fmspc"
+        )
+    if fmspc is None and tee is not None:
+        raise InvalidInput("--tee goes with --fmspc", field="tee")
     tees = _tees(tee)
-    store = _store(_settings(config, data_dir, database))
-    entries = store.export_items(fmspc=fmspc, tee=tees[0] if len(tees) == 1 else None, history=history)
-    doc = bundle_document(
-        entries, created_at=datetime.now(UTC), note=f"FMSPC {fmspc}, exported by keybroker collateral export"
-    )
+    fmspc = _fmspc(fmspc) if fmspc is not None else None
+    store = _store(_settings(config, data_dir, database), read_only=True)
+    entries: list[tuple[Item, str, datetime]] = []
+    notes = []
+    if fmspc is not None:
+        entries = store.export_items(fmspc=fmspc, tee=tees[0] if len(tees) == 1 else None, history=history)
+        notes.append(f"FMSPC {fmspc}")
+    doc = bundle_document(entries, created_at=datetime.now(UTC))
+    labels = [e[0].label for e in entries]
+    if want_snp:
+        kds = _kds_store(store)
+        _kds_available(kds, asked=True)
+        labels += snp.add_snp_bundle_items(doc, kds, products=products, history=history)
+        notes.append(f"SEV-SNP {', '.join(products) if products else 'all products'}")
+    doc["note"] = f"{'; '.join(notes)}, exported by keybroker collateral export"
+    doc["items"] = doc.pop("items")  # after the note, as bundle_document writes it
     try:
         write_bundle(out, doc)
     except OSError as exc:
         raise InvalidInput(f"--out {out}: cannot write ({exc.strerror or exc})") from None
-    console.print(f"wrote {len(entries)} items to {out}: " + ", ".join(sorted({e[0].label for e in entries})))
+    console.print(f"wrote {len(labels)} items to {out}: " + ", ".join(sorted(set(labels))))
 
 
 @app.command("fetch")
 @handle_errors
 def fetch(
     source: Annotated[
-        str, typer.Option("--from", help="PCS/PCCS URL, e.g. https://api.trustedservices.intel.com")
-    ],
-    fmspc: Annotated[str, typer.Option("--fmspc", help="FMSPC (12 hex digits).")],
+        Optional[str],  # noqa: UP045
+        typer.Option(
+            "--from",
+            help="PCS/PCCS URL, e.g. https://api.trustedservices.intel.com; with --snp a KDS URL "
+            "(default: collateral.kds_url, AMD's https://kdsintf.amd.com).",
+        ),
+    ] = None,
+    fmspc: Annotated[Optional[str], typer.Option("--fmspc", help="FMSPC (12 hex digits).")] = None,  # noqa: UP045
     tee: Annotated[Optional[str], typer.Option("--tee", help="sgx or tdx (default: both).")] = None,  # noqa: UP045
+    snp_kds: SnpOpt = False,
+    product: ProductOpt = None,
+    report: Annotated[
+        Optional[list[Path]],  # noqa: UP045
+        typer.Option(
+            "--report",
+            help="With --snp: an SEV-SNP report (binary or hex) whose VCEK (by CHIP_ID and REPORTED_TCB), "
+            "chain and CRL to fetch. Repeatable.",
+        ),
+    ] = None,
     ca_file: Annotated[
         Optional[Path],  # noqa: UP045
         typer.Option(
@@ -285,7 +436,7 @@ def fetch(
         ),
     ] = None,
     retries: Annotated[
-        int, typer.Option("--retries", min=0, max=10, help="Retries on network errors and 5xx.")
+        int, typer.Option("--retries", min=0, max=10, help="Retries on network errors, 5xx and 429.")
     ] = 3,
     config: ConfigOpt = None,
     data_dir: DataDirOpt = None,
@@ -294,34 +445,42 @@ def fetch(
     as_json: JsonOpt = False,
 ) -> None:
     """Fetch an FMSPC's collateral from Intel PCS or any PCCS (another keybroker too), verify it, store
-    it: all of one root (the TCB Info's); a piece of another root is skipped with a note."""
+    it: all of one root (the TCB Info's); a piece of another root is skipped with a note. With --snp:
+    SEV-SNP chains and CRLs (of --product, of the reports' products, else of every product) and the
+    VCEKs of --report from AMD's KDS or any KDS-compatible service, verified, stored."""
+    settings = _settings(config, data_dir, database)
+    if snp_kds or product or report:
+        if fmspc is not None or tee is not None:
+            raise InvalidInput(
+                "--fmspc and --tee are for Intel collateral; --snp fetches SEV-SNP's", field="fmspc"
+            )
+        if not snp_kds:
+            raise InvalidInput("--product and --report go with --snp", field="snp")
+        _fetch_snp(
+            settings,
+            source or settings.collateral.kds_url,
+            products=snp.parse_products(product),
+            reports=report or [],
+            ca_file=ca_file,
+            retries=retries,
+            trust_root=trust_root,
+            as_json=as_json,
+        )
+        return
+    if source is None:
+        raise InvalidInput("--from is required: a PCS/PCCS URL (or --snp for AMD's KDS)", field="from")
+    if fmspc is None:
+        raise InvalidInput("--fmspc is required (or --snp for SEV-SNP collateral)", field="fmspc")
     fmspc = _fmspc(fmspc)
     tees = _tees(tee)
-    settings = _settings(config, data_dir, database)
     roots = _roots(settings, trust_root)
     plan = FetchPlan(fmspc, tees)
     with (
         PcsClient(source, ca_file=ca_file, retries=retries) as client,
-        Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            TextColumn("{task.completed}/{task.total}"),
-            TimeElapsedColumn(),
-            console=err_console,
-            transient=True,
-            disable=as_json,
-        ) as progress,
+        _progress(as_json) as progress,
     ):
         task = progress.add_task("fetching", total=len(plan.steps))
-        started = False
-
-        def step(description: str) -> None:
-            nonlocal started
-            if started:
-                progress.advance(task)
-            started = True
-            progress.update(task, description=f"{client.base_url}: {description}")
-
+        step = _stepper(progress, task, client.base_url)
         try:
             items, notes = fetch_collateral(client, fmspc=fmspc, tees=tees, roots=roots, step=step)
         except UntrustedCollateralRoot as exc:
@@ -329,3 +488,68 @@ def fetch(
         progress.update(task, completed=len(plan.steps))
     result = _store(settings, create=True).import_items(items, source=f"fetch:{client.base_url}")
     _report(result, as_json, notes)
+
+
+def _progress(as_json: bool) -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=True,
+        disable=as_json,
+    )
+
+
+def _stepper(progress: Progress, task: Any, base_url: str) -> Callable[[str], None]:
+    started = False
+
+    def step(description: str) -> None:
+        nonlocal started
+        if started:
+            progress.advance(task)
+        started = True
+        progress.update(task, description=f"{base_url}: {description}")
+
+    return step
+
+
+def _fetch_snp(
+    settings: Settings,
+    source: str,
+    *,
+    products: Sequence[Any],
+    reports: Sequence[Path],
+    ca_file: Path | None,
+    retries: int,
+    trust_root: Sequence[Path] | None,
+    as_json: bool,
+) -> None:
+    """``collateral fetch --snp``: verify everything fetched, then store it in one transaction."""
+    dev_roots = snp.snp_roots(settings, _extra_roots(trust_root))
+    one_product = products[0] if len(products) == 1 else None
+    refs = snp.read_reports(reports, one_product)
+    plan = SnpFetchPlan(
+        products=tuple(products) if products or refs else ("Milan", "Genoa", "Turin"), reports=refs
+    )
+    # What is cached already (VCEKs are not asked for again; stored chains verify VCEKs): only from a
+    # database that exists, so a fetch that fails leaves no new one behind.
+    existing = settings.database is not None or (settings.data_dir / "keybroker.db").exists()
+    kds = _kds_store(_store(settings)) if existing else None
+    with KdsClient(source, ca_file=ca_file, retries=retries) as client, _progress(as_json) as progress:
+        task = progress.add_task("fetching", total=len(plan.steps))
+        try:
+            items, notes = fetch_snp_collateral(
+                client,
+                plan,
+                dev_roots=dev_roots,
+                have_vcek=kds.has_vcek if kds is not None else lambda *_: False,
+                known_chains=kds.chains() if kds is not None else (),
+                step=_stepper(progress, task, client.base_url),
+            )
+        except UntrustedCollateralRoot as exc:
+            raise snp.suggest_snp_trust_root(exc) from None
+        progress.update(task, completed=len(plan.steps))
+    kds = kds or _kds_store(_store(settings, create=True))
+    _report(None, as_json, notes, snp_result=kds.import_items(items, source=f"fetch:{client.base_url}"))

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 import typer
 
 from keybroker import __version__, datadir
-from keybroker.cli import audit, collateral, devpki, evidence, keystore, policy, serving, token
+from keybroker.cli import audit, collateral, devpki, evidence, keystore, policy, role, serving, token, tpm
 from keybroker.cli import workers as serve_workers
 from keybroker.cli.common import (
     EXIT_CODES_HELP,
@@ -49,12 +49,14 @@ operator_app = typer.Typer(
 )
 app.add_typer(operator_app, name="operator")
 app.add_typer(token.app, name="token")
+app.add_typer(role.app, name="role")
 app.add_typer(audit.app, name="audit")
 app.add_typer(devpki.app, name="dev-pki")
 app.add_typer(evidence.app, name="evidence")
 app.add_typer(collateral.app, name="collateral")
 app.add_typer(keystore.app, name="keystore")
 app.add_typer(policy.app, name="policy")
+app.add_typer(tpm.app, name="tpm")
 
 ServerOpt = Annotated[
     Optional[str],  # noqa: UP045

@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from keybroker.appraisal import rego, secl
 from keybroker.appraisal.decision import Decision
 from keybroker.appraisal.input import appraisal_input
+from keybroker.appraisal.policy import TransferPolicyBody
 from keybroker.cli.common import (
     EXIT_FAILED,
     EXIT_USAGE,
@@ -25,23 +26,29 @@ from keybroker.cli.common import (
     handle_errors,
 )
 from keybroker.cli.evidence import (
+    CertOpt,
     DevOpt,
+    TeeOpt,
     UsageError,
     _load_roots,
     _read,
+    check_tee,
     cli_settings,
-    decode_quote,
     dev_hint,
+    dry_run_tpm_trust,
+    needs_collateral_store,
     parse_at,
+    read_evidence,
     server_trust,
-    trust_lookup,
-    verify_command,
+    verify_with,
 )
-from keybroker.errors import CollateralError, CollateralNotFound, EvidenceError, InvalidInput
-from keybroker.keys.policy import TransferPolicyBody
-from keybroker.tee.dcap.collateral import QuoteCollateral
+from keybroker.cli.snp_measure import snp_measure
+from keybroker.errors import CollateralNotFound, EvidenceError, InvalidInput
 
-app = typer.Typer(help="Key-transfer policies: dry runs on recorded evidence.", no_args_is_help=True)
+app = typer.Typer(
+    help="Key-transfer policies: dry runs on recorded evidence; SEV-SNP launch measurements.",
+    no_args_is_help=True,
+)
 
 
 def _load_policy(policy_path: Path) -> Callable[[dict[str, object]], Decision]:
@@ -63,12 +70,22 @@ def _load_policy(policy_path: Path) -> Callable[[dict[str, object]], Decision]:
 @handle_errors
 def test(
     policy: Annotated[Path, typer.Option("--policy", help="SecL v5 policy (JSON) or a Rego module (.rego)")],
-    quote: Annotated[Path, typer.Option("--quote", help="the quote: raw, hex or base64")],
+    quote: Annotated[
+        Path,
+        typer.Option(
+            "--report",
+            "--quote",
+            help="the evidence: a DCAP quote or an SEV-SNP report (raw, hex or base64), keybroker's TPM "
+            "evidence document, or Trustee's Azure vTPM JSON",
+        ),
+    ],
+    tee_name: TeeOpt = None,
+    cert: CertOpt = None,
     collateral: Annotated[
         Optional[Path],  # noqa: UP045
         typer.Option(
             "--collateral",
-            help="collateral JSON (corpus form) (default: the collateral store of --data-dir/--database/--config)",
+            help="DCAP collateral JSON (corpus form) (default: the collateral store of --data-dir/--database/--config)",
         ),
     ] = None,
     at: Annotated[
@@ -91,30 +108,28 @@ def test(
     dev: DevOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the decision as JSON")] = False,
 ) -> None:
-    """Verify the quote as the server of --data-dir/--database/--config would (with --dev, a
+    """Verify the evidence as the server of --data-dir/--database/--config would (with --dev, a
     'serve --dev' one: its dev PKI too), then evaluate the policy on its claims and print every
     reason. Exit 0 allowed, 1 denied or evidence rejected, 2 usage error."""
     settings = None
     try:
         decide = _load_policy(policy)
-        raw = decode_quote(_read(quote, "quote"))
-        coll = QuoteCollateral.from_json(_read(collateral, "collateral")) if collateral else None
+        raw, tee, endorsements = read_evidence(
+            quote, tee=check_tee(tee_name), collateral=collateral, certs=cert or ()
+        )
         when = parse_at(at) if at else datetime.now(UTC)
         extra = _load_roots(trust_root)
         settings = cli_settings(config, data_dir, database, dev)
-        trust = server_trust(settings, at=when, extra_roots=extra, need_store=coll is None)
+        trust = dry_run_tpm_trust(
+            settings,
+            server_trust(
+                settings, at=when, extra_roots=extra, need_store=needs_collateral_store(tee, endorsements)
+            ),
+        )
     except UsageError as exc:
         fail(str(exc), EXIT_USAGE)
-    except CollateralError as exc:
-        fail(f"collateral {collateral}: {exc.detail}", EXIT_USAGE)
     try:
-        verified = verify_command(
-            raw,
-            collateral=coll,
-            at=when,
-            trust_roots=trust.dev_roots,
-            collateral_lookup=None if coll is not None else trust_lookup(trust),
-        )
+        verified = verify_with(trust, raw, endorsements, when, tee=tee)
     except CollateralNotFound as exc:
         fail(f"{exc.detail}{dev_hint(settings)}", EXIT_FAILED)
     except EvidenceError as exc:
@@ -139,3 +154,6 @@ def test(
             console.print(f"  note:   {note}", highlight=False, soft_wrap=True)
     if not decision.allowed:
         raise typer.Exit(EXIT_FAILED)
+
+
+app.command("snp-measure")(snp_measure)

@@ -85,7 +85,11 @@ def _split(text: str) -> list[str]:
 def create(
     permissions: Annotated[
         str, typer.Option("--permissions", help="comma-separated, e.g. keys:create,keys:search or *:*")
-    ],
+    ] = "",
+    roles: Annotated[
+        str,
+        typer.Option("--roles", help="comma-separated roles, e.g. key-admin,auditor ('keybroker role list')"),
+    ] = "",
     subject: Annotated[str, typer.Option("--subject", help="who the token is for")] = "admin",
     ttl: Annotated[str, typer.Option("--ttl", help="lifetime: 30m, 1h, 7d")] = "1h",
     client_permissions: Annotated[
@@ -97,14 +101,20 @@ def create(
 ) -> None:
     """Issue a token signed with the service's key and record it. Prints the token; its id (what
     'revoke' takes) goes to stderr."""
+    from keybroker.auth.rolestore import RoleStore
     from keybroker.auth.tokens import parse_ttl
 
     lifetime = parse_ttl(ttl)
-    issued = _registry(config, data_dir, database).issue(
+    if not permissions and not roles and not client_permissions:
+        raise InvalidInput("give --permissions, --roles or --client-permissions", field="permissions")
+    registry = _registry(config, data_dir, database)
+    RoleStore(registry.db).check_grantable(None, _split(roles))
+    issued = registry.issue(
         subject,
         _split(permissions),
         ttl=lifetime,
         client_permissions=_split(client_permissions),
+        roles=_split(roles),
         actor=_actor(),
     )
     typer.echo(issued.token)
@@ -118,6 +128,7 @@ def _as_dict(r: TokenRecord, now: datetime) -> dict[str, object]:
         "jti": r.jti,
         "subject": r.subject,
         "permissions": list(r.permissions),
+        "roles": list(r.roles),
         "client_permissions": list(r.client_permissions),
         "issued_at": r.issued_at.isoformat(),
         "expires_at": r.expires_at.isoformat(),
@@ -152,13 +163,22 @@ def list_tokens(
             typer.echo(json.dumps(row))
         return
     table = Table(
-        "jti", "subject", "permissions", "client permissions", "expires", "status", "issued by", expand=True
+        "jti",
+        "subject",
+        "permissions",
+        "roles",
+        "client permissions",
+        "expires",
+        "status",
+        "issued by",
+        expand=True,
     )
     for row in rows:
         table.add_row(
             str(row["jti"]),
             str(row["subject"]),
             ",".join(row["permissions"]),  # type: ignore[arg-type]
+            ",".join(row["roles"]),  # type: ignore[arg-type]
             ",".join(row["client_permissions"]),  # type: ignore[arg-type]
             str(row["expires_at"]),
             str(row["status"]),

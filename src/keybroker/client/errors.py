@@ -1,7 +1,8 @@
 """The client's errors: what the broker said, and what went wrong on the way.
 
 They extend :mod:`keybroker.errors` so the CLI maps them to exit codes in one place:
-:class:`Denied` (the broker refused: 1), :class:`Unreachable` (no usable answer: 3),
+:class:`Denied` (the broker refused: 1), :class:`Unreachable` (no usable answer: 3;
+:class:`TlsVerificationFailed`: 4),
 ``InvalidInput`` (the caller's mistake: 2). Messages never carry key material.
 """
 

@@ -23,7 +23,7 @@ from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, RSAKey
 
 from keybroker.errors import KeybrokerError
-from keybroker.keys.envelope import IV_SIZE, OAEP_SHA256, SECL_HEADER, SWK_SIZE, TAG_SIZE, trim_der_padding
+from keybroker.wire.envelope import IV_SIZE, OAEP_SHA256, SECL_HEADER, SWK_SIZE, TAG_SIZE, trim_der_padding
 
 __all__ = ["OAEP_SHA256", "UnwrapError", "jwe_unwrap", "secl_unwrap", "trim_der_padding"]
 

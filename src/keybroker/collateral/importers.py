@@ -35,7 +35,7 @@ from keybroker.collateral.items import (
     signed_item,
 )
 from keybroker.errors import CollateralError, InvalidInput, UntrustedCollateralRoot
-from keybroker.tee.dcap.collateral import (
+from keybroker.tee.dcap.endorsements import (
     JSON_KEYS,
     OPTIONAL_JSON_KEYS,
     QuoteCollateral,

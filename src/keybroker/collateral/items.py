@@ -6,9 +6,10 @@ each. keybroker stores the same pieces so that a new QE identity or CRL serves e
 so that ``/sgx/certification/v4/...`` can answer each endpoint from the newest stored piece.
 
 Nothing is made an :class:`Item` without checks: the JSON or CRL parses, the issuer chain ends at
-the pinned Intel SGX Root CA or an explicitly configured dev root, every certificate is signed by
-the next, the signer is the kind of certificate that may sign this piece (TCB Signing for TCB Info
-and identities, a PCK CA for its CRL, the root for the root CA CRL), and the signature verifies.
+the pinned Intel SGX Root CA or an explicitly configured dev root and passes the quote verifier's
+own chain check (``tee.dcap.chain``: one trust decision for both), the signer is the kind of
+certificate that may sign this piece (TCB Signing for TCB Info and identities, a PCK CA for its
+CRL, the root for the root CA CRL), and the signature verifies.
 Validity windows are *not* checked here (history and air-gapped imports are legitimately old);
 ``tee.dcap.verify`` checks them at verification time.
 """
@@ -16,7 +17,7 @@ Validity windows are *not* checked here (history and air-gapped imports are legi
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Final, Literal
@@ -27,20 +28,18 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.hazmat.primitives.serialization import Encoding
-from cryptography.x509.oid import NameOID
 
-from keybroker.errors import CollateralError, EvidenceParseError, UntrustedCollateralRoot
-from keybroker.tee.dcap.collateral import QuoteCollateral, parse_enclave_identity, parse_tcb_info
+from keybroker.errors import CollateralError, EvidenceParseError, UntrustedCollateralRoot, VerificationError
+from keybroker.tee.dcap.chain import RootKind, TrustedRoots, check_signer, cn, load_certificate, verify_chain
+from keybroker.tee.dcap.endorsements import QuoteCollateral, parse_enclave_identity, parse_tcb_info
 from keybroker.tee.dcap.pck import (
     X509_DECODE_ERRORS,
     PckCa,
     ca_type_from_name,
     crl_signed_by,
-    decode_certificate,
     decode_crl,
     split_pem_chain,
 )
-from keybroker.tee.dcap.verify import INTEL_SGX_ROOT_CA
 
 __all__ = [
     "KINDS",
@@ -60,10 +59,8 @@ __all__ = [
 
 Kind = Literal["tcb_info", "qe_identity", "qve_identity", "pck_crl", "root_ca_crl"]
 KINDS: Final[tuple[Kind, ...]] = ("tcb_info", "qe_identity", "qve_identity", "pck_crl", "root_ca_crl")
-RootKind = Literal["intel", "dev"]
 Tee = Literal["sgx", "tdx"]
 
-_INTEL_ROOT_DER: Final = INTEL_SGX_ROOT_CA.public_bytes(Encoding.DER)
 _ECDSA_SHA256: Final = ec.ECDSA(hashes.SHA256())
 #: Enclave identity ``id`` -> (kind, TEE).
 _IDENTITY_IDS: Final[dict[str, tuple[Kind, Tee]]] = {
@@ -77,34 +74,8 @@ def _bad(detail: str) -> CollateralError:
     return CollateralError(detail)
 
 
-def _cn(name: x509.Name) -> str:
-    cns = name.get_attributes_for_oid(NameOID.COMMON_NAME)
-    return str(cns[0].value) if cns else name.rfc4514_string()
-
-
 def _utc(t: datetime) -> datetime:
     return t.astimezone(UTC) if t.tzinfo is not None else t.replace(tzinfo=UTC)
-
-
-class TrustedRoots:
-    """The pinned Intel SGX Root CA plus explicitly configured dev roots (the TEE simulator's)."""
-
-    def __init__(self, dev_roots: Iterable[x509.Certificate] = ()) -> None:
-        self._certs: dict[bytes, x509.Certificate] = {_INTEL_ROOT_DER: INTEL_SGX_ROOT_CA}
-        for cert in dev_roots:
-            self._certs.setdefault(cert.public_bytes(Encoding.DER), cert)
-
-    def kind(self, der: bytes) -> RootKind | None:
-        if der == _INTEL_ROOT_DER:
-            return "intel"
-        return "dev" if der in self._certs else None
-
-    def certificates(self) -> tuple[x509.Certificate, ...]:
-        return tuple(self._certs.values())
-
-    def describe(self) -> str:
-        dev = len(self._certs) - 1
-        return "the Intel SGX Root CA" + (f" or one of {dev} configured dev root(s)" if dev else "")
 
 
 def label(kind: str, tee: str | None, fmspc: str | None, pck_ca: str | None) -> str:
@@ -158,61 +129,42 @@ class Item:
 # --- verification ------------------------------------------------------------------------------
 
 
-def _load_chain(pem: str, what: str) -> tuple[tuple[bytes, ...], tuple[x509.Certificate, ...]]:
+def _verify_chain(
+    pem: str, roots: TrustedRoots, what: str, *, tcb_signing: bool
+) -> tuple[tuple[bytes, ...], x509.Certificate, str, RootKind]:
+    """Signer -> root, verified by ``tee.dcap.chain`` (the quote verifier's own chain check): the
+    root trusted, the signer in its role (TCB Signing, or a PCK CA that may sign CRLs) and issued by
+    the root directly."""
     try:
         ders = split_pem_chain(pem.encode("ascii"), field=what)
     except (EvidenceParseError, UnicodeEncodeError) as exc:
         raise _bad(f"{what}: not a PEM certificate chain ({exc})") from None
-    certs = []
-    for i, der in enumerate(ders):
-        try:
-            cert = decode_certificate(der)
-        except X509_DECODE_ERRORS as exc:
-            raise _bad(f"{what}[{i}]: undecodable certificate ({exc})") from None
-        certs.append(cert)
-    return ders, tuple(certs)
-
-
-def _is_ca(cert: x509.Certificate) -> bool:
+    if len(ders) != 2:  # Intel's collateral signers are issued by the root
+        raise _bad(f"{what}: {len(ders)} certificates; expected the signer and the root")
     try:
-        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
-    except x509.ExtensionNotFound:
-        return False
-
-
-def _verify_chain(
-    pem: str, roots: TrustedRoots, what: str
-) -> tuple[tuple[bytes, ...], x509.Certificate, str, RootKind]:
-    """Signer -> root: exactly two certificates (Intel's collateral signers are issued by the root)."""
-    ders, certs = _load_chain(pem, what)
-    if len(certs) != 2:
-        raise _bad(f"{what}: {len(certs)} certificates; expected the signer and the root")
-    root_kind = roots.kind(ders[-1])
-    if root_kind is None:
-        root_sha = hashlib.sha256(ders[-1]).hexdigest()
-        name = _cn(certs[-1].subject)
-        raise UntrustedCollateralRoot(
-            f"{what}: ends at {name!r} (sha256 {root_sha}), not {roots.describe()}",
-            root_sha256=root_sha,
-            root_name=name,
+        certs = tuple(
+            load_certificate(der, f"{what}[{i}]", "collateral_chains") for i, der in enumerate(ders)
         )
-    signer, root = certs
-    if not _is_ca(root):
-        raise _bad(f"{what}: the root {_cn(root.subject)!r} is not a CA")
-    try:
-        signer.verify_directly_issued_by(root)
-    except (*X509_DECODE_ERRORS, InvalidSignature) as exc:
-        raise _bad(
-            f"{what}: {_cn(signer.subject)!r} is not validly signed by {_cn(root.subject)!r} "
-            f"({type(exc).__name__})"
-        ) from None
-    return ders, signer, hashlib.sha256(ders[-1]).hexdigest(), root_kind
+        root_kind = roots.kind(ders[-1])
+        if root_kind is None:
+            root_sha = hashlib.sha256(ders[-1]).hexdigest()
+            name = cn(certs[-1].subject)
+            raise UntrustedCollateralRoot(
+                f"{what}: ends at {name!r} (sha256 {root_sha}), not {roots.describe()}",
+                root_sha256=root_sha,
+                root_name=name,
+            )
+        check_signer(certs, what, tcb_signing=tcb_signing, check="collateral_chains")
+        chain = verify_chain(ders, roots, what, "collateral_chains", not tcb_signing)
+    except VerificationError as exc:
+        raise _bad(exc.detail) from None
+    return ders, chain.certs[0], hashlib.sha256(ders[-1]).hexdigest(), root_kind
 
 
 def _ec_key(cert: x509.Certificate, what: str) -> ec.EllipticCurvePublicKey:
     key = cert.public_key()
     if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP256R1):
-        raise _bad(f"{what}: {_cn(cert.subject)!r} has no ECDSA P-256 key")
+        raise _bad(f"{what}: {cn(cert.subject)!r} has no ECDSA P-256 key")
     return key
 
 
@@ -236,15 +188,15 @@ def signed_item(
     what = "TCB Info" if kind == "tcb_info" else "enclave identity"
     if len(signature) != 64:
         raise _bad(f"{what} signature: expected 64 bytes (r || s), got {len(signature)}")
-    ders, signer, root_sha, root_kind = _verify_chain(issuer_chain, roots, f"{what} issuer chain")
-    cn = _cn(signer.subject)
-    if "TCB Signing" not in cn or _is_ca(signer):
-        raise _bad(f"{what} issuer chain: signer {cn!r} is not a TCB Signing certificate")
+    ders, signer, root_sha, root_kind = _verify_chain(
+        issuer_chain, roots, f"{what} issuer chain", tcb_signing=True
+    )
+    signer_cn = cn(signer.subject)
     r, s = int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big")
     try:
         _ec_key(signer, what).verify(encode_dss_signature(r, s), signed_text.encode("utf-8"), _ECDSA_SHA256)
     except InvalidSignature:
-        raise _bad(f"{what} signature does not verify under {cn!r}") from None
+        raise _bad(f"{what} signature does not verify under {signer_cn!r}") from None
     digest = _digest(kind, signed_text.encode("utf-8"), signature, *ders)
     if kind == "tcb_info":
         tcb = parse_tcb_info(signed_text)
@@ -299,12 +251,13 @@ def _load_crl(der: bytes, what: str) -> x509.CertificateRevocationList:
 def pck_crl_item(der: bytes, issuer_chain: str, roots: TrustedRoots) -> Item:
     """A PCK Processor/Platform CA CRL, verified against its issuer chain."""
     crl = _load_crl(der, "PCK CRL")
-    ders, signer, root_sha, root_kind = _verify_chain(issuer_chain, roots, "PCK CRL issuer chain")
+    ders, signer, root_sha, root_kind = _verify_chain(
+        issuer_chain, roots, "PCK CRL issuer chain", tcb_signing=False
+    )
     ca = ca_type_from_name(signer.subject)
-    if ca is None or not _is_ca(signer):
-        raise _bad(f"PCK CRL issuer chain: signer {_cn(signer.subject)!r} is not a PCK CA")
+    assert ca is not None  # check_signer
     if crl.issuer != signer.subject or not crl_signed_by(crl, _ec_key(signer, "PCK CRL")):
-        raise _bad(f"PCK CRL (issuer {_cn(crl.issuer)!r}) is not signed by {_cn(signer.subject)!r}")
+        raise _bad(f"PCK CRL (issuer {cn(crl.issuer)!r}) is not signed by {cn(signer.subject)!r}")
     assert crl.next_update_utc is not None
     return Item(
         kind="pck_crl",
@@ -351,9 +304,9 @@ def root_ca_crl_item(der: bytes, roots: TrustedRoots) -> Item:
                 digest=_digest("root_ca_crl", der),
             )
     raise UntrustedCollateralRoot(
-        f"root CA CRL (issuer {_cn(crl.issuer)!r}) is not signed by {roots.describe()}",
+        f"root CA CRL (issuer {cn(crl.issuer)!r}) is not signed by {roots.describe()}",
         root_sha256=None,
-        root_name=_cn(crl.issuer),
+        root_name=cn(crl.issuer),
     )
 
 

@@ -39,8 +39,8 @@ from keybroker.config import Settings
 from keybroker.errors import CollateralError, CollateralNotFound, Conflict, InvalidInput
 from keybroker.store.db import Database
 from keybroker.store.models import CollateralItem as Row
-from keybroker.tee.dcap.collateral import QuoteCollateral
-from keybroker.tee.verifier import CollateralSource
+from keybroker.tee.dcap.endorsements import QuoteCollateral
+from keybroker.tee.dcap.sources import CollateralSource
 
 __all__ = [
     "CollateralStore",
@@ -469,15 +469,18 @@ class CollateralStore:
 class DbCollateralSource:
     """``CollateralSource`` over the store: for the verifier (``ChainedCollateral``) and the CLI.
 
-    ``at``: pick the pieces valid at that time (``evidence verify --at``); None: now.
+    ``at``: pick the pieces valid at that time (``evidence verify --at``); None: now. A lookup's
+    own ``at`` (the verification time the verifier passes) comes first.
     """
 
     def __init__(self, store: CollateralStore | Database, *, at: datetime | None = None) -> None:
         self.store = store if isinstance(store, CollateralStore) else CollateralStore(store)
         self.at = at
 
-    def collateral_for(self, *, tee: str, fmspc: str, pck_ca: str) -> QuoteCollateral:
-        return self.store.collateral_for(tee=tee, fmspc=fmspc, pck_ca=pck_ca, at=self.at)
+    def collateral_for(
+        self, *, tee: str, fmspc: str, pck_ca: str, at: datetime | None = None
+    ) -> QuoteCollateral:
+        return self.store.collateral_for(tee=tee, fmspc=fmspc, pck_ca=pck_ca, at=at or self.at)
 
 
 class _CliSource:
@@ -488,7 +491,9 @@ class _CliSource:
         self._at = at
         self._source: DbCollateralSource | None = None
 
-    def collateral_for(self, *, tee: str, fmspc: str, pck_ca: str) -> QuoteCollateral:
+    def collateral_for(
+        self, *, tee: str, fmspc: str, pck_ca: str, at: datetime | None = None
+    ) -> QuoteCollateral:
         if self._source is None:
             settings = self._settings
             if settings.database is None and not (settings.data_dir / "keybroker.db").exists():
@@ -506,7 +511,7 @@ class _CliSource:
                 raise CollateralError(f"the collateral store is unavailable: {reason}") from None
             self._source = DbCollateralSource(CollateralStore(db), at=self._at)
         try:
-            return self._source.collateral_for(tee=tee, fmspc=fmspc, pck_ca=pck_ca)
+            return self._source.collateral_for(tee=tee, fmspc=fmspc, pck_ca=pck_ca, at=at)
         except SQLAlchemyError as exc:
             reason = str(getattr(exc, "orig", None) or type(exc).__name__).splitlines()[0]
             raise CollateralError(f"the collateral store is unavailable: {reason}") from None

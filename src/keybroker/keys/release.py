@@ -9,9 +9,10 @@ Steps, in this order (a failure at any step denies, is audited, and releases not
    spent without an audited outcome: when that transaction fails (the database went away), the
    nonce stays unused and the same request can be sent again;
 4. ``user_data`` is the workload's ephemeral public key, within bounds (DER SPKI, RSA 3072-8192
-   bits; see :func:`keybroker.keys.binding.check_workload_key`), so that nothing the policy allows
+   bits; see :func:`keybroker.wire.binding.check_workload_key`), so that nothing the policy allows
    can fail at wrapping;
-5. the quote verifies (chain, collateral, TCB) and its REPORTDATA = SHA-512(nonce || user_data);
+5. the evidence verifies (the TEE's verifier: for SGX/TDX chain, collateral, TCB) and binds the
+   nonce and user data (SGX/TDX: REPORTDATA = SHA-512(nonce || user_data));
 6. the key's policy allows the verified claims (and the caller's client permissions);
 7. the key is wrapped to the workload key (SWK via RSA-OAEP-256, key under AES-256-GCM). A failure
    here is audited (outcome ``failed``) like every other outcome.
@@ -23,20 +24,24 @@ only to a caller whose token holds :data:`TRANSFER_PERMISSION` (the audit log al
 from __future__ import annotations
 
 import base64
-import hashlib
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import rfc8785
 from cryptography.hazmat.primitives.asymmetric import rsa
 from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from keybroker.appraisal import secl
 from keybroker.appraisal.decision import Decision, Reason, denied
+from keybroker.appraisal.input import claims_digest
+from keybroker.appraisal.policy import TransferPolicyBody
+from keybroker.appraisal.registry import REGISTRY
+from keybroker.attestation import nonces
+from keybroker.attestation.ear import EarClaims
+from keybroker.attestation.remote import RemoteAttestation
 from keybroker.audit import log as audit
 from keybroker.auth.tokens import Principal
 from keybroker.errors import (
@@ -49,17 +54,13 @@ from keybroker.errors import (
     PolicyDenied,
     VerificationError,
 )
-from keybroker.keys import binding, nonces, wrap
-from keybroker.keys.policy import TransferPolicyBody
+from keybroker.keys import wrap
 from keybroker.keystores.base import KeyStore
 from keybroker.limits import OutstandingCap
 from keybroker.store.db import Database
 from keybroker.store.models import Key, TransferPolicy
-from keybroker.tee.dcap.abi import canonical_quote
-from keybroker.tee.dcap.verify import VerifiedQuote
-from keybroker.tee.verifier import Verifier
-from keybroker.tokens.ear import EarClaims
-from keybroker.tokens.remote import RemoteAttestation
+from keybroker.tee.verifier import KbsV1Binding, Verifier
+from keybroker.wire import binding
 
 V1_PURPOSE = "kbs-v1-transfer"
 #: SecL's transfer permission. Here: a denial explained in full (with the policy's expected
@@ -109,17 +110,6 @@ class EvidenceRequest:
     quote: bytes
     nonce: bytes
     user_data: bytes
-
-
-def evidence_digest(evidence: bytes) -> str:
-    """SHA-256 of the quote without its zero padding: one quote, one digest (``VerifiedQuote.evidence_sha256``)."""
-    return hashlib.sha256(canonical_quote(evidence)).hexdigest()
-
-
-def claims_digest(claims: VerifiedQuote | Mapping[str, Any]) -> str:
-    """SHA-256 of the JCS form of the verified claims (a quote's, or as an EAR carries them)."""
-    doc = claims.claims.to_dict() if isinstance(claims, VerifiedQuote) else claims
-    return hashlib.sha256(rfc8785.dumps(doc)).hexdigest()
 
 
 def _rsa_workload_key(spki_der: bytes, field: str) -> rsa.RSAPublicKey:
@@ -225,7 +215,10 @@ class ReleaseService:
     def transfer(
         self, key_id: str, req: EvidenceRequest, principal: Principal | None, actor: str
     ) -> wrap.SeclWrapped:
-        details: dict[str, Any] = {"protocol": "kbs/v1", "evidence_sha256": evidence_digest(req.quote)}
+        details: dict[str, Any] = {
+            "protocol": "kbs/v1",
+            "evidence_sha256": self._verifier.evidence_sha256(req.attestation_type.lower(), req.quote),
+        }
         explain = explains(principal)
         spend: _Spend | None = None
         try:
@@ -257,8 +250,9 @@ class ReleaseService:
             if self._remote is not None:
                 decision = self._appraise_remotely(req, policy, policy_id, permissions, details)
             else:
-                expected = binding.v1_report_data(req.nonce, req.user_data)
-                verified = self._verifier.verify(req.attestation_type.lower(), req.quote, expected)
+                verified = self._verifier.verify(
+                    req.attestation_type.lower(), req.quote, KbsV1Binding(req.nonce, req.user_data)
+                )
                 details["claims_sha256"] = claims_digest(verified)
                 details["tcb_status"] = verified.status
                 decision = secl.evaluate(
@@ -299,7 +293,7 @@ class ReleaseService:
         details.update({"token_kid": ear.kid, "ear_status": ear.status})
         if ear.tee != tee:
             raise VerificationError(
-                f"the remote attestation service attested a {ear.tee.upper()} quote, not {tee.upper()}",
+                f"the remote attestation service attested {ear.tee.upper()} evidence, not {tee.upper()}",
                 check="tee_type",
             )
         if ear.held_data != req.user_data or ear.nonce != base64.b64encode(req.nonce).decode():
@@ -366,7 +360,10 @@ class ReleaseService:
             key, policy, policy_id = self._lookup(key_id)
             details["policy_id"] = policy_id
             if not policy.without_attestation or policy.none is None:
-                why = "the key's policy requires attestation: send evidence with Attestation-Type SGX or TDX"
+                why = (
+                    "the key's policy requires attestation: send evidence with Attestation-Type "
+                    f"{REGISTRY.listing()}"
+                )
                 raise PolicyDenied(why, reasons=[why])
             if principal is None:
                 why = (

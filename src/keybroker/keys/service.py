@@ -19,24 +19,18 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from keybroker.appraisal.policy import TransferPolicyBody
 from keybroker.audit import log as audit
+from keybroker.auth.caller import Caller
 from keybroker.errors import Conflict, InvalidInput, KeybrokerError, NotFound
-from keybroker.keys import material as km
 from keybroker.keys.certs import check_common_name, issue_leaf, issued_by, subject_alt_names
-from keybroker.keys.policy import TransferPolicyBody
+from keybroker.keys.serviceca import ServiceCA
+from keybroker.keystores import material as km
 from keybroker.keystores.base import KeyStore, StoredKey
-from keybroker.serviceca import ServiceCA
 from keybroker.store.db import Database
 from keybroker.store.models import Certificate, Key, TransferPolicy
 
 log = logging.getLogger("keybroker.keys")
-
-
-@dataclass(frozen=True)
-class Caller:
-    """Who is acting, for the audit log."""
-
-    actor: str
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Wrapping a released key so that only the attested workload can open it (the broker side). Pure.
 
 - ``/kbs/v1`` (Intel SecL / Trust Authority KBS): :func:`secl_from_transfer` lays a key store's
-  :class:`~keybroker.keys.envelope.TransferWrap` out in the SecL format (see ``envelope``).
+  :class:`~keybroker.wire.envelope.TransferWrap` out in the SecL format (see ``envelope``).
 - ``/kbs/v0`` (KBS protocol): a flattened JWE, ``RSA-OAEP-256`` or ``ECDH-ES+A256KW`` with
   ``A256GCM``; the AAD is the ASCII of the protected header's base64url (RFC 7516 5.1 step 14).
 
@@ -17,7 +17,7 @@ from joserfc import jwe
 from joserfc.jwk import ECKey, RSAKey
 
 from keybroker.errors import InvalidInput
-from keybroker.keys.envelope import TransferWrap, secl_wrapped_key, software_wrap
+from keybroker.wire.envelope import TransferWrap, secl_wrapped_key, software_wrap
 
 
 @dataclass(frozen=True)

@@ -23,12 +23,19 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from sqlalchemy.orm import Session
 
 from keybroker.errors import BackendUnavailable, KeybrokerError
-from keybroker.keys.envelope import OAEP_SHA256, TransferWrap, software_wrap, trim_der_padding
-from keybroker.keys.material import KeyMaterial, KeySpec
+from keybroker.keystores.material import KeyMaterial, KeySpec
+from keybroker.wire.envelope import OAEP_SHA256, TransferWrap, software_wrap, trim_der_padding
 
 __all__ = ["OAEP_SHA256", "TransferWrap", "software_wrap", "trim_der_padding"]  # re-exported for the stores
 
 log = logging.getLogger("keybroker.keystores")
+
+
+class RootKeyHolder(Protocol):
+    """Holds the root key while the key store is unsealed (``keybroker.seal.barrier.Barrier``);
+    ``root_key`` raises ``Sealed`` otherwise. The builtin key store seals under it."""
+
+    def root_key(self) -> bytes: ...
 
 
 @dataclass(frozen=True)

@@ -9,12 +9,11 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
+from keybroker import aead
 from keybroker.errors import InvalidInput, KeybrokerError, NotFound
-from keybroker.keys import material as km
-from keybroker.keys.material import KeyMaterial, KeySpec
-from keybroker.keystores.base import CheckResult, StoredKey, TransferWrap, software_wrap
-from keybroker.seal import aead
-from keybroker.seal.barrier import Barrier
+from keybroker.keystores import material as km
+from keybroker.keystores.base import CheckResult, RootKeyHolder, StoredKey, TransferWrap, software_wrap
+from keybroker.keystores.material import KeyMaterial, KeySpec
 from keybroker.store.models import KeyMaterial as KeyMaterialRow
 
 
@@ -41,7 +40,7 @@ class BuiltinKeyStore:
     name = "builtin"
     external = False
 
-    def __init__(self, barrier: Barrier) -> None:
+    def __init__(self, barrier: RootKeyHolder) -> None:
         self._barrier = barrier
 
     def create(self, session: Session, key_id: str, spec: KeySpec) -> StoredKey:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from keybroker.keystores.base import KeyStore
+from keybroker.keystores.base import KeyStore, RootKeyHolder
 from keybroker.keystores.builtin import BuiltinKeyStore
 from keybroker.keystores.config import (
     BuiltinKeystore,
@@ -11,10 +11,9 @@ from keybroker.keystores.config import (
     Pkcs11Keystore,
     VaultKeystore,
 )
-from keybroker.seal.barrier import Barrier
 
 
-def build_keystore(settings: KeystoreSettings, barrier: Barrier | None) -> KeyStore:
+def build_keystore(settings: KeystoreSettings, barrier: RootKeyHolder | None) -> KeyStore:
     """``barrier`` is needed by the builtin store only (None: for the other stores' CLI checks)."""
     cfg = settings.root
     if isinstance(cfg, BuiltinKeystore):

@@ -37,8 +37,7 @@ from kmip.services.kmip_client import KMIPProxy  # type: ignore[import-untyped]
 from sqlalchemy.orm import Session
 
 from keybroker.errors import BackendUnavailable, InvalidInput, NotFound
-from keybroker.keys import material as km
-from keybroker.keys.material import KeyMaterial, KeySpec
+from keybroker.keystores import material as km
 from keybroker.keystores.base import (
     CheckResult,
     StoredKey,
@@ -48,6 +47,7 @@ from keybroker.keystores.base import (
     software_wrap,
 )
 from keybroker.keystores.config import KmipKeystore
+from keybroker.keystores.material import KeyMaterial, KeySpec
 
 log = logging.getLogger("keybroker.keystores.kmip")
 # PyKMIP warns on every client that no ~/.pykmip/pykmip.conf exists; we configure it in code.

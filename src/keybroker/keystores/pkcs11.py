@@ -49,8 +49,7 @@ from pkcs11.util.rsa import decode_rsa_private_key, decode_rsa_public_key
 from sqlalchemy.orm import Session
 
 from keybroker.errors import BackendUnavailable, InvalidInput, KeybrokerError, NotFound
-from keybroker.keys import material as km
-from keybroker.keys.material import KeyMaterial, KeySpec
+from keybroker.keystores import material as km
 from keybroker.keystores.base import (
     OAEP_SHA256,
     CheckResult,
@@ -61,6 +60,7 @@ from keybroker.keystores.base import (
     trim_der_padding,
 )
 from keybroker.keystores.config import Pkcs11Keystore, Pkcs11Token, read_secret
+from keybroker.keystores.material import KeyMaterial, KeySpec
 
 log = logging.getLogger("keybroker.keystores.pkcs11")
 

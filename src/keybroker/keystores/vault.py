@@ -32,8 +32,7 @@ from hvac import exceptions as hvac_exc
 from sqlalchemy.orm import Session
 
 from keybroker.errors import BackendUnavailable, InvalidInput, NotFound
-from keybroker.keys import material as km
-from keybroker.keys.material import KeyMaterial, KeySpec
+from keybroker.keystores import material as km
 from keybroker.keystores.base import (
     CheckResult,
     StoredKey,
@@ -43,6 +42,7 @@ from keybroker.keystores.base import (
     software_wrap,
 )
 from keybroker.keystores.config import VaultAppRoleAuth, VaultConnection, VaultKeystore, read_secret
+from keybroker.keystores.material import KeyMaterial, KeySpec
 
 log = logging.getLogger("keybroker.keystores.vault")
 

@@ -31,8 +31,9 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from keybroker import aead
 from keybroker.errors import Conflict, InvalidInput, Sealed
-from keybroker.seal import aead, shamir
+from keybroker.seal import shamir
 from keybroker.store.db import Database
 from keybroker.store.models import SealConfig
 

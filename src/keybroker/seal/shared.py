@@ -18,8 +18,8 @@ from datetime import UTC, datetime
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
+from keybroker import aead
 from keybroker.errors import KeybrokerError
-from keybroker.seal import aead
 from keybroker.seal.barrier import Barrier
 from keybroker.store.db import Database
 from keybroker.store.models import SharedSecret

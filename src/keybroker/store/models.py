@@ -248,3 +248,146 @@ class BearerToken(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     revoked_by: Mapped[str | None] = mapped_column(String(256), nullable=True)
     revoke_reason: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    #: Roles the token names (resolved to permissions each time it is used); [] for none.
+    roles: Mapped[list[str]] = mapped_column(JSON, default=list)
+
+
+class Role(Base):
+    """A custom role: a named set of permissions (the built-in roles live in the code)."""
+
+    __tablename__ = "roles"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    permissions: Mapped[list[str]] = mapped_column(JSON)
+    description: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_by: Mapped[str] = mapped_column(String(256))
+
+
+class ConsoleSession(Base):
+    """A web console session, or a sign-in under way (``state`` "pending").
+
+    The browser holds a random secret in a cookie; only its SHA-256 is stored (``id``), so the table
+    holds nothing that signs anyone in. Who the person is and which roles they have comes from the
+    OpenID provider (or the dev login); the roles are resolved to permissions at each request.
+    """
+
+    __tablename__ = "console_sessions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    #: "pending" (sent to the OpenID provider, not back yet) or "active".
+    state: Mapped[str] = mapped_column(String(16))
+    #: "oidc" or "dev".
+    source: Mapped[str] = mapped_column(String(16))
+    subject: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    email: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    name: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    roles: Mapped[list[str]] = mapped_column(JSON, default=list)
+    #: Pending sign-ins: the OAuth state, the OpenID nonce and the PKCE code verifier.
+    oidc_state: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    oidc_nonce: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    oidc_verifier: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    #: The absolute end (the idle timeout ends it earlier).
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class SnpCollateralItem(Base):
+    """One piece of AMD SEV-SNP collateral as AMD's KDS serves it, kept with its history.
+
+    ``kind``: ``snp_vcek`` (a VCEK, by product, hwID and REPORTED_TCB), ``snp_cert_chain`` (ASK+ARK
+    or ASVK+ARK, by product and ``signing_key`` side) or ``snp_crl`` (the ARK's CRL, by product and
+    side). Every row was verified to chain to a trusted ARK (``ark_spki_sha256``) before it was
+    stored; ``digest`` is unique, so re-importing is a no-op.
+    """
+
+    __tablename__ = "snp_collateral_items"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    #: "vcek" or "vlek": the side (a chain or CRL of VCEKs or of VLEKs); "vcek" for a VCEK.
+    signing_key: Mapped[str] = mapped_column(String(4))
+    #: "Milan", "Genoa" or "Turin".
+    product: Mapped[str] = mapped_column(String(8))
+    #: VCEK: the hwID, lowercase hex (64 bytes; 8 on Turin). Else None.
+    hwid: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    #: VCEK: the TCB_VERSION it was issued for, lowercase hex of the 8 bytes (= REPORTED_TCB).
+    tcb: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    #: VCEK: DER; cert chain: PEM (intermediate, then the trusted ARK); CRL: DER.
+    content: Mapped[bytes] = mapped_column(LargeBinary)
+    digest: Mapped[str] = mapped_column(String(64), unique=True)
+    #: Certificates: notBefore..notAfter (a chain: of both); CRL: thisUpdate..nextUpdate.
+    valid_from: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    valid_until: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    #: SHA-256 of the trusted ARK's SubjectPublicKeyInfo.
+    ark_spki_sha256: Mapped[str] = mapped_column(String(64))
+    #: "amd" (a pinned AMD ARK) or "dev" (an explicitly configured dev root).
+    root_kind: Mapped[str] = mapped_column(String(8))
+    #: SHA-256 of the ASK/ASVK DER: a VCEK's issuer, a chain's intermediate; None for a CRL.
+    intermediate_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    #: Where it came from: "file:<name>", "fetch:<url>", "bundle:<name>".
+    source: Mapped[str] = mapped_column(String(512))
+    imported_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class TpmAk(Base):
+    """A TPM attestation key enrolled through its EK (``keybroker.tpmaks``): trusted once approved."""
+
+    __tablename__ = "tpm_aks"
+
+    #: The AK's Name (nameAlg || H(TPMT_PUBLIC)), hex.
+    name: Mapped[str] = mapped_column(String(132), primary_key=True)
+    #: TPMT_PUBLIC of the AK and of the EK, the EK certificate (DER).
+    public: Mapped[bytes] = mapped_column(LargeBinary)
+    ek_public: Mapped[bytes] = mapped_column(LargeBinary)
+    ek_certificate: Mapped[bytes] = mapped_column(LargeBinary)
+    ek_issuer: Mapped[str] = mapped_column(String(512))
+    #: "manufacturer" or "dev" (a dev EK root, trusted only under --dev).
+    ek_root: Mapped[str] = mapped_column(String(16))
+    ek_root_sha256: Mapped[str] = mapped_column(String(64))
+    #: "pending", "approved" or "revoked".
+    status: Mapped[str] = mapped_column(String(16))
+    label: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    enrolled_by: Mapped[str] = mapped_column(String(256))
+    enrolled_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    approved_by: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    approved_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    revoked_by: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    revoke_reason: Mapped[str | None] = mapped_column(String(512), nullable=True)
+
+
+class TpmEnrolment(Base):
+    """An enrolment under way: the credential made for the AK with ``TPM2_MakeCredential``, waiting
+    for the TPM to return its secret. Only the secret's SHA-256 is kept; single use, short-lived."""
+
+    __tablename__ = "tpm_enrolments"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    ak_name: Mapped[str] = mapped_column(String(132))
+    ak_public: Mapped[bytes] = mapped_column(LargeBinary)
+    ek_public: Mapped[bytes] = mapped_column(LargeBinary)
+    ek_certificate: Mapped[bytes] = mapped_column(LargeBinary)
+    ek_issuer: Mapped[str] = mapped_column(String(512))
+    ek_root: Mapped[str] = mapped_column(String(16))
+    ek_root_sha256: Mapped[str] = mapped_column(String(64))
+    label: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    secret_sha256: Mapped[str] = mapped_column(String(64))
+    created_by: Mapped[str] = mapped_column(String(256))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+
+
+class TpmAkClock(Base):
+    """The latest TPMS_CLOCK_INFO seen per AK (SHA-256 of its SPKI): a quote whose counters went
+    back is a claim policies deny (``tee.tpm.trust.AkRegistry.observe``)."""
+
+    __tablename__ = "tpm_ak_clocks"
+
+    ak: Mapped[str] = mapped_column(String(64), primary_key=True)
+    clock: Mapped[int] = mapped_column(BigInteger)
+    reset_count: Mapped[int] = mapped_column(BigInteger)
+    restart_count: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

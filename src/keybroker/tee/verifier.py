@@ -1,25 +1,44 @@
-"""One verifier interface for every TEE: evidence plus the expected report data in, verified claims out.
+"""One verifier for every TEE: a plugin per TEE (parse -> verify -> claims), one result, dispatch by TEE.
 
-"No report data expected" is the explicit value :data:`NO_REPORT_DATA`, never a forgotten None.
-Collateral comes from an injected :class:`CollateralSource`; trusted dev roots are explicit.
+A TEE plugin (:class:`TeeVerifier`) turns evidence bytes into a :class:`VerifiedEvidence` in three
+steps: ``parse`` (structure only, trusts nothing), ``verify`` (signatures, chains to pinned roots,
+revocation, freshness, at an injected time, with the endorsements its trust sources give) and
+``claims`` (the normalized result). :class:`Verifier` holds the plugins the broker was built with
+(``keybroker.appraisal.registry``), dispatches by TEE name and checks the report data binding, so
+that every entry point (``/kbs/v1``, ``/kbs/v0``, ``/attestation/v1``, the CLI) verifies the same way.
+
+What is expected in the report data is explicit: :data:`NO_REPORT_DATA` (never a forgotten None),
+exact bytes, or a protocol's binding (:class:`KbsV1Binding`, :class:`KbsV0Binding`) that the plugin
+turns into its TEE's report data (64 bytes of REPORTDATA for SGX/TDX/SEV-SNP, a 32- or 48-byte
+``extraData`` for a TPM quote).
+
+Pure: no HTTP, no database; time and trust are injected.
 """
 
 from __future__ import annotations
 
+import copy
 import enum
+import hashlib
 import hmac
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Literal, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
-from cryptography import x509
+from keybroker.errors import InvalidInput, VerificationError
 
-from keybroker.errors import CollateralNotFound, InvalidInput, VerificationError
-from keybroker.tee.dcap.collateral import QuoteCollateral
-from keybroker.tee.dcap.verify import VerifiedQuote, quote_fmspc_and_ca, verify_quote
-
-Tee = Literal["sgx", "tdx"]
-TEES: tuple[Tee, ...] = ("sgx", "tdx")
+__all__ = [
+    "NO_REPORT_DATA",
+    "Binding",
+    "ExpectedReportData",
+    "KbsV0Binding",
+    "KbsV1Binding",
+    "TeeResult",
+    "TeeVerifier",
+    "VerifiedEvidence",
+    "Verifier",
+]
 
 
 class _NoReportData(enum.Enum):
@@ -27,94 +46,230 @@ class _NoReportData(enum.Enum):
 
 
 NO_REPORT_DATA = _NoReportData.NO_REPORT_DATA
-ExpectedReportData = bytes | _NoReportData
 
 
-class CollateralSource(Protocol):
-    def collateral_for(self, *, tee: str, fmspc: str, pck_ca: str) -> QuoteCollateral:
-        """Return collateral for the platform, or raise CollateralNotFound naming what was asked."""
+@dataclass(frozen=True, slots=True)
+class KbsV1Binding:
+    """``/kbs/v1`` and ``/attestation/v1``: the challenge nonce's bytes and the user data (the
+    workload key's DER SubjectPublicKeyInfo)."""
+
+    nonce: bytes
+    user_data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class KbsV0Binding:
+    """``/kbs/v0``: the session's nonce, the TEE's public key (JWK), the additional evidence (the
+    JSON text, possibly empty) and the hash the session negotiated."""
+
+    nonce: str
+    tee_pubkey: Mapping[str, Any]
+    additional_evidence: str
+    hash_alg: str
+
+
+Binding = KbsV1Binding | KbsV0Binding
+#: Exact report data bytes, a protocol's binding, or :data:`NO_REPORT_DATA`.
+ExpectedReportData = bytes | Binding | _NoReportData
+
+
+class TeeResult(Protocol):
+    """What a plugin's own verified result offers beyond :class:`VerifiedEvidence`'s common fields
+    (DCAP: ``tee.dcap.verify.VerifiedQuote``)."""
+
+    def report(self) -> dict[str, Any]:
+        """Every fact of the verification (``/attestation/v1/verify``, ``evidence verify --json``);
+        JSON values, except times, which are aware ``datetime`` objects (each caller formats them)."""
+        ...
+
+    def summary(self) -> list[tuple[str, str]]:
+        """The verification in a few labelled lines, for people (``keybroker evidence verify``)."""
+        ...
+
+    def ear_claims(self) -> dict[str, Any]:
+        """The EAR's flat per-TEE claims (for SGX/TDX Intel Trust Authority's names)."""
         ...
 
 
-class StaticCollateral:
-    """Collateral held in memory (dev PKI files, tests, ``--collateral`` files)."""
+@dataclass(frozen=True, slots=True)
+class VerifiedEvidence:
+    """Evidence that verified: what appraisal, attestation results, release, audit and the CLI use.
 
-    def __init__(self, items: Iterable[QuoteCollateral] = ()) -> None:
-        self._items: list[QuoteCollateral] = list(items)
+    ``claims`` are the TEE's normalized claims (JSON, hex lower case; ``claims["tee"] == tee``);
+    ``tcb`` is ``{"status", "advisory_ids", ...}`` with the TEE's own string members (DCAP:
+    ``collateral_expiry``, ``tcb_date``); ``sim``: the evidence chains to a configured dev root,
+    not to the vendor's. ``evidence_sha256`` is over the canonical evidence (one report, one
+    digest). ``detail`` is the plugin's own result.
+    """
 
-    def add(self, collateral: QuoteCollateral) -> None:
-        self._items.append(collateral)
+    tee: str
+    claims: Mapping[str, Any]
+    tcb: Mapping[str, Any]
+    report_data: bytes
+    sim: bool
+    evidence_sha256: str
+    checks: tuple[str, ...]
+    detail: TeeResult
 
-    def collateral_for(self, *, tee: str, fmspc: str, pck_ca: str) -> QuoteCollateral:
-        for c in reversed(self._items):
-            if c.tee == tee and c.fmspc == fmspc.upper() and c.pck_ca == pck_ca:
-                return c
-        have = ", ".join(f"{c.tee}/{c.fmspc}/{c.pck_ca}" for c in self._items) or "nothing"
-        raise CollateralNotFound(
-            f"no collateral for {tee} FMSPC {fmspc.upper()} ({pck_ca} CA); cached: {have}"
-        )
+    @property
+    def status(self) -> str:
+        return str(self.tcb["status"])
+
+    @property
+    def advisory_ids(self) -> tuple[str, ...]:
+        return tuple(str(a) for a in self.tcb["advisory_ids"])
+
+    def annotated_evidence(self, runtime_data: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """What an attestation result (EAR) carries of the evidence, and what the appraisal input
+        is built from (``keybroker.appraisal.input``) in both passport and background-check modes."""
+        evidence: dict[str, Any] = {
+            "tee": self.tee,
+            # copies: each caller (the EAR, the input document) may hold or change its own
+            "claims": copy.deepcopy(dict(self.claims)),
+            "tcb": copy.deepcopy(dict(self.tcb)),
+            "sim": self.sim,
+            "report_data": self.report_data.hex(),
+        }
+        if runtime_data is not None:
+            evidence["runtime_data_claims"] = dict(runtime_data)
+        return evidence
+
+    def report(self) -> dict[str, Any]:
+        return self.detail.report()
+
+    def summary(self) -> list[tuple[str, str]]:
+        return self.detail.summary()
+
+    def ear_claims(self) -> dict[str, Any]:
+        return self.detail.ear_claims()
 
 
-class ChainedCollateral:
-    """Ask several sources in order (e.g. the dev PKI's, then the database store)."""
+ParsedT = TypeVar("ParsedT")
+VerifiedT = TypeVar("VerifiedT")
 
-    def __init__(self, *sources: CollateralSource) -> None:
-        self._sources = sources
 
-    def collateral_for(self, *, tee: str, fmspc: str, pck_ca: str) -> QuoteCollateral:
-        missing: list[str] = []
-        for src in self._sources:
-            try:
-                return src.collateral_for(tee=tee, fmspc=fmspc, pck_ca=pck_ca)
-            except CollateralNotFound as exc:
-                missing.append(exc.detail)
-        raise CollateralNotFound("; ".join(missing) or f"no collateral source for {tee} FMSPC {fmspc}")
+class TeeVerifier(Protocol, Generic[ParsedT, VerifiedT]):
+    """One TEE's verifier, holding the trust it was built with (pinned vendor roots in its package,
+    configured dev roots, its endorsement sources). ``name`` is the TEE's id: ``tee`` of the
+    appraisal input, ``/kbs/v0``'s ``tee``, the lower-cased ``Attestation-Type``.
+
+    Errors: ``EvidenceParseError`` (malformed; field and offset), ``VerificationError`` (``check``
+    names the failed step), ``CollateralNotFound`` (no endorsements for this platform).
+    """
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def checks(self) -> tuple[str, ...]:
+        """The named checks ``verify`` makes, in order (a failure's ``check`` is one of them)."""
+        ...
+
+    def recognizes(self, evidence: bytes) -> bool:
+        """Whether ``evidence`` looks like this TEE's (a header check; trusts nothing)."""
+        ...
+
+    def parse(self, evidence: bytes) -> ParsedT:
+        """Structure only: exact lengths, versions, must-be-zero ranges. Trusts nothing."""
+        ...
+
+    def verify(self, parsed: ParsedT, *, at: datetime, endorsements: object | None) -> VerifiedT:
+        """Every check, at ``at``. ``endorsements``: the caller's (see :meth:`endorsements`), else
+        the plugin's sources are asked (for what is valid at ``at``)."""
+        ...
+
+    def claims(self, verified: VerifiedT) -> VerifiedEvidence:
+        """The normalized result of verified evidence."""
+        ...
+
+    def expected_report_data(self, binding: Binding) -> bytes:
+        """The report data a protocol's binding requires in this TEE's evidence."""
+        ...
+
+    def evidence_sha256(self, evidence: bytes) -> str:
+        """SHA-256 of the canonical form of (unverified) evidence, for the audit log; never fails."""
+        ...
+
+    def endorsements(self, text: str | bytes) -> object:
+        """A caller's endorsements as JSON text (``/attestation/v1/verify``'s ``collateral``,
+        ``evidence verify --collateral``), decoded and checked for form; ``CollateralError``
+        naming what is wrong."""
+        ...
+
+    def kbs_v0_evidence(self, primary: Mapping[str, Any]) -> bytes:
+        """The evidence in ``/kbs/v0``'s ``primary_evidence`` (Trustee's JSON for this TEE);
+        ``InvalidInput`` naming the member."""
+        ...
 
 
 class Verifier:
+    """Dispatches evidence to the plugin of its TEE and checks the report data binding."""
+
     def __init__(
         self,
-        collateral: CollateralSource,
+        plugins: Iterable[TeeVerifier[Any, Any]],
         *,
-        dev_roots: Sequence[x509.Certificate] = (),
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
-        self.collateral = collateral
-        self.dev_roots = tuple(dev_roots)
+        self._plugins: dict[str, TeeVerifier[Any, Any]] = {}
+        for plugin in plugins:
+            if plugin.name in self._plugins:
+                raise ValueError(f"two verifiers for TEE {plugin.name!r}")
+            self._plugins[plugin.name] = plugin
         self._clock = clock
+
+    @property
+    def tees(self) -> tuple[str, ...]:
+        """The TEEs this verifier verifies, in registration order."""
+        return tuple(self._plugins)
+
+    def plugin(self, tee: str) -> TeeVerifier[Any, Any]:
+        found = self._plugins.get(tee)
+        if found is None:
+            raise InvalidInput(
+                f"tee {tee!r} is not supported; use one of {', '.join(self._plugins)}", field="tee"
+            )
+        return found
+
+    def detect(self, candidates: Sequence[bytes]) -> tuple[str, bytes] | None:
+        """The first (TEE, evidence) among decodings of one input that a plugin recognizes."""
+        for raw in candidates:
+            for name, plugin in self._plugins.items():
+                if plugin.recognizes(raw):
+                    return name, raw
+        return None
+
+    def evidence_sha256(self, tee: str, evidence: bytes) -> str:
+        """SHA-256 of the canonical evidence of ``tee`` (plain SHA-256 for an unknown TEE)."""
+        plugin = self._plugins.get(tee)
+        return hashlib.sha256(evidence).hexdigest() if plugin is None else plugin.evidence_sha256(evidence)
 
     def verify(
         self,
         tee: str,
         evidence: bytes,
-        expected_report_data: ExpectedReportData,
+        expected: ExpectedReportData,
         *,
         at: datetime | None = None,
-        collateral: QuoteCollateral | None = None,
-    ) -> VerifiedQuote:
-        """Verify ``evidence`` of ``tee`` and check its report data.
+        endorsements: object | None = None,
+    ) -> VerifiedEvidence:
+        """Verify ``evidence`` of ``tee`` at ``at`` (default now) and check its report data.
 
-        Raises EvidenceParseError / VerificationError (check names the failed step) /
-        CollateralNotFound.
+        Raises InvalidInput (unknown TEE), EvidenceParseError, VerificationError (``check`` names
+        the failed step; ``report_data`` for a binding that does not match), CollateralNotFound.
         """
-        if tee not in TEES:
-            raise InvalidInput(f"tee {tee!r} is not supported; use one of {', '.join(TEES)}", field="tee")
-        if collateral is None:
-            fmspc, pck_ca, quote_tee = quote_fmspc_and_ca(evidence)
-            if quote_tee != tee:
-                raise VerificationError(
-                    f"the evidence is a {quote_tee.upper()} quote, not {tee.upper()}", check="tee_type"
-                )
-            collateral = self.collateral.collateral_for(tee=quote_tee, fmspc=fmspc, pck_ca=pck_ca)
-        verified = verify_quote(evidence, collateral, at=at or self._clock(), dev_roots=self.dev_roots)
-        if verified.tee != tee:
+        plugin = self.plugin(tee)
+        parsed = plugin.parse(evidence)
+        verified = plugin.claims(plugin.verify(parsed, at=at or self._clock(), endorsements=endorsements))
+        if verified.tee != tee:  # a plugin's own check should have caught it
             raise VerificationError(
-                f"the evidence is a {verified.tee.upper()} quote, not {tee.upper()}", check="tee_type"
+                f"the evidence is {verified.tee.upper()} evidence, not {tee.upper()}", check="tee_type"
             )
-        if expected_report_data is not NO_REPORT_DATA:
-            assert isinstance(expected_report_data, bytes)
-            if not hmac.compare_digest(verified.report_data, expected_report_data):
-                raise VerificationError(
-                    "the quote's report data does not bind this nonce and public key", check="report_data"
-                )
+        if expected is NO_REPORT_DATA:
+            return verified
+        want = expected if isinstance(expected, bytes) else plugin.expected_report_data(expected)
+        if not hmac.compare_digest(verified.report_data, want):
+            raise VerificationError(
+                "the evidence's report data does not bind this nonce and public key", check="report_data"
+            )
         return verified

@@ -16,8 +16,8 @@ from tests.helpers.api import unwrap_v1
 from tests.integration.keystores.conftest import Broker
 
 from keybroker.api.services import DEV_PKI_DIR
-from keybroker.keys import binding
 from keybroker.tee import sim
+from keybroker.wire import binding
 
 
 @pytest.mark.parametrize(

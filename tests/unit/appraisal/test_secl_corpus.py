@@ -9,9 +9,10 @@ from tests.vectors.corpus import load_cases, read_bytes, read_text, verify_at
 
 from keybroker.appraisal import secl
 from keybroker.appraisal.decision import Decision
-from keybroker.keys.policy import TransferPolicyBody
+from keybroker.appraisal.policy import TransferPolicyBody
 from keybroker.tee.dcap.claims import SgxClaims
-from keybroker.tee.dcap.collateral import QuoteCollateral
+from keybroker.tee.dcap.endorsements import QuoteCollateral
+from keybroker.tee.dcap.plugin import verified_evidence
 from keybroker.tee.dcap.verify import VerifiedQuote, verify_quote
 
 CASES = [c for c in load_cases("dcap") if c["expect"]["verdict"] != "reject"]
@@ -45,7 +46,10 @@ def _own_policy(v: VerifiedQuote, *, allow_debug: bool) -> dict[str, Any]:
 
 def _evaluate(policy: dict[str, Any], v: VerifiedQuote) -> Decision:
     return secl.evaluate(
-        TransferPolicyBody.model_validate(policy), v, client_permissions=None, policy_id="corpus"
+        TransferPolicyBody.model_validate(policy),
+        verified_evidence(v),
+        client_permissions=None,
+        policy_id="corpus",
     )
 
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
+from keybroker.attestation import nonces
 from keybroker.audit import log as audit
 from keybroker.errors import Forbidden
-from keybroker.keys import nonces
 from keybroker.store.db import Database
 
 

@@ -11,7 +11,7 @@ from tests.vectors import corpus
 from typer.testing import CliRunner
 
 from keybroker.cli.main import app
-from keybroker.tee.dcap.collateral import QuoteCollateral
+from keybroker.tee.dcap.endorsements import QuoteCollateral
 from keybroker.tee.dcap.verify import verify_quote
 
 runner = CliRunner()

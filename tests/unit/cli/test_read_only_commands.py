@@ -1,4 +1,5 @@
-"""The read-only commands (``audit list``, ``audit verify``, ``keystore check``, ``token list``) given
+"""The read-only commands (``audit list``, ``audit verify``, ``keystore check``, ``token list``,
+``role list``, ``collateral list``, ``collateral export``) given
 a wrong --data-dir or --database: "no keybroker data", exit 2, and nothing created there. Before,
 ``audit verify`` in a wrong folder left an empty ``keybroker.db`` behind."""
 
@@ -18,8 +19,16 @@ from keybroker.api.services import Services
 from keybroker.cli.main import app
 from keybroker.config import Settings
 
-COMMANDS = [["audit", "list"], ["audit", "verify"], ["keystore", "check"], ["token", "list"]]
-IDS = [" ".join(c) for c in COMMANDS]
+COMMANDS = [
+    ["audit", "list"],
+    ["audit", "verify"],
+    ["keystore", "check"],
+    ["token", "list"],
+    ["role", "list"],
+    ["collateral", "list"],
+    ["collateral", "export", "--fmspc", "00906ED50000", "--out", "bundle.json"],
+]
+IDS = [" ".join(c[:2]) for c in COMMANDS]
 
 
 def _tree(root: Path) -> dict[str, str]:
@@ -120,3 +129,5 @@ def test_a_real_data_dir_still_reads(tmp_path: Path) -> None:
     assert code == 0 and "builtin" in out, out
     code, out = _run("audit", "verify", "--data-dir", str(data), "--no-checkpoints")
     assert code == 0 and "audit chain intact" in out, out
+    code, out = _run("collateral", "list", "--data-dir", str(data))
+    assert code == 0 and "0 items" in out, out

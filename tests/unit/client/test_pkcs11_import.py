@@ -79,6 +79,7 @@ pkcs11:token=KMS;object=ECKEY?pin-source=/run/pin {KEY_ID.upper()}
         (f"pkcs11:object=A {KEY_ID}\n", "keys file:1: the PKCS#11 URI needs token"),
         (f"pkcs11:token=K;object=A {KEY_ID}\npkcs11:token=K;object=A;id=%01 {KEY_ID}\n", "listed twice"),
     ],
+    ids=["no keys", "one field", "not a uuid", "no token", "listed twice"],  # KEY_ID is random
 )
 def test_keys_file_errors(text: str, fragment: str) -> None:
     with pytest.raises(InvalidInput, match=fragment):

@@ -76,7 +76,7 @@ def test_one_bad_file_imports_nothing(tmp_path: Path) -> None:
         (["import", "__OTHER_JSON__"], "matches no known form"),
         (["export", "--fmspc", "00806F05", "--out", "x.json"], "expected 12 hex digits"),
         (["export", "--fmspc", "00806F050000", "--tee", "sev", "--out", "x.json"], "expected sgx or tdx"),
-        (["list"], "no keybroker database"),
+        (["list"], "no keybroker data at"),
     ],
 )
 def test_usage_errors_exit_2(args: list[str], message: str, tmp_path: Path) -> None:

@@ -4,8 +4,14 @@
 from __future__ import annotations
 
 import base64
+import datetime as dt
+import json
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.hazmat.primitives.serialization import Encoding
 from tests.unit.collateral.conftest import SIM_ISSUED
 
@@ -17,9 +23,10 @@ from keybroker.collateral.items import (
     root_ca_crl_item,
     signed_item,
 )
-from keybroker.errors import CollateralError
-from keybroker.tee.dcap.collateral import QuoteCollateral
-from keybroker.tee.sim import DevPki
+from keybroker.errors import CollateralError, VerificationError
+from keybroker.tee.dcap.endorsements import QuoteCollateral
+from keybroker.tee.dcap.verify import verify_quote
+from keybroker.tee.sim import DevPki, sgx_quote
 
 
 @pytest.fixture(scope="module")
@@ -84,3 +91,51 @@ def test_undecodable_pieces_are_collateral_errors(two_pkis: tuple[DevPki, DevPki
     assert refused == len(_mutations(coll.pck_crl)) + len(_mutations(coll.root_ca_crl)) + len(
         _mutations(signer)
     )
+
+
+def test_the_cache_refuses_a_signer_the_quote_verifier_refuses(two_pkis: tuple[DevPki, DevPki]) -> None:
+    """One trust decision for both: a TCB Info signed by a "TCB Signing" certificate that the quote
+    verifier refuses (here an unknown critical extension; before, the cache checked only the name,
+    the CA flag and the root's signature) is not stored either. The cache used to accept it, and
+    every quote of that platform then failed at collateral_chains."""
+    a, _ = two_pkis
+    roots = TrustedRoots([a.root_cert])
+    coll = QuoteCollateral.from_json(a.collateral_json("sgx"))
+    key = ec.generate_private_key(ec.SECP256R1())
+    signer = (
+        x509.CertificateBuilder()
+        .subject_name(a.tcb_signing.cert.subject)
+        .issuer_name(a.root_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(a.tcb_signing.cert.not_valid_before_utc)
+        .not_valid_after(a.tcb_signing.cert.not_valid_after_utc)
+        .add_extension(
+            x509.KeyUsage(True, True, False, False, False, False, False, False, False), critical=True
+        )
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.UnrecognizedExtension(x509.ObjectIdentifier("1.3.6.1.4.1.55555.1"), b"\x05\x00"),
+            critical=True,
+        )
+        .sign(a.root.key, hashes.SHA256())
+    )
+    r, s = decode_dss_signature(key.sign(coll.tcb_info.encode(), ec.ECDSA(hashes.SHA256())))
+    signature = r.to_bytes(32, "big") + s.to_bytes(32, "big")
+    chain = (signer.public_bytes(Encoding.PEM) + a.root_cert.public_bytes(Encoding.PEM)).decode()
+
+    with pytest.raises(CollateralError, match="unknown critical extension 1.3.6.1.4.1.55555.1"):
+        signed_item("tcb_info", coll.tcb_info, signature, chain, roots)
+
+    # the quote verifier's verdict on the same collateral, for the same reason
+    doc = json.loads(a.collateral_json("sgx"))
+    doc.update(tcb_info_issuer_chain=chain, tcb_info_signature=signature.hex())
+    quote = sgx_quote(a, report_data=bytes(64))
+    with pytest.raises(VerificationError, match="unknown critical extension") as failed:
+        verify_quote(
+            quote,
+            QuoteCollateral.from_json(json.dumps(doc)),
+            at=SIM_ISSUED + dt.timedelta(hours=1),
+            dev_roots=[a.root_cert],
+        )
+    assert failed.value.check == "collateral_chains"

@@ -16,10 +16,10 @@ from keybroker.collateral.items import TrustedRoots, items_from_collateral
 from keybroker.collateral.store import CollateralStore, DbCollateralSource, lookup_for_cli
 from keybroker.config import Settings
 from keybroker.errors import CollateralError, CollateralNotFound, EvidenceParseError, VerificationError
-from keybroker.tee.dcap.collateral import QuoteCollateral
+from keybroker.tee.dcap.endorsements import QuoteCollateral
+from keybroker.tee.dcap.sources import ChainedCollateral, StaticCollateral
 from keybroker.tee.dcap.verify import quote_fmspc_and_ca, verify_quote
 from keybroker.tee.sim import DevPki, sgx_quote, tdx_quote
-from keybroker.tee.verifier import ChainedCollateral, StaticCollateral
 
 COS113_JUNE = "intel-dcap/assembled/tdx_00806F050000_2025-06.json"
 COS113_OCT = "intel-dcap/assembled/tdx_00806F050000_2025-10.json"

@@ -12,8 +12,9 @@ from joserfc.jwk import RSAKey
 
 from keybroker.client.unwrap import UnwrapError, jwe_unwrap, secl_unwrap
 from keybroker.errors import InvalidInput
-from keybroker.keys import binding, wrap
-from keybroker.keys.envelope import OAEP_SHA256
+from keybroker.keys import wrap
+from keybroker.wire import binding
+from keybroker.wire.envelope import OAEP_SHA256
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,11 @@ from pathlib import Path
 import pytest
 
 from keybroker.errors import CollateralNotFound, InvalidInput, VerificationError
-from keybroker.tee.dcap.collateral import QuoteCollateral
+from keybroker.tee.dcap.endorsements import QuoteCollateral
+from keybroker.tee.dcap.plugin import dcap_verifiers
+from keybroker.tee.dcap.sources import StaticCollateral
 from keybroker.tee.sim import DevPki, sgx_quote, tdx_quote
-from keybroker.tee.verifier import NO_REPORT_DATA, StaticCollateral, Verifier
+from keybroker.tee.verifier import NO_REPORT_DATA, Verifier
 
 
 @pytest.fixture(scope="module")
@@ -19,9 +21,12 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> DevPki:
     return DevPki.create(Path(tmp_path_factory.mktemp("pki")))
 
 
+def _source(pki: DevPki) -> StaticCollateral:
+    return StaticCollateral(QuoteCollateral.from_json(pki.collateral_json(t)) for t in ("sgx", "tdx"))
+
+
 def _verifier(pki: DevPki, *, dev: bool = True) -> Verifier:
-    source = StaticCollateral(QuoteCollateral.from_json(pki.collateral_json(t)) for t in ("sgx", "tdx"))
-    return Verifier(source, dev_roots=[pki.root_cert] if dev else [])
+    return Verifier(dcap_verifiers(_source(pki), [pki.root_cert] if dev else []))
 
 
 def test_report_data_must_match_all_64_bytes(pki: DevPki) -> None:
@@ -53,7 +58,7 @@ def test_untrusted_dev_root_rejected(pki: DevPki) -> None:
 
 def test_missing_collateral_names_what_was_asked(pki: DevPki) -> None:
     quote = sgx_quote(pki, report_data=bytes(64))
-    v = Verifier(StaticCollateral(), dev_roots=[pki.root_cert])
+    v = Verifier(dcap_verifiers(StaticCollateral(), [pki.root_cert]))
     with pytest.raises(CollateralNotFound, match="FMSPC 00DE5C000000"):
         v.verify("sgx", quote, NO_REPORT_DATA)
 
@@ -61,8 +66,7 @@ def test_missing_collateral_names_what_was_asked(pki: DevPki) -> None:
 def test_injected_clock(pki: DevPki) -> None:
     quote = sgx_quote(pki, report_data=bytes(64))
     late = Verifier(
-        _verifier(pki).collateral,
-        dev_roots=[pki.root_cert],
+        dcap_verifiers(_source(pki), [pki.root_cert]),
         clock=lambda: datetime.now(UTC) + timedelta(days=400),
     )
     with pytest.raises(VerificationError):

@@ -1,4 +1,9 @@
-"""Attestation service API (``/attestation/v1``)."""
+"""The attestation service over HTTP (``/attestation/v1``): nonces, attestation results (EAR JWTs)
+for evidence bound to a nonce, and the verification of evidence for operators (``verify``).
+
+Every route verifies through the one ``Verifier`` (the TEEs of ``appraisal.registry``); the keys
+that verify the EARs are at ``/.well-known/jwks.json`` (``routers.well_known``).
+"""
 
 from __future__ import annotations
 
@@ -7,37 +12,100 @@ import binascii
 import json
 import re
 from datetime import UTC, datetime
-from typing import Annotated, Any, Final
+from typing import Annotated, Any, Final, Literal
 
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt
 
 from keybroker.api.body import StrictRoute
 from keybroker.api.deps import require, services
-from keybroker.api.schema import responses, rfc3339
+from keybroker.api.schema import BASE64_PATTERN, NONCE_PATTERN, responses, rfc3339
 from keybroker.api.services import Services
-from keybroker.collateral.store import CollateralStore
+from keybroker.appraisal.registry import REGISTRY
+from keybroker.attestation import nonces
+from keybroker.auth.caller import Caller
 from keybroker.errors import CollateralError, EvidenceParseError, InvalidInput
-from keybroker.keys.service import Caller
-from keybroker.tee.dcap.abi import parse_quote
-from keybroker.tee.dcap.collateral import QuoteCollateral
-from keybroker.tee.dcap.verify import quote_fmspc_and_ca
 from keybroker.tee.verifier import NO_REPORT_DATA, ExpectedReportData
 
 router = APIRouter(prefix="/attestation/v1", tags=["attestation"], route_class=StrictRoute)
 Svc = Annotated[Services, Depends(services)]
 
+#: The TEEs evidence is accepted for (the registry's), as the schema's enum.
+TeeName = Literal[(*REGISTRY.names,)]  # type: ignore[valid-type]
+
+
+class NonceOut(BaseModel):
+    val: str = Field(description="base64 of 32 random bytes; single use")
+    iat: int
+    exp: int
+
+
+class AttestIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    tee: TeeName
+    evidence: str = Field(
+        min_length=4,
+        max_length=768 * 1024,
+        pattern=BASE64_PATTERN,
+        description="base64 evidence: a quote; tpm: keybroker's TPM evidence document; az-*: Trustee's JSON",
+    )
+    nonce: str = Field(
+        pattern=NONCE_PATTERN, description="the val of a nonce from /attestation/v1/nonce (base64, 32 bytes)"
+    )
+    user_data: str = Field(
+        max_length=16 * 1024,
+        pattern=BASE64_PATTERN,
+        description="base64 data bound with the nonce (SGX/TDX: REPORTDATA = SHA-512(nonce || user_data); "
+        "TPM quotes: extraData = SHA-256(nonce || user_data))",
+    )
+
+
+class AttestOut(BaseModel):
+    token: str
+    status: str = Field(description="ear.status: affirming, warning or contraindicated")
+
+
+def _b64(value: str, field: str) -> bytes:
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidInput(f"{field} is not valid base64", field=field) from None
+
+
+@router.post("/nonce", response_model=NonceOut, responses=responses(429))
+def new_nonce(svc: Svc) -> NonceOut:
+    issued = svc.attestation.nonce()
+    return NonceOut(
+        val=issued.b64, iat=int(issued.issued_at.timestamp()), exp=int(issued.expires_at.timestamp())
+    )
+
+
+@router.post("/attest", response_model=AttestOut, responses=responses(403, 503))
+def attest(body: AttestIn, svc: Svc) -> AttestOut:
+    """Verify evidence bound to a nonce and user data; answer a signed EAR (ES384)."""
+    result = svc.attestation.attest_v1(
+        body.tee,
+        _b64(body.evidence, "evidence"),
+        nonces.decode_nonce(body.nonce, "nonce"),
+        _b64(body.user_data, "user_data"),
+        actor="workload",
+    )
+    return AttestOut(token=result.token, status=result.decision.ear_status)
+
+
 # --- POST /attestation/v1/verify ------------------------------------------------------------------
 
 _HEX: Final = re.compile(r"[0-9A-Fa-f]+")
 _B64: Final = re.compile(r"[A-Za-z0-9+/]+={0,2}|[A-Za-z0-9_-]+={0,2}")
-_MAX_QUOTE_TEXT: Final = 256 * 1024
+_MAX_QUOTE_TEXT: Final = 768 * 1024
 
 
 class VerifyIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     quote: str = Field(
-        min_length=8, max_length=_MAX_QUOTE_TEXT, description="SGX/TDX DCAP quote, base64 or hex"
+        min_length=8,
+        max_length=_MAX_QUOTE_TEXT,
+        description="evidence, base64 or hex: an SGX/TDX DCAP quote, a TPM evidence document, Trustee's Azure JSON",
     )
     collateral: dict[str, Any] | None = Field(
         default=None,
@@ -53,8 +121,9 @@ class VerifyIn(BaseModel):
     )
 
 
-def _quote_bytes(text: str) -> bytes:
-    """Hex or base64 (standard or URL-safe), tied to a quote header: the one reading that is a quote."""
+def _evidence(svc: Services, text: str) -> tuple[str, bytes]:
+    """(TEE, evidence) of hex or base64 (standard or URL-safe) text: the one reading that a
+    registered TEE's verifier recognizes (for DCAP, tied to a quote header)."""
     t = text.strip()
     candidates: list[bytes] = []
     if _HEX.fullmatch(t) and len(t) % 2 == 0:
@@ -67,10 +136,10 @@ def _quote_bytes(text: str) -> bytes:
             )
         except binascii.Error:
             pass
-    for raw in candidates:
-        if len(raw) >= 4 and raw[0] in (3, 4, 5) and raw[1] == 0 and raw[2:4] == b"\x02\x00":
-            return raw
-    raise InvalidInput("quote: not an SGX/TDX DCAP quote in base64 or hex", field="quote")
+    found = svc.verifier.detect(candidates)
+    if found is None:
+        raise InvalidInput(f"quote: not {REGISTRY.listing()} evidence in base64 or hex", field="quote")
+    return found
 
 
 def _at(value: str | int | float | None) -> datetime | None:
@@ -97,45 +166,29 @@ def _at(value: str | int | float | None) -> datetime | None:
 def verify(
     body: VerifyIn, svc: Svc, caller: Caller = Depends(require("attestation:verify"))
 ) -> dict[str, Any]:
-    """Verify a DCAP quote: the verdict, TCB status, advisories, checks performed and claims.
+    """Verify evidence (a DCAP quote): the verdict, TCB status, advisories, checks performed and
+    claims.
 
-    Collateral: the body's, else the store's for the quote's FMSPC / PCK CA (valid at ``at``), else
-    the in-memory sources (dev PKI). A rejected quote is a 400 problem whose ``check`` names the
-    failed step; a 404 names the FMSPC asked for and what is cached.
+    Collateral: the body's, else the verifier's sources (the dev PKI's in dev mode, then the
+    store's for the quote's FMSPC / PCK CA, valid at ``at``). A rejected quote is a 400 problem
+    whose ``check`` names the failed step; a 404 names the FMSPC asked for and what is cached.
     """
-    raw = _quote_bytes(body.quote)
+    tee, raw = _evidence(svc, body.quote)
     at = _at(body.at)
     expected: ExpectedReportData = (
         NO_REPORT_DATA if body.report_data is None else bytes.fromhex(body.report_data)
     )
-    collateral: QuoteCollateral | None = None
+    endorsements: object | None = None
     if body.collateral is not None:
         try:
-            collateral = QuoteCollateral.from_json(json.dumps(body.collateral))
+            endorsements = svc.verifier.plugin(tee).endorsements(json.dumps(body.collateral))
         except CollateralError as exc:
             raise InvalidInput(f"collateral: {exc.detail}", field="collateral") from None
     try:
-        tee = parse_quote(raw).tee
-        if collateral is None and at is not None:
-            collateral = _stored_at(svc, raw, at)
-        verified = svc.verifier.verify(tee, raw, expected, at=at, collateral=collateral)
+        verified = svc.verifier.verify(tee, raw, expected, at=at, endorsements=endorsements)
     except EvidenceParseError as exc:
         exc.extra.setdefault("check", "parse")
         raise
-    return {
-        "verified": True,
-        "at": rfc3339(at or datetime.now(UTC)),
-        **verified.to_dict(),
-        # RFC 3339 with Z, as every timestamp the API sends
-        "collateral_expiry": rfc3339(verified.collateral_expiry),
-        "tcb_date": rfc3339(verified.tcb_date),
-    }
-
-
-def _stored_at(svc: Services, raw: bytes, at: datetime) -> QuoteCollateral | None:
-    """The stored collateral valid at ``at``, or None (then the verifier's own sources decide)."""
-    try:
-        fmspc, pck_ca, tee = quote_fmspc_and_ca(raw)
-        return CollateralStore(svc.db).collateral_for(tee=tee, fmspc=fmspc, pck_ca=pck_ca, at=at)
-    except CollateralError:
-        return None
+    # RFC 3339 with Z, as every timestamp the API sends
+    report = {k: rfc3339(v) if isinstance(v, datetime) else v for k, v in verified.report().items()}
+    return {"verified": True, "at": rfc3339(at or datetime.now(UTC)), **report}

@@ -13,11 +13,11 @@ from keybroker.api.body import StrictRoute, decode_json
 from keybroker.api.deps import bearer, principal, require, services
 from keybroker.api.schema import UUID_PATTERN, json_body, ref, responses
 from keybroker.api.services import Services
+from keybroker.auth.caller import Caller
 from keybroker.auth.tokens import Principal
 from keybroker.errors import Forbidden, InvalidInput
-from keybroker.keys.kbs_v0 import MAX_RESOURCE, SESSION_TTL, SUPPORTED_TEES, resource_path
 from keybroker.keys.release import TRANSFER_PERMISSION
-from keybroker.keys.service import Caller
+from keybroker.resources.service import MAX_RESOURCE, SESSION_TTL, SUPPORTED_TEES, resource_path
 
 router = APIRouter(prefix="/kbs/v0", tags=["kbs-v0"], route_class=StrictRoute)
 Svc = Annotated[Services, Depends(services)]

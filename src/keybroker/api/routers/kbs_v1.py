@@ -14,17 +14,20 @@ from keybroker.api.body import StrictRoute
 from keybroker.api.deps import actor_of, principal, require, services
 from keybroker.api.schema import DB_INT_MAX, UUID_PATTERN, KeyId, PolicyId, Timestamp, responses
 from keybroker.api.services import Services
+from keybroker.appraisal.policy import TransferPolicyBody
 from keybroker.audit import log as audit
 from keybroker.audit.checkpoint import raw_public
+from keybroker.auth.caller import Caller
 from keybroker.auth.registry import TokenRecord
-from keybroker.auth.tokens import Principal
+from keybroker.auth.roles import not_held
+from keybroker.auth.tokens import MAX_ROLES, ROLE_NAME, Principal, parse_ttl
 from keybroker.errors import Forbidden, NotFound
-from keybroker.keys.material import AES_LENGTHS, RSA_LENGTHS
-from keybroker.keys.policy import TransferPolicyBody
-from keybroker.keys.service import Caller, CertificateRequest, CreateKeyRequest
+from keybroker.keys.service import CertificateRequest, CreateKeyRequest
+from keybroker.keystores.material import AES_LENGTHS, RSA_LENGTHS
 from keybroker.store.models import Certificate, Key, TransferPolicy
 
 router = APIRouter(prefix="/kbs/v1", route_class=StrictRoute)
+ROLE_PATTERN = ROLE_NAME.pattern
 
 
 class _In(BaseModel):
@@ -316,6 +319,7 @@ class TokenOut(BaseModel):
     jti: str = Field(description="the token's id: what to revoke")
     subject: str
     permissions: list[str]
+    roles: list[str] = Field(description="roles it names, resolved to permissions each time it is used")
     client_permissions: list[str]
     issued_at: datetime
     expires_at: datetime
@@ -332,6 +336,7 @@ def _token_out(r: TokenRecord, now: datetime) -> TokenOut:
         jti=r.jti,
         subject=r.subject,
         permissions=list(r.permissions),
+        roles=list(r.roles),
         client_permissions=list(r.client_permissions),
         issued_at=r.issued_at,
         expires_at=r.expires_at,
@@ -357,6 +362,56 @@ def search_tokens(
     return [
         _token_out(r, now) for r in svc.tokens.records(include_inactive=include_inactive, actor=caller.actor)
     ]
+
+
+_TOKEN_SUBJECT = r"^[A-Za-z0-9_.@:\-]{1,128}$"  # noqa: S105 - a pattern
+_PERMISSION = Annotated[str, Field(min_length=3, max_length=64)]
+
+
+class TokenCreateIn(_In):
+    subject: str = Field(pattern=_TOKEN_SUBJECT, examples=["ci-deployer"], description="who it is for")
+    roles: list[Annotated[str, Field(pattern=ROLE_PATTERN)]] = Field(
+        default_factory=list, max_length=MAX_ROLES, examples=[["key-admin"]]
+    )
+    permissions: list[_PERMISSION] = Field(default_factory=list, max_length=64, examples=[["keys:search"]])
+    client_permissions: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:\-]{1,128}$")]] = Field(
+        default_factory=list, max_length=64, examples=[["nginx", "USA"]]
+    )
+    ttl: str = Field(default="1h", pattern=r"^[0-9]{1,6}[smhd]$", description="30m, 1h, 7d (at most 366d)")
+
+
+class TokenCreatedOut(TokenOut):
+    token: str = Field(description="the bearer token: shown only now, never stored")
+
+
+@router.post(
+    "/tokens", status_code=201, response_model=TokenCreatedOut, tags=["tokens"], responses=responses(403)
+)
+def create_token(
+    body: TokenCreateIn,
+    svc: Svc,
+    caller: Caller = Depends(require("tokens:create")),
+    p: Principal = Depends(principal),
+) -> TokenCreatedOut:
+    """Mint a token with roles and/or permissions. The caller must hold every permission it grants
+    (through the roles too): ``tokens:create`` alone mints nothing more than its holder has."""
+    missing = not_held(p, body.permissions)
+    if missing:
+        raise Forbidden(
+            f"a token can carry only permissions its issuer holds: you lack {', '.join(missing)}",
+            permission=missing[0],
+        )
+    svc.roles.check_grantable(p, body.roles)
+    issued = svc.tokens.issue(
+        body.subject,
+        body.permissions,
+        ttl=parse_ttl(body.ttl),
+        client_permissions=body.client_permissions,
+        roles=body.roles,
+        actor=caller.actor,
+    )
+    record = svc.tokens.get(issued.jti)
+    return TokenCreatedOut(**_token_out(record, datetime.now(UTC)).model_dump(), token=issued.token)
 
 
 @router.delete("/tokens/{jti}", status_code=204, tags=["tokens"], responses=responses(404))

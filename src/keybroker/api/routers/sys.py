@@ -18,8 +18,8 @@ from keybroker.api.deps import require, services
 from keybroker.api.schema import responses
 from keybroker.api.services import Services
 from keybroker.audit import log as audit
+from keybroker.auth.caller import Caller
 from keybroker.errors import InvalidInput
-from keybroker.keys.service import Caller
 from keybroker.limits import client_key
 from keybroker.seal.barrier import SealStatus
 

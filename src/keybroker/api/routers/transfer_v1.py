@@ -17,15 +17,20 @@ from keybroker.api.deps import actor_of, bearer
 from keybroker.api.problems import validation_detail
 from keybroker.api.schema import BASE64_PATTERN, NONCE_PATTERN, json_body, ref, responses
 from keybroker.api.services import Services
+from keybroker.appraisal.registry import REGISTRY
+from keybroker.attestation import nonces
 from keybroker.auth.tokens import Principal
 from keybroker.errors import InvalidInput
-from keybroker.keys import nonces
 from keybroker.keys.release import EvidenceRequest
 from keybroker.keys.service import _check_uuid
 from keybroker.keys.wrap import SeclWrapped
 
 router = APIRouter(prefix="/kbs/v1", tags=["transfer"], route_class=StrictRoute)
-MAX_QUOTE = 64 * 1024
+#: The ``Attestation-Type`` values: every registered TEE's, and NONE (no attestation).
+AttestationType = Literal[(*REGISTRY.attestation_types, "NONE")]  # type: ignore[valid-type]
+#: The evidence's text: a DCAP quote is at most 64 KiB (its parser says so), a TPM evidence document
+#: carries the firmware event log (tens of KiB, more after dbx updates): within the 1 MiB body.
+MAX_QUOTE_TEXT = 768 * 1024
 
 
 class NonceIn(BaseModel):
@@ -38,9 +43,10 @@ class TransferIn(BaseModel):
     quote: str | None = Field(
         default=None,
         min_length=4,
-        max_length=MAX_QUOTE * 2,
+        max_length=MAX_QUOTE_TEXT,
         pattern=BASE64_PATTERN,
-        description="base64 quote (background-check mode)",
+        description="base64 evidence (background-check mode): a quote; TPM: keybroker's TPM evidence "
+        "document; AZ-*: Trustee's JSON",
     )
     nonce: NonceIn | None = None
     user_data: str | None = Field(
@@ -94,7 +100,7 @@ def _optional_principal(request: Request, svc: Services) -> Principal | None:
     token = bearer(request)
     if token is None:
         return None
-    p = svc.tokens.verify(token)
+    p = svc.authn.verify(token)
     request.state.principal = p
     return p
 
@@ -123,9 +129,10 @@ async def transfer_key(
     key_id: str,
     request: Request,
     attestation_type: Annotated[
-        Literal["SGX", "TDX", "NONE"] | None,
+        AttestationType | None,
         Header(
-            alias="Attestation-Type", description="required with a body: SGX, TDX or NONE (no attestation)"
+            alias="Attestation-Type",
+            description=f"required with a body: {', '.join(REGISTRY.attestation_types)} or NONE (no attestation)",
         ),
     ] = None,
 ) -> JSONResponse:
@@ -178,7 +185,8 @@ def _transfer(
         return _out(wrapped)
     if attestation_type is None:
         raise InvalidInput(
-            "the Attestation-Type header (SGX or TDX) is required with evidence", field="Attestation-Type"
+            f"the Attestation-Type header ({REGISTRY.listing()}) is required with evidence",
+            field="Attestation-Type",
         )
     if attestation_type == "NONE":
         if req.quote is not None or req.nonce is not None:
@@ -190,9 +198,9 @@ def _transfer(
                 key_id, _b64(req.user_data, "user_data"), principal, actor
             )
         )
-    if attestation_type not in ("SGX", "TDX"):
+    if attestation_type not in REGISTRY.attestation_types:
         raise InvalidInput(
-            f"Attestation-Type {attestation_type!r} is not SGX or TDX", field="Attestation-Type"
+            f"Attestation-Type {attestation_type!r} is not {REGISTRY.listing()}", field="Attestation-Type"
         )
     if req.nonce is None:
         raise InvalidInput("nonce is required", field="nonce")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from keybroker.tee.dcap.abi import Quote, parse_quote
 from keybroker.tee.dcap.claims import SgxClaims, TdxClaims
-from keybroker.tee.dcap.collateral import QuoteCollateral
+from keybroker.tee.dcap.endorsements import QuoteCollateral
 from keybroker.tee.dcap.verify import INTEL_SGX_ROOT_CA, VerifiedQuote, quote_fmspc_and_ca, verify_quote
 
 __all__ = [

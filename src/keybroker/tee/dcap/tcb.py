@@ -29,7 +29,7 @@ from typing import Final
 
 from keybroker.errors import VerificationError
 from keybroker.tee.dcap.abi import EnclaveReportBody, TdReportBody
-from keybroker.tee.dcap.collateral import (
+from keybroker.tee.dcap.endorsements import (
     EnclaveIdentity,
     EnclaveTcbLevel,
     TcbInfo,

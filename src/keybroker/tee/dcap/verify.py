@@ -43,7 +43,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
-from importlib import resources
 from typing import Any, Final, Literal
 
 from cryptography import x509
@@ -51,21 +50,29 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from cryptography.x509.oid import ExtensionOID, NameOID, SignatureAlgorithmOID
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from keybroker.errors import CollateralError, VerificationError
 from keybroker.tee.dcap.abi import INTEL_QE_VENDOR_ID, Quote, TdReportBody, parse_quote
+from keybroker.tee.dcap.chain import (
+    INTEL_SGX_ROOT_CA,
+    Chain,
+    RootKind,
+    TrustedRoots,
+    Window,
+    check_signer,
+    cn,
+    load_certificate,
+    spki,
+    verify_chain,
+)
 from keybroker.tee.dcap.claims import SgxClaims, TdxClaims, claims_from_quote
-from keybroker.tee.dcap.collateral import QuoteCollateral
+from keybroker.tee.dcap.endorsements import QuoteCollateral
 from keybroker.tee.dcap.pck import (
-    SGX_EXTENSIONS_OID,
-    X509_DECODE_ERRORS,
     PckCa,
     PckExtensions,
     ca_type_from_name,
     crl_signed_by,
-    decode_certificate,
     parse_pck_extensions,
     split_pem_chain,
 )
@@ -75,7 +82,9 @@ __all__ = [
     "CHECKS",
     "INTEL_SGX_ROOT_CA",
     "VerifiedQuote",
+    "platform_of",
     "quote_fmspc_and_ca",
+    "verify_parsed_quote",
     "verify_quote",
 ]
 
@@ -102,23 +111,7 @@ CHECKS: Final = (
 )
 
 
-def _load_intel_root() -> x509.Certificate:
-    pem = resources.files("keybroker.tee.dcap").joinpath("roots/intel_sgx_root_ca.pem").read_bytes()
-    return x509.load_pem_x509_certificate(pem)
-
-
-#: The pinned Intel SGX Root CA (SHA-256 44a0196b2b99f889b8e149e95b807a350e7424964399e885a7cbb8ccfab674d3).
-INTEL_SGX_ROOT_CA: Final = _load_intel_root()
-_INTEL_ROOT_DER: Final = INTEL_SGX_ROOT_CA.public_bytes(Encoding.DER)
-_INTEL_ROOT_SHA256: Final = "44a0196b2b99f889b8e149e95b807a350e7424964399e885a7cbb8ccfab674d3"
-if hashlib.sha256(_INTEL_ROOT_DER).hexdigest() != _INTEL_ROOT_SHA256:  # pragma: no cover - packaging error
-    raise RuntimeError("shipped Intel SGX Root CA does not have the pinned fingerprint")
-
 _ECDSA_SHA256: Final = ec.ECDSA(hashes.SHA256())
-_KNOWN_CRITICAL: Final = frozenset({ExtensionOID.BASIC_CONSTRAINTS, ExtensionOID.KEY_USAGE})
-
-RootKind = Literal["intel", "dev"]
-_Window = tuple[str, datetime, datetime]
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +135,47 @@ class VerifiedQuote:
     #: SHA-256 of the quote without its zero padding (:func:`abi.canonical_quote`): one quote, one digest.
     evidence_sha256: str
 
+    def report(self) -> dict[str, Any]:
+        """:meth:`to_dict` with the times as ``datetime`` (``tee.verifier.TeeResult``)."""
+        return {**self.to_dict(), "collateral_expiry": self.collateral_expiry, "tcb_date": self.tcb_date}
+
+    def summary(self) -> list[tuple[str, str]]:
+        return [
+            ("TEE", f"{self.tee.upper()} (quote v{self.quote_version})"),
+            ("TCB status", self.status),
+            ("advisories", ", ".join(self.advisory_ids) or "none"),
+            ("FMSPC / PCK CA", f"{self.fmspc} / {self.pck_ca}"),
+            ("root", self.root),
+            ("TCB date", self.tcb_date.isoformat()),
+            ("collateral expiry", self.collateral_expiry.isoformat()),
+            ("checks", ", ".join(self.checks)),
+        ]
+
+    def ear_claims(self) -> dict[str, Any]:
+        """Intel Trust Authority's token claim names (intel/trustauthority-kbs reads these)."""
+        c = self.claims
+        if isinstance(c, SgxClaims):
+            return {
+                "attester_type": "SGX",
+                "sgx_mrenclave": c.mr_enclave.hex(),
+                "sgx_mrsigner": c.mr_signer.hex(),
+                "sgx_isvprodid": c.isv_prod_id,
+                "sgx_isvsvn": c.isv_svn,
+                "sgx_is_debuggable": c.debug,
+            }
+        return {
+            "attester_type": "TDX",
+            "tdx_mrseam": c.mr_seam.hex(),
+            "tdx_mrsignerseam": c.mr_signer_seam.hex(),
+            "tdx_seamsvn": c.seam_svn,
+            "tdx_mrtd": c.mr_td.hex(),
+            "tdx_rtmr0": c.rtmr[0].hex(),
+            "tdx_rtmr1": c.rtmr[1].hex(),
+            "tdx_rtmr2": c.rtmr[2].hex(),
+            "tdx_rtmr3": c.rtmr[3].hex(),
+            "tdx_is_debuggable": c.debug,
+        }
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "tee": self.tee,
@@ -162,158 +196,9 @@ class VerifiedQuote:
         }
 
 
-# --- trusted roots -----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class _Roots:
-    """Trusted root DERs: Intel's first, then dev roots. Hashable: used as a cache key."""
-
-    ders: tuple[bytes, ...]
-
-    def kind(self, der: bytes) -> RootKind | None:
-        if der == _INTEL_ROOT_DER:
-            return "intel"
-        return "dev" if der in self.ders else None
-
-
-_INTEL_ONLY: Final = _Roots((_INTEL_ROOT_DER,))
-
-
-def _roots(dev_roots: Sequence[x509.Certificate]) -> _Roots:
-    if not dev_roots:
-        return _INTEL_ONLY
-    return _Roots((_INTEL_ROOT_DER, *(c.public_bytes(Encoding.DER) for c in dev_roots)))
-
-
-# --- certificate chains ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class _Chain:
-    certs: tuple[x509.Certificate, ...]
-    root: RootKind
-    #: The root certificate's DER: chains of one verification must all end at this same root.
-    root_der: bytes
-    windows: tuple[_Window, ...]
-
-
-def _cn(name: x509.Name) -> str:
-    """The name's CN (else its RFC 4514 form), for messages; names were decoded on load."""
-    cns = name.get_attributes_for_oid(NameOID.COMMON_NAME)
-    return str(cns[0].value) if cns else name.rfc4514_string()
-
-
-def _spki(cert: x509.Certificate) -> bytes:
-    return cert.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
-
-
-def _basic_constraints(cert: x509.Certificate) -> x509.BasicConstraints | None:
-    try:
-        value = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
-    except x509.ExtensionNotFound:
-        return None
-    return value
-
-
-def _load_cert(der: bytes, what: str, check: str) -> x509.Certificate:
-    """Load and fully decode a certificate (cryptography decodes fields lazily; do it once, here)."""
-    try:
-        cert = decode_certificate(der)
-    except X509_DECODE_ERRORS as exc:
-        raise VerificationError(f"{what}: undecodable certificate ({exc})", check=check) from None
-    return cert
-
-
-def _check_cert_profile(cert: x509.Certificate, what: str, check: str) -> None:
-    if cert.signature_algorithm_oid != SignatureAlgorithmOID.ECDSA_WITH_SHA256:
-        raise VerificationError(f"{what}: signature algorithm is not ecdsa-with-SHA256", check=check)
-    key = cert.public_key()
-    if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP256R1):
-        raise VerificationError(f"{what}: public key is not ECDSA P-256", check=check)
-    for ext in cert.extensions:
-        if ext.critical and ext.oid not in _KNOWN_CRITICAL:
-            raise VerificationError(
-                f"{what}: unknown critical extension {ext.oid.dotted_string}", check=check
-            )
-
-
-def _verify_chain_uncached(
-    ders: tuple[bytes, ...], roots: _Roots, name: str, check: str, crl_signer: bool
-) -> _Chain:
-    """Verify ``ders`` (leaf first, ending at a trusted root). ``crl_signer``: the leaf is a CA that signs CRLs."""
-    if not 2 <= len(ders) <= 4:
-        raise VerificationError(
-            f"{name}: {len(ders)} certificates, expected 2 to 4 ending at a root", check=check
-        )
-    certs = tuple(_load_cert(d, f"{name}[{i}]", check) for i, d in enumerate(ders))
-    root = roots.kind(ders[-1])
-    if root is None:
-        digest = hashlib.sha256(ders[-1]).hexdigest()
-        raise VerificationError(
-            f"{name}: chain ends at {_cn(certs[-1].subject)!r} (sha256 {digest}), not a trusted root",
-            check=check,
-        )
-    try:
-        for i, cert in enumerate(certs[:-1]):
-            what = f"{name}[{i}] {_cn(cert.subject)!r}"
-            issuer = certs[i + 1]
-            _check_cert_profile(cert, what, check)
-            bc = _basic_constraints(issuer)
-            if bc is None or not bc.ca:
-                raise VerificationError(f"{name}: issuer {_cn(issuer.subject)!r} is not a CA", check=check)
-            # Certificates below the issuer, excluding the leaf, are intermediates it has certified.
-            if bc.path_length is not None and i > bc.path_length:
-                raise VerificationError(
-                    f"{name}: path length {i} exceeds {_cn(issuer.subject)!r}'s limit {bc.path_length}",
-                    check=check,
-                )
-            try:
-                ku = issuer.extensions.get_extension_for_class(x509.KeyUsage).value
-            except x509.ExtensionNotFound:
-                ku = None
-            if ku is None or not ku.key_cert_sign:
-                raise VerificationError(
-                    f"{name}: issuer {_cn(issuer.subject)!r} may not sign certificates", check=check
-                )
-            try:
-                cert.verify_directly_issued_by(issuer)
-            except (*X509_DECODE_ERRORS, InvalidSignature) as exc:
-                raise VerificationError(
-                    f"{what} is not validly signed by {_cn(issuer.subject)!r} ({type(exc).__name__}: {exc})",
-                    check=check,
-                ) from None
-        leaf_bc = _basic_constraints(certs[0])
-        if crl_signer:
-            try:
-                leaf_ku = certs[0].extensions.get_extension_for_class(x509.KeyUsage).value
-            except x509.ExtensionNotFound:
-                leaf_ku = None
-            if leaf_bc is None or not leaf_bc.ca or leaf_ku is None or not leaf_ku.crl_sign:
-                raise VerificationError(f"{name}: {_cn(certs[0].subject)!r} may not sign CRLs", check=check)
-        elif leaf_bc is not None and leaf_bc.ca:
-            raise VerificationError(
-                f"{name}: leaf {_cn(certs[0].subject)!r} is a CA certificate", check=check
-            )
-    except X509_DECODE_ERRORS as exc:  # defensive: _load_cert decoded every field already
-        raise VerificationError(f"{name}: malformed certificate extension ({exc})", check=check) from None
-    windows = tuple(
-        (f"{name} certificate {_cn(c.subject)!r}", c.not_valid_before_utc, c.not_valid_after_utc)
-        for c in certs
-    )
-    return _Chain(certs=certs, root=root, root_der=ders[-1], windows=windows)
-
-
-@lru_cache(maxsize=512)
-def _verify_chain(
-    ders: tuple[bytes, ...], roots: _Roots, name: str, check: str, crl_signer: bool = False
-) -> _Chain:
-    return _verify_chain_uncached(ders, roots, name, check, crl_signer)
-
-
 @dataclass(frozen=True, slots=True)
 class _PckChain:
-    chain: _Chain
+    chain: Chain
     leaf_key: ec.EllipticCurvePublicKey
     leaf_serial: int
     leaf_issuer: x509.Name
@@ -325,13 +210,13 @@ class _PckChain:
 
 
 @lru_cache(maxsize=1024)
-def _pck_chain(pem: bytes, roots: _Roots) -> _PckChain:
+def _pck_chain(pem: bytes, roots: TrustedRoots) -> _PckChain:
     ders = split_pem_chain(pem, field="pck_cert_chain")
-    chain = _verify_chain(ders, roots, "PCK chain", "pck_chain")
+    chain = verify_chain(ders, roots, "PCK chain", "pck_chain")
     leaf = chain.certs[0]
-    if "SGX PCK Certificate" not in _cn(leaf.subject):
+    if "SGX PCK Certificate" not in cn(leaf.subject):
         raise VerificationError(
-            f"PCK leaf CN {_cn(leaf.subject)!r} lacks 'SGX PCK Certificate'", check="pck_chain"
+            f"PCK leaf CN {cn(leaf.subject)!r} lacks 'SGX PCK Certificate'", check="pck_chain"
         )
     if len(chain.certs) != 3:
         raise VerificationError(
@@ -340,7 +225,7 @@ def _pck_chain(pem: bytes, roots: _Roots) -> _PckChain:
     ca = ca_type_from_name(leaf.issuer)
     if ca is None:
         raise VerificationError(
-            f"PCK issuer {_cn(leaf.issuer)!r} is neither a PCK Processor CA nor a PCK Platform CA",
+            f"PCK issuer {cn(leaf.issuer)!r} is neither a PCK Processor CA nor a PCK Platform CA",
             check="pck_chain",
         )
     key = leaf.public_key()
@@ -351,7 +236,7 @@ def _pck_chain(pem: bytes, roots: _Roots) -> _PckChain:
         leaf_serial=leaf.serial_number,
         leaf_issuer=leaf.issuer,
         leaf_issuer_der=leaf.issuer.public_bytes(),
-        intermediate_spki=_spki(chain.certs[1]),
+        intermediate_spki=spki(chain.certs[1]),
         intermediate_serials=frozenset(c.serial_number for c in chain.certs[1:-1]),
         ext=parse_pck_extensions(leaf),
         ca=ca,
@@ -365,7 +250,7 @@ def _pck_chain(pem: bytes, roots: _Roots) -> _PckChain:
 class _VerifiedCollateral:
     root: RootKind
     root_der: bytes
-    windows: tuple[_Window, ...]
+    windows: tuple[Window, ...]
     root_revoked: frozenset[int]
     pck_revoked: frozenset[int]
     pck_crl_issuer: x509.Name
@@ -380,7 +265,7 @@ def _fingerprint(der: bytes) -> str:
 def _ec_key(cert: x509.Certificate) -> ec.EllipticCurvePublicKey:
     key = cert.public_key()
     if not isinstance(key, ec.EllipticCurvePublicKey):
-        raise VerificationError(f"{_cn(cert.subject)!r} has no EC public key", check="collateral_chains")
+        raise VerificationError(f"{cn(cert.subject)!r} has no EC public key", check="collateral_chains")
     return key
 
 
@@ -388,18 +273,18 @@ def _raw_sig(sig: bytes) -> bytes:
     return encode_dss_signature(int.from_bytes(sig[:32], "big"), int.from_bytes(sig[32:], "big"))
 
 
-def _verify_json_signature(chain: _Chain, text: str, signature: bytes, what: str, check: str) -> None:
+def _verify_json_signature(chain: Chain, text: str, signature: bytes, what: str, check: str) -> None:
     key = chain.certs[0].public_key()
     assert isinstance(key, ec.EllipticCurvePublicKey)
     try:
         key.verify(_raw_sig(signature), text.encode("utf-8"), _ECDSA_SHA256)
     except InvalidSignature:
         raise VerificationError(
-            f"{what} signature does not verify under {_cn(chain.certs[0].subject)!r}", check=check
+            f"{what} signature does not verify under {cn(chain.certs[0].subject)!r}", check=check
         ) from None
 
 
-def _crl_window(crl: x509.CertificateRevocationList, what: str, check: str) -> _Window:
+def _crl_window(crl: x509.CertificateRevocationList, what: str, check: str) -> Window:
     next_update = crl.next_update_utc
     if next_update is None:
         raise VerificationError(f"{what} has no nextUpdate", check=check)
@@ -407,44 +292,20 @@ def _crl_window(crl: x509.CertificateRevocationList, what: str, check: str) -> _
 
 
 def _collateral_chain(
-    certs: tuple[x509.Certificate, ...], roots: _Roots, name: str, crl_signer: bool = False
-) -> _Chain:
+    certs: tuple[x509.Certificate, ...], roots: TrustedRoots, name: str, crl_signer: bool = False
+) -> Chain:
     ders = tuple(c.public_bytes(Encoding.DER) for c in certs)
-    return _verify_chain(ders, roots, name, "collateral_chains", crl_signer)
-
-
-def _check_signer(chain: _Chain, name: str, *, tcb_signing: bool) -> None:
-    """Collateral signers: the TCB Signing certificate (TCB Info, QE Identity) or a PCK CA (PCK CRL),
-    issued directly by the root. A PCK certificate chains to the same root and must not qualify."""
-    signer = chain.certs[0]
-    cn = _cn(signer.subject)
-    if len(chain.certs) != 2:
-        raise VerificationError(
-            f"{name}: {len(chain.certs)} certificates, expected the signer and the root",
-            check="collateral_chains",
-        )
-    if tcb_signing:
-        if "SGX TCB Signing" not in cn:
-            raise VerificationError(
-                f"{name}: signer {cn!r} is not a TCB Signing certificate", check="collateral_chains"
-            )
-        try:
-            signer.extensions.get_extension_for_oid(SGX_EXTENSIONS_OID)
-        except x509.ExtensionNotFound:
-            return
-        raise VerificationError(f"{name}: signer {cn!r} is a PCK certificate", check="collateral_chains")
-    if ca_type_from_name(signer.subject) is None:
-        raise VerificationError(f"{name}: signer {cn!r} is not a PCK CA", check="collateral_chains")
+    return verify_chain(ders, roots, name, "collateral_chains", crl_signer)
 
 
 @lru_cache(maxsize=256)
-def _verify_collateral(collateral: QuoteCollateral, roots: _Roots) -> _VerifiedCollateral:
+def _verify_collateral(collateral: QuoteCollateral, roots: TrustedRoots) -> _VerifiedCollateral:
     tcb_chain = _collateral_chain(collateral.tcb_info_chain, roots, "TCB Info issuer chain")
     qe_chain = _collateral_chain(collateral.qe_identity_chain, roots, "QE Identity issuer chain")
     crl_chain = _collateral_chain(collateral.pck_crl_chain, roots, "PCK CRL issuer chain", crl_signer=True)
-    _check_signer(tcb_chain, "TCB Info issuer chain", tcb_signing=True)
-    _check_signer(qe_chain, "QE Identity issuer chain", tcb_signing=True)
-    _check_signer(crl_chain, "PCK CRL issuer chain", tcb_signing=False)
+    check_signer(tcb_chain.certs, "TCB Info issuer chain", tcb_signing=True, check="collateral_chains")
+    check_signer(qe_chain.certs, "QE Identity issuer chain", tcb_signing=True, check="collateral_chains")
+    check_signer(crl_chain.certs, "PCK CRL issuer chain", tcb_signing=False, check="collateral_chains")
     if not tcb_chain.root_der == qe_chain.root_der == crl_chain.root_der:
         raise VerificationError(
             "collateral issuer chains end at different roots: TCB Info at "
@@ -467,7 +328,7 @@ def _verify_collateral(collateral: QuoteCollateral, roots: _Roots) -> _VerifiedC
     root_crl = collateral.root_crl
     if root_crl.issuer != root_cert.subject or not crl_signed_by(root_crl, _ec_key(root_cert)):
         raise VerificationError(
-            f"root CA CRL (issuer {_cn(root_crl.issuer)!r}) is not signed by {_cn(root_cert.subject)!r}",
+            f"root CA CRL (issuer {cn(root_crl.issuer)!r}) is not signed by {cn(root_cert.subject)!r}",
             check="root_ca_crl",
         )
     root_revoked = frozenset(r.serial_number for r in root_crl)
@@ -475,7 +336,7 @@ def _verify_collateral(collateral: QuoteCollateral, roots: _Roots) -> _VerifiedC
         for cert in chain.certs[:-1]:
             if cert.serial_number in root_revoked:
                 raise VerificationError(
-                    f"{_cn(cert.subject)!r} (serial {cert.serial_number:x}) is revoked by the root CA CRL",
+                    f"{cn(cert.subject)!r} (serial {cert.serial_number:x}) is revoked by the root CA CRL",
                     check="root_ca_crl",
                 )
 
@@ -483,7 +344,7 @@ def _verify_collateral(collateral: QuoteCollateral, roots: _Roots) -> _VerifiedC
     signer = crl_chain.certs[0]
     if pck_crl.issuer != signer.subject or not crl_signed_by(pck_crl, _ec_key(signer)):
         raise VerificationError(
-            f"PCK CRL (issuer {_cn(pck_crl.issuer)!r}) is not signed by {_cn(signer.subject)!r}",
+            f"PCK CRL (issuer {cn(pck_crl.issuer)!r}) is not signed by {cn(signer.subject)!r}",
             check="pck_crl",
         )
     tcb_info = collateral.parsed_tcb_info
@@ -493,7 +354,7 @@ def _verify_collateral(collateral: QuoteCollateral, roots: _Roots) -> _VerifiedC
         *qe_chain.windows,
         *crl_chain.windows,
         _crl_window(root_crl, "root CA CRL", "root_ca_crl"),
-        _crl_window(pck_crl, f"PCK CRL ({_cn(pck_crl.issuer)})", "pck_crl"),
+        _crl_window(pck_crl, f"PCK CRL ({cn(pck_crl.issuer)})", "pck_crl"),
         ("TCB Info", tcb_info.issue_date, tcb_info.next_update),
         (f"{qe_identity.id} Identity", qe_identity.issue_date, qe_identity.next_update),
     )
@@ -505,7 +366,7 @@ def _verify_collateral(collateral: QuoteCollateral, roots: _Roots) -> _VerifiedC
         pck_revoked=frozenset(r.serial_number for r in pck_crl),
         pck_crl_issuer=pck_crl.issuer,
         pck_crl_issuer_der=pck_crl.issuer.public_bytes(),
-        pck_crl_signer_spki=_spki(signer),
+        pck_crl_signer_spki=spki(signer),
     )
 
 
@@ -549,7 +410,7 @@ def _fmt(t: datetime) -> str:
     return t.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _check_windows(windows: Sequence[_Window], at: datetime) -> datetime:
+def _check_windows(windows: Sequence[Window], at: datetime) -> datetime:
     expiry = None
     for what, not_before, not_after in windows:
         if at < not_before:
@@ -574,25 +435,37 @@ def verify_quote(
     *,
     at: datetime,
     dev_roots: Sequence[x509.Certificate] = (),
+    roots: TrustedRoots | None = None,
 ) -> VerifiedQuote:
     """Verify ``raw`` (an SGX v3 or TDX v4/v5 quote) with ``collateral`` at time ``at``.
 
     The Intel SGX Root CA is always trusted; ``dev_roots`` are additional, explicitly configured
-    roots (the dev TEE simulator). Raises ``EvidenceParseError`` (malformed quote) or
-    ``VerificationError`` naming the failed check.
+    roots (the dev TEE simulator), or ``roots`` all of them, built once (``chain.TrustedRoots``).
+    Raises ``EvidenceParseError`` (malformed quote) or ``VerificationError`` naming the failed check.
     """
+    return verify_parsed_quote(parse_quote(raw), collateral, at=at, dev_roots=dev_roots, roots=roots)
+
+
+def verify_parsed_quote(
+    unverified_quote: Quote,
+    collateral: QuoteCollateral,
+    *,
+    at: datetime,
+    dev_roots: Sequence[x509.Certificate] = (),
+    roots: TrustedRoots | None = None,
+) -> VerifiedQuote:
+    """:func:`verify_quote` of a quote ``abi.parse_quote`` parsed already (checks from ``qe_vendor_id`` on)."""
     if at.tzinfo is None or at.utcoffset() is None:
         raise ValueError("at must be a timezone-aware datetime")
-    checks: list[str] = []
-    unverified_quote = parse_quote(raw)
-    checks.append("parse")
+    checks: list[str] = ["parse"]
     vendor = unverified_quote.header.qe_vendor_id
     if vendor != INTEL_QE_VENDOR_ID:
         raise VerificationError(
             f"QE vendor ID {vendor.hex()} is not Intel's {INTEL_QE_VENDOR_ID.hex()}", check="qe_vendor_id"
         )
     checks.append("qe_vendor_id")
-    roots = _roots(dev_roots)
+    if roots is None:
+        roots = TrustedRoots(dev_roots)
     tee = unverified_quote.tee
 
     pck = _pck_chain(_pck_pem(unverified_quote, collateral), roots)
@@ -645,7 +518,7 @@ def verify_quote(
 
     if pck.leaf_issuer_der != coll.pck_crl_issuer_der or pck.intermediate_spki != coll.pck_crl_signer_spki:
         raise VerificationError(
-            f"PCK CRL is issued by {_cn(coll.pck_crl_issuer)!r}, the PCK certificate by {_cn(pck.leaf_issuer)!r}",
+            f"PCK CRL is issued by {cn(coll.pck_crl_issuer)!r}, the PCK certificate by {cn(pck.leaf_issuer)!r}",
             check="pck_crl",
         )
     if pck.leaf_serial in coll.pck_revoked:
@@ -739,14 +612,19 @@ def quote_fmspc_and_ca(raw: bytes) -> tuple[str, str, str]:
     ``VerificationError(check="pck_chain")`` if the chain's leaf does not decode or names no PCK CA.
     """
     unverified_quote = parse_quote(raw)
+    fmspc, ca = platform_of(unverified_quote)
+    return fmspc, ca, unverified_quote.tee
+
+
+def platform_of(unverified_quote: Quote) -> tuple[str, str]:
+    """(FMSPC hex upper, PCK CA) of a parsed, **unverified** quote: see :func:`quote_fmspc_and_ca`."""
     pem = unverified_quote.signature.pck_chain_pem
     if pem is None:
         raise CollateralError(
             f"quote carries no PCK certificate chain (certification data type "
             f"{unverified_quote.signature.certification.cert_type}); cannot pick collateral from it"
         )
-    fmspc, ca = _unverified_fmspc_and_ca(pem)
-    return fmspc, ca, unverified_quote.tee
+    return _unverified_fmspc_and_ca(pem)
 
 
 @lru_cache(maxsize=1024)
@@ -754,11 +632,11 @@ def _unverified_fmspc_and_ca(pem: bytes) -> tuple[str, str]:
     """FMSPC and PCK CA from an **unverified** PCK chain (cached by its bytes: a platform's chain
     repeats in every quote it makes, and the extension parse costs more than the quote check)."""
     ders = split_pem_chain(pem)
-    leaf = _load_cert(ders[0], "PCK chain[0]", "pck_chain")
+    leaf = load_certificate(ders[0], "PCK chain[0]", "pck_chain")
     ca = ca_type_from_name(leaf.issuer)
     if ca is None:
         raise VerificationError(
-            f"PCK issuer {_cn(leaf.issuer)!r} is neither a PCK Processor CA nor a PCK Platform CA",
+            f"PCK issuer {cn(leaf.issuer)!r} is neither a PCK Processor CA nor a PCK Platform CA",
             check="pck_chain",
         )
     return parse_pck_extensions(leaf).fmspc.hex().upper(), ca

@@ -46,8 +46,8 @@ from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.x509.oid import ExtensionOID, NameOID, SignatureAlgorithmOID
 
 from keybroker.errors import EvidenceParseError, VerificationError
-from keybroker.tee.dcap.pck import X509_DECODE_ERRORS, decode_certificate, decode_crl, split_pem_chain
 from keybroker.tee.snp.abi import PRODUCTS, Product, SigningKey, Tcb
+from keybroker.tee.x509 import X509_DECODE_ERRORS, decode_certificate, decode_crl, split_pem_chain
 
 __all__ = [
     "AMD_LOCATION",
@@ -57,13 +57,17 @@ __all__ = [
     "PinnedProduct",
     "RootKind",
     "VerifiedChain",
+    "VerifiedCrl",
+    "VerifiedIntermediate",
     "amd_roots",
     "check_crls",
     "check_validity",
     "load_certificate_ders",
     "parse_amd_extensions",
     "spki_sha256",
+    "verify_cert_chain",
     "verify_chain",
+    "verify_crl",
 ]
 
 RootKind = Literal["amd", "dev"]
@@ -133,13 +137,13 @@ _Window = tuple[str, datetime, datetime]
 
 # Every VCEK and VLEK has serial number 0, which cryptography 50 parses with a deprecation warning
 # (and says a future release will refuse: mind the pin in pyproject.toml). Silenced here for the
-# one decoder these certificates go through (``dcap.pck.decode_certificate``), by a filter set once:
+# one decoder these certificates go through (``tee.x509.decode_certificate``), by a filter set once:
 # ``warnings.catch_warnings`` around each call would not be thread-safe.
 warnings.filterwarnings(
     "ignore",
     message="Parsed a serial number which wasn't positive",
     category=CryptographyDeprecationWarning,
-    module=r"keybroker\.tee\.dcap\.pck",
+    module=r"keybroker\.tee\.x509",
 )
 
 
@@ -557,6 +561,22 @@ def _trusted_roots(dev_root_ders: tuple[bytes, ...]) -> tuple[_Root, ...]:
     return pinned + _dev_roots(dev_root_ders)
 
 
+def _root_of(
+    intermediate: x509.Certificate, product: Product, dev_root_ders: tuple[bytes, ...]
+) -> _Root | None:
+    """The trusted ARK of ``product`` (pinned, or a configured dev root) that signed ``intermediate``."""
+    return next(
+        (
+            r
+            for r in _trusted_roots(dev_root_ders)
+            if r.cert.subject == intermediate.issuer
+            and r.product == product
+            and _signed_by(intermediate, r.cert)
+        ),
+        None,
+    )
+
+
 def _window(cert: x509.Certificate, what: str) -> _Window:
     return (what, cert.not_valid_before_utc, cert.not_valid_after_utc)
 
@@ -607,16 +627,7 @@ def _verify_chain_uncached(
     ark_cn, ark_location = _name_parts(intermediate.issuer, f"{issuer_cn} issuer")
     if ark_cn != f"ARK-{product}":
         raise _fail(f"{issuer_cn!r} is issued by {ark_cn!r}, not ARK-{product}")
-    root = next(
-        (
-            r
-            for r in _trusted_roots(dev_root_ders)
-            if r.cert.subject == intermediate.issuer
-            and r.product == product
-            and _signed_by(intermediate, r.cert)
-        ),
-        None,
-    )
+    root = _root_of(intermediate, product, dev_root_ders)
     if root is None:
         raise _fail(
             f"{issuer_cn!r} is not signed by a trusted ARK-{product} (AMD's pinned key or a configured dev root)"
@@ -709,6 +720,128 @@ def verify_chain(
     return _verify_chain(_der_of(leaf), chain_ders, kind, dev)
 
 
+@dataclass(frozen=True, slots=True)
+class VerifiedIntermediate:
+    """An ASK (it issues VCEKs) or an ASVK (VLEKs) verified to a trusted ARK; time not checked."""
+
+    product: Product
+    #: The leaves it issues: "vcek" for an ASK, "vlek" for an ASVK.
+    kind: SigningKey
+    root: RootKind
+    #: The trusted ARK certificate (the pinned one, or the configured dev root), whatever was given.
+    ark: x509.Certificate
+    intermediate: x509.Certificate
+    windows: tuple[_Window, ...]
+    #: SHA-256 of the ARK's SubjectPublicKeyInfo DER (:data:`ARK_SPKI_SHA256` for AMD's).
+    ark_spki_sha256: str
+    #: SHA-256 of the intermediate certificate's DER.
+    intermediate_sha256: str
+
+
+def _intermediate_kind(cn: str, what: str) -> tuple[SigningKey, Product]:
+    if cn.startswith("SEV-VLEK-"):
+        return "vlek", _product_of(cn, "SEV-VLEK-", what)
+    return "vcek", _product_of(cn, "SEV-", what)
+
+
+def _verify_cert_chain_uncached(
+    ders: tuple[bytes, ...], dev_root_ders: tuple[bytes, ...]
+) -> tuple[VerifiedIntermediate, ...]:
+    if not ders:
+        raise _fail("the cert_chain holds no certificate")
+    unique: dict[bytes, int] = {}
+    for i, der in enumerate(ders):
+        unique.setdefault(der, i)
+    arks: list[tuple[int, Product, x509.Certificate]] = []
+    mids: list[tuple[int, SigningKey, Product, x509.Certificate]] = []
+    for der, i in unique.items():
+        what = f"cert_chain[{i}]"
+        cert = _decode(der, what, "cert_chain")
+        cn, _ = _name_parts(cert.subject, what)
+        if cn.startswith("ARK-"):
+            arks.append((i, _product_of(cn, "ARK-", what), cert))
+        elif cn.startswith("SEV-"):
+            kind, product = _intermediate_kind(cn, what)
+            mids.append((i, kind, product, cert))
+        else:
+            raise _fail(f"{what} {cn!r} is neither an ARK, an ASK nor an ASVK")
+    products = sorted({p for _, p, _ in arks} | {p for _, _, p, _ in mids})
+    if len(products) != 1:
+        raise _fail(f"the cert_chain mixes products: {', '.join(products)}")
+    if not mids:
+        raise _fail("the cert_chain holds no ASK or ASVK")
+    out: list[VerifiedIntermediate] = []
+    for i, kind, product, mid in mids:
+        role = "ASK" if kind == "vcek" else "ASVK"
+        cn = _cn(mid.subject)
+        if any(v.kind == kind for v in out):
+            raise _fail(f"the cert_chain holds two different {role}s (cert_chain[{i}] {cn!r} is the second)")
+        _profile(mid, f"{role} {cn!r}", ca=True)
+        ark_cn, ark_location = _name_parts(mid.issuer, f"{cn} issuer")
+        if ark_cn != f"ARK-{product}":
+            raise _fail(f"{cn!r} is issued by {ark_cn!r}, not ARK-{product}")
+        root = _root_of(mid, product, dev_root_ders)
+        if root is None:
+            raise _fail(
+                f"{cn!r} is not signed by a trusted ARK-{product} (AMD's pinned key or a configured dev root)"
+            )
+        _, root_location = _name_parts(root.cert.subject, f"ARK-{product}")
+        _, mid_location = _name_parts(mid.subject, cn)
+        for where, location in ((f"{cn} subject", mid_location), (f"{cn} issuer", ark_location)):
+            if location != root_location:
+                raise _fail(
+                    f"{where} has name attributes {dict(location)}, not those of ARK-{product} {dict(root_location)}"
+                )
+        mid_der = mid.public_bytes(Encoding.DER)
+        out.append(
+            VerifiedIntermediate(
+                product=product,
+                kind=kind,
+                root=root.kind,
+                ark=root.cert,
+                intermediate=mid,
+                windows=(_window(root.cert, f"ARK-{product}"), _window(mid, f"{role} {cn!r}")),
+                ark_spki_sha256=root.spki,
+                intermediate_sha256=hashlib.sha256(mid_der).hexdigest(),
+            )
+        )
+    # An ARK that came along must be the trusted ARK of what it came with, validly self-signed.
+    for i, product, ark in arks:
+        spki = spki_sha256(ark)
+        if not any(v.ark_spki_sha256 == spki for v in out):
+            raise _fail(
+                f"cert_chain[{i}] ARK-{product} has key sha256 {spki[:16]}…, not that of the trusted "
+                f"ARK-{product} that signed the cert_chain's {'/'.join(sorted({_cn(v.intermediate.subject) for v in out}))}"
+            )
+        if not _signed_by(ark, ark):
+            raise _fail(f"cert_chain[{i}] ARK-{product} is not validly self-signed")
+    return tuple(out)
+
+
+@lru_cache(maxsize=64)
+def _verify_cert_chain(
+    ders: tuple[bytes, ...], dev_root_ders: tuple[bytes, ...]
+) -> tuple[VerifiedIntermediate, ...]:
+    return _verify_cert_chain_uncached(ders, dev_root_ders)
+
+
+def verify_cert_chain(
+    chain: Sequence[bytes | x509.Certificate], *, dev_roots: Sequence[x509.Certificate] = ()
+) -> tuple[VerifiedIntermediate, ...]:
+    """Verify AMD's ``cert_chain`` on its own, before a leaf is in hand (the KDS cache stores it).
+
+    ``chain``: ASK and/or ASVK, optionally the ARK, in any order, of one product (``/vcek/v1/{P}/
+    cert_chain`` is ASK, ARK; ``/vlek/v1/{P}/cert_chain`` ASVK, ARK; AMD's combined files hold all
+    three). Each intermediate gets the checks :func:`verify_chain` gives it: AMD's names and profile,
+    issued and signed (RSASSA-PSS SHA-384 salt 48) by a trusted ARK of its product, the ARK's name
+    attributes; an ARK given must have that trusted ARK's key and be validly self-signed; anything
+    else is refused, as are two different intermediates of one kind. Time is not checked (see
+    ``windows``). Cached by the certificates' bytes. Raises ``VerificationError(check="cert_chain")``.
+    """
+    ders = tuple(_der_of(c) for c in chain)
+    return _verify_cert_chain(ders, tuple(_der_of(c) for c in dev_roots))
+
+
 # --- revocation and time -----------------------------------------------------------------------
 
 
@@ -786,6 +919,67 @@ def check_crls(
     if require and not applied:
         raise VerificationError(f"no CRL issued by {ark_cn} was given", check="crl")
     return tuple(applied)
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedCrl:
+    """An AMD CRL signed by a trusted ARK (time not checked: ``this_update``..``next_update``)."""
+
+    product: Product
+    root: RootKind
+    ark: x509.Certificate
+    #: SHA-256 of the ARK's SubjectPublicKeyInfo DER.
+    ark_spki_sha256: str
+    this_update: datetime
+    next_update: datetime
+    revoked_serials: frozenset[int]
+
+
+def verify_crl(
+    crl: bytes | x509.CertificateRevocationList, *, dev_roots: Sequence[x509.Certificate] = ()
+) -> VerifiedCrl:
+    """Verify an AMD CRL on its own (``/vcek/v1/{P}/crl``, ``/vlek/v1/{P}/crl``; the KDS cache).
+
+    Its issuer must be the name of a trusted ARK (AMD's pinned ones, or a configured dev root), its
+    signature that ARK's (RSASSA-PSS SHA-384 salt 48, both copies of the algorithm equal), and it
+    must have a nextUpdate. Time is not checked. Raises ``VerificationError(check="crl")``.
+    """
+    der = crl.public_bytes(Encoding.DER) if isinstance(crl, x509.CertificateRevocationList) else bytes(crl)
+    try:
+        parsed = decode_crl(der)
+    except X509_DECODE_ERRORS as exc:
+        raise VerificationError(f"CRL: undecodable ({exc})", check="crl") from None
+    candidates = [
+        r for r in _trusted_roots(tuple(_der_of(c) for c in dev_roots)) if r.cert.subject == parsed.issuer
+    ]
+    if not candidates:
+        raise VerificationError(
+            f"the CRL's issuer {parsed.issuer.rfc4514_string()!r} is not a trusted ARK (AMD's pinned keys "
+            "or a configured dev root)",
+            check="crl",
+        )
+    root = next(
+        (r for r in candidates if _crl_signed_by(der, r.cert.public_bytes(Encoding.DER))),
+        None,
+    )
+    issuer_cn = _cn(parsed.issuer)
+    if root is None:
+        raise VerificationError(
+            f"the CRL names {issuer_cn} as its issuer but is not signed by its key (RSASSA-PSS SHA-384 salt 48)",
+            check="crl",
+        )
+    next_update = parsed.next_update_utc
+    if next_update is None:
+        raise VerificationError(f"the CRL of {issuer_cn} has no nextUpdate", check="crl")
+    return VerifiedCrl(
+        product=root.product,
+        root=root.kind,
+        ark=root.cert,
+        ark_spki_sha256=root.spki,
+        this_update=parsed.last_update_utc,
+        next_update=next_update,
+        revoked_serials=frozenset(r.serial_number for r in parsed),
+    )
 
 
 def _fmt(t: datetime) -> str:

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 
 from keybroker.errors import VerificationError
-from keybroker.tee.dcap.pck import X509_DECODE_ERRORS, decode_certificate
+from keybroker.tee.x509 import X509_DECODE_ERRORS, decode_certificate
 
 __all__ = ["CertChain", "load_certificate", "spki_der", "verify_certificate_chain"]
 

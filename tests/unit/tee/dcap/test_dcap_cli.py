@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from keybroker.cli import evidence
 from keybroker.cli.evidence import UsageError, app, decode_quote, parse_at, verify_command
 from keybroker.errors import CollateralError
-from keybroker.tee.dcap.collateral import QuoteCollateral
+from keybroker.tee.dcap.endorsements import QuoteCollateral
 from keybroker.tee.sim import DevPki, tdx_quote
 
 TDX = str(path("intel-dcap/phala-dcap-qvl/tdx_quote"))
@@ -84,7 +84,7 @@ def test_corpus_hex_file() -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--quote", "/nonexistent/q", "--collateral", TDX_COLL, "--at", AT], "cannot read quote"),
+        (["--quote", "/nonexistent/q", "--collateral", TDX_COLL, "--at", AT], "cannot read evidence"),
         (["--quote", TDX, "--collateral", TDX_COLL, "--at", "yesterday"], "neither ISO 8601"),
         (["--quote", TDX, "--collateral", TDX_COLL, "--at", "2025-07-04T10:16:31"], "no timezone"),
         (["--quote", TDX, "--at", AT, "--data-dir", "/nonexistent-keybroker"], "no collateral store"),

@@ -10,7 +10,7 @@ from tests.vectors.corpus import load_cases, read_bytes, read_text, verify_at
 
 from keybroker.errors import EvidenceParseError, VerificationError
 from keybroker.tee.dcap.claims import SgxClaims, TdxClaims
-from keybroker.tee.dcap.collateral import QuoteCollateral
+from keybroker.tee.dcap.endorsements import QuoteCollateral
 from keybroker.tee.dcap.verify import CHECKS, VerifiedQuote, verify_quote
 
 CASES = load_cases("dcap")

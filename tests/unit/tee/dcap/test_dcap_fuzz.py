@@ -30,7 +30,7 @@ from tests.vectors.corpus import case, read_bytes, read_text, verify_at
 
 from keybroker.errors import CollateralError, EvidenceParseError, VerificationError
 from keybroker.tee.dcap.abi import Quote, parse_quote
-from keybroker.tee.dcap.collateral import QuoteCollateral
+from keybroker.tee.dcap.endorsements import QuoteCollateral
 from keybroker.tee.dcap.pck import SGX_EXTENSIONS_OID, parse_sgx_extensions_der, split_pem_chain
 from keybroker.tee.dcap.verify import verify_quote
 

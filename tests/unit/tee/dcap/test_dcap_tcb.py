@@ -9,7 +9,7 @@ import pytest
 
 from keybroker.errors import CollateralError, VerificationError
 from keybroker.tee.dcap.abi import TdReportBody, parse_enclave_report_body
-from keybroker.tee.dcap.collateral import (
+from keybroker.tee.dcap.endorsements import (
     EnclaveIdentity,
     EnclaveTcbLevel,
     ModuleTcbLevel,

@@ -21,8 +21,10 @@ from keybroker.errors import CollateralError, EvidenceParseError, VerificationEr
 from keybroker.tee.dcap import INTEL_SGX_ROOT_CA, QuoteCollateral, quote_fmspc_and_ca, verify_quote
 from keybroker.tee.dcap.abi import INTEL_QE_VENDOR_ID, canonical_quote, parse_quote
 from keybroker.tee.dcap.claims import SgxClaims, TdxClaims
+from keybroker.tee.dcap.plugin import dcap_verifiers
+from keybroker.tee.dcap.sources import StaticCollateral
 from keybroker.tee.sim import SGX_TCB, TDX_TCB, DevPki, sgx_quote, tdx_quote
-from keybroker.tee.verifier import NO_REPORT_DATA, StaticCollateral, Verifier
+from keybroker.tee.verifier import NO_REPORT_DATA, Verifier
 
 ISSUED = dt.datetime(2026, 3, 1, 12, 0, 0, tzinfo=dt.UTC)
 AT = ISSUED + dt.timedelta(hours=1)
@@ -384,7 +386,7 @@ def test_one_character_in_the_pck_chain_is_a_named_failure(case_id: str) -> None
     with pytest.raises(VerificationError) as info:
         verify_quote(mutated, coll, at=verify_at(c))
     assert info.value.check == "pck_chain"
-    verifier = Verifier(StaticCollateral([coll]), clock=lambda: verify_at(c))
+    verifier = Verifier(dcap_verifiers(StaticCollateral([coll])), clock=lambda: verify_at(c))
     with pytest.raises(VerificationError) as info:
         verifier.verify(coll.tee, mutated, NO_REPORT_DATA)
     assert info.value.check == "pck_chain"

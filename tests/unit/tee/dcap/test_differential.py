@@ -36,7 +36,7 @@ from tests.vectors.corpus import load_cases, read_bytes, read_text
 from keybroker.errors import EvidenceParseError, VerificationError
 from keybroker.tee.dcap.abi import parse_quote
 from keybroker.tee.dcap.claims import TdxClaims
-from keybroker.tee.dcap.collateral import QuoteCollateral
+from keybroker.tee.dcap.endorsements import QuoteCollateral
 from keybroker.tee.dcap.verify import VerifiedQuote, verify_quote
 
 FLIPS_PER_PAIR = 40

@@ -39,7 +39,7 @@ from keybroker.tee.sim import quote as layout
 pytestmark = pytest.mark.filterwarnings("ignore::cryptography.utils.CryptographyDeprecationWarning")
 
 verify_mod = pytest.importorskip("keybroker.tee.dcap.verify")
-collateral_mod = pytest.importorskip("keybroker.tee.dcap.collateral")
+collateral_mod = pytest.importorskip("keybroker.tee.dcap.endorsements")
 
 Tee = Literal["sgx", "tdx"]
 REPORT_DATA = hashlib.sha512(b"keybroker verifier round trip").digest()

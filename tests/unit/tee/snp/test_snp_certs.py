@@ -615,3 +615,90 @@ def test_serial_zero_warning_is_silenced_for_the_decoder_only() -> None:
         check=False,
     )
     assert done.returncode == 0 and done.stdout.strip() == "Milan", done.stderr[-1500:]
+
+
+# --- AMD's cert_chain and CRLs on their own (the KDS cache stores them before any leaf) ----------
+
+
+def test_amd_cert_chains_of_every_product_verify_on_their_own() -> None:
+    for product in ("milan", "genoa", "turin"):
+        ders = load_certificate_ders(read_bytes(f"amd-sev-snp/coco-trustee/{product}_ask_ark_asvk.pem"))
+        got = certs.verify_cert_chain(ders)
+        assert [(v.product.lower(), v.kind, v.root) for v in got] == [
+            (product, "vcek", "amd"),
+            (product, "vlek", "amd"),
+        ]
+        assert {v.ark_spki_sha256 for v in got} == {ARK_SPKI_SHA256[got[0].product]}
+        # the ARK is the pinned certificate, and the intermediates are AMD's shipped ones
+        pinned = amd_roots()[got[0].product]
+        assert (
+            got[0].ark == pinned.ark
+            and got[0].intermediate == pinned.ask
+            and got[1].intermediate == pinned.asvk
+        )
+        assert got[0].intermediate_sha256 == hashlib.sha256(pinned.ask.public_bytes(Encoding.DER)).hexdigest()
+    kds_chain = load_certificate_ders(read_bytes("amd-sev-snp/virtee-sev/cert_chain_milan"))
+    assert [(v.kind, v.product) for v in certs.verify_cert_chain(kds_chain)] == [("vcek", "Milan")]
+    vlek_chain = load_certificate_ders(read_bytes("amd-sev-snp/google-go-sev-guest/asvk_ark_milan.pem"))
+    assert [(v.kind, v.product) for v in certs.verify_cert_chain(vlek_chain)] == [("vlek", "Milan")]
+    # without the ARK, and repeated: the same answer
+    assert certs.verify_cert_chain([ASK, ASK])[0].intermediate == amd_roots()["Milan"].ask
+
+
+def test_cert_chain_refusals(genoa_pki: SnpDevPki) -> None:
+    genoa = load_certificate_ders(read_bytes("amd-sev-snp/coco-trustee/genoa_ask_ark_asvk.pem"))
+    dev_ask, dev_ark = (c.public_bytes(Encoding.DER) for c in genoa_pki.chain("vcek"))
+    dev = [genoa_pki.root_cert]
+    cases: list[tuple[Sequence[bytes], Sequence[x509.Certificate], str]] = [
+        ([], (), "holds no certificate"),
+        ([ARK], (), "holds no ASK or ASVK"),
+        ([ASK, genoa[1]], (), "mixes products: Genoa, Milan"),
+        ([VCEK, ASK], (), "CN 'SEV-VCEK' is not SEV-{Milan,Genoa,Turin}"),
+        # the simulator's chain: its ARK is not trusted unless configured
+        ([dev_ask, dev_ark], (), "'SEV-Genoa' is not signed by a trusted ARK-Genoa"),
+        # AMD's ASK with a look-alike ARK-Genoa: the ARK given must be the trusted one
+        ([genoa[0], dev_ark], dev, "ARK-Genoa has key sha256"),
+        # two different ASKs for one product (AMD's and the simulator's, both trusted)
+        ([genoa[0], dev_ask], dev, "holds two different ASKs"),
+        ([b"junk"], (), "undecodable certificate"),
+    ]
+    for chain, roots, message in cases:
+        with pytest.raises(VerificationError, match=re.escape(message)) as exc:
+            certs.verify_cert_chain(chain, dev_roots=roots)
+        assert exc.value.check == "cert_chain", message
+    (v,) = certs.verify_cert_chain([dev_ask, dev_ark], dev_roots=dev)
+    assert (v.product, v.kind, v.root) == ("Genoa", "vcek", "dev")
+
+
+def test_every_byte_of_an_intermediate_is_bound() -> None:
+    """A changed byte anywhere in the ASK (name, key, extensions, signature) is refused."""
+    for offset in range(0, len(ASK), 3):
+        mutated = bytearray(ASK)
+        mutated[offset] ^= 0x01
+        try:
+            got = certs.verify_cert_chain([bytes(mutated), ARK])
+        except VerificationError as exc:
+            assert exc.check == "cert_chain", offset
+            continue
+        raise AssertionError(f"ASK byte {offset} changed and the chain still verified: {got}")
+
+
+def test_crls_verify_on_their_own(genoa_pki: SnpDevPki) -> None:
+    for side in ("vcek", "vlek"):
+        v = certs.verify_crl(genoa_pki.crl(side), dev_roots=[genoa_pki.root_cert])  # type: ignore[arg-type]
+        assert (v.product, v.root) == ("Genoa", "dev") and v.this_update == ISSUED
+        assert (
+            v.ark_spki_sha256 == certs.spki_sha256(genoa_pki.root_cert) and v.revoked_serials == frozenset()
+        )
+    with pytest.raises(VerificationError, match="is not a trusted ARK") as exc:
+        certs.verify_crl(genoa_pki.crl())
+    assert exc.value.check == "crl"
+    # A CRL that names AMD's ARK-Milan but is signed by another key is a forgery.
+    forged = _crl(amd_roots()["Milan"].ark.subject, genoa_pki.ark.key)
+    with pytest.raises(VerificationError, match="names ARK-Milan as its issuer but is not signed by its key"):
+        certs.verify_crl(forged, dev_roots=[genoa_pki.root_cert])
+    with pytest.raises(VerificationError, match="CRL: undecodable"):
+        certs.verify_crl(b"\x30\x03\x02\x01\x00")
+    revoked = _crl(genoa_pki.ark.cert.subject, genoa_pki.ark.key, serials=[genoa_pki.ask.cert.serial_number])
+    got = certs.verify_crl(revoked, dev_roots=[genoa_pki.root_cert])
+    assert got.revoked_serials == {genoa_pki.ask.cert.serial_number}

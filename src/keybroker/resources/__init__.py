@@ -1,0 +1,1 @@
+"""The Confidential Containers KBS protocol (``/kbs/v0``): sessions, attestation, resources."""

@@ -1,0 +1,16 @@
+"""The web console at ``/ui``: server-rendered pages on the API's listener (docs/console.md)."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from keybroker.api.services import Services
+
+
+def install(app: FastAPI, services: Services) -> None:
+    """Add the console's routes and its session store to ``app``."""
+    from keybroker.ui.pages import router
+    from keybroker.ui.sessions import SessionStore
+
+    app.state.console_sessions = SessionStore(services.db, services.settings.console)
+    app.include_router(router)

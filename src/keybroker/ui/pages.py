@@ -1,0 +1,1075 @@
+"""The console's pages and actions at ``/ui``: server-rendered, readable without JavaScript.
+
+Every action calls the same service as its API route, as the signed-in person (``Caller``), so it is
+audited the same way; a permission the person lacks is refused and audited as denied, as on the API,
+and the page does not offer the action in the first place (:meth:`Viewer.can`).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+import json
+import re
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import HTMLResponse, RedirectResponse
+from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+from pydantic import ValidationError
+from sqlalchemy import func, select
+
+from keybroker import __version__, strictjson
+from keybroker.api.deps import actor_of
+from keybroker.api.services import Services
+from keybroker.appraisal import secl
+from keybroker.appraisal.input import appraisal_input
+from keybroker.appraisal.policy import TransferPolicyBody
+from keybroker.audit import log as audit
+from keybroker.auth.caller import Caller
+from keybroker.auth.oidc import Identity
+from keybroker.auth.roles import BUILTIN
+from keybroker.auth.tokens import Principal
+from keybroker.errors import (
+    BackendUnavailable,
+    Forbidden,
+    InvalidInput,
+    KeybrokerError,
+    NotFound,
+    Sealed,
+    Unauthenticated,
+)
+from keybroker.keys.service import CertificateRequest, CreateKeyRequest
+from keybroker.limits import client_key
+from keybroker.store.models import AuditRecord, BearerToken, CollateralItem, Key, TransferPolicy
+from keybroker.tee.dcap.verify import quote_fmspc_and_ca
+from keybroker.tee.verifier import NO_REPORT_DATA
+from keybroker.ui import security
+from keybroker.ui.forms import Form, StrictFormRoute, form_of
+from keybroker.ui.sessions import PendingSignIn, Session, SessionStore
+
+router = APIRouter(prefix="/ui", route_class=StrictFormRoute, include_in_schema=False)
+
+_T = TypeVar("_T")
+_UUID = re.compile(r"^[0-9a-fA-F-]{36}$")
+_DEV_NAME = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
+PAGE_SIZE = 50
+
+_env = Environment(
+    loader=PackageLoader("keybroker.ui", "templates"),
+    autoescape=select_autoescape(default=True, default_for_string=True),
+    undefined=StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+
+
+def _svc(request: Request) -> Services:
+    svc: Services = request.app.state.services
+    return svc
+
+
+def _sessions(request: Request) -> SessionStore:
+    store: SessionStore = request.app.state.console_sessions
+    return store
+
+
+# --- who is looking ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Viewer:
+    session: Session
+    principal: Principal
+    csrf: str
+
+    @property
+    def actor(self) -> str:
+        return actor_of(self.principal)
+
+    def can(self, permission: str) -> bool:
+        return self.principal.allows(permission)
+
+
+class SignInNeeded(Unauthenticated):
+    """No session (or it ended): GET pages send the browser to the sign-in page."""
+
+
+def viewer(request: Request) -> Viewer:
+    secret = request.cookies.get(security.SESSION_COOKIE)
+    session = _sessions(request).get(secret)
+    if session is None or secret is None:
+        raise SignInNeeded("you are not signed in, or your session ended: sign in again")
+    principal = Principal(
+        subject=session.subject,
+        permissions=frozenset(),
+        roles=frozenset(session.roles),
+        source=session.source,
+        email=session.email,
+    )
+    return Viewer(session, _svc(request).roles.expand(principal), security.csrf_token(secret))
+
+
+def _audit_failure(
+    svc: Services, actor: str, action: str, exc: KeybrokerError, object_id: str | None
+) -> None:
+    outcome = "denied" if exc.status in (401, 403) else "failed"
+    try:
+        with svc.db.session() as s:
+            audit.append(
+                s, actor=actor, action=action, object_id=object_id, outcome=outcome, reason=exc.detail
+            )
+    except KeybrokerError:
+        pass  # sealed or the chain alarm: the refusal itself stands
+
+
+def act(
+    request: Request,
+    v: Viewer,
+    action: str,
+    permission: str,
+    run: Callable[[Caller], _T],
+    *,
+    object_id: str | None = None,
+) -> _T:
+    """Run a service call as the viewer if they hold ``permission``; a refusal or failure is audited
+    under ``action`` as the API's middleware audits a failed call."""
+    svc = _svc(request)
+    try:
+        if not v.can(permission):
+            raise Forbidden(f"you lack the permission {permission}", permission=permission)
+        return run(Caller(v.actor))
+    except KeybrokerError as exc:
+        _audit_failure(svc, v.actor, action, exc, object_id)
+        raise
+
+
+# --- rendering ---------------------------------------------------------------------------------------
+
+
+def _nav(v: Viewer | None) -> list[tuple[str, str]]:
+    if v is None:
+        return []
+    items = [
+        ("Keys", "/ui/keys", "keys:search"),
+        ("Policies", "/ui/policies", "key_transfer_policies:search"),
+        ("Audit", "/ui/audit", "audit:read"),
+        ("Attestation", "/ui/attestation", "audit:read"),
+        ("System", "/ui/system", None),
+    ]
+    return [(label, href) for label, href, perm in items if perm is None or v.can(perm)]
+
+
+def _ago(value: datetime | None, now: datetime | None = None) -> str:
+    if value is None:
+        return ""
+    value = value if value.tzinfo else value.replace(tzinfo=UTC)
+    delta = (now or datetime.now(UTC)) - value
+    return _span(delta) + " ago" if delta >= timedelta(0) else "in " + _span(-delta)
+
+
+def _span(delta: timedelta) -> str:
+    seconds = int(delta.total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit} {(seconds % size) // (size // 60 if size > 60 else 1)}" + (
+                "h" if unit == "d" else "m" if unit == "h" else "s"
+            )
+    return f"{seconds}s"
+
+
+def _when(value: datetime | None) -> str:
+    if value is None:
+        return ""
+    value = value if value.tzinfo else value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+_env.filters["ago"] = _ago
+_env.filters["when"] = _when
+_env.filters["pretty"] = lambda value: json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False)
+
+
+def page(
+    request: Request, template: str, v: Viewer | None, status: int = 200, **context: Any
+) -> HTMLResponse:
+    svc = _svc(request)
+    body = _env.get_template(template).render(
+        v=v,
+        nav=_nav(v),
+        here=request.url.path,
+        dev=svc.settings.dev,
+        sealed=svc.barrier.sealed,
+        version=__version__,
+        **context,
+    )
+    return HTMLResponse(body, status_code=status)
+
+
+def render_error(request: Request, exc: KeybrokerError) -> HTMLResponse:
+    if isinstance(exc, Unauthenticated) and request.method == "GET":
+        return RedirectResponse("/ui/login", status_code=303)  # type: ignore[return-value]
+    try:
+        v: Viewer | None = viewer(request)
+    except KeybrokerError:
+        v = None
+    return page(request, "error.html", v, status=exc.status, title=exc.title, detail=exc.detail)
+
+
+def _see(url: str) -> RedirectResponse:
+    return RedirectResponse(url, status_code=303)
+
+
+# --- sign-in ----------------------------------------------------------------------------------------
+
+
+def _loopback(request: Request) -> bool:
+    host = request.client.host if request.client else ""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _dev_login_allowed(request: Request) -> bool:
+    """The dev login: only under --dev, and only to a browser on this machine."""
+    return _svc(request).settings.dev and _loopback(request)
+
+
+@router.get("/login")
+def login_page(request: Request) -> Response:
+    svc = _svc(request)
+    login_secret = request.cookies.get(security.LOGIN_COOKIE) or security.new_secret()
+    response = page(
+        request,
+        "login.html",
+        None,
+        oidc=svc.oidc is not None,
+        issuer=svc.oidc.issuer if svc.oidc is not None else None,
+        dev_login=_dev_login_allowed(request),
+        builtin_roles=list(BUILTIN),
+        csrf=security.csrf_token(login_secret),
+    )
+    security.set_login_cookie(response, login_secret)
+    return response
+
+
+def _redirect_uri(request: Request, svc: Services) -> str:
+    assert svc.oidc is not None
+    return svc.oidc.conf.redirect_uri or f"{request.url.scheme}://{request.url.netloc}/ui/auth/callback"
+
+
+@router.get("/auth/oidc")
+def oidc_start(request: Request) -> Response:
+    """Start an OpenID sign-in: state, nonce and PKCE verifier kept for this browser, then off to
+    the provider."""
+    svc = _svc(request)
+    if svc.oidc is None:
+        raise NotFound("no OpenID provider is configured ([oidc] in the configuration)")
+    login_secret = security.new_secret()
+    pending = PendingSignIn(
+        state=secrets.token_urlsafe(32),
+        nonce=secrets.token_urlsafe(32),
+        code_verifier=secrets.token_urlsafe(64),
+    )
+    url = svc.oidc.authorization_url(
+        redirect_uri=_redirect_uri(request, svc),
+        state=pending.state,
+        nonce=pending.nonce,
+        code_verifier=pending.code_verifier,
+    )
+    _sessions(request).begin(login_secret, pending)
+    response = _see(url)
+    security.set_login_cookie(response, login_secret)
+    return response
+
+
+def _signed_in(request: Request, secret: str) -> Response:
+    """A page that moves on to the console by itself (a same-site navigation, so the SameSite=Strict
+    session cookie is sent: a redirect chain that began at the provider would not send it)."""
+    response = page(request, "signed_in.html", None)
+    security.set_session_cookie(response, secret)
+    security.clear_login_cookie(response)
+    return response
+
+
+@router.get("/auth/callback")
+def oidc_callback(
+    request: Request,
+    code: str | None = None,
+    state: str | None = None,
+    error: str | None = None,
+    error_description: str | None = None,
+    iss: str | None = None,
+) -> Response:
+    svc = _svc(request)
+    if svc.oidc is None:
+        raise NotFound("no OpenID provider is configured")
+    client = client_key(request.client.host if request.client else None)
+    try:
+        pending = _sessions(request).take_pending(request.cookies.get(security.LOGIN_COOKIE), state)
+        if iss is not None and iss != svc.oidc.issuer:  # RFC 9207: the response came from another issuer
+            raise Unauthenticated(f"the sign-in response names another issuer ({iss[:128]!r})")
+        if error is not None:
+            raise Unauthenticated(
+                f"the OpenID provider refused the sign-in: {error[:64]}"
+                + (f" ({error_description[:256]})" if error_description else "")
+            )
+        if not code:
+            raise Unauthenticated("the OpenID provider sent no authorization code")
+        identity = svc.oidc.exchange(
+            code=code,
+            redirect_uri=_redirect_uri(request, svc),
+            code_verifier=pending.code_verifier,
+            nonce=pending.nonce,
+        )
+    except KeybrokerError as exc:
+        _audit_failure(svc, "anonymous", "console.login", exc, None)
+        response = page(
+            request, "error.html", None, status=exc.status, title="Sign-in failed", detail=exc.detail
+        )
+        security.clear_login_cookie(response)
+        return response
+    return _signed_in(request, _sessions(request).create("oidc", identity, client=client))
+
+
+@router.post("/auth/dev")
+def dev_login(request: Request) -> Response:
+    """The dev login (``--dev``, a browser on this machine): a name and the roles to try."""
+    if not _dev_login_allowed(request):
+        raise Forbidden("the dev login is only for a browser on this machine, under keybroker serve --dev")
+    form = form_of(request).only({"name", "roles"}, lists={"roles"})
+    name = form.get("name") or "dev"
+    if not _DEV_NAME.match(name):
+        raise InvalidInput("name: 1 to 64 characters of A-Z a-z 0-9 _ . @ -", field="name")
+    roles = form.many("roles")
+    unknown = _svc(request).roles.unknown(roles)
+    if unknown:
+        raise InvalidInput(f"no role {unknown[0]!r}", field="roles")
+    client = client_key(request.client.host if request.client else None)
+    identity = Identity(subject=name, email=None, name=name, roles=tuple(sorted(set(roles))))
+    secret = _sessions(request).create("dev", identity, client=client)
+    response = _see("/ui/")
+    security.set_session_cookie(response, secret)
+    security.clear_login_cookie(response)
+    return response
+
+
+@router.post("/logout")
+def logout(request: Request) -> Response:
+    form_of(request).only(set())
+    _sessions(request).end(request.cookies.get(security.SESSION_COOKIE))
+    response = _see("/ui/login")
+    security.clear_session_cookie(response)
+    return response
+
+
+@router.get("/")
+def home(request: Request) -> Response:
+    v = viewer(request)
+    if _svc(request).barrier.sealed or not v.can("keys:search"):
+        return _see("/ui/system")
+    return _see("/ui/keys")
+
+
+# --- static files -----------------------------------------------------------------------------------
+
+_STATIC = {"htmx.min.js": "text/javascript", "console.css": "text/css", "console.js": "text/javascript"}
+
+
+@router.get("/static/{name}")
+def static(name: str) -> Response:
+    media = _STATIC.get(name)
+    if media is None:
+        raise NotFound(f"no static file {name!r}")
+    from importlib.resources import files
+
+    data = files("keybroker.ui").joinpath("static", name).read_bytes()
+    return Response(data, media_type=media, headers={"Cache-Control": "public, max-age=3600"})
+
+
+# --- keys ----------------------------------------------------------------------------------------------
+
+
+def _policies(request: Request, v: Viewer) -> list[TransferPolicy]:
+    if not v.can("key_transfer_policies:search"):
+        return []
+    return act(request, v, "policy.search", "key_transfer_policies:search", _svc(request).keys.list_policies)
+
+
+@router.get("/keys")
+def keys_page(request: Request, algorithm: str | None = None, policy: str | None = None) -> Response:
+    v = viewer(request)
+    svc = _svc(request)
+    algorithm = (algorithm or "").upper() or None
+    if algorithm not in (None, "AES", "RSA", "EC"):
+        raise InvalidInput("algorithm: AES, RSA or EC", field="algorithm")
+    policy = policy or None
+    if policy is not None and not _UUID.match(policy):
+        raise InvalidInput("policy: a policy id", field="policy")
+    rows = act(
+        request,
+        v,
+        "key.search",
+        "keys:search",
+        lambda c: svc.keys.list_keys(c, {"algorithm": algorithm, "transfer_policy_id": policy}),
+    )
+    return page(
+        request,
+        "keys.html",
+        v,
+        keys=rows,
+        algorithm=algorithm or "",
+        policy=policy or "",
+        policies=_policies(request, v),
+    )
+
+
+@router.get("/keys/new")
+def key_new_page(request: Request) -> Response:
+    v = viewer(request)
+    if not (v.can("keys:create") or v.can("keys:register")):
+        raise Forbidden("you lack the permissions keys:create and keys:register")
+    return page(request, "key_new.html", v, policies=_policies(request, v), error=None, form={})
+
+
+def _int_field(form: Form, name: str) -> int | None:
+    value = form.get(name)
+    if value is None:
+        return None
+    if not value.isdigit() or len(value) > 6:
+        raise InvalidInput(f"{name}: a whole number", field=name)
+    return int(value)
+
+
+@router.post("/keys")
+def key_create(request: Request) -> Response:
+    v = viewer(request)
+    svc = _svc(request)
+    form = form_of(request).only(
+        {
+            "mode",
+            "algorithm",
+            "key_length",
+            "curve_type",
+            "key_string",
+            "kmip_key_id",
+            "label",
+            "usage",
+            "transfer_policy_id",
+        }
+    )
+    mode = form.get("mode") or "generate"
+    if mode not in ("generate", "import", "register"):
+        raise InvalidInput("mode: generate, import or register", field="mode")
+    try:
+        req = CreateKeyRequest(
+            algorithm=form.get("algorithm") or "",
+            key_length=_int_field(form, "key_length"),
+            curve_type=form.get("curve_type"),
+            key_string=form.get("key_string") if mode == "import" else None,
+            kmip_key_id=form.get("kmip_key_id") if mode == "register" else None,
+            label=form.get("label"),
+            usage=form.get("usage"),
+            transfer_policy_id=form.get("transfer_policy_id"),
+        )
+        if mode == "import" and not req.key_string:
+            raise InvalidInput("key_string: paste the key (PEM, or base64 for AES)", field="key_string")
+        if mode == "register" and not req.kmip_key_id:
+            raise InvalidInput("kmip_key_id: the key's id in the external key manager", field="kmip_key_id")
+        needed = "keys:create" if mode == "generate" else "keys:register"
+        row = act(request, v, "key.create", needed, lambda c: svc.keys.create_key(c, req))
+    except (InvalidInput, NotFound) as exc:
+        shown = {
+            k: form.raw(k)
+            for k in (
+                "mode",
+                "algorithm",
+                "key_length",
+                "curve_type",
+                "kmip_key_id",
+                "label",
+                "usage",
+                "transfer_policy_id",
+            )
+        }
+        return page(
+            request,
+            "key_new.html",
+            v,
+            status=exc.status,
+            policies=_policies(request, v),
+            error=exc.detail,
+            form=shown,
+        )
+    return _see(f"/ui/keys/{row.id}")
+
+
+def _transfers(request: Request, v: Viewer, key_id: str) -> list[AuditRecord] | None:
+    if not v.can("audit:read"):
+        return None
+    with _svc(request).db.session() as s:
+        q = (
+            select(AuditRecord)
+            .where(AuditRecord.action == "key.transfer", AuditRecord.object_id == key_id)
+            .order_by(AuditRecord.seq.desc())
+            .limit(PAGE_SIZE)
+        )
+        return list(s.scalars(q))
+
+
+@router.get("/keys/{key_id}")
+def key_page(request: Request, key_id: str) -> Response:
+    v = viewer(request)
+    svc = _svc(request)
+    row = act(
+        request, v, "key.retrieve", "keys:retrieve", lambda c: svc.keys.get_key(c, key_id), object_id=key_id
+    )
+    cert_pem = None
+    with svc.db.session() as s:
+        from keybroker.store.models import Certificate
+
+        crow = s.get(Certificate, row.id)
+    if crow is not None:
+        cert_pem = svc.keys.certificate_chain_pem(crow)
+    return page(
+        request,
+        "key.html",
+        v,
+        key=row,
+        certificate=crow,
+        certificate_pem=cert_pem,
+        transfers=_transfers(request, v, row.id),
+        error=None,
+    )
+
+
+@router.get("/keys/{key_id}/delete")
+def key_delete_page(request: Request, key_id: str) -> Response:
+    v = viewer(request)
+    svc = _svc(request)
+    if not v.can("keys:delete"):
+        raise Forbidden("you lack the permission keys:delete", permission="keys:delete")
+    row = act(
+        request, v, "key.retrieve", "keys:retrieve", lambda c: svc.keys.get_key(c, key_id), object_id=key_id
+    )
+    return page(request, "key_delete.html", v, key=row)
+
+
+@router.post("/keys/{key_id}/delete")
+def key_delete(request: Request, key_id: str) -> Response:
+    v = viewer(request)
+    svc = _svc(request)
+    form = form_of(request).only({"confirm"})
+    if form.get("confirm") != key_id:
+        raise InvalidInput("type the key's id to confirm the deletion", field="confirm")
+    act(request, v, "key.delete", "keys:delete", lambda c: svc.keys.delete_key(c, key_id), object_id=key_id)
+    return _see("/ui/keys")
+
+
+@router.post("/keys/{key_id}/certificate")
+def key_certify(request: Request, key_id: str) -> Response:
+    v = viewer(request)
+    svc = _svc(request)
+    form = form_of(request).only({"common_name", "sans", "validity_days", "self_signed"})
+    sans = [s for s in re.split(r"[\s,]+", form.raw("sans")) if s]
+    req = CertificateRequest(
+        common_name=form.get("common_name") or "",
+        sans=sans,
+        validity_days=_int_field(form, "validity_days") or 365,
+        self_signed=form.get("self_signed") == "on",
+    )
+    act(
+        request,
+        v,
+        "key.certify",
+        "keys:certify",
+        lambda c: svc.keys.certify(c, key_id, req),
+        object_id=key_id,
+    )
+    return _see(f"/ui/keys/{key_id}")
+
+
+# --- policies -------------------------------------------------------------------------------------------
+
+POLICY_TEMPLATE = {
+    "attestation_type": ["TDX"],
+    "tdx": {
+        "attributes": {
+            "mrsignerseam": ["0" * 96],
+            "mrseam": ["<96 hex characters: the TDX module's measurement>"],
+            "seamsvn": 0,
+            "mrtd": ["<96 hex characters: the TD's measurement>"],
+            "enforce_tcb_upto_date": True,
+        }
+    },
+}
+
+
+def _validation_errors(exc: ValidationError) -> list[str]:
+    """As the API words them (``api.problems.validation_detail``): ``field: message``."""
+    out = []
+    for err in exc.errors():
+        field = ".".join(str(p) for p in err.get("loc", ())) or "body"
+        msg = (
+            "unknown field" if err.get("type") == "extra_forbidden" else str(err.get("msg", "invalid value"))
+        )
+        out.append(f"{field}: {msg.removeprefix('Value error, ')}")
+    return out
+
+
+def _parse_policy(text: str) -> TransferPolicyBody:
+    """The editor's text, read by the API's strict JSON reader and the API's model."""
+    try:
+        data = strictjson.loads(text.encode())
+    except InvalidInput as exc:
+        raise InvalidInput(
+            f"the policy is not valid JSON: {exc.detail}", field="policy", errors=[exc.detail]
+        ) from None
+    try:
+        return TransferPolicyBody.model_validate(data)
+    except ValidationError as exc:
+        errors = _validation_errors(exc)
+        raise InvalidInput(errors[0], field="policy", errors=errors) from None
+
+
+@router.get("/policies")
+def policies_page(request: Request) -> Response:
+    v = viewer(request)
+    rows = act(request, v, "policy.search", "key_transfer_policies:search", _svc(request).keys.list_policies)
+    return page(request, "policies.html", v, policies=rows)
+
+
+@router.get("/policies/new")
+def policy_new_page(request: Request) -> Response:
+    v = viewer(request)
+    if not v.can("key_transfer_policies:create"):
+        raise Forbidden("you lack the permission key_transfer_policies:create")
+    return page(
+        request, "policy_edit.html", v, policy=None, text=json.dumps(POLICY_TEMPLATE, indent=2), errors=[]
+    )
+
+
+@router.post("/policies")
+def policy_create(request: Request) -> Response:
+    v = viewer(request)
+    svc = _svc(request)
+    text = form_of(request).only({"policy"}).raw("policy")
+    try:
+        body = _parse_policy(text)
+        row = act(
+            request,
+            v,
+            "policy.create",
+            "key_transfer_policies:create",
+            lambda c: svc.keys.create_policy(c, body),
+        )
+    except InvalidInput as exc:
+        _audit_failure(svc, v.actor, "policy.create", exc, None)
+        return page(
+            request,
+            "policy_edit.html",
+            v,
+            status=400,
+            policy=None,
+            text=text,
+            errors=exc.extra.get("errors") or [exc.detail],
+        )
+    return _see(f"/ui/policies/{row.id}")
+
+
+@router.get("/policies/{policy_id}")
+def policy_page(request: Request, policy_id: str) -> Response:
+    v = viewer(request)
+    svc = _svc(request)
+    row = act(
+        request,
+        v,
+        "policy.retrieve",
+        "key_transfer_policies:retrieve",
+        lambda c: svc.keys.get_policy(c, policy_id),
+        object_id=policy_id,
+    )
+    with svc.db.session() as s:
+        bound = list(s.scalars(select(Key.id).where(Key.transfer_policy_id == row.id)))
+    return page(
+        request,
+        "policy_edit.html",
+        v,
+        policy=row,
+        text=json.dumps(row.body, indent=2),
+        errors=[],
+        bound=bound,
+    )
+
+
+@router.post("/policies/{policy_id}")
+def policy_update(request: Request, policy_id: str) -> Response:
+    v = viewer(request)
+    svc = _svc(request)
+    text = form_of(request).only({"policy"}).raw("policy")
+    try:
+        body = _parse_policy(text)
+        act(
+            request,
+            v,
+            "policy.update",
+            "key_transfer_policies:update",
+            lambda c: svc.keys.update_policy(c, policy_id, body),
+            object_id=policy_id,
+        )
+    except InvalidInput as exc:
+        if exc.field == "policy":
+            _audit_failure(svc, v.actor, "policy.update", exc, policy_id)
+        row = svc.keys.get_policy(Caller(v.actor), policy_id)
+        return page(
+            request,
+            "policy_edit.html",
+            v,
+            status=400,
+            policy=row,
+            text=text,
+            errors=exc.extra.get("errors") or [exc.detail],
+            bound=[],
+        )
+    return _see(f"/ui/policies/{policy_id}")
+
+
+@router.post("/policies/{policy_id}/delete")
+def policy_delete(request: Request, policy_id: str) -> Response:
+    v = viewer(request)
+    svc = _svc(request)
+    form_of(request).only(set())
+    act(
+        request,
+        v,
+        "policy.delete",
+        "key_transfer_policies:delete",
+        lambda c: svc.keys.delete_policy(c, policy_id),
+        object_id=policy_id,
+    )
+    return _see("/ui/policies")
+
+
+def _decode_quote(text: str) -> bytes:
+    """A quote pasted as hex or base64 (standard or URL-safe)."""
+    compact = "".join(text.split())
+    if not compact:
+        raise InvalidInput("quote: paste the quote as hex or base64", field="quote")
+    try:
+        if re.fullmatch(r"[0-9a-fA-F]+", compact) and len(compact) % 2 == 0:
+            return bytes.fromhex(compact)
+        padded = compact + "=" * (-len(compact) % 4)
+        if "-" in compact or "_" in compact:
+            return base64.urlsafe_b64decode(padded)
+        return base64.b64decode(padded, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidInput("quote: not hex or base64", field="quote") from None
+
+
+@router.get("/policy-test")
+def policy_test_page(request: Request, policy: str | None = None) -> Response:
+    v = viewer(request)
+    svc = _svc(request)
+    text = json.dumps(POLICY_TEMPLATE, indent=2)
+    if policy is not None:
+        row = act(
+            request,
+            v,
+            "policy.retrieve",
+            "key_transfer_policies:retrieve",
+            lambda c: svc.keys.get_policy(c, policy),
+            object_id=policy,
+        )
+        text = json.dumps(row.body, indent=2)
+    elif not v.can("key_transfer_policies:retrieve"):
+        raise Forbidden("you lack the permission key_transfer_policies:retrieve")
+    return page(
+        request, "policy_test.html", v, text=text, quote="", client_permissions="", decision=None, errors=[]
+    )
+
+
+@router.post("/policy-test")
+def policy_test(request: Request) -> Response:
+    """As ``keybroker policy test``: verify the quote as this server would (its trust roots and
+    collateral, now), evaluate the policy on its claims, show every reason. Nothing is stored."""
+    v = viewer(request)
+    svc = _svc(request)
+    if not v.can("key_transfer_policies:retrieve"):
+        raise Forbidden("you lack the permission key_transfer_policies:retrieve")
+    form = form_of(request).only({"policy", "quote", "client_permissions"})
+    text, quote_text, perms_text = form.raw("policy"), form.raw("quote"), form.raw("client_permissions")
+    decision = None
+    errors: list[str] = []
+    evidence_error = None
+    try:
+        body = _parse_policy(text)
+        raw = _decode_quote(quote_text)
+        _, _, tee = quote_fmspc_and_ca(raw)
+        verified = svc.verifier.verify(tee, raw, NO_REPORT_DATA)
+        perms = [p.strip() for p in perms_text.split(",") if p.strip()] if perms_text.strip() else None
+        doc = dict(appraisal_input(verified, client_permissions=perms))
+        decision = secl.evaluate_input(body, doc, policy_id="console")
+    except InvalidInput as exc:
+        errors = exc.extra.get("errors") or [exc.detail]
+    except KeybrokerError as exc:  # evidence refused, collateral missing: the verdict, not a page error
+        evidence_error = f"evidence rejected ({exc.extra.get('check', exc.title)}): {exc.detail}"
+    return page(
+        request,
+        "policy_test.html",
+        v,
+        status=400 if errors else 200,
+        text=text,
+        quote=quote_text,
+        client_permissions=perms_text,
+        decision=decision,
+        errors=errors,
+        evidence_error=evidence_error,
+    )
+
+
+# --- audit ------------------------------------------------------------------------------------------------
+
+_OUTCOMES = ("success", "denied", "failed")
+
+
+def _parse_time(name: str, value: str | None) -> datetime | None:
+    if not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise InvalidInput(f"{name}: a date and time like 2025-01-31T12:00", field=name) from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+@router.get("/audit")
+def audit_page(
+    request: Request,
+    actor: str | None = None,
+    action: str | None = None,
+    object_id: str | None = None,
+    outcome: str | None = None,
+    since: str | None = None,
+    until: str | None = None,
+    before: int | None = None,
+) -> Response:
+    v = viewer(request)
+    svc = _svc(request)
+    if not v.can("audit:read"):
+        exc = Forbidden("you lack the permission audit:read", permission="audit:read")
+        _audit_failure(svc, v.actor, "audit.read", exc, None)
+        raise exc
+    if outcome and outcome not in _OUTCOMES:
+        raise InvalidInput("outcome: success, denied or failed", field="outcome")
+    if action and action not in audit.ACTIONS:
+        raise InvalidInput(f"action: one of {', '.join(sorted(audit.ACTIONS))}", field="action")
+    start, end = _parse_time("since", since), _parse_time("until", until)
+    q = select(AuditRecord)
+    if actor:
+        q = q.where(AuditRecord.actor.contains(actor[:256], autoescape=True))
+    if action:
+        q = q.where(AuditRecord.action == action)
+    if object_id:
+        q = q.where(AuditRecord.object_id == object_id[:256])
+    if outcome:
+        q = q.where(AuditRecord.outcome == outcome)
+    if start:
+        q = q.where(AuditRecord.time >= start)
+    if end:
+        q = q.where(AuditRecord.time <= end)
+    if before is not None:
+        q = q.where(AuditRecord.seq < max(0, min(before, 2**62)))
+    with svc.db.session() as s:
+        records = list(s.scalars(q.order_by(AuditRecord.seq.desc()).limit(PAGE_SIZE)))
+        head = s.scalar(select(func.max(AuditRecord.seq))) or 0
+    guard = svc.checkpointer.guard
+    filters = {
+        "actor": actor or "",
+        "action": action or "",
+        "object_id": object_id or "",
+        "outcome": outcome or "",
+        "since": since or "",
+        "until": until or "",
+    }
+    older = records[-1].seq if len(records) == PAGE_SIZE else None
+    return page(
+        request,
+        "audit.html",
+        v,
+        records=records,
+        filters=filters,
+        actions=sorted(audit.ACTIONS),
+        outcomes=_OUTCOMES,
+        alarm=guard.alarm,
+        checkpoint=svc.checkpointer.latest,
+        head=head,
+        anchor=guard.anchor,
+        older=older,
+        chain=None,
+    )
+
+
+@router.get("/audit/verify")
+def audit_verify_page(request: Request) -> Response:
+    """The whole chain checked against this replica's checkpoints, as ``keybroker audit verify``."""
+    from keybroker.audit.checkpoint import CHECKPOINT_FILE, CheckpointError, CheckpointFile
+
+    v = viewer(request)
+    svc = _svc(request)
+    if not v.can("audit:read"):
+        raise Forbidden("you lack the permission audit:read", permission="audit:read")
+    problem = None
+    try:
+        found = CheckpointFile(svc.settings.data_dir / CHECKPOINT_FILE).read_all(
+            svc.checkpointer.signer.public_key
+        )
+        anchors = audit.Anchors(
+            found,
+            datetime.now(UTC),
+            timedelta(seconds=svc.settings.audit.checkpoint_interval_seconds) + audit.CHECKPOINT_SLACK,
+        )
+        with svc.db.session() as s:
+            chain = audit.verify_chain(s, anchors)
+    except CheckpointError as exc:
+        chain, problem = None, f"the checkpoint file does not verify: {exc}"
+    return page(request, "audit_verify.html", v, chain=chain, problem=problem)
+
+
+# --- attestation --------------------------------------------------------------------------------------------
+
+_ATTEMPTS = ("attestation.attest", "key.transfer", "resource.release")
+
+
+def tee_of(r: AuditRecord) -> str:
+    """The TEE an attempt was for, or its protocol when the record does not say (e.g. a transfer)."""
+    d = r.details or {}
+    return str(d.get("tee") or d.get("protocol") or "")
+
+
+@router.get("/attestation")
+def attestation_page(request: Request, tee: str | None = None, outcome: str | None = None) -> Response:
+    v = viewer(request)
+    svc = _svc(request)
+    if not v.can("audit:read"):
+        raise Forbidden("you lack the permission audit:read", permission="audit:read")
+    if outcome and outcome not in _OUTCOMES:
+        raise InvalidInput("outcome: success, denied or failed", field="outcome")
+    now = datetime.now(UTC)
+    with svc.db.session() as s:
+        q = select(AuditRecord).where(AuditRecord.action.in_(_ATTEMPTS))
+        if outcome:
+            q = q.where(AuditRecord.outcome == outcome)
+        attempts = list(s.scalars(q.order_by(AuditRecord.seq.desc()).limit(200)))
+        items = list(s.scalars(select(CollateralItem).order_by(CollateralItem.next_update)))
+    if tee:
+        attempts = [r for r in attempts if tee_of(r).lower() == tee.lower()]
+    counts: dict[tuple[str, str], int] = {}
+    for r in attempts:
+        key = (tee_of(r) or "?", r.outcome)
+        counts[key] = counts.get(key, 0) + 1
+    # the newest piece of each kind per TEE/FMSPC/CA is the one in use
+    current: dict[tuple[Any, ...], CollateralItem] = {}
+    for item in sorted(items, key=lambda i: i.issue_date):
+        current[(item.kind, item.tee, item.fmspc, item.pck_ca)] = item
+    collateral = sorted(
+        current.values(),
+        key=lambda i: i.next_update if i.next_update.tzinfo else i.next_update.replace(tzinfo=UTC),
+    )
+    return page(
+        request,
+        "attestation.html",
+        v,
+        attempts=attempts[:PAGE_SIZE],
+        counts=sorted(counts.items()),
+        collateral=collateral,
+        now=now,
+        tee=tee or "",
+        outcome=outcome or "",
+        tee_of=tee_of,
+    )
+
+
+# --- system -----------------------------------------------------------------------------------------------------
+
+
+def _system(
+    request: Request, v: Viewer, status: int = 200, error: str | None = None, notice: str | None = None
+) -> HTMLResponse:
+    svc = _svc(request)
+    st = svc.barrier.status()
+    try:
+        svc.keystore.health()
+        health: str | None = None
+    except (BackendUnavailable, Sealed) as exc:
+        health = exc.detail
+    with svc.db.session() as s:
+        counts = {
+            "keys": s.scalar(select(func.count()).select_from(Key)) or 0,
+            "policies": s.scalar(select(func.count()).select_from(TransferPolicy)) or 0,
+            "tokens on record": s.scalar(select(func.count()).select_from(BearerToken)) or 0,
+            "audit records": s.scalar(select(func.max(AuditRecord.seq))) or 0,
+        }
+    return page(
+        request,
+        "system.html",
+        v,
+        status=status,
+        st=st,
+        keystore=svc.settings.keystore.type,
+        health=health,
+        counts=counts,
+        checkpoint=svc.checkpointer.latest,
+        alarm=svc.checkpointer.guard.alarm,
+        error=error,
+        notice=notice,
+    )
+
+
+@router.get("/system")
+def system_page(request: Request) -> Response:
+    return _system(request, viewer(request))
+
+
+@router.post("/system/unseal")
+def unseal(request: Request) -> Response:
+    """One unseal share, or a reset, through the same service (limits, audit) as /sys/v1/unseal."""
+    v = viewer(request)
+    svc = _svc(request)
+    form = form_of(request).only({"share", "reset"})
+    client = client_key(request.client.host if request.client else None)
+    try:
+        if form.get("reset"):
+            svc.unseal.reset(client)
+            return _system(request, v, notice="the unseal attempt was reset")
+        share = form.get("share")
+        if share is None:
+            raise InvalidInput("share: one unseal share (base64)", field="share")
+        st = svc.unseal.submit(share, client)
+    except InvalidInput as exc:
+        return _system(request, v, status=400, error=exc.detail)
+    return _system(
+        request, v, notice="unsealed" if not st.sealed else f"share accepted: {st.progress}/{st.threshold}"
+    )
+
+
+@router.post("/system/seal")
+def seal(request: Request) -> Response:
+    v = viewer(request)
+    svc = _svc(request)
+    form_of(request).only(set())
+
+    def run(c: Caller) -> None:
+        try:
+            with svc.db.session() as s:
+                audit.append(s, actor=c.actor, action="sys.seal", outcome="success")
+        finally:
+            svc.barrier.seal()
+
+    act(request, v, "sys.seal", "sys:seal", run)
+    return _see("/ui/system")

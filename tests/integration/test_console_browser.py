@@ -1,0 +1,308 @@
+"""The console in a real browser: Debian's headless Chromium driven by Playwright (the system
+browser's executable; no browser download), against ``keybroker serve --dev`` over TLS and a real
+OpenID provider (oidc-provider on Node.js, tests/helpers/oidc.py).
+
+Alice signs in at the provider, writes a policy, creates a key bound to it; a simulated TD is
+denied; the denial's reasons are on the audit page; she fixes the policy and the release succeeds.
+Bob, an auditor, does not see the actions he may not take. Screenshots of each page go to
+``$KEYBROKER_TEST_OUTPUT/console-screenshots`` (default: the pytest run's temporary directory).
+
+The browser trusts exactly the two servers' keys (``--ignore-certificate-errors-spki-list``), not
+every certificate.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import hashlib
+import json
+import os
+import shutil
+import ssl
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from tests.api.test_transfer_v1 import TDX_SIM_POLICY
+from tests.helpers.oidc import OidcProvider
+from tests.helpers.postgres import free_port
+from tests.helpers.server import Server
+
+pytestmark = [pytest.mark.browser, pytest.mark.oidc]
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+BIN = Path(sys.executable).parent
+WRONG_MRTD = "00" * 48
+
+
+def _spki_pin(host: str, port: int) -> str:
+    pem = ssl.get_server_certificate((host, port))
+    spki = (
+        x509.load_pem_x509_certificate(pem.encode())
+        .public_key()
+        .public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    return base64.b64encode(hashlib.sha256(spki).digest()).decode()
+
+
+@dataclass
+class Stack:
+    idp: OidcProvider
+    server: Server
+    shots: Path
+    #: A port registered with the provider for a second (production-mode) server.
+    spare_port: int
+    conf: Path
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Debian's chromium is not installed (make test installs it when run as root)")
+    pytest.importorskip("playwright.sync_api")
+    base = tmp_path_factory.mktemp("console")
+    port, spare = free_port(), free_port()
+    idp = OidcProvider(
+        base / "idp", [f"https://127.0.0.1:{p}/ui/auth/callback" for p in (port, spare)]
+    ).start()
+    conf = base / "keybroker.toml"
+    conf.write_text(idp.config_toml())
+    server = Server(base / "data", extra=["--dev", "--config", str(conf)], port=port)
+    try:
+        server.start()
+        out = Path(os.environ.get("KEYBROKER_TEST_OUTPUT", tmp_path_factory.getbasetemp()))
+        shots = out / "console-screenshots"
+        shots.mkdir(parents=True, exist_ok=True)
+        yield Stack(idp, server, shots, spare, conf)
+    finally:
+        server.stop()
+        idp.stop()
+
+
+@pytest.fixture(scope="module")
+def browser(stack: Stack) -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    pins = ",".join([_spki_pin("127.0.0.1", stack.server.port), _spki_pin("127.0.0.1", stack.idp.port)])
+    with sync_playwright() as p:
+        b = p.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=["--no-sandbox", f"--ignore-certificate-errors-spki-list={pins}"],
+        )
+        yield b
+        b.close()
+
+
+def _sign_in(page: Any, stack: Stack, login: str, server: Server | None = None) -> None:
+    server = server or stack.server
+    page.goto(f"{server.url}/ui/")
+    assert page.url.endswith("/ui/login")
+    page.get_by_role("link", name="Sign in with OpenID Connect").click()
+    page.wait_for_url(f"{stack.idp.issuer}/**")
+    page.fill("input[name=login]", login)
+    page.fill("input[name=password]", "any")
+    page.click("button[type=submit]")
+    page.wait_for_selector("button[type=submit]")
+    if "consent" in page.content().lower() or "authorize" in page.content().lower():
+        page.click("button[type=submit]")
+    page.wait_for_url(f"{server.url}/ui/**")
+    page.wait_for_selector("form.who")
+
+
+def _client_get_key(stack: Stack, key_id: str, out: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            str(BIN / "keybroker-client"),
+            "get-key",
+            key_id,
+            "--server",
+            stack.server.url,
+            "--ca-file",
+            str(stack.server.ca),
+            "--tee",
+            "sim-tdx",
+            "--dev-pki",
+            str(stack.server.data_dir / "dev-pki"),
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_an_operator_releases_a_key_from_the_console(stack: Stack, browser: Any, tmp_path: Path) -> None:
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    page = context.new_page()
+    csp_errors: list[str] = []
+    page.on("console", lambda m: csp_errors.append(m.text) if "Content Security Policy" in m.text else None)
+    _sign_in(page, stack, "alice")
+    assert "Alice Admin" in page.inner_text("form.who")
+
+    cookie = next(c for c in context.cookies() if c["name"] == "__Host-kb_session")
+    assert (cookie["httpOnly"], cookie["secure"], cookie["sameSite"], cookie["path"]) == (
+        True,
+        True,
+        "Strict",
+        "/",
+    )
+
+    # a policy that does not match the simulated TD (another MRTD)
+    wrong = copy.deepcopy(TDX_SIM_POLICY)
+    wrong["tdx"]["attributes"]["mrtd"] = [WRONG_MRTD]
+    page.goto(f"{stack.server.url}/ui/policies/new")
+    page.fill("#policy", json.dumps({"attestation_type": ["TDX"], "tdx": {}}))
+    page.click("text=Create policy")
+    assert "tdx.attributes" in page.inner_text("#policy-errors")
+    page.screenshot(path=str(stack.shots / "policy-errors.png"), full_page=True)
+    page.fill("#policy", json.dumps(wrong, indent=2))
+    page.click("text=Create policy")
+    policy_id = page.url.rsplit("/", 1)[1]
+    page.screenshot(path=str(stack.shots / "policy.png"), full_page=True)
+
+    page.goto(f"{stack.server.url}/ui/keys/new")
+    page.select_option("#k-alg", "RSA")
+    page.fill("#k-len", "3072")
+    page.fill("#k-label", "web-tls")
+    page.select_option("#k-policy", policy_id)
+    page.click("text=Create key")
+    key_id = page.url.rsplit("/", 1)[1]
+    assert "web-tls" in page.inner_text("main")
+    page.screenshot(path=str(stack.shots / "key.png"), full_page=True)
+
+    denied = _client_get_key(stack, key_id, tmp_path / "k1.pem")
+    assert denied.returncode != 0, denied.stdout
+
+    page.goto(f"{stack.server.url}/ui/audit")
+    page.fill("#a-object", key_id)
+    page.select_option("#a-outcome", "denied")
+    page.click("form.filters button[type=submit]")
+    page.wait_for_selector("li.record.denied")
+    record = page.inner_text("li.record.denied")
+    assert "key.transfer" in record and "mrtd" in record.lower()
+    page.screenshot(path=str(stack.shots / "audit-denial.png"), full_page=True)
+
+    page.goto(f"{stack.server.url}/ui/policies/{policy_id}")
+    page.fill("#policy", json.dumps(TDX_SIM_POLICY, indent=2))
+    page.click("text=Save")
+    assert page.url.endswith(f"/ui/policies/{policy_id}")
+
+    granted = _client_get_key(stack, key_id, tmp_path / "k2.pem")
+    assert granted.returncode == 0, granted.stderr
+    assert b"PRIVATE KEY" in (tmp_path / "k2.pem").read_bytes()
+
+    page.goto(f"{stack.server.url}/ui/keys/{key_id}")
+    history = page.inner_text("main")
+    assert "success" in history and "denied" in history
+    page.goto(f"{stack.server.url}/ui/audit?object_id={key_id}&action=key.transfer")
+    page.screenshot(path=str(stack.shots / "audit.png"), full_page=True)
+    assert "granted" in page.inner_text("#results") or "success" in page.inner_text("#results")
+
+    for name in ("system", "attestation", "keys", "policies"):
+        page.goto(f"{stack.server.url}/ui/{name}")
+        page.screenshot(path=str(stack.shots / f"{name}.png"), full_page=True)
+    # a phone's width: nothing wider than the screen
+    page.set_viewport_size({"width": 390, "height": 844})
+    for name in ("keys", "audit", "system"):
+        page.goto(f"{stack.server.url}/ui/{name}")
+        width = page.evaluate("document.documentElement.scrollWidth")
+        assert width <= 390, (name, width)
+        page.screenshot(path=str(stack.shots / f"{name}-phone.png"), full_page=True)
+    assert csp_errors == []
+
+    # who did it: the person, by the provider's sub and e-mail
+    page.set_viewport_size({"width": 1280, "height": 800})
+    page.goto(f"{stack.server.url}/ui/audit?action=policy.update")
+    assert "oidc:alice <alice@example.com>" in page.inner_text("#results")
+    page.click("text=Sign out")
+    page.wait_for_url(f"{stack.server.url}/ui/login")
+    page.goto(f"{stack.server.url}/ui/keys")
+    assert page.url.endswith("/ui/login")
+    context.close()
+
+
+def test_an_auditor_does_not_see_what_he_may_not_do(stack: Stack, browser: Any) -> None:
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    page = context.new_page()
+    _sign_in(page, stack, "bob")
+    page.goto(f"{stack.server.url}/ui/keys")
+    assert page.get_by_role("link", name="New key").count() == 0
+    page.goto(f"{stack.server.url}/ui/policies")
+    assert page.get_by_role("link", name="New policy").count() == 0
+    page.goto(f"{stack.server.url}/ui/system")
+    assert page.get_by_role("button", name="Seal now").count() == 0
+    page.goto(f"{stack.server.url}/ui/keys/new")
+    assert "keys:create" in page.inner_text("main")
+    context.close()
+
+    # someone whose groups map to no role sees nothing but the system page
+    context = browser.new_context()
+    page = context.new_page()
+    _sign_in(page, stack, "mallory")
+    nav = page.inner_text("header nav")
+    assert "Keys" not in nav and "Audit" not in nav and "System" in nav
+    context.close()
+
+
+def test_an_operator_unseals_from_the_console(stack: Stack, browser: Any, tmp_path: Path) -> None:
+    """A production-mode server (Shamir shares, no --dev): the shares typed into the System page go
+    over the same TLS to the same unseal service; a wrong share is refused and audited."""
+    server = Server(tmp_path / "data", extra=["--config", str(stack.conf)], port=stack.spare_port).start()
+    try:
+        init = subprocess.run(
+            [
+                str(BIN / "keybroker"),
+                "operator",
+                "init",
+                "--shares",
+                "3",
+                "--threshold",
+                "2",
+                "--json",
+                "--data-dir",
+                str(server.data_dir),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert init.returncode == 0, init.stderr
+        shares = json.loads(init.stdout)["unseal_shares"]
+        pins = ",".join([_spki_pin("127.0.0.1", server.port), _spki_pin("127.0.0.1", stack.idp.port)])
+        # the browser of the fixture trusts the first server's key only: another with this one's
+        other = browser.browser_type.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=["--no-sandbox", f"--ignore-certificate-errors-spki-list={pins}"],
+        )
+        try:
+            page = other.new_page(viewport={"width": 1280, "height": 800})
+            _sign_in(page, stack, "alice", server)
+            assert page.url.endswith("/ui/system")
+            assert page.inner_text("#seal-state") == "sealed"
+            page.fill("#share", "not a share!")
+            page.click("text=Give this share")
+            assert "share" in page.inner_text("p.error").lower()
+            page.fill("#share", shares[0])
+            page.click("text=Give this share")
+            assert "1/2" in page.inner_text("main")
+            page.screenshot(path=str(stack.shots / "system-unseal.png"), full_page=True)
+            page.fill("#share", shares[1])
+            page.click("text=Give this share")
+            assert page.inner_text("#seal-state") == "unsealed"
+            page.goto(f"{server.url}/ui/audit?action=sys.unseal")
+            results = page.inner_text("#results")
+            assert "success" in results and "failed" in results
+        finally:
+            other.close()
+    finally:
+        server.stop()
