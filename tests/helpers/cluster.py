@@ -84,7 +84,7 @@ class Cluster:
         self.shares, self.admin_token = out["unseal_shares"], out["admin_token"]
         self.unseal(first)
         assert self.pki is not None
-        r = keybroker(
+        imported = keybroker(
             "collateral",
             "import",
             str(self.pki.collateral_path("sgx")),
@@ -94,7 +94,7 @@ class Cluster:
             "--data-dir",
             str(first.data_dir),
         )
-        assert r.returncode == 0, r.stdout + r.stderr
+        assert imported.returncode == 0, imported.stdout + imported.stderr
         for i in range(1, count):
             self.add()
         return self

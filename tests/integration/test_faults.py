@@ -4,7 +4,10 @@ Two ``keybroker serve`` replicas (real processes, each in its own process group)
 server, initialized and unsealed as an operator does (``tests/helpers/cluster.py``), under a light
 load: ``/kbs/v1`` transfers whose challenge is asked of one replica and whose evidence is sent to
 the other, each success replayed on the first one (it must be refused); keys created (each ``201``
-is an acknowledged key); keys read; ``/sys/v1/seal-status``. Clients go to the replicas in turn;
+is an acknowledged key); keys read; ``/sys/v1/seal-status``; the routes that came with the console,
+SEV-SNP and TPM: a console page with a signed-in session (``/ui/keys``), the TPM AK list
+(``/kbs/v1/tpm/aks``) and a KDS read (``/vcek/v1/Milan/cert_chain``, not cached: 404). Clients go
+to the replicas in turn;
 a refused connection (nothing listens) sends the request to the other replica, as a load balancer
 does, since it reached no server. The faults:
 
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import html
 import itertools
 import re
 import signal
@@ -37,6 +41,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +55,7 @@ from tests.helpers import cluster, openbao, postgres, procs
 from tests.helpers.server import Server, keybroker
 
 from keybroker.tee import sim
+from keybroker.ui import security
 from keybroker.wire import binding
 
 #: The replicas' statement timeout in these tests (the default is 5 s): the client-side deadline of
@@ -62,7 +68,22 @@ URL_QUERY = f"?options=-c%20statement_timeout%3D{STATEMENT_TIMEOUT_S}s&connect_t
 WORST_CASE_S = 15.0
 #: How soon after the backend is back every kind of call must succeed again.
 RECOVERY_S = 10.0
-KINDS = {"challenge", "transfer", "replay", "key.create", "key.retrieve", "seal-status"}
+KINDS = {
+    "challenge",
+    "transfer",
+    "replay",
+    "key.create",
+    "key.retrieve",
+    "seal-status",
+    "console",
+    "tpm.aks",
+    "kds",
+}
+#: What a call of each kind answers when it works, at most (a replay works when it is refused, a
+#: KDS read of a chain nobody cached works when it says so).
+WORKED = {"replay": 403, "kds": 404}
+_HTML_TITLE = re.compile(r"<h1>(.*?)</h1>", re.S)
+_HTML_ERROR = re.compile(r'<p class="error" role="alert">(.*?)</p>', re.S)
 
 _WORKLOAD = rsa.generate_private_key(public_exponent=65537, key_size=3072)
 SPKI = _WORKLOAD.public_key().public_bytes(
@@ -96,6 +117,8 @@ class Load:
     key_id: str
     policy_id: str
     pki: sim.DevPki
+    #: The console session's cookie secret (a signed-in person's, see :func:`_console_session`).
+    console: str
     calls: list[Call] = field(default_factory=list)
     acknowledged: list[str] = field(default_factory=list)  # keys created (201)
     #: Replicas that refused a connection, out of rotation until :meth:`rejoin`.
@@ -143,8 +166,14 @@ class Load:
         index, r, started = self._send(clients, prefer, request)
         call = Call(kind, index, started, time.monotonic(), 0 if r is None else r.status_code, nonce=nonce)
         if r is not None and r.status_code >= 400:
-            body = r.json() if r.headers.get("content-type", "").endswith("json") else {}
-            call.title, call.detail = body.get("title", ""), body.get("detail", "")
+            kind_of = r.headers.get("content-type", "")
+            if kind_of.startswith("text/html"):  # the console's error page
+                title, error = _HTML_TITLE.search(r.text), _HTML_ERROR.search(r.text)
+                call.title = html.unescape(title.group(1)) if title else ""
+                call.detail = html.unescape(error.group(1)) if error else ""
+            else:
+                body = r.json() if kind_of.endswith("json") else {}
+                call.title, call.detail = body.get("title", ""), body.get("detail", "")
             call.retry_after = r.headers.get("retry-after")
         with self.lock:
             self.calls.append(call)
@@ -178,6 +207,10 @@ class Load:
                 self.acknowledged.append(r.json()["key_information"]["id"])
         self._call("key.retrieve", clients, i + 1, lambda c: c.get(f"/kbs/v1/keys/{self.key_id}"))
         self._call("seal-status", clients, i, lambda c: c.get("/sys/v1/seal-status"))
+        self._call("tpm.aks", clients, i + 1, lambda c: c.get("/kbs/v1/tpm/aks"))
+        self._call("kds", clients, i, lambda c: c.get("/vcek/v1/Milan/cert_chain"))
+        cookie = {"Cookie": f"{security.SESSION_COOKIE}={self.console}"}
+        self._call("console", clients, i + 1, lambda c: c.get("/ui/keys", headers=cookie))
 
     def _transfer(self, clients: list[httpx.Client]) -> None:
         url = f"/kbs/v1/keys/{self.key_id}/transfer"
@@ -233,6 +266,7 @@ class Broker:
     cluster: cluster.Cluster
     key_id: str
     policy_id: str
+    console: str
 
     @property
     def replicas(self) -> list[Server]:
@@ -240,7 +274,14 @@ class Broker:
 
     def load(self) -> Load:
         assert self.cluster.pki is not None
-        return Load(self.replicas, self.cluster.admin_token, self.key_id, self.policy_id, self.cluster.pki)
+        return Load(
+            self.replicas,
+            self.cluster.admin_token,
+            self.key_id,
+            self.policy_id,
+            self.cluster.pki,
+            self.console,
+        )
 
 
 @pytest.fixture
@@ -250,6 +291,32 @@ def pg() -> Iterator[postgres.PostgresServer]:
         pytest.skip("PostgreSQL binaries not installed")
     yield server
     server.stop()
+
+
+def _console_session(database: str) -> str:
+    """A console session of a key admin, as an OpenID sign-in leaves it (production replicas have no
+    dev login): the row keyed by the SHA-256 of the cookie's secret. Returns the secret."""
+    secret = security.new_secret()
+    now = datetime.now(UTC)
+    engine = create_engine(database)
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO console_sessions (id, state, source, subject, roles, created_at, "
+                    "last_seen_at, expires_at) VALUES (:id, 'active', 'oidc', 'alice', "
+                    "CAST(:roles AS json), :now, :now, :end)"
+                ),
+                {
+                    "id": security.secret_id(secret),
+                    "roles": '["key-admin"]',
+                    "now": now,
+                    "end": now + timedelta(hours=1),
+                },
+            )
+    finally:
+        engine.dispose()
+    return secret
 
 
 def _broker(pg: postgres.PostgresServer, base: Path, **sections: dict[str, Any]) -> Iterator[Broker]:
@@ -268,7 +335,7 @@ def _broker(pg: postgres.PostgresServer, base: Path, **sections: dict[str, Any])
                 },
             )
             assert r.status_code == 201, r.text
-        yield Broker(pg, c, r.json()["key_information"]["id"], policy_id)
+        yield Broker(pg, c, r.json()["key_information"]["id"], policy_id, _console_session(c.database))
     finally:
         c.stop()
 
@@ -313,6 +380,8 @@ def _check_calls(calls: list[Call], fault: Fault) -> None:
             assert c.status in (403, 503), c
             if c.status == 403:
                 assert "already used" in c.detail, c
+        elif c.kind == "kds" and c.status == 404:
+            assert c.title == "No cached collateral" and "Milan" in c.detail, c
         elif c.status >= 400:
             assert fault.killed is None, c  # the other replica answers everything
             assert c.status == 503, c
@@ -329,7 +398,7 @@ def _check_calls(calls: list[Call], fault: Fault) -> None:
         # before the fault it worked; within RECOVERY_S of the backend's return it works again on
         # every replica, and from then on nothing fails
         mine = [c for c in calls if c.kind == kind]
-        worked = 403 if kind == "replay" else 399  # a replay works when it is refused
+        worked = WORKED.get(kind, 399)
         assert any(0 < c.status <= worked and c.ended < fault.down for c in mine), kind
         back = [c for c in mine if c.started > fault.up + RECOVERY_S]
         assert back and all(0 < c.status <= worked for c in back), (kind, back[:3])
@@ -435,14 +504,32 @@ def _database_gauges(server: Server) -> tuple[float, float]:
     return float(found["keybroker_database_up"]), float(found["keybroker_database_outages_total"])
 
 
+def _new_routes(broker: Broker) -> list[tuple[str, int, dict[str, str], str]]:
+    """A console page, the TPM AK list and a KDS read asked of each replica: (what, status, headers,
+    body)."""
+    cookie = {"Cookie": f"{security.SESSION_COOKIE}={broker.console}"}
+    answers = []
+    for server in broker.replicas:
+        with server.client(broker.cluster.admin_token) as c:
+            for what, r in (
+                ("console", c.get("/ui/keys", headers=cookie)),
+                ("tpm.aks", c.get("/kbs/v1/tpm/aks")),
+                ("kds", c.get("/vcek/v1/Milan/cert_chain")),
+            ):
+                answers.append((what, r.status_code, dict(r.headers), r.text))
+    return answers
+
+
 def test_database_stopped_and_started_again(broker: Broker, record_property: Callable[..., None]) -> None:
     during: list[tuple[float, float]] = []
+    new_routes: list[tuple[str, int, dict[str, str], str]] = []
 
     def fault(load: Load) -> Fault:
         broker.pg.shut_down("fast")
         down = time.monotonic()
         time.sleep(3)
         during.append(_database_gauges(broker.replicas[0]))  # /metrics answers, without the database
+        new_routes.extend(_new_routes(broker))
         time.sleep(2)
         broker.pg.start_again()
         return Fault(down, time.monotonic())
@@ -451,6 +538,21 @@ def test_database_stopped_and_started_again(broker: Broker, record_property: Cal
     load, calls, f = _under_load(broker, fault)
     assert during == [(0.0, 1.0)]
     assert _database_gauges(broker.replicas[0]) == (1.0, 1.0)
+    # the console, TPM and KDS routes during the outage: 503 Backend unavailable naming the
+    # database, with Retry-After; the console's as its own error page, with its security headers
+    assert [(what, status) for what, status, _, _ in new_routes] == [
+        ("console", 503),
+        ("tpm.aks", 503),
+        ("kds", 503),
+    ] * 2, new_routes
+    for what, _, headers, body in new_routes:
+        assert headers["retry-after"].isdigit() and int(headers["retry-after"]) >= 1, what
+        assert "Backend unavailable" in body and "the database is unavailable: " in body, (what, body)
+        if what == "console":
+            assert headers["content-type"].startswith("text/html"), headers
+            assert headers["content-security-policy"].startswith("default-src 'none'"), headers
+        else:
+            assert headers["content-type"] == "application/problem+json", headers
     _check_calls(calls, f)
     assert any(c.status == 503 for c in calls), "the fault did not reach the service"
     _check_logs(broker, outages=1, fault=f)

@@ -57,6 +57,31 @@ def _database(request: Request) -> Database | None:
     return db if isinstance(db, Database) else None
 
 
+def store_error(request: Request, exc: SQLAlchemyError) -> BackendUnavailable | None:
+    """The 503 for a database error that means the database is unavailable (recorded in its
+    ``Availability``, which logs once per outage), or None for any other (a bug: a 500)."""
+    db = _database(request)
+    reason = db.availability.failed(exc) if db is not None else unavailable_reason(exc)
+    return None if reason is None else database_unavailable(reason)
+
+
+def is_logged(exc: KeybrokerError) -> bool:
+    """Whether ``exc`` is logged as an error: a 5xx, except an unavailable database (logged once per
+    outage by ``store.db.Availability``, not per request) and a sealed replica's refusals (its state,
+    audited when sealed: a load balancer's health checks would log one a second)."""
+    return exc.status >= 500 and exc.extra.get("backend") != "database" and not isinstance(exc, Sealed)
+
+
+def retry_after(exc: KeybrokerError) -> int | None:
+    """The ``Retry-After`` of ``exc``: its own, else that of a backend which is away and comes back
+    (the database, a key store, a remote service); an audit chain alarm has none (an operator ends
+    it)."""
+    value = exc.extra.get("retry_after")
+    if value is None and isinstance(exc, BackendUnavailable) and not isinstance(exc, AuditChainAlarm):
+        value = RETRY_AFTER_SECONDS
+    return value if isinstance(value, int) else None
+
+
 def _loc(loc: tuple[int | str, ...]) -> str:
     parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
     return ".".join(parts) or "body"
@@ -81,30 +106,20 @@ def validation_detail(exc: RequestValidationError) -> tuple[str, str, list[dict[
 def install(app: FastAPI) -> None:
     @app.exception_handler(KeybrokerError)
     async def _domain(request: Request, exc: KeybrokerError) -> JSONResponse:
-        # an unavailable database is logged once per outage (store.db.Availability), not per request;
-        # a sealed replica's refusals are its state (audited when sealed), not errors: a load
-        # balancer's health checks would log one a second
-        if exc.status >= 500 and exc.extra.get("backend") != "database" and not isinstance(exc, Sealed):
+        if is_logged(exc):
             log.error("request failed: %s %s: %s", request.method, request.url.path, exc.diagnostics())
         resp = problem(exc.status, exc.title, exc.detail, request, **exc.extra)
-        retry_after = exc.extra.get("retry_after")
-        if (
-            retry_after is None
-            and isinstance(exc, BackendUnavailable)
-            and not isinstance(exc, AuditChainAlarm)
-        ):
-            retry_after = RETRY_AFTER_SECONDS  # a backend away (key store, remote service) comes back
-        if isinstance(retry_after, int):
-            resp.headers["Retry-After"] = str(retry_after)
+        after = retry_after(exc)
+        if after is not None:
+            resp.headers["Retry-After"] = str(after)
         return resp
 
     @app.exception_handler(SQLAlchemyError)
     async def _store(request: Request, exc: SQLAlchemyError) -> JSONResponse:
-        db = _database(request)
-        reason = db.availability.failed(exc) if db is not None else unavailable_reason(exc)
-        if reason is None:
+        unavailable = store_error(request, exc)
+        if unavailable is None:
             return _internal(request, exc)
-        return await _domain(request, database_unavailable(reason))
+        return await _domain(request, unavailable)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:

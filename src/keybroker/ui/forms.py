@@ -12,7 +12,8 @@ handler can forget these checks:
   the sign-in page, its sign-in cookie), compared in constant time; a request the browser marks as
   cross-site (``Sec-Fetch-Site``) or whose ``Origin`` is not this site is refused before that;
 - the response carries the console's security headers (:func:`keybroker.ui.security.harden`), and
-  a domain error becomes an HTML page with the status the API would give, not a problem document.
+  a domain error becomes an HTML page with the status the API would give, not a problem document;
+  so does an unavailable database (503 with ``Retry-After``, logged once per outage, as on the API).
 """
 
 from __future__ import annotations
@@ -24,9 +25,11 @@ from collections.abc import Callable, Collection, Coroutine
 from typing import Any
 
 from fastapi import Request, Response
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.responses import HTMLResponse
 
 from keybroker.api.body import StrictRoute, media_type
+from keybroker.api.problems import is_logged, retry_after, store_error
 from keybroker.errors import Forbidden, InvalidInput, KeybrokerError, UnsupportedMediaType
 from keybroker.ui import security
 
@@ -154,6 +157,11 @@ class StrictFormRoute(StrictRoute):
                 response = await handler(request)
             except KeybrokerError as exc:
                 response = _error_page(request, exc)
+            except SQLAlchemyError as exc:
+                unavailable = store_error(request, exc)
+                if unavailable is None:
+                    raise  # a bug: the API's handler answers 500 and logs it
+                response = _error_page(request, unavailable)
             security.harden(request, response)
             return response
 
@@ -163,7 +171,10 @@ class StrictFormRoute(StrictRoute):
 def _error_page(request: Request, exc: KeybrokerError) -> Response:
     from keybroker.ui.pages import render_error
 
-    if exc.status >= 500:
+    if is_logged(exc):
         log.error("console request failed: %s %s: %s", request.method, request.url.path, exc.diagnostics())
     page: HTMLResponse = render_error(request, exc)
+    after = retry_after(exc)
+    if after is not None:
+        page.headers["Retry-After"] = str(after)
     return page
