@@ -232,3 +232,55 @@ def test_a_certificate_put_in_the_database_is_not_pinned(first: Services, tmp_pa
         assert (first.settings.data_dir / "ca" / "ca.pem").read_bytes() == genuine
     finally:
         second.db.dispose()
+
+
+def test_a_console_session_from_one_replica_is_good_on_the_other(first: Services, tmp_path: Path) -> None:
+    """Behind a load balancer, a person signed in through one replica keeps their session and its
+    CSRF token on the next request, which another replica answers, and signing out on either ends it
+    on both: the session is a row in the shared database (the SHA-256 of the cookie's random secret)
+    and the CSRF token an HMAC keyed with that secret, so no replica holds a key of its own for
+    either."""
+    from fastapi.testclient import TestClient
+    from tests.api.test_console import LOCAL, sign_in
+
+    from keybroker.api.app import create_app
+    from keybroker.ui import security
+
+    second = _second(tmp_path)
+    try:
+        _unseal(second, first)
+        base = "https://127.0.0.1:9443"
+        with (
+            TestClient(create_app(first), base_url=base, client=LOCAL) as a,
+            TestClient(create_app(second), base_url=base, client=LOCAL) as b,
+        ):
+            csrf = sign_in(a, "alice", ["key-admin"])  # the dev login: the first replica is --dev
+            secret = a.cookies.get(security.SESSION_COOKIE)
+            assert secret
+            b.cookies.set(security.SESSION_COOKIE, secret, domain="127.0.0.1")  # the same browser
+            keys = b.get("/ui/keys", follow_redirects=False)
+            assert keys.status_code == 200 and "alice" in keys.text
+            r = b.post(
+                "/ui/keys",
+                data={
+                    "csrf": csrf,
+                    "mode": "generate",
+                    "algorithm": "AES",
+                    "key_length": "256",
+                    "label": "lb",
+                },
+                follow_redirects=False,
+            )
+            assert r.status_code == 303, r.text
+            key_id = r.headers["location"].rsplit("/", 1)[1]
+            assert key_id in a.get("/ui/keys").text  # made through the second, seen through the first
+            # a CSRF token of another session is refused on the second as on the first
+            other = TestClient(create_app(first), base_url=base, client=LOCAL)
+            with other:
+                stranger = sign_in(other, "mallory", ["key-admin"])
+            assert b.post("/ui/logout", data={"csrf": stranger}).status_code == 403
+            assert b.post("/ui/logout", data={"csrf": csrf}, follow_redirects=False).status_code == 303
+            a_after = a.get("/ui/keys", follow_redirects=False)
+            assert a_after.status_code == 303 and a_after.headers["location"] == "/ui/login"
+    finally:
+        second.db.dispose()
