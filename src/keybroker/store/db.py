@@ -16,6 +16,8 @@ from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event, inspect, make_url, text
 from sqlalchemy.orm import Session, sessionmaker
 
+from keybroker import stages
+
 _MIGRATIONS = Path(__file__).with_name("migrations")
 #: Execution option: this transaction's commit need not reach the disk before it returns.
 _LAZY_COMMIT = "keybroker_lazy_commit"
@@ -55,12 +57,15 @@ def make_engine(url: str) -> Engine:
 
         @event.listens_for(engine, "begin")
         def _sqlite_begin(conn: Any) -> None:
-            # synchronous=NORMAL for a transaction opened with durable=False (see Database.session)
+            # synchronous=NORMAL for a transaction opened with durable=False (see Database.session).
+            # On the driver's connection: SQLAlchemy's execution path (events, a result) costs more
+            # than the statements, and these two run on every transaction.
+            driver = conn.connection.driver_connection
             want = "NORMAL" if conn.get_execution_options().get(_LAZY_COMMIT) else "FULL"
             if conn.info.get("synchronous") != want:
-                conn.exec_driver_sql(f"PRAGMA synchronous={want}")
+                driver.execute(f"PRAGMA synchronous={want}")
                 conn.info["synchronous"] = want
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            driver.execute("BEGIN IMMEDIATE")
 
         return engine
     return create_engine(url, pool_pre_ping=True)
@@ -128,7 +133,7 @@ class Database:
         is harmless, such as a nonce issued (the client asks again) or a nonce used by a request
         whose outcome is committed durably next (the release or the denial's audit record).
         """
-        with self._serial, self._sessions() as session, session.begin():
+        with stages.stage("database"), self._serial, self._sessions() as session, session.begin():
             if not durable:
                 if self._sqlite:
                     session.connection(execution_options={_LAZY_COMMIT: True})
