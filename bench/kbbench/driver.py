@@ -269,8 +269,10 @@ def compare_with_peer(level: Level, peer_results: Sequence[Level]) -> None:
             level.peer_p99_ms = p.p99_ms
             level.peer_server_cpu_ms_per_tx = p.server_cpu_ms_per_tx
             level.vs_floor = round(level.tx_per_s / p.tx_per_s, 3)
-            if level.transfers:
+            # CPU is read in clock ticks (10 ms): a level of a few transfers may read none
+            if level.transfers and level.server_cpu_ms_per_tx > 0:
                 level.cpu_vs_floor = round(p.server_cpu_ms_per_tx / level.server_cpu_ms_per_tx, 3)
+            if level.transfers and p.server_cpu_ms_per_tx > 0:
                 level.cpu_x_floor = round(level.server_cpu_ms_per_tx / p.server_cpu_ms_per_tx, 2)
             return
 

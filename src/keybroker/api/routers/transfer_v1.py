@@ -98,9 +98,15 @@ def _b64(value: str | None, field: str) -> bytes:
         raise InvalidInput(f"{field} is not valid base64", field=field) from None
 
 
-#: The ``Attestation-Type`` header as FastAPI documented it when it was a ``Header`` parameter. It is
-#: read by :func:`_attestation_type` instead: FastAPI's parameter machinery cost more than the rest
-#: of the request's routing (``bench/transfer.py``).
+#: The route's parameters as FastAPI documented them when they were function parameters. They are read
+#: from the request instead (the key id from the path, :func:`_attestation_type`): FastAPI's parameter
+#: machinery cost more than the rest of the request's routing (``bench/transfer.py``).
+_KEY_ID_PARAMETER: Final = {
+    "name": "key_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "title": "Key Id"},
+}
 _ATTESTATION_TYPE_VALUES: Final = (*REGISTRY.attestation_types, "NONE")
 _ATTESTATION_TYPE_HELP: Final = (
     f"required with a body: {', '.join(REGISTRY.attestation_types)} or NONE (no attestation)"
@@ -171,15 +177,15 @@ def _optional_principal(request: Request, svc: Services) -> Principal | None:
     openapi_extra={
         **json_body(TransferIn, required=False),
         "security": [{}, {"bearer": []}],
-        "parameters": [_ATTESTATION_TYPE_PARAMETER],
+        "parameters": [_KEY_ID_PARAMETER, _ATTESTATION_TYPE_PARAMETER],
     },
 )
-async def transfer_key(key_id: str, request: Request) -> JSONResponse:
+async def transfer_key(request: Request) -> JSONResponse:
     """Empty body: a fresh nonce and the ``Attestation-Type`` the key's policy wants. Then
     ``{"quote", "nonce", "user_data"}`` with the ``Attestation-Type`` header: the key, wrapped."""
     svc: Services = request.app.state.services
     attestation_type = _attestation_type(request)
-    key_id = _check_uuid(key_id, "key")
+    key_id = _check_uuid(request.path_params["key_id"], "key")
     principal = _optional_principal(request, svc)
     raw = await request.body()
     content_type = request.headers.get("content-type")
