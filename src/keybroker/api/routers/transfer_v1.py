@@ -8,7 +8,6 @@ from typing import Final, Literal
 
 from cryptography.hazmat.primitives import serialization
 from fastapi import APIRouter, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -19,6 +18,7 @@ from keybroker.api.deps import actor_of, bearer
 from keybroker.api.problems import validation_detail
 from keybroker.api.schema import BASE64_PATTERN, NONCE_PATTERN, json_body, ref, responses
 from keybroker.api.services import Services
+from keybroker.api.threads import run_blocking
 from keybroker.appraisal.registry import REGISTRY
 from keybroker.attestation import nonces
 from keybroker.auth.tokens import Principal
@@ -190,7 +190,7 @@ async def transfer_key(request: Request) -> JSONResponse:
     raw = await request.body()
     content_type = request.headers.get("content-type")
     # the database and cryptography work is blocking: keep it off the event loop
-    return await run_in_threadpool(_transfer, svc, key_id, raw, content_type, attestation_type, principal)
+    return await run_blocking(_transfer, svc, key_id, raw, content_type, attestation_type, principal)
 
 
 def _transfer(
