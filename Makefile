@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DATA_DIR ?= ./data
 LISTEN ?= 127.0.0.1:9443
 
-.PHONY: run test lint typecheck unit suite bench venv system-deps clean
+.PHONY: run test lint typecheck unit suite bench soak venv system-deps clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -55,6 +55,10 @@ test: venv system-deps lint typecheck suite
 bench: venv
 	$(BIN)/python bench/verify.py
 	$(BIN)/python bench/transfer.py
+
+## 100,000 transfers against one server, its RSS at the start, in the middle and at the end (.bench/soak.json).
+soak: venv
+	$(BIN)/python bench/soak.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

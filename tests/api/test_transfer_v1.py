@@ -157,6 +157,39 @@ def test_tdx_release_round_trip(
     assert r.status_code == 403 and any("OutOfDate" in reason for reason in r.json()["reasons"])
 
 
+def test_a_changed_policy_decides_the_next_release(sgx: Setup) -> None:
+    """Stored policies are parsed once per content (``appraisal.policy.stored_policy``): an update
+    takes effect on the very next transfer, in either direction, and going back to an earlier body
+    gets that body's decision again."""
+    pid = sgx.client.get(f"/kbs/v1/keys/{sgx.key_id}", headers=sgx.admin).json()["transfer_policy_id"]
+
+    def put(policy: dict[str, Any]) -> None:
+        r = sgx.client.put(f"/kbs/v1/key-transfer-policies/{pid}", json=policy, headers=sgx.admin)
+        assert r.status_code == 200, r.text
+
+    def release() -> Any:
+        nonce, _ = _nonce(sgx)
+        return _transfer(sgx, _sgx(sgx, nonce), nonce)
+
+    assert release().status_code == 200
+    stricter = copy.deepcopy(SGX_SIM_POLICY)
+    stricter["sgx"]["attributes"]["isvsvn"] = 3
+    put(stricter)
+    r = release()
+    assert r.status_code == 403 and any("isvsvn 2" in reason for reason in r.json()["reasons"]), r.text
+    put(SGX_SIM_POLICY)
+    assert release().status_code == 200
+    other_enclave = copy.deepcopy(SGX_SIM_POLICY)
+    other_enclave["sgx"]["attributes"]["mrenclave"] = ["02" * 32]
+    put(other_enclave)
+    r = release()
+    assert r.status_code == 403 and any("mrenclave" in reason.lower() for reason in r.json()["reasons"])
+    # the old body again: allowed, the decision of its own content
+    put(SGX_SIM_POLICY)
+    assert release().status_code == 200
+    assert [rec["outcome"] for rec in _audit(sgx)] == ["success", "denied", "success", "denied", "success"]
+
+
 @pytest.mark.parametrize(
     ("fields", "fragment"),
     [

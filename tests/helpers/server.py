@@ -43,6 +43,12 @@ class Server:
     #: The arguments after ``keybroker`` instead of ``serve --data-dir ... --listen ...`` (a
     #: documented command line), with ``port`` set to the port in it.
     argv: list[str] | None = None
+    #: Pin the server (and the processes it starts) to these CPUs (``bench/transfer.py``).
+    cpus: set[int] | None = None
+    #: Up once this answers (``/healthz``: any answer; another path, such as ``/readyz``: a 200).
+    ready_path: str = "/healthz"
+    #: Environment variables set for the server on top of this process's.
+    env: dict[str, str] | None = None
 
     @property
     def url(self) -> str:
@@ -71,25 +77,31 @@ class Server:
         log = open(self.log_path, "a")  # noqa: SIM115 - closed with the process
         listen = f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
         args = self.argv or ["serve", "--data-dir", str(self.data_dir), "--listen", listen, *self.extra]
+        cpus = self.cpus
         self.proc = procs.spawn(
             [str(BIN / "keybroker"), *args],
             stdout=log,
             stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
             text=True,
+            env={**os.environ, **self.env} if self.env else None,
+            # only pins the CPU, before the server starts any thread
+            preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,  # noqa: PLW1509
         )
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError("keybroker serve exited: " + self.log_path.read_text())
             try:
                 anchor = self.anchor
                 if anchor.exists():
-                    httpx.get(
-                        self.url + "/healthz",
+                    r = httpx.get(
+                        self.url + self.ready_path,
                         verify=ssl.create_default_context(cafile=str(anchor)),
                         timeout=2,
                     )
-                    return self
+                    if self.ready_path == "/healthz" or r.status_code == 200:
+                        return self
             except httpx.TransportError:
                 pass
             time.sleep(0.2)

@@ -1,5 +1,6 @@
 """bench/transfer.py runs end to end in a tiny configuration and writes its JSON (no timings asserted),
-with its peer (the framework floor, bench/floor_app.py) and without it (--no-peer)."""
+with its peer (the framework floor, bench/floor_app.py) and without it (--no-peer); bench/soak.py
+runs a few transfers and reports the server's RSS along the way."""
 
 from __future__ import annotations
 
@@ -19,7 +20,10 @@ PEER_COLUMNS = {
     "peer_server_cpu_ms_per_tx",
     "vs_floor",
     "cpu_vs_floor",
+    "cpu_x_floor",
 }
+#: what keybroker.stages reports for a /kbs/v1 transfer (every stage runs at least once)
+V1_STAGES = {"parse", "verify", "policy", "database", "audit", "wrap", "json"}
 
 
 def _run(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
@@ -68,6 +72,12 @@ def test_transfer_bench_quick(tmp_path: Path) -> None:
             "server_cpu_ms_per_tx",
         } | PEER_COLUMNS <= set(row)
         assert row["transfers"] + row["errors"] >= 4
+        # the server's CPU per transfer by stage, read from its /metrics (KEYBROKER_BENCH_STAGES=1)
+        stages = row["stages_ms_per_tx"]
+        want = V1_STAGES if row["protocol"] == "/kbs/v1" else {"verify", "policy", "database", "audit"}
+        assert want <= set(stages) and all(stages[n] > 0 for n in want), row
+        # /proc counts CPU in 10 ms ticks: a few transfers may read none
+        assert 0 <= row["server_loop_ms_per_tx"] <= row["server_cpu_ms_per_tx"]
     # a single client never races anything: its transfers all succeed
     assert all(row["transfers"] == 4 and row["errors"] == 0 for row in rows if row["clients"] == 1), rows
     assert all(v > 0 for v in report["crypto_ms"].values())
@@ -82,6 +92,7 @@ def test_transfer_bench_quick(tmp_path: Path) -> None:
         assert p["transfers"] + p["errors"] >= 4
         assert p["client_quote_ms_per_tx"] == 0  # the quote is made once, before the run
     assert all(p["transfers"] == 4 and p["errors"] == 0 for p in peer["results"] if p["clients"] == 1)
+    assert all(p["stages_ms_per_tx"] is None for p in peer["results"])  # the floor reports none
     # same requests, bodies of the same size, the real answers replayed
     for proto, n_requests in (("v1", 2), ("v0", 3)):
         sizes = peer["sizes"][proto]
@@ -94,6 +105,11 @@ def test_transfer_bench_quick(tmp_path: Path) -> None:
             floor = next(p for p in peer["results"] if p["protocol"] == row["protocol"] and p["clients"] == 1)
             assert row["peer_tx_per_s"] == floor["tx_per_s"] > 0
             assert row["vs_floor"] == round(row["tx_per_s"] / floor["tx_per_s"], 3)
+            if floor["server_cpu_ms_per_tx"] > 0:
+                x = round(row["server_cpu_ms_per_tx"] / floor["server_cpu_ms_per_tx"], 2)
+                assert row["cpu_x_floor"] == x
+            else:
+                assert row["cpu_x_floor"] is None
 
     targets = report["targets"]
     assert {t["what"].split()[0] for t in targets} == {"/kbs/v1", "/kbs/v0"}
@@ -101,6 +117,13 @@ def test_transfer_bench_quick(tmp_path: Path) -> None:
     assert all(
         "Little's law" in t["why"] and "framework floor" in t["why"] for t in targets if "p99" in t["what"]
     )
+    cpu_targets = [t for t in targets if "x the framework floor" in t["what"]]
+    assert {t["what"].split()[0] for t in cpu_targets} == {"/kbs/v1", "/kbs/v0"}
+    assert all(
+        t["met"] == (t["x_floor"] <= 2) if t["x_floor"] is not None else t["met"] is False
+        for t in cpu_targets
+    )
+    assert "by stage" in r.stdout and "x floor" in r.stdout
     assert "transfer" in r.stdout and "targets:" in r.stdout
     assert "framework floor" in r.stdout and "vs floor" in r.stdout and "feasible here" in r.stdout
 
@@ -116,3 +139,41 @@ def test_transfer_bench_no_peer(tmp_path: Path) -> None:
     assert all(row[c] is None for row in report["results"] for c in PEER_COLUMNS)
     assert all(t["feasible"] is None for t in report["targets"])
     assert "targets:" in r.stdout and "the framework floor itself" not in r.stdout
+
+
+def test_soak_reports_rss_at_start_middle_and_end(tmp_path: Path) -> None:
+    out = tmp_path / "soak.json"
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "soak.py"),
+            "--transfers",
+            "30",
+            "--chunks",
+            "3",
+            "--warm-up",
+            "5",
+            "--clients",
+            "2",
+            "--out",
+            str(out),
+            "--tmp",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["transfers"] == 30 and report["errors"] == 0
+    rss = report["rss_bytes"]
+    assert set(rss) == {"launch", "start", "middle", "end"} and all(v > 10 * 2**20 for v in rss.values())
+    assert [s["after"] for s in report["samples"]] == [0, 10, 20, 30]
+    assert report["rss_ratio"] == {
+        "middle_vs_start": round(rss["middle"] / rss["start"], 4),
+        "end_vs_start": round(rss["end"] / rss["start"], 4),
+    }
+    assert report["flat"] == all(abs(x - 1) <= 0.10 for x in report["rss_ratio"].values())
+    assert "middle/start" in r.stdout and "end/start" in r.stdout

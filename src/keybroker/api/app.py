@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.routing import APIRoute, iter_route_contexts
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, Metric
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from keybroker import __version__
+from keybroker import __version__, stages
 from keybroker.api import metrics, problems, schema
 from keybroker.api.body import StrictRoute
 from keybroker.api.deps import actor_of, bearer
@@ -264,6 +265,26 @@ class CrossCutting:
                 log.error("could not write the audit record for a failed request: %s", type(exc).__name__)
 
 
+class _StageTimes:
+    """``/metrics``: the request path's CPU seconds and calls per stage (``keybroker.stages``),
+    registered only when the benchmark switched the accounting on."""
+
+    def collect(self) -> Iterator[Metric]:
+        cpu = CounterMetricFamily(
+            "keybroker_bench_stage_cpu_seconds",
+            "CPU seconds per request-path stage (benchmark)",
+            labels=["stage"],
+        )
+        calls = CounterMetricFamily(
+            "keybroker_bench_stage_calls", "Calls per request-path stage (benchmark)", labels=["stage"]
+        )
+        for name, (seconds, n) in sorted(stages.snapshot().items()):
+            cpu.add_metric([name], seconds)
+            calls.add_metric([name], n)
+        yield cpu
+        yield calls
+
+
 def _api_routes(app: FastAPI) -> list[tuple[str, APIRoute]]:
     """Every API route with its full path: FastAPI keeps included routers as one entry of
     ``app.routes`` each, so checks must walk the routes they include."""
@@ -339,6 +360,8 @@ def create_app(services: Services) -> FastAPI:
         registry=registry,
     ).set_function(lambda: float(cp.seq) if (cp := services.checkpointer.latest) is not None else -1.0)
     metrics.register(registry, services)
+    if stages.enabled():
+        registry.register(_StageTimes())
     problems.install(app)
     schema.document(app)
 

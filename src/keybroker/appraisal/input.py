@@ -23,8 +23,7 @@ import hashlib
 from collections.abc import Collection, Mapping
 from typing import Any, TypedDict
 
-import rfc8785
-
+from keybroker import jcs, stages
 from keybroker.tee.verifier import VerifiedEvidence
 
 __all__ = ["AppraisalInput", "TcbInput", "appraisal_input", "claims_digest", "evidence_facts"]
@@ -70,11 +69,12 @@ def appraisal_input(
     }
 
 
+@stages.timed("policy")
 def claims_digest(claims: VerifiedEvidence | Mapping[str, Any]) -> str:
     """SHA-256 of the JCS form of the verified claims (verified evidence's, or as an EAR carries them):
     what the audit log records of the claims a decision was made on."""
     doc = claims.claims if isinstance(claims, VerifiedEvidence) else claims
-    return hashlib.sha256(rfc8785.dumps(dict(doc))).hexdigest()
+    return hashlib.sha256(jcs.dumps(dict(doc))).hexdigest()
 
 
 class EvidenceFacts(TypedDict):

@@ -12,10 +12,15 @@ policy says otherwise; ``client_permissions`` may also be given for TDX.
 
 from __future__ import annotations
 
+import json
+import threading
+from collections import OrderedDict
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal
 
 from pydantic import BaseModel, Field, StrictBool, create_model, model_validator
 
+from keybroker import stages
 from keybroker.appraisal.fields import Permission, Strict
 from keybroker.appraisal.registry import REGISTRY, TeeRegistry
 from keybroker.appraisal.sections.sgx import SgxAttributes, SgxSection
@@ -32,6 +37,7 @@ __all__ = [
     "TdxSection",
     "TransferPolicyBase",
     "TransferPolicyBody",
+    "stored_policy",
     "transfer_policy_model",
 ]
 
@@ -141,3 +147,31 @@ if TYPE_CHECKING:
     TransferPolicyBody = TransferPolicyBase
 else:
     TransferPolicyBody = transfer_policy_model(REGISTRY)
+
+#: Stored policies parsed, by their content (:func:`stored_policy`); the least recently used go first.
+_PARSED: OrderedDict[str, TransferPolicyBase] = OrderedDict()
+_PARSED_MAX: Final = 256
+_PARSED_LOCK = threading.Lock()
+
+
+@stages.timed("policy")
+def stored_policy(body: Mapping[str, Any]) -> TransferPolicyBase:
+    """``TransferPolicyBody.model_validate(body)`` for a policy read from the database, parsed once per
+    content: every release reads its key's policy, and validating the model is most of the cost.
+
+    The cache is keyed by the body itself (its JSON text, keys sorted), so a policy that changes is a
+    new key and is parsed again; nothing needs to be told. The model returned is shared between
+    requests: read it, never change it. Bodies that fail validation are not kept (each call raises).
+    """
+    key = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    with _PARSED_LOCK:
+        policy = _PARSED.get(key)
+        if policy is not None:
+            _PARSED.move_to_end(key)
+            return policy
+    policy = TransferPolicyBody.model_validate(body)
+    with _PARSED_LOCK:
+        _PARSED[key] = policy
+        while len(_PARSED) > _PARSED_MAX:
+            _PARSED.popitem(last=False)
+    return policy

@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 from typing import Any
 
+from keybroker import stages
 from keybroker.appraisal.clauses import Clauses
 from keybroker.appraisal.decision import Decision, Executables, Reason, decide
 from keybroker.appraisal.input import appraisal_input
@@ -27,6 +28,7 @@ from keybroker.tee.verifier import VerifiedEvidence
 __all__ = ["evaluate", "evaluate_input"]
 
 
+@stages.timed("policy")
 def evaluate_input(policy: TransferPolicyBody, doc: Mapping[str, Any], *, policy_id: str) -> Decision:
     """Evaluate ``policy`` on an appraisal input document (see :mod:`keybroker.appraisal.input`)."""
 
@@ -102,6 +104,7 @@ def evaluate_input(policy: TransferPolicyBody, doc: Mapping[str, Any], *, policy
     )
 
 
+@stages.timed("policy")
 def evaluate(
     policy: TransferPolicyBody,
     verified: VerifiedEvidence,

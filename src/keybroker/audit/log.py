@@ -32,12 +32,12 @@ from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
 from typing import Any, Protocol
 
-import rfc8785
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from sqlalchemy import Engine, bindparam, event, insert, select, update
 from sqlalchemy.orm import Session
 
+from keybroker import jcs, stages
 from keybroker.audit.checkpoint import Checkpoint, format_time
 from keybroker.errors import Sealed
 from keybroker.store.models import AuditHead, AuditRecord
@@ -174,7 +174,7 @@ def _bound_details(details: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 def record_hash(prev_hash: str, fields: dict[str, Any]) -> str:
-    return hashlib.sha256(prev_hash.encode() + rfc8785.dumps(fields)).hexdigest()
+    return hashlib.sha256(prev_hash.encode() + jcs.dumps(fields)).hexdigest()
 
 
 def _fields(rec: AuditRecord) -> dict[str, Any]:
@@ -261,6 +261,7 @@ _ADVANCE = (
 )
 
 
+@stages.timed("audit")
 def append(
     session: Session,
     *,
@@ -297,7 +298,8 @@ def append(
         hash="",
         sig=None,
     )
-    rec.hash = record_hash(rec.prev_hash, _fields(rec))
+    fields = _fields(rec)
+    rec.hash = record_hash(rec.prev_hash, fields)
     guard = _GUARDS.get(conn.engine)
     if guard is not None:
         pending: list[tuple[Guard, int, str]] = session.info.setdefault(_PENDING, [])
@@ -310,7 +312,7 @@ def append(
         pending.append((guard, rec.seq, rec.hash))
     conn.execute(
         _INSERT,
-        {**_fields(rec), "time": rec.time, "prev_hash": rec.prev_hash, "hash": rec.hash, "sig": rec.sig},
+        {**fields, "time": rec.time, "prev_hash": rec.prev_hash, "hash": rec.hash, "sig": rec.sig},
     )
     conn.execute(_ADVANCE, {"new_seq": rec.seq, "new_hash": rec.hash})
     return rec

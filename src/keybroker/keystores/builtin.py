@@ -9,7 +9,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
-from keybroker import aead
+from keybroker import aead, stages
 from keybroker.errors import InvalidInput, KeybrokerError, NotFound
 from keybroker.keystores import material as km
 from keybroker.keystores.base import CheckResult, RootKeyHolder, StoredKey, TransferWrap, software_wrap
@@ -71,6 +71,7 @@ class BuiltinKeyStore:
         except aead.UnsealError:
             raise IntegrityError(f"key {key_id}: sealed material failed authentication") from None
 
+    @stages.timed("wrap")
     def wrap_for_transfer(
         self, session: Session, key_id: str, backend_ref: str | None, recipient: rsa.RSAPublicKey, aad: bytes
     ) -> TransferWrap:

@@ -36,6 +36,7 @@ from kmip.pie.client import ProxyKmipClient  # type: ignore[import-untyped]
 from kmip.services.kmip_client import KMIPProxy  # type: ignore[import-untyped]
 from sqlalchemy.orm import Session
 
+from keybroker import stages
 from keybroker.errors import BackendUnavailable, InvalidInput, NotFound
 from keybroker.keystores import material as km
 from keybroker.keystores.base import (
@@ -357,6 +358,7 @@ class KmipKeyStore:
                 raise NotFound(f"key {key_id}: kmip object {backend_ref} is gone") from None
         return self._material_of(obj, f"kmip object {backend_ref}").secret
 
+    @stages.timed("wrap")
     def wrap_for_transfer(
         self, session: Session, key_id: str, backend_ref: str | None, recipient: rsa.RSAPublicKey, aad: bytes
     ) -> TransferWrap:

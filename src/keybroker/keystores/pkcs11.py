@@ -48,6 +48,7 @@ from pkcs11.util.ec import (
 from pkcs11.util.rsa import decode_rsa_private_key, decode_rsa_public_key
 from sqlalchemy.orm import Session
 
+from keybroker import stages
 from keybroker.errors import BackendUnavailable, InvalidInput, KeybrokerError, NotFound
 from keybroker.keystores import material as km
 from keybroker.keystores.base import (
@@ -428,6 +429,7 @@ class Pkcs11KeyStore:
                 session_key.destroy()
         return trim_der_padding(aes_key_unwrap_with_padding(kek, wrapped))
 
+    @stages.timed("wrap")
     def wrap_for_transfer(
         self, session: Session, key_id: str, backend_ref: str | None, recipient: rsa.RSAPublicKey, aad: bytes
     ) -> TransferWrap:

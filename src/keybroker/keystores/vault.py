@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from hvac import exceptions as hvac_exc
 from sqlalchemy.orm import Session
 
+from keybroker import stages
 from keybroker.errors import BackendUnavailable, InvalidInput, NotFound
 from keybroker.keystores import material as km
 from keybroker.keystores.base import (
@@ -301,6 +302,7 @@ class VaultKeyStore:
     def fetch(self, session: Session, key_id: str, backend_ref: str | None) -> bytes:
         return self._material(key_id, backend_ref).secret
 
+    @stages.timed("wrap")
     def wrap_for_transfer(
         self, session: Session, key_id: str, backend_ref: str | None, recipient: rsa.RSAPublicKey, aad: bytes
     ) -> TransferWrap:

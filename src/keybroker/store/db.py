@@ -33,6 +33,8 @@ from sqlalchemy import Connection, Engine, create_engine, event, inspect, make_u
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session, sessionmaker
 
+from keybroker import stages
+
 log = logging.getLogger("keybroker.store")
 
 _MIGRATIONS = Path(__file__).with_name("migrations")
@@ -162,12 +164,15 @@ def make_engine(url: str) -> Engine:
 
         @event.listens_for(engine, "begin")
         def _sqlite_begin(conn: Any) -> None:
-            # synchronous=NORMAL for a transaction opened with durable=False (see Database.session)
+            # synchronous=NORMAL for a transaction opened with durable=False (see Database.session).
+            # On the driver's connection: SQLAlchemy's execution path (events, a result) costs more
+            # than the statements, and these two run on every transaction.
+            driver = conn.connection.driver_connection
             want = "NORMAL" if conn.get_execution_options().get(_LAZY_COMMIT) else "FULL"
             if conn.info.get("synchronous") != want:
-                conn.exec_driver_sql(f"PRAGMA synchronous={want}")
+                driver.execute(f"PRAGMA synchronous={want}")
                 conn.info["synchronous"] = want
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            driver.execute("BEGIN IMMEDIATE")
 
         return engine
     connect_args, timeouts = _pg_connect_args(url)
@@ -391,7 +396,7 @@ class Database:
         whose outcome is committed durably next (the release or the denial's audit record).
         """
         try:
-            with self._serial, self._sessions() as session, session.begin():
+            with stages.stage("database"), self._serial, self._sessions() as session, session.begin():
                 if not durable:
                     if self._sqlite:
                         session.connection(execution_options={_LAZY_COMMIT: True})

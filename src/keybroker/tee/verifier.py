@@ -24,8 +24,9 @@ import hmac
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Final, Generic, Protocol, TypeVar
 
+from keybroker import stages
 from keybroker.errors import InvalidInput, VerificationError
 
 __all__ = [
@@ -91,6 +92,24 @@ class TeeResult(Protocol):
         ...
 
 
+_IMMUTABLE: Final = frozenset({str, int, float, bool, type(None), bytes})
+
+
+def _json_copy(value: Any) -> Any:
+    """``copy.deepcopy`` for the JSON-shaped claims (dicts, lists and scalars): the same copy at a
+    fraction of its cost (no memo); anything else is handed to ``copy.deepcopy``."""
+    kind = type(value)
+    if kind in _IMMUTABLE:
+        return value
+    if kind is dict:
+        return {k: _json_copy(v) for k, v in value.items()}
+    if kind is list:
+        return [_json_copy(v) for v in value]
+    if kind is tuple:
+        return tuple(_json_copy(v) for v in value)
+    return copy.deepcopy(value)
+
+
 @dataclass(frozen=True, slots=True)
 class VerifiedEvidence:
     """Evidence that verified: what appraisal, attestation results, release, audit and the CLI use.
@@ -125,8 +144,8 @@ class VerifiedEvidence:
         evidence: dict[str, Any] = {
             "tee": self.tee,
             # copies: each caller (the EAR, the input document) may hold or change its own
-            "claims": copy.deepcopy(dict(self.claims)),
-            "tcb": copy.deepcopy(dict(self.tcb)),
+            "claims": _json_copy(dict(self.claims)),
+            "tcb": _json_copy(dict(self.tcb)),
             "sim": self.sim,
             "report_data": self.report_data.hex(),
         }
@@ -239,11 +258,13 @@ class Verifier:
                     return name, raw
         return None
 
+    @stages.timed("verify")
     def evidence_sha256(self, tee: str, evidence: bytes) -> str:
         """SHA-256 of the canonical evidence of ``tee`` (plain SHA-256 for an unknown TEE)."""
         plugin = self._plugins.get(tee)
         return hashlib.sha256(evidence).hexdigest() if plugin is None else plugin.evidence_sha256(evidence)
 
+    @stages.timed("verify")
     def verify(
         self,
         tee: str,

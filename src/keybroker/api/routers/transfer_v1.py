@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import base64
 import binascii
-from typing import Annotated, Literal
+from typing import Final, Literal
 
 from cryptography.hazmat.primitives import serialization
-from fastapi import APIRouter, Header, Request
-from fastapi.concurrency import run_in_threadpool
+from fastapi import APIRouter, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from keybroker import stages
 from keybroker.api.body import StrictRoute, decode_json
 from keybroker.api.deps import actor_of, bearer
 from keybroker.api.problems import validation_detail
 from keybroker.api.schema import BASE64_PATTERN, NONCE_PATTERN, json_body, ref, responses
 from keybroker.api.services import Services
+from keybroker.api.threads import run_blocking
 from keybroker.appraisal.registry import REGISTRY
 from keybroker.attestation import nonces
 from keybroker.auth.tokens import Principal
@@ -96,6 +98,55 @@ def _b64(value: str | None, field: str) -> bytes:
         raise InvalidInput(f"{field} is not valid base64", field=field) from None
 
 
+#: The route's parameters as FastAPI documented them when they were function parameters. They are read
+#: from the request instead (the key id from the path, :func:`_attestation_type`): FastAPI's parameter
+#: machinery cost more than the rest of the request's routing (``bench/transfer.py``).
+_KEY_ID_PARAMETER: Final = {
+    "name": "key_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "title": "Key Id"},
+}
+_ATTESTATION_TYPE_VALUES: Final = (*REGISTRY.attestation_types, "NONE")
+_ATTESTATION_TYPE_HELP: Final = (
+    f"required with a body: {', '.join(REGISTRY.attestation_types)} or NONE (no attestation)"
+)
+_ATTESTATION_TYPE_PARAMETER: Final = {
+    "name": "Attestation-Type",
+    "in": "header",
+    "required": False,
+    "schema": {
+        "anyOf": [{"enum": list(_ATTESTATION_TYPE_VALUES), "type": "string"}, {"type": "null"}],
+        "description": _ATTESTATION_TYPE_HELP,
+        "title": "Attestation-Type",
+    },
+    "description": _ATTESTATION_TYPE_HELP,
+}
+_LITERAL_MESSAGE: Final = (
+    "Input should be "
+    + ", ".join(repr(v) for v in _ATTESTATION_TYPE_VALUES[:-1])
+    + f" or {_ATTESTATION_TYPE_VALUES[-1]!r}"
+)
+
+
+def _attestation_type(request: Request) -> str | None:
+    """The ``Attestation-Type`` header (its first value), None when absent; any other value than the
+    registered TEEs' and NONE is the 400 FastAPI gave for its ``Literal`` parameter."""
+    value = request.headers.get("attestation-type")
+    if value is None or value in _ATTESTATION_TYPE_VALUES:
+        return value
+    raise RequestValidationError(
+        [
+            {
+                "type": "literal_error",
+                "loc": ("header", "Attestation-Type"),
+                "msg": _LITERAL_MESSAGE,
+                "input": value,
+            }
+        ]
+    )
+
+
 def _optional_principal(request: Request, svc: Services) -> Principal | None:
     token = bearer(request)
     if token is None:
@@ -123,28 +174,23 @@ def _optional_principal(request: Request, svc: Services) -> Principal | None:
         **responses(404, 429, 503),
     },
     # the bearer token is optional: policies with client_permissions need one
-    openapi_extra={**json_body(TransferIn, required=False), "security": [{}, {"bearer": []}]},
+    openapi_extra={
+        **json_body(TransferIn, required=False),
+        "security": [{}, {"bearer": []}],
+        "parameters": [_KEY_ID_PARAMETER, _ATTESTATION_TYPE_PARAMETER],
+    },
 )
-async def transfer_key(
-    key_id: str,
-    request: Request,
-    attestation_type: Annotated[
-        AttestationType | None,
-        Header(
-            alias="Attestation-Type",
-            description=f"required with a body: {', '.join(REGISTRY.attestation_types)} or NONE (no attestation)",
-        ),
-    ] = None,
-) -> JSONResponse:
+async def transfer_key(request: Request) -> JSONResponse:
     """Empty body: a fresh nonce and the ``Attestation-Type`` the key's policy wants. Then
     ``{"quote", "nonce", "user_data"}`` with the ``Attestation-Type`` header: the key, wrapped."""
     svc: Services = request.app.state.services
-    key_id = _check_uuid(key_id, "key")
+    attestation_type = _attestation_type(request)
+    key_id = _check_uuid(request.path_params["key_id"], "key")
     principal = _optional_principal(request, svc)
     raw = await request.body()
     content_type = request.headers.get("content-type")
     # the database and cryptography work is blocking: keep it off the event loop
-    return await run_in_threadpool(_transfer, svc, key_id, raw, content_type, attestation_type, principal)
+    return await run_blocking(_transfer, svc, key_id, raw, content_type, attestation_type, principal)
 
 
 def _transfer(
@@ -157,22 +203,17 @@ def _transfer(
 ) -> JSONResponse:
     if not raw.strip():
         challenge = svc.release.challenge(key_id)
-        body = ChallengeOut(
-            nonce=NonceOut(
-                val=challenge.nonce.b64,
-                iat=int(challenge.nonce.issued_at.timestamp()),
-                exp=int(challenge.nonce.expires_at.timestamp()),
-            ),
-            public_key=_spki_b64(challenge.public_key_pem),
-        )
-        return JSONResponse(body.model_dump(), headers={"Attestation-Type": challenge.attestation_type})
-    try:
-        req = TransferIn.model_validate(decode_json(raw, content_type))
-    except ValidationError as exc:
-        from fastapi.exceptions import RequestValidationError
-
-        field, detail, _ = validation_detail(RequestValidationError(exc.errors()))
-        raise InvalidInput(detail, field=field) from None
+        with stages.stage("json"):
+            body = ChallengeOut(
+                nonce=NonceOut(
+                    val=challenge.nonce.b64,
+                    iat=int(challenge.nonce.issued_at.timestamp()),
+                    exp=int(challenge.nonce.expires_at.timestamp()),
+                ),
+                public_key=_spki_b64(challenge.public_key_pem),
+            )
+            return JSONResponse(body.model_dump(), headers={"Attestation-Type": challenge.attestation_type})
+    req = _parse(raw, content_type)
     actor = actor_of(principal) if principal is not None else "workload"
     if req.attestation_token is not None:
         if req.quote is not None:
@@ -204,15 +245,26 @@ def _transfer(
         )
     if req.nonce is None:
         raise InvalidInput("nonce is required", field="nonce")
-    evidence = EvidenceRequest(
-        attestation_type=attestation_type,
-        quote=_b64(req.quote, "quote"),
-        nonce=nonces.decode_nonce(req.nonce.val, "nonce.val"),
-        user_data=_b64(req.user_data, "user_data"),
-    )
+    with stages.stage("parse"):
+        evidence = EvidenceRequest(
+            attestation_type=attestation_type,
+            quote=_b64(req.quote, "quote"),
+            nonce=nonces.decode_nonce(req.nonce.val, "nonce.val"),
+            user_data=_b64(req.user_data, "user_data"),
+        )
     return _out(svc.release.transfer(key_id, evidence, principal, actor))
 
 
+@stages.timed("parse")
+def _parse(raw: bytes, content_type: str | None) -> TransferIn:
+    try:
+        return TransferIn.model_validate(decode_json(raw, content_type))
+    except ValidationError as exc:
+        field, detail, _ = validation_detail(RequestValidationError(exc.errors()))
+        raise InvalidInput(detail, field=field) from None
+
+
+@stages.timed("json")
 def _out(wrapped: SeclWrapped) -> JSONResponse:
     # a response, not a model: FastAPI would validate and serialize the model once more
     return JSONResponse(

@@ -18,8 +18,8 @@ from typing import Any, Final, Literal
 
 from cryptography import x509
 
-from keybroker.errors import InvalidInput, VerificationError
-from keybroker.tee.dcap.abi import Quote, canonical_quote, parse_quote
+from keybroker.errors import EvidenceParseError, InvalidInput, VerificationError
+from keybroker.tee.dcap.abi import Quote, parse_quote
 from keybroker.tee.dcap.chain import TrustedRoots
 from keybroker.tee.dcap.endorsements import QuoteCollateral
 from keybroker.tee.dcap.sources import CollateralSource
@@ -50,6 +50,19 @@ class DcapVerifier:
         self._tee: DcapTee = tee
         self.collateral = collateral
         self.roots = TrustedRoots(dev_roots)
+        #: The last quote parsed, with its bytes: a release names the evidence by its digest
+        #: (``evidence_sha256``) and then verifies it, and both start from the parse.
+        self._last: tuple[bytes, Quote] | None = None
+
+    def _parse_quote(self, evidence: bytes) -> Quote:
+        """``parse_quote``, the last result reused for the same bytes (a parse is pure and its
+        result frozen; the bytes are compared in full)."""
+        last = self._last
+        if last is not None and last[0] == evidence:
+            return last[1]
+        quote = parse_quote(evidence)
+        self._last = (bytes(evidence), quote)
+        return quote
 
     @property
     def name(self) -> str:
@@ -73,7 +86,7 @@ class DcapVerifier:
         return (evidence[4:8] == _TDX_TEE_TYPE) == (self._tee == "tdx")
 
     def parse(self, evidence: bytes) -> Quote:
-        unverified_quote = parse_quote(evidence)
+        unverified_quote = self._parse_quote(evidence)
         if unverified_quote.tee != self._tee:
             raise VerificationError(
                 f"the evidence is a {unverified_quote.tee.upper()} quote, not {self._tee.upper()}",
@@ -103,8 +116,13 @@ class DcapVerifier:
         )
 
     def evidence_sha256(self, evidence: bytes) -> str:
-        """SHA-256 of the quote without its zero padding: one quote, one digest."""
-        return hashlib.sha256(canonical_quote(evidence)).hexdigest()
+        """SHA-256 of the quote without its zero padding (``abi.canonical_quote``): one quote, one
+        digest."""
+        try:
+            canonical = self._parse_quote(evidence).canonical
+        except EvidenceParseError:
+            canonical = bytes(evidence)
+        return hashlib.sha256(canonical).hexdigest()
 
     def endorsements(self, text: str | bytes) -> QuoteCollateral:
         """dcap-qvl's ``QuoteCollateralV3`` JSON; ``CollateralError`` naming what is wrong."""

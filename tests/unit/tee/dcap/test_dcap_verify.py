@@ -342,6 +342,30 @@ def test_only_zero_padding_may_follow_a_quote(pki: DevPki) -> None:
         assert info.value.offset == len(quote) + next(i for i, b in enumerate(junk) if b)
 
 
+def test_the_plugin_names_and_verifies_each_quote_by_its_own_bytes(pki: DevPki) -> None:
+    """The plugin reuses its last parse for the same bytes (a release digests the evidence, then
+    verifies it): a digest or a verification is always of the bytes given, whatever came before."""
+    coll = _coll(pki, "tdx")
+    verifier = Verifier(dcap_verifiers(StaticCollateral([coll]), [pki.root_cert]), clock=lambda: AT)
+    first, second = tdx_quote(pki, report_data=RD), tdx_quote(pki, report_data=bytes(64))
+    for _ in range(2):
+        for quote, rd in ((first, RD), (second, bytes(64)), (first + bytes(9), RD)):
+            digest = verifier.evidence_sha256("tdx", quote)
+            assert digest == hashlib.sha256(canonical_quote(quote)).hexdigest()
+            verified = verifier.verify("tdx", quote, rd)
+            assert verified.evidence_sha256 == digest and verified.report_data == rd
+    assert verifier.evidence_sha256("tdx", first) != verifier.evidence_sha256("tdx", second)
+    # a changed signed byte after the same quote was parsed: refused, not the cached verdict
+    forged = bytearray(first)
+    forged[100] ^= 1
+    assert verifier.evidence_sha256("tdx", bytes(forged)) == hashlib.sha256(bytes(forged)).hexdigest()
+    with pytest.raises(VerificationError):
+        verifier.verify("tdx", bytes(forged), RD)
+    assert verifier.evidence_sha256("tdx", b"not a quote") == hashlib.sha256(b"not a quote").hexdigest()
+    with pytest.raises(EvidenceParseError):
+        verifier.verify("tdx", b"not a quote", RD)
+
+
 def _tcb_levels_resigned(pki: DevPki, tee: str, edit: Any) -> QuoteCollateral:
     text = json.loads(pki.collateral_json(tee))["tcb_info"]  # type: ignore[arg-type]
     doc = json.loads(text)

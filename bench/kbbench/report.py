@@ -1,0 +1,371 @@
+"""The report: the issue's targets (met, and feasible here at all) and the printed tables."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+P99_TARGET_MS = 50.0
+RATIO_TARGET = 0.5
+#: the issue's CPU target: server CPU per transfer within this many times the framework floor's
+CPU_X_FLOOR_TARGET = 2.0
+#: a client core busier than this means the level was (near) client-bound
+CLIENT_BOUND = 0.85
+#: the clients of the p99 target
+P99_CLIENTS = 32
+#: the stages keybroker.stages reports, in order
+STAGES = ("parse", "verify", "policy", "database", "audit", "wrap", "json")
+
+
+def _fmt(x: float | None, spec: str) -> str:
+    return format(x, spec) if x is not None and x == x else "n/a"
+
+
+def print_report(report: dict[str, Any]) -> None:
+    m = report["meta"]
+    rows = report["results"]
+    peer = report.get("peer")
+    print()
+    print(f"keybroker attested key transfer, {m['tee'].upper()} simulator evidence, {m['mode']}")
+    print(f"  server:  {m['server']}")
+    print(f"  clients: {m['clients']}")
+    print(f"  peer:    {m['peer']}")
+    print(f"  crypto alone: {m['crypto_alone']}")
+    print(f"  database: {m['database']}")
+    print(
+        f"  machine: {m['cpus']} x {m['cpu_model']}, load average before/after {m['loadavg_before']} / {m['loadavg_after']}"
+    )
+    print()
+    print("keybroker vs the framework floor (the peer, same run, same level): the primary comparison")
+    head = (
+        f"{'protocol':<9}{'key':<9}{'workload':<9}{'clients':>7}{'n':>5}{'err':>4}{'tx/s':>8}"
+        f"{'p50 ms':>8}{'p99 ms':>8}{'floor tx/s':>11}{'p50 ms':>8}{'p99 ms':>8}{'vs floor':>9}"
+        f"{'srv ms/tx':>10}{'floor srv':>10}{'cpu vs floor':>13}{'x floor':>8}"
+    )
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        print(
+            f"{r['protocol']:<9}{r['key']:<9}{r['workload_key']:<9}{r['clients']:>7}{r['transfers']:>5}"
+            f"{r['errors']:>4}{_fmt(r['tx_per_s'], '.1f'):>8}{_fmt(r['p50_ms'], '.1f'):>8}"
+            f"{_fmt(r['p99_ms'], '.1f'):>8}{_fmt(r['peer_tx_per_s'], '.1f'):>11}{_fmt(r['peer_p50_ms'], '.1f'):>8}"
+            f"{_fmt(r['peer_p99_ms'], '.1f'):>8}{_fmt(r['vs_floor'], '.3f'):>9}"
+            f"{_fmt(r['server_cpu_ms_per_tx'], '.2f'):>10}{_fmt(r['peer_server_cpu_ms_per_tx'], '.2f'):>10}"
+            f"{_fmt(r['cpu_vs_floor'], '.3f'):>13}{_fmt(r.get('cpu_x_floor'), '.2f'):>8}"
+        )
+        for e in r["first_errors"]:
+            print(f"      error: {e}")
+    print()
+    for line in (
+        "floor: bench/floor_app.py under uvicorn exactly as keybroker is served (same TLS certificate, options,",
+        "CPU), answering the same requests (same body sizes and shapes, the real server's answers replayed) with",
+        "no database, no crypto, no validation. vs floor = tx/s / floor tx/s at the same level: the share of",
+        "what any app on this HTTPS stack reaches here. srv ms/tx: server CPU per transfer; cpu vs floor = floor",
+        "srv / srv: the share of keybroker's server CPU that the stack itself (TLS, HTTP, framework) takes;",
+        "x floor = srv / floor srv: how many times the floor's server CPU a keybroker transfer costs.",
+    ):
+        print("  " + line)
+    if peer:
+        print()
+        print(
+            "the framework floor itself (same client machinery; a real quote made once, so no quote making)"
+        )
+        head = (
+            f"{'protocol':<9}{'workload':<9}{'clients':>7}{'n':>5}{'err':>4}{'tx/s':>8}{'p50 ms':>8}"
+            f"{'p99 ms':>8}{'srv ms/tx':>10}{'(sys)':>7}{'core':>6}{'cpu wait':>9}{'cli ms/tx':>10}{'core':>6}"
+            f"{'other cpu s':>12}"
+        )
+        print(head)
+        print("-" * len(head))
+        for r in peer["results"]:
+            print(
+                f"{r['protocol']:<9}{r['workload_key']:<9}{r['clients']:>7}{r['transfers']:>5}{r['errors']:>4}"
+                f"{_fmt(r['tx_per_s'], '.1f'):>8}{_fmt(r['p50_ms'], '.1f'):>8}{_fmt(r['p99_ms'], '.1f'):>8}"
+                f"{_fmt(r['server_cpu_ms_per_tx'], '.2f'):>10}{_fmt(r['server_sys_ms_per_tx'], '.2f'):>7}"
+                f"{_fmt(r['server_core_util'] * 100, '.0f') + '%':>6}"
+                f"{_fmt(r['server_cpu_wait_ms_per_tx'], '.2f'):>9}{_fmt(r['client_cpu_ms_per_tx'], '.2f'):>10}"
+                f"{_fmt(r['client_core_util'] * 100, '.0f') + '%':>6}{_fmt(r['other_cpu_s'], '.2f'):>12}"
+            )
+            for e in r["first_errors"]:
+                print(f"      error: {e}")
+        print()
+        print(
+            f"  GET /healthz server CPU: floor {_fmt(peer['request_floor_ms'], '.3f')} ms, keybroker "
+            f"{_fmt(report['request_floor_ms'], '.3f')} ms (its middleware and metrics on top). Body bytes per"
+        )
+        print("  transfer, requests / responses (keybroker; floor):")
+        for proto, sz in peer["sizes"].items():
+            kb, fl = sz["keybroker"], sz["floor"]
+            print(
+                f"    /kbs/{proto}: {kb['request_bytes']} / {kb['response_bytes']}; "
+                f"{fl['request_bytes']} / {fl['response_bytes']}"
+            )
+        bound = [r for r in peer["results"] if r["transfers"] and r["client_core_util"] >= CLIENT_BOUND]
+        if bound:
+            print(
+                "  The floor's clients' core was at >= "
+                f"{CLIENT_BOUND * 100:.0f}% at {', '.join(sorted({str(r['clients']) for r in bound}, key=int))} "
+                "clients: there the floor was (near) client-bound, its tx/s a lower bound on the server side's."
+            )
+    print()
+    print("vs the cryptography alone (informative)")
+    head = (
+        f"{'protocol':<9}{'key':<9}{'workload':<9}{'clients':>7}{'tx/s':>8}{'crypto ms':>10}{'bound tx/s':>11}"
+        f"{'ratio':>7}{'cpu ratio':>10}{'crypto lat ms':>14}"
+    )
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        print(
+            f"{r['protocol']:<9}{r['key']:<9}{r['workload_key']:<9}{r['clients']:>7}{_fmt(r['tx_per_s'], '.1f'):>8}"
+            f"{r['crypto_ms_per_tx']:>10.2f}{r['crypto_bound_tx_per_s']:>11.0f}"
+            f"{r['ratio']:>7.2f}{r['cpu_ratio']:>10.2f}{r['crypto_floor_ms']:>14.1f}"
+        )
+    print()
+    print("  crypto ms: the server-side cryptography alone per transfer, one core; bound = 1000 / crypto ms;")
+    for line in (
+        "ratio = tx/s / bound. cpu ratio = crypto ms / server CPU ms per transfer: the same ratio had the",
+        "server had its core to itself (other processes taking that core lower the first, not this one).",
+        "crypto lat ms = clients x crypto ms: the lowest mean latency closed-loop clients could see if the",
+        "server's core did nothing but the cryptography (Little's law).",
+    ):
+        print("  " + line)
+    print()
+    head = (
+        f"{'protocol':<9}{'key':<9}{'workload':<9}{'clients':>7}{'srv ms/tx':>10}{'(sys)':>7}{'core':>6}"
+        f"{'cpu wait':>9}{'= crypto':>9}{'+ http':>8}{'+ rest':>8}{'cli ms/tx':>10}{'(quote)':>8}{'core':>6}"
+        f"{'other cpu s':>12}"
+    )
+    print("where keybroker's CPU went (ms per transfer)")
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        rest = r["server_cpu_ms_per_tx"] - r["crypto_ms_per_tx"] - r["http_floor_ms_per_tx"]
+        print(
+            f"{r['protocol']:<9}{r['key']:<9}{r['workload_key']:<9}{r['clients']:>7}"
+            f"{_fmt(r['server_cpu_ms_per_tx'], '.2f'):>10}{_fmt(r['server_sys_ms_per_tx'], '.2f'):>7}"
+            f"{_fmt(r['server_core_util'] * 100, '.0f') + '%':>6}{_fmt(r['server_cpu_wait_ms_per_tx'], '.2f'):>9}"
+            f"{r['crypto_ms_per_tx']:>9.2f}{r['http_floor_ms_per_tx']:>8.2f}{_fmt(rest, '.2f'):>8}"
+            f"{_fmt(r['client_cpu_ms_per_tx'], '.2f'):>10}{_fmt(r['client_quote_ms_per_tx'], '.2f'):>8}"
+            f"{_fmt(r['client_core_util'] * 100, '.0f') + '%':>6}{_fmt(r['other_cpu_s'], '.2f'):>12}"
+        )
+    print()
+    for line in (
+        "srv: the server process's CPU per transfer (all threads; of which kernel), the share of its core it",
+        "used, and the time it was runnable but waiting for that core (another process had it). It splits",
+        f"into crypto (alone, as above) + http (requests per transfer x {report['request_floor_ms']:.2f} ms, the",
+        "server CPU of GET /healthz on the same connection: TLS, HTTP, middleware) + rest (database, audit,",
+        "handlers, validation). cli: the client processes' CPU per transfer (HTTP + making quotes, of which",
+        "quotes) and the share of the client core(s). other: CPU seconds used meanwhile by anything else.",
+    ):
+        print("  " + line)
+    print_stages(rows)
+    print()
+    print()
+    print("cryptography alone, one core, best of rounds (ms per call):")
+    for name, value in report["crypto_ms"].items():
+        print(f"  {name:<42}{value:>8.3f}")
+    for name, parts in report["crypto_parts"].items():
+        print(f"  {name}: {' + '.join(parts)}")
+    print()
+    print(
+        f"targets: the issue asked for throughput >= {RATIO_TARGET} x the crypto-alone bound and p99 < "
+        f"{P99_TARGET_MS:.0f} ms at {P99_CLIENTS} clients;"
+    )
+    print("whether each is met, and whether the floor measured in this run allows it at all:")
+    for t in report["targets"]:
+        print(f"  {'MET    ' if t['met'] else 'NOT MET'} {t['what']}: {t['detail']}")
+        feasible = {True: "yes", False: "NO", None: "unknown"}[t["feasible"]]
+        print(f"          feasible here: {feasible}: {t['why']}")
+    for name, prof in (report.get("profile") or {}).items():
+        print()
+        print(f"server profile, {name} (py-spy: {prof['samples']} working samples; % of them):")
+        for k, pct in prof["buckets_pct"].items():
+            print(f"  {k:<44}{pct:>6.1f}%")
+        print("  top frames (self):")
+        for k, pct in list(prof["top_self_pct"].items())[:8]:
+            print(f"    {pct:>5.1f}%  {k}")
+
+
+def print_stages(rows: Sequence[dict[str, Any]]) -> None:
+    """keybroker's server CPU per transfer by stage (keybroker.stages), beside the floor's."""
+    staged = [r for r in rows if r.get("stages_ms_per_tx")]
+    if not staged:
+        return
+    print()
+    print("keybroker's server CPU per transfer by stage (ms; keybroker.stages, thread CPU)")
+    head = (
+        f"{'protocol':<9}{'key':<9}{'clients':>7}{'srv':>7}{'floor':>7}{'x floor':>8}{'loop':>7}"
+        + "".join(f"{name:>9}" for name in STAGES)
+        + f"{'rest':>7}"
+    )
+    print(head)
+    print("-" * len(head))
+    for r in staged:
+        st = r["stages_ms_per_tx"]
+        rest = r["server_cpu_ms_per_tx"] - r["server_loop_ms_per_tx"] - sum(st.get(n, 0.0) for n in STAGES)
+        print(
+            f"{r['protocol']:<9}{r['key']:<9}{r['clients']:>7}{_fmt(r['server_cpu_ms_per_tx'], '.2f'):>7}"
+            f"{_fmt(r['peer_server_cpu_ms_per_tx'], '.2f'):>7}{_fmt(r.get('cpu_x_floor'), '.2f'):>8}"
+            f"{_fmt(r['server_loop_ms_per_tx'], '.2f'):>7}"
+            + "".join(f"{_fmt(st.get(n), '.3f'):>9}" for n in STAGES)
+            + f"{_fmt(rest, '.2f'):>7}"
+        )
+    print()
+    for line in (
+        "loop: the event-loop thread (TLS, HTTP parsing, routing, middleware, metrics, handing work to a",
+        "thread). In the worker threads: parse (the body: strict JSON, model, base64), verify (the evidence:",
+        "parse, signatures, chains, collateral, report data, its digest), policy (appraisal input, claims",
+        "digest, stored policy parse, SecL clauses), database (sessions, statements, commits and their fsync,",
+        "less what is nested), audit (the record: hash, signature, statements), wrap (key store: unseal and",
+        "wrap to the workload key), json (the response). rest: srv less all of those (thread hand-off, the",
+        "handlers' own code, the audit checkpointer, the interpreter's own work).",
+    ):
+        print("  " + line)
+
+
+def _pooled_server_cpu_ms(rows: Sequence[dict[str, Any]]) -> float | None:
+    """Server CPU ms per transfer over all of ``rows`` together (more ticks than any one level has)."""
+    n = sum(r["transfers"] for r in rows)
+    cpu = sum(r["server_cpu_ms_per_tx"] * r["transfers"] for r in rows if r["transfers"])
+    return round(cpu / n, 3) if n and cpu > 0 else None
+
+
+def targets(results: list[dict[str, Any]], peer_results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The issue's targets per protocol: met or not, and whether the framework floor measured in the same
+    run allows them here at all.
+
+    p99 < 50 ms at 32 clients: closed-loop, mean latency = clients / throughput (Little's law), so it
+    needs more than 32 / 0.05 s = 640 tx/s; feasible here only if the floor itself went faster than that.
+    Ratio >= 0.5: a server doing the floor's work plus the cryptography and nothing else runs at most at
+    min(the floor's best tx/s, 1000 / (crypto ms + the floor's server CPU ms)); times the crypto seconds
+    per transfer, that is the best ratio possible here (generous: the floor's clients make no quotes).
+    """
+    out = []
+    clients = P99_CLIENTS
+    needed = clients * 1000 / P99_TARGET_MS
+    for proto in ("/kbs/v1", "/kbs/v0"):
+        rows = [r for r in results if r["protocol"] == proto and r["transfers"]]
+        if not rows:
+            continue
+        floor = [r for r in peer_results if r["protocol"] == proto and r["transfers"]]
+        fbest = max(floor, key=lambda r: r["tx_per_s"]) if floor else None
+        ftop = max(floor, key=lambda r: r["clients"]) if floor else None
+        fcpu = _pooled_server_cpu_ms(floor)
+        top = max(r["clients"] for r in rows)
+        at_top = [r for r in rows if r["clients"] == top]
+        worst = max(at_top, key=lambda r: r["p99_ms"])
+        measured = ", ".join(f"{r['key']}/{r['workload_key']} {r['p99_ms']:.1f} ms" for r in at_top)
+        detail = f"p99 at {top} clients {measured}" + (
+            "" if top >= clients else f" (the run stopped at {top} clients: not measured at {clients})"
+        )
+        detail += f"; {worst['variant']} did {worst['tx_per_s']:.1f} tx/s there, mean latency {worst['mean_ms']:.0f} ms"
+        why = (
+            f"Little's law: {clients} closed-loop clients see a mean latency of {clients} / throughput, so a p99 "
+            f"under {P99_TARGET_MS:.0f} ms needs a mean under {P99_TARGET_MS:.0f} ms, i.e. more than "
+            f"{clients} / {P99_TARGET_MS / 1000:g} s = {needed:.0f} tx/s"
+        )
+        feasible: bool | None = None
+        if fbest is not None and ftop is not None:
+            feasible = fbest["tx_per_s"] > needed
+            why += (
+                f"; the framework floor (the same TLS + uvicorn + FastAPI serving the same requests, no database, "
+                f"no crypto) measured in this run did at best {fbest['tx_per_s']:.0f} tx/s ({fbest['clients']} "
+                f"client{'s' if fbest['clients'] != 1 else ''}), {fbest['tx_per_s'] / needed:.2f} of that, and at {ftop['clients']} clients "
+                f"{ftop['tx_per_s']:.0f} tx/s with p99 {ftop['p99_ms']:.1f} ms"
+            )
+            why += (
+                f": an app doing nothing misses it here (mean >= {clients} / {fbest['tx_per_s']:.0f} tx/s = "
+                f"{clients * 1000 / fbest['tx_per_s']:.0f} ms)"
+                if not feasible
+                else f": the stack allows it, the gap is keybroker's own work (vs floor {worst['vs_floor']})"
+            )
+            if fcpu:
+                why += (
+                    f". The floor's server CPU, {fcpu:.2f} ms per transfer, caps its one core at {1000 / fcpu:.0f} "
+                    f"tx/s even with unlimited client CPU (its server core was at "
+                    f"{fbest['server_core_util'] * 100:.0f}%, its clients' core at "
+                    f"{fbest['client_core_util'] * 100:.0f}%)"
+                )
+        else:
+            why += "; no framework floor measured (--no-peer) to hold that against"
+        why += f". The cryptography alone would allow {worst['crypto_bound_tx_per_s']:.0f} tx/s"
+        out.append(
+            {
+                "what": f"{proto} p99 < {P99_TARGET_MS:.0f} ms at {clients} clients",
+                "met": all(r["p99_ms"] < P99_TARGET_MS for r in at_top) and top >= clients,
+                "detail": detail,
+                "needed_tx_per_s": needed,
+                "floor_best_tx_per_s": fbest["tx_per_s"] if fbest else None,
+                "floor_server_cpu_ms_per_tx": fcpu,
+                "feasible": feasible,
+                "why": why,
+            }
+        )
+        out.append(_cpu_target(proto, rows, floor, fcpu))
+        best = {}
+        for r in rows:
+            if r["variant"] not in best or r["ratio"] > best[r["variant"]]["ratio"]:
+                best[r["variant"]] = r
+        why = (
+            "a server doing the floor's work plus the cryptography and nothing else would run at most at "
+            "min(the floor's best tx/s, 1000 / (crypto ms + the floor's server CPU ms)); times crypto ms / 1000, "
+            "that is the best ratio possible here"
+        )
+        feasible = None
+        limits: dict[str, float] = {}
+        if fbest is not None and fcpu:
+            for name, r in best.items():
+                cap = min(fbest["tx_per_s"], 1000 / (r["crypto_ms_per_tx"] + fcpu))
+                limits[name] = round(cap * r["crypto_ms_per_tx"] / 1000, 3)
+            feasible = all(x >= RATIO_TARGET for x in limits.values())
+            why += ": " + ", ".join(
+                f"{r['key']}/{r['workload_key']} min({fbest['tx_per_s']:.0f}, 1000 / ({r['crypto_ms_per_tx']:.2f} + "
+                f"{fcpu:.2f})) x {r['crypto_ms_per_tx']:.2f} / 1000 = {limits[name]:.2f}"
+                for name, r in best.items()
+            )
+        elif floor:
+            why += "; the framework floor's server CPU per transfer was too small to read (too few transfers)"
+        else:
+            why += "; no framework floor measured (--no-peer)"
+        out.append(
+            {
+                "what": f"{proto} throughput >= {RATIO_TARGET} x crypto-alone bound",
+                "met": all(r["ratio"] >= RATIO_TARGET for r in best.values()),
+                "detail": ", ".join(
+                    f"{r['key']}/{r['workload_key']} best {r['ratio']:.2f} "
+                    f"({r['tx_per_s']:.0f} of {r['crypto_bound_tx_per_s']:.0f} tx/s at {r['clients']} clients)"
+                    for r in best.values()
+                ),
+                "best_ratio_possible": limits or None,
+                "feasible": feasible,
+                "why": why,
+            }
+        )
+    return out
+
+
+def _cpu_target(
+    proto: str, rows: Sequence[dict[str, Any]], floor: Sequence[dict[str, Any]], fcpu: float | None
+) -> dict[str, Any]:
+    """Server CPU per transfer within CPU_X_FLOOR_TARGET x the framework floor's (pooled over levels)."""
+    kb = _pooled_server_cpu_ms(rows)
+    what = f"{proto} server CPU per transfer <= {CPU_X_FLOOR_TARGET:g} x the framework floor's"
+    if kb is None or not fcpu:
+        return {
+            "what": what,
+            "met": False,
+            "detail": "not measured (no framework floor: --no-peer, or too few transfers)",
+            "x_floor": None,
+            "feasible": None,
+            "why": "needs the framework floor measured in the same run",
+        }
+    x = kb / fcpu
+    return {
+        "what": what,
+        "met": x <= CPU_X_FLOOR_TARGET,
+        "detail": f"{kb:.2f} ms vs the floor's {fcpu:.2f} ms: {x:.2f} x (pooled over {len(rows)} levels)",
+        "x_floor": round(x, 2),
+        "feasible": None,
+        "why": "the stage table says where the rest goes; the cryptography alone is listed above",
+    }
