@@ -122,6 +122,19 @@ _READ_RESOURCE = (
 _READ_POLICY = select(TransferPolicy.body).where(TransferPolicy.id == bindparam("id"))
 
 
+class ResourceInfo(NamedTuple):
+    """What an administrator sees of a resource: never its material."""
+
+    path: str
+    kind: str
+    key_id: str | None
+    policy: dict[str, Any] | None
+    updated_at: datetime
+
+
+_RESOURCE_INFO = select(*(getattr(KbsResource, f) for f in ResourceInfo._fields))
+
+
 def resource_path(repository: str, rtype: str, tag: str) -> str:
     for name, part in (("repository", repository), ("type", rtype), ("tag", tag)):
         if not _PATH_PART.fullmatch(part) or part in (".", ".."):
@@ -550,9 +563,18 @@ class KbsV0Service:
                 details={"policy": None if policy is None else sorted(policy)},
             )
 
-    def list_resources(self) -> list[KbsResource]:
+    def resources(self) -> list[ResourceInfo]:
+        """Every resource's metadata (never its material), by path."""
         with self._db.session() as s:
-            return list(s.scalars(select(KbsResource).order_by(KbsResource.path)))
+            return [ResourceInfo._make(r) for r in s.execute(_RESOURCE_INFO.order_by(KbsResource.path))]
+
+    def resource(self, path: str) -> ResourceInfo:
+        """One resource's metadata; :class:`NotFound` if there is none at ``path``."""
+        with self._db.session() as s:
+            found = s.execute(_RESOURCE_INFO.where(KbsResource.path == path)).one_or_none()
+        if found is None:
+            raise NotFound(f"resource {path} does not exist")
+        return ResourceInfo._make(found)
 
 
 _TEE_PUBKEY = "runtime-data.tee-pubkey"

@@ -13,7 +13,7 @@ import ipaddress
 import json
 import re
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -21,13 +21,13 @@ from typing import Any, TypeVar
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
-from pydantic import ValidationError
 from sqlalchemy import func, select
 
-from keybroker import __version__, strictjson
+from keybroker import __version__
 from keybroker.api.deps import actor_of
 from keybroker.api.services import Services
-from keybroker.appraisal import secl
+from keybroker.appraisal import trial
+from keybroker.appraisal.decision import Decision
 from keybroker.appraisal.input import appraisal_input
 from keybroker.appraisal.policy import TransferPolicyBody
 from keybroker.audit import log as audit
@@ -46,6 +46,7 @@ from keybroker.errors import (
 )
 from keybroker.keys.service import CertificateRequest, CreateKeyRequest
 from keybroker.limits import client_key
+from keybroker.resources.service import ResourceInfo, resource_path
 from keybroker.store.models import AuditRecord, BearerToken, CollateralItem, Key, TransferPolicy
 from keybroker.tee.dcap.verify import quote_fmspc_and_ca
 from keybroker.tee.verifier import NO_REPORT_DATA
@@ -155,14 +156,14 @@ def act(
 def _nav(v: Viewer | None) -> list[tuple[str, str]]:
     if v is None:
         return []
-    items = [
-        ("Keys", "/ui/keys", "keys:search"),
-        ("Policies", "/ui/policies", "key_transfer_policies:search"),
-        ("Audit", "/ui/audit", "audit:read"),
-        ("Attestation", "/ui/attestation", "audit:read"),
-        ("System", "/ui/system", None),
+    items: list[tuple[str, str, tuple[str, ...]]] = [
+        ("Keys", "/ui/keys", ("keys:search",)),
+        ("Policies", "/ui/policies", ("key_transfer_policies:search", "resources:write")),
+        ("Audit", "/ui/audit", ("audit:read",)),
+        ("Attestation", "/ui/attestation", ("audit:read",)),
+        ("System", "/ui/system", ()),
     ]
-    return [(label, href) for label, href, perm in items if perm is None or v.can(perm)]
+    return [(label, href) for label, href, perms in items if not perms or any(v.can(p) for p in perms)]
 
 
 def _ago(value: datetime | None, now: datetime | None = None) -> str:
@@ -611,38 +612,26 @@ POLICY_TEMPLATE = {
 }
 
 
-def _validation_errors(exc: ValidationError) -> list[str]:
-    """As the API words them (``api.problems.validation_detail``): ``field: message``."""
-    out = []
-    for err in exc.errors():
-        field = ".".join(str(p) for p in err.get("loc", ())) or "body"
-        msg = (
-            "unknown field" if err.get("type") == "extra_forbidden" else str(err.get("msg", "invalid value"))
-        )
-        out.append(f"{field}: {msg.removeprefix('Value error, ')}")
-    return out
-
-
 def _parse_policy(text: str) -> TransferPolicyBody:
     """The editor's text, read by the API's strict JSON reader and the API's model."""
-    try:
-        data = strictjson.loads(text.encode())
-    except InvalidInput as exc:
-        raise InvalidInput(
-            f"the policy is not valid JSON: {exc.detail}", field="policy", errors=[exc.detail]
-        ) from None
-    try:
-        return TransferPolicyBody.model_validate(data)
-    except ValidationError as exc:
-        errors = _validation_errors(exc)
-        raise InvalidInput(errors[0], field="policy", errors=errors) from None
+    return trial.parse_secl(text)
 
 
 @router.get("/policies")
 def policies_page(request: Request) -> Response:
+    """Key-transfer policies (SecL), and the ``/kbs/v0`` resources' policies (default, SecL or Rego)
+    for those who may set them."""
     v = viewer(request)
-    rows = act(request, v, "policy.search", "key_transfer_policies:search", _svc(request).keys.list_policies)
-    return page(request, "policies.html", v, policies=rows)
+    svc = _svc(request)
+    if not (v.can("key_transfer_policies:search") or v.can(RESOURCES_WRITE)):
+        act(request, v, "policy.search", "key_transfer_policies:search", svc.keys.list_policies)
+    rows = (
+        act(request, v, "policy.search", "key_transfer_policies:search", svc.keys.list_policies)
+        if v.can("key_transfer_policies:search")
+        else None
+    )
+    resources = svc.kbs_v0.resources() if v.can(RESOURCES_WRITE) else None
+    return page(request, "policies.html", v, policies=rows, resources=resources)
 
 
 @router.get("/policies/new")
@@ -772,11 +761,85 @@ def _decode_quote(text: str) -> bytes:
         raise InvalidInput("quote: not hex or base64", field="quote") from None
 
 
+REGO_TEMPLATE = """package keybroker
+
+import rego.v1
+
+default allow := false
+
+mrtds := ["<96 hex characters: the TD's measurement>"]
+
+allow if {
+    input.tee == "tdx"
+    input.claims.mr_td in mrtds
+    not input.claims.debug
+    not input.sim
+}
+
+reasons contains {
+    "check": "mrtd",
+    "message": sprintf("mrtd %s is not allowed", [input.claims.mr_td]),
+    "expected": mrtds,
+} if not input.claims.mr_td in mrtds
+"""
+
+
+def _language(value: str | None) -> trial.Language:
+    if value in (None, "", "secl"):
+        return "secl"
+    if value == "rego":
+        return "rego"
+    raise InvalidInput("language: secl or rego", field="language")
+
+
+def _may_test(v: Viewer) -> None:
+    if not v.can("key_transfer_policies:retrieve"):
+        raise Forbidden(
+            "you lack the permission key_transfer_policies:retrieve",
+            permission="key_transfer_policies:retrieve",
+        )
+
+
+def _policy_test_page(
+    request: Request,
+    v: Viewer,
+    *,
+    language: trial.Language,
+    text: str,
+    status: int = 200,
+    quote: str = "",
+    client_permissions: str = "",
+    decision: Decision | None = None,
+    errors: Sequence[str] = (),
+    evidence_error: str | None = None,
+) -> HTMLResponse:
+    return page(
+        request,
+        "policy_test.html",
+        v,
+        status=status,
+        languages=trial.LANGUAGES,
+        language=language,
+        text=text,
+        quote=quote,
+        client_permissions=client_permissions,
+        decision=decision,
+        errors=list(errors),
+        evidence_error=evidence_error,
+    )
+
+
 @router.get("/policy-test")
-def policy_test_page(request: Request, policy: str | None = None) -> Response:
+def policy_test_page(
+    request: Request, policy: str | None = None, resource: str | None = None, language: str | None = None
+) -> Response:
+    """The form, empty or with a stored policy in it: a key-transfer policy (``policy``) or a
+    resource's Rego policy (``resource``)."""
     v = viewer(request)
     svc = _svc(request)
-    text = json.dumps(POLICY_TEMPLATE, indent=2)
+    _may_test(v)
+    lang = _language(language)
+    text = REGO_TEMPLATE if lang == "rego" else json.dumps(POLICY_TEMPLATE, indent=2)
     if policy is not None:
         row = act(
             request,
@@ -786,44 +849,45 @@ def policy_test_page(request: Request, policy: str | None = None) -> Response:
             lambda c: svc.keys.get_policy(c, policy),
             object_id=policy,
         )
-        text = json.dumps(row.body, indent=2)
-    elif not v.can("key_transfer_policies:retrieve"):
-        raise Forbidden("you lack the permission key_transfer_policies:retrieve")
-    return page(
-        request, "policy_test.html", v, text=text, quote="", client_permissions="", decision=None, errors=[]
-    )
+        lang, text = "secl", json.dumps(row.body, indent=2)
+    elif resource is not None:
+        res = _resource(request, v, resource)
+        if res.policy is None or "rego" not in res.policy:
+            raise InvalidInput(f"resource {res.path} has no Rego policy", field="resource")
+        lang, text = "rego", str(res.policy["rego"])
+    return _policy_test_page(request, v, language=lang, text=text)
 
 
 @router.post("/policy-test")
 def policy_test(request: Request) -> Response:
-    """As ``keybroker policy test``: verify the quote as this server would (its trust roots and
-    collateral, now), evaluate the policy on its claims, show every reason. Nothing is stored."""
+    """As ``keybroker policy test`` (the same ``appraisal.trial``): verify the quote as this server
+    would (its trust roots and collateral, now), evaluate the policy on its claims, show every
+    reason. Nothing is stored."""
     v = viewer(request)
     svc = _svc(request)
-    if not v.can("key_transfer_policies:retrieve"):
-        raise Forbidden("you lack the permission key_transfer_policies:retrieve")
-    form = form_of(request).only({"policy", "quote", "client_permissions"})
+    _may_test(v)
+    form = form_of(request).only({"language", "policy", "quote", "client_permissions"})
+    lang = _language(form.get("language"))
     text, quote_text, perms_text = form.raw("policy"), form.raw("quote"), form.raw("client_permissions")
     decision = None
     errors: list[str] = []
     evidence_error = None
     try:
-        body = _parse_policy(text)
+        policy = trial.load_policy(text, language=lang, policy_id="console")
         raw = _decode_quote(quote_text)
         _, _, tee = quote_fmspc_and_ca(raw)
         verified = svc.verifier.verify(tee, raw, NO_REPORT_DATA)
         perms = [p.strip() for p in perms_text.split(",") if p.strip()] if perms_text.strip() else None
-        doc = dict(appraisal_input(verified, client_permissions=perms))
-        decision = secl.evaluate_input(body, doc, policy_id="console")
+        decision = policy.evaluate(appraisal_input(verified, client_permissions=perms))
     except InvalidInput as exc:
         errors = exc.extra.get("errors") or [exc.detail]
     except KeybrokerError as exc:  # evidence refused, collateral missing: the verdict, not a page error
         evidence_error = f"evidence rejected ({exc.extra.get('check', exc.title)}): {exc.detail}"
-    return page(
+    return _policy_test_page(
         request,
-        "policy_test.html",
         v,
         status=400 if errors else 200,
+        language=lang,
         text=text,
         quote=quote_text,
         client_permissions=perms_text,
@@ -831,6 +895,125 @@ def policy_test(request: Request) -> Response:
         errors=errors,
         evidence_error=evidence_error,
     )
+
+
+# --- /kbs/v0 resource policies (Rego) -------------------------------------------------------------------
+
+RESOURCES_WRITE = "resources:write"
+_POLICY_KINDS = ("default", "transfer_policy", "rego")
+
+
+def _resource(request: Request, v: Viewer, path: str, *, action: str | None = None) -> ResourceInfo:
+    """A resource by its path (``repository/type/tag``), for those who may set its policy; with
+    ``action``, a refusal is audited under it."""
+    svc = _svc(request)
+
+    def look_up(_: Caller) -> ResourceInfo:
+        parts = path.split("/")
+        if len(parts) != 3:
+            raise InvalidInput("resource: repository/type/tag", field="resource")
+        return svc.kbs_v0.resource(resource_path(*parts))
+
+    if action is not None:
+        return act(request, v, action, RESOURCES_WRITE, look_up, object_id=path[:256])
+    if not v.can(RESOURCES_WRITE):
+        raise Forbidden(f"you lack the permission {RESOURCES_WRITE}", permission=RESOURCES_WRITE)
+    return look_up(Caller(v.actor))
+
+
+def _policy_kind(policy: dict[str, Any] | None) -> str:
+    if policy is None:
+        return "default"
+    return "transfer_policy" if "transfer_policy_id" in policy else "rego"
+
+
+def _resource_page(
+    request: Request,
+    v: Viewer,
+    res: ResourceInfo,
+    *,
+    status: int = 200,
+    kind: str | None = None,
+    rego_text: str | None = None,
+    transfer_policy_id: str | None = None,
+    errors: Sequence[str] = (),
+    notice: str | None = None,
+) -> HTMLResponse:
+    policy = res.policy or {}
+    return page(
+        request,
+        "resource_policy.html",
+        v,
+        status=status,
+        res=res,
+        kind=kind or _policy_kind(res.policy),
+        rego=rego_text if rego_text is not None else str(policy.get("rego") or REGO_TEMPLATE),
+        transfer_policy_id=transfer_policy_id or str(policy.get("transfer_policy_id") or ""),
+        policies=_policies(request, v),
+        errors=list(errors),
+        notice=notice,
+    )
+
+
+@router.get("/resources/{repository}/{rtype}/{tag}")
+def resource_policy_page(
+    request: Request, repository: str, rtype: str, tag: str, saved: int | None = None
+) -> Response:
+    v = viewer(request)
+    res = _resource(request, v, f"{repository}/{rtype}/{tag}")
+    return _resource_page(request, v, res, notice="saved" if saved else None)
+
+
+def _resource_policy(form: Form) -> dict[str, Any] | None:
+    """The form's choice as ``/kbs/v0/resource-policy`` takes it (exactly one of them)."""
+    kind = form.get("kind")
+    if kind == "default":
+        return None
+    if kind == "transfer_policy":
+        policy_id = form.get("transfer_policy_id")
+        if policy_id is None or not _UUID.match(policy_id):
+            raise InvalidInput("transfer_policy_id: choose a key-transfer policy", field="transfer_policy_id")
+        return {"transfer_policy_id": policy_id}
+    if kind == "rego":
+        return {"rego": form.raw("rego")}
+    raise InvalidInput(f"kind: one of {', '.join(_POLICY_KINDS)}", field="kind")
+
+
+@router.post("/resources/{repository}/{rtype}/{tag}")
+def resource_policy_set(request: Request, repository: str, rtype: str, tag: str) -> Response:
+    """As ``POST /kbs/v0/resource-policy/...``: the default policy, a key-transfer policy, or a Rego
+    module, compiled and checked by the same service (a syntax error names its line and column)."""
+    v = viewer(request)
+    svc = _svc(request)
+    res = _resource(request, v, f"{repository}/{rtype}/{tag}", action="resource.policy")
+    form = form_of(request).only({"kind", "transfer_policy_id", "rego"})
+    try:
+        try:
+            policy = _resource_policy(form)
+        except InvalidInput as exc:
+            _audit_failure(svc, v.actor, "resource.policy", exc, res.path)
+            raise
+        act(
+            request,
+            v,
+            "resource.policy",
+            RESOURCES_WRITE,
+            lambda c: svc.kbs_v0.set_policy(res.path, policy, c.actor),
+            object_id=res.path,
+        )
+    except InvalidInput as exc:  # audited (act audits what the service refuses)
+        kind = form.get("kind")
+        return _resource_page(
+            request,
+            v,
+            res,
+            status=400,
+            kind=kind if kind in _POLICY_KINDS else None,
+            rego_text=form.raw("rego"),
+            transfer_policy_id=form.get("transfer_policy_id"),
+            errors=exc.extra.get("errors") or [exc.detail],
+        )
+    return _see(f"/ui/resources/{res.path}?saved=1")
 
 
 # --- audit ------------------------------------------------------------------------------------------------
