@@ -76,7 +76,8 @@ class LimitsSettings(BaseModel):
 
 
 class AuditSettings(BaseModel):
-    """Checkpoints of the audit chain head (:mod:`keybroker.audit.checkpoint`)."""
+    """Checkpoints of the audit chain head (:mod:`keybroker.audit.checkpoint`), and the appraisal
+    inputs kept with the audit records of recent attempts (:mod:`keybroker.audit.inputs`)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -84,6 +85,9 @@ class AuditSettings(BaseModel):
     checkpoint_interval_seconds: float = Field(default=1.0, gt=0, le=60)
     #: Also log each checkpoint (logger ``keybroker.audit.checkpoint``), e.g. for syslog/journald.
     checkpoint_log: bool = False
+    #: The appraisal input documents (verified claims, TCB status; no evidence, nonce or key) of
+    #: this many of the newest attempts are kept, to test a policy on them in the console. 0: none.
+    appraisal_inputs: int = Field(default=200, ge=0, le=100_000)
 
 
 class CollateralSettings(BaseModel):
@@ -193,6 +197,7 @@ _ENV_SECTION_KEYS = {
     "LIMITS_OUTSTANDING_SESSIONS": ("limits", "outstanding_sessions"),
     "AUDIT_CHECKPOINT_INTERVAL_SECONDS": ("audit", "checkpoint_interval_seconds"),
     "AUDIT_CHECKPOINT_LOG": ("audit", "checkpoint_log"),
+    "AUDIT_APPRAISAL_INPUTS": ("audit", "appraisal_inputs"),
     "COLLATERAL_KDS_URL": ("collateral", "kds_url"),
 }
 

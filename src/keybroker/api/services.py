@@ -23,6 +23,7 @@ from keybroker.audit.checkpoint import (
     load_or_create_key,
 )
 from keybroker.audit.guard import ChainGuard, Checkpointer
+from keybroker.audit.inputs import AppraisalInputs
 from keybroker.auth.authn import Authenticator
 from keybroker.auth.oidc import OidcProvider
 from keybroker.auth.registry import TokenRegistry
@@ -168,6 +169,8 @@ class Services:
     authn: Authenticator
     #: The organisation's OpenID provider (``[oidc]``), or None.
     oidc: OidcProvider | None
+    #: Attempts' audit records with their appraisal inputs (the newest kept).
+    inputs: AppraisalInputs
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -191,6 +194,7 @@ class Services:
         nonce_ttl = timedelta(seconds=settings.nonce_ttl_seconds)
         trusted = [_trusted_issuer(i, t) for i, t in enumerate(settings.trust.attestation_services)]
         limits = settings.limits
+        inputs = AppraisalInputs(settings.audit.appraisal_inputs)
         attestation = AttestationService(
             db,
             verifier,
@@ -198,6 +202,7 @@ class Services:
             nonce_ttl,
             trusted=trusted,
             nonce_cap=OutstandingCap("attestation nonces", limits.outstanding_nonces),
+            inputs=inputs,
         )
         release = ReleaseService(
             db,
@@ -207,6 +212,7 @@ class Services:
             nonce_cap=OutstandingCap("key-transfer nonces", limits.outstanding_nonces),
             remote=_remote_attestation(settings),
             verify_token=attestation.verify_token,
+            inputs=inputs,
         )
         services = cls(
             settings,
@@ -226,6 +232,7 @@ class Services:
                 keystore,
                 attestation,
                 session_cap=OutstandingCap("unattested /kbs/v0 sessions", limits.outstanding_sessions),
+                inputs=inputs,
             ),
             UnsealService(
                 db,
@@ -240,6 +247,7 @@ class Services:
             roles,
             Authenticator(tokens, roles, oidc),
             oidc,
+            inputs,
         )
         _warn_key_certificates_under_tls_anchor(services.keys, cas)
         if settings.dev:

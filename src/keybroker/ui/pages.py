@@ -13,7 +13,7 @@ import ipaddress
 import json
 import re
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -31,12 +31,14 @@ from keybroker.appraisal.decision import Decision
 from keybroker.appraisal.input import appraisal_input
 from keybroker.appraisal.policy import TransferPolicyBody
 from keybroker.audit import log as audit
+from keybroker.audit.inputs import AppraisalInputs, RecordedAttempt
 from keybroker.auth.caller import Caller
 from keybroker.auth.oidc import Identity
 from keybroker.auth.roles import BUILTIN
 from keybroker.auth.tokens import Principal
 from keybroker.errors import (
     BackendUnavailable,
+    Conflict,
     Forbidden,
     InvalidInput,
     KeybrokerError,
@@ -807,12 +809,20 @@ def _policy_test_page(
     language: trial.Language,
     text: str,
     status: int = 200,
+    evidence: str = "quote",
     quote: str = "",
     client_permissions: str = "",
+    attempt: int | None = None,
+    tested: RecordedAttempt | None = None,
+    document: Mapping[str, Any] | None = None,
     decision: Decision | None = None,
     errors: Sequence[str] = (),
     evidence_error: str | None = None,
 ) -> HTMLResponse:
+    attempts: list[RecordedAttempt] = []
+    if v.can("audit:read"):
+        with _svc(request).db.session() as s:
+            attempts = AppraisalInputs.recent(s, limit=PAGE_SIZE)
     return page(
         request,
         "policy_test.html",
@@ -821,20 +831,35 @@ def _policy_test_page(
         languages=trial.LANGUAGES,
         language=language,
         text=text,
+        evidence=evidence,
         quote=quote,
         client_permissions=client_permissions,
+        attempts=attempts,
+        attempt=attempt,
+        tested=tested,
+        document=document,
         decision=decision,
         errors=list(errors),
         evidence_error=evidence_error,
     )
 
 
+def _attempt_seq(value: str | None) -> int:
+    if value is None or not value.isdigit() or len(value) > 18:
+        raise InvalidInput("attempt: choose a recent attempt (an audit record number)", field="attempt")
+    return int(value)
+
+
 @router.get("/policy-test")
 def policy_test_page(
-    request: Request, policy: str | None = None, resource: str | None = None, language: str | None = None
+    request: Request,
+    policy: str | None = None,
+    resource: str | None = None,
+    language: str | None = None,
+    attempt: str | None = None,
 ) -> Response:
     """The form, empty or with a stored policy in it: a key-transfer policy (``policy``) or a
-    resource's Rego policy (``resource``)."""
+    resource's Rego policy (``resource``); ``attempt``: a recent attempt chosen as the evidence."""
     v = viewer(request)
     svc = _svc(request)
     _may_test(v)
@@ -855,46 +880,76 @@ def policy_test_page(
         if res.policy is None or "rego" not in res.policy:
             raise InvalidInput(f"resource {res.path} has no Rego policy", field="resource")
         lang, text = "rego", str(res.policy["rego"])
-    return _policy_test_page(request, v, language=lang, text=text)
+    seq = None
+    if attempt is not None:
+        _may_read_attempts(v)
+        seq = _attempt_seq(attempt)
+    return _policy_test_page(
+        request, v, language=lang, text=text, evidence="attempt" if seq else "quote", attempt=seq
+    )
+
+
+def _may_read_attempts(v: Viewer) -> None:
+    """Attempts' input documents come with their audit records: audit:read."""
+    if not v.can("audit:read"):
+        raise Forbidden(
+            "testing on a recorded attempt needs the permission audit:read", permission="audit:read"
+        )
 
 
 @router.post("/policy-test")
 def policy_test(request: Request) -> Response:
-    """As ``keybroker policy test`` (the same ``appraisal.trial``): verify the quote as this server
-    would (its trust roots and collateral, now), evaluate the policy on its claims, show every
-    reason. Nothing is stored."""
+    """As ``keybroker policy test`` (the same ``appraisal.trial``), on a quote verified now as this
+    server would verify it (its trust roots and collateral), or on the appraisal input a recent
+    attempt was decided on (as its audit record names it). Every reason is shown; nothing is stored."""
     v = viewer(request)
     svc = _svc(request)
     _may_test(v)
-    form = form_of(request).only({"language", "policy", "quote", "client_permissions"})
+    form = form_of(request).only({"language", "policy", "evidence", "quote", "client_permissions", "attempt"})
     lang = _language(form.get("language"))
+    evidence = form.get("evidence") or "quote"
     text, quote_text, perms_text = form.raw("policy"), form.raw("quote"), form.raw("client_permissions")
-    decision = None
-    errors: list[str] = []
-    evidence_error = None
+    shown: dict[str, Any] = {"language": lang, "text": text, "evidence": evidence}
+    shown |= {"quote": quote_text, "client_permissions": perms_text}
+    if evidence not in ("quote", "attempt"):
+        raise InvalidInput("evidence: quote or attempt", field="evidence")
     try:
         policy = trial.load_policy(text, language=lang, policy_id="console")
+    except InvalidInput as exc:
+        return _policy_test_page(
+            request, v, status=400, errors=exc.extra.get("errors") or [exc.detail], **shown
+        )
+    if evidence == "attempt":
+        _may_read_attempts(v)
+        seq = _attempt_seq(form.get("attempt"))
+        try:
+            with svc.db.session() as s:
+                tested = AppraisalInputs.recorded(s, seq)
+        except (NotFound, Conflict) as exc:
+            return _policy_test_page(request, v, status=exc.status, attempt=seq, errors=[exc.detail], **shown)
+        return _policy_test_page(
+            request,
+            v,
+            attempt=seq,
+            tested=tested,
+            document=tested.document,
+            decision=policy.evaluate(tested.document),
+            **shown,
+        )
+    try:
         raw = _decode_quote(quote_text)
         _, _, tee = quote_fmspc_and_ca(raw)
         verified = svc.verifier.verify(tee, raw, NO_REPORT_DATA)
-        perms = [p.strip() for p in perms_text.split(",") if p.strip()] if perms_text.strip() else None
-        decision = policy.evaluate(appraisal_input(verified, client_permissions=perms))
     except InvalidInput as exc:
-        errors = exc.extra.get("errors") or [exc.detail]
+        return _policy_test_page(
+            request, v, status=400, errors=exc.extra.get("errors") or [exc.detail], **shown
+        )
     except KeybrokerError as exc:  # evidence refused, collateral missing: the verdict, not a page error
-        evidence_error = f"evidence rejected ({exc.extra.get('check', exc.title)}): {exc.detail}"
-    return _policy_test_page(
-        request,
-        v,
-        status=400 if errors else 200,
-        language=lang,
-        text=text,
-        quote=quote_text,
-        client_permissions=perms_text,
-        decision=decision,
-        errors=errors,
-        evidence_error=evidence_error,
-    )
+        why = f"evidence rejected ({exc.extra.get('check', exc.title)}): {exc.detail}"
+        return _policy_test_page(request, v, evidence_error=why, **shown)
+    perms = [p.strip() for p in perms_text.split(",") if p.strip()] if perms_text.strip() else None
+    doc = appraisal_input(verified, client_permissions=perms)
+    return _policy_test_page(request, v, document=doc, decision=policy.evaluate(doc), **shown)
 
 
 # --- /kbs/v0 resource policies (Rego) -------------------------------------------------------------------
@@ -1071,6 +1126,7 @@ def audit_page(
     with svc.db.session() as s:
         records = list(s.scalars(q.order_by(AuditRecord.seq.desc()).limit(PAGE_SIZE)))
         head = s.scalar(select(func.max(AuditRecord.seq))) or 0
+        kept = AppraisalInputs.kept(s, [r.seq for r in records])
     guard = svc.checkpointer.guard
     filters = {
         "actor": actor or "",
@@ -1095,6 +1151,7 @@ def audit_page(
         anchor=guard.anchor,
         older=older,
         chain=None,
+        kept=kept,
     )
 
 
@@ -1150,6 +1207,7 @@ def attestation_page(request: Request, tee: str | None = None, outcome: str | No
             q = q.where(AuditRecord.outcome == outcome)
         attempts = list(s.scalars(q.order_by(AuditRecord.seq.desc()).limit(200)))
         items = list(s.scalars(select(CollateralItem).order_by(CollateralItem.next_update)))
+        kept = AppraisalInputs.kept(s, [r.seq for r in attempts[:PAGE_SIZE]])
     if tee:
         attempts = [r for r in attempts if tee_of(r).lower() == tee.lower()]
     counts: dict[tuple[str, str], int] = {}
@@ -1175,6 +1233,7 @@ def attestation_page(request: Request, tee: str | None = None, outcome: str | No
         tee=tee or "",
         outcome=outcome or "",
         tee_of=tee_of,
+        kept=kept,
     )
 
 
