@@ -163,6 +163,8 @@ def _nav(v: Viewer | None) -> list[tuple[str, str]]:
         ("Policies", "/ui/policies", ("key_transfer_policies:search", "resources:write")),
         ("Audit", "/ui/audit", ("audit:read",)),
         ("Attestation", "/ui/attestation", ("audit:read",)),
+        ("Tokens", "/ui/tokens", ("tokens:search",)),
+        ("Roles", "/ui/roles", ("roles:search",)),
         ("System", "/ui/system", ()),
     ]
     return [(label, href) for label, href, perms in items if not perms or any(v.can(p) for p in perms)]
