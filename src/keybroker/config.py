@@ -91,18 +91,25 @@ class AuditSettings(BaseModel):
 
 
 class CollateralSettings(BaseModel):
-    """Where ``keybroker collateral fetch`` asks when no ``--from`` is given."""
+    """Where ``keybroker collateral fetch`` asks when no ``--from`` is given, and where the console's
+    *Refresh now* asks."""
 
     model_config = ConfigDict(extra="forbid")
 
     #: AMD's Key Distribution Service, or a KDS-compatible mirror (another keybroker) for
     #: ``collateral fetch --snp``. https:// (http:// on a loopback address only).
     kds_url: str = Field(default="https://kdsintf.amd.com", min_length=1, max_length=2048)
+    #: Intel's PCS (https://api.trustedservices.intel.com) or a PCCS (another keybroker too) for
+    #: ``collateral fetch`` of DCAP collateral. None: none configured (``--from`` is needed).
+    pcs_url: str | None = Field(default=None, min_length=1, max_length=2048)
+    #: The CA bundle that verifies those sources' TLS certificates when they are used from the
+    #: configuration (None: the system's CAs).
+    ca_file: Path | None = None
 
-    @field_validator("kds_url")
+    @field_validator("kds_url", "pcs_url")
     @classmethod
-    def _check_kds_url(cls, value: str) -> str:
-        if not value.startswith(("https://", "http://")):
+    def _check_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("https://", "http://")):
             raise ValueError("must be an https:// URL")
         return value
 
@@ -199,6 +206,7 @@ _ENV_SECTION_KEYS = {
     "AUDIT_CHECKPOINT_LOG": ("audit", "checkpoint_log"),
     "AUDIT_APPRAISAL_INPUTS": ("audit", "appraisal_inputs"),
     "COLLATERAL_KDS_URL": ("collateral", "kds_url"),
+    "COLLATERAL_PCS_URL": ("collateral", "pcs_url"),
 }
 
 

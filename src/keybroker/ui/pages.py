@@ -49,7 +49,7 @@ from keybroker.errors import (
 from keybroker.keys.service import CertificateRequest, CreateKeyRequest
 from keybroker.limits import client_key
 from keybroker.resources.service import ResourceInfo, resource_path
-from keybroker.store.models import AuditRecord, BearerToken, CollateralItem, Key, TransferPolicy
+from keybroker.store.models import AuditRecord, BearerToken, Key, TransferPolicy
 from keybroker.tee.dcap.verify import quote_fmspc_and_ca
 from keybroker.tee.verifier import NO_REPORT_DATA
 from keybroker.ui import security
@@ -179,12 +179,16 @@ def _ago(value: datetime | None, now: datetime | None = None) -> str:
 
 
 def _span(delta: timedelta) -> str:
-    seconds = int(delta.total_seconds())
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds // size}{unit} {(seconds % size) // (size // 60 if size > 60 else 1)}" + (
-                "h" if unit == "d" else "m" if unit == "h" else "s"
-            )
+    """A duration in its two largest units: ``3d 4h``, ``2h 5m``, ``4m 10s``, ``9s``."""
+    days, rest = divmod(int(delta.total_seconds()), 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, seconds = divmod(rest, 60)
+    if days:
+        return f"{days}d {hours}h"
+    if hours:
+        return f"{hours}h {minutes}m"
+    if minutes:
+        return f"{minutes}m {seconds}s"
     return f"{seconds}s"
 
 
@@ -1181,62 +1185,6 @@ def audit_verify_page(request: Request) -> Response:
     except CheckpointError as exc:
         chain, problem = None, f"the checkpoint file does not verify: {exc}"
     return page(request, "audit_verify.html", v, chain=chain, problem=problem)
-
-
-# --- attestation --------------------------------------------------------------------------------------------
-
-_ATTEMPTS = ("attestation.attest", "key.transfer", "resource.release")
-
-
-def tee_of(r: AuditRecord) -> str:
-    """The TEE an attempt was for, or its protocol when the record does not say (e.g. a transfer)."""
-    d = r.details or {}
-    return str(d.get("tee") or d.get("protocol") or "")
-
-
-@router.get("/attestation")
-def attestation_page(request: Request, tee: str | None = None, outcome: str | None = None) -> Response:
-    v = viewer(request)
-    svc = _svc(request)
-    if not v.can("audit:read"):
-        raise Forbidden("you lack the permission audit:read", permission="audit:read")
-    if outcome and outcome not in _OUTCOMES:
-        raise InvalidInput("outcome: success, denied or failed", field="outcome")
-    now = datetime.now(UTC)
-    with svc.db.session() as s:
-        q = select(AuditRecord).where(AuditRecord.action.in_(_ATTEMPTS))
-        if outcome:
-            q = q.where(AuditRecord.outcome == outcome)
-        attempts = list(s.scalars(q.order_by(AuditRecord.seq.desc()).limit(200)))
-        items = list(s.scalars(select(CollateralItem).order_by(CollateralItem.next_update)))
-        kept = AppraisalInputs.kept(s, [r.seq for r in attempts[:PAGE_SIZE]])
-    if tee:
-        attempts = [r for r in attempts if tee_of(r).lower() == tee.lower()]
-    counts: dict[tuple[str, str], int] = {}
-    for r in attempts:
-        key = (tee_of(r) or "?", r.outcome)
-        counts[key] = counts.get(key, 0) + 1
-    # the newest piece of each kind per TEE/FMSPC/CA is the one in use
-    current: dict[tuple[Any, ...], CollateralItem] = {}
-    for item in sorted(items, key=lambda i: i.issue_date):
-        current[(item.kind, item.tee, item.fmspc, item.pck_ca)] = item
-    collateral = sorted(
-        current.values(),
-        key=lambda i: i.next_update if i.next_update.tzinfo else i.next_update.replace(tzinfo=UTC),
-    )
-    return page(
-        request,
-        "attestation.html",
-        v,
-        attempts=attempts[:PAGE_SIZE],
-        counts=sorted(counts.items()),
-        collateral=collateral,
-        now=now,
-        tee=tee or "",
-        outcome=outcome or "",
-        tee_of=tee_of,
-        kept=kept,
-    )
 
 
 # --- system -----------------------------------------------------------------------------------------------------
