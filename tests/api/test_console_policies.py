@@ -225,3 +225,33 @@ def test_a_resources_rego_policy_opens_in_the_test_page(console: TestClient, ser
     assert "wrong MRTD" in page.text  # the module, in the editor
     assert console.get("/ui/policy-test", params={"resource": "a/b"}).status_code == 400
     assert console.get("/ui/policy-test", params={"resource": "a/b/none"}).status_code == 404
+
+
+def test_a_refused_policy_is_audited_once_and_the_permission_comes_first(
+    console: TestClient, services: Services
+) -> None:
+    """Before, the console read the policy's text before it checked the permission (a person
+    without it was told what was wrong with the text, 400, not 403) and audited a refused text
+    twice when the service refused it."""
+    bad = '{"attestation_type": ["TDX"], "tdx": {}}'
+    csrf = sign_in(console, "audrey", ["auditor"])
+    r = console.post("/ui/policies", data={"csrf": csrf, "policy": bad})
+    assert r.status_code == 403 and "key_transfer_policies:create" in r.text
+    with TestClient(create_app(services), base_url="https://127.0.0.1:9443", client=LOCAL) as other:
+        csrf = sign_in(other, "pat", ["policy-admin"])
+        r = other.post("/ui/policies", data={"csrf": csrf, "policy": bad})
+        assert r.status_code == 400 and "tdx.attributes" in r.text
+        good = console.post(
+            "/kbs/v1/key-transfer-policies",
+            json={
+                "attestation_type": ["SGX"],
+                "sgx": {"attributes": {"mrsigner": ["a" * 64], "isvprodid": [1]}},
+            },
+            headers=token_headers(services, "key_transfer_policies:create"),
+        ).json()["id"]
+        r = other.post(f"/ui/policies/{good}", data={"csrf": csrf, "policy": bad})
+        assert r.status_code == 400 and "tdx.attributes" in r.text
+    records = [(x["actor"], x["action"], x["outcome"]) for x in _audit(services)]
+    assert records.count(("dev:audrey", "policy.create", "denied")) == 1
+    assert records.count(("dev:pat", "policy.create", "failed")) == 1
+    assert records.count(("dev:pat", "policy.update", "failed")) == 1

@@ -657,17 +657,15 @@ def policy_create(request: Request) -> Response:
     v = viewer(request)
     svc = _svc(request)
     text = form_of(request).only({"policy"}).raw("policy")
-    try:
-        body = _parse_policy(text)
+    try:  # the permission first, then the text: a refusal of either audited once, by act
         row = act(
             request,
             v,
             "policy.create",
             "key_transfer_policies:create",
-            lambda c: svc.keys.create_policy(c, body),
+            lambda c: svc.keys.create_policy(c, _parse_policy(text)),
         )
     except InvalidInput as exc:
-        _audit_failure(svc, v.actor, "policy.create", exc, None)
         return page(
             request,
             "policy_edit.html",
@@ -710,19 +708,16 @@ def policy_update(request: Request, policy_id: str) -> Response:
     v = viewer(request)
     svc = _svc(request)
     text = form_of(request).only({"policy"}).raw("policy")
-    try:
-        body = _parse_policy(text)
+    try:  # the permission first, then the text: a refusal of either audited once, by act
         act(
             request,
             v,
             "policy.update",
             "key_transfer_policies:update",
-            lambda c: svc.keys.update_policy(c, policy_id, body),
+            lambda c: svc.keys.update_policy(c, policy_id, _parse_policy(text)),
             object_id=policy_id,
         )
     except InvalidInput as exc:
-        if exc.field == "policy":
-            _audit_failure(svc, v.actor, "policy.update", exc, policy_id)
         row = svc.keys.get_policy(Caller(v.actor), policy_id)
         return page(
             request,
