@@ -230,3 +230,17 @@ def test_custom_roles_through_the_console(console: TestClient, services: Service
         ("role.delete", "powerful", "denied"),
     ]:
         assert expected in acts, expected
+
+
+def test_a_parameter_of_the_wrong_type_is_a_4xx_page(console: TestClient) -> None:
+    """Before, FastAPI's own refusal of a query parameter (``?before=abc``) left the console as an
+    ``application/problem+json`` document; every console refusal is an HTML page."""
+    sign_in(console, "audrey", ["auditor"])
+    for url, field in [
+        ("/ui/tokens?all=abc", "all"),
+        ("/ui/audit?before=abc", "before"),
+        ("/ui/roles/auditor?saved=x", "saved"),
+    ]:
+        r = console.get(url)
+        assert r.status_code == 400 and r.headers["content-type"].startswith("text/html"), (url, r.text[:300])
+        assert f"{field}: " in r.text and "Content-Security-Policy" in r.headers
