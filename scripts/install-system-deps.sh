@@ -11,8 +11,10 @@ ls /usr/lib/*/engines-3/pkcs11.so >/dev/null 2>&1 || need+=(libengine-pkcs11-ope
 command -v swtpm >/dev/null 2>&1 || need+=(swtpm)  # a software TPM 2.0 for the TPM tests (tests/helpers/swtpm.py)
 command -v swtpm_setup >/dev/null 2>&1 || need+=(swtpm-tools)  # swtpm_setup and its local CA: EKs with certificates
 command -v tpm2_quote >/dev/null 2>&1 || need+=(tpm2-tools)  # quotes, credentials, tpm2_checkquote as a second verifier
+command -v jq >/dev/null 2>&1 || need+=(jq)  # docs/tpm.md's commands, run by its doc test
 command -v chromium >/dev/null 2>&1 || need+=(chromium)  # the console's browser tests (Playwright drives it; no browser download)
 command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)  # WebDriver for the same browser
+[ -f /usr/share/OVMF/OVMF_CODE_4M.fd ] || need+=(ovmf)  # firmware for the SEV-SNP launch measurement tests
 
 if [ ${#need[@]} -eq 0 ]; then
   exit 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -56,6 +57,35 @@ class TrustSettings(BaseModel):
     dev_roots: list[Path] = Field(default_factory=list)
     #: Remote attestation services whose tokens are trusted. Empty: only this service's own.
     attestation_services: list[TrustedAttestationService] = Field(default_factory=list)
+
+
+class TpmSettings(BaseModel):
+    """Which TPM attestation keys are trusted (``docs/tpm.md``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    #: Per vendor (e.g. "gce"), files (PEM, or one DER certificate) of the CAs an AK certificate
+    #: may chain to; self-signed certificates are the trust anchors, the others intermediates.
+    #: Empty: no AK certificate is trusted.
+    ak_roots: dict[str, list[Path]] = Field(default_factory=dict)
+    #: Per TPM manufacturer, files (PEM or DER) of the CAs an EK certificate must chain to for
+    #: its TPM's AKs to be enrolled. Empty: no enrolment.
+    ek_roots: dict[str, list[Path]] = Field(default_factory=dict)
+    #: Dev mode only (--dev; ignored otherwise): EK roots such as swtpm's local CA. AKs enrolled
+    #: through them are simulated evidence (sim=true), refused by a server not in dev mode.
+    dev_ek_roots: list[Path] = Field(default_factory=list)
+    #: Seconds the TPM has to return an enrolment's credential.
+    enrolment_ttl_seconds: int = Field(default=300, ge=10, le=3600)
+
+    @field_validator("ak_roots", "ek_roots")
+    @classmethod
+    def _check_vendors(cls, value: dict[str, list[Path]]) -> dict[str, list[Path]]:
+        for vendor, paths in value.items():
+            if not re.fullmatch(r"[A-Za-z0-9_.\-]{1,64}", vendor):
+                raise ValueError(f"vendor name {vendor!r} must be 1-64 of A-Z a-z 0-9 _ . -")
+            if not paths:
+                raise ValueError(f"vendor {vendor!r} lists no PEM file")
+        return value
 
 
 class LimitsSettings(BaseModel):
@@ -152,6 +182,7 @@ class Settings(BaseModel):
     #: None: no OpenID provider (the console's dev login under --dev only).
     oidc: OidcSettings | None = None
     console: ConsoleSettings = Field(default_factory=ConsoleSettings)
+    tpm: TpmSettings = Field(default_factory=TpmSettings)
 
     @field_validator("listen")
     @classmethod

@@ -139,7 +139,15 @@ def test_openapi_states_the_checks_the_server_makes(client: TestClient) -> None:
     }
     assert schemas["NonceIn"]["properties"]["val"]["pattern"] == "^[A-Za-z0-9+/]{43}=$"
     header = next(p for p in transfer["parameters"] if p["name"] == "Attestation-Type")
-    assert header["schema"]["anyOf"][0]["enum"] == ["SGX", "TDX", "NONE"]
+    assert header["schema"]["anyOf"][0]["enum"] == [
+        "SGX",
+        "TDX",
+        "SNP",
+        "TPM",
+        "AZ-SNP-VTPM",
+        "AZ-TDX-VTPM",
+        "NONE",
+    ]
     assert set(transfer["responses"]) >= {"200", "400", "401", "403", "404", "413", "415", "503"}
     key_in = schemas["KeyInformationIn"]["properties"]
     assert key_in["key_length"]["anyOf"][0]["enum"] == [128, 192, 256, 2048, 3072, 4096]

@@ -68,7 +68,7 @@ def test_attest_nonce_single_use_and_binding(client: TestClient, services: Servi
     body["user_data"] = base64.b64encode(SPKI).decode()
     r = client.post("/attestation/v1/attest", json=body)
     assert r.status_code == 403 and "already used" in r.json()["detail"]
-    r = client.post("/attestation/v1/attest", json={**body, "tee": "snp"})
+    r = client.post("/attestation/v1/attest", json={**body, "tee": "cca"})
     assert r.status_code == 400
 
 

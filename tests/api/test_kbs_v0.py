@@ -148,7 +148,7 @@ def test_protocol_errors(client: TestClient, services: Services) -> None:
     assert client.post("/kbs/v0/auth", json={"version": "9.9.9", "tee": "tdx"}).status_code == 400
     assert (
         "not supported"
-        in client.post("/kbs/v0/auth", json={"version": "0.4.0", "tee": "snp"}).json()["detail"]
+        in client.post("/kbs/v0/auth", json={"version": "0.4.0", "tee": "cca"}).json()["detail"]
     )
     assert client.post("/kbs/v0/attest", json={}).status_code in (400, 401)
     client.cookies.clear()

@@ -1,5 +1,6 @@
 """Real verified evidence from the TEE simulator, for appraisal and token tests: simulator quotes
-through the one verifier (``tee.verifier.Verifier`` with the DCAP plugins), as the server verifies."""
+and SEV-SNP reports through the one verifier (``tee.verifier.Verifier`` with the DCAP and SNP
+plugins), as the server verifies."""
 
 from __future__ import annotations
 
@@ -14,6 +15,9 @@ from keybroker.tee.dcap.plugin import dcap_verifiers
 from keybroker.tee.dcap.sources import StaticCollateral
 from keybroker.tee.dcap.verify import VerifiedQuote
 from keybroker.tee.sim import DevPki, sgx_quote, tdx_quote
+from keybroker.tee.sim.snp import SnpDevPki, snp_report
+from keybroker.tee.snp.abi import Product
+from keybroker.tee.snp.plugin import SnpVerifier
 from keybroker.tee.verifier import NO_REPORT_DATA, VerifiedEvidence, Verifier
 
 ISSUED = dt.datetime(2026, 3, 1, 12, 0, 0, tzinfo=dt.UTC)
@@ -49,3 +53,24 @@ class SimEvidence:
         detail = self.verify(tee, **fields).detail
         assert isinstance(detail, VerifiedQuote)
         return detail
+
+
+class SimSnpEvidence:
+    """Make and verify simulated SEV-SNP reports (a Genoa dev PKI issued at ``ISSUED``), through
+    the one verifier with the SNP plugin trusting the dev ARK, as a ``serve --dev`` server does."""
+
+    def __init__(self, directory: Path, product: Product = "Genoa") -> None:
+        self.pki = SnpDevPki.create(directory / "snp", product=product, now=ISSUED)
+
+    @cached_property
+    def verifier(self) -> Verifier:
+        return Verifier([SnpVerifier([self.pki.root_cert])], clock=lambda: AT)
+
+    def evidence(self, *, with_certs: bool = True, **fields: Any) -> bytes:
+        """``report || cert_table`` (what a guest sends), or the report alone."""
+        fields.setdefault("report_data", REPORT_DATA)
+        made = snp_report(self.pki, now=ISSUED, **fields)
+        return made.report + made.cert_table if with_certs else made.report
+
+    def verify(self, **fields: Any) -> VerifiedEvidence:
+        return self.verifier.verify("snp", self.evidence(**fields), NO_REPORT_DATA)

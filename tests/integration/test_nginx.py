@@ -35,6 +35,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from tests.helpers.postgres import free_port
 
+from keybroker.tee.sim.snp import DEFAULT_MEASUREMENT
+
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "nginx.md"
 INSTALL = ROOT / "scripts" / "install-system-deps.sh"
@@ -175,9 +177,31 @@ def _token_objects(work: Path) -> list[dict[str, Any]]:
     return list(json.loads(r.stdout))
 
 
-def test_nginx_walkthrough(requirements: None, tmp_path: Path) -> None:
+#: The walkthrough with an SEV-SNP guest instead of a TD: the same doc, its policy an ``snp`` section
+#: for the SNP simulator's default guest, ``--tee sim-snp``, the other guest another measurement.
+_SNP_POLICY = """"attestation_type": ["SNP"],
+  "snp": {"attributes": {
+    "measurement": ["MEASUREMENT"],
+    "vmpl": [0],
+    "minimum_tcb": {"bootloader": 10, "tee": 0, "snp": 23, "microcode": 84}}},
+  "allow_simulated": true""".replace("MEASUREMENT", DEFAULT_MEASUREMENT.hex())
+
+
+def _as_snp(text: str) -> str:
+    start = text.index('"attestation_type": ["TDX"]')
+    end = text.index('"allow_simulated": true', start) + len('"allow_simulated": true')
+    text = text[:start] + _SNP_POLICY + text[end:]
+    text = text.replace("--tee sim-tdx", "--tee sim-snp")
+    return text.replace("--sim-field mrtd=$(printf '%096d' 0)", "--sim-field measurement=$(printf '%096d' 0)")
+
+
+@pytest.mark.parametrize("tee", ["tdx", "snp"])
+def test_nginx_walkthrough(requirements: None, tmp_path: Path, tee: str) -> None:
+    """docs/nginx.md as written (a TD), and the same walkthrough with an SEV-SNP guest."""
     work = tmp_path / "work"
-    blocks = doc_blocks(DOC.read_text())
+    text = DOC.read_text()
+    blocks = doc_blocks(text if tee == "tdx" else _as_snp(text))
+    claim = "mrtd" if tee == "tdx" else "measurement"
     env = {k: v for k, v in os.environ.items() if k not in ("SOFTHSM2_CONF", "OPENSSL_CONF")}
     env |= {
         "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '/usr/bin:/bin')}",
@@ -207,7 +231,7 @@ def test_nginx_walkthrough(requirements: None, tmp_path: Path) -> None:
         assert "not the broker (curl exit 60)" in run.stdout
         assert "nginx serves the broker's key" in run.stdout
         assert "keybroker-client exit 1" in run.stdout
-        assert "denied by the key broker (403)" in run.stderr and "mrtd " + "00" * 48 in run.stderr
+        assert "denied by the key broker (403)" in run.stderr and f"{claim} " + "00" * 48 in run.stderr
 
         # the handshake proves the broker's key, checked here independently of the doc
         with httpx.Client(
@@ -227,7 +251,7 @@ def test_nginx_walkthrough(requirements: None, tmp_path: Path) -> None:
         # one success (provision), then the wrong TD's denial naming MRTD
         transfers = [r for r in audit if r["action"] == "key.transfer" and r["object_id"] == key]
         assert [r["outcome"] for r in transfers] == ["success", "denied"]
-        assert "mrtd" in transfers[-1]["reason"]
+        assert claim in transfers[-1]["reason"]
 
         # the token: the key, protected, and nothing from the wrong TD
         objects = _token_objects(work)
@@ -241,7 +265,7 @@ def test_nginx_walkthrough(requirements: None, tmp_path: Path) -> None:
         # at the next boot: provisioning again is a no-op (while nginx uses the token)
         again = subprocess.run(
             [str(BIN / "keybroker-client"), "provision", "--config", str(work / "keys.txt")]
-            + ["--server", doc_vars["KB"], "--ca-file", str(ca), "--tee", "sim-tdx"]
+            + ["--server", doc_vars["KB"], "--ca-file", str(ca), "--tee", f"sim-{tee}"]
             + ["--dev-pki", str(work / "kb" / "dev-pki"), "--pkcs11-module", str(SOFTHSM_MODULE)]
             + ["--pin-file", str(work / "pin")],
             env={**env, "SOFTHSM2_CONF": str(work / "softhsm" / "softhsm2.conf")},

@@ -28,6 +28,7 @@ from keybroker.api.routers import (
     pccs_v4,
     roles_v1,
     sys,
+    tpm_v1,
     transfer_v1,
     well_known,
 )
@@ -71,6 +72,12 @@ FAILURE_ACTIONS: dict[tuple[str, str], str | None] = {
     ("GET", "/kbs/v1/roles/{role}"): "role.retrieve",
     ("PUT", "/kbs/v1/roles/{role}"): "role.update",
     ("DELETE", "/kbs/v1/roles/{role}"): "role.delete",
+    ("POST", "/kbs/v1/tpm/enrolments"): "tpm.ak.enrol",
+    ("POST", "/kbs/v1/tpm/enrolments/{enrolment_id}/activation"): "tpm.ak.activate",
+    ("GET", "/kbs/v1/tpm/aks"): "tpm.ak.search",
+    ("GET", "/kbs/v1/tpm/aks/{name}"): "tpm.ak.retrieve",
+    ("POST", "/kbs/v1/tpm/aks/{name}/approval"): "tpm.ak.approve",
+    ("POST", "/kbs/v1/tpm/aks/{name}/revocation"): "tpm.ak.revoke",
 }
 #: The metrics' route label of requests that matched no route.
 _UNMATCHED = "<unmatched>"
@@ -86,6 +93,7 @@ ROUTERS: tuple[APIRouter, ...] = (
     health.router,
     kbs_v1.router,
     roles_v1.router,
+    tpm_v1.router,
     sys.router,
     pccs_v4.router,
     kds.router,
@@ -243,7 +251,9 @@ class CrossCutting:
                     object_id=params.get("key_id")
                     or params.get("policy_id")
                     or params.get("jti")
-                    or params.get("role"),
+                    or params.get("role")
+                    or params.get("name")
+                    or params.get("enrolment_id"),
                     outcome=outcome,
                     reason=getattr(request.state, "problem_detail", None) or f"HTTP {status}",
                 )

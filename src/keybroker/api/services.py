@@ -29,9 +29,10 @@ from keybroker.auth.oidc import OidcProvider
 from keybroker.auth.registry import TokenRegistry
 from keybroker.auth.rolestore import RoleStore
 from keybroker.auth.tokens import load_or_create_signing_key
+from keybroker.collateral.kds_store import KdsStore, endorsement_source
 from keybroker.collateral.store import DbCollateralSource
 from keybroker.collateral.trust import DEV_PKI_DIR as DEV_PKI_DIR  # where tests find the dev PKI
-from keybroker.collateral.trust import dev_pki_dir, evidence_trust
+from keybroker.collateral.trust import dev_pki_dir, ek_roots, evidence_trust, snp_dev_pki_dir
 from keybroker.config import Settings, TrustedAttestationService
 from keybroker.errors import InvalidInput, KeybrokerError
 from keybroker.keys.release import ReleaseService
@@ -47,7 +48,10 @@ from keybroker.seal.unseal import UnsealService
 from keybroker.store.db import Database
 from keybroker.tee.dcap.endorsements import QuoteCollateral
 from keybroker.tee.sim import DevPki
+from keybroker.tee.sim.snp import SnpDevPki
 from keybroker.tee.verifier import Verifier
+from keybroker.tpmaks.service import TpmAkService
+from keybroker.tpmaks.store import DbAkRegistry
 
 log = logging.getLogger("keybroker")
 
@@ -101,6 +105,16 @@ def _dev_pki(directory: Path) -> DevPki:
     log.warning(
         "DEV MODE: evidence from the simulator's dev root %s is trusted (claims carry sim=true)",
         pki.root_pem_path,
+    )
+    return pki
+
+
+def _snp_dev_pki(directory: Path) -> SnpDevPki:
+    """The SEV-SNP simulator's dev PKI (an AMD-shaped ARK/ASK/ASVK; created on first start)."""
+    pki = SnpDevPki.load_or_create(directory)
+    log.warning(
+        "DEV MODE: SEV-SNP reports chaining to the simulator's dev ARK %s are trusted (claims carry sim=true)",
+        directory / "ark.pem",
     )
     return pki
 
@@ -171,6 +185,8 @@ class Services:
     oidc: OidcProvider | None
     #: Attempts' audit records with their appraisal inputs (the newest kept).
     inputs: AppraisalInputs
+    #: TPM attestation keys: enrolment through the EK, approval, revocation.
+    tpm_aks: TpmAkService
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -190,7 +206,24 @@ class Services:
         oidc = OidcProvider(settings.oidc) if settings.oidc is not None else None
         if settings.dev:
             _dev_pki(dev_pki_dir(settings))  # created, or its collateral refreshed, before it is read
-        verifier = REGISTRY.verifier(evidence_trust(settings, DbCollateralSource(db)))
+            _snp_dev_pki(snp_dev_pki_dir(settings))
+        kds = endorsement_source(KdsStore(db))  # SEV-SNP reports that carry no certificates
+        verifier = REGISTRY.verifier(
+            evidence_trust(settings, DbCollateralSource(db), aks=DbAkRegistry(db), snp_endorsements=kds)
+        )
+        manufacturers, dev_ek = ek_roots(settings)
+        if dev_ek:
+            log.warning(
+                "DEV MODE: TPM EKs certified by tpm.dev_ek_roots (%s) may enrol AKs (their evidence is "
+                "simulated: sim=true)",
+                ", ".join(str(p) for p in settings.tpm.dev_ek_roots),
+            )
+        tpm_aks = TpmAkService(
+            db,
+            ek_roots=manufacturers,
+            dev_ek_roots=dev_ek,
+            ttl=timedelta(seconds=settings.tpm.enrolment_ttl_seconds),
+        )
         nonce_ttl = timedelta(seconds=settings.nonce_ttl_seconds)
         trusted = [_trusted_issuer(i, t) for i, t in enumerate(settings.trust.attestation_services)]
         limits = settings.limits
@@ -248,6 +281,7 @@ class Services:
             Authenticator(tokens, roles, oidc),
             oidc,
             inputs,
+            tpm_aks,
         )
         _warn_key_certificates_under_tls_anchor(services.keys, cas)
         if settings.dev:

@@ -103,6 +103,32 @@ class Clauses:
             said = f"{name} {actual} is below the policy minimum"
             self._mismatch(name, str(actual), said, str(minimum), f"{said} {minimum}")
 
+    def fail(self, name: str, text: str, *, measurement: bool = True) -> None:
+        """A failed clause whose text reveals nothing of the policy (a missing claim, a fact)."""
+        self.reasons.append(Reason.plain(text, name))
+        if measurement:
+            self.measurement_failed = True
+
+    def value_any_of(
+        self, name: str, presented: object, allowed: Sequence[str], *, hex_values: bool = True
+    ) -> None:
+        """A claim the caller read (``presented``; not a string: missing) must be one of ``allowed``;
+        an empty list is not checked. Hex values compare case-insensitively."""
+        if not allowed:
+            return
+        if not isinstance(presented, str):
+            self.fail(name, f"{name}: the claim is missing from the evidence")
+            return
+
+        def norm(v: str) -> str:
+            return v.lower() if hex_values else v
+
+        if norm(presented) not in {norm(v) for v in allowed}:
+            shown = norm(presented) if hex_values else repr(presented)
+            said = f"{name} {shown} is not in the policy's list"
+            expected = listing([norm(v) if hex_values else repr(v) for v in allowed])
+            self._mismatch(name, shown, said, expected, f"{said} ({expected})")
+
     def client_permissions(self, required: Sequence[str], presented: object) -> None:
         if not required:
             return

@@ -18,8 +18,9 @@ executables               2 (approved) when the policy allowed the measured iden
                           did not appraise measurements (default policies, a Rego denial)
 hardware                  2 (genuine) for TCB UpToDate; 32 (known vulnerabilities) for any other
                           status, and for simulated evidence
-runtime-opaque            2 (encrypted memory: SGX enclave / TD); a debug enclave/TD lets the host
-                          read its memory: 32 if the policy allowed debug, 96 if not
+runtime-opaque            2 (encrypted memory: SGX enclave / TD / SEV-SNP or TDX VM); a debug one
+                          lets the host read its memory: 32 if the policy allowed debug, 96 if not;
+                          0 for a plain TPM (a TPM measures, it does not hide memory)
 file-system, storage-     0: not appraised from a DCAP quote
 opaque, sourced-data
 ========================  =====================================================================
@@ -59,6 +60,8 @@ Executables = Literal["approved", "unrecognized", "unchecked"]
 _CONFIGURATION_STATUSES: Final = frozenset(
     {"ConfigurationNeeded", "ConfigurationAndSWHardeningNeeded", "OutOfDateConfigurationNeeded"}
 )
+#: TEEs whose evidence says nothing about memory isolation (a TPM measures the boot, it hides nothing).
+_NO_MEMORY_ISOLATION: Final = frozenset({"tpm"})
 _TIER_ORDER: Final[dict[Tier, int]] = {"none": 0, "affirming": 1, "warning": 2, "contraindicated": 3}
 _DENIED_WITHOUT_REASON: Final = "the policy did not allow the request"
 
@@ -207,7 +210,7 @@ def _vector(doc: Mapping[str, Any] | None, *, allowed: bool, executables: Execut
         configuration=configuration,
         executables={"approved": 2, "unrecognized": 33, "unchecked": 0}[executables],
         hardware=2 if status == "UpToDate" and not simulated else 32,
-        runtime_opaque=debug_value if in_debug else 2,
+        runtime_opaque=0 if facts["tee"] in _NO_MEMORY_ISOLATION else (debug_value if in_debug else 2),
     )
 
 

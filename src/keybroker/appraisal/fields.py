@@ -7,7 +7,17 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt
 
-__all__ = ["U16", "Permission", "Sha256Hex", "Sha384Hex", "Strict", "TrustAuthorityPolicyId"]
+__all__ = [
+    "U8",
+    "U16",
+    "U32",
+    "Hex16Bytes",
+    "Permission",
+    "Sha256Hex",
+    "Sha384Hex",
+    "Strict",
+    "TrustAuthorityPolicyId",
+]
 
 _HEX = re.compile(r"^[0-9a-fA-F]*$")
 
@@ -25,7 +35,11 @@ def _hex_of(length: int) -> AfterValidator:
 
 Sha256Hex = Annotated[str, _hex_of(64)]
 Sha384Hex = Annotated[str, _hex_of(96)]
+#: 16 bytes in hex (SEV-SNP FAMILY_ID, IMAGE_ID).
+Hex16Bytes = Annotated[str, _hex_of(32)]
+U8 = Annotated[StrictInt, Field(ge=0, le=0xFF)]
 U16 = Annotated[StrictInt, Field(ge=0, le=0xFFFF)]
+U32 = Annotated[StrictInt, Field(ge=0, le=0xFFFF_FFFF)]
 Permission = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:\-]+$")]
 #: A Trust Authority appraisal policy id (a UUID there); keybroker cannot evaluate them, so any denies.
 TrustAuthorityPolicyId = Annotated[str, Field(min_length=1, max_length=64)]

@@ -19,8 +19,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from keybroker.appraisal.section import PolicySection
-from keybroker.appraisal.sections import sgx, tdx
+from keybroker.appraisal.sections import azure, sgx, snp, tdx, tpm
+from keybroker.tee.azure.plugin import AzureVtpmVerifier
 from keybroker.tee.dcap.plugin import DCAP_TCB_MEMBERS, DcapVerifier
+from keybroker.tee.snp.plugin import SnpVerifier
+from keybroker.tee.tpm.plugin import TpmVerifier
 from keybroker.tee.trust import EvidenceTrust
 from keybroker.tee.verifier import TeeVerifier, Verifier
 
@@ -85,5 +88,19 @@ REGISTRY = TeeRegistry(
     ),
     TeeRegistration(
         "tdx", tdx.SECTION, DCAP_TCB_MEMBERS, lambda t: DcapVerifier("tdx", t.collateral, t.dev_roots)
+    ),
+    TeeRegistration("snp", snp.SECTION, (), lambda t: SnpVerifier(t.dev_roots, t.snp_endorsements)),
+    TeeRegistration("tpm", tpm.SECTION, (), lambda t: TpmVerifier(t.tpm)),
+    TeeRegistration(
+        "az-snp-vtpm",
+        azure.AZ_SNP_VTPM,
+        (),
+        lambda t: AzureVtpmVerifier("az-snp-vtpm", collateral=t.collateral, dev_roots=t.dev_roots, tpm=t.tpm),
+    ),
+    TeeRegistration(
+        "az-tdx-vtpm",
+        azure.AZ_TDX_VTPM,
+        DCAP_TCB_MEMBERS,
+        lambda t: AzureVtpmVerifier("az-tdx-vtpm", collateral=t.collateral, dev_roots=t.dev_roots, tpm=t.tpm),
     ),
 )

@@ -84,7 +84,12 @@ def evaluate_input(policy: TransferPolicyBody, doc: Mapping[str, Any], *, policy
     kind.evaluate(c, section)
     attributes = kind.attributes(section)
     c.client_permissions(attributes.client_permissions, doc.get("client_permissions"))
-    c.tcb(doc.get("tcb"), enforce=attributes.enforce_tcb_upto_date)
+    tcb = doc.get("tcb")
+    status = tcb.get("status") if isinstance(tcb, Mapping) else None
+    if kind.no_tcb_status_note is None or not isinstance(status, str):
+        c.tcb(tcb, enforce=attributes.enforce_tcb_upto_date)
+    else:
+        c.notes.append(f"TCB status {status}: {kind.no_tcb_status_note}")
 
     executables: Executables = "unrecognized" if c.measurement_failed else "approved"
     return decide(

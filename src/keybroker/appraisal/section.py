@@ -62,6 +62,10 @@ class PolicySection(Generic[SectionT]):
     #: What the default attestation and resource policies deny for this TEE besides debug, TCB
     #: status and simulated evidence (TDX: reserved TD attribute bits).
     default_findings: Callable[[Mapping[str, Any]], list[str]] = field(default=_no_findings)
+    #: For a TEE whose vendor publishes no TCB status (SEV-SNP): the note that replaces the shared
+    #: TCB status clause (``enforce_tcb_upto_date``), saying how the section judges the TCB. None:
+    #: the shared clause applies.
+    no_tcb_status_note: str | None = None
 
     @property
     def attestation_type(self) -> str:

@@ -94,6 +94,13 @@ ACTIONS: frozenset[str] = frozenset(
         "collateral.refresh",
         # the audit log itself (failed reads of /kbs/v1/audit)
         "audit.read",
+        # TPM attestation keys (/kbs/v1/tpm, keybroker tpm ak ...)
+        "tpm.ak.enrol",
+        "tpm.ak.activate",
+        "tpm.ak.search",
+        "tpm.ak.retrieve",
+        "tpm.ak.approve",
+        "tpm.ak.revoke",
     }
 )
 OUTCOMES: frozenset[str] = frozenset({"success", "denied", "failed"})
@@ -122,6 +129,12 @@ SEALED_ACTIONS: Mapping[str, frozenset[str]] = MappingProxyType(
         "role.search": OUTCOMES,
         "role.update": OUTCOMES,
         "role.delete": OUTCOMES,
+        # Enrolled TPM AKs, like roles, are listed, approved and revoked by `keybroker tpm ak` on the
+        # operator's host too (enrolment itself only through the API, signed).
+        "tpm.ak.search": OUTCOMES,
+        "tpm.ak.retrieve": OUTCOMES,
+        "tpm.ak.approve": OUTCOMES,
+        "tpm.ak.revoke": OUTCOMES,
         # Operators sign in to the console to unseal it.
         "console.login": OUTCOMES,
         "console.logout": OUTCOMES,

@@ -55,6 +55,11 @@ PERMISSIONS = (
     "roles:create",
     "roles:update",
     "roles:delete",
+    "tpm_aks:create",
+    "tpm_aks:search",
+    "tpm_aks:retrieve",
+    "tpm_aks:approve",
+    "tpm_aks:revoke",
     "*:*",
 )
 _CLIENT_PERMISSION = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")

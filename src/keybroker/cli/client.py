@@ -27,6 +27,7 @@ from keybroker.cli.client_common import (
     RootOpt,
     SimFieldOpt,
     TeeOpt,
+    TpmOpt,
     VerboseOpt,
     describe,
     exit_code,
@@ -233,6 +234,7 @@ def get_key(
     tee: TeeOpt = "auto",
     dev_pki: DevPkiOpt = None,
     sim_field: SimFieldOpt = None,
+    tpm: TpmOpt = None,
     ca_file: CaFileOpt = None,
     ca_sha384: CaPinOpt = None,
     token: TokenOpt = None,
@@ -301,7 +303,7 @@ def get_key(
         target = TokenTarget(pkcs11_module, token_label, read_pin(pin, pin_file), label, _hex_id(obj_id))
     if out is not None:
         check_writable(out)
-    source = provider(tee, dev_pki, sim_field, system_root)
+    source = provider(tee, dev_pki, sim_field, system_root, tpm)
     if target is not None:
         inspect_target(target, None)  # the module, the token and the PIN, before the broker is asked
     steps = Timings()
@@ -339,6 +341,7 @@ def provision(
     tee: TeeOpt = "auto",
     dev_pki: DevPkiOpt = None,
     sim_field: SimFieldOpt = None,
+    tpm: TpmOpt = None,
     ca_file: CaFileOpt = None,
     ca_sha384: CaPinOpt = None,
     token: TokenOpt = None,
@@ -380,7 +383,7 @@ def provision(
         else:
             the_pin = read_pin(pin if e.uri.pin_source is None else None, e.uri.pin_source or pin_file)
         plans.append((e, TokenTarget(module, e.uri.token, the_pin, e.uri.object, e.uri.id)))
-    source = provider(tee, dev_pki, sim_field, system_root)
+    source = provider(tee, dev_pki, sim_field, system_root, tpm)
     worst = EXIT_OK
     with _transport(server, ca_file, ca_sha384, token, retries, timeout) as transport:
         for e, target in plans:
@@ -408,6 +411,7 @@ def get_resource(
     tee: TeeOpt = "auto",
     dev_pki: DevPkiOpt = None,
     sim_field: SimFieldOpt = None,
+    tpm: TpmOpt = None,
     ca_file: CaFileOpt = None,
     ca_sha384: CaPinOpt = None,
     key_type: Annotated[
@@ -434,7 +438,7 @@ def get_resource(
         raise InvalidInput(f"--key-type {key_type!r} is not rsa or ec", field="key_type")
     if out is not None:
         check_writable(out)
-    source = provider(tee, dev_pki, sim_field, system_root)
+    source = provider(tee, dev_pki, sim_field, system_root, tpm)
     with _transport(server, ca_file, ca_sha384, None, retries, timeout) as transport:
         released = fetch_resource(transport, resource, source, key_type="rsa" if key_type == "rsa" else "ec")
     if out is not None:
@@ -461,6 +465,77 @@ def detect(system_root: RootOpt = Path("/")) -> None:
 
 
 client_evidence.register(app)
+
+tpm_app = typer.Typer(
+    help="This machine's TPM: enrol its attestation key (AK) with the broker.", no_args_is_help=True
+)
+app.add_typer(tpm_app, name="tpm")
+
+
+@tpm_app.command("enrol")
+@exits
+def tpm_enrol(
+    server: ServerOpt,
+    token: Annotated[
+        str, typer.Option("--token", envvar="KEYBROKER_TOKEN", help="a bearer token with tpm_aks:create")
+    ],
+    label: Annotated[
+        str | None, typer.Option("--label", help="a name for the machine (its host name)")
+    ] = None,
+    tpm: TpmOpt = None,
+    ca_file: CaFileOpt = None,
+    ca_sha384: CaPinOpt = None,
+    retries: RetriesOpt = 3,
+    timeout: TimeoutOpt = 30.0,
+    verbose: VerboseOpt = 0,
+) -> None:
+    """Enrol the TPM's AK (made under the EK, kept at a persistent handle) with the broker: the broker
+    checks the EK certificate and makes a credential only this TPM can activate; the AK is registered,
+    pending an administrator's approval unless the token may approve AKs. Prints the AK's record (JSON)."""
+    import json
+
+    from keybroker.cli.client_common import tpm_settings
+    from keybroker.client.tpm import DEFAULT_AK_HANDLE, DEFAULT_EK_HANDLE, TpmTools, enrol
+
+    setup_logging(verbose)
+    settings = tpm_settings(tpm)
+    unknown = sorted(set(settings) - {"tcti", "ak-handle", "ek-handle", "ek-cert"})
+    if unknown:
+        raise InvalidInput(f"--tpm {', '.join(unknown)}: not an enrolment setting", field="tpm")
+
+    def one(name: str, default: str) -> str:
+        return settings.get(name, [default])[0]
+
+    ek_cert = None
+    if "ek-cert" in settings:
+        try:
+            ek_cert = Path(settings["ek-cert"][0]).read_bytes()
+        except OSError as exc:
+            raise InvalidInput(f"--tpm ek-cert: {exc.strerror}", field="tpm") from None
+    tools = TpmTools(settings["tcti"][0] if "tcti" in settings else None)
+    with _transport(server, ca_file, ca_sha384, token, retries, timeout) as transport:
+
+        def post(path: str, body: dict[str, object]) -> dict[str, object]:
+            answer = transport.request("POST", path, json_body=body, retry=False).json()
+            if not isinstance(answer, dict):
+                raise InvalidInput(f"the broker's answer to {path} is not a JSON object", field="enrolment")
+            return answer
+
+        record = enrol(
+            tools,
+            post,
+            ek_handle=one("ek-handle", DEFAULT_EK_HANDLE),
+            ak_handle=one("ak-handle", DEFAULT_AK_HANDLE),
+            ek_certificate=ek_cert,
+            label=label,
+        )
+    typer.echo(json.dumps(record))
+    if record.get("status") == "pending":
+        say(
+            f"AK {record.get('name')} enrolled, pending: an administrator approves it (keybroker tpm ak approve NAME)"
+        )
+    else:
+        say(f"AK {record.get('name')} enrolled and {record.get('status')}")
 
 
 @app.command()

@@ -19,6 +19,7 @@ from keybroker.cli.client_common import (
     RootOpt,
     SimFieldOpt,
     TeeOpt,
+    TpmOpt,
     VerboseOpt,
     exits,
     provider,
@@ -26,7 +27,7 @@ from keybroker.cli.client_common import (
     setup_logging,
 )
 from keybroker.client.errors import OutputError
-from keybroker.client.evidence import REPORT_DATA_SIZE
+from keybroker.client.evidence import REPORT_DATA_SIZE, TPM_QUOTE_TEES
 from keybroker.errors import InvalidInput
 
 app = typer.Typer(
@@ -34,12 +35,20 @@ app = typer.Typer(
 )
 
 
-def _report_data(value: str) -> bytes:
-    """Exactly 64 bytes of hex: shorter report data is not padded (a binding must be explicit)."""
+def _report_data(value: str, tee: str) -> bytes:
+    """Exactly 64 bytes of hex: shorter report data is not padded (a binding must be explicit); a TPM
+    quote's extraData: 1 to 64 bytes, as given."""
     try:
         raw = bytes.fromhex(value.strip())
     except ValueError:
         raise InvalidInput(f"--report-data is not hex: {value[:40]!r}", field="report_data") from None
+    if tee in TPM_QUOTE_TEES:
+        if not 1 <= len(raw) <= REPORT_DATA_SIZE:
+            raise InvalidInput(
+                f"--report-data (the quote's extraData) must be 1 to {REPORT_DATA_SIZE} bytes, got {len(raw)}",
+                field="report_data",
+            )
+        return raw
     if len(raw) != REPORT_DATA_SIZE:
         raise InvalidInput(
             f"--report-data must be exactly {REPORT_DATA_SIZE} bytes ({2 * REPORT_DATA_SIZE} hex characters), "
@@ -62,13 +71,22 @@ def evidence(
     report_data: Annotated[
         str,
         typer.Option(
-            "--report-data", metavar="HEX", help="the report data: exactly 64 bytes, 128 hex characters"
+            "--report-data",
+            metavar="HEX",
+            help="the report data: exactly 64 bytes, 128 hex characters (--tee tpm, az-*: the quote's "
+            "extraData, 1 to 64 bytes)",
         ),
     ],
-    out: Annotated[Path, typer.Option("--out", metavar="FILE", help="write the quote (raw bytes) here")],
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out", metavar="FILE", help="write the quote (raw bytes; TPM: the evidence document, JSON) here"
+        ),
+    ],
     tee: TeeOpt = "auto",
     dev_pki: DevPkiOpt = None,
     sim_field: SimFieldOpt = None,
+    tpm: TpmOpt = None,
     aux_out: Annotated[
         Path | None,
         typer.Option("--aux-out", metavar="FILE", help="SEV-SNP: write the certificate table (auxblob) here"),
@@ -82,8 +100,8 @@ def evidence(
     (--tee sim-tdx, sim-sgx) verify only where the dev root is trusted: NOT FOR PRODUCTION.
     """
     setup_logging(verbose)
-    data = _report_data(report_data)
-    source = provider(tee, dev_pki, sim_field, system_root)
+    data = _report_data(report_data, tee)
+    source = provider(tee, dev_pki, sim_field, system_root, tpm)
     produced = source.evidence(data)
     _write(out, produced.quote, "--out")
     what = f"{'simulated ' if produced.simulated else ''}{produced.tee.upper()} evidence"

@@ -14,6 +14,8 @@ from typing import Annotated
 import typer
 
 from keybroker.tee.sim.pki import PLATFORM_SGX, PLATFORM_TDX, TCB_CHOICES, DevPki, TcbChoice
+from keybroker.tee.sim.snp import SnpDevPki
+from keybroker.tee.snp.abi import PRODUCTS
 
 app = typer.Typer(
     name="dev-pki",
@@ -58,19 +60,30 @@ def init(
         typer.Option("--dev-pki", metavar="DIR", help="Directory to create the dev PKI in (made 0700)."),
     ],
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing dev PKI in DIR.")] = False,
+    snp_product: Annotated[
+        str,
+        typer.Option("--snp-product", help=f"The SEV-SNP dev PKI's product: {', '.join(PRODUCTS)}."),
+    ] = "Genoa",
 ) -> None:
-    """Create a dev root CA, PCK CAs, TCB signing cert, CRLs, PCK certs, signed collateral."""
+    """Create a dev root CA, PCK CAs, TCB signing cert, CRLs, PCK certs, signed collateral; and in
+    DIR/snp an SEV-SNP dev PKI (ARK, ASK, ASVK, CRLs; VCEKs issued as reports are made)."""
     if directory.exists() and not directory.is_dir():
         raise _usage_error(f"{directory} exists and is not a directory")
     if directory.is_dir() and any(directory.iterdir()) and not force:
         raise _usage_error(f"{directory} is not empty; refusing to overwrite it without --force")
+    product = next((p for p in PRODUCTS if p == snp_product), None)
+    if product is None:
+        raise _usage_error(f"--snp-product {snp_product!r} is not one of {', '.join(PRODUCTS)}")
     pki = DevPki.create(directory)
+    snp = SnpDevPki.create(directory / "snp", product=product)
     typer.echo(f"Created a development PKI in {directory} (NOT FOR PRODUCTION):")
     for path in sorted(p for p in directory.rglob("*") if p.is_file()):
         typer.echo(f"  {path.relative_to(directory)}")
     typer.echo(f"Root CA: {pki.root_cert.subject.rfc4514_string()}")
     typer.echo(f"Root CA SHA-256 fingerprint: {pki.root_fingerprint}")
     typer.echo(f"Trust it only for development: --trust-root {pki.root_pem_path}")
+    typer.echo(f"SEV-SNP dev ARK ({product}) SHA-256 fingerprint: {snp.root_fingerprint}")
+    typer.echo(f"Trust it only for development: --trust-root {snp.directory / 'ark.pem'}")
 
 
 @app.command("revoke-pck")

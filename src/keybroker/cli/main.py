@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 import typer
 
 from keybroker import __version__, datadir
-from keybroker.cli import audit, collateral, devpki, evidence, keystore, policy, role, serving, token
+from keybroker.cli import audit, collateral, devpki, evidence, keystore, policy, role, serving, token, tpm
 from keybroker.cli.common import (
     EXIT_CODES_HELP,
     EXIT_FAILED,
@@ -55,6 +55,7 @@ app.add_typer(evidence.app, name="evidence")
 app.add_typer(collateral.app, name="collateral")
 app.add_typer(keystore.app, name="keystore")
 app.add_typer(policy.app, name="policy")
+app.add_typer(tpm.app, name="tpm")
 
 ServerOpt = Annotated[
     Optional[str],  # noqa: UP045

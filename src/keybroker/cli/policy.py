@@ -24,21 +24,29 @@ from keybroker.cli.common import (
     handle_errors,
 )
 from keybroker.cli.evidence import (
+    CertOpt,
     DevOpt,
+    TeeOpt,
     UsageError,
     _load_roots,
     _read,
+    check_tee,
     cli_settings,
-    decode_evidence,
     dev_hint,
+    dry_run_tpm_trust,
+    needs_collateral_store,
     parse_at,
-    read_endorsements,
+    read_evidence,
     server_trust,
     verify_with,
 )
+from keybroker.cli.snp_measure import snp_measure
 from keybroker.errors import CollateralNotFound, EvidenceError, InvalidInput
 
-app = typer.Typer(help="Key-transfer policies: dry runs on recorded evidence.", no_args_is_help=True)
+app = typer.Typer(
+    help="Key-transfer policies: dry runs on recorded evidence; SEV-SNP launch measurements.",
+    no_args_is_help=True,
+)
 
 
 def _load_policy(policy_path: Path) -> Callable[[dict[str, object]], Decision]:
@@ -59,12 +67,22 @@ def _load_policy(policy_path: Path) -> Callable[[dict[str, object]], Decision]:
 @handle_errors
 def test(
     policy: Annotated[Path, typer.Option("--policy", help="SecL v5 policy (JSON) or a Rego module (.rego)")],
-    quote: Annotated[Path, typer.Option("--quote", help="the quote: raw, hex or base64")],
+    quote: Annotated[
+        Path,
+        typer.Option(
+            "--report",
+            "--quote",
+            help="the evidence: a DCAP quote or an SEV-SNP report (raw, hex or base64), keybroker's TPM "
+            "evidence document, or Trustee's Azure vTPM JSON",
+        ),
+    ],
+    tee_name: TeeOpt = None,
+    cert: CertOpt = None,
     collateral: Annotated[
         Optional[Path],  # noqa: UP045
         typer.Option(
             "--collateral",
-            help="collateral JSON (corpus form) (default: the collateral store of --data-dir/--database/--config)",
+            help="DCAP collateral JSON (corpus form) (default: the collateral store of --data-dir/--database/--config)",
         ),
     ] = None,
     at: Annotated[
@@ -93,17 +111,22 @@ def test(
     settings = None
     try:
         decide = _load_policy(policy)
-        raw = _read(quote, "quote")
-        decode_evidence(raw)
-        endorsements = read_endorsements(raw, collateral)
+        raw, tee, endorsements = read_evidence(
+            quote, tee=check_tee(tee_name), collateral=collateral, certs=cert or ()
+        )
         when = parse_at(at) if at else datetime.now(UTC)
         extra = _load_roots(trust_root)
         settings = cli_settings(config, data_dir, database, dev)
-        trust = server_trust(settings, at=when, extra_roots=extra, need_store=endorsements is None)
+        trust = dry_run_tpm_trust(
+            settings,
+            server_trust(
+                settings, at=when, extra_roots=extra, need_store=needs_collateral_store(tee, endorsements)
+            ),
+        )
     except UsageError as exc:
         fail(str(exc), EXIT_USAGE)
     try:
-        verified = verify_with(trust, raw, endorsements, when)
+        verified = verify_with(trust, raw, endorsements, when, tee=tee)
     except CollateralNotFound as exc:
         fail(f"{exc.detail}{dev_hint(settings)}", EXIT_FAILED)
     except EvidenceError as exc:
@@ -128,3 +151,6 @@ def test(
             console.print(f"  note:   {note}", highlight=False, soft_wrap=True)
     if not decision.allowed:
         raise typer.Exit(EXIT_FAILED)
+
+
+app.command("snp-measure")(snp_measure)

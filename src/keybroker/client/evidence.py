@@ -7,7 +7,7 @@
   ``TDX_CMD_GET_QUOTE`` through the GHCI GetQuote buffer), for kernels before configfs-tsm.
   ABI: include/uapi/linux/tdx-guest.h of the TDX guest kernels.
 - :class:`GramineAttestation`: SGX under Gramine (``/dev/attestation``, DCAP).
-- the dev TEE simulator (``--tee sim-sgx|sim-tdx --dev-pki DIR``): ``keybroker.cli.client_sim``,
+- the dev TEE simulator (``--tee sim-sgx|sim-tdx|sim-snp --dev-pki DIR``): ``keybroker.cli.client_sim``,
   injected into :func:`provider_for` (it signs with server code). NOT FOR PRODUCTION: its quotes
   verify only where the dev root is trusted (``keybroker serve --dev``).
 
@@ -31,13 +31,30 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from keybroker.client.errors import EvidenceUnavailable
-from keybroker.errors import InvalidInput
+from keybroker.errors import EvidenceParseError, InvalidInput
+from keybroker.wire.certtable import parse_cert_table
 
 log = logging.getLogger("keybroker.client")
 
-TeeName = Literal["sgx", "tdx", "snp"]
+TeeName = Literal["sgx", "tdx", "snp", "tpm", "az-snp-vtpm", "az-tdx-vtpm"]
+#: TEEs whose evidence is a TPM quote: the binding is the quote's extraData (SHA-256(nonce || SPKI)
+#: on /kbs/v1, the runtime-data hash on /kbs/v0), not 64 bytes of REPORTDATA, and the evidence a
+#: JSON document (``evidence(binding)`` takes the extraData).
+TPM_QUOTE_TEES: frozenset[str] = frozenset({"tpm", "az-snp-vtpm", "az-tdx-vtpm"})
 REPORT_DATA_SIZE = 64
-TEE_CHOICES = ("auto", "tdx", "snp", "sgx", "sim-tdx", "sim-sgx")
+TEE_CHOICES = (
+    "auto",
+    "tdx",
+    "snp",
+    "sgx",
+    "tpm",
+    "az-snp-vtpm",
+    "az-tdx-vtpm",
+    "sim-tdx",
+    "sim-sgx",
+    "sim-snp",
+)
+SimTee = Literal["sgx", "tdx", "snp"]
 
 
 @dataclass(frozen=True)
@@ -66,6 +83,19 @@ def check_report_data(report_data: bytes) -> None:
         raise InvalidInput(
             f"report data must be {REPORT_DATA_SIZE} bytes, got {len(report_data)}", field="report_data"
         )
+
+
+def usable_auxblob(aux: bytes | None, source: str) -> bytes | None:
+    """An SEV-SNP certificate table that parses, else None (and a warning): the report is still
+    sent, and the broker then needs its own KDS cache to verify it."""
+    if not aux:
+        return None
+    try:
+        parse_cert_table(aux)
+    except EvidenceParseError as exc:
+        log.warning("%s: ignoring a malformed certificate table (auxblob): %s", source, exc.detail)
+        return None
+    return aux
 
 
 def _check_bound(evidence: Evidence, report_data: bytes) -> Evidence:
@@ -201,7 +231,7 @@ class ConfigfsTsm:
                 )
             aux = None
             if tee == "snp" and (entry / "auxblob").exists():
-                aux = self._read(entry / "auxblob") or None
+                aux = usable_auxblob(self._read(entry / "auxblob"), f"configfs-tsm ({provider})")
         if not outblob:
             raise EvidenceUnavailable("configfs-tsm: empty outblob")
         return _check_bound(Evidence(tee, outblob, f"configfs-tsm ({provider})", aux), report_data)
@@ -380,18 +410,38 @@ class GramineAttestation:
 
 _TDX_HEX = {"mrtd": 48, "rtmr0": 48, "rtmr1": 48, "rtmr2": 48, "rtmr3": 48, "mrseam": 48, "mrsignerseam": 48}
 _SGX_HEX = {"mrenclave": 32, "mrsigner": 32}
-_INTS = {"tdx": ("seamsvn",), "sgx": ("isvprodid", "isvsvn")}
-_BOOLS = {"tdx": ("debug", "sept_ve_disable"), "sgx": ("debug",)}
+_SNP_HEX = {
+    "measurement": 48,
+    "host_data": 32,
+    "id_key_digest": 48,
+    "author_key_digest": 48,
+    "family_id": 16,
+    "image_id": 16,
+}
+_HEX: dict[str, dict[str, int]] = {"tdx": _TDX_HEX, "sgx": _SGX_HEX, "snp": _SNP_HEX}
+#: Integer fields and their maxima.
+_INTS: dict[str, dict[str, int]] = {
+    "tdx": {"seamsvn": 0xFFFF},
+    "sgx": {"isvprodid": 0xFFFF, "isvsvn": 0xFFFF},
+    "snp": {"guest_svn": 0xFFFF_FFFF, "vmpl": 3},
+}
+_BOOLS = {"tdx": ("debug", "sept_ve_disable"), "sgx": ("debug",), "snp": ("debug", "migrate_ma")}
+#: Fields naming one of a few values.
+_CHOICES: dict[str, dict[str, tuple[str, ...]]] = {
+    "tdx": {"tcb": ("uptodate", "swhardening", "outofdate", "revoked")},
+    "sgx": {"tcb": ("uptodate", "swhardening", "outofdate", "revoked")},
+    "snp": {"signing_key": ("vcek", "vlek")},
+}
 TCB_LEVELS = ("uptodate", "swhardening", "outofdate", "revoked")
 
 
-def sim_field_names(tee: Literal["sgx", "tdx"]) -> list[str]:
-    return [*(_TDX_HEX if tee == "tdx" else _SGX_HEX), *_INTS[tee], *_BOOLS[tee], "tcb"]
+def sim_field_names(tee: SimTee) -> list[str]:
+    return [*_HEX[tee], *_INTS[tee], *_BOOLS[tee], *_CHOICES[tee]]
 
 
-def parse_sim_fields(tee: Literal["sgx", "tdx"], fields: Mapping[str, str]) -> dict[str, Any]:
-    """``--sim-field NAME=VALUE`` values as keyword arguments of the simulator's quote builders."""
-    hexes = _TDX_HEX if tee == "tdx" else _SGX_HEX
+def parse_sim_fields(tee: SimTee, fields: Mapping[str, str]) -> dict[str, Any]:
+    """``--sim-field NAME=VALUE`` values as keyword arguments of the simulator's builders."""
+    hexes = _HEX[tee]
     out: dict[str, Any] = {}
     for name, value in fields.items():
         field = f"sim-field {name}"
@@ -411,16 +461,17 @@ def parse_sim_fields(tee: Literal["sgx", "tdx"], fields: Mapping[str, str]) -> d
                 number = int(value, 0)
             except ValueError:
                 raise InvalidInput(f"{field} is not a number", field=field) from None
-            if not 0 <= number <= 0xFFFF:
-                raise InvalidInput(f"{field} must be 0..65535", field=field)
+            if not 0 <= number <= _INTS[tee][name]:
+                raise InvalidInput(f"{field} must be 0..{_INTS[tee][name]}", field=field)
             out[name] = number
         elif name in _BOOLS[tee]:
             if value.lower() not in ("true", "false", "1", "0"):
                 raise InvalidInput(f"{field} must be true or false", field=field)
             out[name] = value.lower() in ("true", "1")
-        elif name == "tcb":
-            if value not in TCB_LEVELS:
-                raise InvalidInput(f"{field} must be one of {', '.join(TCB_LEVELS)}", field=field)
+        elif name in _CHOICES[tee]:
+            choices = _CHOICES[tee][name]
+            if value not in choices:
+                raise InvalidInput(f"{field} must be one of {', '.join(choices)}", field=field)
             out[name] = value
         else:
             raise InvalidInput(
@@ -432,7 +483,7 @@ def parse_sim_fields(tee: Literal["sgx", "tdx"], fields: Mapping[str, str]) -> d
 
 #: Makes the simulator's provider (``keybroker.cli.client_sim.Simulator``): the simulator signs with
 #: the dev PKI of ``keybroker.tee.sim``, which is server code, so this library only takes it injected.
-SimulatorFactory = Callable[[Literal["sgx", "tdx"], Path, Mapping[str, str]], "Provider"]
+SimulatorFactory = Callable[[SimTee, Path, Mapping[str, str]], "Provider"]
 
 
 # --- choosing ------------------------------------------------------------------------------------------
@@ -497,10 +548,15 @@ def provider_for(
     ioctl: Ioctl | None = None,
     simulator: SimulatorFactory | None = None,
 ) -> Provider:
-    """The provider for ``--tee``: ``auto`` (detect), ``tdx``, ``snp``, ``sgx``, ``sim-tdx``, ``sim-sgx``
-    (``sim-*`` with ``simulator``, which ``keybroker-client`` passes)."""
+    """The provider for ``--tee``: ``auto`` (detect), ``tdx``, ``snp``, ``sgx``, ``sim-tdx``, ``sim-sgx``,
+    ``sim-snp`` (``sim-*`` with ``simulator``, which ``keybroker-client`` passes)."""
     if tee not in TEE_CHOICES:
         raise InvalidInput(f"--tee {tee!r} is not one of {', '.join(TEE_CHOICES)}", field="tee")
+    if tee in TPM_QUOTE_TEES:
+        raise InvalidInput(
+            f"--tee {tee}: TPM evidence comes from keybroker.client.tpm (TpmProvider, AzureVtpmProvider)",
+            field="tee",
+        )
     if tee.startswith("sim-"):
         if dev_pki is None:
             raise InvalidInput(f"--tee {tee} needs --dev-pki DIR (the broker's dev PKI)", field="dev_pki")
@@ -509,9 +565,10 @@ def provider_for(
                 f"--tee {tee}: the simulator is not part of this library (keybroker-client has it)",
                 field="tee",
             )
-        return simulator("sgx" if tee == "sim-sgx" else "tdx", dev_pki, sim_fields or {})
+        sim_tee: SimTee = "sgx" if tee == "sim-sgx" else "snp" if tee == "sim-snp" else "tdx"
+        return simulator(sim_tee, dev_pki, sim_fields or {})
     if sim_fields:
-        raise InvalidInput("--sim-field is for --tee sim-tdx or sim-sgx only", field="sim-field")
+        raise InvalidInput("--sim-field is for --tee sim-tdx, sim-sgx or sim-snp only", field="sim-field")
     found = detect(root, fs, ioctl)
     if tee == "auto":
         if found.provider is None:

@@ -4,7 +4,8 @@
    a session cookie, a nonce and the selected hash.
 2. An ephemeral key pair in memory: RSA-3072 (``RSA-OAEP-256``) or EC P-256 (``ECDH-ES+A256KW``).
 3. Evidence whose report data is HASH(JCS({"tee-pubkey", "nonce", "additional-evidence"})),
-   zero-padded to 64 bytes; ``POST /kbs/v0/attest``: an attestation token (EAR).
+   zero-padded to 64 bytes (a TPM quote's extraData: the hash itself); ``POST /kbs/v0/attest``: an
+   attestation token (EAR).
 4. ``GET /kbs/v0/resource/<repo>/<type>/<tag>`` on the session: a flattened JWE to that key.
 
 Like ``/kbs/v1``, a network error or 5xx after the session attested starts over from ``auth``.
@@ -13,6 +14,7 @@ Like ``/kbs/v1``, a network error or 5xx after the session attested starts over 
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -22,12 +24,13 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from joserfc.jwk import ECKey, RSAKey
 
 from keybroker.client.errors import Denied, TlsVerificationFailed, Unreachable
-from keybroker.client.evidence import Provider
+from keybroker.client.evidence import TPM_QUOTE_TEES, Provider
 from keybroker.client.http import Transport
 from keybroker.client.material import ReleasedKey, classify
 from keybroker.client.unwrap import jwe_unwrap
 from keybroker.errors import InvalidInput
-from keybroker.wire.binding import V0_HASHES, v0_report_data
+from keybroker.wire.binding import V0_HASHES, v0_report_data, v0_runtime_digest
+from keybroker.wire.certtable import parse_cert_table
 
 log = logging.getLogger("keybroker.client")
 
@@ -68,6 +71,21 @@ def _selected_hash(extra: object) -> str:
     return "sha384"
 
 
+def snp_primary_evidence(report: bytes, auxblob: bytes | None) -> dict[str, Any]:
+    """Trustee's SEV-SNP evidence: ``{"attestation_report", "cert_chain"}``, the report in base64 and
+    the certificate table (configfs-tsm ``auxblob``) as virtee/sev ``CertTableEntry`` items."""
+    chain: list[dict[str, Any]] | None = None
+    if auxblob:  # checked by the provider (``evidence.usable_auxblob``)
+        chain = [
+            {
+                "cert_type": entry.name.upper() if entry.name else {"OTHER": str(entry.guid)},
+                "data": base64.b64encode(entry.data).decode(),
+            }
+            for entry in parse_cert_table(auxblob).entries
+        ]
+    return {"attestation_report": base64.b64encode(report).decode(), "cert_chain": chain}
+
+
 def _attempt(transport: Transport, resource: str, provider: Provider, key_type: KeyType) -> ReleasedKey:
     tee = provider.tee
     auth = transport.request(
@@ -88,11 +106,20 @@ def _attempt(transport: Transport, resource: str, provider: Provider, key_type: 
 
     private = ephemeral_key(key_type)
     jwk = public_jwk(private)
-    evidence = provider.evidence(v0_report_data(nonce, jwk, "", hash_alg))
+    primary: dict[str, Any]
+    if tee in TPM_QUOTE_TEES:
+        # a TPM quote carries the runtime-data hash itself as extraData; its evidence is JSON
+        evidence = provider.evidence(v0_runtime_digest(nonce, jwk, "", hash_alg))
+        primary = json.loads(evidence.quote)
+    else:
+        evidence = provider.evidence(v0_report_data(nonce, jwk, "", hash_alg))
+        if tee == "snp":
+            primary = snp_primary_evidence(evidence.quote, evidence.aux)
+        else:
+            primary = {"quote": base64.b64encode(evidence.quote).decode()}
+            if tee == "tdx":
+                primary["cc_eventlog"] = None
     log.info("evidence: %d bytes from %s (%s binding)", len(evidence.quote), evidence.source, hash_alg)
-    primary: dict[str, Any] = {"quote": base64.b64encode(evidence.quote).decode()}
-    if tee == "tdx":
-        primary["cc_eventlog"] = None
     transport.request(
         "POST",
         "/kbs/v0/attest",

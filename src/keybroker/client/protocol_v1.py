@@ -4,7 +4,8 @@
    for RSA/EC keys (null for a secret): :func:`request_challenge`. A caller may stop here when it
    already holds the key (nothing is released, nothing is audited).
 2. An ephemeral RSA-3072 key pair, made here, kept in memory only.
-3. Evidence whose REPORTDATA = SHA-512(nonce || DER SPKI of that key) (see docs/architecture.md).
+3. Evidence whose REPORTDATA = SHA-512(nonce || DER SPKI of that key), or for a TPM quote whose
+   extraData = SHA-256(nonce || DER SPKI) (see docs/architecture.md).
 4. ``POST`` again with ``{quote, nonce, user_data}`` and ``Attestation-Type``: the wrapped key.
 5. :func:`keybroker.client.unwrap.secl_unwrap` with the ephemeral private key.
 
@@ -27,17 +28,24 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from keybroker.client.errors import Denied, Inconsistent, TlsVerificationFailed, Unreachable
-from keybroker.client.evidence import Provider
+from keybroker.client.evidence import TPM_QUOTE_TEES, Provider
 from keybroker.client.http import Transport
 from keybroker.client.material import ReleasedKey, classify
 from keybroker.client.unwrap import secl_unwrap
 from keybroker.errors import InvalidInput
-from keybroker.wire.binding import v1_report_data
+from keybroker.wire.binding import v1_report_data, v1_tpm_extra_data
 
 log = logging.getLogger("keybroker.client")
 
 EPHEMERAL_RSA_BITS = 3072
-V1_TEES = {"sgx": "SGX", "tdx": "TDX"}
+V1_TEES = {
+    "sgx": "SGX",
+    "tdx": "TDX",
+    "snp": "SNP",
+    "tpm": "TPM",
+    "az-snp-vtpm": "AZ-SNP-VTPM",
+    "az-tdx-vtpm": "AZ-TDX-VTPM",
+}
 
 
 @dataclass(frozen=True)
@@ -125,7 +133,8 @@ def _attempt(
     tee = provider.tee
     if tee not in V1_TEES:
         raise InvalidInput(
-            f"/kbs/v1 takes SGX or TDX evidence; {provider.source} provides {tee.upper()}", field="tee"
+            f"/kbs/v1 takes {', '.join(V1_TEES.values())} evidence; {provider.source} provides {tee.upper()}",
+            field="tee",
         )
     attestation_type = V1_TEES[tee]
     if wanted and wanted != attestation_type:
@@ -137,16 +146,21 @@ def _attempt(
     )
     t2 = time.perf_counter()
     timings["keypair"] = t2 - t1
-    evidence = provider.evidence(v1_report_data(nonce, spki))
+    # a TPM quote carries SHA-256(nonce || SPKI) as extraData; the others SHA-512 as REPORTDATA
+    binding = v1_tpm_extra_data(nonce, spki) if tee in TPM_QUOTE_TEES else v1_report_data(nonce, spki)
+    evidence = provider.evidence(binding)
     t3 = time.perf_counter()
     timings["evidence"] = t3 - t2
     log.info("evidence: %d bytes from %s", len(evidence.quote), evidence.source)
 
+    # SEV-SNP: the report, then the certificate table it came with (configfs-tsm auxblob), so the
+    # broker can verify it without a KDS cache
+    quote = evidence.quote + (evidence.aux or b"") if tee == "snp" else evidence.quote
     resp = transport.request(
         "POST",
         path,
         json_body={
-            "quote": base64.b64encode(evidence.quote).decode(),
+            "quote": base64.b64encode(quote).decode(),
             "nonce": {"val": base64.b64encode(nonce).decode()},
             "user_data": base64.b64encode(spki).decode(),
         },

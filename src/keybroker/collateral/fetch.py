@@ -60,8 +60,9 @@ class UpstreamUnavailable(BackendUnavailable):
     exit_code = 3
 
 
-def _base_url(url: str) -> str:
-    """The service root: accepts ``https://host:8081`` and qcnl-style ``.../sgx/certification/v4/``."""
+def service_root(url: str, api_suffixes: Sequence[str]) -> str:
+    """The service root of ``--from``: https (plain http to loopback only), no query or fragment,
+    any of ``api_suffixes`` (an API path the user may have pasted) removed."""
     parsed = urllib.parse.urlsplit(url.strip())
     if parsed.scheme not in ("https", "http") or not parsed.hostname:
         raise InvalidInput(f"--from {url!r}: expected an https:// URL", field="from")
@@ -76,13 +77,13 @@ def _base_url(url: str) -> str:
     if parsed.query or parsed.fragment:
         raise InvalidInput(f"--from {url!r}: no query or fragment, please", field="from")
     path = parsed.path.rstrip("/")
-    for suffix in _API_SUFFIXES:
+    for suffix in api_suffixes:
         if path.endswith(suffix):
             path = path[: -len(suffix)]
     return urllib.parse.urlunsplit((parsed.scheme, parsed.netloc, path, "", ""))
 
 
-def _problem_detail(resp: httpx.Response) -> str:
+def problem_detail(resp: httpx.Response) -> str:
     """The server's own explanation (a keybroker problem's ``detail``), else a snippet."""
     try:
         doc = resp.json()
@@ -110,7 +111,7 @@ class PcsClient:
     ) -> None:
         if retries < 0 or backoff < 0:
             raise InvalidInput("retries and backoff must not be negative", field="retries")
-        self.base_url = _base_url(base_url)
+        self.base_url = service_root(base_url, _API_SUFFIXES)  # https://host:8081, qcnl-style .../v4/
         verify: Any = True
         if ca_file is not None:
             try:
@@ -169,14 +170,14 @@ class PcsClient:
                         raise CollateralError(f"{url}: response larger than {_MAX_RESPONSE} bytes")
                     return resp
                 if resp.status_code < 500:
-                    detail = _problem_detail(resp)
+                    detail = problem_detail(resp)
                     asked = f"{url}{'?' + urllib.parse.urlencode(params) if params else ''}"
                     if resp.status_code == 404:
                         raise CollateralNotFound(f"{asked}: 404 {detail}")
                     raise CollateralError(f"{asked}: {resp.status_code} {detail}")
                 if attempt == self._retries:
                     raise UpstreamUnavailable(
-                        f"{url}: {resp.status_code} {_problem_detail(resp)} (after {attempt + 1} attempts)"
+                        f"{url}: {resp.status_code} {problem_detail(resp)} (after {attempt + 1} attempts)"
                     )
             self._sleep(self._delay(attempt, resp))
         raise AssertionError("unreachable")  # pragma: no cover

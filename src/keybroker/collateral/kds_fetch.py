@@ -16,8 +16,6 @@ may replace the system store); plain ``http://`` is accepted for loopback addres
 from __future__ import annotations
 
 import email.utils
-import ipaddress
-import json
 import ssl
 import time
 import urllib.parse
@@ -30,6 +28,7 @@ from typing import Any, Final
 import httpx
 from cryptography import x509
 
+from keybroker.collateral.fetch import problem_detail, service_root
 from keybroker.collateral.kds import (
     KDS_URL,
     ReportRef,
@@ -63,43 +62,6 @@ class KdsUnavailable(BackendUnavailable):
 
     title = "Collateral source unavailable"
     exit_code = 3
-
-
-def _base_url(url: str) -> str:
-    """The service root: ``https://kdsintf.amd.com``, ``https://kb.example:9443``, or with ``/vcek/v1``."""
-    parsed = urllib.parse.urlsplit(url.strip())
-    if parsed.scheme not in ("https", "http") or not parsed.hostname:
-        raise InvalidInput(f"--from {url!r}: expected an https:// URL", field="from")
-    if parsed.scheme == "http":
-        host = parsed.hostname
-        try:
-            loopback = ipaddress.ip_address(host).is_loopback
-        except ValueError:
-            loopback = host == "localhost"
-        if not loopback:
-            raise InvalidInput(f"--from {url!r}: plain http is for loopback only; use https", field="from")
-    if parsed.query or parsed.fragment:
-        raise InvalidInput(f"--from {url!r}: no query or fragment, please", field="from")
-    path = parsed.path.rstrip("/")
-    for suffix in _API_SUFFIXES:
-        if path.endswith(suffix):
-            path = path[: -len(suffix)]
-    return urllib.parse.urlunsplit((parsed.scheme, parsed.netloc, path, "", ""))
-
-
-def _detail(resp: httpx.Response) -> str:
-    """The server's own explanation (a keybroker problem's ``detail``), else a snippet."""
-    try:
-        doc = resp.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        doc = None
-    if isinstance(doc, dict) and isinstance(doc.get("detail"), str):
-        return str(doc["detail"])
-    try:
-        text = resp.content[:200].decode("utf-8").strip()
-    except UnicodeDecodeError:
-        text = ""
-    return text if text.isprintable() and text else resp.reason_phrase
 
 
 def retry_after_seconds(value: str | None, now: datetime) -> float | None:
@@ -137,7 +99,7 @@ class KdsClient:
     ) -> None:
         if retries < 0 or backoff < 0 or max_retry_after < 0:
             raise InvalidInput("retries, backoff and max_retry_after must not be negative", field="retries")
-        self.base_url = _base_url(base_url)
+        self.base_url = service_root(base_url, _API_SUFFIXES)  # kdsintf.amd.com, a keybroker, or .../vcek/v1
         verify: Any = True
         if ca_file is not None:
             try:
@@ -189,11 +151,11 @@ class KdsClient:
                         raise CollateralError(f"{asked}: response larger than {_MAX_RESPONSE} bytes")
                     return resp.content
                 if status == 404:
-                    raise CollateralNotFound(f"{asked}: 404 {_detail(resp)}")
+                    raise CollateralNotFound(f"{asked}: 404 {problem_detail(resp)}")
                 if status < 500 and status != 429:
-                    raise CollateralError(f"{asked}: {status} {_detail(resp)}")
+                    raise CollateralError(f"{asked}: {status} {problem_detail(resp)}")
                 if attempt == self._retries:
-                    what = "rate limited" if status == 429 else _detail(resp)
+                    what = "rate limited" if status == 429 else problem_detail(resp)
                     raise KdsUnavailable(f"{asked}: {status} {what} (after {attempt + 1} attempts)")
             delay = min(self._max_backoff, self._backoff * (1 << attempt))
             if resp is not None:

@@ -25,7 +25,7 @@ from threading import Lock
 from typing import Any, Final, NamedTuple, cast
 
 from sqlalchemy import Connection, DateTime, Select, and_, bindparam, case, func, inspect, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from keybroker.collateral.kds import (
@@ -37,11 +37,13 @@ from keybroker.collateral.kds import (
     label,
     tcb_text,
 )
-from keybroker.errors import CollateralNotFound, Conflict, InvalidInput
+from keybroker.config import Settings
+from keybroker.errors import CollateralError, CollateralNotFound, Conflict, InvalidInput
 from keybroker.store.db import Database
 from keybroker.store.models import SnpCollateralItem as Row
 from keybroker.tee.snp import certs
 from keybroker.tee.snp.abi import PRODUCTS, Product, SigningKey
+from keybroker.tee.snp.sources import SnpEndorsements, SnpEndorsementSource, SnpPlatform
 
 __all__ = ["KdsImportResult", "KdsStore", "StoredSnpItem"]
 
@@ -588,3 +590,53 @@ class KdsStore:
                 parts.append(f"{label(kind, side, product, None, None)}{dev} until {_utc(until):%Y-%m-%d}")
         more = f", and {len(groups) - _SUMMARY_MAX} more" if len(groups) > _SUMMARY_MAX else ""
         return ", ".join(parts) + more
+
+
+def endorsement_source(store: KdsStore, *, require_crl: bool = True) -> SnpEndorsementSource:
+    """The KDS cache as the SEV-SNP verifier's source (``EvidenceTrust.snp_endorsements``) for
+    reports that carry no certificates: the cached VCEK (a VLEK must come with the evidence), its
+    chain and the ARK's CRLs, verified by the verifier like anything else. ``require_crl``: a report
+    is refused when no CRL of its ARK is cached (``keybroker collateral fetch --snp`` stores them)."""
+
+    def lookup(platform: SnpPlatform) -> SnpEndorsements:
+        try:
+            found = store.collateral_for(
+                product=platform.product,
+                chip_id=platform.chip_id,
+                reported_tcb=platform.reported_tcb,
+                signing_key=platform.signing_key,
+                at=platform.at,
+                require_crl=require_crl,
+            )
+        except SQLAlchemyError as exc:
+            reason = str(getattr(exc, "orig", None) or type(exc).__name__).splitlines()[0]
+            raise CollateralError(f"the KDS cache is unavailable: {reason}") from None
+        certificates = ((found.vcek,) if found.vcek is not None else ()) + found.chain
+        return SnpEndorsements(certificates=certificates, crls=found.crls, origin="the KDS cache")
+
+    return lookup
+
+
+def endorsement_source_for_cli(settings: Settings) -> SnpEndorsementSource:
+    """The KDS cache of a keybroker's database behind ``keybroker evidence verify --tee snp`` without
+    ``--cert``: opened (never created) on the first lookup, and asked as the server asks it (a CRL
+    of the report's ARK required)."""
+    lookups: list[SnpEndorsementSource] = []
+
+    def lookup(platform: SnpPlatform) -> SnpEndorsements:
+        if not lookups:
+            if settings.database is None and not (settings.data_dir / "keybroker.db").exists():
+                raise CollateralNotFound(
+                    f"no keybroker database in {settings.data_dir} to look up the report's VCEK: give "
+                    f"--cert, or --data-dir/--database of a keybroker whose KDS cache holds it ({_FETCH})"
+                )
+            store = KdsStore(Database(settings.database_url))
+            if not store.available():
+                raise CollateralNotFound(
+                    f"the database of {settings.data_dir} has no KDS cache yet: start keybroker serve "
+                    f"once to upgrade it, or give --cert"
+                )
+            lookups.append(endorsement_source(store))
+        return lookups[0](platform)
+
+    return lookup

@@ -318,6 +318,67 @@ class SnpCollateralItem(Base):
     imported_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
+class TpmAk(Base):
+    """A TPM attestation key enrolled through its EK (``keybroker.tpmaks``): trusted once approved."""
+
+    __tablename__ = "tpm_aks"
+
+    #: The AK's Name (nameAlg || H(TPMT_PUBLIC)), hex.
+    name: Mapped[str] = mapped_column(String(132), primary_key=True)
+    #: TPMT_PUBLIC of the AK and of the EK, the EK certificate (DER).
+    public: Mapped[bytes] = mapped_column(LargeBinary)
+    ek_public: Mapped[bytes] = mapped_column(LargeBinary)
+    ek_certificate: Mapped[bytes] = mapped_column(LargeBinary)
+    ek_issuer: Mapped[str] = mapped_column(String(512))
+    #: "manufacturer" or "dev" (a dev EK root, trusted only under --dev).
+    ek_root: Mapped[str] = mapped_column(String(16))
+    ek_root_sha256: Mapped[str] = mapped_column(String(64))
+    #: "pending", "approved" or "revoked".
+    status: Mapped[str] = mapped_column(String(16))
+    label: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    enrolled_by: Mapped[str] = mapped_column(String(256))
+    enrolled_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    approved_by: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    approved_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    revoked_by: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    revoke_reason: Mapped[str | None] = mapped_column(String(512), nullable=True)
+
+
+class TpmEnrolment(Base):
+    """An enrolment under way: the credential made for the AK with ``TPM2_MakeCredential``, waiting
+    for the TPM to return its secret. Only the secret's SHA-256 is kept; single use, short-lived."""
+
+    __tablename__ = "tpm_enrolments"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    ak_name: Mapped[str] = mapped_column(String(132))
+    ak_public: Mapped[bytes] = mapped_column(LargeBinary)
+    ek_public: Mapped[bytes] = mapped_column(LargeBinary)
+    ek_certificate: Mapped[bytes] = mapped_column(LargeBinary)
+    ek_issuer: Mapped[str] = mapped_column(String(512))
+    ek_root: Mapped[str] = mapped_column(String(16))
+    ek_root_sha256: Mapped[str] = mapped_column(String(64))
+    label: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    secret_sha256: Mapped[str] = mapped_column(String(64))
+    created_by: Mapped[str] = mapped_column(String(256))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+
+
+class TpmAkClock(Base):
+    """The latest TPMS_CLOCK_INFO seen per AK (SHA-256 of its SPKI): a quote whose counters went
+    back is a claim policies deny (``tee.tpm.trust.AkRegistry.observe``)."""
+
+    __tablename__ = "tpm_ak_clocks"
+
+    ak: Mapped[str] = mapped_column(String(64), primary_key=True)
+    clock: Mapped[int] = mapped_column(BigInteger)
+    reset_count: Mapped[int] = mapped_column(BigInteger)
+    restart_count: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
 class AppraisalInputRecord(Base):
     """The appraisal input document of a recent attempt (a key transfer, a ``/kbs/v0`` release, an
     attestation), kept so that a policy can be tested on it later (the console's *Test this

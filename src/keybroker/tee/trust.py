@@ -1,5 +1,6 @@
 """What the TEE verifiers are built with: the roots trusted besides the vendors' pinned ones, and
-the endorsement sources that are not carried in the evidence (Intel's DCAP collateral).
+the endorsement sources that are not carried in the evidence (Intel's DCAP collateral; AMD's VCEKs,
+chains and CRLs for SEV-SNP reports that come without them; the enrolled TPM attestation keys).
 
 Built from the settings in one place for the server and the CLI (``keybroker.collateral.trust``);
 each TEE's registration (``keybroker.appraisal.registry``) takes what its verifier needs. Pure data.
@@ -12,6 +13,8 @@ from dataclasses import dataclass, field
 from cryptography import x509
 
 from keybroker.tee.dcap.sources import CollateralSource, StaticCollateral
+from keybroker.tee.snp.sources import SnpEndorsementSource
+from keybroker.tee.tpm.trust import TpmTrust
 
 __all__ = ["EvidenceTrust"]
 
@@ -20,7 +23,13 @@ __all__ = ["EvidenceTrust"]
 class EvidenceTrust:
     """``dev_roots``: explicitly configured roots (the dev simulators'), offered to every TEE's
     verifier, each trusting those of its own kind; ``collateral``: where DCAP quotes' collateral
-    comes from (none: every lookup fails with ``CollateralNotFound``)."""
+    comes from (none: every lookup fails with ``CollateralNotFound``); ``tpm``: which TPM
+    attestation keys are trusted (AK root stores, the enrolled AKs) and their clock history;
+    ``snp_endorsements``: where the VCEK/VLEK, chain and CRLs of an SEV-SNP report that carries none
+    come from (a KDS cache: ``tee.snp.sources``; None: such a report fails with
+    ``CollateralNotFound`` saying so)."""
 
     dev_roots: tuple[x509.Certificate, ...] = ()
     collateral: CollateralSource = field(default_factory=StaticCollateral)
+    tpm: TpmTrust = field(default_factory=TpmTrust)
+    snp_endorsements: SnpEndorsementSource | None = None

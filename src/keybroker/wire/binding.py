@@ -4,6 +4,9 @@ See docs/architecture.md, "Evidence binding":
 - ``/kbs/v1``: REPORTDATA (64 bytes) = SHA-512(nonce bytes || DER SubjectPublicKeyInfo).
 - ``/kbs/v0`` (KBS protocol 0.4.0): HASH(JCS(runtime data)) zero-padded to 64 bytes, HASH being
   SHA-384 unless the challenge selected another.
+- TPM quotes (``tpm``, ``az-snp-vtpm``, ``az-tdx-vtpm``): a TPM caps ``extraData`` at its largest
+  digest (often 32 or 48 bytes), so it carries SHA-256(nonce || SPKI) on ``/kbs/v1`` and the
+  runtime-data hash itself, not padded, on ``/kbs/v0``.
 """
 
 from __future__ import annotations
@@ -75,6 +78,11 @@ def v1_report_data(nonce: bytes, spki_der: bytes) -> bytes:
     return hashlib.sha512(nonce + spki_der).digest()
 
 
+def v1_tpm_extra_data(nonce: bytes, spki_der: bytes) -> bytes:
+    """A TPM quote's extraData on ``/kbs/v1``: SHA-256(nonce || SPKI), 32 bytes (fits every TPM)."""
+    return hashlib.sha256(nonce + spki_der).digest()
+
+
 def v0_runtime_data(nonce: str, tee_pubkey: dict[str, Any], additional_evidence: str) -> dict[str, Any]:
     return {"tee-pubkey": tee_pubkey, "nonce": nonce, "additional-evidence": additional_evidence}
 
@@ -83,9 +91,15 @@ def v0_report_data(
     nonce: str, tee_pubkey: dict[str, Any], additional_evidence: str, hash_alg: str = "sha384"
 ) -> bytes:
     """HASH(JCS({"tee-pubkey", "nonce", "additional-evidence"})) zero-padded to 64 bytes."""
+    return v0_runtime_digest(nonce, tee_pubkey, additional_evidence, hash_alg).ljust(REPORT_DATA_SIZE, b"\0")
+
+
+def v0_runtime_digest(
+    nonce: str, tee_pubkey: dict[str, Any], additional_evidence: str, hash_alg: str = "sha384"
+) -> bytes:
+    """HASH(JCS({"tee-pubkey", "nonce", "additional-evidence"})), not padded: a TPM quote's extraData."""
     if hash_alg not in V0_HASHES:
         raise InvalidInput(f"hash algorithm {hash_alg!r} is not one of {', '.join(V0_HASHES)}", field="hash")
-    digest = V0_HASHES[hash_alg](
+    return V0_HASHES[hash_alg](
         rfc8785.dumps(v0_runtime_data(nonce, tee_pubkey, additional_evidence))
     ).digest()
-    return digest.ljust(REPORT_DATA_SIZE, b"\0")

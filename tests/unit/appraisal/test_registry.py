@@ -151,14 +151,16 @@ MEASUREMENT = hashlib.sha256(b"toy workload").digest()
 
 
 def test_every_list_of_tees_is_the_registry() -> None:
-    assert REGISTRY.names == ("sgx", "tdx")
-    assert REGISTRY.attestation_types == ("SGX", "TDX")
+    assert REGISTRY.names == ("sgx", "tdx", "snp", "tpm", "az-snp-vtpm", "az-tdx-vtpm")
+    assert REGISTRY.attestation_types == ("SGX", "TDX", "SNP", "TPM", "AZ-SNP-VTPM", "AZ-TDX-VTPM")
     assert REGISTRY.verifier(EvidenceTrust()).tees == REGISTRY.names
     assert SUPPORTED_TEES == REGISTRY.names  # /kbs/v0/auth
     assert transfer_v1.AttestationType.__args__ == (*REGISTRY.attestation_types, "NONE")
     assert attestation_v1.TeeName.__args__ == REGISTRY.names
-    assert [m for m in TransferPolicyBody.model_fields if m in ("sgx", "tdx", "toy")] == ["sgx", "tdx"]
-    assert REGISTRY.listing() == "SGX or TDX"
+    assert [m for m in TransferPolicyBody.model_fields if m in (*REGISTRY.names, "toy")] == list(
+        REGISTRY.names
+    )
+    assert REGISTRY.listing() == "SGX, TDX, SNP, TPM, AZ-SNP-VTPM or AZ-TDX-VTPM"
 
 
 def test_mismatched_registrations_are_refused() -> None:
@@ -173,9 +175,9 @@ def test_mismatched_registrations_are_refused() -> None:
 
 def test_a_new_tee_is_one_registration_away(sim: SimEvidence) -> None:
     """The toy TEE, registered, is verified, bound, detected and appraised like SGX and TDX."""
-    assert WITH_TOY.listing() == "SGX, TDX or TOY"
+    assert WITH_TOY.listing() == "SGX, TDX, SNP, TPM, AZ-SNP-VTPM, AZ-TDX-VTPM or TOY"
     verifier = WITH_TOY.verifier(EvidenceTrust(), clock=lambda: datetime.now(UTC))
-    assert verifier.tees == ("sgx", "tdx", "toy")
+    assert verifier.tees == (*REGISTRY.names, "toy")
     nonce, spki = os.urandom(32), os.urandom(300)
     evidence = toy_report(KEY, MEASUREMENT, binding.v1_report_data(nonce, spki))
 

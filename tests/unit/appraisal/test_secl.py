@@ -431,8 +431,9 @@ def test_hex_compares_case_insensitively(sim: SimEvidence) -> None:
             "debug enclave (ATTRIBUTES.DEBUG is set) and the policy does not set allow_debug",
         ),
         (
-            lambda d: d.update(tee="snp"),
-            "the evidence TEE 'snp' is not SGX or TDX, or its claims do not match it",
+            lambda d: d.update(tee="sev"),
+            "the evidence TEE 'sev' is not SGX, TDX, SNP, TPM, AZ-SNP-VTPM or AZ-TDX-VTPM, or its claims do not "
+            "match it",
         ),
         (
             lambda d: d.update(client_permissions="nginx"),

@@ -31,7 +31,7 @@ def _fake_tdx_machine(root: Path) -> Path:
         ([KEY, "--out", "k.pem", "--label", "X"], "give either --out FILE or --pkcs11-module"),
         ([KEY, "--label", "X"], "needs --pkcs11-module, --token-label"),
         (["not-a-uuid", "--out", "k.pem"], "is not a key id"),
-        ([KEY, "--out", "k.pem", "--sim-field", "mrtd=00"], "sim-tdx or sim-sgx only"),
+        ([KEY, "--out", "k.pem", "--sim-field", "mrtd=00"], "sim-tdx, sim-sgx or sim-snp only"),
         ([KEY, "--out", "k.pem", "--tee", "sim-tdx"], "needs --dev-pki"),
         ([KEY, "--out", "k.pem", "--tee", "sev"], "is not one of auto, tdx"),
         ([KEY, "--out", "k.pem", "--ca-sha384", "abcd"], "96 hex digits"),
@@ -39,7 +39,7 @@ def _fake_tdx_machine(root: Path) -> Path:
         ([KEY, "--out", "/nonexistent/dir/k.pem", "--tee", "tdx"], "cannot create files in /nonexistent/dir"),
         (
             [KEY, "--out", "k.pem", "--tee", "tdx", "--dev-pki", "d"],
-            "--dev-pki is for --tee sim-tdx or sim-sgx",
+            "--dev-pki is for --tee sim-tdx, sim-sgx or sim-snp",
         ),
         (
             [KEY, "--label", "X", "--pkcs11-module", "m.so", "--token-label", "T", "--keep-existing"],

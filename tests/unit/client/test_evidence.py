@@ -20,6 +20,10 @@ from keybroker.client.errors import EvidenceUnavailable
 from keybroker.errors import InvalidInput
 from keybroker.tee import sim
 from keybroker.tee.dcap.abi import parse_quote
+from keybroker.tee.sim.snp import SnpDevPki
+from keybroker.tee.snp.plugin import SnpVerifier
+from keybroker.tee.verifier import Verifier
+from keybroker.wire.certtable import GUID_ASK, GUID_VCEK, build_cert_table
 
 RD = hashlib.sha512(b"report data").digest()
 
@@ -86,9 +90,13 @@ def test_configfs_tdx_quote_and_entry_removed(tmp_path: Path) -> None:
 
 
 def test_configfs_snp_returns_the_certificate_table(tmp_path: Path) -> None:
-    tsm = ev.ConfigfsTsm(_tsm_root(tmp_path), FakeTsm("sev_guest", aux=b"CERTS"))
+    table = build_cert_table([(GUID_VCEK, b"vcek"), (GUID_ASK, b"ask")])
+    tsm = ev.ConfigfsTsm(_tsm_root(tmp_path), FakeTsm("sev_guest", aux=table))
     got = tsm.evidence(RD)
-    assert got.tee == "snp" and got.aux == b"CERTS" and tsm.tee == "snp"
+    assert got.tee == "snp" and got.aux == table and tsm.tee == "snp"
+    # an auxblob that is not a certificate table is dropped: the report goes alone
+    junk = ev.ConfigfsTsm(_tsm_root(tmp_path / "junk"), FakeTsm("sev_guest", aux=b"CERTS"))
+    assert junk.evidence(RD).aux is None
 
 
 @pytest.mark.parametrize(
@@ -274,7 +282,7 @@ def test_provider_for_usage_errors(tmp_path: Path) -> None:
         ev.provider_for("sev", root=tmp_path)
     with pytest.raises(InvalidInput, match="needs --dev-pki"):
         ev.provider_for("sim-tdx", root=tmp_path, simulator=Simulator)
-    with pytest.raises(InvalidInput, match="sim-tdx or sim-sgx only"):
+    with pytest.raises(InvalidInput, match="sim-tdx, sim-sgx or sim-snp only"):
         ev.provider_for("auto", root=tmp_path, sim_fields={"mrtd": "00"})
     with pytest.raises(InvalidInput, match="not a readable dev PKI"):
         ev.provider_for("sim-tdx", root=tmp_path, dev_pki=tmp_path / "nothing", simulator=Simulator)
@@ -318,3 +326,46 @@ def test_simulator_quotes_carry_report_data_and_fields(pki_dir: Path) -> None:
 def test_sim_field_errors(tee: str, fields: dict[str, str], fragment: str) -> None:
     with pytest.raises(InvalidInput, match=fragment):
         ev.parse_sim_fields("tdx" if tee == "tdx" else "sgx", fields)
+
+
+@pytest.fixture(scope="module")
+def snp_pki_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A broker-shaped dev PKI directory holding only the SEV-SNP part (DIR/snp)."""
+    base = tmp_path_factory.mktemp("snp-dev-pki")
+    SnpDevPki.create(base / "snp", product="Genoa")
+    return base
+
+
+def test_sim_snp_provider_makes_reports_the_broker_verifies(snp_pki_dir: Path) -> None:
+    provider = ev.provider_for(
+        "sim-snp",
+        dev_pki=snp_pki_dir,
+        sim_fields={"measurement": "22" * 48, "host_data": "33" * 32, "vmpl": "1", "guest_svn": "9"},
+        simulator=Simulator,
+    )
+    got = provider.evidence(RD)
+    assert got.tee == "snp" and got.simulated and "sim-snp" in got.source and got.aux
+    pki = SnpDevPki.load(snp_pki_dir / "snp")
+    verified = Verifier([SnpVerifier([pki.root_cert])]).verify("snp", got.quote + got.aux, RD)
+    claims = verified.claims
+    assert claims["measurement"] == "22" * 48 and claims["host_data"] == "33" * 32
+    assert (claims["vmpl"], claims["guest_svn"], claims["debug"]) == (1, 9, False) and verified.sim
+    debug = Simulator("snp", snp_pki_dir / "snp", {"debug": "true", "migrate_ma": "1", "signing_key": "vlek"})
+    made = debug.evidence(RD)
+    checked = Verifier([SnpVerifier([pki.root_cert])]).verify("snp", made.quote + (made.aux or b""), RD)
+    assert checked.claims["debug"] and checked.claims["policy"]["migrate_ma"]
+    assert checked.claims["signing_key"] == "vlek" and checked.claims["chip_id"] == "00" * 64
+
+
+@pytest.mark.parametrize(
+    ("fields", "fragment"),
+    [
+        ({"measurement": "00" * 32}, "must be 48 bytes"),
+        ({"vmpl": "4"}, "0..3"),
+        ({"signing_key": "vmrk"}, "one of vcek, vlek"),
+        ({"mrtd": "00" * 48}, "'mrtd' is not a simulated SNP field"),
+    ],
+)
+def test_sim_snp_field_errors(fields: dict[str, str], fragment: str) -> None:
+    with pytest.raises(InvalidInput, match=fragment):
+        ev.parse_sim_fields("snp", fields)

@@ -16,13 +16,15 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from keybroker.client.errors import Denied, Inconsistent, Unreachable
-from keybroker.client.evidence import Evidence, TeeName
+from keybroker.client.evidence import Evidence, TeeName, usable_auxblob
 from keybroker.client.http import RetryPolicy, Transport
-from keybroker.client.protocol_v0 import fetch_resource
+from keybroker.client.protocol_v0 import fetch_resource, snp_primary_evidence
 from keybroker.client.protocol_v1 import Timings, fetch_key, request_challenge
 from keybroker.errors import InvalidInput
 from keybroker.keys import wrap
+from keybroker.tee.snp.plugin import SnpVerifier
 from keybroker.wire import binding
+from keybroker.wire.certtable import GUID_ASK, GUID_VCEK, build_cert_table
 
 KEY_ID = str(uuid.uuid4())
 
@@ -32,10 +34,11 @@ class FakeTee:
     tee: TeeName = "tdx"
     source: str = "fake TEE"
     asked: list[bytes] = field(default_factory=list)
+    aux: bytes | None = None
 
     def evidence(self, report_data: bytes) -> Evidence:
         self.asked.append(report_data)
-        return Evidence(self.tee, b"QUOTE" + report_data, self.source)
+        return Evidence(self.tee, b"QUOTE" + report_data, self.source, aux=self.aux)
 
 
 def _transport(handler: Any, sleeps: list[float]) -> Transport:
@@ -57,6 +60,8 @@ class V1Broker:
     nonces: list[bytes] = field(default_factory=list)
     spkis: list[bytes] = field(default_factory=list)
     headers: list[str] = field(default_factory=list)
+    #: What the evidence carries after the quote (an SEV-SNP certificate table).
+    aux: bytes = b""
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         assert request.url.path == f"/kbs/v1/keys/{KEY_ID}/transfer"
@@ -73,7 +78,7 @@ class V1Broker:
         nonce = base64.b64decode(body["nonce"]["val"])
         spki = base64.b64decode(body["user_data"])
         assert nonce == self.nonces[-1]
-        assert base64.b64decode(body["quote"]) == b"QUOTE" + binding.v1_report_data(nonce, spki)
+        assert base64.b64decode(body["quote"]) == b"QUOTE" + binding.v1_report_data(nonce, spki) + self.aux
         self.spkis.append(spki)
         if self.fail_transfers:
             self.fail_transfers -= 1
@@ -133,12 +138,36 @@ def test_v1_denial_is_not_retried() -> None:
     assert caught.value.reasons == ["mrtd x"] and len(broker.nonces) == 1 and sleeps == []
 
 
-def test_v1_refuses_snp_evidence_before_spending_anything() -> None:
-    broker = V1Broker(b"k")
-    tee = FakeTee(tee="snp")
-    with pytest.raises(InvalidInput, match="SGX or TDX"):
-        fetch_key(_transport(broker, []), KEY_ID, tee)
-    assert tee.asked == [] and broker.spkis == []
+def test_v1_sends_snp_reports_with_their_certificate_table() -> None:
+    table = build_cert_table([(GUID_VCEK, b"vcek der"), (GUID_ASK, b"ask der")])
+    broker = V1Broker(b"k", aux=table)
+    assert fetch_key(_transport(broker, []), KEY_ID, FakeTee(tee="snp", aux=table)).material == b"k"
+    assert broker.headers == ["SNP"]
+    # without a table, the report alone
+    bare = V1Broker(b"k")
+    assert fetch_key(_transport(bare, []), KEY_ID, FakeTee(tee="snp")).material == b"k"
+
+
+def test_v0_snp_evidence_is_trustees_form() -> None:
+    table = build_cert_table([(GUID_VCEK, b"vcek der"), (GUID_ASK, b"ask der")])
+    primary = snp_primary_evidence(b"R" * 1184, table)
+    assert primary == {
+        "attestation_report": base64.b64encode(b"R" * 1184).decode(),
+        "cert_chain": [
+            {"cert_type": "VCEK", "data": base64.b64encode(b"vcek der").decode()},
+            {"cert_type": "ASK", "data": base64.b64encode(b"ask der").decode()},
+        ],
+    }
+    assert snp_primary_evidence(b"R" * 1184, None)["cert_chain"] is None
+    # the broker's SNP plugin reads it back as report || the same table
+    assert SnpVerifier().kbs_v0_evidence(primary) == b"R" * 1184 + table
+
+
+def test_a_malformed_auxblob_is_dropped_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    assert usable_auxblob(b"\x01" * 30, "configfs-tsm (sev_guest)") is None
+    assert "ignoring a malformed certificate table" in caplog.text
+    good = build_cert_table([(GUID_VCEK, b"x")])
+    assert usable_auxblob(good, "x") == good and usable_auxblob(b"", "x") is None
 
 
 @dataclass

@@ -44,7 +44,10 @@ class AttestIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     tee: TeeName
     evidence: str = Field(
-        min_length=4, max_length=256 * 1024, pattern=BASE64_PATTERN, description="base64 evidence (a quote)"
+        min_length=4,
+        max_length=768 * 1024,
+        pattern=BASE64_PATTERN,
+        description="base64 evidence: a quote; tpm: keybroker's TPM evidence document; az-*: Trustee's JSON",
     )
     nonce: str = Field(
         pattern=NONCE_PATTERN, description="the val of a nonce from /attestation/v1/nonce (base64, 32 bytes)"
@@ -52,7 +55,8 @@ class AttestIn(BaseModel):
     user_data: str = Field(
         max_length=16 * 1024,
         pattern=BASE64_PATTERN,
-        description="base64 data bound with the nonce (SGX/TDX: REPORTDATA = SHA-512(nonce || user_data))",
+        description="base64 data bound with the nonce (SGX/TDX: REPORTDATA = SHA-512(nonce || user_data); "
+        "TPM quotes: extraData = SHA-256(nonce || user_data))",
     )
 
 
@@ -93,13 +97,15 @@ def attest(body: AttestIn, svc: Svc) -> AttestOut:
 
 _HEX: Final = re.compile(r"[0-9A-Fa-f]+")
 _B64: Final = re.compile(r"[A-Za-z0-9+/]+={0,2}|[A-Za-z0-9_-]+={0,2}")
-_MAX_QUOTE_TEXT: Final = 256 * 1024
+_MAX_QUOTE_TEXT: Final = 768 * 1024
 
 
 class VerifyIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     quote: str = Field(
-        min_length=8, max_length=_MAX_QUOTE_TEXT, description="SGX/TDX DCAP quote, base64 or hex"
+        min_length=8,
+        max_length=_MAX_QUOTE_TEXT,
+        description="evidence, base64 or hex: an SGX/TDX DCAP quote, a TPM evidence document, Trustee's Azure JSON",
     )
     collateral: dict[str, Any] | None = Field(
         default=None,

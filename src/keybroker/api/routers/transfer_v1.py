@@ -28,7 +28,9 @@ from keybroker.keys.wrap import SeclWrapped
 router = APIRouter(prefix="/kbs/v1", tags=["transfer"], route_class=StrictRoute)
 #: The ``Attestation-Type`` values: every registered TEE's, and NONE (no attestation).
 AttestationType = Literal[(*REGISTRY.attestation_types, "NONE")]  # type: ignore[valid-type]
-MAX_QUOTE = 64 * 1024
+#: The evidence's text: a DCAP quote is at most 64 KiB (its parser says so), a TPM evidence document
+#: carries the firmware event log (tens of KiB, more after dbx updates): within the 1 MiB body.
+MAX_QUOTE_TEXT = 768 * 1024
 
 
 class NonceIn(BaseModel):
@@ -41,9 +43,10 @@ class TransferIn(BaseModel):
     quote: str | None = Field(
         default=None,
         min_length=4,
-        max_length=MAX_QUOTE * 2,
+        max_length=MAX_QUOTE_TEXT,
         pattern=BASE64_PATTERN,
-        description="base64 quote (background-check mode)",
+        description="base64 evidence (background-check mode): a quote; TPM: keybroker's TPM evidence "
+        "document; AZ-*: Trustee's JSON",
     )
     nonce: NonceIn | None = None
     user_data: str | None = Field(

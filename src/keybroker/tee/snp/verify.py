@@ -66,7 +66,7 @@ from keybroker.tee.snp.abi import (
 from keybroker.tee.snp.certs import RootKind, check_crls, check_validity, verify_chain
 from keybroker.tee.snp.claims import SnpClaims, claims_from_report
 
-__all__ = ["CHECKS", "VerifiedSnpReport", "canonical_report", "verify_report"]
+__all__ = ["CHECKS", "VerifiedSnpReport", "canonical_report", "signing_key_of", "verify_report"]
 
 CHECKS: Final = (
     "parse",
@@ -156,13 +156,7 @@ def verify_report(
     checks.append("parse")
 
     # 2. signing_key
-    kind = unverified_report.signing_key
-    if unverified_report.key_info.mask_chip_key or kind is None:
-        raise VerificationError(
-            f"the report is not signed (KEY_INFO 0x{unverified_report.key_info.value:08x}: MASK_CHIP_KEY "
-            f"{int(unverified_report.key_info.mask_chip_key)}, SIGNING_KEY {unverified_report.key_info.signing_key_code})",
-            check="signing_key",
-        )
+    kind = signing_key_of(unverified_report)
     checks.append("signing_key")
 
     # 3-4. cert_chain, vcek_extensions (cached by the certificates' bytes)
@@ -264,6 +258,19 @@ def verify_report(
         signer_sha256=verified_chain.leaf_sha256,
         evidence_sha256=hashlib.sha256(canonical_report(verified_report)).hexdigest(),
     )
+
+
+def signing_key_of(unverified_report: AttestationReport) -> SigningKey:
+    """The key KEY_INFO says signed the report (VCEK or VLEK), or ``VerificationError(signing_key)``
+    for a report the firmware did not sign (MASK_CHIP_KEY set, or SIGNING_KEY 7)."""
+    kind = unverified_report.signing_key
+    if unverified_report.key_info.mask_chip_key or kind is None:
+        raise VerificationError(
+            f"the report is not signed (KEY_INFO 0x{unverified_report.key_info.value:08x}: MASK_CHIP_KEY "
+            f"{int(unverified_report.key_info.mask_chip_key)}, SIGNING_KEY {unverified_report.key_info.signing_key_code})",
+            check="signing_key",
+        )
+    return kind
 
 
 def canonical_report(report: AttestationReport) -> bytes:

@@ -11,10 +11,12 @@ from typing import Any
 
 from cryptography.x509.oid import NameOID
 
+from keybroker.tee.tpm.abi import ClockInfo
 from keybroker.tee.tpm.eventlog import VerifiedEventLog
+from keybroker.tee.tpm.trust import ClockReading
 from keybroker.tee.tpm.verify import VerifiedQuote
 
-__all__ = ["tpm_claims"]
+__all__ = ["clock_history", "tpm_claims"]
 
 
 def _name(name: Any) -> str:
@@ -66,3 +68,25 @@ def tpm_claims(quote: VerifiedQuote, event_log: VerifiedEventLog | None = None) 
             **event_log.claims,
         }
     return claims
+
+
+def clock_history(previous: ClockReading | None, now: ClockInfo, *, known: bool) -> dict[str, Any]:
+    """How this quote's clock relates to the latest one recorded for its AK (``trust.AkRegistry``).
+
+    ``known`` false: nothing is recorded here (no registry), so nothing could go back. Otherwise
+    each ``*_decreased`` says whether that counter went back: the reset count at all, the restart
+    count within one reset, the clock within one boot (reset and restart counts equal). Policies
+    deny any of them unless they allow a clock regression."""
+    reset = restart = clock = False
+    if previous is not None:
+        reset = now.reset_count < previous.reset_count
+        same_reset = now.reset_count == previous.reset_count
+        restart = same_reset and now.restart_count < previous.restart_count
+        clock = same_reset and now.restart_count == previous.restart_count and now.clock < previous.clock
+    return {
+        "known": known,
+        "previous": previous.to_dict() if previous is not None else None,
+        "reset_count_decreased": reset,
+        "restart_count_decreased": restart,
+        "clock_decreased": clock,
+    }

@@ -4,7 +4,8 @@ The TDX cases run the whole chain for real: the TD quote is verified by ``tee.dc
 corpus collateral at its time (``dcap-tdx-azure-td``: signatures valid, TCB OutOfDate). The SEV-SNP
 report's own verification belongs to the ``tee.snp`` package, not here: in these unit tests of the
 binding ONLY, the SNP hardware verifier is a stub that reads REPORT_DATA from the unverified report
-(:func:`unverified_snp_report_data`). The full SNP path is tested after integration.
+(:func:`unverified_snp_report_data`). The full SNP path, the report verified for real, is
+``test_azure_plugin.py``.
 """
 
 from __future__ import annotations

@@ -84,7 +84,7 @@ def test_corpus_hex_file() -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--quote", "/nonexistent/q", "--collateral", TDX_COLL, "--at", AT], "cannot read quote"),
+        (["--quote", "/nonexistent/q", "--collateral", TDX_COLL, "--at", AT], "cannot read evidence"),
         (["--quote", TDX, "--collateral", TDX_COLL, "--at", "yesterday"], "neither ISO 8601"),
         (["--quote", TDX, "--collateral", TDX_COLL, "--at", "2025-07-04T10:16:31"], "no timezone"),
         (["--quote", TDX, "--at", AT, "--data-dir", "/nonexistent-keybroker"], "no collateral store"),

@@ -216,10 +216,22 @@ def test_evidence_tdx_flags(cli_pki: Path, tmp_path: Path) -> None:
         ("sim-tdx", None, ["mrtd"], "--sim-field 'mrtd' is not NAME=VALUE"),
         ("sim-tdx", None, ["debug=yes"], "sim-field debug must be true or false"),
         ("sim-tdx", None, ["tcb=1", "tcb=2"], "--sim-field tcb is given twice"),
-        ("sim-snp", None, [], "--tee 'sim-snp' is not one of auto, tdx, snp, sgx, sim-tdx, sim-sgx"),
+        (
+            "sim-tpm",
+            None,
+            [],
+            "--tee 'sim-tpm' is not one of auto, tdx, snp, sgx, tpm, az-snp-vtpm, az-tdx-vtpm, sim-tdx, sim-sgx, "
+            "sim-snp",
+        ),
+        (
+            "sim-snp",
+            None,
+            ["measurement=00"],
+            "sim-field measurement must be 48 bytes (96 hex digits), got 1",
+        ),
         ("sim-sgx", None, ["tcb=bogus"], "sim-field tcb must be one of uptodate, swhardening"),
         ("sim-sgx", None, ["isvsvn=70000"], "sim-field isvsvn must be 0..65535"),
-        ("tdx", None, [], "--dev-pki is for --tee sim-tdx or sim-sgx only"),
+        ("tdx", None, [], "--dev-pki is for --tee sim-tdx, sim-sgx or sim-snp only"),
     ],
 )
 def test_evidence_usage_errors_exit_2(
