@@ -149,8 +149,15 @@ def test_attempts_need_audit_read_and_bad_input_is_a_4xx(console: TestClient, se
             ({"evidence": "attempt"}, 400, "choose a recent attempt"),
             ({"evidence": "attempt", "attempt": "1"}, 404, "no appraisal input is kept"),
             ({"evidence": "carrier-pigeon"}, 400, "evidence: quote or attempt"),
-            ({"evidence": "quote", "quote": "!!"}, 400, "not hex or base64"),
-            ({"evidence": "quote", "quote": ""}, 400, "paste the quote"),
+            (
+                {"evidence": "quote", "quote": "!!"},
+                400,
+                "evidence: not SGX, TDX, SNP, TPM, AZ-SNP-VTPM or AZ-TDX-VTPM evidence",
+            ),
+            ({"evidence": "quote", "quote": ""}, 400, "evidence: paste the evidence"),
+            ({"evidence": "quote", "quote": "{}"}, 400, "evidence: not SGX"),
+            ({"evidence": "quote", "quote": "00" * 10, "tee": "sev"}, 400, "tee: one of sgx, tdx, snp, tpm"),
+            ({"evidence": "quote", "quote": "00", "at": "yesterday"}, 400, "is neither ISO 8601 nor UNIX"),
         ]:
             r = other.post("/ui/policy-test", data={**base, **data})
             assert r.status_code == status and text in r.text, (data, r.status_code, r.text[-800:])

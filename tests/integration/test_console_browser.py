@@ -5,7 +5,7 @@ OpenID provider (oidc-provider on Node.js, tests/helpers/oidc.py).
 Alice signs in at the provider, writes a policy, creates a key bound to it; a simulated TD is
 denied; the denial's reasons are on the audit page; she fixes the policy and the release succeeds.
 Carol (a custom role) writes a resource's Rego policy, tests a policy on a denied attempt's recorded
-input, refreshes the collateral cache from a PCCS and a KDS on loopback, mints and revokes a token
+input and on a simulated SEV-SNP guest's report, filters the attempts by TEE, refreshes the collateral cache from a PCCS and a KDS on loopback, mints and revokes a token
 and writes a role. Bob, an auditor, does not see the actions he may not take. Screenshots of each
 page go to ``$KEYBROKER_TEST_OUTPUT/console-screenshots`` (default: the pytest run's temporary
 directory); two of them are the README's (``docs/img/``).
@@ -34,6 +34,7 @@ from typing import Any
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from tests.api.test_snp_api import SNP_SIM_POLICY
 from tests.api.test_transfer_v1 import TDX_SIM_POLICY
 from tests.helpers.oidc import OidcProvider
 from tests.helpers.postgres import free_port
@@ -44,6 +45,7 @@ from tests.vectors.corpus import path, read_text
 
 from keybroker.tee import sim
 from keybroker.tee.dcap.endorsements import QuoteCollateral
+from keybroker.tee.sim.snp import SnpDevPki, snp_report
 
 pytestmark = [pytest.mark.browser, pytest.mark.oidc]
 
@@ -384,6 +386,30 @@ def test_a_platform_admin_works_rego_attempts_collateral_tokens_and_roles(
     page.fill("#t-policy", REGO_SIM_TDX)
     page.click("form.stack button.primary")
     assert "ALLOWED" in page.inner_text("#verdict")
+
+    # evidence of another TEE pasted: a simulated SEV-SNP guest's report and certificate table
+    snp = snp_report(SnpDevPki.load(stack.server.data_dir / "dev-pki" / "snp"), report_data=bytes(64))
+    page.goto(f"{url}/ui/policy-test")
+    page.fill("#t-policy", json.dumps(SNP_SIM_POLICY, indent=2))
+    page.check("input[name=evidence][value=quote]")
+    page.fill("#t-quote", (snp.report + snp.cert_table).hex())
+    page.select_option("#t-tee", "snp")
+    page.click("form.stack button.primary")
+    assert "ALLOWED" in page.inner_text("#verdict")
+    assert '"tee": "snp"' in page.inner_text("#input-document")
+    page.screenshot(path=str(stack.shots / "policy-test-snp.png"), full_page=True)
+
+    # the attempts by TEE: the TD's denied transfer and its released resource
+    page.goto(f"{url}/ui/attestation")
+    page.select_option("#t-tee", "tdx")
+    page.click("form.filters button[type=submit]")
+    page.wait_for_url("**/ui/attestation?tee=tdx*")
+    cells = page.locator("h2:has-text('Recent attempts') ~ div.scroll table tbody tr td:nth-child(4)")
+    assert cells.count() >= 2 and set(cells.all_inner_texts()) == {"TDX"}, cells.all_inner_texts()
+    page.select_option("#t-tee", "snp")
+    page.click("form.filters button[type=submit]")
+    page.wait_for_url("**/ui/attestation?tee=snp*")
+    assert "No attempts yet." in page.inner_text("main")
 
     # the collateral cache: a live countdown, and Refresh now from the loopback PCCS and KDS
     page.goto(f"{url}/ui/attestation")

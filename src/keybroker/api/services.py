@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -49,6 +49,7 @@ from keybroker.store.db import Database
 from keybroker.tee.dcap.endorsements import QuoteCollateral
 from keybroker.tee.sim import DevPki
 from keybroker.tee.sim.snp import SnpDevPki
+from keybroker.tee.tpm.trust import dry_run_trust
 from keybroker.tee.verifier import Verifier
 from keybroker.tpmaks.service import TpmAkService
 from keybroker.tpmaks.store import DbAkRegistry
@@ -187,6 +188,10 @@ class Services:
     inputs: AppraisalInputs
     #: TPM attestation keys: enrolment through the EK, approval, revocation.
     tpm_aks: TpmAkService
+    #: The verifier of policy dry runs (the console's *Test this policy*): this server's trust, but
+    #: TPM AKs as enrolled without recording their clocks, else as given (``tee.tpm.trust.dry_run_trust``,
+    #: as ``keybroker policy test``). Never used for a release, a token or a resource.
+    dry_run: Verifier
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -208,9 +213,9 @@ class Services:
             _dev_pki(dev_pki_dir(settings))  # created, or its collateral refreshed, before it is read
             _snp_dev_pki(snp_dev_pki_dir(settings))
         kds = endorsement_source(KdsStore(db))  # SEV-SNP reports that carry no certificates
-        verifier = REGISTRY.verifier(
-            evidence_trust(settings, DbCollateralSource(db), aks=DbAkRegistry(db), snp_endorsements=kds)
-        )
+        aks = DbAkRegistry(db)
+        trust = evidence_trust(settings, DbCollateralSource(db), aks=aks, snp_endorsements=kds)
+        verifier = REGISTRY.verifier(trust)
         manufacturers, dev_ek = ek_roots(settings)
         if dev_ek:
             log.warning(
@@ -282,6 +287,7 @@ class Services:
             oidc,
             inputs,
             tpm_aks,
+            REGISTRY.verifier(replace(trust, tpm=dry_run_trust(trust.tpm, aks))),
         )
         _warn_key_certificates_under_tls_anchor(services.keys, cas)
         if settings.dev:

@@ -205,6 +205,7 @@ class ReleaseService:
     ) -> wrap.SeclWrapped:
         details: dict[str, Any] = {
             "protocol": "kbs/v1",
+            "tee": req.attestation_type.lower(),
             "evidence_sha256": self._verifier.evidence_sha256(req.attestation_type.lower(), req.quote),
         }
         explain = explains(principal)
@@ -307,6 +308,7 @@ class ReleaseService:
             details["policy_id"] = policy_id
             ear = verify_token(token)
             details["token_kid"] = ear.kid
+            details["tee"] = ear.tee
             if ear.held_data is None:
                 raise InvalidInput(
                     "the attestation token carries no user data (workload key)", field="attestation_token"

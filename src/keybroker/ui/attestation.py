@@ -25,6 +25,7 @@ from fastapi.responses import HTMLResponse
 from sqlalchemy import select
 
 from keybroker.api.services import Services
+from keybroker.appraisal.registry import REGISTRY
 from keybroker.audit import log as audit
 from keybroker.audit.inputs import AppraisalInputs
 from keybroker.auth.caller import Caller
@@ -58,10 +59,33 @@ def _svc(request: Request) -> Services:
     return svc
 
 
+#: The attempts' protocols, shown for an attempt whose record names no TEE (one refused before its
+#: evidence was looked at, a key released without attestation, a record from before the TEE was
+#: written into every transfer's).
+_PROTOCOLS = ("kbs/v1", "kbs/v0")
+
+
 def tee_of(r: AuditRecord) -> str:
-    """The TEE an attempt was for, or its protocol when the record does not say (e.g. a transfer)."""
+    """The TEE an attempt was for (a registered name: ``snp``, ``az-snp-vtpm``), or its protocol
+    when the record does not say."""
     d = r.details or {}
     return str(d.get("tee") or d.get("protocol") or "")
+
+
+def tee_label(name: str) -> str:
+    """A TEE as the console shows it: its attestation type (``AZ-SNP-VTPM``); a protocol as it is."""
+    registered = REGISTRY.get(name)
+    return registered.attestation_type if registered is not None else name
+
+
+def _tee_filter(value: str | None) -> str | None:
+    if not value:
+        return None
+    wanted = value.strip().lower()
+    if wanted not in (*REGISTRY.names, *_PROTOCOLS):
+        choices = ", ".join((*REGISTRY.attestation_types, *_PROTOCOLS))
+        raise InvalidInput(f"tee: one of {choices}", field="tee")
+    return wanted
 
 
 def _utc(value: datetime) -> datetime:
@@ -165,6 +189,7 @@ def _attestation_page(
         raise Forbidden("you lack the permission audit:read", permission="audit:read")
     if outcome and outcome not in _OUTCOMES:
         raise InvalidInput("outcome: success, denied or failed", field="outcome")
+    tee = _tee_filter(tee)
     with svc.db.session() as s:
         q = select(AuditRecord).where(AuditRecord.action.in_(_ATTEMPTS))
         if outcome:
@@ -172,7 +197,7 @@ def _attestation_page(
         attempts = list(s.scalars(q.order_by(AuditRecord.seq.desc()).limit(200)))
         kept = AppraisalInputs.kept(s, [r.seq for r in attempts[:PAGE_SIZE]])
     if tee:
-        attempts = [r for r in attempts if tee_of(r).lower() == tee.lower()]
+        attempts = [r for r in attempts if tee_of(r).lower() == tee]
     counts: dict[tuple[str, str], int] = {}
     for r in attempts:
         key = (tee_of(r) or "?", r.outcome)
@@ -190,8 +215,10 @@ def _attestation_page(
         snp=snp_groups(kds.list_items()) if kds.available() else [],
         now=datetime.now(UTC),
         tee=tee or "",
+        tees=[(name, tee_label(name)) for name in (*REGISTRY.names, *_PROTOCOLS)],
         outcome=outcome or "",
         tee_of=tee_of,
+        tee_label=tee_label,
         kept=kept,
         may_refresh=v.can(PERMISSION),
         pcs_url=conf.pcs_url,

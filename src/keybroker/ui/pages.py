@@ -7,8 +7,6 @@ and the page does not offer the action in the first place (:meth:`Viewer.can`).
 
 from __future__ import annotations
 
-import base64
-import binascii
 import ipaddress
 import json
 import re
@@ -30,6 +28,7 @@ from keybroker.appraisal import trial
 from keybroker.appraisal.decision import Decision
 from keybroker.appraisal.input import appraisal_input
 from keybroker.appraisal.policy import TransferPolicyBody
+from keybroker.appraisal.registry import REGISTRY
 from keybroker.audit import log as audit
 from keybroker.audit.inputs import AppraisalInputs, RecordedAttempt
 from keybroker.auth.caller import Caller
@@ -38,6 +37,7 @@ from keybroker.auth.roles import BUILTIN
 from keybroker.auth.tokens import Principal
 from keybroker.errors import (
     BackendUnavailable,
+    CollateralError,
     Conflict,
     Forbidden,
     InvalidInput,
@@ -50,8 +50,8 @@ from keybroker.keys.service import CertificateRequest, CreateKeyRequest
 from keybroker.limits import client_key
 from keybroker.resources.service import ResourceInfo, resource_path
 from keybroker.store.models import AuditRecord, BearerToken, Key, TransferPolicy
-from keybroker.tee.dcap.verify import quote_fmspc_and_ca
-from keybroker.tee.verifier import NO_REPORT_DATA
+from keybroker.tee.verifier import NO_REPORT_DATA, Verifier, evidence_readings
+from keybroker.tee.x509 import pem_certificates_and_crls
 from keybroker.ui import security
 from keybroker.ui.forms import Form, StrictFormRoute, form_of
 from keybroker.ui.sessions import PendingSignIn, Session, SessionStore
@@ -748,20 +748,83 @@ def policy_delete(request: Request, policy_id: str) -> Response:
     return _see("/ui/policies")
 
 
-def _decode_quote(text: str) -> bytes:
-    """A quote pasted as hex or base64 (standard or URL-safe)."""
-    compact = "".join(text.split())
-    if not compact:
-        raise InvalidInput("quote: paste the quote as hex or base64", field="quote")
+_UNIX_SECONDS = re.compile(r"\d{1,12}(\.\d+)?")
+#: What the evidence field takes, for its messages.
+_EVIDENCE_FORMS = (
+    "a DCAP quote or an SEV-SNP report as hex or base64, or JSON: keybroker's TPM evidence document "
+    "or Trustee's Azure vTPM evidence"
+)
+
+
+def _tee_choice(value: str | None) -> str | None:
+    """The TEE chosen (``--tee``), or None: recognised from the evidence."""
+    if value is None:
+        return None
+    if value.lower() not in REGISTRY.names:
+        raise InvalidInput(
+            f"tee: one of {', '.join(REGISTRY.names)}, or none to recognise it from the evidence", field="tee"
+        )
+    return value.lower()
+
+
+def _read_evidence(verifier: Verifier, text: str, tee: str | None) -> tuple[str, bytes]:
+    """(TEE, evidence) of evidence pasted as ``keybroker policy test --quote`` reads a file: as
+    given (JSON), or hex or base64 (line breaks inside allowed), the one reading a registered TEE's
+    verifier recognises; ``tee``: it must be that TEE's."""
+    data = text.strip().encode("utf-8", errors="surrogatepass")
+    if not data:
+        raise InvalidInput(f"evidence: paste the evidence, {_EVIDENCE_FORMS}", field="quote")
+    compact = b"".join(data.split())
+    found = verifier.detect([data, *evidence_readings(compact)[1:]])
+    if found is None:
+        raise InvalidInput(
+            f"evidence: not {REGISTRY.listing()} evidence; paste {_EVIDENCE_FORMS}", field="quote"
+        )
+    if tee is not None and found[0] != tee:
+        raise InvalidInput(
+            f"tee {tee}: the evidence is {found[0].upper()} evidence, not {tee.upper()}", field="tee"
+        )
+    return found
+
+
+def _read_endorsements(verifier: Verifier, tee: str, text: str) -> object | None:
+    """The endorsements given with the evidence (``--collateral``, ``--cert``), None for the
+    server's own: JSON in the TEE's form (DCAP's QuoteCollateralV3, ``{"certificates", "crls"}`` or
+    ``{"cert_chain"}``), or for an SEV-SNP report its certificates and CRLs as PEM."""
+    data = text.strip()
+    if not data:
+        return None
+    if data.startswith("-----BEGIN"):
+        if tee != "snp":
+            raise InvalidInput(
+                f"endorsements: PEM certificates are for SEV-SNP reports (the VCEK or VLEK and its "
+                f"chain); {tee.upper()} evidence takes JSON",
+                field="endorsements",
+            )
+        try:
+            certificates, crls = pem_certificates_and_crls(data.encode("ascii", errors="replace"))
+        except ValueError as exc:
+            raise InvalidInput(f"endorsements: {exc}", field="endorsements") from None
+        data = json.dumps({"certificates": certificates, "crls": crls})
     try:
-        if re.fullmatch(r"[0-9a-fA-F]+", compact) and len(compact) % 2 == 0:
-            return bytes.fromhex(compact)
-        padded = compact + "=" * (-len(compact) % 4)
-        if "-" in compact or "_" in compact:
-            return base64.urlsafe_b64decode(padded)
-        return base64.b64decode(padded, validate=True)
-    except (binascii.Error, ValueError):
-        raise InvalidInput("quote: not hex or base64", field="quote") from None
+        return verifier.plugin(tee).endorsements(data)
+    except CollateralError as exc:
+        raise InvalidInput(f"endorsements: {exc.detail}", field="endorsements") from None
+
+
+def _verification_time(value: str | None) -> datetime | None:
+    """``at`` (``--at``): ISO 8601 with a timezone or UNIX seconds; None: now."""
+    if value is None:
+        return None
+    if _UNIX_SECONDS.fullmatch(value):
+        return datetime.fromtimestamp(float(value), UTC)
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise InvalidInput(f"at: {value[:40]!r} is neither ISO 8601 nor UNIX seconds", field="at") from None
+    if parsed.tzinfo is None:
+        raise InvalidInput(f"at: {value[:40]!r} has no timezone; add Z or an offset", field="at")
+    return parsed.astimezone(UTC)
 
 
 REGO_TEMPLATE = """package keybroker
@@ -812,6 +875,9 @@ def _policy_test_page(
     status: int = 200,
     evidence: str = "quote",
     quote: str = "",
+    tee: str = "",
+    endorsements: str = "",
+    at: str = "",
     client_permissions: str = "",
     attempt: int | None = None,
     tested: RecordedAttempt | None = None,
@@ -834,6 +900,10 @@ def _policy_test_page(
         text=text,
         evidence=evidence,
         quote=quote,
+        tees=REGISTRY.names,
+        tee=tee,
+        endorsements=endorsements,
+        at=at,
         client_permissions=client_permissions,
         attempts=attempts,
         attempt=attempt,
@@ -900,18 +970,33 @@ def _may_read_attempts(v: Viewer) -> None:
 
 @router.post("/policy-test")
 def policy_test(request: Request) -> Response:
-    """As ``keybroker policy test`` (the same ``appraisal.trial``), on a quote verified now as this
-    server would verify it (its trust roots and collateral), or on the appraisal input a recent
-    attempt was decided on (as its audit record names it). Every reason is shown; nothing is stored."""
+    """As ``keybroker policy test`` (the same ``appraisal.trial``), on evidence of any registered TEE
+    verified now (or ``at``) as this server verifies it (its trust roots, collateral and KDS caches,
+    enrolled TPM AKs read only, else as given; with the endorsements given, if any), or on the
+    appraisal input a recent attempt was decided on (as its audit record names it). Every reason is
+    shown; nothing is stored."""
     v = viewer(request)
     svc = _svc(request)
     _may_test(v)
-    form = form_of(request).only({"language", "policy", "evidence", "quote", "client_permissions", "attempt"})
+    form = form_of(request).only(
+        {
+            "language",
+            "policy",
+            "evidence",
+            "quote",
+            "tee",
+            "endorsements",
+            "at",
+            "client_permissions",
+            "attempt",
+        }
+    )
     lang = _language(form.get("language"))
     evidence = form.get("evidence") or "quote"
     text, quote_text, perms_text = form.raw("policy"), form.raw("quote"), form.raw("client_permissions")
     shown: dict[str, Any] = {"language": lang, "text": text, "evidence": evidence}
-    shown |= {"quote": quote_text, "client_permissions": perms_text}
+    shown |= {"quote": quote_text, "client_permissions": perms_text, "tee": form.get("tee") or ""}
+    shown |= {"endorsements": form.raw("endorsements"), "at": form.get("at") or ""}
     if evidence not in ("quote", "attempt"):
         raise InvalidInput("evidence: quote or attempt", field="evidence")
     try:
@@ -938,15 +1023,17 @@ def policy_test(request: Request) -> Response:
             **shown,
         )
     try:
-        raw = _decode_quote(quote_text)
-        _, _, tee = quote_fmspc_and_ca(raw)
-        verified = svc.verifier.verify(tee, raw, NO_REPORT_DATA)
+        chosen, when = _tee_choice(form.get("tee")), _verification_time(form.get("at"))
+        tee, raw = _read_evidence(svc.dry_run, quote_text, chosen)
+        endorsements = _read_endorsements(svc.dry_run, tee, form.raw("endorsements"))
     except InvalidInput as exc:
         return _policy_test_page(
             request, v, status=400, errors=exc.extra.get("errors") or [exc.detail], **shown
         )
+    try:
+        verified = svc.dry_run.verify(tee, raw, NO_REPORT_DATA, at=when, endorsements=endorsements)
     except KeybrokerError as exc:  # evidence refused, collateral missing: the verdict, not a page error
-        why = f"evidence rejected ({exc.extra.get('check', exc.title)}): {exc.detail}"
+        why = f"{tee.upper()} evidence rejected ({exc.extra.get('check', exc.title)}): {exc.detail}"
         return _policy_test_page(request, v, evidence_error=why, **shown)
     perms = [p.strip() for p in perms_text.split(",") if p.strip()] if perms_text.strip() else None
     doc = appraisal_input(verified, client_permissions=perms)
