@@ -279,9 +279,10 @@ def test_transfer_transactions_and_audit_records(
     }
     (released,) = _audit(client, services, "resource.release")
     assert released["actor"] == f"kbs-session:{session_id}" and released["object_id"] == "repo/secret/tx"
-    assert released["outcome"] == "success"
+    assert released["outcome"] == "success" and released["details"]["tee"] == "tdx"
     assert set(released["details"]) == {
         "protocol",
+        "tee",
         "ear_status",
         "token_kid",
         "policy_id",

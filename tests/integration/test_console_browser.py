@@ -396,16 +396,22 @@ def test_a_platform_admin_works_rego_attempts_collateral_tokens_and_roles(
     page.select_option("#t-tee", "snp")
     page.click("form.stack button.primary")
     assert "ALLOWED" in page.inner_text("#verdict")
-    assert '"tee": "snp"' in page.inner_text("#input-document")
+    assert '"tee": "snp"' in (page.text_content("#input-document") or "")
     page.screenshot(path=str(stack.shots / "policy-test-snp.png"), full_page=True)
 
-    # the attempts by TEE: the TD's denied transfer and its released resource
+    # the attempts by TEE: the TD's denied transfer, its attestations and its released resource
     page.goto(f"{url}/ui/attestation")
     page.select_option("#t-tee", "tdx")
     page.click("form.filters button[type=submit]")
     page.wait_for_url("**/ui/attestation?tee=tdx*")
     cells = page.locator("h2:has-text('Recent attempts') ~ div.scroll table tbody tr td:nth-child(4)")
     assert cells.count() >= 2 and set(cells.all_inner_texts()) == {"TDX"}, cells.all_inner_texts()
+    actions = set(
+        page.locator(
+            "h2:has-text('Recent attempts') ~ div.scroll table tbody tr td:nth-child(3)"
+        ).all_inner_texts()
+    )
+    assert {"key.transfer", "resource.release", "attestation.attest"} <= actions, actions
     page.select_option("#t-tee", "snp")
     page.click("form.filters button[type=submit]")
     page.wait_for_url("**/ui/attestation?tee=snp*")

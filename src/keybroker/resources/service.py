@@ -390,7 +390,7 @@ class KbsV0Service:
     ) -> dict[str, str]:
         """Decide, wrap and audit the release in ``s``; ``attempt`` (for the audit) filled on the way."""
         details = attempt.details
-        details.update({"ear_status": ear.status, "token_kid": ear.kid})
+        details.update({"tee": ear.tee, "ear_status": ear.status, "token_kid": ear.kid})
         found = s.connection().execute(_READ_RESOURCE, {"path": path}).one_or_none()
         if found is None:
             raise NotFound(f"resource {path} does not exist")
