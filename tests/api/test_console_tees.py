@@ -8,7 +8,8 @@ app with real evidence and real verification:
   TPM evidence document (an AK certified by a configured root store, or else trusted only as given,
   which the ``tpm`` section denies unless the policy lists it); Trustee's Azure vTPM JSON at a
   chosen time (``--at``) with the TD quote's collateral (``--collateral``);
-- a recorded attempt of these TEEs is tested on its kept input.
+- a recorded attempt of these TEEs is tested on its kept input;
+- the KDS cache is listed per product: VCEKs, ASK/ASVK chains, CRLs, each with its expiry.
 
 A real TPM's attempt (swtpm, an enrolled AK) is in ``test_console_tpm.py``."""
 
@@ -418,3 +419,47 @@ def test_a_tpm_ak_neither_certified_nor_enrolled_is_trusted_only_as_given(
         verdict.startswith("Evidence rejected: TPM evidence rejected (ak_certificate)")
         and "tpm.ak_roots" in verdict
     )
+
+
+# --- the KDS cache on the Attestation page --------------------------------------------------------
+
+
+def test_the_kds_cache_lists_vceks_chains_and_crls_per_product_with_their_expiry(
+    console: TestClient, services: Services
+) -> None:
+    """What the SEV-SNP verifier finds in the KDS cache (``collateral.kds_store``): per product the
+    VCEKs (per chip and TCB), the ASK and ASVK chains and the ARK's CRLs, each with when it
+    expires; the product's card is current until its first piece expires (here the CRL)."""
+    from keybroker.collateral.kds import chain_items, crl_item, vcek_item
+    from keybroker.collateral.kds_store import KdsStore
+
+    pki = SnpDevPki.load(snp_dev_pki_dir(services.settings))
+    made = snp_report(pki, report_data=bytes(64))
+    dev = (pki.root_cert,)
+    chain = chain_items([c.public_bytes(Encoding.DER) for c in made.chain], dev_roots=dev)
+    asvk = chain_items([c.public_bytes(Encoding.DER) for c in pki.chain("vlek")], dev_roots=dev)
+    crl = crl_item(pki.crl("vcek"), signing_key="vcek", dev_roots=dev)
+    vcek = vcek_item(made.signer.public_bytes(Encoding.DER), chains=chain, dev_roots=dev)
+    KdsStore(services.db).import_items([*chain, *asvk, crl, vcek], source="bundle:test")
+    items = {
+        i.kind: i for i in KdsStore(services.db).list_items(product=pki.product) if i.kind != "snp_cert_chain"
+    }
+
+    sign_in(console, "olga", ["operator", "auditor"])
+    page = console.get("/ui/attestation")
+    assert page.status_code == 200
+    card = page.text.split(f'<h4 id="product-{pki.product}">', 1)[1].split("</section>", 1)[0]
+    rows = re.findall(r"<tr[^>]*><td>([^<]+)</td><td>([^<]+)</td><td>([^<(]+)\(", card)
+    shown = {html.unescape(label): expires.strip() for label, _, expires in rows}
+    assert set(shown) == {
+        f"ASK+ARK {pki.product}",
+        f"ASVK+ARK {pki.product}",
+        f"VCEK CRL {pki.product}",
+        items["snp_vcek"].label,
+    }, shown
+    assert items["snp_vcek"].label.startswith(f"VCEK {pki.product} ") and "TCB" in items["snp_vcek"].label
+    crl_until = items["snp_crl"].valid_until.strftime("%Y-%m-%d %H:%M:%SZ")
+    assert shown[f"VCEK CRL {pki.product}"] == crl_until
+    assert shown[items["snp_vcek"].label] == items["snp_vcek"].valid_until.strftime("%Y-%m-%d %H:%M:%SZ")
+    assert f"Current until {crl_until}" in card and "data-countdown" in card
+    assert f'aria-label="Refresh SEV-SNP {pki.product} now"' in card  # the operator may refresh it
