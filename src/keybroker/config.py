@@ -163,9 +163,15 @@ class Settings(BaseModel):
 
     data_dir: Path = Path("./data")
     listen: str = f"127.0.0.1:{DEFAULT_PORT}"
+    #: Names (DNS or IP) this replica's HTTPS certificate carries besides the listen address and
+    #: loopback: what clients dial, the load balancer's name and the host's own (docs/ha.md).
+    tls_names: list[str] = Field(default_factory=list)
     #: SQLAlchemy URL. None: SQLite (WAL) at ``<data_dir>/keybroker.db``.
     database: str | None = None
     insecure_http: bool = False
+    #: Processes serving the listening socket (``serve --workers``): PostgreSQL only, each unsealed
+    #: on its own (an auto-unseal seal, or --dev).
+    workers: int = Field(default=1, ge=1, le=64)
     #: Development mode: auto-unseal from a key file in the data dir, dev PKI for the simulator.
     dev: bool = False
     log_format: Literal["text", "json"] = "text"
@@ -222,6 +228,7 @@ _ENV_KEYS = {
     "LISTEN": "listen",
     "DATABASE": "database",
     "INSECURE_HTTP": "insecure_http",
+    "WORKERS": "workers",
     "DEV": "dev",
     "LOG_FORMAT": "log_format",
     "LOG_LEVEL": "log_level",
@@ -264,6 +271,8 @@ def load_settings(
     for suffix, (section, key) in _ENV_SECTION_KEYS.items():
         if (_ENV_PREFIX + suffix) in env:
             merged.setdefault(section, {})[key] = env[_ENV_PREFIX + suffix]
+    if _ENV_PREFIX + "TLS_NAMES" in env:
+        merged["tls_names"] = [n.strip() for n in env[_ENV_PREFIX + "TLS_NAMES"].split(",") if n.strip()]
     if _ENV_PREFIX + "TRUST_DEV_ROOTS" in env:
         roots = [p for p in env[_ENV_PREFIX + "TRUST_DEV_ROOTS"].split(os.pathsep) if p]
         merged.setdefault("trust", {})["dev_roots"] = roots

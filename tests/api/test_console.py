@@ -315,3 +315,25 @@ def _csrf_of_login(html: str, c: TestClient) -> str:
     secret = c.cookies.get(security.LOGIN_COOKIE)
     assert secret
     return security.csrf_token(secret)
+
+
+def test_a_sealed_key_store_is_a_503_page_and_no_error_log(
+    console: TestClient, services: Services, caplog: pytest.LogCaptureFixture
+) -> None:
+    """As on the API: a sealed replica's refusal is its state (audited when it was sealed), not an
+    error to log per request, and carries no Retry-After (it stays sealed until an operator unseals
+    it). Before, the console logged every such refusal as an error."""
+    csrf = sign_in(console, "kim", ["key-admin"])
+    services.barrier.seal()
+    caplog.set_level("INFO", logger="keybroker.ui")
+    r = console.post(
+        "/ui/keys",
+        data={"csrf": csrf, "mode": "generate", "algorithm": "AES", "key_length": "256"},
+        follow_redirects=False,
+    )
+    assert r.status_code == 503, r.text
+    assert r.headers["content-type"].startswith("text/html")
+    assert "retry-after" not in r.headers
+    assert r.headers["content-security-policy"] == security.CSP
+    assert "sealed" in r.text.lower()
+    assert not [rec for rec in caplog.records if rec.name == "keybroker.ui" and rec.levelname == "ERROR"]

@@ -12,6 +12,7 @@ import os
 import pwd
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -99,6 +100,61 @@ class PostgresServer:
             capture_output=True,
         )
         shutil.rmtree(self.datadir.parent, ignore_errors=True)
+
+    # --- faults (tests/integration/test_faults.py) ------------------------------------------------
+
+    def shut_down(self, mode: str = "fast") -> None:
+        """Stop the server (``pg_ctl stop -m fast|immediate``), keeping its data for :meth:`start_again`."""
+        subprocess.run(
+            [*self.run_as, str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-m", mode, "-w", "stop"],
+            check=True,
+            capture_output=True,
+        )
+
+    def start_again(self) -> None:
+        """Start the server stopped by :meth:`shut_down` on the same port, and wait until it answers."""
+        base = self.datadir.parent
+        subprocess.run(
+            [
+                *self.run_as,
+                str(self.bindir / "pg_ctl"),
+                "-D",
+                str(self.datadir),
+                "-l",
+                str(base / "server.log"),
+                "-w",
+                "-o",
+                f"-h 127.0.0.1 -p {self.port} -k {base} -c fsync=off",
+                "start",
+            ],
+            check=True,
+            capture_output=True,
+        )
+
+    def processes(self) -> list[int]:
+        """The postmaster and every process it started (backends, checkpointer, WAL writer...)."""
+        postmaster = int((self.datadir / "postmaster.pid").read_text().split()[0])
+        found = [postmaster]
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                except (OSError, IndexError):
+                    continue
+                if int(fields[1]) == postmaster:
+                    found.append(int(entry.name))
+        return found
+
+    def freeze(self) -> list[int]:
+        """SIGSTOP the whole server, as a hung machine would be: connections stay open, nothing answers."""
+        pids = self.processes()
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        return pids
+
+    def thaw(self, pids: list[int]) -> None:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
 
 
 def start() -> PostgresServer | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import ssl
 import subprocess
@@ -52,6 +53,18 @@ class Server:
     def ca(self) -> Path:
         return self.data_dir / "ca" / "ca.pem"
 
+    @property
+    def anchor(self) -> Path:
+        """What the server's record says to pin: the TLS anchor, or while a new replica is sealed
+        its bootstrap CA (see ``keybroker.replica``)."""
+        try:
+            record = json.loads((self.data_dir / "server.json").read_text())
+        except (OSError, ValueError):
+            return self.ca
+        if self.proc is not None and record.get("pid") != self.proc.pid:
+            return self.ca
+        return self.data_dir / (record.get("tls_anchor") or "ca/ca.pem")
+
     def start(self) -> Server:
         self.port = self.port or free_port()
         self.log_path = self.data_dir.parent / f"server-{self.port}.log"
@@ -69,10 +82,11 @@ class Server:
             if self.proc.poll() is not None:
                 raise RuntimeError("keybroker serve exited: " + self.log_path.read_text())
             try:
-                if self.ca.exists():
+                anchor = self.anchor
+                if anchor.exists():
                     httpx.get(
                         self.url + "/healthz",
-                        verify=ssl.create_default_context(cafile=str(self.ca)),
+                        verify=ssl.create_default_context(cafile=str(anchor)),
                         timeout=2,
                     )
                     return self
@@ -94,7 +108,7 @@ class Server:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         return httpx.Client(
             base_url=self.url,
-            verify=ssl.create_default_context(cafile=str(self.ca)),
+            verify=ssl.create_default_context(cafile=str(self.anchor)),
             headers=headers,
             timeout=30,
         )

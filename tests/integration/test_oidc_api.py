@@ -162,3 +162,45 @@ def test_a_sign_in_response_this_browser_did_not_ask_for_is_refused(
     admin = {"Authorization": "Bearer " + client.app.state.services.tokens.mint("a", ["*:*"])}  # type: ignore[attr-defined]
     records = client.get("/kbs/v1/audit", params={"limit": 1000}, headers=admin).json()
     assert [r["outcome"] for r in records if r["action"] == "console.login"] == ["denied"] * 3
+
+
+def test_a_sign_in_begun_on_one_replica_is_taken_once_by_another(
+    tmp_path: Path, provider: OidcProvider
+) -> None:
+    """Behind a load balancer the provider sends the browser back to whichever replica: the sign-in
+    under way (state, nonce, PKCE verifier) is a row in the shared database, found by the browser's
+    sign-in cookie on any replica, and used once on all of them."""
+    from urllib.parse import parse_qs, urlsplit
+
+    from keybroker.api.services import DEV_UNSEAL_FILE
+    from keybroker.ui import security
+
+    conf = tmp_path / "keybroker.toml"
+    conf.write_text(provider.config_toml(api=False))
+    database = f"sqlite:///{tmp_path / 'kb.db'}"
+    first = Services.build(load_settings(conf, {}, data_dir=tmp_path / "one", database=database, dev=True))
+    second = Services.build(load_settings(conf, {}, data_dir=tmp_path / "two", database=database))
+    try:
+        second.barrier.unseal_devfile(tmp_path / "one" / DEV_UNSEAL_FILE)
+        base = "https://127.0.0.1:9443"
+        with (
+            TestClient(create_app(first), base_url=base) as a,
+            TestClient(create_app(second), base_url=base) as b,
+        ):
+            start = a.get("/ui/auth/oidc", follow_redirects=False)
+            assert start.status_code == 303 and start.headers["location"].startswith(provider.issuer)
+            state = parse_qs(urlsplit(start.headers["location"]).query)["state"][0]
+            login = a.cookies.get(security.LOGIN_COOKIE)
+            assert login
+            b.cookies.set(security.LOGIN_COOKIE, login, domain="127.0.0.1")  # the same browser
+            # the second replica finds the sign-in and goes on to the provider, which refuses the
+            # code (none was issued): a refusal by the provider, not "no sign-in under way"
+            r = b.get("/ui/auth/callback", params={"code": "not-issued", "state": state})
+            assert r.status_code == 401 and "Sign-in failed" in r.text
+            assert "the OpenID provider refused the sign-in (token endpoint HTTP 400" in r.text, r.text
+            a.cookies.set(security.LOGIN_COOKIE, login, domain="127.0.0.1")
+            again = a.get("/ui/auth/callback", params={"code": "not-issued", "state": state})
+            assert again.status_code == 401 and "no sign-in of this browser is under way" in again.text
+    finally:
+        second.db.dispose()
+        first.db.dispose()

@@ -16,7 +16,7 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from keybroker import __version__
-from keybroker.api import problems, schema
+from keybroker.api import metrics, problems, schema
 from keybroker.api.body import StrictRoute
 from keybroker.api.deps import actor_of, bearer
 from keybroker.api.routers import (
@@ -230,6 +230,8 @@ class CrossCutting:
         self.latency.labels(method, route_path).observe(time.perf_counter() - start)
 
     def _audit_failure(self, scope: Scope, action: str, status: int) -> None:
+        if not self.services.db.availability.up:
+            return  # it could not be written (nor waited for): the outage is logged once instead
         request = Request(scope)
         principal: Any = getattr(request.state, "principal", None)
         if principal is None:
@@ -258,7 +260,8 @@ class CrossCutting:
                     reason=getattr(request.state, "problem_detail", None) or f"HTTP {status}",
                 )
         except Exception as exc:  # noqa: BLE001 - the response stands; the failure is logged
-            log.error("could not write the audit record for a failed request: %s", type(exc).__name__)
+            if self.services.db.availability.failed(exc) is None:  # an outage is logged once
+                log.error("could not write the audit record for a failed request: %s", type(exc).__name__)
 
 
 def _api_routes(app: FastAPI) -> list[tuple[str, APIRoute]]:
@@ -299,9 +302,11 @@ def create_app(services: Services) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await run_in_threadpool(services.checkpointer.start)
+        services.replica.start()
         try:
             yield
         finally:
+            await run_in_threadpool(services.replica.stop)
             await run_in_threadpool(services.checkpointer.stop)
 
     app = FastAPI(
@@ -333,6 +338,7 @@ def create_app(services: Services) -> FastAPI:
         "The audit record covered by this replica's newest checkpoint",
         registry=registry,
     ).set_function(lambda: float(cp.seq) if (cp := services.checkpointer.latest) is not None else -1.0)
+    metrics.register(registry, services)
     problems.install(app)
     schema.document(app)
 

@@ -28,19 +28,19 @@ from keybroker.auth.authn import Authenticator
 from keybroker.auth.oidc import OidcProvider
 from keybroker.auth.registry import TokenRegistry
 from keybroker.auth.rolestore import RoleStore
-from keybroker.auth.tokens import load_or_create_signing_key
 from keybroker.collateral.kds_store import KdsStore, endorsement_source
 from keybroker.collateral.store import DbCollateralSource
 from keybroker.collateral.trust import DEV_PKI_DIR as DEV_PKI_DIR  # where tests find the dev PKI
 from keybroker.collateral.trust import dev_pki_dir, ek_roots, evidence_trust, snp_dev_pki_dir
 from keybroker.config import Settings, TrustedAttestationService
-from keybroker.errors import InvalidInput, KeybrokerError
+from keybroker.errors import Conflict, InvalidInput, KeybrokerError
 from keybroker.keys.release import ReleaseService
 from keybroker.keys.service import KeyService
-from keybroker.keys.serviceca import ServiceCA, ServiceCAs, load_or_create_cas
+from keybroker.keys.serviceca import ServiceCA, ServiceCAs
 from keybroker.keystores.base import KeyStore
 from keybroker.keystores.factory import build_keystore
 from keybroker.limits import FailureLimit, OutstandingCap
+from keybroker.replica import Replica
 from keybroker.resources.service import KbsV0Service
 from keybroker.seal.autounseal import configure_auto_unseal
 from keybroker.seal.barrier import Barrier
@@ -178,6 +178,8 @@ class Services:
     unseal: UnsealService
     #: Authenticates the audit chain head before appends, checkpoints it (started with the app).
     checkpointer: Checkpointer
+    #: What this replica shares with the others (CAs, token key) and its HTTPS certificate.
+    replica: Replica
     #: Custom roles, and role names resolved to permissions.
     roles: RoleStore
     #: Bearer tokens (keybroker's and the OpenID provider's) to principals, roles resolved.
@@ -203,10 +205,12 @@ class Services:
         configure_auto_unseal(barrier, settings.seal)
         checkpointer = _checkpointer(settings, db, barrier)
         keystore = build_keystore(settings.keystore, barrier)
-        cas = load_or_create_cas(data_dir)
-        load_or_create_signing_key(data_dir / TOKEN_KEY_FILE)
         tokens = TokenRegistry(db, data_dir / TOKEN_KEY_FILE)
         tokens.register_key()
+        replica = Replica(data_dir, db, barrier, tokens)
+        cas = replica.cas
+        if not barrier.sealed:  # auto-unsealed above, before the replica listened for it
+            replica.sync_logged()
         roles = RoleStore(db)
         oidc = OidcProvider(settings.oidc) if settings.oidc is not None else None
         if settings.dev:
@@ -282,6 +286,7 @@ class Services:
                 ),
             ),
             checkpointer,
+            replica,
             roles,
             Authenticator(tokens, roles, oidc),
             oidc,
@@ -297,25 +302,35 @@ class Services:
     def _dev_unseal(self, key_file: Path) -> None:
         status = self.barrier.status()
         if not status.initialized:
-            self.barrier.init_devfile(key_file)
+            try:
+                self.barrier.init_devfile(key_file)
+            except Conflict:
+                pass  # another process initialized it at the same moment: said below
             status = self.barrier.status()
-        if status.seal_type == "devfile":
-            single = (
-                "--dev keeps the unseal key in the data dir that initialized the key store and is for one "
-                "data dir on one node: start it with that data dir, or give a new database"
+        single = (
+            "--dev keeps the unseal key in the data dir that initialized the key store and is for one "
+            "data dir on one node: start it with that data dir, or give a new database; for replicas, "
+            "run without --dev (docs/ha.md)"
+        )
+        if not status.initialized:
+            raise InvalidInput(
+                f"--dev is single-node: another process is initializing the key store with {key_file}; "
+                f"{single}",
+                field="dev",
             )
+        if status.seal_type == "devfile":
             if not key_file.is_file():
                 raise InvalidInput(
-                    f"--dev: the key store in this database was initialized by --dev with another data "
-                    f"dir, or its unseal key {key_file} was deleted; {single}",
+                    f"--dev is single-node: the key store in this database was initialized by --dev with "
+                    f"another data dir, or its unseal key {key_file} was deleted; {single}",
                     field="dev",
                 )
             try:
                 self.barrier.unseal_devfile(key_file)
             except InvalidInput:
                 raise InvalidInput(
-                    f"--dev: {key_file} does not open the key store in this database (it belongs to "
-                    f"another data dir's database); {single}",
+                    f"--dev is single-node: {key_file} does not open the key store in this database (it "
+                    f"belongs to another data dir's database); {single}",
                     field="dev",
                 ) from None
             log.warning(

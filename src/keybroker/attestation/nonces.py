@@ -120,12 +120,49 @@ def issue(
     return IssuedNonce(value, now, now + ttl)
 
 
+_STATE = select(Nonce.purpose, Nonce.subject, Nonce.used_at, Nonce.expires_at).where(
+    Nonce.id == bindparam("b_id")
+)
+
+
+def _refusal(session: Session, value: bytes, purpose: str, subject: str | None, now: datetime) -> str | None:
+    """Why the nonce cannot be used now (None: it can)."""
+    row = session.connection().execute(_STATE, {"b_id": _id(value)}).one_or_none()
+    if row is None or row.purpose != purpose:
+        return "unknown nonce (not issued by this service, or expired and dropped)"
+    if row.subject != subject:
+        return "the nonce was issued for another key"
+    if row.used_at is not None:
+        return "the nonce was already used (replay)"
+    expires = row.expires_at if row.expires_at.tzinfo else row.expires_at.replace(tzinfo=UTC)
+    if expires <= now:
+        return "the nonce has expired"
+    return None
+
+
+def check(
+    session: Session, value: bytes, *, purpose: str, subject: str | None, now: datetime | None = None
+) -> datetime:
+    """Refuse (Forbidden) a nonce that :func:`consume` would refuse at ``now``, without using it.
+
+    Returns ``now``: pass it to :func:`consume` in the transaction that records the request's
+    outcome, so that the nonce is spent with that record or not at all, and a nonce presented
+    while valid is not refused as expired because the evidence took time to verify.
+    """
+    now = now or datetime.now(UTC)
+    why = _refusal(session, value, purpose, subject, now)
+    if why is not None:
+        raise Forbidden(why, reasons=[why])
+    return now
+
+
 def consume(
     session: Session, value: bytes, *, purpose: str, subject: str | None, now: datetime | None = None
 ) -> None:
     """Mark the nonce used. Unknown, expired, reused or foreign (other purpose/subject) → Forbidden.
 
-    The conditional UPDATE makes the check-and-use atomic across replicas.
+    The conditional UPDATE makes the check-and-use atomic across replicas. ``now``: the time the
+    nonce was presented (its :func:`check`); the use is recorded at that time.
     """
     now = now or datetime.now(UTC)
     params = {"b_id": _id(value), "b_purpose": purpose, "b_now": now, "b_used": now}
@@ -134,13 +171,5 @@ def consume(
     else:
         result = session.connection().execute(_CONSUME, {**params, "b_subject": subject})
     if result.rowcount != 1:
-        row = session.get(Nonce, _id(value))
-        if row is None or row.purpose != purpose:
-            why = "unknown nonce (not issued by this service, or expired and dropped)"
-        elif row.subject != subject:
-            why = "the nonce was issued for another key"
-        elif row.used_at is not None:
-            why = "the nonce was already used (replay)"
-        else:
-            why = "the nonce has expired"
+        why = _refusal(session, value, purpose, subject, now) or "the nonce was already used (replay)"
         raise Forbidden(why, reasons=[why])

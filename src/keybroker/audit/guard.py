@@ -265,7 +265,8 @@ class Checkpointer:
         except AuditChainAlarm:
             pass  # logged by the guard, visible in the gauge
         except Exception as exc:  # noqa: BLE001 - the thread must outlive a database or disk hiccup
-            log.error("audit checkpoint failed: %s: %s", type(exc).__name__, exc)
+            if self.db.availability.failed(exc) is None:  # a database outage is logged once
+                log.error("audit checkpoint failed: %s: %s", type(exc).__name__, exc)
 
     def tick(self, now: datetime | None = None) -> Checkpoint | None:
         """Checkpoint the head if it moved (or the record key became known); raises on an alarm."""

@@ -40,10 +40,12 @@ from keybroker.auth import tokens
 from keybroker.auth.tokens import IssuedToken, Principal
 from keybroker.errors import Conflict, InvalidInput, NotFound, Unauthenticated
 from keybroker.store.db import Database
-from keybroker.store.models import BearerToken, BearerTokenKey
+from keybroker.store.models import BearerToken, BearerTokenKey, SharedSecret
 
 log = logging.getLogger("keybroker.auth")
 
+#: The current signing key's name in ``shared_secrets`` is this and its kid.
+SHARED_KEY_PREFIX = "token-signing-key:"
 #: How long a token's record or the set of signing keys is trusted from memory, seconds.
 CACHE_SECONDS = 5.0
 #: At most this many token records in memory (least recently used out).
@@ -129,15 +131,66 @@ class TokenRegistry:
 
     # --- schema and keys -------------------------------------------------------------------
 
+    @property
+    def key_file(self) -> Path:
+        return self._key_file
+
+    def current_kid(self) -> str | None:
+        """The kid of the current signing key on record (None: a new broker, none yet)."""
+        with self._db.session() as s:
+            return s.scalars(select(BearerTokenKey.kid).where(BearerTokenKey.retired_at.is_(None))).first()
+
     def register_key(self) -> None:
-        """At start: make the data dir's signing key the current one if none is; warn when another is
-        (tokens this process would sign for ``operator init`` would then be refused)."""
-        key = tokens.load_signing_key(self._key_file)
+        """At start. A new broker (no signing key on record): the data dir's key (created if absent)
+        becomes the current one. Otherwise the current key is the shared one: a data dir without a
+        key file gets it from the database once unsealed (``keybroker.replica``), and one whose file
+        holds another key is told so."""
+        current = self.current_kid()
+        if current is None:
+            key = tokens.load_or_create_signing_key(self._key_file)
+            try:
+                with self._db.session() as s:
+                    self._current_key(s, key)
+            except Conflict as exc:  # another replica recorded its key at the same moment
+                log.warning("%s", exc.detail)
+            return
         try:
-            with self._db.session() as s:
-                self._current_key(s, key)
-        except Conflict as exc:
-            log.warning("%s", exc.detail)
+            kid = tokens.key_id(tokens.load_signing_key(self._key_file))
+        except InvalidInput:
+            log.info(
+                "the token signing key (kid %s) is written into %s from the database once this replica "
+                "is unsealed",
+                current,
+                self._key_file,
+            )
+            return
+        if kid != current:
+            log.warning(
+                "the token signing key in %s (kid %s) is not the broker's current one (%s): it is "
+                "replaced by the current one from the database once this replica is unsealed",
+                self._key_file,
+                kid,
+                current,
+            )
+
+    def local_key(self) -> ECKey | None:
+        """The signing key in the data dir (None: no readable key file)."""
+        try:
+            return ECKey.import_key(self._key_file.read_bytes())
+        except (OSError, ValueError):
+            return None
+
+    def write_key_file(self, pem: bytes) -> None:
+        """Replace the data dir's key file whole (0600) with ``pem`` (the current key, from the
+        database), for the local ``keybroker token`` commands."""
+        tmp = self._key_file.with_name(f".{self._key_file.name}.{os.getpid()}.tmp")
+        tmp.unlink(missing_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(pem)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self._key_file)
 
     def _current_key(self, s: Session, key: ECKey) -> str:
         """The kid of ``key`` if it is the current signing key (recorded now if there is none yet)."""
@@ -147,14 +200,16 @@ class TokenRegistry:
             return kid
         if row is not None:
             raise Conflict(
-                f"the token signing key in {self._key_file} (kid {kid}) was retired by a rotation: copy "
-                "the current key file from the data dir where 'keybroker token rotate-key' ran"
+                f"the token signing key in {self._key_file} (kid {kid}) was retired by a rotation: the "
+                "current one is written here from the database once a replica on this data dir is unsealed "
+                "and a replica on the data dir where 'keybroker token rotate-key' ran has been unsealed since"
             )
         current = s.scalars(select(BearerTokenKey.kid).where(BearerTokenKey.retired_at.is_(None))).first()
         if current is not None:
             raise Conflict(
                 f"the token signing key in {self._key_file} (kid {kid}) is not the broker's current one "
-                f"({current}): copy the key file from the data dir that has it"
+                f"({current}): it is written here from the database once a replica on this data dir is "
+                "unsealed"
             )
         s.add(BearerTokenKey(kid=kid, public_jwk=key.as_dict(private=False), created_at=datetime.now(UTC)))
         s.flush()
@@ -179,6 +234,9 @@ class TokenRegistry:
                 s.execute(
                     update(BearerTokenKey).where(BearerTokenKey.retired_at.is_(None)).values(retired_at=now)
                 )
+                # the retired keys' sealed copies go; the new one is sealed in by a replica running
+                # on this data dir once it is unsealed (keybroker.replica)
+                s.execute(delete(SharedSecret).where(SharedSecret.name.startswith(SHARED_KEY_PREFIX)))
                 s.add(BearerTokenKey(kid=kid, public_jwk=new.as_dict(private=False), created_at=now))
                 audit.append(
                     s,

@@ -14,6 +14,7 @@ import typer
 
 from keybroker import __version__, datadir
 from keybroker.cli import audit, collateral, devpki, evidence, keystore, policy, role, serving, token, tpm
+from keybroker.cli import workers as serve_workers
 from keybroker.cli.common import (
     EXIT_CODES_HELP,
     EXIT_FAILED,
@@ -151,6 +152,30 @@ def serve(
             show_default="false",
         ),
     ] = None,
+    workers: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option(
+            "--workers",
+            min=1,
+            max=64,
+            help="processes serving the listening socket, e.g. one per core: PostgreSQL only, each unsealing "
+            "itself (an auto-unseal seal, or --dev)",
+            envvar="KEYBROKER_WORKERS",
+            show_envvar=True,
+            show_default="1",
+        ),
+    ] = None,
+    tls_name: Annotated[
+        Optional[list[str]],  # noqa: UP045
+        typer.Option(
+            "--tls-name",
+            metavar="NAME",
+            help="a name (DNS or IP) this replica's HTTPS certificate carries besides the listen address "
+            "and loopback: the load balancer's name, the host's; repeat for several (KEYBROKER_TLS_NAMES: "
+            "comma-separated)",
+            show_default=False,
+        ),
+    ] = None,
     log_format: Annotated[
         Optional[str],  # noqa: UP045
         typer.Option(
@@ -172,14 +197,25 @@ def serve(
     from keybroker import logs
     from keybroker.api.app import create_app
     from keybroker.api.services import Services
-    from keybroker.keys.serviceca import CA_DIR, TLS_CA_CERT, load_or_create_server_cert
+    from keybroker.keys.certs import subject_alt_names
+    from keybroker.replica import Served
 
     settings = _settings(
-        config, data_dir, database, listen=listen, insecure_http=insecure_http, dev=dev, log_format=log_format
+        config,
+        data_dir,
+        database,
+        listen=listen,
+        insecure_http=insecure_http,
+        dev=dev,
+        log_format=log_format,
+        tls_names=tls_name or None,
+        workers=workers,
     )
+    serve_workers.check(settings)
     datadir.restrict_umask()
     logs.configure(settings.log_format, settings.log_level)
     host, port = settings.host, settings.port
+    subject_alt_names(settings.tls_names, field="tls_names")  # a bad name is a usage error, before anything
     if settings.insecure_http:
         try:
             loopback = ipaddress.ip_address(host).is_loopback
@@ -195,17 +231,36 @@ def serve(
     sockets = serving.bind(settings.listen, host, port)
     try:
         services = Services.build(settings)
-        application = create_app(services)
-        ssl: dict[str, str] = {}
+        ssl: dict[str, Any] = {}
         scheme, anchor = "http", None
+        identity = serving.TlsIdentity()
+        names: list[str] | None = None
         if not settings.insecure_http:
-            names = sorted({"localhost", "127.0.0.1", "::1", host} - {"0.0.0.0", "::"})  # noqa: S104
-            cert, key = load_or_create_server_cert(settings.data_dir, services.tls_ca, names)
-            ssl = {"ssl_certfile": str(cert), "ssl_keyfile": str(key)}
-            scheme, anchor = "https", f"{CA_DIR}/{TLS_CA_CERT}"
-            typer.echo(f"TLS anchor (clients pin it): {services.tls_ca.cert_path}", err=True)
-            typer.echo(f"TLS anchor SHA-384 fingerprint: {services.tls_ca.fingerprint_sha384}", err=True)
-            typer.echo(f"issuing CA of key certificates: {services.issuing_ca.cert_path}", err=True)
+            names = sorted({"localhost", "127.0.0.1", "::1", host, *settings.tls_names} - {"0.0.0.0", "::"})  # noqa: S104
+            served = services.replica.serve_tls(names)
+            ssl = {
+                "ssl_certfile": str(served.cert),
+                "ssl_keyfile": str(served.key),
+                "ssl_context_factory": identity.factory,
+            }
+            scheme, anchor = "https", served.anchor.relative_to(settings.data_dir).as_posix()
+            if services.tls_ca.cert_path.exists():
+                typer.echo(f"TLS anchor (clients pin it): {services.tls_ca.cert_path}", err=True)
+                typer.echo(f"TLS anchor SHA-384 fingerprint: {services.tls_ca.fingerprint_sha384}", err=True)
+                typer.echo(f"issuing CA of key certificates: {services.issuing_ca.cert_path}", err=True)
+            else:  # a new replica: the database's anchor is authenticated only by unsealing
+                typer.echo(
+                    f"TLS anchor (clients pin it): written to {services.tls_ca.cert_path} once this replica "
+                    "is unsealed",
+                    err=True,
+                )
+            if served.bootstrap:
+                typer.echo(
+                    f"until it is unsealed this replica serves a bootstrap certificate (CA {served.anchor}) "
+                    f"that only the operator commands on this host trust: keybroker operator unseal "
+                    f"--data-dir {settings.data_dir}",
+                    err=True,
+                )
         else:
             err_console.print(
                 "[yellow]WARNING: --insecure-http: serving plain HTTP; tokens and keys cross unencrypted[/yellow]"
@@ -214,6 +269,15 @@ def serve(
             sock.listen(serving.BACKLOG)
         record = serving.new_record(serving.client_url(scheme, host, port), settings.listen, anchor)
         serving.write_record(settings.data_dir, record)
+
+        def switch(new: Served) -> None:
+            # a certificate from the TLS anchor, once unsealed (or renewed): new connections get it
+            identity.switch(new.cert, new.key)
+            serving.update_anchor(
+                settings.data_dir, record, new.anchor.relative_to(settings.data_dir).as_posix()
+            )
+
+        services.replica.on_certificate(switch)
         st = services.barrier.status()
         state = "not initialized" if not st.initialized else ("sealed" if st.sealed else "unsealed")
         err_console.print(
@@ -222,8 +286,14 @@ def serve(
             highlight=False,
             soft_wrap=True,
         )
+        if settings.workers > 1:
+            _serve_workers(settings, services, names, sockets, ssl)
+            serving.mark_stopped(settings.data_dir, record)
+            return
         server = _uvicorn_server(
-            uvicorn.Config(application, host=host, port=port, log_config=None, access_log=False, **ssl),  # type: ignore[arg-type]
+            uvicorn.Config(
+                create_app(services), host=host, port=port, log_config=None, access_log=False, **ssl
+            ),
             on_shutdown=lambda: serving.mark_stopped(settings.data_dir, record),
         )
         try:
@@ -235,6 +305,32 @@ def serve(
     finally:
         for sock in sockets:
             sock.close()
+
+
+def _serve_workers(
+    settings: Settings,
+    services: Any,
+    names: list[str] | None,
+    sockets: list[socket.socket],
+    ssl: dict[str, Any],
+) -> None:
+    """Hand the bound sockets to ``settings.workers`` processes (uvicorn's supervisor); each builds
+    its own services (:class:`keybroker.cli.workers.WorkerApp`). This process only supervises."""
+    import uvicorn
+    from uvicorn.supervisors import Multiprocess
+
+    services.db.dispose()
+    config = uvicorn.Config(
+        serve_workers.WorkerApp(settings, None if names is None else tuple(names)),
+        factory=True,
+        workers=settings.workers,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        **ssl,
+    )
+    Multiprocess(config, sockets=sockets).run()
 
 
 def _uvicorn_server(config: uvicorn.Config, on_shutdown: Callable[[], None]) -> uvicorn.Server:

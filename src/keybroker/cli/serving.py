@@ -19,10 +19,13 @@ import ipaddress
 import json
 import os
 import socket
+import ssl
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from keybroker import strictjson
 from keybroker.cli.common import ServerTarget
@@ -147,6 +150,51 @@ def mark_stopped(data_dir: Path, record: ServerRecord) -> None:
         return
     if current.stopped_at is None:
         write_record(data_dir, ServerRecord(**{**asdict(current), "stopped_at": _now()}))
+
+
+def update_anchor(data_dir: Path, record: ServerRecord, tls_anchor: str) -> None:
+    """The server of ``record`` now serves a certificate that ``tls_anchor`` anchors (a replica
+    that served a bootstrap certificate until unsealed); unless another server recorded itself since."""
+    try:
+        current = read_record(data_dir)
+    except InvalidInput:
+        return
+    if current is None or (current.pid, current.started_at) != (record.pid, record.started_at):
+        return
+    write_record(data_dir, ServerRecord(**{**asdict(current), "tls_anchor": tls_anchor}))
+
+
+class TlsIdentity:
+    """The certificate each new TLS connection gets, switched without a restart: uvicorn's context
+    (``ssl_context_factory``) hands each handshake, through its SNI callback (called with or without
+    SNI), the context of the current certificate. A connection keeps the certificate it began with."""
+
+    #: The one this process's server made its context with (a worker's, for its app factory).
+    latest: TlsIdentity | None = None
+
+    def __init__(self) -> None:
+        self._current: ssl.SSLContext | None = None
+        self._config: Any = None
+        self._make: Callable[[], ssl.SSLContext] | None = None
+
+    def factory(self, config: Any, default: Callable[[], ssl.SSLContext]) -> ssl.SSLContext:
+        context = default()
+        self._config, self._make, self._current = config, default, context
+        context.sni_callback = self._pick
+        TlsIdentity.latest = self
+        return context
+
+    def _pick(self, connection: Any, _server_name: str | None, _context: ssl.SSLContext) -> None:
+        current = self._current
+        if current is not None and connection.context is not current:
+            connection.context = current
+
+    def switch(self, cert: Path, key: Path) -> None:
+        """Serve ``cert`` (a chain file) with ``key`` to new connections."""
+        if self._config is None or self._make is None:
+            return  # not serving TLS (yet)
+        self._config.ssl_certfile, self._config.ssl_keyfile = str(cert), str(key)
+        self._current = self._make()
 
 
 def read_record(data_dir: Path) -> ServerRecord | None:

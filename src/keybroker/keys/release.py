@@ -3,8 +3,11 @@
 Steps, in this order (a failure at any step denies, is audited, and releases nothing):
 1. the key exists and has a transfer policy (no policy: never released);
 2. ``Attestation-Type`` is one the policy allows;
-3. the nonce is consumed (single use, this key, not expired) *before* the evidence is looked at,
-   so a failed attempt cannot be retried with the same nonce;
+3. the nonce is checked (single use, this key, not expired) *before* the evidence is looked at;
+   it is spent in the transaction that records the outcome (the release or the denial, with its
+   audit record), so a failed attempt cannot be retried with the same nonce, and a nonce is never
+   spent without an audited outcome: when that transaction fails (the database went away), the
+   nonce stays unused and the same request can be sent again;
 4. ``user_data`` is the workload's ephemeral public key, within bounds (DER SPKI, RSA 3072-8192
    bits; see :func:`keybroker.wire.binding.check_workload_key`), so that nothing the policy allows
    can fail at wrapping;
@@ -87,6 +90,18 @@ class ReleasableKey:
     id: str
     backend_ref: str | None
     public_key_pem: str | None = None
+
+
+@dataclass(frozen=True)
+class _Spend:
+    """A nonce checked at ``at``, spent with the outcome's audit record (see :func:`nonces.check`)."""
+
+    value: bytes
+    subject: str
+    at: datetime
+
+    def consume(self, s: Session) -> None:
+        nonces.consume(s, self.value, purpose=V1_PURPOSE, subject=self.subject, now=self.at)
 
 
 @dataclass(frozen=True)
@@ -210,12 +225,12 @@ class ReleaseService:
         }
         explain = explains(principal)
         doc: AppraisalInput | None = None
+        spend: _Spend | None = None
         try:
-            # One transaction: the key and its policy, then the nonce is used up (unless the
-            # request is refused before the nonce is looked at). Not durable by itself: the
-            # outcome, a release or a denial, is committed durably next, and that makes this
-            # commit durable too; a machine crash in between released nothing.
-            with self._db.session(durable=False) as s:
+            # Read only: the key, its policy and the nonce. The nonce is spent by the transaction
+            # that records the outcome, a release or a denial, so that no crash or outage in
+            # between leaves a used nonce without an audited outcome.
+            with self._db.session() as s:
                 key, policy, policy_id = self._key_and_policy(s, key_id)
                 details["policy_id"] = policy_id
                 if policy.without_attestation:
@@ -232,7 +247,8 @@ class ReleaseService:
                         expected=listed,
                     )
                     raise denied(reason.text if explain else said, [reason], explain=explain)
-                nonces.consume(s, req.nonce, purpose=V1_PURPOSE, subject=key_id)
+                at = nonces.check(s, req.nonce, purpose=V1_PURPOSE, subject=key_id)
+            spend = _Spend(req.nonce, key_id, at)
             workload_key = _rsa_workload_key(req.user_data, "user_data")
             permissions = None if principal is None else sorted(principal.client_permissions)
             if self._remote is not None:
@@ -254,9 +270,12 @@ class ReleaseService:
                 details,
                 doc,
                 explain=explain,
+                spend=spend,
             )
         except KeybrokerError as exc:
-            self._audit_denial(actor, key_id, exc, details, doc)
+            instead = self._audit_denial(actor, key_id, exc, details, doc, spend)
+            if instead is not None:
+                raise instead from None
             raise
 
     def _appraise_remotely(
@@ -395,13 +414,14 @@ class ReleaseService:
         doc: AppraisalInput,
         *,
         explain: bool,
+        spend: _Spend | None = None,
     ) -> wrap.SeclWrapped:
         """Release if the policy allowed it; else deny (``denial``) with the decision's reasons, in
         full only if ``explain``."""
         details["notes"] = list(decision.notes)
         if not decision.allowed:
             raise denied(denial, decision.findings, explain=explain)
-        return self._release(key, workload_key, actor, details, doc)
+        return self._release(key, workload_key, actor, details, doc, spend=spend)
 
     def _release(
         self,
@@ -411,13 +431,18 @@ class ReleaseService:
         details: dict[str, Any],
         doc: AppraisalInput | None,
         reason: str | None = None,
+        *,
+        spend: _Spend | None = None,
     ) -> wrap.SeclWrapped:
-        """Wrap the key to the workload (inside the HSM for HSM keys) and audit the release with the
-        appraisal input it was decided on (``doc``; None: released without attestation).
+        """Spend the nonce, wrap the key to the workload (inside the HSM for HSM keys) and audit
+        the release with the appraisal input it was decided on (``doc``; None: released without
+        attestation), in one transaction.
 
         Any failure is raised as a :class:`KeybrokerError`, which the caller audits: an allowed
         release that fails is never an unaudited 500."""
         with self._db.session() as s:
+            if spend is not None:
+                spend.consume(s)  # used meanwhile by another request: Forbidden, audited by the caller
             try:
                 transfer = self._keystore.wrap_for_transfer(s, key.id, key.backend_ref, workload_key, b"")
             except KeybrokerError:
@@ -444,20 +469,45 @@ class ReleaseService:
         exc: KeybrokerError,
         details: dict[str, Any],
         doc: AppraisalInput | None,
+        spend: _Spend | None = None,
+    ) -> KeybrokerError | None:
+        """Audit the refusal ``exc`` with the appraisal input it was decided on (``doc``; None if
+        it came before one), spending the request's nonce (if it got that far) in the same
+        transaction. A nonce another request used meanwhile makes the refusal that one (a replay,
+        as if the nonce had been spent first, so with no input): it is returned, for the caller to
+        raise instead."""
+        instead: KeybrokerError | None = None
+        with self._db.session() as s:
+            if spend is not None:
+                try:
+                    spend.consume(s)
+                except Forbidden as refused:
+                    exc = instead = refused
+                    doc = None
+            self._append_denial(s, actor, key_id, exc, details, doc)
+        return instead
+
+    def _append_denial(
+        self,
+        s: Session,
+        actor: str,
+        key_id: str,
+        exc: KeybrokerError,
+        details: dict[str, Any],
+        doc: AppraisalInput | None,
     ) -> None:
         reasons = (exc.explained if isinstance(exc, PolicyDenied) else getattr(exc, "reasons", None)) or [
             exc.detail
         ]
         if isinstance(exc, EvidenceError) and "check" in exc.extra:
             details["failed_check"] = exc.extra["check"]
-        with self._db.session() as s:
-            self._inputs.append(
-                s,
-                doc,
-                actor=actor,
-                action="key.transfer",
-                object_id=key_id,
-                outcome="denied" if exc.status in (401, 403) or isinstance(exc, EvidenceError) else "failed",
-                reason="; ".join(str(r) for r in reasons),
-                details=details,
-            )
+        self._inputs.append(
+            s,
+            doc,
+            actor=actor,
+            action="key.transfer",
+            object_id=key_id,
+            outcome="denied" if exc.status in (401, 403) or isinstance(exc, EvidenceError) else "failed",
+            reason="; ".join(str(r) for r in reasons),
+            details=details,
+        )

@@ -15,8 +15,11 @@ pin) and gains the issuing CA at the next start.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -34,6 +37,11 @@ CA_DIR = "ca"
 TLS_CA_CERT, TLS_CA_KEY = "ca.pem", "ca-key.pem"
 ISSUING_CA_CERT, ISSUING_CA_KEY = "issuing-ca.pem", "issuing-ca-key.pem"
 TLS_DIR = "tls"
+SERVER_CERT, SERVER_KEY = "server.pem", "server-key.pem"
+#: A sealed replica's certificate before it has one from the TLS anchor (``bootstrap_server_cert``).
+BOOTSTRAP_CA, BOOTSTRAP_CERT, BOOTSTRAP_KEY = "bootstrap-ca.pem", "bootstrap.pem", "bootstrap-key.pem"
+BOOTSTRAP_CA_NAME = "keybroker bootstrap CA (one sealed replica, trusted by nothing)"
+BOOTSTRAP_VALIDITY = timedelta(days=30)
 TLS_CA_NAME = "keybroker TLS CA"
 ISSUING_CA_NAME = "keybroker issuing CA"
 CA_VALIDITY = timedelta(days=3650)
@@ -42,13 +50,42 @@ SERVER_CERT_VALIDITY = timedelta(days=397)
 SERVER_CERT_RENEW = timedelta(days=7)
 
 
-@dataclass(frozen=True)
 class ServiceCA:
-    """One of the local CAs: its certificate, its private key and where the certificate is."""
+    """One of the local CAs: its certificate (always at hand) and its private key, either read from
+    the data dir (a CA not yet in the database) or opened from the database under the seal (raises
+    ``Sealed`` while sealed). Shared by every replica, so it may be replaced in place when this
+    replica adopts the one the others use (:mod:`keybroker.replica`)."""
 
-    cert: x509.Certificate
-    key: PrivateKey
-    cert_path: Path
+    def __init__(
+        self, cert: x509.Certificate, key: PrivateKey | Callable[[], PrivateKey], cert_path: Path
+    ) -> None:
+        self.cert = cert
+        self.cert_path = cert_path
+        self._key = key
+        self._opened: PrivateKey | None = None
+
+    @property
+    def key(self) -> PrivateKey:
+        """The private key; one under the seal is opened once and kept until :meth:`forget` (the
+        replica calls it when it is sealed), as the root key is."""
+        key = self._key
+        if not callable(key):
+            return key
+        opened = self._opened
+        if opened is None:
+            opened = self._opened = key()
+        return opened
+
+    def forget(self) -> None:
+        self._opened = None
+
+    @property
+    def key_in_data_dir(self) -> bool:
+        """Whether the key is the data dir's file (not yet in the database)."""
+        return not callable(self._key)
+
+    def replace(self, cert: x509.Certificate, key: PrivateKey | Callable[[], PrivateKey]) -> None:
+        self.cert, self._key, self._opened = cert, key, None
 
     @property
     def fingerprint_sha384(self) -> str:
@@ -95,7 +132,7 @@ def _load_key(path: Path) -> PrivateKey:
     return key
 
 
-def _load_or_create(
+def load_or_create_ca(
     directory: Path, cert_name: str, key_name: str, common_name: str
 ) -> tuple[ServiceCA, bool]:
     """The CA whose certificate and key are ``cert_name`` and ``key_name`` in ``directory``, created
@@ -127,8 +164,8 @@ def load_or_create_cas(data_dir: Path) -> ServiceCAs:
     dir keeps its ``ca/ca.pem`` as the TLS anchor and gains the issuing CA)."""
     d = data_dir / CA_DIR
     d.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tls, _ = _load_or_create(d, TLS_CA_CERT, TLS_CA_KEY, TLS_CA_NAME)
-    issuing, created = _load_or_create(d, ISSUING_CA_CERT, ISSUING_CA_KEY, ISSUING_CA_NAME)
+    tls, _ = load_or_create_ca(d, TLS_CA_CERT, TLS_CA_KEY, TLS_CA_NAME)
+    issuing, created = load_or_create_ca(d, ISSUING_CA_CERT, ISSUING_CA_KEY, ISSUING_CA_NAME)
     if created:
         log.info("created the issuing CA for key certificates: %s", issuing.cert_path)
     if tls.cert.public_key() == issuing.cert.public_key():
@@ -146,35 +183,135 @@ def _covers(cert: x509.Certificate, hostnames: list[str]) -> bool:
     return all(n in names for n in subject_alt_names(hostnames, field="listen"))
 
 
+@contextmanager
+def _tls_dir_locked(data_dir: Path) -> Iterator[Path]:
+    """The data dir's ``tls/``, locked against the other processes serving from it (``--workers``):
+    the certificate and its key are two files, written and read as a pair."""
+    d = data_dir / TLS_DIR
+    d.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(d / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield d
+    finally:
+        os.close(fd)
+
+
+def _current(d: Path, ca: ServiceCA, hostnames: list[str]) -> tuple[Path, Path] | None:
+    cert_path, key_path = d / SERVER_CERT, d / SERVER_KEY
+    if not (cert_path.exists() and key_path.exists()):
+        return None
+    existing = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    if (
+        existing.not_valid_after_utc > datetime.now(UTC) + SERVER_CERT_RENEW
+        and ca.issued(existing)
+        and _covers(existing, hostnames)
+    ):
+        return cert_path, key_path
+    return None
+
+
+def current_server_cert(data_dir: Path, ca: ServiceCA, hostnames: list[str]) -> tuple[Path, Path] | None:
+    """The data dir's HTTPS certificate (chain path, key path) if it can be served as it is: issued by
+    ``ca``, naming every one of ``hostnames``, and not within :data:`SERVER_CERT_RENEW` of its end."""
+    with _tls_dir_locked(data_dir) as d:
+        return _current(d, ca, hostnames)
+
+
 def load_or_create_server_cert(data_dir: Path, ca: ServiceCA, hostnames: list[str]) -> tuple[Path, Path]:
     """Return (cert chain path, key path) of the HTTPS server certificate, issued by the TLS anchor
     ``ca``. A new one replaces it when it is near its end, was not signed by ``ca`` (a replaced
-    anchor) or does not name every one of ``hostnames``."""
-    d = data_dir / TLS_DIR
-    d.mkdir(parents=True, exist_ok=True, mode=0o700)
-    cert_path, key_path = d / "server.pem", d / "server-key.pem"
-    if cert_path.exists() and key_path.exists():
-        existing = x509.load_pem_x509_certificate(cert_path.read_bytes())
-        if (
-            existing.not_valid_after_utc > datetime.now(UTC) + SERVER_CERT_RENEW
-            and ca.issued(existing)
-            and _covers(existing, hostnames)
-        ):
-            return cert_path, key_path
-    key = ec.generate_private_key(ec.SECP384R1())
-    cert = issue_leaf(
-        subject_public_key=key.public_key(),
-        common_name="keybroker",
-        sans=hostnames,
-        not_before=datetime.now(UTC) - timedelta(minutes=5),
-        validity=SERVER_CERT_VALIDITY,
-        issuer_cert=ca.cert,
-        issuer_key=ca.key,
-        extended_key_usage=SERVER_EKU,
+    anchor) or does not name every one of ``hostnames``. Needs ``ca``'s key only to issue (``Sealed``
+    when it is under the seal and the replica is sealed)."""
+    with _tls_dir_locked(data_dir) as d:
+        found = _current(d, ca, hostnames)
+        if found is not None:
+            return found
+        issuer_key = ca.key
+        key = ec.generate_private_key(ec.SECP384R1())
+        cert = issue_leaf(
+            subject_public_key=key.public_key(),
+            common_name="keybroker",
+            sans=hostnames,
+            not_before=datetime.now(UTC) - timedelta(minutes=5),
+            validity=SERVER_CERT_VALIDITY,
+            issuer_cert=ca.cert,
+            issuer_key=issuer_key,
+            extended_key_usage=SERVER_EKU,
+        )
+        cert_path, key_path = d / SERVER_CERT, d / SERVER_KEY
+        _write_private(key_path, key)
+        _write_public(
+            cert_path,
+            cert.public_bytes(serialization.Encoding.PEM) + ca.cert.public_bytes(serialization.Encoding.PEM),
+        )
+        return cert_path, key_path
+
+
+def bootstrap_server_cert(data_dir: Path, hostnames: list[str]) -> tuple[Path, Path, Path]:
+    """A certificate for a replica that has none from the TLS anchor and cannot issue one yet (sealed,
+    the anchor's key under the seal): issued by a throwaway CA of this data dir, which nothing trusts
+    but the operator commands on this host (they pin what ``server.json`` names). Returns (cert
+    chain path, key path, that CA's certificate path)."""
+    with _tls_dir_locked(data_dir) as d:
+        ca_key = ec.generate_private_key(ec.SECP384R1())
+        now = datetime.now(UTC) - timedelta(minutes=5)
+        ca_cert = make_ca(ca_key, BOOTSTRAP_CA_NAME, now, BOOTSTRAP_VALIDITY)
+        key = ec.generate_private_key(ec.SECP384R1())
+        cert = issue_leaf(
+            subject_public_key=key.public_key(),
+            common_name="keybroker (sealed, bootstrap)",
+            sans=hostnames,
+            not_before=now,
+            validity=BOOTSTRAP_VALIDITY,
+            issuer_cert=ca_cert,
+            issuer_key=ca_key,
+            extended_key_usage=SERVER_EKU,
+        )
+        anchor, cert_path, key_path = d / BOOTSTRAP_CA, d / BOOTSTRAP_CERT, d / BOOTSTRAP_KEY
+        _write_private(key_path, key)
+        _write_public(anchor, ca_cert.public_bytes(serialization.Encoding.PEM))
+        _write_public(
+            cert_path,
+            cert.public_bytes(serialization.Encoding.PEM) + ca_cert.public_bytes(serialization.Encoding.PEM),
+        )
+        return cert_path, key_path, anchor
+
+
+def remove_bootstrap(data_dir: Path) -> None:
+    """Drop the bootstrap certificate once the replica serves one from the TLS anchor."""
+    with _tls_dir_locked(data_dir) as d:
+        for name in (BOOTSTRAP_CA, BOOTSTRAP_CERT, BOOTSTRAP_KEY):
+            (d / name).unlink(missing_ok=True)
+
+
+def write_certificate(path: Path, cert: x509.Certificate) -> None:
+    """Write a CA certificate (public) into the data dir, replacing the file whole."""
+    _write_public(path, cert.public_bytes(serialization.Encoding.PEM))
+
+
+def move_aside(directory: Path, names: tuple[str, ...], why: str) -> Path | None:
+    """Move the files ``names`` of ``directory`` into a new ``replaced-<time>`` directory beside
+    them (kept, never deleted: they may be a CA someone still trusts). Returns it (None: none existed)."""
+    present = [directory / n for n in names if (directory / n).exists()]
+    if not present:
+        return None
+    aside = directory / f"replaced-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S.%fZ')}"
+    aside.mkdir(mode=0o700)
+    for path in present:
+        os.replace(path, aside / path.name)
+    log.warning("moved %s to %s: %s", ", ".join(p.name for p in present), aside, why)
+    return aside
+
+
+def load_private_key(pem: bytes, what: str) -> PrivateKey:
+    key = serialization.load_pem_private_key(pem, password=None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise InvalidInput(f"{what} is not an EC private key", field="data_dir")
+    return key
+
+
+def private_pem(key: PrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    _write_private(key_path, key)
-    _write_public(
-        cert_path,
-        cert.public_bytes(serialization.Encoding.PEM) + ca.cert.public_bytes(serialization.Encoding.PEM),
-    )
-    return cert_path, key_path

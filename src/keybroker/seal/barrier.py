@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
+import logging
 import os
 import threading
 import uuid
@@ -27,6 +28,7 @@ from typing import Protocol
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from keybroker import aead
@@ -34,6 +36,8 @@ from keybroker.errors import Conflict, InvalidInput, Sealed
 from keybroker.seal import shamir
 from keybroker.store.db import Database
 from keybroker.store.models import SealConfig
+
+log = logging.getLogger("keybroker.seal")
 
 _ROOT_AAD = b"keybroker/root-key/v1"
 KEY_SIZE = 32
@@ -121,6 +125,26 @@ class Barrier:
         self._pending: list[bytes] = []
         self._attempt = ""
         self._auto: AutoSeal | None = None
+        self._on_unseal: list[Callable[[], None]] = []
+        self._on_seal: list[Callable[[], None]] = []
+
+    def on_unseal(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` each time the barrier opens (shares, auto seal, dev file), after it has
+        opened, in the thread that opened it. Its failures are logged, never raised: the barrier is
+        open either way, and the callback's owner retries (see ``keybroker.replica``)."""
+        self._on_unseal.append(callback)
+
+    def on_seal(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` each time the barrier is sealed, after the root key was dropped: drop
+        whatever was opened with it."""
+        self._on_seal.append(callback)
+
+    def _opened(self) -> None:
+        for callback in self._on_unseal:
+            try:
+                callback()
+            except Exception as exc:  # noqa: BLE001 - see on_unseal
+                log.error("after unseal: %s failed: %s: %s", callback, type(exc).__name__, exc)
 
     def attach_auto_seal(self, seal: AutoSeal) -> None:
         """Use ``seal`` for init and start-up (see :func:`keybroker.seal.autounseal.configure_auto_unseal`)."""
@@ -189,13 +213,16 @@ class Barrier:
             encrypted_root_key=encrypted,
             created_at=datetime.now(UTC),
         )
-        with self._db.session() as s:
-            if s.get(SealConfig, 1) is not None:
-                raise Conflict("the key store is already initialized")
-            s.add(cfg)
-            if also is not None:
+        try:
+            with self._db.session() as s:
+                if s.get(SealConfig, 1) is not None:
+                    raise Conflict("the key store is already initialized")
+                s.add(cfg)
                 s.flush()
-                also(s)
+                if also is not None:
+                    also(s)
+        except IntegrityError:  # another process initialized it at the same moment
+            raise Conflict("the key store is already initialized") from None
 
     def init_shamir(
         self, shares: int = 5, threshold: int = 3, *, also: Callable[[Session], None] | None = None
@@ -229,6 +256,7 @@ class Barrier:
         assert cfg is not None
         with self._lock:
             self._open(cfg, unseal_key)
+        self._opened()
         return InitResult([base64.b64encode(p).decode() for p in parts], threshold, recovery=True)
 
     def auto_unseal(self) -> bool:
@@ -245,9 +273,12 @@ class Barrier:
         wrapped, _ = _unpack_auto(cfg.encrypted_root_key)
         unseal_key = seal.unwrap(wrapped)
         with self._lock:
-            if self._root_key is None:
+            opened = self._root_key is None
+            if opened:
                 self._open(cfg, unseal_key)
                 self._forget_attempt()
+        if opened:
+            self._opened()
         return True
 
     def init_devfile(self, key_file: Path) -> None:
@@ -256,16 +287,24 @@ class Barrier:
             raise Conflict("the key store is already initialized")
         unseal_key = os.urandom(KEY_SIZE)
         key_file.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another process on this data dir is initializing
+            raise Conflict(f"{key_file} exists: another process is initializing the key store") from None
         with os.fdopen(fd, "wb") as f:
             f.write(unseal_key)
-        self._store("devfile", 1, 1, unseal_key)
+        try:
+            self._store("devfile", 1, 1, unseal_key)
+        except BaseException:
+            key_file.unlink(missing_ok=True)  # it opens nothing: another process initialized first
+            raise
 
     def unseal_devfile(self, key_file: Path) -> None:
         cfg = self._config()
         if cfg is None or cfg.seal_type != "devfile":
             raise Conflict("the key store does not use the dev key-file seal")
         self._open(cfg, key_file.read_bytes())
+        self._opened()
 
     def _open(self, cfg: SealConfig, unseal_key: bytes) -> None:
         blob = cfg.encrypted_root_key
@@ -318,6 +357,7 @@ class Barrier:
         if cfg.seal_type not in ("shamir", "pkcs11", "transit"):  # auto seals: recovery shares
             raise Conflict(f"the key store uses the {cfg.seal_type} seal, not unseal shares")
         share = self._parse_share(share_b64)
+        opened = False
         with self._lock:
             if self._root_key is None:
                 for given in self._pending:
@@ -353,6 +393,9 @@ class Barrier:
                             attempt=attempt,
                             discarded=len(parts),
                         ) from None
+                    opened = True
+        if opened:
+            self._opened()
         return self.status()
 
     def reset(self) -> ResetResult:
@@ -366,3 +409,5 @@ class Barrier:
         with self._lock:
             self._root_key = None
             self._forget_attempt()
+        for callback in self._on_seal:
+            callback()

@@ -204,9 +204,23 @@ class CollateralItem(Base):
     imported_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
+class SharedSecret(Base):
+    """A secret every replica shares (a service CA's key, the token signing key): its public half in
+    clear (a certificate, a public key), its private half sealed under the root key
+    (``keybroker.seal.shared``; AES-256-GCM, bound to the name and the public half)."""
+
+    __tablename__ = "shared_secrets"
+
+    name: Mapped[str] = mapped_column(String(96), primary_key=True)
+    public: Mapped[str] = mapped_column(Text)
+    sealed: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
 class BearerTokenKey(Base):
-    """A key that signs bearer tokens: its public half (the private one stays in the data dir). One
-    is current (``retired_at`` None); tokens of a retired key are refused."""
+    """A key that signs bearer tokens: its public half (the private one is sealed in
+    ``shared_secrets`` and kept in the data dirs for the local CLI). One is current
+    (``retired_at`` None); tokens of a retired key are refused."""
 
     __tablename__ = "bearer_token_keys"
 

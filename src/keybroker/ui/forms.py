@@ -13,7 +13,8 @@ handler can forget these checks:
   cross-site (``Sec-Fetch-Site``) or whose ``Origin`` is not this site is refused before that;
 - the response carries the console's security headers (:func:`keybroker.ui.security.harden`), and
   a domain error, or a parameter of the wrong type, becomes an HTML page with the status the API
-  would give, not a problem document.
+  would give, not a problem document; so does an unavailable database (503 with ``Retry-After``,
+  logged once per outage, as on the API).
 """
 
 from __future__ import annotations
@@ -26,9 +27,11 @@ from typing import Any
 
 from fastapi import Request, Response
 from fastapi.exceptions import RequestValidationError
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.responses import HTMLResponse
 
 from keybroker.api.body import StrictRoute, media_type
+from keybroker.api.problems import is_logged, retry_after, store_error
 from keybroker.errors import Forbidden, InvalidInput, KeybrokerError, UnsupportedMediaType
 from keybroker.ui import security
 
@@ -158,6 +161,11 @@ class StrictFormRoute(StrictRoute):
                 response = _error_page(request, exc)
             except RequestValidationError as exc:  # a path or query parameter of the wrong type
                 response = _error_page(request, _invalid(exc))
+            except SQLAlchemyError as exc:
+                unavailable = store_error(request, exc)
+                if unavailable is None:
+                    raise  # a bug: the API's handler answers 500 and logs it
+                response = _error_page(request, unavailable)
             security.harden(request, response)
             return response
 
@@ -174,7 +182,10 @@ def _invalid(exc: RequestValidationError) -> InvalidInput:
 def _error_page(request: Request, exc: KeybrokerError) -> Response:
     from keybroker.ui.pages import render_error
 
-    if exc.status >= 500:
+    if is_logged(exc):
         log.error("console request failed: %s %s: %s", request.method, request.url.path, exc.diagnostics())
     page: HTMLResponse = render_error(request, exc)
+    after = retry_after(exc)
+    if after is not None:
+        page.headers["Retry-After"] = str(after)
     return page

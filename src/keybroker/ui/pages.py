@@ -20,6 +20,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 from sqlalchemy import func, select
+from sqlalchemy.exc import SQLAlchemyError
 
 from keybroker import __version__
 from keybroker.api.deps import actor_of
@@ -225,7 +226,7 @@ def render_error(request: Request, exc: KeybrokerError) -> HTMLResponse:
         return RedirectResponse("/ui/login", status_code=303)  # type: ignore[return-value]
     try:
         v: Viewer | None = viewer(request)
-    except KeybrokerError:
+    except (KeybrokerError, SQLAlchemyError):  # signed out, or the database is away (the error itself)
         v = None
     return page(request, "error.html", v, status=exc.status, title=exc.title, detail=exc.detail)
 

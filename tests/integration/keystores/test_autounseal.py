@@ -117,3 +117,32 @@ def test_wrong_recovery_shares_do_not_unseal(request: pytest.FixtureRequest, tmp
         svc2.db.dispose()
     finally:
         bring_back()
+
+
+def test_a_replica_started_before_init_unseals_once_another_initialized(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """Two replicas with the Transit seal on one database, both started before ``operator init``:
+    the one that was not asked unseals by itself within seconds (before: it stayed sealed until
+    restarted), and a replica sealed on purpose stays sealed."""
+    seal, _, _ = _seal_setup(request, "transit")
+    database = f"sqlite:///{tmp_path / 'kb.db'}"
+    one = Services.build(Settings(data_dir=tmp_path / "one", database=database, seal=seal))
+    two = Services.build(Settings(data_dir=tmp_path / "two", database=database, seal=seal))
+    with (
+        TestClient(create_app(one), base_url="https://testserver") as c1,
+        TestClient(create_app(two), base_url="https://testserver") as c2,
+    ):
+        assert c2.get("/sys/v1/seal-status").json()["initialized"] is False
+        out = c1.post("/sys/v1/init", json={"shares": 1, "threshold": 1}).json()
+        deadline = time.monotonic() + 15
+        while c2.get("/sys/v1/seal-status").json()["sealed"] and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert c2.get("/sys/v1/seal-status").json()["sealed"] is False
+        assert c2.get("/readyz").status_code == 200
+        h = {"Authorization": f"Bearer {out['admin_token']}"}
+        assert c2.post("/sys/v1/seal", headers=h).status_code == 200
+        time.sleep(5)  # more than two polls
+        assert c2.get("/sys/v1/seal-status").json()["sealed"] is True
+    one.db.dispose()
+    two.db.dispose()

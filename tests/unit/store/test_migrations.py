@@ -13,9 +13,10 @@ import keybroker.store.db as store_db
 from keybroker.store.db import Database
 
 #: The newest revision, and the tables each of the newest ones adds.
-HEAD = "0011"
+HEAD = "0012"
 ADDED = {
-    "0011": {"appraisal_inputs"},
+    "0012": {"appraisal_inputs"},
+    "0011": {"shared_secrets"},
     "0010": {"tpm_aks", "tpm_enrolments", "tpm_ak_clocks"},
     "0009": {"snp_collateral_items"},
 }
@@ -31,7 +32,7 @@ def test_one_line_of_revisions_to_one_head() -> None:
     script = ScriptDirectory.from_config(_config())
     assert script.get_heads() == [HEAD]
     chain = [r.revision for r in script.walk_revisions()]  # newest first
-    assert chain[:4] == ["0011", "0010", "0009", "0008"]
+    assert chain[:5] == ["0012", "0011", "0010", "0009", "0008"]
     assert chain == [f"{n:04d}" for n in range(len(chain), 0, -1)]
     for rev in script.walk_revisions():
         assert rev.module.__file__ is not None and rev.module.__file__.split("/")[-1].startswith(rev.revision)
@@ -50,7 +51,7 @@ def test_the_newest_revisions_go_down_and_up_again(database_url: str) -> None:
     cfg = _config()
     try:
         gone: set[str] = set()
-        for rev in ("0010", "0009", "0008"):
+        for rev in ("0011", "0010", "0009", "0008"):
             with db.engine.begin() as conn:
                 cfg.attributes["connection"] = conn
                 command.downgrade(cfg, rev)

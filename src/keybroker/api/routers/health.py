@@ -10,9 +10,10 @@ from sqlalchemy import text
 
 from keybroker.api.body import StrictRoute
 from keybroker.api.deps import services
+from keybroker.api.problems import database_unavailable
 from keybroker.api.schema import responses
 from keybroker.api.services import Services
-from keybroker.errors import AuditChainAlarm, BackendUnavailable, Sealed
+from keybroker.errors import AuditChainAlarm, Sealed
 
 router = APIRouter(tags=["health"], route_class=StrictRoute)
 Svc = Annotated[Services, Depends(services)]
@@ -26,13 +27,15 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz", responses=responses(503))
 def readyz(svc: Svc) -> dict[str, str]:
-    """Ready to serve keys: database reachable and key store unsealed."""
+    """Ready to serve keys: database reachable and key store unsealed (503 ``Backend unavailable``
+    with ``Retry-After`` naming the database, or ``Service sealed``, otherwise)."""
     try:
         with svc.db.session() as s:
             s.execute(text("SELECT 1"))
+        st = svc.barrier.status()
     except Exception as exc:  # noqa: BLE001 - any database failure means not ready
-        raise BackendUnavailable(f"the database is unreachable ({type(exc).__name__})") from None
-    st = svc.barrier.status()
+        reason = svc.db.availability.failed(exc) or f"it failed ({type(exc).__name__})"
+        raise database_unavailable(reason) from None
     if not st.initialized:
         raise Sealed("the key store is not initialized: run 'keybroker operator init'")
     if st.sealed:

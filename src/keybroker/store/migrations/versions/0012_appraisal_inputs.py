@@ -1,7 +1,7 @@
 """The appraisal inputs of recent attempts, for testing a policy on them (the console).
 
-Revision ID: 0011
-Revises: 0010 (0010_tpm_aks)
+Revision ID: 0012
+Revises: 0011 (0011_shared_secrets)
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0011"
-down_revision = "0010"  # 0010_tpm_aks
+revision = "0012"
+down_revision = "0011"  # 0011_shared_secrets
 
 
 def upgrade() -> None:
