@@ -106,7 +106,8 @@ class LimitsSettings(BaseModel):
 
 
 class AuditSettings(BaseModel):
-    """Checkpoints of the audit chain head (:mod:`keybroker.audit.checkpoint`)."""
+    """Checkpoints of the audit chain head (:mod:`keybroker.audit.checkpoint`), and the appraisal
+    inputs kept with the audit records of recent attempts (:mod:`keybroker.audit.inputs`)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -114,21 +115,31 @@ class AuditSettings(BaseModel):
     checkpoint_interval_seconds: float = Field(default=1.0, gt=0, le=60)
     #: Also log each checkpoint (logger ``keybroker.audit.checkpoint``), e.g. for syslog/journald.
     checkpoint_log: bool = False
+    #: The appraisal input documents (verified claims, TCB status; no evidence, nonce or key) of
+    #: this many of the newest attempts are kept, to test a policy on them in the console. 0: none.
+    appraisal_inputs: int = Field(default=200, ge=0, le=100_000)
 
 
 class CollateralSettings(BaseModel):
-    """Where ``keybroker collateral fetch`` asks when no ``--from`` is given."""
+    """Where ``keybroker collateral fetch`` asks when no ``--from`` is given, and where the console's
+    *Refresh now* asks."""
 
     model_config = ConfigDict(extra="forbid")
 
     #: AMD's Key Distribution Service, or a KDS-compatible mirror (another keybroker) for
     #: ``collateral fetch --snp``. https:// (http:// on a loopback address only).
     kds_url: str = Field(default="https://kdsintf.amd.com", min_length=1, max_length=2048)
+    #: Intel's PCS (https://api.trustedservices.intel.com) or a PCCS (another keybroker too) for
+    #: ``collateral fetch`` of DCAP collateral. None: none configured (``--from`` is needed).
+    pcs_url: str | None = Field(default=None, min_length=1, max_length=2048)
+    #: The CA bundle that verifies those sources' TLS certificates when they are used from the
+    #: configuration (None: the system's CAs).
+    ca_file: Path | None = None
 
-    @field_validator("kds_url")
+    @field_validator("kds_url", "pcs_url")
     @classmethod
-    def _check_kds_url(cls, value: str) -> str:
-        if not value.startswith(("https://", "http://")):
+    def _check_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("https://", "http://")):
             raise ValueError("must be an https:// URL")
         return value
 
@@ -231,7 +242,9 @@ _ENV_SECTION_KEYS = {
     "LIMITS_OUTSTANDING_SESSIONS": ("limits", "outstanding_sessions"),
     "AUDIT_CHECKPOINT_INTERVAL_SECONDS": ("audit", "checkpoint_interval_seconds"),
     "AUDIT_CHECKPOINT_LOG": ("audit", "checkpoint_log"),
+    "AUDIT_APPRAISAL_INPUTS": ("audit", "appraisal_inputs"),
     "COLLATERAL_KDS_URL": ("collateral", "kds_url"),
+    "COLLATERAL_PCS_URL": ("collateral", "pcs_url"),
 }
 
 

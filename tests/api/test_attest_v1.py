@@ -201,3 +201,26 @@ def test_a_bad_remote_jwks_file_is_refused_at_start(tmp_path: Path, content: str
 
 def _audit(client: TestClient, headers: dict[str, str]) -> list[dict[str, Any]]:
     return list(client.get("/kbs/v1/audit", headers=headers).json())
+
+
+def test_a_dev_server_verifies_azure_snp_vtpm_evidence(client: TestClient, services: Services) -> None:
+    """``trust.dev_roots`` (with --dev: the SGX/TDX simulator's root and the SNP simulator's ARK)
+    reach the Azure vTPM verifier, whose SEV-SNP report is checked by ``tee.snp`` and that refuses a
+    dev root that is not an ARK: a dev server refused every Azure SEV-SNP vTPM's evidence at
+    ``cert_chain`` ("dev root [0] CN 'keybroker DEV SGX Root CA ...' is not ARK-..."). Its SNP
+    report is now given the ARKs among them, as the ``snp`` verifier is."""
+    from tests.vectors.corpus import case, read_bytes, verify_at
+
+    headers = {"Authorization": "Bearer " + services.tokens.mint("verifier", ["attestation:verify"])}
+    assert services.settings.dev
+    body = {
+        "quote": base64.b64encode(
+            read_bytes("azure-vtpm/coco-trustee/az-snp-vtpm/evidence-v2.json")
+        ).decode(),
+        "at": verify_at(case("dcap-tdx-azure-td")).isoformat(),
+    }
+    r = client.post("/attestation/v1/verify", json=body, headers=headers)
+    assert r.status_code == 200, r.text
+    doc = r.json()
+    assert doc["verified"] is True and doc["tee"] == "az-snp-vtpm" and doc["sim"] is False
+    assert "vmpl" in doc["checks"] and "cert_chain" in doc["checks"]

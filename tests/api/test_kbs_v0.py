@@ -278,11 +278,27 @@ def test_transfer_transactions_and_audit_records(
         "claims_sha256",
         "ear_status",
         "tcb_status",
+        "input_sha256",
     }
     (released,) = _audit(client, services, "resource.release")
     assert released["actor"] == f"kbs-session:{session_id}" and released["object_id"] == "repo/secret/tx"
-    assert released["outcome"] == "success"
-    assert set(released["details"]) == {"protocol", "ear_status", "token_kid", "policy_id", "notes"}
+    assert released["outcome"] == "success" and released["details"]["tee"] == "tdx"
+    assert set(released["details"]) == {
+        "protocol",
+        "tee",
+        "ear_status",
+        "token_kid",
+        "policy_id",
+        "notes",
+        "input_sha256",
+    }
+    # the appraisal input each decision was made on is kept, as its record names it
+    from keybroker.audit.inputs import AppraisalInputs
+
+    with services.db.session() as s:
+        for record in (attested, released):
+            kept = AppraisalInputs.recorded(s, record["seq"])
+            assert kept.tee == "tdx" and kept.document["claims"]["mr_td"] == sim.DEFAULT_MRTD.hex()
     assert released["details"]["token_kid"] == client.get("/.well-known/jwks.json").json()["keys"][0]["kid"]
 
 

@@ -212,3 +212,14 @@ def test_a_nonce_spent_meanwhile_makes_the_outcome_a_replay_denial(broker: Broke
     r = answers["bad"]
     assert r.status_code == 403 and "already used" in r.json()["detail"], r.text
     assert _state(broker, nonce) == (True, ["success", "denied"])
+    # the release keeps the input it was decided on; the replay, refused as if its nonce had been
+    # spent first, was decided on none (its own evidence's is not kept under the replay's record)
+    with broker.engine.connect() as conn:
+        kept = conn.execute(
+            text(
+                "SELECT a.outcome, i.audit_seq IS NOT NULL FROM audit_log a LEFT JOIN appraisal_inputs i "
+                "ON i.audit_seq = a.seq WHERE a.action = 'key.transfer' AND a.object_id = :k ORDER BY a.seq"
+            ),
+            {"k": broker.key_id},
+        ).all()
+    assert [tuple(row) for row in kept] == [("success", True), ("denied", False)]

@@ -43,6 +43,12 @@ ACCOUNTS: dict[str, dict[str, Any]] = {
         "groups": ["kb-keys", "kb-policies", "kb-audit", "kb-ops"],
     },
     "bob": {"sub": "bob", "email": "bob@example.com", "name": "Bob Auditor", "groups": ["kb-audit"]},
+    "carol": {
+        "sub": "carol",
+        "email": "carol@example.com",
+        "name": "Carol Platform",
+        "groups": ["kb-platform"],
+    },
     "mallory": {
         "sub": "mallory",
         "email": "mallory@example.com",
@@ -56,6 +62,8 @@ ROLE_MAPPING = {
     "kb-policies": ["policy-admin"],
     "kb-audit": ["auditor"],
     "kb-ops": ["operator"],
+    # a custom role: the test that signs Carol in creates it (tests/integration/test_console_browser.py)
+    "kb-platform": ["platform-admin"],
 }
 #: Machine clients (client credentials) and the groups their access tokens carry.
 MACHINES = {"ci-deployer": ["kb-audit"], "stranger": []}

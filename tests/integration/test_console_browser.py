@@ -4,8 +4,11 @@ OpenID provider (oidc-provider on Node.js, tests/helpers/oidc.py).
 
 Alice signs in at the provider, writes a policy, creates a key bound to it; a simulated TD is
 denied; the denial's reasons are on the audit page; she fixes the policy and the release succeeds.
-Bob, an auditor, does not see the actions he may not take. Screenshots of each page go to
-``$KEYBROKER_TEST_OUTPUT/console-screenshots`` (default: the pytest run's temporary directory).
+Carol (a custom role) writes a resource's Rego policy, tests a policy on a denied attempt's recorded
+input and on a simulated SEV-SNP guest's report, filters the attempts by TEE, refreshes the collateral cache from a PCCS and a KDS on loopback, mints and revokes a token
+and writes a role. Bob, an auditor, does not see the actions he may not take. Screenshots of each
+page go to ``$KEYBROKER_TEST_OUTPUT/console-screenshots`` (default: the pytest run's temporary
+directory); two of them are the README's (``docs/img/``).
 
 The browser trusts exactly the two servers' keys (``--ignore-certificate-errors-spki-list``), not
 every certificate.
@@ -18,6 +21,7 @@ import copy
 import hashlib
 import json
 import os
+import re
 import shutil
 import ssl
 import subprocess
@@ -30,16 +34,61 @@ from typing import Any
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from tests.api.test_snp_api import SNP_SIM_POLICY
 from tests.api.test_transfer_v1 import TDX_SIM_POLICY
 from tests.helpers.oidc import OidcProvider
 from tests.helpers.postgres import free_port
-from tests.helpers.server import Server
+from tests.helpers.server import Server, keybroker
+from tests.integration.test_collateral_fetch import FakePccs
+from tests.integration.test_kds_fetch import FakeKds, _real_files
+from tests.vectors.corpus import path, read_text
+
+from keybroker.tee import sim
+from keybroker.tee.dcap.endorsements import QuoteCollateral
+from keybroker.tee.sim.snp import SnpDevPki, snp_report
 
 pytestmark = [pytest.mark.browser, pytest.mark.oidc]
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 BIN = Path(sys.executable).parent
 WRONG_MRTD = "00" * 48
+#: Cached at start: June's TDX collateral of this FMSPC (the loopback PCCS serves October's) and
+#: AMD's Milan VCEK chain (the loopback KDS serves it and the VLEK chain).
+FMSPC = "00806F050000"
+JUNE = "intel-dcap/assembled/tdx_00806F050000_2025-06.json"
+OCTOBER = "intel-dcap/assembled/tdx_00806F050000_2025-10.json"
+MILAN_CHAIN = "amd-sev-snp/virtee-sev/cert_chain_milan"
+#: Carol's custom role (tests/helpers/oidc.py maps her group to it).
+PLATFORM_ADMIN = [
+    "resources:write",
+    "key_transfer_policies:search",
+    "key_transfer_policies:retrieve",
+    "audit:read",
+    "collateral:update",
+    "tokens:search",
+    "tokens:create",
+    "tokens:delete",
+    "roles:search",
+    "roles:create",
+    "roles:update",
+    "roles:delete",
+    "keys:search",
+    "keys:retrieve",
+]
+REGO_SIM_TDX = f"""package keybroker
+
+import rego.v1
+
+default allow := false
+
+allow if {{
+    input.tee == "tdx"
+    input.claims.mr_td == "{sim.DEFAULT_MRTD.hex()}"
+    not input.claims.debug
+}}
+
+reasons contains "the TD's MRTD is not the one we build" if input.claims.mr_td != "{sim.DEFAULT_MRTD.hex()}"
+"""
 
 
 def _spki_pin(host: str, port: int) -> str:
@@ -60,6 +109,8 @@ class Stack:
     #: A port registered with the provider for a second (production-mode) server.
     spare_port: int
     conf: Path
+    pccs: FakePccs
+    kds: FakeKds
 
 
 @pytest.fixture(scope="module")
@@ -72,18 +123,29 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     idp = OidcProvider(
         base / "idp", [f"https://127.0.0.1:{p}/ui/auth/callback" for p in (port, spare)]
     ).start()
+    pccs = FakePccs(QuoteCollateral.from_json(read_text(OCTOBER)))
+    kds = FakeKds(_real_files())
     conf = base / "keybroker.toml"
-    conf.write_text(idp.config_toml())
-    server = Server(base / "data", extra=["--dev", "--config", str(conf)], port=port)
+    conf.write_text(idp.config_toml() + f'[collateral]\npcs_url = "{pccs.url}"\nkds_url = "{kds.url}"\n')
+    data = base / "data"
+    for args in (
+        ["collateral", "import", str(path(JUNE)), str(path(MILAN_CHAIN))],
+        ["role", "create", "platform-admin", "--permissions", ",".join(PLATFORM_ADMIN)],
+    ):
+        done = keybroker(*args, "--data-dir", str(data))
+        assert done.returncode == 0, done.stderr
+    server = Server(data, extra=["--dev", "--config", str(conf)], port=port)
     try:
         server.start()
         out = Path(os.environ.get("KEYBROKER_TEST_OUTPUT", tmp_path_factory.getbasetemp()))
         shots = out / "console-screenshots"
         shots.mkdir(parents=True, exist_ok=True)
-        yield Stack(idp, server, shots, spare, conf)
+        yield Stack(idp, server, shots, spare, conf, pccs, kds)
     finally:
         server.stop()
         idp.stop()
+        pccs.stop()
+        kds.stop()
 
 
 @pytest.fixture(scope="module")
@@ -190,6 +252,7 @@ def test_an_operator_releases_a_key_from_the_console(stack: Stack, browser: Any,
     record = page.inner_text("li.record.denied")
     assert "key.transfer" in record and "mrtd" in record.lower()
     page.screenshot(path=str(stack.shots / "audit-denial.png"), full_page=True)
+    page.screenshot(path=str(stack.shots / "readme-audit-denial.png"))  # the viewport: docs/img/
 
     page.goto(f"{stack.server.url}/ui/policies/{policy_id}")
     page.fill("#policy", json.dumps(TDX_SIM_POLICY, indent=2))
@@ -230,6 +293,191 @@ def test_an_operator_releases_a_key_from_the_console(stack: Stack, browser: Any,
     context.close()
 
 
+def _admin(stack: Stack) -> Any:
+    """An API client with a token minted on the server's host (as an operator would)."""
+    done = keybroker(
+        "token", "create", "--permissions", "*:*", "--ttl", "1h", "--data-dir", str(stack.server.data_dir)
+    )
+    assert done.returncode == 0, done.stderr
+    return stack.server.client(done.stdout.strip())
+
+
+def _get_resource(stack: Stack, resource: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            str(BIN / "keybroker-client"),
+            "get-resource",
+            resource,
+            "--server",
+            stack.server.url,
+            "--ca-file",
+            str(stack.server.ca),
+            "--tee",
+            "sim-tdx",
+            "--dev-pki",
+            str(stack.server.data_dir / "dev-pki"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_a_platform_admin_works_rego_attempts_collateral_tokens_and_roles(
+    stack: Stack, browser: Any, tmp_path: Path
+) -> None:
+    url = stack.server.url
+    with _admin(stack) as admin:
+        r = admin.post(
+            "/kbs/v0/resource/demo/db/password",
+            content=b"correct horse battery staple",
+            headers={"Content-Type": "application/octet-stream"},
+        )
+        assert r.status_code == 204, r.text
+        wrong = copy.deepcopy(TDX_SIM_POLICY)
+        wrong["tdx"]["attributes"]["mrtd"] = [WRONG_MRTD]
+        policy_id = admin.post("/kbs/v1/key-transfer-policies", json=wrong).json()["id"]
+        r = admin.post(
+            "/kbs/v1/keys",
+            json={
+                "key_information": {"algorithm": "AES", "key_length": 256},
+                "transfer_policy_id": policy_id,
+            },
+        )
+        key_id = r.json()["key_information"]["id"]
+    denied = _client_get_key(stack, key_id, tmp_path / "k.pem")
+    assert denied.returncode != 0, denied.stdout
+    # the default resource policy refuses simulated evidence
+    assert _get_resource(stack, "demo/db/password").returncode != 0
+
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    page = context.new_page()
+    csp_errors: list[str] = []
+    page.on("console", lambda m: csp_errors.append(m.text) if "Content Security Policy" in m.text else None)
+    _sign_in(page, stack, "carol")
+
+    # a Rego policy for the resource: the API's compile error, line and column; then one that works
+    page.goto(f"{url}/ui/policies")
+    page.click("text=demo/db/password")
+    page.check("input[name=kind][value=rego]")
+    page.fill("#r-rego", "package keybroker\ndefault allow := false\nallow if { input.tee == }\n")
+    page.click("text=Save the policy")
+    assert "Rego policy line 3, column" in page.inner_text("#policy-errors")
+    page.screenshot(path=str(stack.shots / "resource-policy-errors.png"), full_page=True)
+    page.fill("#r-rego", REGO_SIM_TDX)
+    page.click("text=Save the policy")
+    assert "The policy was saved" in page.inner_text("main")
+    got = _get_resource(stack, "demo/db/password")
+    assert got.returncode == 0 and "correct horse battery staple" in got.stdout, got.stderr
+
+    # the denied transfer's recorded input, tested with the fixed policy (SecL, then Rego)
+    page.goto(f"{url}/ui/audit?object_id={key_id}&action=key.transfer")
+    page.click("text=Test a policy on this attempt's input")
+    page.wait_for_url("**/ui/policy-test?attempt=*")
+    page.fill("#t-policy", json.dumps(TDX_SIM_POLICY, indent=2))
+    page.click("form.stack button.primary")
+    verdict = page.inner_text("#verdict")
+    assert "ALLOWED" in verdict and "denied" in verdict and "mrtd" in verdict.lower(), verdict
+    page.screenshot(path=str(stack.shots / "policy-test-attempt.png"), full_page=True)
+    page.screenshot(
+        path=str(stack.shots / "readme-policy-test.png"), clip={"x": 0, "y": 0, "width": 1280, "height": 640}
+    )
+    page.select_option("#t-language", "rego")
+    page.fill("#t-policy", REGO_SIM_TDX)
+    page.click("form.stack button.primary")
+    assert "ALLOWED" in page.inner_text("#verdict")
+
+    # evidence of another TEE pasted: a simulated SEV-SNP guest's report and certificate table
+    snp = snp_report(SnpDevPki.load(stack.server.data_dir / "dev-pki" / "snp"), report_data=bytes(64))
+    page.goto(f"{url}/ui/policy-test")
+    page.fill("#t-policy", json.dumps(SNP_SIM_POLICY, indent=2))
+    page.check("input[name=evidence][value=quote]")
+    page.fill("#t-quote", (snp.report + snp.cert_table).hex())
+    page.select_option("#t-tee", "snp")
+    page.click("form.stack button.primary")
+    assert "ALLOWED" in page.inner_text("#verdict")
+    assert '"tee": "snp"' in (page.text_content("#input-document") or "")
+    page.screenshot(path=str(stack.shots / "policy-test-snp.png"), full_page=True)
+
+    # the attempts by TEE: the TD's denied transfer, its attestations and its released resource
+    page.goto(f"{url}/ui/attestation")
+    page.select_option("#t-tee", "tdx")
+    page.click("form.filters button[type=submit]")
+    page.wait_for_url("**/ui/attestation?tee=tdx*")
+    cells = page.locator("h2:has-text('Recent attempts') ~ div.scroll table tbody tr td:nth-child(4)")
+    assert cells.count() >= 2 and set(cells.all_inner_texts()) == {"TDX"}, cells.all_inner_texts()
+    actions = set(
+        page.locator(
+            "h2:has-text('Recent attempts') ~ div.scroll table tbody tr td:nth-child(3)"
+        ).all_inner_texts()
+    )
+    assert {"key.transfer", "resource.release", "attestation.attest"} <= actions, actions
+    page.select_option("#t-tee", "snp")
+    page.click("form.filters button[type=submit]")
+    page.wait_for_url("**/ui/attestation?tee=snp*")
+    assert "No attempts yet." in page.inner_text("main")
+
+    # the collateral cache: a live countdown, and Refresh now from the loopback PCCS and KDS
+    page.goto(f"{url}/ui/attestation")
+    page.wait_for_function("document.querySelector('time[data-countdown]').textContent.includes(':')")
+    assert re.search(r"\d\d:\d\d:\d\d", page.locator("time[data-countdown]").first.inner_text())
+    page.click(f"button[aria-label='Refresh FMSPC {FMSPC} now']")
+    notice = page.inner_text("#refresh-notice")
+    assert f"FMSPC {FMSPC} refreshed from {stack.pccs.url}: 3 new" in notice, notice
+    page.screenshot(path=str(stack.shots / "attestation.png"), full_page=True)
+    page.click("button[aria-label='Refresh SEV-SNP Milan now']")
+    assert "SEV-SNP Milan refreshed" in page.inner_text("#refresh-notice")
+    # without JavaScript it reads the same, with the server's own countdown text
+    plain = browser.new_context(java_script_enabled=False, storage_state=context.storage_state())
+    p2 = plain.new_page()
+    p2.goto(f"{url}/ui/attestation")
+    first = p2.locator("time[data-countdown]").first.inner_text()
+    assert re.fullmatch(r"in \d+\w \d+\w|\d+\w \d+\w ago", first), first
+    assert FMSPC in p2.inner_text("main") and "Milan" in p2.inner_text("main")
+    plain.close()
+
+    # a token minted (shown once), used, revoked
+    page.goto(f"{url}/ui/tokens")
+    page.fill("#t-subject", "ci-reader")
+    page.check("input[name=permissions][value='keys:search']")
+    page.click("text=Mint the token")
+    token = page.input_value("#minted")
+    page.screenshot(path=str(stack.shots / "token-minted.png"), full_page=True)
+    with stack.server.client(token) as c:
+        assert c.get("/kbs/v1/keys").status_code == 200
+    page.goto(f"{url}/ui/tokens")
+    row = page.locator("#tokens tr", has_text="ci-reader")
+    row.locator("input[name=reason]").fill("done with it")
+    row.locator("button:has-text('Revoke')").click()
+    assert "revoked" in page.inner_text("main")
+    page.screenshot(path=str(stack.shots / "tokens.png"), full_page=True)
+    with stack.server.client(token) as c:
+        assert c.get("/kbs/v1/keys").status_code == 401
+
+    # a role written and deleted
+    page.goto(f"{url}/ui/roles")
+    page.fill("#r-name", "release-reader")
+    page.fill("#r-desc", "reads keys")
+    page.check("input[name=permissions][value='keys:search']")
+    page.click("text=Create the role")
+    page.wait_for_url("**/ui/roles/release-reader")
+    assert "keys:search" in page.inner_text("#role-permissions")
+    page.screenshot(path=str(stack.shots / "roles.png"), full_page=True)
+    page.fill("#r-confirm", "release-reader")
+    page.click("text=Delete the role")
+    page.wait_for_url("**/ui/roles?deleted=release-reader")
+
+    # the new pages at a phone's width: nothing wider than the screen
+    page.set_viewport_size({"width": 390, "height": 844})
+    for name in ("attestation", "tokens", "roles", "policy-test", "resources/demo/db/password"):
+        page.goto(f"{url}/ui/{name}")
+        width = page.evaluate("document.documentElement.scrollWidth")
+        assert width <= 390, (name, width)
+    page.screenshot(path=str(stack.shots / "attestation-phone.png"), full_page=True)
+    assert csp_errors == []
+    context.close()
+
+
 def test_an_auditor_does_not_see_what_he_may_not_do(stack: Stack, browser: Any) -> None:
     context = browser.new_context(viewport={"width": 1280, "height": 800})
     page = context.new_page()
@@ -242,6 +490,16 @@ def test_an_auditor_does_not_see_what_he_may_not_do(stack: Stack, browser: Any) 
     assert page.get_by_role("button", name="Seal now").count() == 0
     page.goto(f"{stack.server.url}/ui/keys/new")
     assert "keys:create" in page.inner_text("main")
+    page.goto(f"{stack.server.url}/ui/tokens")
+    assert page.get_by_role("button", name="Mint the token").count() == 0
+    assert page.get_by_role("button", name="Revoke").count() == 0
+    page.goto(f"{stack.server.url}/ui/roles")
+    assert page.get_by_role("button", name="Create the role").count() == 0
+    page.goto(f"{stack.server.url}/ui/attestation")
+    assert FMSPC in page.inner_text("main")
+    assert page.get_by_role("button", name=re.compile("^Refresh")).count() == 0
+    page.goto(f"{stack.server.url}/ui/policies")
+    assert "Resource policies" not in page.inner_text("main")
     context.close()
 
     # someone whose groups map to no role sees nothing but the system page

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -23,6 +23,7 @@ from keybroker.audit.checkpoint import (
     load_or_create_key,
 )
 from keybroker.audit.guard import ChainGuard, Checkpointer
+from keybroker.audit.inputs import AppraisalInputs
 from keybroker.auth.authn import Authenticator
 from keybroker.auth.oidc import OidcProvider
 from keybroker.auth.registry import TokenRegistry
@@ -48,6 +49,7 @@ from keybroker.store.db import Database
 from keybroker.tee.dcap.endorsements import QuoteCollateral
 from keybroker.tee.sim import DevPki
 from keybroker.tee.sim.snp import SnpDevPki
+from keybroker.tee.tpm.trust import dry_run_trust
 from keybroker.tee.verifier import Verifier
 from keybroker.tpmaks.service import TpmAkService
 from keybroker.tpmaks.store import DbAkRegistry
@@ -184,8 +186,14 @@ class Services:
     authn: Authenticator
     #: The organisation's OpenID provider (``[oidc]``), or None.
     oidc: OidcProvider | None
+    #: Attempts' audit records with their appraisal inputs (the newest kept).
+    inputs: AppraisalInputs
     #: TPM attestation keys: enrolment through the EK, approval, revocation.
     tpm_aks: TpmAkService
+    #: The verifier of policy dry runs (the console's *Test this policy*): this server's trust, but
+    #: TPM AKs as enrolled without recording their clocks, else as given (``tee.tpm.trust.dry_run_trust``,
+    #: as ``keybroker policy test``). Never used for a release, a token or a resource.
+    dry_run: Verifier
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -209,9 +217,9 @@ class Services:
             _dev_pki(dev_pki_dir(settings))  # created, or its collateral refreshed, before it is read
             _snp_dev_pki(snp_dev_pki_dir(settings))
         kds = endorsement_source(KdsStore(db))  # SEV-SNP reports that carry no certificates
-        verifier = REGISTRY.verifier(
-            evidence_trust(settings, DbCollateralSource(db), aks=DbAkRegistry(db), snp_endorsements=kds)
-        )
+        aks = DbAkRegistry(db)
+        trust = evidence_trust(settings, DbCollateralSource(db), aks=aks, snp_endorsements=kds)
+        verifier = REGISTRY.verifier(trust)
         manufacturers, dev_ek = ek_roots(settings)
         if dev_ek:
             log.warning(
@@ -228,6 +236,7 @@ class Services:
         nonce_ttl = timedelta(seconds=settings.nonce_ttl_seconds)
         trusted = [_trusted_issuer(i, t) for i, t in enumerate(settings.trust.attestation_services)]
         limits = settings.limits
+        inputs = AppraisalInputs(settings.audit.appraisal_inputs)
         attestation = AttestationService(
             db,
             verifier,
@@ -235,6 +244,7 @@ class Services:
             nonce_ttl,
             trusted=trusted,
             nonce_cap=OutstandingCap("attestation nonces", limits.outstanding_nonces),
+            inputs=inputs,
         )
         release = ReleaseService(
             db,
@@ -244,6 +254,7 @@ class Services:
             nonce_cap=OutstandingCap("key-transfer nonces", limits.outstanding_nonces),
             remote=_remote_attestation(settings),
             verify_token=attestation.verify_token,
+            inputs=inputs,
         )
         services = cls(
             settings,
@@ -263,6 +274,7 @@ class Services:
                 keystore,
                 attestation,
                 session_cap=OutstandingCap("unattested /kbs/v0 sessions", limits.outstanding_sessions),
+                inputs=inputs,
             ),
             UnsealService(
                 db,
@@ -278,7 +290,9 @@ class Services:
             roles,
             Authenticator(tokens, roles, oidc),
             oidc,
+            inputs,
             tpm_aks,
+            REGISTRY.verifier(replace(trust, tpm=dry_run_trust(trust.tpm, aks))),
         )
         _warn_key_certificates_under_tls_anchor(services.keys, cas)
         if settings.dev:

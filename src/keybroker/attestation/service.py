@@ -28,6 +28,7 @@ from keybroker.attestation.ear import (
 )
 from keybroker.attestation.keyring_store import KeyringStore
 from keybroker.audit import log as audit
+from keybroker.audit.inputs import AppraisalInputs
 from keybroker.errors import KeybrokerError
 from keybroker.limits import OutstandingCap
 from keybroker.store.db import Database
@@ -70,9 +71,12 @@ class AttestationService:
         trusted: Sequence[TrustedIssuer] = (),
         *,
         nonce_cap: OutstandingCap,
+        inputs: AppraisalInputs | None = None,
     ) -> None:
-        """``nonce_cap``: the outstanding ``/attestation/v1`` nonces allowed (429 past it)."""
+        """``nonce_cap``: the outstanding ``/attestation/v1`` nonces allowed (429 past it).
+        ``inputs``: each attestation's audit record names its appraisal input (and keeps it)."""
         self._nonce_cap = nonce_cap
+        self._inputs = inputs or AppraisalInputs(0)
         self._db = db
         self._trusted = tuple(trusted)
         self.verifier = verifier
@@ -125,7 +129,8 @@ class AttestationService:
                     details=details,
                 )
             raise
-        decision = default_attestation_policy(appraisal_input(verified, client_permissions=None))
+        doc = appraisal_input(verified, client_permissions=None)
+        decision = default_attestation_policy(doc)
         now = datetime.now(UTC)
         ring = self.keyring.keyring()
         token = issue_ear(
@@ -148,7 +153,9 @@ class AttestationService:
         )
         result = Attested(token, verified, decision)
         with self._db.session() as s:
-            audit.append(s, actor=actor, action="attestation.attest", outcome="success", details=details)
+            self._inputs.append(
+                s, doc, actor=actor, action="attestation.attest", outcome="success", details=details
+            )
             if on_success is not None:
                 on_success(s, result)
         self._verified.add_signed(ring, token, issuer=ISSUER)  # its use (/kbs/v0 resource) skips ECDSA

@@ -90,6 +90,8 @@ ACTIONS: frozenset[str] = frozenset(
         "resource.policy",
         # attestation (/attestation/v1, /kbs/v0 attest)
         "attestation.attest",
+        # the collateral cache refreshed from its configured source (the console's Refresh now)
+        "collateral.refresh",
         # the audit log itself (failed reads of /kbs/v1/audit)
         "audit.read",
         # TPM attestation keys (/kbs/v1/tpm, keybroker tpm ak ...)

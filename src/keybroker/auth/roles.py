@@ -77,8 +77,17 @@ BUILTIN: Mapping[str, tuple[str, frozenset[str]]] = MappingProxyType(
         ),
         "operator": (
             "seal the key store (unsealing takes shares, not a role), read the audit log, list and "
-            "revoke tokens",
-            frozenset({"sys:seal", "audit:read", "tokens:search", "tokens:delete", "roles:search"}),
+            "revoke tokens, refresh the collateral cache from its configured source",
+            frozenset(
+                {
+                    "sys:seal",
+                    "audit:read",
+                    "tokens:search",
+                    "tokens:delete",
+                    "roles:search",
+                    "collateral:update",
+                }
+            ),
         ),
     }
 )

@@ -218,6 +218,20 @@ class RoleStore:
             )
         self._forget()
 
+    def check_token_grant(
+        self, granter: Principal, permissions: Sequence[str], role_names: Sequence[str]
+    ) -> None:
+        """Before a token is minted for ``granter`` (``POST /kbs/v1/tokens``, the console): it may
+        carry only permissions, and roles whose permissions, the granter holds (``*:*`` only from
+        ``*:*``)."""
+        missing = roles.not_held(granter, permissions)
+        if missing:
+            raise Forbidden(
+                f"a token can carry only permissions its issuer holds: you lack {', '.join(missing)}",
+                permission=missing[0],
+            )
+        self.check_grantable(granter, role_names)
+
     def check_grantable(self, granter: Principal | None, role_names: Sequence[str]) -> None:
         """Before a token names ``role_names``: each exists, and the granter holds what they grant."""
         unknown = self.unknown(role_names)

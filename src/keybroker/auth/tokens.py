@@ -47,6 +47,7 @@ PERMISSIONS = (
     "sys:seal",
     "resources:write",
     "attestation:verify",
+    "collateral:update",
     "tokens:search",
     "tokens:create",
     "tokens:delete",

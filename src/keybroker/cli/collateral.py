@@ -36,10 +36,11 @@ from keybroker.cli.common import (
     handle_errors,
     open_existing_database,
 )
-from keybroker.collateral.fetch import FetchPlan, PcsClient, fetch_collateral
+from keybroker.collateral.fetch import FetchPlan, PcsClient
 from keybroker.collateral.importers import bundle_document, items_from_document, read_file, write_bundle
 from keybroker.collateral.items import Item, TrustedRoots
-from keybroker.collateral.kds_fetch import KdsClient, SnpFetchPlan, fetch_snp_collateral
+from keybroker.collateral.kds_fetch import KdsClient, SnpFetchPlan
+from keybroker.collateral.refresh import refresh_fmspc, refresh_snp
 from keybroker.collateral.trust import DEV_PKI_DIR, collateral_roots, dev_root_path
 from keybroker.config import Settings, load_settings
 from keybroker.errors import CollateralError, InvalidInput, UntrustedCollateralRoot
@@ -461,20 +462,25 @@ def fetch(
             source or settings.collateral.kds_url,
             products=snp.parse_products(product),
             reports=report or [],
-            ca_file=ca_file,
+            ca_file=ca_file or (settings.collateral.ca_file if source is None else None),
             retries=retries,
             trust_root=trust_root,
             as_json=as_json,
         )
         return
-    if source is None:
-        raise InvalidInput("--from is required: a PCS/PCCS URL (or --snp for AMD's KDS)", field="from")
+    if source is None and settings.collateral.pcs_url is None:
+        raise InvalidInput(
+            "--from is required: a PCS/PCCS URL (or collateral.pcs_url; --snp for AMD's KDS)", field="from"
+        )
     if fmspc is None:
         raise InvalidInput("--fmspc is required (or --snp for SEV-SNP collateral)", field="fmspc")
     fmspc = _fmspc(fmspc)
     tees = _tees(tee)
     roots = _roots(settings, trust_root)
     plan = FetchPlan(fmspc, tees)
+    if source is None:  # the configured source, with its configured CA
+        source, ca_file = settings.collateral.pcs_url, ca_file or settings.collateral.ca_file
+    assert source is not None
     with (
         PcsClient(source, ca_file=ca_file, retries=retries) as client,
         _progress(as_json) as progress,
@@ -482,12 +488,18 @@ def fetch(
         task = progress.add_task("fetching", total=len(plan.steps))
         step = _stepper(progress, task, client.base_url)
         try:
-            items, notes = fetch_collateral(client, fmspc=fmspc, tees=tees, roots=roots, step=step)
+            done = refresh_fmspc(
+                client,
+                lambda: _store(settings, create=True),
+                fmspc=fmspc,
+                tees=tees,
+                roots=roots,
+                step=step,
+            )
         except UntrustedCollateralRoot as exc:
             raise _suggest_trust_root(exc, settings) from None
         progress.update(task, completed=len(plan.steps))
-    result = _store(settings, create=True).import_items(items, source=f"fetch:{client.base_url}")
-    _report(result, as_json, notes)
+    _report(done.result, as_json, done.notes)
 
 
 def _progress(as_json: bool) -> Progress:
@@ -540,16 +552,15 @@ def _fetch_snp(
     with KdsClient(source, ca_file=ca_file, retries=retries) as client, _progress(as_json) as progress:
         task = progress.add_task("fetching", total=len(plan.steps))
         try:
-            items, notes = fetch_snp_collateral(
+            done = refresh_snp(
                 client,
+                lambda: kds or _kds_store(_store(settings, create=True)),
                 plan,
                 dev_roots=dev_roots,
-                have_vcek=kds.has_vcek if kds is not None else lambda *_: False,
-                known_chains=kds.chains() if kds is not None else (),
+                cached=kds,
                 step=_stepper(progress, task, client.base_url),
             )
         except UntrustedCollateralRoot as exc:
             raise snp.suggest_snp_trust_root(exc) from None
         progress.update(task, completed=len(plan.steps))
-    kds = kds or _kds_store(_store(settings, create=True))
-    _report(None, as_json, notes, snp_result=kds.import_items(items, source=f"fetch:{client.base_url}"))
+    _report(None, as_json, done.notes, snp_result=done.result)

@@ -10,7 +10,6 @@ trust root).
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 import re
 from collections.abc import Callable, Sequence
@@ -46,9 +45,16 @@ from keybroker.errors import (
 from keybroker.tee.dcap.endorsements import QuoteCollateral
 from keybroker.tee.dcap.plugin import DCAP_TEES
 from keybroker.tee.dcap.sources import CollateralSource, StaticCollateral
-from keybroker.tee.tpm.trust import AkRegistry, ClockReading, EnrolledAk
+from keybroker.tee.tpm.trust import AkRegistry, ClockReading, EnrolledAk, dry_run_trust
 from keybroker.tee.trust import EvidenceTrust
-from keybroker.tee.verifier import NO_REPORT_DATA, ExpectedReportData, VerifiedEvidence, Verifier
+from keybroker.tee.verifier import (
+    NO_REPORT_DATA,
+    ExpectedReportData,
+    VerifiedEvidence,
+    Verifier,
+    evidence_readings,
+)
+from keybroker.tee.x509 import pem_certificates_and_crls
 
 __all__ = [
     "CertOpt",
@@ -115,30 +121,6 @@ def set_collateral_lookup(lookup: CollateralLookup | None) -> None:
     _collateral_lookup = lookup
 
 
-_HEX: Final = re.compile(rb"(?:0x)?([0-9A-Fa-f]+)")
-_B64: Final = re.compile(rb"[A-Za-z0-9+/]+={0,2}|[A-Za-z0-9_-]+={0,2}")
-
-
-def _candidates(data: bytes) -> list[bytes]:
-    """``data`` as given, then one hex or base64 (standard or URL-safe) token decoded (surrounding
-    whitespace allowed): the readings a verifier may recognize, in that order."""
-    out = [data]
-    text = data.strip()
-    hex_match = _HEX.fullmatch(text)
-    if hex_match and len(hex_match.group(1)) % 2 == 0:
-        out.append(bytes.fromhex(hex_match.group(1).decode("ascii")))
-    elif _B64.fullmatch(text) and len(text) % 4 in (0, 2, 3):
-        padded = text + b"=" * (-len(text) % 4)
-        try:
-            if b"-" in text or b"_" in text:
-                out.append(base64.urlsafe_b64decode(padded))
-            else:
-                out.append(base64.b64decode(padded, validate=True))
-        except binascii.Error:
-            pass
-    return out
-
-
 def _detector() -> Verifier:
     """The registered TEEs' verifiers without trust: enough to recognize evidence."""
     return REGISTRY.verifier(EvidenceTrust())
@@ -151,7 +133,7 @@ def decode_evidence(
     reading a registered TEE's verifier recognizes (a DCAP quote: its header, version 3-5,
     ECDSA-P256 key type, the TEE type; an SEV-SNP report: its length, version 2-5, signature
     algorithm). ``tee``: the evidence must be that TEE's (``--tee``)."""
-    found = (verifier or _detector()).detect(_candidates(data))
+    found = (verifier or _detector()).detect(evidence_readings(data))
     if found is None:
         raise UsageError(f"the evidence is not {REGISTRY.listing()} evidence in raw, hex or base64 form")
     if tee is not None and found[0] != tee:
@@ -268,9 +250,6 @@ def read_endorsements(
         raise UsageError(f"{where}: {exc.detail}") from None
 
 
-_PEM_BLOCK: Final = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----.*?-----END \1-----", re.DOTALL)
-
-
 def _certificates_json(paths: Sequence[Path]) -> str:
     """``--cert`` files as ``{"certificates": [...], "crls": [...]}``: PEM blocks as they are (a
     CERTIFICATE or an X509 CRL), a file that is not PEM as one base64 DER certificate."""
@@ -283,19 +262,12 @@ def _certificates_json(paths: Sequence[Path]) -> str:
                 raise UsageError(f"certificate {path} is neither PEM nor a DER certificate")
             certificates.append(base64.b64encode(data).decode("ascii"))
             continue
-        blocks = list(_PEM_BLOCK.finditer(data))
-        if not blocks or _PEM_BLOCK.sub(b"", data).strip():
-            raise UsageError(f"certificate {path}: not a sequence of PEM blocks")
-        for block in blocks:
-            label = block.group(1)
-            if label == b"CERTIFICATE":
-                certificates.append(block.group(0).decode("ascii"))
-            elif label == b"X509 CRL":
-                crls.append(block.group(0).decode("ascii"))
-            else:
-                raise UsageError(
-                    f"certificate {path}: a PEM {label.decode()} block is neither a certificate nor a CRL"
-                )
+        try:
+            found, found_crls = pem_certificates_and_crls(data)
+        except ValueError as exc:
+            raise UsageError(f"certificate {path}: {exc}") from None
+        certificates += found
+        crls += found_crls
     return json.dumps({"certificates": certificates, "crls": crls})
 
 
@@ -434,7 +406,7 @@ def dry_run_tpm_trust(settings: Settings, trust: EvidenceTrust) -> EvidenceTrust
         registry = _ReadOnlyAks(settings)
     except KeybrokerError:
         registry = None
-    return replace(trust, tpm=replace(trust.tpm, registry=registry, ak_given=True))
+    return replace(trust, tpm=dry_run_trust(trust.tpm, registry))
 
 
 class _HookSource:

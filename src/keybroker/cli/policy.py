@@ -9,12 +9,10 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from pydantic import ValidationError
 
-from keybroker.appraisal import rego, secl
+from keybroker.appraisal import trial
 from keybroker.appraisal.decision import Decision
 from keybroker.appraisal.input import appraisal_input
-from keybroker.appraisal.policy import TransferPolicyBody
 from keybroker.cli.common import (
     EXIT_FAILED,
     EXIT_USAGE,
@@ -52,18 +50,17 @@ app = typer.Typer(
 
 
 def _load_policy(policy_path: Path) -> Callable[[dict[str, object]], Decision]:
-    """Parse (SecL JSON) or compile (Rego) the policy up front: a bad policy is a usage error."""
+    """Parse (SecL JSON) or compile (Rego) the policy up front: a bad policy is a usage error. The
+    console's *Test this policy* reads and evaluates policies through the same ``appraisal.trial``."""
     text = _read(policy_path, "policy").decode("utf-8", errors="replace")
-    if policy_path.suffix == ".rego":
-        compiled = rego.compile_policy(text, policy_id=policy_path.name)
-        return lambda doc: rego.evaluate(compiled, doc)
+    language: trial.Language = "rego" if policy_path.suffix == ".rego" else "secl"
     try:
-        body = TransferPolicyBody.model_validate_json(text)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "policy"
-        raise InvalidInput(f"policy {policy_path}: {where}: {first['msg']}", field=where) from None
-    return lambda doc: secl.evaluate_input(body, doc, policy_id=policy_path.name)
+        policy = trial.load_policy(text, language=language, policy_id=policy_path.name)
+    except InvalidInput as exc:
+        if language == "rego":
+            raise
+        raise InvalidInput(f"policy {policy_path}: {exc.detail}", field=exc.field) from None
+    return policy.evaluate
 
 
 @app.command("test")

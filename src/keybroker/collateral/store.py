@@ -223,11 +223,23 @@ class CollateralStore:
 
     # --- writing -------------------------------------------------------------------------------
 
-    def import_items(self, items: Iterable[Item], *, source: str) -> ImportResult:
-        """Store verified items (one transaction); digests already stored are skipped."""
-        return self.import_sources([(source, list(items))])
+    def import_items(
+        self,
+        items: Iterable[Item],
+        *,
+        source: str,
+        then: Callable[[Session, ImportResult], None] | None = None,
+    ) -> ImportResult:
+        """Store verified items (one transaction); digests already stored are skipped. ``then``
+        runs in that transaction with the result (an audit record: stored with it or not at all)."""
+        return self.import_sources([(source, list(items))], then=then)
 
-    def import_sources(self, batches: Sequence[tuple[str, Sequence[Item]]]) -> ImportResult:
+    def import_sources(
+        self,
+        batches: Sequence[tuple[str, Sequence[Item]]],
+        *,
+        then: Callable[[Session, ImportResult], None] | None = None,
+    ) -> ImportResult:
         """Store several sources' verified items in one transaction: all of them or none."""
         labelled: dict[str, tuple[Item, str]] = {}
         for source, items in batches:
@@ -244,10 +256,14 @@ class CollateralStore:
                     now = self._clock()
                     new = [pair for digest, pair in labelled.items() if digest not in existing]
                     s.add_all(_row(item, source, now) for item, source in new)
-                return ImportResult(
-                    tuple(item for item, _ in new),
-                    tuple(item for digest, (item, _) in labelled.items() if digest in existing),
-                )
+                    result = ImportResult(
+                        tuple(item for item, _ in new),
+                        tuple(item for digest, (item, _) in labelled.items() if digest in existing),
+                    )
+                    if then is not None:
+                        s.flush()
+                        then(s, result)
+                return result
             except IntegrityError:  # a concurrent import stored one of them first: look again
                 if attempt == 2:
                     raise Conflict(

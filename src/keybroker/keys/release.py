@@ -36,13 +36,13 @@ from sqlalchemy.orm import Session
 
 from keybroker.appraisal import secl
 from keybroker.appraisal.decision import Decision, Reason, denied
-from keybroker.appraisal.input import claims_digest
+from keybroker.appraisal.input import AppraisalInput, appraisal_input, claims_digest
 from keybroker.appraisal.policy import TransferPolicyBody, stored_policy
 from keybroker.appraisal.registry import REGISTRY
 from keybroker.attestation import nonces
 from keybroker.attestation.ear import EarClaims
 from keybroker.attestation.remote import RemoteAttestation
-from keybroker.audit import log as audit
+from keybroker.audit.inputs import AppraisalInputs
 from keybroker.auth.tokens import Principal
 from keybroker.errors import (
     BackendUnavailable,
@@ -152,10 +152,12 @@ class ReleaseService:
         nonce_cap: OutstandingCap,
         remote: RemoteAttestation | None = None,
         verify_token: Callable[[str], EarClaims] | None = None,
+        inputs: AppraisalInputs | None = None,
     ) -> None:
         """``nonce_cap``: the outstanding transfer nonces allowed (429 past it).
         ``remote``: background checks verify evidence at that attestation service instead of
-        in-process; its tokens are checked with ``verify_token`` (which must trust it)."""
+        in-process; its tokens are checked with ``verify_token`` (which must trust it).
+        ``inputs``: each decision's audit record names its appraisal input (and keeps it)."""
         if remote is not None and verify_token is None:
             raise ValueError("a remote attestation service needs verify_token")
         self._nonce_cap = nonce_cap
@@ -165,6 +167,7 @@ class ReleaseService:
         self._nonce_ttl = nonce_ttl
         self._remote = remote
         self._verify_token = verify_token
+        self._inputs = inputs or AppraisalInputs(0)
 
     @staticmethod
     def _key_and_policy(s: Session, key_id: str) -> tuple[ReleasableKey, TransferPolicyBody, str]:
@@ -217,9 +220,11 @@ class ReleaseService:
     ) -> wrap.SeclWrapped:
         details: dict[str, Any] = {
             "protocol": "kbs/v1",
+            "tee": req.attestation_type.lower(),
             "evidence_sha256": self._verifier.evidence_sha256(req.attestation_type.lower(), req.quote),
         }
         explain = explains(principal)
+        doc: AppraisalInput | None = None
         spend: _Spend | None = None
         try:
             # Read only: the key, its policy and the nonce. The nonce is spent by the transaction
@@ -246,18 +251,16 @@ class ReleaseService:
             spend = _Spend(req.nonce, key_id, at)
             workload_key = _rsa_workload_key(req.user_data, "user_data")
             permissions = None if principal is None else sorted(principal.client_permissions)
-            decision: Decision
             if self._remote is not None:
-                decision = self._appraise_remotely(req, policy, policy_id, permissions, details)
+                doc = self._appraise_remotely(req, permissions, details)
             else:
                 verified = self._verifier.verify(
                     req.attestation_type.lower(), req.quote, KbsV1Binding(req.nonce, req.user_data)
                 )
                 details["claims_sha256"] = claims_digest(verified)
                 details["tcb_status"] = verified.status
-                decision = secl.evaluate(
-                    policy, verified, client_permissions=permissions, policy_id=policy_id
-                )
+                doc = appraisal_input(verified, client_permissions=permissions)
+            decision = secl.evaluate_input(policy, doc, policy_id=policy_id)
             return self._release_if_allowed(
                 decision,
                 "the evidence does not satisfy the key's transfer policy",
@@ -265,26 +268,22 @@ class ReleaseService:
                 workload_key,
                 actor,
                 details,
+                doc,
                 explain=explain,
                 spend=spend,
             )
         except KeybrokerError as exc:
-            instead = self._audit_denial(actor, key_id, exc, details, spend)
+            instead = self._audit_denial(actor, key_id, exc, details, doc, spend)
             if instead is not None:
                 raise instead from None
             raise
 
     def _appraise_remotely(
-        self,
-        req: EvidenceRequest,
-        policy: TransferPolicyBody,
-        policy_id: str,
-        permissions: list[str] | None,
-        details: dict[str, Any],
-    ) -> Decision:
+        self, req: EvidenceRequest, permissions: list[str] | None, details: dict[str, Any]
+    ) -> AppraisalInput:
         """The evidence verified at the remote attestation service; its EAR checked here (signature,
-        issuer, expiry, and that it binds this nonce and this workload key); the key's own policy
-        evaluated here on the claims the EAR carries."""
+        issuer, expiry, and that it binds this nonce and this workload key); the appraisal input
+        of the claims the EAR carries, for the key's own policy to be evaluated here."""
         assert self._remote is not None and self._verify_token is not None
         tee = req.attestation_type.lower()
         details["verifier"] = self._remote.url
@@ -304,7 +303,7 @@ class ReleaseService:
         doc = ear.appraisal_input(client_permissions=permissions)
         details["claims_sha256"] = claims_digest(doc["claims"])
         details["tcb_status"] = doc["tcb"]["status"]
-        return secl.evaluate_input(policy, doc, policy_id=policy_id)
+        return doc
 
     def transfer_passport(
         self,
@@ -322,11 +321,13 @@ class ReleaseService:
         yields nothing to anyone else.
         """
         details: dict[str, Any] = {"protocol": "kbs/v1", "mode": "passport"}
+        doc: AppraisalInput | None = None
         try:
             key, policy, policy_id = self._lookup(key_id)
             details["policy_id"] = policy_id
             ear = verify_token(token)
             details["token_kid"] = ear.kid
+            details["tee"] = ear.tee
             if ear.held_data is None:
                 raise InvalidInput(
                     "the attestation token carries no user data (workload key)", field="attestation_token"
@@ -343,10 +344,11 @@ class ReleaseService:
                 workload_key,
                 actor,
                 details,
+                doc,
                 explain=explains(principal),
             )
         except KeybrokerError as exc:
-            self._audit_denial(actor, key_id, exc, details)
+            self._audit_denial(actor, key_id, exc, details, doc)
             raise
 
     def transfer_without_attestation(
@@ -390,10 +392,15 @@ class ReleaseService:
                 "key %s released WITHOUT attestation to %s (policy %s, tier good)", key_id, actor, policy_id
             )
             return self._release(
-                key, workload_key, actor, details, reason="released without attestation (policy tier good)"
+                key,
+                workload_key,
+                actor,
+                details,
+                None,
+                reason="released without attestation (policy tier good)",
             )
         except KeybrokerError as exc:
-            self._audit_denial(actor, key_id, exc, details)
+            self._audit_denial(actor, key_id, exc, details, None)
             raise
 
     def _release_if_allowed(
@@ -404,6 +411,7 @@ class ReleaseService:
         workload_key: rsa.RSAPublicKey,
         actor: str,
         details: dict[str, Any],
+        doc: AppraisalInput,
         *,
         explain: bool,
         spend: _Spend | None = None,
@@ -413,7 +421,7 @@ class ReleaseService:
         details["notes"] = list(decision.notes)
         if not decision.allowed:
             raise denied(denial, decision.findings, explain=explain)
-        return self._release(key, workload_key, actor, details, spend=spend)
+        return self._release(key, workload_key, actor, details, doc, spend=spend)
 
     def _release(
         self,
@@ -421,12 +429,14 @@ class ReleaseService:
         workload_key: rsa.RSAPublicKey,
         actor: str,
         details: dict[str, Any],
+        doc: AppraisalInput | None,
         reason: str | None = None,
         *,
         spend: _Spend | None = None,
     ) -> wrap.SeclWrapped:
         """Spend the nonce, wrap the key to the workload (inside the HSM for HSM keys) and audit
-        the release, in one transaction.
+        the release with the appraisal input it was decided on (``doc``; None: released without
+        attestation), in one transaction.
 
         Any failure is raised as a :class:`KeybrokerError`, which the caller audits: an allowed
         release that fails is never an unaudited 500."""
@@ -440,8 +450,9 @@ class ReleaseService:
             except Exception as exc:  # a backend or cryptography failure: recorded, not swallowed
                 raise _wrap_failed(key.id, exc) from exc
             wrapped = wrap.secl_from_transfer(transfer)
-            audit.append(
+            self._inputs.append(
                 s,
+                doc,
                 actor=actor,
                 action="key.transfer",
                 object_id=key.id,
@@ -457,11 +468,14 @@ class ReleaseService:
         key_id: str,
         exc: KeybrokerError,
         details: dict[str, Any],
+        doc: AppraisalInput | None,
         spend: _Spend | None = None,
     ) -> KeybrokerError | None:
-        """Audit the refusal ``exc``, spending the request's nonce (if it got that far) in the same
+        """Audit the refusal ``exc`` with the appraisal input it was decided on (``doc``; None if
+        it came before one), spending the request's nonce (if it got that far) in the same
         transaction. A nonce another request used meanwhile makes the refusal that one (a replay,
-        as if the nonce had been spent first): it is returned, for the caller to raise instead."""
+        as if the nonce had been spent first, so with no input): it is returned, for the caller to
+        raise instead."""
         instead: KeybrokerError | None = None
         with self._db.session() as s:
             if spend is not None:
@@ -469,20 +483,27 @@ class ReleaseService:
                     spend.consume(s)
                 except Forbidden as refused:
                     exc = instead = refused
-            self._append_denial(s, actor, key_id, exc, details)
+                    doc = None
+            self._append_denial(s, actor, key_id, exc, details, doc)
         return instead
 
-    @staticmethod
     def _append_denial(
-        s: Session, actor: str, key_id: str, exc: KeybrokerError, details: dict[str, Any]
+        self,
+        s: Session,
+        actor: str,
+        key_id: str,
+        exc: KeybrokerError,
+        details: dict[str, Any],
+        doc: AppraisalInput | None,
     ) -> None:
         reasons = (exc.explained if isinstance(exc, PolicyDenied) else getattr(exc, "reasons", None)) or [
             exc.detail
         ]
         if isinstance(exc, EvidenceError) and "check" in exc.extra:
             details["failed_check"] = exc.extra["check"]
-        audit.append(
+        self._inputs.append(
             s,
+            doc,
             actor=actor,
             action="key.transfer",
             object_id=key_id,

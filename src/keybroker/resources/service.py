@@ -41,6 +41,7 @@ from keybroker.appraisal.registry import REGISTRY
 from keybroker.attestation.ear import EarClaims
 from keybroker.attestation.service import AttestationService, Attested
 from keybroker.audit import log as audit
+from keybroker.audit.inputs import AppraisalInputs
 from keybroker.errors import Forbidden, InvalidInput, KeybrokerError, NotFound, PolicyDenied, Unauthenticated
 from keybroker.keys import wrap
 from keybroker.keystores.base import KeyStore
@@ -122,6 +123,19 @@ _READ_RESOURCE = (
 _READ_POLICY = select(TransferPolicy.body).where(TransferPolicy.id == bindparam("id"))
 
 
+class ResourceInfo(NamedTuple):
+    """What an administrator sees of a resource: never its material."""
+
+    path: str
+    kind: str
+    key_id: str | None
+    policy: dict[str, Any] | None
+    updated_at: datetime
+
+
+_RESOURCE_INFO = select(*(getattr(KbsResource, f) for f in ResourceInfo._fields))
+
+
 def resource_path(repository: str, rtype: str, tag: str) -> str:
     for name, part in (("repository", repository), ("type", rtype), ("tag", tag)):
         if not _PATH_PART.fullmatch(part) or part in (".", ".."):
@@ -135,6 +149,15 @@ def _dek_aad(path: str) -> bytes:
 
 def _res_aad(path: str) -> bytes:
     return b"keybroker/resource/v1/" + path.encode()
+
+
+@dataclass
+class _Attempt:
+    """A release attempt as its audit record will tell it: the details, and the appraisal input
+    once the token's claims are read."""
+
+    details: dict[str, Any]
+    doc: AppraisalInput | None = None
 
 
 @dataclass(frozen=True)
@@ -165,9 +188,12 @@ class KbsV0Service:
         attestation: AttestationService,
         *,
         session_cap: OutstandingCap,
+        inputs: AppraisalInputs | None = None,
     ) -> None:
-        """``session_cap``: the unattested sessions allowed (429 past it)."""
+        """``session_cap``: the unattested sessions allowed (429 past it). ``inputs``: each
+        release decision's audit record names its appraisal input (and keeps it)."""
         self._session_cap = session_cap
+        self._inputs = inputs or AppraisalInputs(0)
         self._db = db
         self._barrier = barrier
         self._keystore = keystore
@@ -321,7 +347,7 @@ class KbsV0Service:
         ear: EarClaims | None = None
         token = bearer
         actor = "bearer-ear" if bearer is not None else f"kbs-session:{session_id}"
-        details: dict[str, Any] = {"protocol": "kbs/v0"}
+        attempt = _Attempt({"protocol": "kbs/v0"})
         try:
             if bearer is None:
                 known = self._attestation.known_tokens()  # before the transaction: may load the keyring
@@ -329,11 +355,11 @@ class KbsV0Service:
                     token = self._attested_token(s, session_id)
                     ear = known(token)
                     if ear is not None:  # our own token, verified already: one transaction
-                        return self._release(s, path, ear, actor, details)
+                        return self._release(s, path, ear, actor, attempt)
             assert token is not None
             ear = self._attestation.verify_token(token)  # outside any transaction: ~1 ms of ECDSA
             with self._db.session() as s:
-                return self._release(s, path, ear, actor, details)
+                return self._release(s, path, ear, actor, attempt)
         except KeybrokerError as exc:
             if ear is None:
                 raise  # no valid session or token: nothing was decided
@@ -341,14 +367,15 @@ class KbsV0Service:
                 reasons = (
                     exc.explained if isinstance(exc, PolicyDenied) else getattr(exc, "reasons", None)
                 ) or [exc.detail]
-                audit.append(
+                self._inputs.append(
                     s,
+                    attempt.doc,
                     actor=actor,
                     action="resource.release",
                     object_id=path,
                     outcome="denied" if exc.status in (401, 403) else "failed",
                     reason="; ".join(reasons),
-                    details=details,
+                    details=attempt.details,
                 )
             raise
 
@@ -359,10 +386,11 @@ class KbsV0Service:
         return token
 
     def _release(
-        self, s: Session, path: str, ear: EarClaims, actor: str, details: dict[str, Any]
+        self, s: Session, path: str, ear: EarClaims, actor: str, attempt: _Attempt
     ) -> dict[str, str]:
-        """Decide, wrap and audit the release in ``s``; ``details`` (for the audit) filled on the way."""
-        details.update({"ear_status": ear.status, "token_kid": ear.kid})
+        """Decide, wrap and audit the release in ``s``; ``attempt`` (for the audit) filled on the way."""
+        details = attempt.details
+        details.update({"tee": ear.tee, "ear_status": ear.status, "token_kid": ear.kid})
         found = s.connection().execute(_READ_RESOURCE, {"path": path}).one_or_none()
         if found is None:
             raise NotFound(f"resource {path} does not exist")
@@ -370,7 +398,7 @@ class KbsV0Service:
         # the workload key within bounds before anything is appraised (a remote service's token
         # carries whatever its client sent)
         tee_pubkey = _tee_pubkey(ear)
-        doc = ear.appraisal_input(client_permissions=None)
+        doc = attempt.doc = ear.appraisal_input(client_permissions=None)
         decision = self._decide(s, res, doc, ear.status)
         details["policy_id"] = decision.policy_id
         details["notes"] = list(decision.notes)
@@ -391,8 +419,9 @@ class KbsV0Service:
             raise KeybrokerError(
                 f"the resource was allowed but could not be released ({type(exc).__name__})"
             ) from exc
-        audit.append(
+        self._inputs.append(
             s,
+            doc,
             actor=actor,
             action="resource.release",
             object_id=path,
@@ -550,9 +579,18 @@ class KbsV0Service:
                 details={"policy": None if policy is None else sorted(policy)},
             )
 
-    def list_resources(self) -> list[KbsResource]:
+    def resources(self) -> list[ResourceInfo]:
+        """Every resource's metadata (never its material), by path."""
         with self._db.session() as s:
-            return list(s.scalars(select(KbsResource).order_by(KbsResource.path)))
+            return [ResourceInfo._make(r) for r in s.execute(_RESOURCE_INFO.order_by(KbsResource.path))]
+
+    def resource(self, path: str) -> ResourceInfo:
+        """One resource's metadata; :class:`NotFound` if there is none at ``path``."""
+        with self._db.session() as s:
+            found = s.execute(_RESOURCE_INFO.where(KbsResource.path == path)).one_or_none()
+        if found is None:
+            raise NotFound(f"resource {path} does not exist")
+        return ResourceInfo._make(found)
 
 
 _TEE_PUBKEY = "runtime-data.tee-pubkey"

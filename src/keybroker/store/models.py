@@ -391,3 +391,29 @@ class TpmAkClock(Base):
     reset_count: Mapped[int] = mapped_column(BigInteger)
     restart_count: Mapped[int] = mapped_column(BigInteger)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class AppraisalInputRecord(Base):
+    """The appraisal input document of a recent attempt (a key transfer, a ``/kbs/v0`` release, an
+    attestation), kept so that a policy can be tested on it later (the console's *Test this
+    policy*). Only the newest ``[audit] appraisal_inputs`` are kept.
+
+    The document is what the policy saw: the TEE's verified claims (measurements, TCB, report
+    data), the TCB status, ``sim`` and the caller's client permissions; never evidence, nonces or
+    key material. Its SHA-256 (JCS) is in the audit record ``audit_seq``'s details
+    (``input_sha256``), which the chain and the record's signature protect, so a document changed
+    in the database is recognised as such.
+    """
+
+    __tablename__ = "appraisal_inputs"
+
+    audit_seq: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=False
+    )
+    recorded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    #: The audit record's action: key.transfer, resource.release or attestation.attest.
+    action: Mapped[str] = mapped_column(String(32))
+    tee: Mapped[str] = mapped_column(String(32))
+    document: Mapped[dict[str, Any]] = mapped_column(JSON)
+    #: SHA-256 of the document's JCS form (RFC 8785), as the audit record names it.
+    sha256: Mapped[str] = mapped_column(String(64))

@@ -17,10 +17,13 @@ Pure: no HTTP, no database; time and trust are injected.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import copy
 import enum
 import hashlib
 import hmac
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -39,6 +42,7 @@ __all__ = [
     "TeeVerifier",
     "VerifiedEvidence",
     "Verifier",
+    "evidence_readings",
 ]
 
 
@@ -219,6 +223,31 @@ class TeeVerifier(Protocol, Generic[ParsedT, VerifiedT]):
         """The evidence in ``/kbs/v0``'s ``primary_evidence`` (Trustee's JSON for this TEE);
         ``InvalidInput`` naming the member."""
         ...
+
+
+_HEX: Final = re.compile(rb"(?:0x)?([0-9A-Fa-f]+)")
+_B64: Final = re.compile(rb"[A-Za-z0-9+/]+={0,2}|[A-Za-z0-9_-]+={0,2}")
+
+
+def evidence_readings(data: bytes) -> list[bytes]:
+    """``data`` as given, then one hex or base64 (standard or URL-safe) token decoded (surrounding
+    whitespace allowed): the readings of evidence given as a file or pasted that
+    :meth:`Verifier.detect` tries, in that order."""
+    out = [data]
+    text = data.strip()
+    hex_match = _HEX.fullmatch(text)
+    if hex_match and len(hex_match.group(1)) % 2 == 0:
+        out.append(bytes.fromhex(hex_match.group(1).decode("ascii")))
+    elif _B64.fullmatch(text) and len(text) % 4 in (0, 2, 3):
+        padded = text + b"=" * (-len(text) % 4)
+        try:
+            if b"-" in text or b"_" in text:
+                out.append(base64.urlsafe_b64decode(padded))
+            else:
+                out.append(base64.b64decode(padded, validate=True))
+        except binascii.Error:
+            pass
+    return out
 
 
 class Verifier:

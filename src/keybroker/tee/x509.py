@@ -20,7 +20,14 @@ from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPub
 
 from keybroker.errors import EvidenceParseError
 
-__all__ = ["X509_DECODE_ERRORS", "crl_signed_by", "decode_certificate", "decode_crl", "split_pem_chain"]
+__all__ = [
+    "X509_DECODE_ERRORS",
+    "crl_signed_by",
+    "decode_certificate",
+    "decode_crl",
+    "pem_certificates_and_crls",
+    "split_pem_chain",
+]
 
 #: What cryptography may raise while (lazily) decoding a malformed certificate or CRL.
 X509_DECODE_ERRORS: Final = (
@@ -117,3 +124,26 @@ def split_pem_chain(pem: bytes, *, field: str = "pck_cert_chain") -> tuple[bytes
     if not ders:
         raise EvidenceParseError(f"{field}: no PEM certificate found", field=field)
     return tuple(ders)
+
+
+_ANY_PEM_BLOCK: Final = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----.*?-----END \1-----", re.DOTALL)
+
+
+def pem_certificates_and_crls(data: bytes) -> tuple[list[str], list[str]]:
+    """The CERTIFICATE and X509 CRL blocks of a PEM text, each block's text in order (not decoded:
+    the verifier that takes them decodes them). ``ValueError`` saying what else is there: text
+    outside the blocks, or a block of another kind (a private key pasted by mistake)."""
+    blocks = list(_ANY_PEM_BLOCK.finditer(data))
+    if not blocks or _ANY_PEM_BLOCK.sub(b"", data).strip():
+        raise ValueError("not a sequence of PEM blocks")
+    certificates: list[str] = []
+    crls: list[str] = []
+    for block in blocks:
+        label = block.group(1)
+        if label == b"CERTIFICATE":
+            certificates.append(block.group(0).decode("ascii"))
+        elif label == b"X509 CRL":
+            crls.append(block.group(0).decode("ascii"))
+        else:
+            raise ValueError(f"a PEM {label.decode()} block is neither a certificate nor a CRL")
+    return certificates, crls

@@ -12,8 +12,9 @@ handler can forget these checks:
   the sign-in page, its sign-in cookie), compared in constant time; a request the browser marks as
   cross-site (``Sec-Fetch-Site``) or whose ``Origin`` is not this site is refused before that;
 - the response carries the console's security headers (:func:`keybroker.ui.security.harden`), and
-  a domain error becomes an HTML page with the status the API would give, not a problem document;
-  so does an unavailable database (503 with ``Retry-After``, logged once per outage, as on the API).
+  a domain error, or a parameter of the wrong type, becomes an HTML page with the status the API
+  would give, not a problem document; so does an unavailable database (503 with ``Retry-After``,
+  logged once per outage, as on the API).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from collections.abc import Callable, Collection, Coroutine
 from typing import Any
 
 from fastapi import Request, Response
+from fastapi.exceptions import RequestValidationError
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.responses import HTMLResponse
 
@@ -157,6 +159,8 @@ class StrictFormRoute(StrictRoute):
                 response = await handler(request)
             except KeybrokerError as exc:
                 response = _error_page(request, exc)
+            except RequestValidationError as exc:  # a path or query parameter of the wrong type
+                response = _error_page(request, _invalid(exc))
             except SQLAlchemyError as exc:
                 unavailable = store_error(request, exc)
                 if unavailable is None:
@@ -166,6 +170,13 @@ class StrictFormRoute(StrictRoute):
             return response
 
         return form_handler
+
+
+def _invalid(exc: RequestValidationError) -> InvalidInput:
+    """A parameter FastAPI refused, worded as the API words it: ``field: message``."""
+    first = exc.errors()[0] if exc.errors() else {}
+    field = ".".join(str(p) for p in first.get("loc", ())[1:]) or "request"
+    return InvalidInput(f"{field}: {first.get('msg', 'invalid value')}", field=field)
 
 
 def _error_page(request: Request, exc: KeybrokerError) -> Response:

@@ -7,13 +7,11 @@ and the page does not offer the action in the first place (:meth:`Viewer.can`).
 
 from __future__ import annotations
 
-import base64
-import binascii
 import ipaddress
 import json
 import re
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -21,23 +19,27 @@ from typing import Any, TypeVar
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
-from pydantic import ValidationError
 from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from keybroker import __version__, strictjson
+from keybroker import __version__
 from keybroker.api.deps import actor_of
 from keybroker.api.services import Services
-from keybroker.appraisal import secl
+from keybroker.appraisal import trial
+from keybroker.appraisal.decision import Decision
 from keybroker.appraisal.input import appraisal_input
 from keybroker.appraisal.policy import TransferPolicyBody
+from keybroker.appraisal.registry import REGISTRY
 from keybroker.audit import log as audit
+from keybroker.audit.inputs import AppraisalInputs, RecordedAttempt
 from keybroker.auth.caller import Caller
 from keybroker.auth.oidc import Identity
 from keybroker.auth.roles import BUILTIN
 from keybroker.auth.tokens import Principal
 from keybroker.errors import (
     BackendUnavailable,
+    CollateralError,
+    Conflict,
     Forbidden,
     InvalidInput,
     KeybrokerError,
@@ -47,9 +49,10 @@ from keybroker.errors import (
 )
 from keybroker.keys.service import CertificateRequest, CreateKeyRequest
 from keybroker.limits import client_key
-from keybroker.store.models import AuditRecord, BearerToken, CollateralItem, Key, TransferPolicy
-from keybroker.tee.dcap.verify import quote_fmspc_and_ca
-from keybroker.tee.verifier import NO_REPORT_DATA
+from keybroker.resources.service import ResourceInfo, resource_path
+from keybroker.store.models import AuditRecord, BearerToken, Key, TransferPolicy
+from keybroker.tee.verifier import NO_REPORT_DATA, Verifier, evidence_readings
+from keybroker.tee.x509 import pem_certificates_and_crls
 from keybroker.ui import security
 from keybroker.ui.forms import Form, StrictFormRoute, form_of
 from keybroker.ui.sessions import PendingSignIn, Session, SessionStore
@@ -156,14 +159,16 @@ def act(
 def _nav(v: Viewer | None) -> list[tuple[str, str]]:
     if v is None:
         return []
-    items = [
-        ("Keys", "/ui/keys", "keys:search"),
-        ("Policies", "/ui/policies", "key_transfer_policies:search"),
-        ("Audit", "/ui/audit", "audit:read"),
-        ("Attestation", "/ui/attestation", "audit:read"),
-        ("System", "/ui/system", None),
+    items: list[tuple[str, str, tuple[str, ...]]] = [
+        ("Keys", "/ui/keys", ("keys:search",)),
+        ("Policies", "/ui/policies", ("key_transfer_policies:search", "resources:write")),
+        ("Audit", "/ui/audit", ("audit:read",)),
+        ("Attestation", "/ui/attestation", ("audit:read",)),
+        ("Tokens", "/ui/tokens", ("tokens:search",)),
+        ("Roles", "/ui/roles", ("roles:search",)),
+        ("System", "/ui/system", ()),
     ]
-    return [(label, href) for label, href, perm in items if perm is None or v.can(perm)]
+    return [(label, href) for label, href, perms in items if not perms or any(v.can(p) for p in perms)]
 
 
 def _ago(value: datetime | None, now: datetime | None = None) -> str:
@@ -175,12 +180,16 @@ def _ago(value: datetime | None, now: datetime | None = None) -> str:
 
 
 def _span(delta: timedelta) -> str:
-    seconds = int(delta.total_seconds())
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds // size}{unit} {(seconds % size) // (size // 60 if size > 60 else 1)}" + (
-                "h" if unit == "d" else "m" if unit == "h" else "s"
-            )
+    """A duration in its two largest units: ``3d 4h``, ``2h 5m``, ``4m 10s``, ``9s``."""
+    days, rest = divmod(int(delta.total_seconds()), 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, seconds = divmod(rest, 60)
+    if days:
+        return f"{days}d {hours}h"
+    if hours:
+        return f"{hours}h {minutes}m"
+    if minutes:
+        return f"{minutes}m {seconds}s"
     return f"{seconds}s"
 
 
@@ -612,38 +621,26 @@ POLICY_TEMPLATE = {
 }
 
 
-def _validation_errors(exc: ValidationError) -> list[str]:
-    """As the API words them (``api.problems.validation_detail``): ``field: message``."""
-    out = []
-    for err in exc.errors():
-        field = ".".join(str(p) for p in err.get("loc", ())) or "body"
-        msg = (
-            "unknown field" if err.get("type") == "extra_forbidden" else str(err.get("msg", "invalid value"))
-        )
-        out.append(f"{field}: {msg.removeprefix('Value error, ')}")
-    return out
-
-
 def _parse_policy(text: str) -> TransferPolicyBody:
     """The editor's text, read by the API's strict JSON reader and the API's model."""
-    try:
-        data = strictjson.loads(text.encode())
-    except InvalidInput as exc:
-        raise InvalidInput(
-            f"the policy is not valid JSON: {exc.detail}", field="policy", errors=[exc.detail]
-        ) from None
-    try:
-        return TransferPolicyBody.model_validate(data)
-    except ValidationError as exc:
-        errors = _validation_errors(exc)
-        raise InvalidInput(errors[0], field="policy", errors=errors) from None
+    return trial.parse_secl(text)
 
 
 @router.get("/policies")
 def policies_page(request: Request) -> Response:
+    """Key-transfer policies (SecL), and the ``/kbs/v0`` resources' policies (default, SecL or Rego)
+    for those who may set them."""
     v = viewer(request)
-    rows = act(request, v, "policy.search", "key_transfer_policies:search", _svc(request).keys.list_policies)
-    return page(request, "policies.html", v, policies=rows)
+    svc = _svc(request)
+    if not (v.can("key_transfer_policies:search") or v.can(RESOURCES_WRITE)):
+        act(request, v, "policy.search", "key_transfer_policies:search", svc.keys.list_policies)
+    rows = (
+        act(request, v, "policy.search", "key_transfer_policies:search", svc.keys.list_policies)
+        if v.can("key_transfer_policies:search")
+        else None
+    )
+    resources = svc.kbs_v0.resources() if v.can(RESOURCES_WRITE) else None
+    return page(request, "policies.html", v, policies=rows, resources=resources)
 
 
 @router.get("/policies/new")
@@ -661,17 +658,15 @@ def policy_create(request: Request) -> Response:
     v = viewer(request)
     svc = _svc(request)
     text = form_of(request).only({"policy"}).raw("policy")
-    try:
-        body = _parse_policy(text)
+    try:  # the permission first, then the text: a refusal of either audited once, by act
         row = act(
             request,
             v,
             "policy.create",
             "key_transfer_policies:create",
-            lambda c: svc.keys.create_policy(c, body),
+            lambda c: svc.keys.create_policy(c, _parse_policy(text)),
         )
     except InvalidInput as exc:
-        _audit_failure(svc, v.actor, "policy.create", exc, None)
         return page(
             request,
             "policy_edit.html",
@@ -714,19 +709,16 @@ def policy_update(request: Request, policy_id: str) -> Response:
     v = viewer(request)
     svc = _svc(request)
     text = form_of(request).only({"policy"}).raw("policy")
-    try:
-        body = _parse_policy(text)
+    try:  # the permission first, then the text: a refusal of either audited once, by act
         act(
             request,
             v,
             "policy.update",
             "key_transfer_policies:update",
-            lambda c: svc.keys.update_policy(c, policy_id, body),
+            lambda c: svc.keys.update_policy(c, policy_id, _parse_policy(text)),
             object_id=policy_id,
         )
     except InvalidInput as exc:
-        if exc.field == "policy":
-            _audit_failure(svc, v.actor, "policy.update", exc, policy_id)
         row = svc.keys.get_policy(Caller(v.actor), policy_id)
         return page(
             request,
@@ -757,27 +749,194 @@ def policy_delete(request: Request, policy_id: str) -> Response:
     return _see("/ui/policies")
 
 
-def _decode_quote(text: str) -> bytes:
-    """A quote pasted as hex or base64 (standard or URL-safe)."""
-    compact = "".join(text.split())
-    if not compact:
-        raise InvalidInput("quote: paste the quote as hex or base64", field="quote")
+_UNIX_SECONDS = re.compile(r"\d{1,12}(\.\d+)?")
+#: What the evidence field takes, for its messages.
+_EVIDENCE_FORMS = (
+    "a DCAP quote or an SEV-SNP report as hex or base64, or JSON: keybroker's TPM evidence document "
+    "or Trustee's Azure vTPM evidence"
+)
+
+
+def _tee_choice(value: str | None) -> str | None:
+    """The TEE chosen (``--tee``), or None: recognised from the evidence."""
+    if value is None:
+        return None
+    if value.lower() not in REGISTRY.names:
+        raise InvalidInput(
+            f"tee: one of {', '.join(REGISTRY.names)}, or none to recognise it from the evidence", field="tee"
+        )
+    return value.lower()
+
+
+def _read_evidence(verifier: Verifier, text: str, tee: str | None) -> tuple[str, bytes]:
+    """(TEE, evidence) of evidence pasted as ``keybroker policy test --quote`` reads a file: as
+    given (JSON), or hex or base64 (line breaks inside allowed), the one reading a registered TEE's
+    verifier recognises; ``tee``: it must be that TEE's."""
+    data = text.strip().encode("utf-8", errors="surrogatepass")
+    if not data:
+        raise InvalidInput(f"evidence: paste the evidence, {_EVIDENCE_FORMS}", field="quote")
+    compact = b"".join(data.split())
+    found = verifier.detect([data, *evidence_readings(compact)[1:]])
+    if found is None:
+        raise InvalidInput(
+            f"evidence: not {REGISTRY.listing()} evidence; paste {_EVIDENCE_FORMS}", field="quote"
+        )
+    if tee is not None and found[0] != tee:
+        raise InvalidInput(
+            f"tee {tee}: the evidence is {found[0].upper()} evidence, not {tee.upper()}", field="tee"
+        )
+    return found
+
+
+def _read_endorsements(verifier: Verifier, tee: str, text: str) -> object | None:
+    """The endorsements given with the evidence (``--collateral``, ``--cert``), None for the
+    server's own: JSON in the TEE's form (DCAP's QuoteCollateralV3, ``{"certificates", "crls"}`` or
+    ``{"cert_chain"}``), or for an SEV-SNP report its certificates and CRLs as PEM."""
+    data = text.strip()
+    if not data:
+        return None
+    if data.startswith("-----BEGIN"):
+        if tee != "snp":
+            raise InvalidInput(
+                f"endorsements: PEM certificates are for SEV-SNP reports (the VCEK or VLEK and its "
+                f"chain); {tee.upper()} evidence takes JSON",
+                field="endorsements",
+            )
+        try:
+            certificates, crls = pem_certificates_and_crls(data.encode("ascii", errors="replace"))
+        except ValueError as exc:
+            raise InvalidInput(f"endorsements: {exc}", field="endorsements") from None
+        data = json.dumps({"certificates": certificates, "crls": crls})
     try:
-        if re.fullmatch(r"[0-9a-fA-F]+", compact) and len(compact) % 2 == 0:
-            return bytes.fromhex(compact)
-        padded = compact + "=" * (-len(compact) % 4)
-        if "-" in compact or "_" in compact:
-            return base64.urlsafe_b64decode(padded)
-        return base64.b64decode(padded, validate=True)
-    except (binascii.Error, ValueError):
-        raise InvalidInput("quote: not hex or base64", field="quote") from None
+        return verifier.plugin(tee).endorsements(data)
+    except CollateralError as exc:
+        raise InvalidInput(f"endorsements: {exc.detail}", field="endorsements") from None
+
+
+def _verification_time(value: str | None) -> datetime | None:
+    """``at`` (``--at``): ISO 8601 with a timezone or UNIX seconds; None: now."""
+    if value is None:
+        return None
+    if _UNIX_SECONDS.fullmatch(value):
+        return datetime.fromtimestamp(float(value), UTC)
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise InvalidInput(f"at: {value[:40]!r} is neither ISO 8601 nor UNIX seconds", field="at") from None
+    if parsed.tzinfo is None:
+        raise InvalidInput(f"at: {value[:40]!r} has no timezone; add Z or an offset", field="at")
+    return parsed.astimezone(UTC)
+
+
+REGO_TEMPLATE = """package keybroker
+
+import rego.v1
+
+default allow := false
+
+mrtds := ["<96 hex characters: the TD's measurement>"]
+
+allow if {
+    input.tee == "tdx"
+    input.claims.mr_td in mrtds
+    not input.claims.debug
+    not input.sim
+}
+
+reasons contains {
+    "check": "mrtd",
+    "message": sprintf("mrtd %s is not allowed", [input.claims.mr_td]),
+    "expected": mrtds,
+} if not input.claims.mr_td in mrtds
+"""
+
+
+def _language(value: str | None) -> trial.Language:
+    if value in (None, "", "secl"):
+        return "secl"
+    if value == "rego":
+        return "rego"
+    raise InvalidInput("language: secl or rego", field="language")
+
+
+def _may_test(v: Viewer) -> None:
+    if not v.can("key_transfer_policies:retrieve"):
+        raise Forbidden(
+            "you lack the permission key_transfer_policies:retrieve",
+            permission="key_transfer_policies:retrieve",
+        )
+
+
+def _policy_test_page(
+    request: Request,
+    v: Viewer,
+    *,
+    language: trial.Language,
+    text: str,
+    status: int = 200,
+    evidence: str = "quote",
+    quote: str = "",
+    tee: str = "",
+    endorsements: str = "",
+    at: str = "",
+    client_permissions: str = "",
+    attempt: int | None = None,
+    tested: RecordedAttempt | None = None,
+    document: Mapping[str, Any] | None = None,
+    decision: Decision | None = None,
+    errors: Sequence[str] = (),
+    evidence_error: str | None = None,
+) -> HTMLResponse:
+    attempts: list[RecordedAttempt] = []
+    if v.can("audit:read"):
+        with _svc(request).db.session() as s:
+            attempts = AppraisalInputs.recent(s, limit=PAGE_SIZE)
+    return page(
+        request,
+        "policy_test.html",
+        v,
+        status=status,
+        languages=trial.LANGUAGES,
+        language=language,
+        text=text,
+        evidence=evidence,
+        quote=quote,
+        tees=REGISTRY.names,
+        tee=tee,
+        endorsements=endorsements,
+        at=at,
+        client_permissions=client_permissions,
+        attempts=attempts,
+        attempt=attempt,
+        tested=tested,
+        document=document,
+        decision=decision,
+        errors=list(errors),
+        evidence_error=evidence_error,
+    )
+
+
+def _attempt_seq(value: str | None) -> int:
+    if value is None or not value.isdigit() or len(value) > 18:
+        raise InvalidInput("attempt: choose a recent attempt (an audit record number)", field="attempt")
+    return int(value)
 
 
 @router.get("/policy-test")
-def policy_test_page(request: Request, policy: str | None = None) -> Response:
+def policy_test_page(
+    request: Request,
+    policy: str | None = None,
+    resource: str | None = None,
+    language: str | None = None,
+    attempt: str | None = None,
+) -> Response:
+    """The form, empty or with a stored policy in it: a key-transfer policy (``policy``) or a
+    resource's Rego policy (``resource``); ``attempt``: a recent attempt chosen as the evidence."""
     v = viewer(request)
     svc = _svc(request)
-    text = json.dumps(POLICY_TEMPLATE, indent=2)
+    _may_test(v)
+    lang = _language(language)
+    text = REGO_TEMPLATE if lang == "rego" else json.dumps(POLICY_TEMPLATE, indent=2)
     if policy is not None:
         row = act(
             request,
@@ -787,51 +946,218 @@ def policy_test_page(request: Request, policy: str | None = None) -> Response:
             lambda c: svc.keys.get_policy(c, policy),
             object_id=policy,
         )
-        text = json.dumps(row.body, indent=2)
-    elif not v.can("key_transfer_policies:retrieve"):
-        raise Forbidden("you lack the permission key_transfer_policies:retrieve")
-    return page(
-        request, "policy_test.html", v, text=text, quote="", client_permissions="", decision=None, errors=[]
+        lang, text = "secl", json.dumps(row.body, indent=2)
+    elif resource is not None:
+        res = _resource(request, v, resource)
+        if res.policy is None or "rego" not in res.policy:
+            raise InvalidInput(f"resource {res.path} has no Rego policy", field="resource")
+        lang, text = "rego", str(res.policy["rego"])
+    seq = None
+    if attempt is not None:
+        _may_read_attempts(v)
+        seq = _attempt_seq(attempt)
+    return _policy_test_page(
+        request, v, language=lang, text=text, evidence="attempt" if seq else "quote", attempt=seq
     )
+
+
+def _may_read_attempts(v: Viewer) -> None:
+    """Attempts' input documents come with their audit records: audit:read."""
+    if not v.can("audit:read"):
+        raise Forbidden(
+            "testing on a recorded attempt needs the permission audit:read", permission="audit:read"
+        )
 
 
 @router.post("/policy-test")
 def policy_test(request: Request) -> Response:
-    """As ``keybroker policy test``: verify the quote as this server would (its trust roots and
-    collateral, now), evaluate the policy on its claims, show every reason. Nothing is stored."""
+    """As ``keybroker policy test`` (the same ``appraisal.trial``), on evidence of any registered TEE
+    verified now (or ``at``) as this server verifies it (its trust roots, collateral and KDS caches,
+    enrolled TPM AKs read only, else as given; with the endorsements given, if any), or on the
+    appraisal input a recent attempt was decided on (as its audit record names it). Every reason is
+    shown; nothing is stored."""
     v = viewer(request)
     svc = _svc(request)
-    if not v.can("key_transfer_policies:retrieve"):
-        raise Forbidden("you lack the permission key_transfer_policies:retrieve")
-    form = form_of(request).only({"policy", "quote", "client_permissions"})
+    _may_test(v)
+    form = form_of(request).only(
+        {
+            "language",
+            "policy",
+            "evidence",
+            "quote",
+            "tee",
+            "endorsements",
+            "at",
+            "client_permissions",
+            "attempt",
+        }
+    )
+    lang = _language(form.get("language"))
+    evidence = form.get("evidence") or "quote"
     text, quote_text, perms_text = form.raw("policy"), form.raw("quote"), form.raw("client_permissions")
-    decision = None
-    errors: list[str] = []
-    evidence_error = None
+    shown: dict[str, Any] = {"language": lang, "text": text, "evidence": evidence}
+    shown |= {"quote": quote_text, "client_permissions": perms_text, "tee": form.get("tee") or ""}
+    shown |= {"endorsements": form.raw("endorsements"), "at": form.get("at") or ""}
+    if evidence not in ("quote", "attempt"):
+        raise InvalidInput("evidence: quote or attempt", field="evidence")
     try:
-        body = _parse_policy(text)
-        raw = _decode_quote(quote_text)
-        _, _, tee = quote_fmspc_and_ca(raw)
-        verified = svc.verifier.verify(tee, raw, NO_REPORT_DATA)
-        perms = [p.strip() for p in perms_text.split(",") if p.strip()] if perms_text.strip() else None
-        doc = dict(appraisal_input(verified, client_permissions=perms))
-        decision = secl.evaluate_input(body, doc, policy_id="console")
+        policy = trial.load_policy(text, language=lang, policy_id="console")
     except InvalidInput as exc:
-        errors = exc.extra.get("errors") or [exc.detail]
+        return _policy_test_page(
+            request, v, status=400, errors=exc.extra.get("errors") or [exc.detail], **shown
+        )
+    if evidence == "attempt":
+        _may_read_attempts(v)
+        seq = _attempt_seq(form.get("attempt"))
+        try:
+            with svc.db.session() as s:
+                tested = AppraisalInputs.recorded(s, seq)
+        except (NotFound, Conflict) as exc:
+            return _policy_test_page(request, v, status=exc.status, attempt=seq, errors=[exc.detail], **shown)
+        return _policy_test_page(
+            request,
+            v,
+            attempt=seq,
+            tested=tested,
+            document=tested.document,
+            decision=policy.evaluate(tested.document),
+            **shown,
+        )
+    try:
+        chosen, when = _tee_choice(form.get("tee")), _verification_time(form.get("at"))
+        tee, raw = _read_evidence(svc.dry_run, quote_text, chosen)
+        endorsements = _read_endorsements(svc.dry_run, tee, form.raw("endorsements"))
+    except InvalidInput as exc:
+        return _policy_test_page(
+            request, v, status=400, errors=exc.extra.get("errors") or [exc.detail], **shown
+        )
+    try:
+        verified = svc.dry_run.verify(tee, raw, NO_REPORT_DATA, at=when, endorsements=endorsements)
     except KeybrokerError as exc:  # evidence refused, collateral missing: the verdict, not a page error
-        evidence_error = f"evidence rejected ({exc.extra.get('check', exc.title)}): {exc.detail}"
+        why = f"{tee.upper()} evidence rejected ({exc.extra.get('check', exc.title)}): {exc.detail}"
+        return _policy_test_page(request, v, evidence_error=why, **shown)
+    perms = [p.strip() for p in perms_text.split(",") if p.strip()] if perms_text.strip() else None
+    doc = appraisal_input(verified, client_permissions=perms)
+    return _policy_test_page(request, v, document=doc, decision=policy.evaluate(doc), **shown)
+
+
+# --- /kbs/v0 resource policies (Rego) -------------------------------------------------------------------
+
+RESOURCES_WRITE = "resources:write"
+_POLICY_KINDS = ("default", "transfer_policy", "rego")
+
+
+def _resource(request: Request, v: Viewer, path: str, *, action: str | None = None) -> ResourceInfo:
+    """A resource by its path (``repository/type/tag``), for those who may set its policy; with
+    ``action``, a refusal is audited under it."""
+    svc = _svc(request)
+
+    def look_up(_: Caller) -> ResourceInfo:
+        parts = path.split("/")
+        if len(parts) != 3:
+            raise InvalidInput("resource: repository/type/tag", field="resource")
+        return svc.kbs_v0.resource(resource_path(*parts))
+
+    if action is not None:
+        return act(request, v, action, RESOURCES_WRITE, look_up, object_id=path[:256])
+    if not v.can(RESOURCES_WRITE):
+        raise Forbidden(f"you lack the permission {RESOURCES_WRITE}", permission=RESOURCES_WRITE)
+    return look_up(Caller(v.actor))
+
+
+def _policy_kind(policy: dict[str, Any] | None) -> str:
+    if policy is None:
+        return "default"
+    return "transfer_policy" if "transfer_policy_id" in policy else "rego"
+
+
+def _resource_page(
+    request: Request,
+    v: Viewer,
+    res: ResourceInfo,
+    *,
+    status: int = 200,
+    kind: str | None = None,
+    rego_text: str | None = None,
+    transfer_policy_id: str | None = None,
+    errors: Sequence[str] = (),
+    notice: str | None = None,
+) -> HTMLResponse:
+    policy = res.policy or {}
     return page(
         request,
-        "policy_test.html",
+        "resource_policy.html",
         v,
-        status=400 if errors else 200,
-        text=text,
-        quote=quote_text,
-        client_permissions=perms_text,
-        decision=decision,
-        errors=errors,
-        evidence_error=evidence_error,
+        status=status,
+        res=res,
+        kind=kind or _policy_kind(res.policy),
+        rego=rego_text if rego_text is not None else str(policy.get("rego") or REGO_TEMPLATE),
+        transfer_policy_id=transfer_policy_id or str(policy.get("transfer_policy_id") or ""),
+        policies=_policies(request, v),
+        errors=list(errors),
+        notice=notice,
     )
+
+
+@router.get("/resources/{repository}/{rtype}/{tag}")
+def resource_policy_page(
+    request: Request, repository: str, rtype: str, tag: str, saved: int | None = None
+) -> Response:
+    v = viewer(request)
+    res = _resource(request, v, f"{repository}/{rtype}/{tag}")
+    return _resource_page(request, v, res, notice="saved" if saved else None)
+
+
+def _resource_policy(form: Form) -> dict[str, Any] | None:
+    """The form's choice as ``/kbs/v0/resource-policy`` takes it (exactly one of them)."""
+    kind = form.get("kind")
+    if kind == "default":
+        return None
+    if kind == "transfer_policy":
+        policy_id = form.get("transfer_policy_id")
+        if policy_id is None or not _UUID.match(policy_id):
+            raise InvalidInput("transfer_policy_id: choose a key-transfer policy", field="transfer_policy_id")
+        return {"transfer_policy_id": policy_id}
+    if kind == "rego":
+        return {"rego": form.raw("rego")}
+    raise InvalidInput(f"kind: one of {', '.join(_POLICY_KINDS)}", field="kind")
+
+
+@router.post("/resources/{repository}/{rtype}/{tag}")
+def resource_policy_set(request: Request, repository: str, rtype: str, tag: str) -> Response:
+    """As ``POST /kbs/v0/resource-policy/...``: the default policy, a key-transfer policy, or a Rego
+    module, compiled and checked by the same service (a syntax error names its line and column)."""
+    v = viewer(request)
+    svc = _svc(request)
+    res = _resource(request, v, f"{repository}/{rtype}/{tag}", action="resource.policy")
+    form = form_of(request).only({"kind", "transfer_policy_id", "rego"})
+    try:
+        try:
+            policy = _resource_policy(form)
+        except InvalidInput as exc:
+            _audit_failure(svc, v.actor, "resource.policy", exc, res.path)
+            raise
+        act(
+            request,
+            v,
+            "resource.policy",
+            RESOURCES_WRITE,
+            lambda c: svc.kbs_v0.set_policy(res.path, policy, c.actor),
+            object_id=res.path,
+        )
+    except InvalidInput as exc:  # audited (act audits what the service refuses)
+        kind = form.get("kind")
+        return _resource_page(
+            request,
+            v,
+            res,
+            status=400,
+            kind=kind if kind in _POLICY_KINDS else None,
+            rego_text=form.raw("rego"),
+            transfer_policy_id=form.get("transfer_policy_id"),
+            errors=exc.extra.get("errors") or [exc.detail],
+        )
+    return _see(f"/ui/resources/{res.path}?saved=1")
 
 
 # --- audit ------------------------------------------------------------------------------------------------
@@ -889,6 +1215,7 @@ def audit_page(
     with svc.db.session() as s:
         records = list(s.scalars(q.order_by(AuditRecord.seq.desc()).limit(PAGE_SIZE)))
         head = s.scalar(select(func.max(AuditRecord.seq))) or 0
+        kept = AppraisalInputs.kept(s, [r.seq for r in records])
     guard = svc.checkpointer.guard
     filters = {
         "actor": actor or "",
@@ -913,6 +1240,7 @@ def audit_page(
         anchor=guard.anchor,
         older=older,
         chain=None,
+        kept=kept,
     )
 
 
@@ -940,60 +1268,6 @@ def audit_verify_page(request: Request) -> Response:
     except CheckpointError as exc:
         chain, problem = None, f"the checkpoint file does not verify: {exc}"
     return page(request, "audit_verify.html", v, chain=chain, problem=problem)
-
-
-# --- attestation --------------------------------------------------------------------------------------------
-
-_ATTEMPTS = ("attestation.attest", "key.transfer", "resource.release")
-
-
-def tee_of(r: AuditRecord) -> str:
-    """The TEE an attempt was for, or its protocol when the record does not say (e.g. a transfer)."""
-    d = r.details or {}
-    return str(d.get("tee") or d.get("protocol") or "")
-
-
-@router.get("/attestation")
-def attestation_page(request: Request, tee: str | None = None, outcome: str | None = None) -> Response:
-    v = viewer(request)
-    svc = _svc(request)
-    if not v.can("audit:read"):
-        raise Forbidden("you lack the permission audit:read", permission="audit:read")
-    if outcome and outcome not in _OUTCOMES:
-        raise InvalidInput("outcome: success, denied or failed", field="outcome")
-    now = datetime.now(UTC)
-    with svc.db.session() as s:
-        q = select(AuditRecord).where(AuditRecord.action.in_(_ATTEMPTS))
-        if outcome:
-            q = q.where(AuditRecord.outcome == outcome)
-        attempts = list(s.scalars(q.order_by(AuditRecord.seq.desc()).limit(200)))
-        items = list(s.scalars(select(CollateralItem).order_by(CollateralItem.next_update)))
-    if tee:
-        attempts = [r for r in attempts if tee_of(r).lower() == tee.lower()]
-    counts: dict[tuple[str, str], int] = {}
-    for r in attempts:
-        key = (tee_of(r) or "?", r.outcome)
-        counts[key] = counts.get(key, 0) + 1
-    # the newest piece of each kind per TEE/FMSPC/CA is the one in use
-    current: dict[tuple[Any, ...], CollateralItem] = {}
-    for item in sorted(items, key=lambda i: i.issue_date):
-        current[(item.kind, item.tee, item.fmspc, item.pck_ca)] = item
-    collateral = sorted(
-        current.values(),
-        key=lambda i: i.next_update if i.next_update.tzinfo else i.next_update.replace(tzinfo=UTC),
-    )
-    return page(
-        request,
-        "attestation.html",
-        v,
-        attempts=attempts[:PAGE_SIZE],
-        counts=sorted(counts.items()),
-        collateral=collateral,
-        now=now,
-        tee=tee or "",
-        outcome=outcome or "",
-        tee_of=tee_of,
-    )
 
 
 # --- system -----------------------------------------------------------------------------------------------------

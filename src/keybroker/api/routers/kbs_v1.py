@@ -19,7 +19,6 @@ from keybroker.audit import log as audit
 from keybroker.audit.checkpoint import raw_public
 from keybroker.auth.caller import Caller
 from keybroker.auth.registry import TokenRecord
-from keybroker.auth.roles import not_held
 from keybroker.auth.tokens import MAX_ROLES, ROLE_NAME, Principal, parse_ttl
 from keybroker.errors import Forbidden, NotFound
 from keybroker.keys.service import CertificateRequest, CreateKeyRequest
@@ -395,13 +394,7 @@ def create_token(
 ) -> TokenCreatedOut:
     """Mint a token with roles and/or permissions. The caller must hold every permission it grants
     (through the roles too): ``tokens:create`` alone mints nothing more than its holder has."""
-    missing = not_held(p, body.permissions)
-    if missing:
-        raise Forbidden(
-            f"a token can carry only permissions its issuer holds: you lack {', '.join(missing)}",
-            permission=missing[0],
-        )
-    svc.roles.check_grantable(p, body.roles)
+    svc.roles.check_token_grant(p, body.permissions, body.roles)
     issued = svc.tokens.issue(
         body.subject,
         body.permissions,

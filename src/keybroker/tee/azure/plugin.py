@@ -45,6 +45,7 @@ from keybroker.tee.dcap.verify import CHECKS as DCAP_CHECKS
 from keybroker.tee.dcap.verify import VerifiedQuote as VerifiedTdQuote
 from keybroker.tee.dcap.verify import platform_of, verify_parsed_quote
 from keybroker.tee.snp.certs import load_certificate_ders
+from keybroker.tee.snp.plugin import dev_arks
 from keybroker.tee.snp.verify import CHECKS as SNP_CHECKS
 from keybroker.tee.snp.verify import VerifiedSnpReport, verify_report
 from keybroker.tee.tpm.plugin import NOT_EVALUATED, expected_extra_data, observe_clock
@@ -185,6 +186,7 @@ class AzureVtpmVerifier:
         self.collateral = collateral
         self._dev_roots = tuple(dev_roots)
         self._roots = TrustedRoots(self._dev_roots)
+        self._dev_arks = dev_arks(self._dev_roots)  # the SEV-SNP report's: the others are not ARKs
         self._tpm = tpm or TpmTrust()
 
     @property
@@ -248,7 +250,7 @@ class AzureVtpmVerifier:
                 if e.vcek is None:
                     raise EvidenceParseError("SNP evidence without a VCEK", field="evidence.vcek")
                 report = verify_report(
-                    e.report, vcek_or_vlek=e.vcek, chain=given.snp_chain, at=at, dev_roots=self._dev_roots
+                    e.report, vcek_or_vlek=e.vcek, chain=given.snp_chain, at=at, dev_roots=self._dev_arks
                 )
                 if report.report.vmpl != 0:
                     raise VerificationError(

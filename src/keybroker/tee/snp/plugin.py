@@ -82,6 +82,7 @@ __all__ = [
     "SnpEvidence",
     "SnpResult",
     "SnpVerifier",
+    "dev_arks",
     "split_evidence",
 ]
 
@@ -171,8 +172,9 @@ class SnpResult:
         }
 
 
-def _dev_arks(roots: Iterable[x509.Certificate]) -> tuple[x509.Certificate, ...]:
-    """The configured dev roots that are ARKs (``ARK-{Milan,Genoa,Turin}``); other TEEs' are not ours."""
+def dev_arks(roots: Iterable[x509.Certificate]) -> tuple[x509.Certificate, ...]:
+    """The configured dev roots that are ARKs (``ARK-{Milan,Genoa,Turin}``): ``trust.dev_roots`` holds
+    every simulator's root, and ``tee.snp.certs`` refuses a dev root that is not an ARK."""
     out = []
     for root in roots:
         cns = root.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
@@ -187,7 +189,7 @@ class SnpVerifier:
     def __init__(
         self, dev_roots: Iterable[x509.Certificate] = (), source: SnpEndorsementSource | None = None
     ) -> None:
-        self._dev_roots = _dev_arks(dev_roots)
+        self._dev_roots = dev_arks(dev_roots)
         self._source = source
 
     @property

@@ -19,13 +19,22 @@ Pure: the registry is a protocol, implemented over the database by ``keybroker.t
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Literal, Protocol
 
 from cryptography import x509
 
-__all__ = ["AkRegistry", "AkStatus", "ClockReading", "EkRoot", "EnrolledAk", "TpmTrust"]
+__all__ = [
+    "AkRegistry",
+    "AkStatus",
+    "ClockReading",
+    "EkRoot",
+    "EnrolledAk",
+    "ReadOnlyAks",
+    "TpmTrust",
+    "dry_run_trust",
+]
 
 AkStatus = Literal["pending", "approved", "revoked"]
 #: Whose root the EK certificate chained to at enrolment: a TPM manufacturer's, or (``--dev``
@@ -90,3 +99,25 @@ class TpmTrust:
     registry: AkRegistry | None = None
     dev: bool = False
     ak_given: bool = False
+
+
+class ReadOnlyAks:
+    """An :class:`AkRegistry` for dry runs: the enrolled AKs of ``registry``, and no clock recorded
+    (a dry run changes nothing, so its quote's clock is compared with nothing either)."""
+
+    def __init__(self, registry: AkRegistry) -> None:
+        self._registry = registry
+
+    def enrolled(self, name: bytes) -> EnrolledAk | None:
+        return self._registry.enrolled(name)
+
+    def observe(self, ak: str, reading: ClockReading) -> ClockReading | None:
+        return None
+
+
+def dry_run_trust(trust: TpmTrust, registry: AkRegistry | None) -> TpmTrust:
+    """The TPM trust of a policy's dry run (``keybroker policy test``, the console's *Test this
+    policy*): an AK as enrolled in ``registry`` (read only) when it is, else as given, which its
+    claims say (``ak.trust.mode`` "given") and the tpm section denies unless the policy lists it.
+    Never the trust of a release."""
+    return replace(trust, registry=None if registry is None else ReadOnlyAks(registry), ak_given=True)
