@@ -110,6 +110,9 @@ MAX_EVENTS: Final = 16384
 _MAX_PCR: Final = 31
 _SEPARATOR_OK: Final = (b"\x00\x00\x00\x00",)
 _SEPARATOR_ERROR: Final = b"\xff\xff\xff\xff"
+#: Event data a separator may have been measured from (normal, and the error values firmware uses:
+#: 0xFFFFFFFF and the UINT32 1): any of them ends PCR 7's firmware part.
+_SEPARATOR_VALUES: Final = (b"\x00\x00\x00\x00", b"\xff\xff\xff\xff", b"\x01\x00\x00\x00")
 
 
 @dataclass(frozen=True, slots=True)
@@ -372,38 +375,58 @@ def _grub(ev: Event, alg: int) -> tuple[bytes, str] | None:
     return None
 
 
+def _secure_boot(events: list[Event], alg: int) -> dict[str, Any]:
+    """[PFP] 3.3.4.8, 10.4.4: the Secure Boot configuration firmware measured into PCR 7 before PCR 7's
+    separator. After the separator the OS runs and can extend PCR 7 itself, and an event's type is not
+    measured: so a variable counts only before the first event whose *digest* is a separator's
+    (whatever its type says), and it is recognized by its data (which must hash to its digest), not by
+    its type. No separator in PCR 7: nothing is known. EV_EFI_VARIABLE_AUTHORITY events after the
+    separator (the certificates that verified boot images, also named ``db``) are not the variables."""
+    secure_boot: dict[str, Any] = {"enabled": None, "pk": None, "kek": None, "db": None, "dbx": None}
+    pcr7 = [e for e in events if e.pcr == 7]
+    separators = {_hash(alg, v) for v in _SEPARATOR_VALUES}
+    boundary = next((i for i, e in enumerate(pcr7) if e.digest(alg) in separators), None)
+    if boundary is None:
+        return secure_boot
+    seen: set[str] = set()
+    for ev in pcr7[:boundary]:
+        if _hash(alg, ev.data) != ev.digest(alg):
+            continue  # not a variable whose data was measured as it is
+        var = _uefi_variable(ev)
+        key = None if var is None else _SECURE_BOOT_VARIABLES.get((var[0], var[1]))
+        if var is None or key is None:
+            continue
+        if key in seen:
+            raise VerificationError(
+                f"event {ev.number}: UEFI variable {var[1]} is measured twice before PCR 7's separator",
+                check="event_data",
+            )
+        seen.add(key)
+        if key == "secure_boot":
+            secure_boot["enabled"] = var[2] == b"\x01"
+        else:
+            secure_boot[key] = ev.digest(alg).hex()
+    return secure_boot
+
+
 def _claims(events: list[Event], alg: int) -> dict[str, Any]:
     """Claims from verified events. Event types and most event data are not measured, so a list
     claim is complete or None ("unknown"), never a partial list an edited type could shorten."""
-    secure_boot: dict[str, Any] = {"enabled": None, "pk": None, "kek": None, "db": None, "dbx": None}
     separators: dict[str, str] = {}
     boot_apps: list[str] = []
     grub: list[tuple[bytes, str]] | None = []
     ipl_files: list[dict[str, Any]] = []
     crtm_version: str | None = None
-    seen_vars: set[str] = set()
     for ev in events:
         digest_hex = ev.digest(alg).hex()
         if ev.event_type == EV_EFI_VARIABLE_DRIVER_CONFIG:
             # [PFP] 10.4.4: the digest is of the whole UEFI_VARIABLE_DATA, so the data must match it
             _data_bound(ev, alg, [ev.data])
-            var = _uefi_variable(ev)
-            if var is None:
+            if _uefi_variable(ev) is None:
                 raise VerificationError(
                     f"event {ev.number} ({ev.type_name}, PCR {ev.pcr}): malformed UEFI_VARIABLE_DATA",
                     check="event_data",
                 )
-            key = _SECURE_BOOT_VARIABLES.get((var[0], var[1]))
-            if key is not None:
-                if key in seen_vars:
-                    raise VerificationError(
-                        f"event {ev.number}: UEFI variable {var[1]} is measured twice", check="event_data"
-                    )
-                seen_vars.add(key)
-                if key == "secure_boot":
-                    secure_boot["enabled"] = var[2] == b"\x01"
-                else:
-                    secure_boot[key] = digest_hex
         elif ev.event_type == EV_SEPARATOR:
             value = _data_bound(ev, alg, [ev.data])
             separators[str(ev.pcr)] = (
@@ -436,15 +459,16 @@ def _claims(events: list[Event], alg: int) -> dict[str, Any]:
     ]
     initrd = next((f["digest"] for f in ipl_files if f["path"] in initrd_paths), None)
     return {
-        "secure_boot": secure_boot,
+        "secure_boot": _secure_boot(events, alg),
         "separators": separators,
         "boot_applications": boot_apps,
         "crtm_version": crtm_version,
         # None unless every PCR 8 event is a GRUB command or command line whose text was measured
         "grub_commands": grub_commands,
         "kernel_cmdline": cmdline,
-        # PCR 9 file paths are not measured (only the files are): the path is informational, and the
-        # kernel/initrd digests are the files whose paths the measured kernel_cmdline / initrd name.
+        # PCR 9 file paths are not measured (only the files are) and the OS can extend PCR 9: the
+        # kernel/initrd digests are the files whose (unmeasured) paths the measured kernel_cmdline /
+        # initrd name, and a policy relies on them only with every PCR 9 file allowed (tpm section).
         "ipl_files": ipl_files,
         "kernel": kernel,
         "initrd": initrd,
