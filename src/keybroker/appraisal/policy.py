@@ -12,7 +12,7 @@ policy says otherwise; ``client_permissions`` may also be given for TDX.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import BaseModel, Field, StrictBool, create_model, model_validator
 
@@ -23,7 +23,6 @@ from keybroker.appraisal.sections.tdx import TdxAttributes, TdxSection
 
 __all__ = [
     "DEFAULT_POLICY_NAME",
-    "RESERVED_TYPES",
     "NoneAttributes",
     "NoneSection",
     "SgxAttributes",
@@ -36,16 +35,6 @@ __all__ = [
 ]
 
 DEFAULT_POLICY_NAME = "urn:intel:trustedcomputing:key-transfer-policy:require-trust-or-authorization"
-#: Attestation types SecL names: those no registered TEE verifies yet are accepted by the schema
-#: and refused with a clear reason, rather than as an unknown value.
-_SECL_TYPES: Final = ("SNP", "TPM")
-
-
-def _reserved(registry: TeeRegistry) -> tuple[str, ...]:
-    return tuple(t for t in _SECL_TYPES if t not in registry.attestation_types)
-
-
-RESERVED_TYPES: Final = _reserved(REGISTRY)
 
 
 class NoneAttributes(Strict):
@@ -83,9 +72,6 @@ class TransferPolicyBase(Strict):
         types = set(self.attestation_type)
         if len(types) != len(self.attestation_type):
             raise ValueError("attestation_type lists a type twice")
-        for reserved in _reserved(self.registry):
-            if reserved in types:
-                raise ValueError(f"attestation_type {reserved} is reserved and not supported yet")
         for tee in self.registry:
             if tee.attestation_type in types and self.section(tee.name) is None:
                 raise ValueError(
@@ -117,8 +103,8 @@ def _a(word: str) -> str:
 
 def transfer_policy_model(registry: TeeRegistry) -> type[TransferPolicyBase]:
     """The transfer policy model for the TEEs of ``registry``: ``attestation_type`` lists their
-    types (and SecL's reserved ones, and ``NONE``), and each has its section, named after it."""
-    types: Any = Literal[(*registry.attestation_types, *_reserved(registry), "NONE")]
+    types (and ``NONE``), and each has its section, named after it."""
+    types: Any = Literal[(*registry.attestation_types, "NONE")]
     fields: dict[str, Any] = {
         "attestation_type": (list[types], Field(min_length=1)),
         **{tee.name: (tee.section.model | None, None) for tee in registry},

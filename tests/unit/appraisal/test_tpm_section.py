@@ -43,7 +43,7 @@ def _doc(claims: dict[str, Any] | None = None, *, sim: bool = False) -> dict[str
     return {
         "tee": "tpm",
         "claims": copy.deepcopy(claims or CLAIMS),
-        "tcb": {"status": "NotEvaluated", "advisory_ids": []},
+        "tcb": {"status": "NoVendorStatus", "advisory_ids": []},
         "sim": sim,
         "client_permissions": None,
     }
@@ -153,7 +153,7 @@ def test_default_policies_on_a_tpm() -> None:
     assert d.trust_vector.runtime_opaque == 0 and d.trust_vector.hardware == 32
     assert not default_resource_policy(_doc()).allowed  # a TPM's resources need a policy
     assert _reasons(_policy(enforce_tcb_upto_date=True), _doc()) == [
-        "TCB status NotEvaluated is not UpToDate (enforce_tcb_upto_date is true)"
+        "TCB status NoVendorStatus is not UpToDate (enforce_tcb_upto_date is true)"
     ]
 
 

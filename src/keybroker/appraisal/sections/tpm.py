@@ -132,7 +132,7 @@ class TpmAttributes(TpmChecks):
     #: The AK Names (hex) allowed. Empty: any trusted AK.
     ak_names: list[AkName] = Field(default_factory=list, max_length=1024)
     client_permissions: list[Permission] = Field(default_factory=list)
-    #: No vendor evaluates a TPM's TCB (status NotEvaluated): true denies every TPM quote.
+    #: No vendor publishes a TPM's TCB status (NoVendorStatus): true denies every TPM quote.
     enforce_tcb_upto_date: StrictBool = False
 
 

@@ -1,0 +1,179 @@
+"""An Azure SEV-SNP confidential VM through HTTP: its hardware report from the dev PKI's SEV-SNP
+simulator (``dev-pki/snp``), its vTPM a real swtpm whose AK the HCL report binds
+(``tests/helpers/azure_sim.py``). ``/kbs/v1`` releases with ``Attestation-Type: AZ-SNP-VTPM`` and a
+policy combining the ``snp`` and ``tpm`` sections; the ``snp`` part is the SEV-SNP section itself,
+with its defaults (a migration agent forbidden); a report from another VMPL, another nonce or
+another PCR is refused with its reason."""
+
+from __future__ import annotations
+
+import base64
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.serialization import Encoding
+from fastapi.testclient import TestClient
+from tests.helpers.api import unwrap_v1
+from tests.helpers.azure_sim import azure_snp_evidence
+from tests.helpers.swtpm import MISSING, SKIP_REASON, Ak, Swtpm
+
+from keybroker.api.services import Services
+from keybroker.collateral.kds import chain_items, crl_item, vcek_item
+from keybroker.collateral.kds_store import KdsStore
+from keybroker.collateral.trust import snp_dev_pki_dir
+from keybroker.tee.sim.snp import DEFAULT_MEASUREMENT, DEFAULT_POLICY, SnpDevPki, snp_report
+from keybroker.wire import binding
+
+pytestmark = pytest.mark.skipif(bool(MISSING), reason=SKIP_REASON)
+
+_WORKLOAD = rsa.generate_private_key(public_exponent=65537, key_size=3072)
+SPKI = _WORKLOAD.public_key().public_bytes(
+    serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+)
+MIGRATE_MA = 1 << 18
+
+
+@pytest.fixture(scope="module")
+def vtpm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Swtpm, Ak]]:
+    with Swtpm(tmp_path_factory.mktemp("az-vtpm")) as tpm:
+        yield tpm, tpm.create_ak()
+
+
+def _cache(services: Services) -> SnpDevPki:
+    """Azure's evidence carries the VCEK alone: its ASK, ARK and the ARK's CRL come from the KDS cache
+    (as ``collateral fetch --snp`` stores them), here the dev PKI's."""
+    pki = SnpDevPki.load(snp_dev_pki_dir(services.settings))
+    made = snp_report(pki)
+    dev = (pki.root_cert,)
+    chain = chain_items([c.public_bytes(Encoding.DER) for c in made.chain], dev_roots=dev)
+    crl = crl_item(pki.crl("vcek"), signing_key="vcek", dev_roots=dev)
+    vcek = vcek_item(made.signer.public_bytes(Encoding.DER), chains=chain, dev_roots=dev)
+    KdsStore(services.db).import_items([*chain, crl, vcek], source="test")
+    return pki
+
+
+def _key(client: TestClient, admin: dict[str, str], policy: dict[str, Any]) -> tuple[str, bytes]:
+    r = client.post("/kbs/v1/key-transfer-policies", json=policy, headers=admin)
+    assert r.status_code == 201, r.text
+    secret = os.urandom(32)
+    r = client.post(
+        "/kbs/v1/keys",
+        json={
+            "key_information": {"algorithm": "AES", "key_string": base64.b64encode(secret).decode()},
+            "transfer_policy_id": r.json()["id"],
+        },
+        headers=admin,
+    )
+    assert r.status_code == 201, r.text
+    return r.json()["key_information"]["id"], secret
+
+
+def _policy(pcr16: str, **snp: Any) -> dict[str, Any]:
+    return {
+        "attestation_type": ["AZ-SNP-VTPM"],
+        "az-snp-vtpm": {
+            "snp": {"attributes": {"measurement": [DEFAULT_MEASUREMENT.hex()], **snp}},
+            "tpm": {"pcrs": {"sha256": {"16": [pcr16]}}},
+        },
+        "allow_simulated": True,  # the report chains to the dev ARK
+    }
+
+
+def _release(
+    client: TestClient, services: Services, vtpm: tuple[Swtpm, Ak], key_id: str, **fields: Any
+) -> Any:
+    r = client.post(f"/kbs/v1/keys/{key_id}/transfer")
+    assert r.status_code == 200 and r.headers["Attestation-Type"] == "AZ-SNP-VTPM", r.text
+    nonce = base64.b64decode(r.json()["nonce"]["val"])
+    pki = SnpDevPki.load(snp_dev_pki_dir(services.settings))
+    extra = fields.pop("extra_data", None) or binding.v1_tpm_extra_data(nonce, SPKI)
+    evidence = azure_snp_evidence(pki, *vtpm, extra, **fields)
+    return client.post(
+        f"/kbs/v1/keys/{key_id}/transfer",
+        json={
+            "quote": base64.b64encode(evidence).decode(),
+            "nonce": {"val": base64.b64encode(nonce).decode()},
+            "user_data": base64.b64encode(SPKI).decode(),
+        },
+        headers={"Attestation-Type": "AZ-SNP-VTPM"},
+    )
+
+
+def _pcr16(vtpm: tuple[Swtpm, Ak]) -> str:
+    swtpm, ak = vtpm
+    return swtpm.quote(ak, "sha256:16", b"probe").pcrs["sha256"][16].hex()
+
+
+def test_a_confidential_vm_receives_a_key_through_kbs_v1(
+    client: TestClient, admin_headers: dict[str, str], services: Services, vtpm: tuple[Swtpm, Ak]
+) -> None:
+    key_id, secret = _key(client, admin_headers, _policy(_pcr16(vtpm)))
+    r = _release(client, services, vtpm, key_id)  # nothing cached: AMD's shipped ASK did not sign it
+    assert r.status_code == 400 and r.json()["check"] == "cert_chain", r.text
+    _cache(services)
+    r = _release(client, services, vtpm, key_id)
+    assert r.status_code == 200, r.text
+    assert unwrap_v1(r.json(), _WORKLOAD) == secret
+
+    # another nonce in the quote's extraData
+    r = _release(client, services, vtpm, key_id, extra_data=os.urandom(32))
+    assert r.status_code == 400 and r.json()["check"] == "report_data", r.text
+    # a report a less privileged guest asked for (VMPL 1) could bind an AK of the guest's own
+    r = _release(client, services, vtpm, key_id, vmpl=1)
+    assert r.status_code == 400 and r.json()["check"] == "vmpl", r.text
+
+
+def test_the_snp_part_is_the_sev_snp_section_with_its_defaults(
+    client: TestClient, admin_headers: dict[str, str], services: Services, vtpm: tuple[Swtpm, Ak]
+) -> None:
+    """Before, the Azure SNP part had clauses of its own, without the SEV-SNP section's defaults: a VM
+    whose guest policy lets a migration agent export its memory was released a key."""
+    _cache(services)
+    key_id, _ = _key(client, admin_headers, _policy(_pcr16(vtpm)))
+    r = _release(client, services, vtpm, key_id, policy=DEFAULT_POLICY | MIGRATE_MA)
+    assert r.status_code == 403, r.text
+    assert r.json()["reasons"] == ["guest POLICY.MIGRATE_MA is set, which the policy does not allow"]
+    # and a policy that names no guest is refused, as an snp section is
+    r = client.post(
+        "/kbs/v1/key-transfer-policies",
+        json={
+            "attestation_type": ["AZ-SNP-VTPM"],
+            "az-snp-vtpm": {"snp": {"attributes": {}}, "tpm": {}},
+        },
+        headers=admin_headers,
+    )
+    assert r.status_code == 400 and "must name the guest" in r.text, r.text
+
+
+def test_another_pcr_is_denied_with_the_reason(
+    client: TestClient, admin_headers: dict[str, str], services: Services, vtpm: tuple[Swtpm, Ak]
+) -> None:
+    _cache(services)
+    before = _pcr16(vtpm)
+    key_id, _ = _key(client, admin_headers, _policy(before))
+    vtpm[0].run("tpm2_pcrextend", f"16:sha256={'cd' * 32}")
+    after = _pcr16(vtpm)
+    r = _release(client, services, vtpm, key_id)
+    assert r.status_code == 403, r.text
+    assert r.json()["reasons"] == [f"tpm.pcrs.sha256.16 {after} is not in the policy's list"]
+
+
+def test_a_revoked_ask_is_refused_as_for_a_plain_sev_snp_report(
+    client: TestClient, admin_headers: dict[str, str], services: Services, vtpm: tuple[Swtpm, Ak]
+) -> None:
+    """The Azure path takes the chain and CRLs from the same source as the SEV-SNP verifier, and the
+    same verifier checks them: once the ARK's CRL revokes the ASK, the VM's evidence is refused."""
+    pki = _cache(services)
+    key_id, _ = _key(client, admin_headers, _policy(_pcr16(vtpm)))
+    assert _release(client, services, vtpm, key_id).status_code == 200
+    pki.revoke_intermediate("vcek")
+    dev = (pki.root_cert,)
+    KdsStore(services.db).import_items(
+        [crl_item(pki.crl("vcek"), signing_key="vcek", dev_roots=dev)], source="test"
+    )
+    r = _release(client, services, vtpm, key_id)
+    assert r.status_code == 400 and r.json()["check"] == "crl", r.text
