@@ -8,23 +8,26 @@ another PCR is refused with its reason."""
 from __future__ import annotations
 
 import base64
+import json
 import os
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
 from fastapi.testclient import TestClient
-from tests.helpers.api import unwrap_v1
+from tests.helpers.api import token_headers, unwrap_v1
 from tests.helpers.azure_sim import azure_snp_evidence
 from tests.helpers.swtpm import MISSING, SKIP_REASON, Ak, Swtpm
 
 from keybroker.api.services import Services
+from keybroker.client.unwrap import jwe_unwrap
 from keybroker.collateral.kds import chain_items, crl_item, vcek_item
 from keybroker.collateral.kds_store import KdsStore
 from keybroker.collateral.trust import snp_dev_pki_dir
+from keybroker.keys import wrap
 from keybroker.tee.sim.snp import DEFAULT_MEASUREMENT, DEFAULT_POLICY, SnpDevPki, snp_report
 from keybroker.wire import binding
 
@@ -177,3 +180,94 @@ def test_a_revoked_ask_is_refused_as_for_a_plain_sev_snp_report(
     )
     r = _release(client, services, vtpm, key_id)
     assert r.status_code == 400 and r.json()["check"] == "crl", r.text
+
+
+def _rego(measurement: str, pcr16: str) -> str:
+    return f"""package keybroker
+import rego.v1
+default allow := false
+allow if {{
+    input.tee == "az-snp-vtpm"
+    input.sim == true
+    input.claims.debug == false
+    input.claims.snp.measurement == "{measurement}"
+    input.claims.snp.vmpl == 0
+    input.claims.tpm.pcrs.sha256["16"] == "{pcr16}"
+    input.claims.tpm.clock_history.clock_decreased == false
+}}
+"""
+
+
+def _kbs_v0(client: TestClient, services: Services, vtpm: tuple[Swtpm, Ak], priv: Any) -> Any:
+    r = client.post("/kbs/v0/auth", json={"version": "0.4.0", "tee": "az-snp-vtpm", "extra-params": ""})
+    assert r.status_code == 200, r.text
+    nonce = r.json()["nonce"]
+    jwk = wrap.public_jwk(priv.public_key())
+    pki = SnpDevPki.load(snp_dev_pki_dir(services.settings))
+    extra = binding.v0_runtime_digest(nonce, jwk, "", "sha384")
+    primary = json.loads(azure_snp_evidence(pki, *vtpm, extra))
+    body = {
+        "runtime-data": {"nonce": nonce, "tee-pubkey": jwk},
+        "tee-evidence": {"primary_evidence": primary, "additional_evidence": ""},
+    }
+    return client.post("/kbs/v0/attest", json=body)
+
+
+def test_kbs_v0_and_a_rego_policy_on_the_hardware_and_the_vtpm_claims(
+    client: TestClient, services: Services, vtpm: tuple[Swtpm, Ak]
+) -> None:
+    """Trustee's form on /kbs/v0 (the runtime-data hash in the quote's extraData), and a Rego resource
+    policy reading both the SEV-SNP report's claims and the vTPM's."""
+    _cache(services)
+    writer = token_headers(services, "resources:write")
+    r = client.post(
+        "/kbs/v0/resource/default/azure/secret",
+        content=b"azure secret",
+        headers={**writer, "Content-Type": "application/octet-stream"},
+    )
+    assert r.status_code == 204, r.text
+    pcr16 = _pcr16(vtpm)
+    r = client.post(
+        "/kbs/v0/resource-policy/default/azure/secret",
+        json={"rego": _rego(DEFAULT_MEASUREMENT.hex(), pcr16)},
+        headers=writer,
+    )
+    assert r.status_code == 204, r.text
+    priv = ec.generate_private_key(ec.SECP384R1())
+    r = _kbs_v0(client, services, vtpm, priv)
+    assert r.status_code == 200, r.text
+    ear = services.attestation.verify_token(r.json()["token"])
+    assert ear.tee == "az-snp-vtpm" and ear.status == "warning"  # AMD: NoVendorStatus; dev root: sim
+    r = client.get("/kbs/v0/resource/default/azure/secret")
+    assert r.status_code == 200 and jwe_unwrap(r.json(), priv) == b"azure secret", r.text
+
+    vtpm[0].run("tpm2_pcrextend", f"16:sha256={'ef' * 32}")
+    assert _kbs_v0(client, services, vtpm, priv).status_code == 200
+    r = client.get("/kbs/v0/resource/default/azure/secret")
+    assert r.status_code == 403, r.text
+
+
+def test_attestation_token_and_a_passport_release(
+    client: TestClient, admin_headers: dict[str, str], services: Services, vtpm: tuple[Swtpm, Ak]
+) -> None:
+    _cache(services)
+    nonce = base64.b64decode(client.post("/attestation/v1/nonce").json()["val"])
+    pki = SnpDevPki.load(snp_dev_pki_dir(services.settings))
+    evidence = azure_snp_evidence(pki, *vtpm, binding.v1_tpm_extra_data(nonce, SPKI))
+    body = {
+        "tee": "az-snp-vtpm",
+        "evidence": base64.b64encode(evidence).decode(),
+        "nonce": base64.b64encode(nonce).decode(),
+        "user_data": base64.b64encode(SPKI).decode(),
+    }
+    r = client.post("/attestation/v1/attest", json=body)
+    assert r.status_code == 200, r.text
+    ear = services.attestation.verify_token(r.json()["token"])
+    claims = ear.appraisal_input(client_permissions=None)["claims"]
+    assert claims["snp"]["measurement"] == DEFAULT_MEASUREMENT.hex() and claims["snp"]["vmpl"] == 0
+    assert claims["tpm"]["ak"]["trust"]["mode"] == "hardware" and "16" in claims["tpm"]["pcrs"]["sha256"]
+    assert ear.appraisal_input(client_permissions=None)["tcb"]["status"] == "NoVendorStatus"
+    key_id, secret = _key(client, admin_headers, _policy(claims["tpm"]["pcrs"]["sha256"]["16"]))
+    r = client.post(f"/kbs/v1/keys/{key_id}/transfer", json={"attestation_token": r.json()["token"]})
+    assert r.status_code == 200, r.text
+    assert unwrap_v1(r.json(), _WORKLOAD) == secret
