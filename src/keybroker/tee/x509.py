@@ -12,15 +12,26 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+from collections.abc import Sequence
+from datetime import datetime
 from typing import Final
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPublicKeyTypes
 
-from keybroker.errors import EvidenceParseError
+from keybroker.errors import EvidenceParseError, VerificationError
 
-__all__ = ["X509_DECODE_ERRORS", "crl_signed_by", "decode_certificate", "decode_crl", "split_pem_chain"]
+__all__ = [
+    "X509_DECODE_ERRORS",
+    "Window",
+    "check_validity",
+    "crl_signed_by",
+    "decode_certificate",
+    "decode_crl",
+    "format_time",
+    "split_pem_chain",
+]
 
 #: What cryptography may raise while (lazily) decoding a malformed certificate or CRL.
 X509_DECODE_ERRORS: Final = (
@@ -117,3 +128,34 @@ def split_pem_chain(pem: bytes, *, field: str = "pck_cert_chain") -> tuple[bytes
     if not ders:
         raise EvidenceParseError(f"{field}: no PEM certificate found", field=field)
     return tuple(ders)
+
+
+#: (what, not before, not after) of a certificate or CRL, for :func:`check_validity`.
+Window = tuple[str, datetime, datetime]
+
+
+def format_time(t: datetime) -> str:
+    """A time in messages: RFC 3339, seconds, UTC."""
+    return t.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def check_validity(windows: Sequence[Window], at: datetime, *, check: str = "validity_window") -> datetime:
+    """Every window contains ``at`` (bounds inclusive), else ``VerificationError(check=check)`` naming
+    the first that does not. Returns the earliest end: when this verification stops being repeatable."""
+    expiry: datetime | None = None
+    for what, not_before, not_after in windows:
+        if at < not_before:
+            raise VerificationError(
+                f"{what} is not valid before {format_time(not_before)}; verification time is {format_time(at)}",
+                check=check,
+            )
+        if at > not_after:
+            raise VerificationError(
+                f"{what} expired at {format_time(not_after)}; verification time is {format_time(at)}",
+                check=check,
+            )
+        if expiry is None or not_after < expiry:
+            expiry = not_after
+    if expiry is None:
+        raise ValueError("no validity window to check")
+    return expiry
