@@ -375,6 +375,27 @@ def _grub(ev: Event, alg: int) -> tuple[bytes, str] | None:
     return None
 
 
+def _before_separator(events: list[Event], pcr: int, alg: int) -> list[Event] | None:
+    """``pcr``'s events before its first separator, which firmware measures before it hands over to
+    the boot loader (PCRs 0-7): those the OS cannot have extended. The separator is found by its
+    *digest* (a separator's value), not by its unmeasured type. None: no separator."""
+    mine = [e for e in events if e.pcr == pcr]
+    separators = {_hash(alg, v) for v in _SEPARATOR_VALUES}
+    boundary = next((i for i, e in enumerate(mine) if e.digest(alg) in separators), None)
+    return None if boundary is None else mine[:boundary]
+
+
+def _crtm_version(events: list[Event], alg: int) -> str | None:
+    """[PFP] 3.3.4.1: the S-CRTM version firmware measured into PCR 0 before its separator, when
+    exactly one event there says it is one and its data is what was measured."""
+    firmware = _before_separator(events, 0, alg) or []
+    found = [e for e in firmware if e.event_type == EV_S_CRTM_VERSION]
+    if len(found) != 1:
+        return None
+    raw = _data_bound(found[0], alg, [found[0].data])
+    return raw.decode("utf-16-le", errors="replace").rstrip("\x00")
+
+
 def _secure_boot(events: list[Event], alg: int) -> dict[str, Any]:
     """[PFP] 3.3.4.8, 10.4.4: the Secure Boot configuration firmware measured into PCR 7 before PCR 7's
     separator. After the separator the OS runs and can extend PCR 7 itself, and an event's type is not
@@ -383,13 +404,11 @@ def _secure_boot(events: list[Event], alg: int) -> dict[str, Any]:
     its type. No separator in PCR 7: nothing is known. EV_EFI_VARIABLE_AUTHORITY events after the
     separator (the certificates that verified boot images, also named ``db``) are not the variables."""
     secure_boot: dict[str, Any] = {"enabled": None, "pk": None, "kek": None, "db": None, "dbx": None}
-    pcr7 = [e for e in events if e.pcr == 7]
-    separators = {_hash(alg, v) for v in _SEPARATOR_VALUES}
-    boundary = next((i for i, e in enumerate(pcr7) if e.digest(alg) in separators), None)
-    if boundary is None:
+    firmware = _before_separator(events, 7, alg)
+    if firmware is None:
         return secure_boot
     seen: set[str] = set()
-    for ev in pcr7[:boundary]:
+    for ev in firmware:
         if _hash(alg, ev.data) != ev.digest(alg):
             continue  # not a variable whose data was measured as it is
         var = _uefi_variable(ev)
@@ -416,7 +435,6 @@ def _claims(events: list[Event], alg: int) -> dict[str, Any]:
     boot_apps: list[str] = []
     grub: list[tuple[bytes, str]] | None = []
     ipl_files: list[dict[str, Any]] = []
-    crtm_version: str | None = None
     for ev in events:
         digest_hex = ev.digest(alg).hex()
         if ev.event_type == EV_EFI_VARIABLE_DRIVER_CONFIG:
@@ -435,8 +453,7 @@ def _claims(events: list[Event], alg: int) -> dict[str, Any]:
         elif ev.event_type == EV_EFI_ACTION:
             _data_bound(ev, alg, [ev.data])  # an action string is hashed as it is
         elif ev.event_type == EV_S_CRTM_VERSION:
-            raw = _data_bound(ev, alg, [ev.data])
-            crtm_version = raw.decode("utf-16-le", errors="replace").rstrip("\x00")
+            _data_bound(ev, alg, [ev.data])
         if ev.pcr == 4 and ev.event_type not in (EV_EFI_ACTION, EV_SEPARATOR):
             # boot loaders and applications (Authenticode digests, not checkable here): every other
             # PCR 4 event counts, whatever its (unmeasured) type says
@@ -462,7 +479,7 @@ def _claims(events: list[Event], alg: int) -> dict[str, Any]:
         "secure_boot": _secure_boot(events, alg),
         "separators": separators,
         "boot_applications": boot_apps,
-        "crtm_version": crtm_version,
+        "crtm_version": _crtm_version(events, alg),
         # None unless every PCR 8 event is a GRUB command or command line whose text was measured
         "grub_commands": grub_commands,
         "kernel_cmdline": cmdline,

@@ -139,6 +139,20 @@ def test_no_secure_boot_claim_without_a_pcr7_separator() -> None:
         verify_event_log(log, _software_quote(log))
 
 
+def test_crtm_version_is_the_firmwares_before_pcr0s_separator() -> None:
+    version = "Real Firmware v2".encode("utf-16-le") + b"\x00\x00"
+    forged = "Trusted Firmware v9".encode("utf-16-le") + b"\x00\x00"
+    real = synthetic_event(["sha256"], 0, 0x00000008, version)
+    separator = synthetic_event(["sha256"], 0, EV_SEPARATOR, bytes(4))
+    appended = synthetic_event(["sha256"], 0, 0x00000008, forged)
+    log = build_event_log(["sha256"], [real, separator, appended])
+    assert verify_event_log(log, _software_quote(log)).claims["crtm_version"] == "Real Firmware v2"
+    # the firmware's own relabelled (its type is not measured): nothing is known, not the OS's
+    hidden = (real[0], 0x80000007, real[2], real[3])
+    log = build_event_log(["sha256"], [hidden, separator, appended])
+    assert verify_event_log(log, _software_quote(log)).claims["crtm_version"] is None
+
+
 def test_log_parse_structure() -> None:
     log = parse_event_log(gce()[1])
     assert log.banks == ("sha1", "sha256", "sha384")
