@@ -341,6 +341,43 @@ def test_an_ek_without_a_trusted_root_is_refused(
         svc.db.dispose()
 
 
+def test_an_ak_named_with_sha1_is_not_enrolled(
+    client: TestClient, admin_headers: dict[str, str], services: Services, swtpm: Swtpm
+) -> None:
+    """An AK's Name is its identity (the registry's key, MakeCredential's binding, policies'
+    ak_names): a SHA-1 Name is refused at enrolment, as at every quote. Before, a credential was
+    issued for it and the AK could be registered."""
+    ctx, pub = swtpm.path("sha1-ak.ctx"), swtpm.path("sha1-ak.pub")
+    attributes = "restricted|sign|fixedtpm|fixedparent|sensitivedataorigin|userwithauth"
+    swtpm.run(
+        "tpm2_createprimary",
+        "-C",
+        "o",
+        "-g",
+        "sha1",
+        "-G",
+        "rsa2048:rsassa-sha256:null",
+        "-a",
+        attributes,
+        "-c",
+        str(ctx),
+    )
+    swtpm.run("tpm2_readpublic", "-c", str(ctx), "-o", str(pub), "-f", "tss")
+    swtpm.run("tpm2_flushcontext", "-t")
+    ak_public = pub.read_bytes()
+    assert ak_public[4:6] == b"\x00\x04"  # TPMT_PUBLIC.nameAlg TPM_ALG_SHA1, a restricted signing key
+    body = {
+        "ek_public": base64.b64encode(swtpm.ek_public()).decode(),
+        "ek_certificate": base64.b64encode(swtpm.ek_certificate()).decode(),
+        "ak_public": base64.b64encode(ak_public).decode(),
+    }
+    r = client.post("/kbs/v1/tpm/enrolments", json=body, headers=token_headers(services, "tpm_aks:create"))
+    assert r.status_code == 400 and r.json()["check"] == "ak_public", r.text
+    assert "SHA-1" in r.json()["detail"]
+    failed = [a for a in _audit(client, admin_headers, "tpm.ak.enrol") if a["outcome"] != "success"]
+    assert len(failed) == 1
+
+
 def _transport(client: TestClient, token: str | None = None) -> Transport:
     """The workload client's transport, through the ASGI app instead of the network."""
     return Transport("https://testserver", token=token, http_transport=client._transport)
