@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from tests.api.test_tpm_api import SPKI, Machine, _challenge, _enrol, _key, _settings, _transfer
+from tests.api.test_tpm_api import _WORKLOAD, SPKI, Machine, _challenge, _enrol, _key, _settings, _transfer
 from tests.conftest import template_for
-from tests.helpers.api import token_headers
+from tests.helpers.api import token_headers, unwrap_v1
 from tests.helpers.swtpm import MISSING, SKIP_REASON, Swtpm, build_event_log, synthetic_event, uefi_variable
 
 from keybroker.api.services import Services
@@ -156,3 +156,41 @@ def test_a_kernel_relabelled_in_pcr9_after_boot_is_not_the_kernel_that_booted(
     assert r.json()["reasons"] == [f"ipl_files {evil.hex()} is not in the policy's list"]
     audit = client.get("/kbs/v1/audit", params={"limit": 1000}, headers=admin_headers).json()
     assert not [a for a in audit if a["action"] == "key.transfer" and a["outcome"] == "success"]
+
+
+def test_a_measured_kernel_command_line_is_released_and_a_forged_one_refused(
+    client: TestClient,
+    admin_headers: dict[str, str],
+    services: Services,
+    machine: Machine,
+    swtpm: Swtpm,
+    tmp_path: Path,
+) -> None:
+    """The machine's event log (GRUB's kernel command line in PCR 8) goes with its quote: a policy on the
+    command line releases; a log whose event says another command line than was measured is refused."""
+    _enrol(client, token_headers(services, "tpm_aks:create", "tpm_aks:approve"), machine)
+    line = b"kernel_cmdline: /vmlinuz root=/dev/vda1 ro lockdown=integrity\x00"
+    measured = line[len(b"kernel_cmdline: ") : -1]
+    event = synthetic_event(["sha256"], 8, 0x0000000D, line, measured=measured)
+    swtpm.pcr_extend(8, event[2])
+    log = tmp_path / "event.log"
+    log.write_bytes(build_event_log(["sha256"], [event]))
+    provider = TpmProvider(machine.tools, ak_handle=machine.ak_handle, selection="sha256:8", event_log=log)
+    policy = {
+        "attestation_type": ["TPM"],
+        "tpm": {"attributes": {"event_log": {"kernel_cmdline": [measured.decode()]}}},
+        "allow_simulated": True,
+    }
+    key_id, secret = _key(client, admin_headers, policy)
+    nonce = _challenge(client, key_id)
+    r = _transfer(client, key_id, nonce, provider.evidence(binding.v1_tpm_extra_data(nonce, SPKI)))
+    assert r.status_code == 200, r.text
+    assert unwrap_v1(r.json(), _WORKLOAD) == secret
+
+    forged = b"kernel_cmdline: /vmlinuz root=/dev/vda1 ro init=/bin/sh\x00"
+    log.write_bytes(
+        build_event_log(["sha256"], [(8, 0x0000000D, event[2], forged)])
+    )  # same digest, other text
+    nonce = _challenge(client, key_id)
+    r = _transfer(client, key_id, nonce, provider.evidence(binding.v1_tpm_extra_data(nonce, SPKI)))
+    assert r.status_code == 400 and r.json()["check"] == "event_data", r.text
