@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
 from fastapi.testclient import TestClient
+from sqlalchemy import update
 from tests.helpers.api import token_headers, unwrap_v1
 from tests.helpers.azure_sim import azure_snp_evidence
 from tests.helpers.swtpm import MISSING, SKIP_REASON, Ak, Swtpm
@@ -28,6 +29,7 @@ from keybroker.collateral.kds import chain_items, crl_item, vcek_item
 from keybroker.collateral.kds_store import KdsStore
 from keybroker.collateral.trust import snp_dev_pki_dir
 from keybroker.keys import wrap
+from keybroker.store.models import TransferPolicy
 from keybroker.tee.sim.snp import DEFAULT_MEASUREMENT, DEFAULT_POLICY, SnpDevPki, snp_report
 from keybroker.wire import binding
 
@@ -271,3 +273,23 @@ def test_attestation_token_and_a_passport_release(
     r = client.post(f"/kbs/v1/keys/{key_id}/transfer", json={"attestation_token": r.json()["token"]})
     assert r.status_code == 200, r.text
     assert unwrap_v1(r.json(), _WORKLOAD) == secret
+
+
+def test_a_stored_policy_the_tighter_section_refuses_denies_and_is_no_server_error(
+    client: TestClient, admin_headers: dict[str, str], services: Services
+) -> None:
+    """A policy stored before the az-snp-vtpm section became the snp section (its SEV-SNP part named
+    no guest) no longer validates: its key is refused with the reason (403), never a 500, and it is
+    not evaluated under the looser rules."""
+    key_id, _ = _key(client, admin_headers, _policy("00" * 32))
+    policy_id = client.get(f"/kbs/v1/keys/{key_id}", headers=admin_headers).json()["transfer_policy_id"]
+    old = {
+        "attestation_type": ["AZ-SNP-VTPM"],
+        "az-snp-vtpm": {"snp": {"attributes": {"enforce_tcb_upto_date": False}}, "tpm": {}},
+    }
+    with services.db.session() as s:
+        s.execute(update(TransferPolicy).where(TransferPolicy.id == policy_id).values(body=old))
+    r = client.post(f"/kbs/v1/keys/{key_id}/transfer")
+    assert r.status_code == 403, r.text
+    (reason,) = r.json()["reasons"]
+    assert reason.startswith("the transfer policy no longer validates (az-snp-vtpm.snp.attributes")

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from pydantic import BaseModel, Field, StrictBool, create_model, model_validator
+from pydantic import BaseModel, Field, StrictBool, ValidationError, create_model, model_validator
 
 from keybroker.appraisal.fields import Permission, Strict
 from keybroker.appraisal.registry import REGISTRY, TeeRegistry
 from keybroker.appraisal.sections.sgx import SgxAttributes, SgxSection
 from keybroker.appraisal.sections.tdx import TdxAttributes, TdxSection
+from keybroker.errors import Forbidden
 
 __all__ = [
     "DEFAULT_POLICY_NAME",
@@ -31,6 +32,7 @@ __all__ = [
     "TdxSection",
     "TransferPolicyBase",
     "TransferPolicyBody",
+    "stored_policy",
     "transfer_policy_model",
 ]
 
@@ -127,3 +129,18 @@ if TYPE_CHECKING:
     TransferPolicyBody = TransferPolicyBase
 else:
     TransferPolicyBody = transfer_policy_model(REGISTRY)
+
+
+def stored_policy(body: object, *, policy_id: str) -> TransferPolicyBase:
+    """A transfer policy read back from the database. One stored under an older, looser model that no
+    longer validates (a section whose rules were tightened) denies with ``Forbidden`` naming the
+    first error: it is never evaluated loosely, and it is not a server error."""
+    try:
+        return TransferPolicyBody.model_validate(body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "the policy"
+        said = f"the transfer policy no longer validates ({where}: {first['msg']})"
+        raise Forbidden(
+            f"{said}: an administrator replaces transfer policy {policy_id}", reasons=[said]
+        ) from None

@@ -34,7 +34,7 @@ from sqlalchemy.orm import Session
 from keybroker.appraisal import secl
 from keybroker.appraisal.decision import Decision, Reason, denied
 from keybroker.appraisal.input import claims_digest
-from keybroker.appraisal.policy import TransferPolicyBody
+from keybroker.appraisal.policy import TransferPolicyBody, stored_policy
 from keybroker.appraisal.registry import REGISTRY
 from keybroker.attestation import nonces
 from keybroker.attestation.ear import EarClaims
@@ -162,7 +162,7 @@ class ReleaseService:
                 reasons=["the key has no transfer policy"],
             )
         assert row.body is not None  # foreign key
-        policy = TransferPolicyBody.model_validate(row.body)
+        policy = stored_policy(row.body, policy_id=row.transfer_policy_id)
         return ReleasableKey(row.id, row.backend_ref, row.public_key_pem), policy, row.transfer_policy_id
 
     def _lookup(self, key_id: str) -> tuple[ReleasableKey, TransferPolicyBody, str]:
