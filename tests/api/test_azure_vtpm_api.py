@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
 from fastapi.testclient import TestClient
 from sqlalchemy import update
+from tests.api.test_tpm_api import _key
 from tests.helpers.api import token_headers, unwrap_v1
 from tests.helpers.azure_sim import azure_snp_evidence
 from tests.helpers.swtpm import MISSING, SKIP_REASON, Ak, Swtpm
@@ -59,22 +60,6 @@ def _cache(services: Services) -> SnpDevPki:
     vcek = vcek_item(made.signer.public_bytes(Encoding.DER), chains=chain, dev_roots=dev)
     KdsStore(services.db).import_items([*chain, crl, vcek], source="test")
     return pki
-
-
-def _key(client: TestClient, admin: dict[str, str], policy: dict[str, Any]) -> tuple[str, bytes]:
-    r = client.post("/kbs/v1/key-transfer-policies", json=policy, headers=admin)
-    assert r.status_code == 201, r.text
-    secret = os.urandom(32)
-    r = client.post(
-        "/kbs/v1/keys",
-        json={
-            "key_information": {"algorithm": "AES", "key_string": base64.b64encode(secret).decode()},
-            "transfer_policy_id": r.json()["id"],
-        },
-        headers=admin,
-    )
-    assert r.status_code == 201, r.text
-    return r.json()["key_information"]["id"], secret
 
 
 def _policy(pcr16: str, **snp: Any) -> dict[str, Any]:
