@@ -194,3 +194,41 @@ def test_a_measured_kernel_command_line_is_released_and_a_forged_one_refused(
     nonce = _challenge(client, key_id)
     r = _transfer(client, key_id, nonce, provider.evidence(binding.v1_tpm_extra_data(nonce, SPKI)))
     assert r.status_code == 400 and r.json()["check"] == "event_data", r.text
+
+
+def test_boot_applications_left_out_of_the_log_or_the_quote_are_not_none_booted(
+    client: TestClient,
+    admin_headers: dict[str, str],
+    services: Services,
+    machine: Machine,
+    swtpm: Swtpm,
+    tmp_path: Path,
+) -> None:
+    """Firmware measured an unapproved boot loader into PCR 4. The machine sends a log without PCR 4's
+    events, or a quote without PCR 4: before, the boot applications read as an empty list and a policy
+    listing the approved ones released the key; now they are unknown, and unknown denies."""
+    _enrol(client, token_headers(services, "tpm_aks:create", "tpm_aks:approve"), machine)
+    approved = hashlib.sha256(b"approved shim").digest()
+    loader = (4, 0x80000003, {"sha256": hashlib.sha256(b"unapproved loader").digest()}, b"\x00" * 32)
+    separator = synthetic_event(BANKS, 7, EV_SEPARATOR, b"\x00\x00\x00\x00")
+    _boot(swtpm, [loader, separator])
+    policy = {
+        "attestation_type": ["TPM"],
+        "tpm": {"attributes": {"event_log": {"boot_applications": [approved.hex()]}}},
+        "allow_simulated": True,
+    }
+    key_id, _ = _key(client, admin_headers, policy)
+    log = tmp_path / "event.log"
+    unknown = ["the boot applications are not known from the event log"]
+
+    log.write_bytes(build_event_log(BANKS, [separator]))  # PCR 4's events left out
+    r = _release(client, key_id, machine, log, "sha256:4,7")
+    assert r.status_code == 403 and r.json()["reasons"] == unknown, r.text
+
+    log.write_bytes(build_event_log(BANKS, [loader, separator]))  # the whole log, PCR 4 not quoted
+    r = _release(client, key_id, machine, log, "sha256:7")
+    assert r.status_code == 403 and r.json()["reasons"] == unknown, r.text
+
+    r = _release(client, key_id, machine, log, "sha256:4,7")  # all of it: the loader is named
+    assert r.status_code == 403, r.text
+    assert r.json()["reasons"][0].startswith(f"boot_applications {loader[2]['sha256'].hex()} is not in")

@@ -320,6 +320,9 @@ class VerifiedEventLog:
 
     bank: str
     verified_pcrs: tuple[int, ...]
+    #: Quoted PCRs with no event in the log that hold their initial value in every bank: nothing was
+    #: measured into them (an empty list of events, known).
+    empty_pcrs: tuple[int, ...]
     #: PCRs with events in the log that the quote does not cover: their events are not used.
     unquoted_pcrs: tuple[int, ...]
     events: tuple[Event, ...]
@@ -428,9 +431,12 @@ def _secure_boot(events: list[Event], alg: int) -> dict[str, Any]:
     return secure_boot
 
 
-def _claims(events: list[Event], alg: int) -> dict[str, Any]:
+def _claims(events: list[Event], alg: int, known: set[int]) -> dict[str, Any]:
     """Claims from verified events. Event types and most event data are not measured, so a list
-    claim is complete or None ("unknown"), never a partial list an edited type could shorten."""
+    claim is complete or None ("unknown"), never a partial list an edited type could shorten; and a
+    list claim of a PCR whose value the log does not account for (``known``: replayed to the quote,
+    or quoted at its initial value with no event) is None, never an empty list: a quote that leaves
+    PCR 4 out, or a log that leaves its events out, must not read as "no boot application"."""
     separators: dict[str, str] = {}
     boot_apps: list[str] = []
     grub: list[tuple[bytes, str]] | None = []
@@ -464,6 +470,8 @@ def _claims(events: list[Event], alg: int) -> dict[str, Any]:
         elif ev.pcr == 9:
             path = _text(ev.data.removesuffix(b"\x00")) if ev.event_type == EV_IPL else None
             ipl_files.append({"digest": digest_hex, "path": path})
+    if 8 not in known:
+        grub = None
     grub_commands = None if grub is None else [t for p, t in grub if p == _GRUB_CMD]
     cmdlines = [] if grub is None else [t for p, t in grub if p == _GRUB_CMDLINE]
     cmdline = cmdlines[0] if len(cmdlines) == 1 else None
@@ -478,7 +486,7 @@ def _claims(events: list[Event], alg: int) -> dict[str, Any]:
     return {
         "secure_boot": _secure_boot(events, alg),
         "separators": separators,
-        "boot_applications": boot_apps,
+        "boot_applications": boot_apps if 4 in known else None,
         "crtm_version": _crtm_version(events, alg),
         # None unless every PCR 8 event is a GRUB command or command line whose text was measured
         "grub_commands": grub_commands,
@@ -486,9 +494,9 @@ def _claims(events: list[Event], alg: int) -> dict[str, Any]:
         # PCR 9 file paths are not measured (only the files are) and the OS can extend PCR 9: the
         # kernel/initrd digests are the files whose (unmeasured) paths the measured kernel_cmdline /
         # initrd name, and a policy relies on them only with every PCR 9 file allowed (tpm section).
-        "ipl_files": ipl_files,
-        "kernel": kernel,
-        "initrd": initrd,
+        "ipl_files": ipl_files if 9 in known else None,
+        "kernel": kernel if 9 in known else None,
+        "initrd": initrd if 9 in known else None,
     }
 
 
@@ -515,9 +523,18 @@ def verify_event_log(raw: bytes | EventLog, quote: VerifiedQuote) -> VerifiedEve
     checks.append("event_log_bank")
     with_events = {e.pcr for e in log.events if e.event_type != EV_NO_ACTION}
     verified: set[int] | None = None
+    empty: set[int] | None = None
     for bank in banks:
         alg = BANK_NAMES[bank]
         replayed = replay(log, alg)
+        size = HASH_SIZES[alg]
+        untouched = {
+            pcr
+            for pcr, value in quoted[bank].items()
+            if pcr not in with_events
+            and value == bytes(size - 1) + bytes([log.startup_locality if pcr == 0 else 0])
+        }
+        empty = untouched if empty is None else empty & untouched
         covered = with_events & quoted[bank].keys()
         for pcr in sorted(covered):
             if replayed[pcr] != quoted[bank][pcr]:
@@ -527,16 +544,17 @@ def verify_event_log(raw: bytes | EventLog, quote: VerifiedQuote) -> VerifiedEve
                     check="event_log_replay",
                 )
         verified = covered if verified is None else verified & covered
-    assert verified is not None
+    assert verified is not None and empty is not None
     checks.append("event_log_replay")
     bank = next(b for b in _BANK_PREFERENCE if b in banks)
     alg = BANK_NAMES[bank]
     events = [e for e in log.events if e.event_type != EV_NO_ACTION and e.pcr in verified]
-    claims = _claims(events, alg)
+    claims = _claims(events, alg, verified | empty)
     checks.append("event_data")
     return VerifiedEventLog(
         bank=bank,
         verified_pcrs=tuple(sorted(verified)),
+        empty_pcrs=tuple(sorted(empty)),
         unquoted_pcrs=tuple(sorted(with_events - verified)),
         events=tuple(events),
         claims=claims,

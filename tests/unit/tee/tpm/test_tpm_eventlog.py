@@ -112,10 +112,10 @@ def test_secure_boot_variables_are_read_before_pcr7s_separator_by_their_data() -
     assert verify_event_log(as_action, quote).claims["secure_boot"] == want
 
 
-def _software_quote(log: bytes) -> VerifiedQuote:
-    """A quote by a software AK of the PCRs ``log`` replays to (sha256), verified."""
+def _software_quote(log: bytes, also: dict[int, bytes] | None = None) -> VerifiedQuote:
+    """A quote by a software AK of the PCRs ``log`` replays to (sha256) and ``also``, verified."""
     key = ec.generate_private_key(ec.SECP256R1())
-    pcrs = {"sha256": replay(parse_event_log(log), 0x000B)}
+    pcrs = {"sha256": {**replay(parse_event_log(log), 0x000B), **(also or {})}}
     message = tpm_build.attest(tpm_build.AttestFields(pcrs=pcrs))
     ak = parse_tpm2b_public(tpm_build.ecc_public_area(key.public_key()))
     signature = tpm_build.sign(key, message, "ecdsa", "sha256")
@@ -151,6 +151,19 @@ def test_crtm_version_is_the_firmwares_before_pcr0s_separator() -> None:
     hidden = (real[0], 0x80000007, real[2], real[3])
     log = build_event_log(["sha256"], [hidden, separator, appended])
     assert verify_event_log(log, _software_quote(log)).claims["crtm_version"] is None
+
+
+def test_list_claims_of_pcrs_the_log_does_not_account_for_are_unknown() -> None:
+    """PCR 4 quoted at its initial value with no event: no boot application (an empty list, known).
+    Quoted with another value and no event, or not quoted: unknown (None), never an empty list."""
+    separator = synthetic_event(["sha256"], 7, EV_SEPARATOR, bytes(4))
+    log = build_event_log(["sha256"], [separator])
+    verified = verify_event_log(log, _software_quote(log, {4: bytes(32), 9: bytes(32)}))
+    assert verified.empty_pcrs == (4, 9) and verified.verified_pcrs == (7,)
+    assert verified.claims["boot_applications"] == [] and verified.claims["ipl_files"] == []
+    claims = verify_event_log(log, _software_quote(log, {4: b"\x01" * 32})).claims
+    assert claims["boot_applications"] is None and claims["ipl_files"] is None
+    assert claims["kernel"] is None and claims["grub_commands"] is None
 
 
 def test_log_parse_structure() -> None:
