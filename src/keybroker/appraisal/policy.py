@@ -18,17 +18,17 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal
 
-from pydantic import BaseModel, Field, StrictBool, create_model, model_validator
+from pydantic import BaseModel, Field, StrictBool, ValidationError, create_model, model_validator
 
 from keybroker import stages
 from keybroker.appraisal.fields import Permission, Strict
 from keybroker.appraisal.registry import REGISTRY, TeeRegistry
 from keybroker.appraisal.sections.sgx import SgxAttributes, SgxSection
 from keybroker.appraisal.sections.tdx import TdxAttributes, TdxSection
+from keybroker.errors import Forbidden
 
 __all__ = [
     "DEFAULT_POLICY_NAME",
-    "RESERVED_TYPES",
     "NoneAttributes",
     "NoneSection",
     "SgxAttributes",
@@ -42,16 +42,6 @@ __all__ = [
 ]
 
 DEFAULT_POLICY_NAME = "urn:intel:trustedcomputing:key-transfer-policy:require-trust-or-authorization"
-#: Attestation types SecL names: those no registered TEE verifies yet are accepted by the schema
-#: and refused with a clear reason, rather than as an unknown value.
-_SECL_TYPES: Final = ("SNP", "TPM")
-
-
-def _reserved(registry: TeeRegistry) -> tuple[str, ...]:
-    return tuple(t for t in _SECL_TYPES if t not in registry.attestation_types)
-
-
-RESERVED_TYPES: Final = _reserved(REGISTRY)
 
 
 class NoneAttributes(Strict):
@@ -89,9 +79,6 @@ class TransferPolicyBase(Strict):
         types = set(self.attestation_type)
         if len(types) != len(self.attestation_type):
             raise ValueError("attestation_type lists a type twice")
-        for reserved in _reserved(self.registry):
-            if reserved in types:
-                raise ValueError(f"attestation_type {reserved} is reserved and not supported yet")
         for tee in self.registry:
             if tee.attestation_type in types and self.section(tee.name) is None:
                 raise ValueError(
@@ -123,8 +110,8 @@ def _a(word: str) -> str:
 
 def transfer_policy_model(registry: TeeRegistry) -> type[TransferPolicyBase]:
     """The transfer policy model for the TEEs of ``registry``: ``attestation_type`` lists their
-    types (and SecL's reserved ones, and ``NONE``), and each has its section, named after it."""
-    types: Any = Literal[(*registry.attestation_types, *_reserved(registry), "NONE")]
+    types (and ``NONE``), and each has its section, named after it."""
+    types: Any = Literal[(*registry.attestation_types, "NONE")]
     fields: dict[str, Any] = {
         "attestation_type": (list[types], Field(min_length=1)),
         **{tee.name: (tee.section.model | None, None) for tee in registry},
@@ -155,13 +142,18 @@ _PARSED_LOCK = threading.Lock()
 
 
 @stages.timed("policy")
-def stored_policy(body: Mapping[str, Any]) -> TransferPolicyBase:
-    """``TransferPolicyBody.model_validate(body)`` for a policy read from the database, parsed once per
-    content: every release reads its key's policy, and validating the model is most of the cost.
+def stored_policy(body: Mapping[str, Any], *, policy_id: str) -> TransferPolicyBase:
+    """A transfer policy read back from the database (``TransferPolicyBody.model_validate(body)``),
+    parsed once per content: every release reads its key's policy, and validating the model is most
+    of the cost.
 
     The cache is keyed by the body itself (its JSON text, keys sorted), so a policy that changes is a
     new key and is parsed again; nothing needs to be told. The model returned is shared between
-    requests: read it, never change it. Bodies that fail validation are not kept (each call raises).
+    requests: read it, never change it.
+
+    A policy stored under an older, looser model that no longer validates (a section whose rules were
+    tightened) denies with ``Forbidden`` naming the first error: it is never evaluated loosely, it is
+    not a server error, and it is not kept (each call refuses it again).
     """
     key = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     with _PARSED_LOCK:
@@ -169,7 +161,15 @@ def stored_policy(body: Mapping[str, Any]) -> TransferPolicyBase:
         if policy is not None:
             _PARSED.move_to_end(key)
             return policy
-    policy = TransferPolicyBody.model_validate(body)
+    try:
+        policy = TransferPolicyBody.model_validate(body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "the policy"
+        said = f"the transfer policy no longer validates ({where}: {first['msg']})"
+        raise Forbidden(
+            f"{said}: an administrator replaces transfer policy {policy_id}", reasons=[said]
+        ) from None
     with _PARSED_LOCK:
         _PARSED[key] = policy
         while len(_PARSED) > _PARSED_MAX:

@@ -95,12 +95,12 @@ REGISTRY = TeeRegistry(
         "az-snp-vtpm",
         azure.AZ_SNP_VTPM,
         (),
-        lambda t: AzureVtpmVerifier("az-snp-vtpm", collateral=t.collateral, dev_roots=t.dev_roots, tpm=t.tpm),
+        lambda t: AzureVtpmVerifier("az-snp-vtpm", SnpVerifier(t.dev_roots, t.snp_endorsements), tpm=t.tpm),
     ),
     TeeRegistration(
         "az-tdx-vtpm",
         azure.AZ_TDX_VTPM,
         DCAP_TCB_MEMBERS,
-        lambda t: AzureVtpmVerifier("az-tdx-vtpm", collateral=t.collateral, dev_roots=t.dev_roots, tpm=t.tpm),
+        lambda t: AzureVtpmVerifier("az-tdx-vtpm", DcapVerifier("tdx", t.collateral, t.dev_roots), tpm=t.tpm),
     ),
 )

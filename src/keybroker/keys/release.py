@@ -180,7 +180,7 @@ class ReleaseService:
                 reasons=["the key has no transfer policy"],
             )
         assert row.body is not None  # foreign key
-        policy = stored_policy(row.body)
+        policy = stored_policy(row.body, policy_id=row.transfer_policy_id)
         return ReleasableKey(row.id, row.backend_ref, row.public_key_pem), policy, row.transfer_policy_id
 
     def _lookup(self, key_id: str) -> tuple[ReleasableKey, TransferPolicyBody, str]:

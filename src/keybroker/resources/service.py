@@ -460,7 +460,7 @@ class KbsV0Service:
             return
         else:
             key_decision = secl.evaluate_input(
-                stored_policy(res.key_policy), doc, policy_id=res.key_policy_id
+                stored_policy(res.key_policy, policy_id=res.key_policy_id), doc, policy_id=res.key_policy_id
             )
             key_allowed = key_decision.allowed
             key_said = [r.within(_KEY_POLICY) for r in key_decision.findings]
@@ -494,7 +494,7 @@ class KbsV0Service:
             )
             if body is None:
                 raise Forbidden("the resource's transfer policy no longer exists", reasons=["policy missing"])
-            return secl.evaluate_input(stored_policy(body), doc, policy_id=policy_id)
+            return secl.evaluate_input(stored_policy(body, policy_id=policy_id), doc, policy_id=policy_id)
         if "rego" in policy:
             return rego.evaluate(_compiled(str(policy["rego"])), doc)
         raise Forbidden("the resource's policy is of an unknown kind", reasons=["unknown policy kind"])

@@ -31,9 +31,11 @@ from typing import Any, Final, Generic, Protocol, TypeVar
 
 from keybroker import stages
 from keybroker.errors import InvalidInput, VerificationError
+from keybroker.wire import binding
 
 __all__ = [
     "NO_REPORT_DATA",
+    "NO_VENDOR_STATUS",
     "Binding",
     "ExpectedReportData",
     "KbsV0Binding",
@@ -43,7 +45,12 @@ __all__ = [
     "VerifiedEvidence",
     "Verifier",
     "evidence_readings",
+    "report_data_64",
 ]
+
+#: ``tcb.status`` of evidence whose vendor publishes no TCB status to compare it with (SEV-SNP, TPMs,
+#: the Azure vTPMs on SEV-SNP): never UpToDate; the TEE's section judges the TCB by its own clauses.
+NO_VENDOR_STATUS: Final = "NoVendorStatus"
 
 
 class _NoReportData(enum.Enum):
@@ -74,6 +81,18 @@ class KbsV0Binding:
 
 
 Binding = KbsV1Binding | KbsV0Binding
+
+
+def report_data_64(bound: Binding) -> bytes:
+    """A 64-byte REPORTDATA / REPORT_DATA (SGX, TDX, SEV-SNP) for a protocol binding: SHA-512(nonce ||
+    SPKI) on ``/kbs/v1``, the ``/kbs/v0`` hash zero-padded."""
+    if isinstance(bound, KbsV1Binding):
+        return binding.v1_report_data(bound.nonce, bound.user_data)
+    return binding.v0_report_data(
+        bound.nonce, dict(bound.tee_pubkey), bound.additional_evidence, bound.hash_alg
+    )
+
+
 #: Exact report data bytes, a protocol's binding, or :data:`NO_REPORT_DATA`.
 ExpectedReportData = bytes | Binding | _NoReportData
 

@@ -12,19 +12,24 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+from collections.abc import Sequence
+from datetime import datetime
 from typing import Final
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPublicKeyTypes
 
-from keybroker.errors import EvidenceParseError
+from keybroker.errors import EvidenceParseError, VerificationError
 
 __all__ = [
     "X509_DECODE_ERRORS",
+    "Window",
+    "check_validity",
     "crl_signed_by",
     "decode_certificate",
     "decode_crl",
+    "format_time",
     "pem_certificates_and_crls",
     "split_pem_chain",
 ]
@@ -147,3 +152,34 @@ def pem_certificates_and_crls(data: bytes) -> tuple[list[str], list[str]]:
         else:
             raise ValueError(f"a PEM {label.decode()} block is neither a certificate nor a CRL")
     return certificates, crls
+
+
+#: (what, not before, not after) of a certificate or CRL, for :func:`check_validity`.
+Window = tuple[str, datetime, datetime]
+
+
+def format_time(t: datetime) -> str:
+    """A time in messages: RFC 3339, seconds, UTC."""
+    return t.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def check_validity(windows: Sequence[Window], at: datetime, *, check: str = "validity_window") -> datetime:
+    """Every window contains ``at`` (bounds inclusive), else ``VerificationError(check=check)`` naming
+    the first that does not. Returns the earliest end: when this verification stops being repeatable."""
+    expiry: datetime | None = None
+    for what, not_before, not_after in windows:
+        if at < not_before:
+            raise VerificationError(
+                f"{what} is not valid before {format_time(not_before)}; verification time is {format_time(at)}",
+                check=check,
+            )
+        if at > not_after:
+            raise VerificationError(
+                f"{what} expired at {format_time(not_after)}; verification time is {format_time(at)}",
+                check=check,
+            )
+        if expiry is None or not_after < expiry:
+            expiry = not_after
+    if expiry is None:
+        raise ValueError("no validity window to check")
+    return expiry

@@ -43,7 +43,7 @@ def _doc(claims: dict[str, Any] | None = None, *, sim: bool = False) -> dict[str
     return {
         "tee": "tpm",
         "claims": copy.deepcopy(claims or CLAIMS),
-        "tcb": {"status": "NotEvaluated", "advisory_ids": []},
+        "tcb": {"status": "NoVendorStatus", "advisory_ids": []},
         "sim": sim,
         "client_permissions": None,
     }
@@ -87,11 +87,31 @@ def test_pcrs_and_event_log_clauses() -> None:
         "kek: the claim is missing from the evidence",
         f"boot_applications {'05' * 32} is not in the policy's list (1 value: {'04' * 32})",
         "kernel: the claim is missing from the evidence",
+        "the files measured into PCR 9 are not known from the event log",
     ]
     no_log = copy.deepcopy(CLAIMS)
     del no_log["event_log"]
     assert _reasons(_policy(event_log={}), _doc(no_log)) == [
         "the policy requires an event log, and the evidence carries none"
+    ]
+
+
+def test_kernel_and_initrd_need_every_pcr9_file_listed() -> None:
+    """PCR 9's paths are not measured and the OS can extend PCR 9: the kernel claim (the file whose
+    path the command line names) holds only when no other file could have been the one booted."""
+    claims = copy.deepcopy(CLAIMS)
+    kernel, initrd, cfg, other = "08" * 32, "09" * 32, "0a" * 32, "0b" * 32
+    files = [{"digest": d, "path": None} for d in (cfg, kernel, initrd)]
+    claims["event_log"].update(kernel=kernel, initrd=initrd, ipl_files=files)
+    listed = {"kernel": [kernel], "initrd": [initrd], "ipl_files": [cfg]}
+    assert _reasons(_policy(event_log=listed), _doc(claims)) == []
+    claims["event_log"]["ipl_files"].append({"digest": other, "path": "/vmlinuz"})
+    assert _reasons(_policy(event_log=listed), _doc(claims)) == [
+        f"ipl_files {other} is not in the policy's list (3 values: {kernel}, {initrd}, {cfg})"
+    ]
+    # ipl_files alone: an allowlist of every PCR 9 file
+    assert _reasons(_policy(event_log={"ipl_files": [cfg, kernel, initrd]}), _doc(claims)) == [
+        f"ipl_files {other} is not in the policy's list (3 values: {cfg}, {kernel}, {initrd})"
     ]
 
 
@@ -133,7 +153,7 @@ def test_default_policies_on_a_tpm() -> None:
     assert d.trust_vector.runtime_opaque == 0 and d.trust_vector.hardware == 32
     assert not default_resource_policy(_doc()).allowed  # a TPM's resources need a policy
     assert _reasons(_policy(enforce_tcb_upto_date=True), _doc()) == [
-        "TCB status NotEvaluated is not UpToDate (enforce_tcb_upto_date is true)"
+        "TCB status NoVendorStatus is not UpToDate (enforce_tcb_upto_date is true)"
     ]
 
 

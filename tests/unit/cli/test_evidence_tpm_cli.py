@@ -79,6 +79,10 @@ def test_without_a_nonce_the_extra_data_is_a_claim() -> None:
     del args[i : i + 2]
     code, doc = _run(*args)
     assert code == 0 and doc["claims"]["quote"]["extra_data"] == "9009" and c["nonce_hex"] != "9009"
+    assert doc["claims"]["quote"]["nonce_checked"] is False
+    # --nonce "" means a quote taken without one: this quote has one, so it is rejected
+    code, doc = _run(*args, "--nonce", "")
+    assert code == 1 and doc["verdict"] == "rejected" and doc["failed_check"] == "report_data"
 
 
 def _azure_args(c: dict[str, Any]) -> list[str]:
@@ -99,7 +103,7 @@ def test_azure_corpus_case(c: dict[str, Any]) -> None:
     assert len(claims["tpm"]["pcrs"]["sha256"]) == 24 and claims["hcl"]["vm_configuration"]["secure-boot"]
     hardware = "snp" if c["hw"].startswith("snp") else "tdx"
     assert hardware in claims and claims["debug"] is False
-    assert doc["status"] == ("NotEvaluated" if hardware == "snp" else "OutOfDate")
+    assert doc["status"] == ("NoVendorStatus" if hardware == "snp" else "OutOfDate")
 
 
 @pytest.mark.parametrize("c", load_cases("az-vtpm"), ids=lambda c: c["id"])

@@ -10,8 +10,10 @@ attributes every section has. Every clause is checked and reported:
 * ``event_log``: present (even ``{}``): the evidence must carry an event log that replayed to the
   quote. Then ``secure_boot`` (the measured SecureBoot variable), ``pk``/``kek``/``db``/``dbx``
   (digests of the measured variables), ``boot_applications`` (every PCR 4 application must be
-  listed), ``kernel``/``initrd`` (the files GRUB measured that the measured command line names),
-  ``kernel_cmdline`` (exact command lines). A claim the log does not establish denies.
+  listed), ``kernel``/``initrd`` (the files GRUB measured that the measured command line names;
+  with either, or with ``ipl_files``, every PCR 9 file must be one of the three lists, since PCR 9's
+  paths are not measured), ``kernel_cmdline`` (exact command lines). A claim the log does not
+  establish denies.
 * ``allow_clock_regression`` (default false): a quote whose reset count, restart count (same reset)
   or clock (same boot) is below the latest one seen for its AK is denied: an old quote replayed,
   or a TPM whose state was rolled back.
@@ -83,8 +85,16 @@ class EventLogChecks(Strict):
     dbx: list[HexDigest] = Field(default_factory=list, max_length=64)
     #: Every boot application (PCR 4: shim, boot loader, kernel as EFI image) must be listed.
     boot_applications: list[HexDigest] = Field(default_factory=list, max_length=256)
+    #: The files GRUB measured into PCR 9 whose paths the measured command line (kernel) and the
+    #: measured ``initrd`` command name. The paths in PCR 9 events are not measured, and the OS can
+    #: extend PCR 9 after boot: a kernel or initrd clause therefore also requires every PCR 9 file
+    #: to be one of ``kernel``, ``initrd`` or ``ipl_files``, so a file relabelled or added afterwards
+    #: cannot stand in for the one that booted.
     kernel: list[HexDigest] = Field(default_factory=list, max_length=64)
     initrd: list[HexDigest] = Field(default_factory=list, max_length=64)
+    #: Every other file GRUB may measure into PCR 9 (its configuration, modules, fonts). Set (or
+    #: with ``kernel``/``initrd``): every PCR 9 file must be listed in one of the three.
+    ipl_files: list[HexDigest] = Field(default_factory=list, max_length=256)
     kernel_cmdline: list[CmdLine] = Field(default_factory=list, max_length=64)
 
 
@@ -122,7 +132,7 @@ class TpmAttributes(TpmChecks):
     #: The AK Names (hex) allowed. Empty: any trusted AK.
     ak_names: list[AkName] = Field(default_factory=list, max_length=1024)
     client_permissions: list[Permission] = Field(default_factory=list)
-    #: No vendor evaluates a TPM's TCB (status NotEvaluated): true denies every TPM quote.
+    #: No vendor publishes a TPM's TCB status (NoVendorStatus): true denies every TPM quote.
     enforce_tcb_upto_date: StrictBool = False
 
 
@@ -167,9 +177,22 @@ def _event_log(c: Clauses, prefix: str, claims: Mapping[str, Any], checks: Event
                 c.value_any_of(f"{prefix}boot_applications", app, checks.boot_applications)
     c.value_any_of(f"{prefix}kernel", log.get("kernel"), checks.kernel)
     c.value_any_of(f"{prefix}initrd", log.get("initrd"), checks.initrd)
+    if checks.kernel or checks.initrd or checks.ipl_files:
+        _every_ipl_file_listed(c, prefix, log, [*checks.kernel, *checks.initrd, *checks.ipl_files])
     c.value_any_of(
         f"{prefix}kernel_cmdline", log.get("kernel_cmdline"), checks.kernel_cmdline, hex_values=False
     )
+
+
+def _every_ipl_file_listed(c: Clauses, prefix: str, log: Mapping[str, Any], allowed: list[str]) -> None:
+    """Every file measured into PCR 9 is an allowed one (the kernel and initrd claims rest on paths
+    that are not measured; this makes them safe to rely on)."""
+    files = log.get("ipl_files")
+    if not isinstance(files, list) or not all(isinstance(f, Mapping) for f in files):
+        c.fail(f"{prefix}ipl_files", "the files measured into PCR 9 are not known from the event log")
+        return
+    for f in files:
+        c.value_any_of(f"{prefix}ipl_files", f.get("digest"), allowed)
 
 
 def clock_regression(claims: Mapping[str, Any]) -> str | None:

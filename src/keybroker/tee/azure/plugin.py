@@ -1,34 +1,41 @@
 """Azure confidential VMs behind the verifier interface: ``az-snp-vtpm`` and ``az-tdx-vtpm`` (the
 names Confidential Containers Trustee uses), one :class:`AzureVtpmVerifier` each.
 
-The evidence is Trustee's JSON (``evidence``). ``verify`` runs ``verify.verify_azure_vtpm`` with
-the hardware verified for real: the SEV-SNP report in the HCL slot by ``tee.snp.verify`` (the VCEK
-the attester sent, to AMD's pinned ARKs or a configured dev root; the report must come from VMPL 0,
-the paravisor's: a report a less privileged guest asked for could bind an AK the guest made), or the
-TD quote by ``tee.dcap`` (collateral from the trust's source or the caller). Then, for evidence
-version 2, the HCL runtime data's ``user-data`` must start with the quote's extraData. The quote's
-extraData is the report data the ``Verifier`` compares with the protocol's binding (as for ``tpm``).
+The evidence is Trustee's JSON (``evidence``). ``verify`` runs ``verify.verify_azure_vtpm`` with the
+hardware verified by the very plugin that verifies that TEE on its own, so that one trust decision
+lives in one place: the SEV-SNP report in the HCL slot by ``tee.snp.plugin.SnpVerifier`` (the VCEK
+the attester sent and the caller's chain, to AMD's pinned ARKs or a configured dev ARK; the report
+must come from VMPL 0, the paravisor's: a report a less privileged guest asked for could bind an AK
+the guest made), the TD quote by ``tee.dcap.plugin.DcapVerifier`` (collateral from its source or
+the caller). For evidence version 2, the HCL runtime data's ``user-data`` must start with the
+quote's extraData (``verify``). The quote's extraData is the report data the ``Verifier`` compares
+with the protocol's binding (as for ``tpm``).
 
-Claims: ``snp`` or ``tdx`` (the hardware's, as those TEEs name them), ``tpm`` (the vTPM quote's:
-PCRs, clock history), ``hcl`` (the runtime data's VM configuration and keys), ``debug`` (the
-hardware's debug bit). ``tcb``: TDX's from Intel's collateral; SEV-SNP's ``NotEvaluated`` (AMD
-publishes no TCB status; the reported TCB is a claim).
+Claims: ``snp`` or ``tdx`` (the hardware's, exactly as those TEEs' plugins give them), ``tpm`` (the
+vTPM quote's: PCRs, clock history), ``hcl`` (the runtime data's VM configuration and keys),
+``debug`` (the hardware's debug bit). ``tcb``: the hardware plugin's: TDX's from Intel's
+collateral, SEV-SNP's ``NoVendorStatus`` (AMD publishes no TCB status; ``minimum_tcb`` judges it).
 """
 
 from __future__ import annotations
 
 import hashlib
-import hmac
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final, Literal
 
-from cryptography import x509
+from cryptography.x509.oid import NameOID
 
 from keybroker import strictjson
-from keybroker.errors import CollateralError, EvidenceParseError, InvalidInput, VerificationError
+from keybroker.errors import (
+    CollateralError,
+    CollateralNotFound,
+    EvidenceParseError,
+    InvalidInput,
+    VerificationError,
+)
 from keybroker.tee.azure.evidence import MAX_EVIDENCE, AzureEvidence, parse_trustee_evidence
 from keybroker.tee.azure.hcl import parse_hcl_report
 from keybroker.tee.azure.verify import (
@@ -37,21 +44,16 @@ from keybroker.tee.azure.verify import (
     VerifiedHardware,
     verify_azure_vtpm,
 )
-from keybroker.tee.dcap.abi import parse_quote
-from keybroker.tee.dcap.chain import TrustedRoots
 from keybroker.tee.dcap.endorsements import QuoteCollateral
-from keybroker.tee.dcap.sources import CollateralSource
-from keybroker.tee.dcap.verify import CHECKS as DCAP_CHECKS
-from keybroker.tee.dcap.verify import VerifiedQuote as VerifiedTdQuote
-from keybroker.tee.dcap.verify import platform_of, verify_parsed_quote
+from keybroker.tee.dcap.plugin import DcapVerifier
 from keybroker.tee.snp.certs import load_certificate_ders
-from keybroker.tee.snp.plugin import dev_arks
-from keybroker.tee.snp.verify import CHECKS as SNP_CHECKS
-from keybroker.tee.snp.verify import VerifiedSnpReport, verify_report
-from keybroker.tee.tpm.plugin import NOT_EVALUATED, expected_extra_data, observe_clock
+from keybroker.tee.snp.plugin import SnpEvidence, SnpVerifier
+from keybroker.tee.snp.sources import SnpEndorsements
+from keybroker.tee.tpm.plugin import expected_extra_data, observe_clock
 from keybroker.tee.tpm.trust import TpmTrust
 from keybroker.tee.tpm.verify import NO_NONCE
 from keybroker.tee.verifier import Binding, VerifiedEvidence
+from keybroker.tee.x509 import X509_DECODE_ERRORS, decode_certificate
 
 __all__ = ["AZURE_TEES", "AzureEndorsements", "AzureVtpmVerifier", "VerifiedAzure"]
 
@@ -70,13 +72,12 @@ class AzureEndorsements:
 
 @dataclass(frozen=True, slots=True)
 class VerifiedAzure:
-    """A verified Azure vTPM evidence: the chain of ``verify_azure_vtpm``, the hardware's own
-    verified result, the vTPM AK's clock history."""
+    """A verified Azure vTPM evidence: the chain of ``verify_azure_vtpm``, the hardware's result as
+    its own TEE's plugin gives it (claims, TCB, ``sim``), the vTPM AK's clock history."""
 
     name: str
     azure: VerifiedAzureVtpm
-    snp: VerifiedSnpReport | None
-    td_quote: VerifiedTdQuote | None
+    hardware_evidence: VerifiedEvidence
     clock: dict[str, Any]
     checks: tuple[str, ...]
 
@@ -85,32 +86,18 @@ class VerifiedAzure:
         return self.azure.tee
 
     def hardware_claims(self) -> dict[str, Any]:
-        if self.snp is not None:
-            return self.snp.claims.to_dict()
-        assert self.td_quote is not None
-        return self.td_quote.claims.to_dict()
+        return dict(self.hardware_evidence.claims)
 
     @property
     def debug(self) -> bool:
-        if self.snp is not None:
-            return self.snp.claims.debug
-        assert self.td_quote is not None
-        return self.td_quote.claims.debug
+        return self.hardware_evidence.claims.get("debug") is not False
 
     @property
     def sim(self) -> bool:
-        return self.snp.sim if self.snp is not None else bool(self.td_quote and self.td_quote.sim)
+        return self.hardware_evidence.sim
 
     def tcb(self) -> dict[str, Any]:
-        if self.td_quote is None:
-            return {"status": NOT_EVALUATED, "advisory_ids": []}
-        q = self.td_quote
-        return {
-            "status": q.status,
-            "advisory_ids": list(q.advisory_ids),
-            "collateral_expiry": q.collateral_expiry.isoformat(),
-            "tcb_date": q.tcb_date.isoformat(),
-        }
+        return dict(self.hardware_evidence.tcb)
 
     def claims_dict(self) -> dict[str, Any]:
         full = self.azure.claims()
@@ -139,7 +126,7 @@ class VerifiedAzure:
         }
 
     def summary(self) -> list[tuple[str, str]]:
-        hw = "SEV-SNP report" if self.snp is not None else "TD quote"
+        hw = "SEV-SNP report" if self.hardware == "snp" else "TD quote"
         tcb = self.tcb()
         return [
             ("TEE", f"Azure confidential VM ({self.hardware.upper()}) through its vTPM"),
@@ -153,12 +140,21 @@ class VerifiedAzure:
     def ear_claims(self) -> dict[str, Any]:
         hw = self.hardware_claims()
         out: dict[str, Any] = {"attester_type": self.name.upper()}
-        if self.snp is not None:
+        if self.hardware == "snp":
             out["snp_measurement"] = hw["measurement"]
         else:
             out["tdx_mrtd"] = hw["mr_td"]
         out["tpm_pcrs"] = {"sha256": {str(i): v.hex() for i, v in self.azure.quote.pcrs[0][1]}}
         return out
+
+
+def _common_name(der: bytes) -> str | None:
+    """A certificate's subject CN (None when it has none or does not decode: the verifier refuses it)."""
+    try:
+        cns = decode_certificate(der).subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    except X509_DECODE_ERRORS:
+        return None
+    return str(cns[0].value) if len(cns) == 1 else None
 
 
 def evidence_digest(hcl_report: bytes, quote: bytes) -> str:
@@ -169,24 +165,20 @@ def evidence_digest(hcl_report: bytes, quote: bytes) -> str:
 
 
 class AzureVtpmVerifier:
-    """Verifies Trustee's ``az-snp-vtpm`` or ``az-tdx-vtpm`` evidence."""
+    """Verifies Trustee's ``az-snp-vtpm`` or ``az-tdx-vtpm`` evidence; ``hardware`` is the plugin of
+    its hardware TEE (an :class:`SnpVerifier` or the ``tdx`` :class:`DcapVerifier`), built with the
+    same trust as the server's ``snp`` or ``tdx``."""
 
     def __init__(
-        self,
-        name: str,
-        *,
-        collateral: CollateralSource,
-        dev_roots: Iterable[x509.Certificate] = (),
-        tpm: TpmTrust | None = None,
+        self, name: str, hardware: SnpVerifier | DcapVerifier, *, tpm: TpmTrust | None = None
     ) -> None:
         if name not in AZURE_TEES:
             raise ValueError(f"Azure vTPM verifiers are {', '.join(AZURE_TEES)}, not {name!r}")
+        if hardware.name != AZURE_TEES[name]:
+            raise ValueError(f"{name} needs the {AZURE_TEES[name]} plugin, not {hardware.name!r}")
         self._name = name
         self._hardware: Hardware = AZURE_TEES[name]
-        self.collateral = collateral
-        self._dev_roots = tuple(dev_roots)
-        self._roots = TrustedRoots(self._dev_roots)
-        self._dev_arks = dev_arks(self._dev_roots)  # the SEV-SNP report's: the others are not ARKs
+        self._plugin = hardware
         self._tpm = tpm or TpmTrust()
 
     @property
@@ -195,7 +187,7 @@ class AzureVtpmVerifier:
 
     @property
     def checks(self) -> tuple[str, ...]:
-        hardware = tuple(c for c in (SNP_CHECKS if self._hardware == "snp" else DCAP_CHECKS) if c != "parse")
+        hardware = tuple(c for c in self._plugin.checks if c != "parse")
         extra = ("vmpl",) if self._hardware == "snp" else ("td_report",)
         return (
             "hcl_report",
@@ -241,71 +233,76 @@ class AzureVtpmVerifier:
             return AzureEndorsements(td_collateral=endorsements)
         raise TypeError(f"Azure endorsements are AzureEndorsements, not {type(endorsements).__name__}")
 
+    def _verify_hardware(
+        self, e: HardwareEvidence, given: AzureEndorsements, at: datetime
+    ) -> VerifiedEvidence:
+        """The hardware evidence through its own TEE's plugin: parse, verify, claims."""
+        plugin = self._plugin
+        if isinstance(plugin, SnpVerifier):
+            if e.vcek is None:
+                raise EvidenceParseError("SNP evidence without a VCEK", field="evidence.vcek")
+            parsed = plugin.parse(e.report)
+            endorsements = SnpEndorsements((e.vcek,), origin="the evidence's VCEK")
+            if given.snp_chain is not None:
+                chain = tuple(c for c in given.snp_chain if c != e.vcek)
+                endorsements = SnpEndorsements(
+                    (e.vcek, *chain), origin="the evidence's VCEK and the given chain"
+                )
+            else:
+                endorsements = self._with_cached_chain(parsed, endorsements, at)
+            result = plugin.claims(plugin.verify(parsed, at=at, endorsements=endorsements))
+            vmpl = result.claims.get("vmpl")
+            if vmpl != 0:
+                raise VerificationError(
+                    f"the SEV-SNP report was requested at VMPL {vmpl}, not 0 (the paravisor's): a less "
+                    "privileged guest could have bound an AK of its own",
+                    check="vmpl",
+                )
+            return result
+        return plugin.claims(plugin.verify(plugin.parse(e.report), at=at, endorsements=given.td_collateral))
+
+    def _with_cached_chain(self, parsed: SnpEvidence, sent: SnpEndorsements, at: datetime) -> SnpEndorsements:
+        """The evidence carries the VCEK alone. Its ASK/ARK and AMD's CRLs come from the SEV-SNP
+        verifier's source (the KDS cache) when it holds them for this report, as for a plain SEV-SNP
+        report, so revocation is checked the same way; else the shipped ASK (and no CRL)."""
+        assert isinstance(self._plugin, SnpVerifier)
+        try:
+            cached = self._plugin.source_endorsements(parsed, at)
+        except CollateralNotFound:
+            return sent
+        if cached is None:
+            return sent
+        vcek = sent.certificates[0]
+        chain = tuple(c for c in cached.certificates if _common_name(c) != "SEV-VCEK" and c != vcek)
+        return SnpEndorsements(
+            (vcek, *chain), cached.crls, origin="the evidence's VCEK and the KDS cache's chain"
+        )
+
     def verify(self, parsed: AzureEvidence, *, at: datetime, endorsements: object | None) -> VerifiedAzure:
         given = self._endorsements(endorsements)
-        found: dict[str, Any] = {}
+        found: list[VerifiedEvidence] = []
 
         def hardware(e: HardwareEvidence) -> VerifiedHardware:
-            if e.tee == "snp":
-                if e.vcek is None:
-                    raise EvidenceParseError("SNP evidence without a VCEK", field="evidence.vcek")
-                report = verify_report(
-                    e.report, vcek_or_vlek=e.vcek, chain=given.snp_chain, at=at, dev_roots=self._dev_arks
-                )
-                if report.report.vmpl != 0:
-                    raise VerificationError(
-                        f"the SEV-SNP report was requested at VMPL {report.report.vmpl}, not 0 (the "
-                        "paravisor's): a less privileged guest could have bound an AK of its own",
-                        check="vmpl",
-                    )
-                found["snp"] = report
-                return VerifiedHardware(report.report_data, {})
-            unverified = parse_quote(e.report)
-            if unverified.tee != "tdx":
-                raise VerificationError("the TD quote is not a TDX quote", check="tee_type")
-            collateral = given.td_collateral
-            if collateral is None:
-                fmspc, pck_ca = platform_of(unverified)
-                collateral = self.collateral.collateral_for(tee="tdx", fmspc=fmspc, pck_ca=pck_ca, at=at)
-            quote = verify_parsed_quote(unverified, collateral, at=at, roots=self._roots)
-            found["tdx"] = quote
-            return VerifiedHardware(quote.report_data, {})
+            result = self._verify_hardware(e, given, at)
+            found.append(result)
+            return VerifiedHardware(result.report_data, {})
 
         azure = verify_azure_vtpm(parsed, expected_nonce=NO_NONCE, verify_hardware=hardware)
+        (result,) = found
         checks = list(azure.checks)
-        hw_checks = [c for c in (found["snp"] if "snp" in found else found["tdx"]).checks if c != "parse"]
-        if "snp" in found:
+        hw_checks = [c for c in result.checks if c != "parse"]
+        if self._hardware == "snp":
             hw_checks.append("vmpl")
         at_hw = checks.index("hardware")
         checks[at_hw : at_hw + 1] = hw_checks
-        if parsed.version >= 2:
-            self._check_user_data(azure)
-            checks.append("user_data")
         clock = observe_clock(self._tpm, azure.quote)
         return VerifiedAzure(
             name=self._name,
             azure=azure,
-            snp=found.get("snp"),
-            td_quote=found.get("tdx"),
+            hardware_evidence=result,
             clock=clock,
             checks=tuple(checks),
         )
-
-    @staticmethod
-    def _check_user_data(azure: VerifiedAzureVtpm) -> None:
-        """Evidence version 2: the HCL report was made for this challenge too (Trustee's step 5)."""
-        extra = azure.quote.extra_data
-        user_data = azure.hcl.user_data
-        try:
-            decoded = bytes.fromhex(user_data) if user_data is not None else b""
-        except ValueError:
-            decoded = b""
-        if len(decoded) != 64 or not extra or not hmac.compare_digest(decoded[: len(extra)], extra):
-            raise VerificationError(
-                "the HCL runtime data's user-data does not start with the quote's extraData (evidence "
-                "version 2 binds the HCL report to the challenge)",
-                check="user_data",
-            )
 
     def claims(self, verified: VerifiedAzure) -> VerifiedEvidence:
         return VerifiedEvidence(

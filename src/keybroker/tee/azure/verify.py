@@ -16,8 +16,9 @@ each failure a ``VerificationError(check=...)``):
 5. The vTPM quote, ``tee.tpm.verify.verify_quote`` with HCLAkPub (a bare RSASSA-PKCS1-v1_5 SHA-256
    signature): ``signature``, ``extra_data`` (the nonce), ``pcr_selection`` (all 24 SHA-256 PCRs
    reported, exactly the quote's selection), ``pcr_digest``.
-6. ``user_data`` (evidence version 2, when a nonce is expected): the runtime data's ``user-data``
-   (64 bytes, hex) starts with the nonce: the HCL report itself was made for this challenge.
+6. ``user_data`` (evidence version 2): the runtime data's ``user-data`` (64 bytes, hex) starts with
+   the quote's extraData (the nonce, once ``extra_data`` compared it): the HCL report itself was
+   made for this challenge.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from keybroker.tee.dcap.abi import TdReportBody
 from keybroker.tee.dcap.abi import parse_quote as parse_td_quote
 from keybroker.tee.tpm.abi import ClockInfo, TpmSignature
 from keybroker.tee.tpm.claims import tpm_claims
-from keybroker.tee.tpm.verify import NO_NONCE, ExpectedExtraData, VerifiedQuote, verify_quote
+from keybroker.tee.tpm.verify import ExpectedExtraData, VerifiedQuote, verify_quote
 
 __all__ = [
     "CHECKS",
@@ -204,17 +205,17 @@ def verify_azure_vtpm(
     )
     checks.extend(c for c in quote.checks if c not in ("parse", "ak_public"))
 
-    if evidence.version >= 2 and expected_nonce is not NO_NONCE:
-        assert isinstance(expected_nonce, bytes)
+    if evidence.version >= 2:
+        extra = quote.extra_data
         user_data = hcl.user_data
         try:
             decoded = bytes.fromhex(user_data) if user_data is not None else b""
         except ValueError:
             decoded = b""
-        if len(decoded) != 64 or not hmac.compare_digest(decoded[: len(expected_nonce)], expected_nonce):
+        if len(decoded) != 64 or not extra or not hmac.compare_digest(decoded[: len(extra)], extra):
             raise VerificationError(
-                "the HCL runtime data's user-data does not start with the nonce (evidence version 2 binds "
-                "the HCL report to the challenge)",
+                "the HCL runtime data's user-data does not start with the quote's extraData (evidence "
+                "version 2 binds the HCL report to the challenge)",
                 check="user_data",
             )
         checks.append("user_data")

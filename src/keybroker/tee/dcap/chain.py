@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
 from functools import lru_cache
 from importlib import resources
 from typing import Final, Literal
@@ -35,6 +34,7 @@ from keybroker.tee.dcap.pck import (
     ca_type_from_name,
     decode_certificate,
 )
+from keybroker.tee.x509 import Window
 
 __all__ = [
     "INTEL_SGX_ROOT_CA",
@@ -65,8 +65,6 @@ if hashlib.sha256(_INTEL_ROOT_DER).hexdigest() != _INTEL_ROOT_SHA256:  # pragma:
 _KNOWN_CRITICAL: Final = frozenset({ExtensionOID.BASIC_CONSTRAINTS, ExtensionOID.KEY_USAGE})
 
 RootKind = Literal["intel", "dev"]
-#: (what, not before, not after): a validity window checked at verification time.
-Window = tuple[str, datetime, datetime]
 
 
 class TrustedRoots:

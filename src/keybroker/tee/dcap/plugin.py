@@ -24,8 +24,7 @@ from keybroker.tee.dcap.chain import TrustedRoots
 from keybroker.tee.dcap.endorsements import QuoteCollateral
 from keybroker.tee.dcap.sources import CollateralSource
 from keybroker.tee.dcap.verify import CHECKS, VerifiedQuote, platform_of, verify_parsed_quote
-from keybroker.tee.verifier import Binding, KbsV1Binding, VerifiedEvidence
-from keybroker.wire import binding
+from keybroker.tee.verifier import Binding, VerifiedEvidence, report_data_64
 
 __all__ = ["DCAP_TCB_MEMBERS", "DCAP_TEES", "DcapVerifier", "dcap_verifiers", "verified_evidence"]
 
@@ -109,11 +108,7 @@ class DcapVerifier:
 
     def expected_report_data(self, bound: Binding) -> bytes:
         """REPORTDATA, 64 bytes: SHA-512(nonce || SPKI) (``/kbs/v1``), or the ``/kbs/v0`` hash zero-padded."""
-        if isinstance(bound, KbsV1Binding):
-            return binding.v1_report_data(bound.nonce, bound.user_data)
-        return binding.v0_report_data(
-            bound.nonce, dict(bound.tee_pubkey), bound.additional_evidence, bound.hash_alg
-        )
+        return report_data_64(bound)
 
     def evidence_sha256(self, evidence: bytes) -> str:
         """SHA-256 of the quote without its zero padding (``abi.canonical_quote``): one quote, one

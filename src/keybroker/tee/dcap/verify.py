@@ -77,6 +77,7 @@ from keybroker.tee.dcap.pck import (
     split_pem_chain,
 )
 from keybroker.tee.dcap.tcb import check_tdx_module, evaluate_tcb, match_qe_identity
+from keybroker.tee.x509 import check_validity
 
 __all__ = [
     "CHECKS",
@@ -406,29 +407,6 @@ def _pck_pem(unverified_quote: Quote, collateral: QuoteCollateral) -> bytes:
     return pem
 
 
-def _fmt(t: datetime) -> str:
-    return t.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _check_windows(windows: Sequence[Window], at: datetime) -> datetime:
-    expiry = None
-    for what, not_before, not_after in windows:
-        if at < not_before:
-            raise VerificationError(
-                f"{what} is not valid before {_fmt(not_before)}; verification time is {_fmt(at)}",
-                check="validity_window",
-            )
-        if at > not_after:
-            raise VerificationError(
-                f"{what} expired at {_fmt(not_after)}; verification time is {_fmt(at)}",
-                check="validity_window",
-            )
-        if expiry is None or not_after < expiry:
-            expiry = not_after
-    assert expiry is not None
-    return expiry
-
-
 def verify_quote(
     raw: bytes,
     collateral: QuoteCollateral,
@@ -527,7 +505,7 @@ def verify_parsed_quote(
         )
     checks.append("pck_crl")
 
-    expiry = min(_check_windows(pck.chain.windows, at), _check_windows(coll.windows, at))
+    expiry = min(check_validity(pck.chain.windows, at), check_validity(coll.windows, at))
     checks.append("validity_window")
 
     sig = unverified_quote.signature

@@ -47,7 +47,15 @@ from cryptography.x509.oid import ExtensionOID, NameOID, SignatureAlgorithmOID
 
 from keybroker.errors import EvidenceParseError, VerificationError
 from keybroker.tee.snp.abi import PRODUCTS, Product, SigningKey, Tcb
-from keybroker.tee.x509 import X509_DECODE_ERRORS, decode_certificate, decode_crl, split_pem_chain
+from keybroker.tee.x509 import (
+    X509_DECODE_ERRORS,
+    Window,
+    check_validity,
+    decode_certificate,
+    decode_crl,
+    format_time,
+    split_pem_chain,
+)
 
 __all__ = [
     "AMD_LOCATION",
@@ -133,7 +141,7 @@ _ATTR_NAMES: Final = {
     NameOID.STATE_OR_PROVINCE_NAME: "ST",
 }
 
-_Window = tuple[str, datetime, datetime]
+_Window = Window
 
 # Every VCEK and VLEK has serial number 0, which cryptography 50 parses with a deprecation warning
 # (and says a future release will refuse: mind the pin in pyproject.toml). Silenced here for the
@@ -904,15 +912,15 @@ def check_crls(
             raise VerificationError(f"crls[{i}] ({ark_cn}) has no nextUpdate", check="crl")
         if not crl.last_update_utc <= at <= next_update:
             raise VerificationError(
-                f"crls[{i}] ({ark_cn}) is valid {_fmt(crl.last_update_utc)}..{_fmt(next_update)}, "
-                f"not at {_fmt(at)}",
+                f"crls[{i}] ({ark_cn}) is valid {format_time(crl.last_update_utc)}..{format_time(next_update)}, "
+                f"not at {format_time(at)}",
                 check="crl",
             )
         revoked = crl.get_revoked_certificate_by_serial_number(chain.intermediate.serial_number)
         if revoked is not None:
             raise VerificationError(
                 f"{_cn(chain.intermediate.subject)} (serial 0x{chain.intermediate.serial_number:x}) is revoked "
-                f"by {ark_cn}'s CRL since {_fmt(revoked.revocation_date_utc)}",
+                f"by {ark_cn}'s CRL since {format_time(revoked.revocation_date_utc)}",
                 check="crl",
             )
         applied.append((f"{ark_cn} CRL", crl.last_update_utc, next_update))
@@ -980,31 +988,3 @@ def verify_crl(
         next_update=next_update,
         revoked_serials=frozenset(r.serial_number for r in parsed),
     )
-
-
-def _fmt(t: datetime) -> str:
-    return t.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def check_validity(windows: Sequence[_Window], at: datetime) -> datetime:
-    """Every window contains ``at`` (bounds inclusive), else ``VerificationError(check="validity_window")``.
-
-    Returns the earliest end: when this verification stops being repeatable.
-    """
-    expiry: datetime | None = None
-    for what, not_before, not_after in windows:
-        if at < not_before:
-            raise VerificationError(
-                f"{what} is not valid before {_fmt(not_before)}; verification time is {_fmt(at)}",
-                check="validity_window",
-            )
-        if at > not_after:
-            raise VerificationError(
-                f"{what} expired at {_fmt(not_after)}; verification time is {_fmt(at)}",
-                check="validity_window",
-            )
-        if expiry is None or not_after < expiry:
-            expiry = not_after
-    if expiry is None:
-        raise ValueError("no validity window to check")
-    return expiry

@@ -73,9 +73,8 @@ from keybroker.tee.snp.verify import (
     signing_key_of,
     verify_report,
 )
-from keybroker.tee.verifier import Binding, KbsV1Binding, VerifiedEvidence
+from keybroker.tee.verifier import NO_VENDOR_STATUS, Binding, VerifiedEvidence, report_data_64
 from keybroker.tee.x509 import X509_DECODE_ERRORS, decode_certificate, decode_crl, split_pem_chain
-from keybroker.wire import binding
 
 __all__ = [
     "TCB_STATUS",
@@ -87,7 +86,7 @@ __all__ = [
 ]
 
 #: ``tcb.status`` of every SEV-SNP result: AMD publishes no TCB status to compare with.
-TCB_STATUS: Final = "NoVendorStatus"
+TCB_STATUS: Final = NO_VENDOR_STATUS
 _LEAF_CN: Final[Mapping[SigningKey, str]] = {"vcek": "SEV-VCEK", "vlek": "SEV-VLEK"}
 _ARK_CNS: Final = frozenset(f"ARK-{p}" for p in PRODUCTS)
 #: Offsets of the header fields ``recognizes`` reads (abi: VERSION 0x000, POLICY 0x008, SIGNATURE_ALGO 0x034).
@@ -231,16 +230,7 @@ class SnpVerifier:
             crls = () if table.crl is None else (table.crl,)
             return SnpEndorsements(certs, crls, origin="the evidence's certificate table")
         if self._source is not None:
-            r = parsed.unverified_report
-            return self._source(
-                SnpPlatform(
-                    product=r.cpuid_product,
-                    signing_key=kind,
-                    chip_id=r.chip_id,
-                    reported_tcb=r.reported_tcb,
-                    at=at,
-                )
-            )
+            return self._source(_platform(parsed.unverified_report, kind, at))
         carried = (
             "no certificate table"
             if table is None
@@ -250,6 +240,14 @@ class SnpVerifier:
             f"the SEV-SNP evidence carries {carried} and no endorsement source (KDS cache) is configured: "
             f"send the {kind.upper()} with the report (configfs-tsm auxblob), or give the certificates"
         )
+
+    def source_endorsements(self, parsed: SnpEvidence, at: datetime) -> SnpEndorsements | None:
+        """What the configured source (the KDS cache) holds for this report; None when no source is
+        configured. ``CollateralNotFound`` when it holds nothing for it."""
+        if self._source is None:
+            return None
+        report = parsed.unverified_report
+        return self._source(_platform(report, signing_key_of(report), at))
 
     def verify(self, parsed: SnpEvidence, *, at: datetime, endorsements: object | None) -> VerifiedSnpReport:
         kind = signing_key_of(parsed.unverified_report)
@@ -283,11 +281,7 @@ class SnpVerifier:
 
     def expected_report_data(self, bound: Binding) -> bytes:
         """REPORT_DATA, 64 bytes: SHA-512(nonce || SPKI) (``/kbs/v1``), or the ``/kbs/v0`` hash zero-padded."""
-        if isinstance(bound, KbsV1Binding):
-            return binding.v1_report_data(bound.nonce, bound.user_data)
-        return binding.v0_report_data(
-            bound.nonce, dict(bound.tee_pubkey), bound.additional_evidence, bound.hash_alg
-        )
+        return report_data_64(bound)
 
     def evidence_sha256(self, evidence: bytes) -> str:
         """SHA-256 of the report with S in its low form, without the certificate table (the table
@@ -349,6 +343,17 @@ class SnpVerifier:
                 raise InvalidInput("a cert_chain entry's data is empty", field=f"{where}.data")
             items.append((guid, data))
         return report + build_cert_table(items) if items else report
+
+
+def _platform(report: AttestationReport, kind: SigningKey, at: datetime) -> SnpPlatform:
+    """What an (unverified) report says of its signing key: a source's lookup key."""
+    return SnpPlatform(
+        product=report.cpuid_product,
+        signing_key=kind,
+        chip_id=report.chip_id,
+        reported_tcb=report.reported_tcb,
+        at=at,
+    )
 
 
 def _leaf_and_chain(found: SnpEndorsements, kind: SigningKey) -> tuple[bytes, tuple[bytes, ...] | None]:

@@ -327,17 +327,49 @@ def parse_pcr_selection(raw: bytes, *, name: str = "TPML_PCR_SELECTION") -> tupl
     return out
 
 
+#: [P2] TPMS_CLOCK_INFO: clock (UINT64), resetCount, restartCount (UINT32), safe (TPMI_YES_NO, a byte).
+CLOCK_INFO_SIZE: Final = 8 + 4 + 4 + 1
+#: [P2] TPMS_ATTEST, the fixed part before qualifiedSigner's name: magic (TPM_GENERATED, UINT32) at 0,
+#: type (TPMI_ST_ATTEST, UINT16) at 4, qualifiedSigner.size (UINT16) at 6.
+ATTEST_MAGIC_START: Final = 0
+ATTEST_TYPE_START: Final = ATTEST_MAGIC_START + 4
+ATTEST_SIGNER_START: Final = ATTEST_TYPE_START + 2
+
+
 def parse_attest(raw: bytes) -> Attest:
-    """Parse a TPMS_ATTEST of type TPM_ST_ATTEST_QUOTE that fills ``raw`` exactly."""
+    """Parse a TPMS_ATTEST of type TPM_ST_ATTEST_QUOTE that fills ``raw`` exactly.
+
+    [P2] Table "TPMS_ATTEST" with TPMU_ATTEST = Table "TPMS_QUOTE_INFO", big-endian; Q and E are
+    the sizes of qualifiedSigner's name and of extraData, N the selection's length:
+
+    ====================  ===============  =====================================================
+    offset                size             field
+    ====================  ===============  =====================================================
+    0                     4                magic: TPM_GENERATED_VALUE 0xFF544347
+    4                     2                type: TPM_ST_ATTEST_QUOTE 0x8018
+    6                     2 + Q            qualifiedSigner (TPM2B_NAME, Q <= 2 + 64)
+    8 + Q                 2 + E            extraData (TPM2B_DATA, E <= 2 + 64; the nonce binding)
+    10 + Q + E            17               clockInfo: clock, resetCount, restartCount, safe (0/1)
+    27 + Q + E            8                firmwareVersion
+    35 + Q + E            N                attested.quote.pcrSelect (TPML_PCR_SELECTION: count,
+                                           then per bank hash, sizeofSelect <= 4, the bitmap)
+    35 + Q + E + N        2 + D            attested.quote.pcrDigest (TPM2B_DIGEST, D <= 64)
+    ====================  ===============  =====================================================
+
+    The structure must end there; every error names the field and its offset in ``raw``."""
     r = _Reader(raw, "TPMS_ATTEST")
     magic = r.u32("magic")
     if magic != TPM_GENERATED_VALUE:
-        raise r.fail(f"0x{magic:08x} is not TPM_GENERATED_VALUE 0x{TPM_GENERATED_VALUE:08x}", "magic", 0)
+        detail = f"0x{magic:08x} is not TPM_GENERATED_VALUE 0x{TPM_GENERATED_VALUE:08x}"
+        raise r.fail(detail, "magic", ATTEST_MAGIC_START)
     kind = r.u16("type")
     if kind != TPM_ST_ATTEST_QUOTE:
-        raise r.fail(f"0x{kind:04x} is not TPM_ST_ATTEST_QUOTE 0x{TPM_ST_ATTEST_QUOTE:04x}", "type", 4)
+        detail = f"0x{kind:04x} is not TPM_ST_ATTEST_QUOTE 0x{TPM_ST_ATTEST_QUOTE:04x}"
+        raise r.fail(detail, "type", ATTEST_TYPE_START)
+    assert r.pos == ATTEST_SIGNER_START
     qualified_signer = r.tpm2b("qualifiedSigner", _MAX_HA)
     extra_data = r.tpm2b("extraData", _MAX_HA)
+    clock_start = r.pos
     clock = r.u64("clockInfo.clock")
     reset_count = r.u32("clockInfo.resetCount")
     restart_count = r.u32("clockInfo.restartCount")
@@ -345,6 +377,7 @@ def parse_attest(raw: bytes) -> Attest:
     safe = r.u8("clockInfo.safe")
     if safe > 1:
         raise r.fail(f"TPMI_YES_NO is {safe}, not 0 or 1", "clockInfo.safe", at)
+    assert r.pos == clock_start + CLOCK_INFO_SIZE
     firmware_version = r.u64("firmwareVersion")
     pcr_select = _parse_pcr_selection(r)
     pcr_digest = r.tpm2b("pcrDigest", _MAX_DIGEST)

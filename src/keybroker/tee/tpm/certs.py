@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 
 from keybroker.errors import VerificationError
-from keybroker.tee.x509 import X509_DECODE_ERRORS, decode_certificate
+from keybroker.tee.x509 import X509_DECODE_ERRORS, check_validity, decode_certificate
 
 __all__ = ["CertChain", "load_certificate", "spki_der", "verify_certificate_chain"]
 
@@ -108,21 +108,8 @@ def _check_profile(cert: x509.Certificate, what: str, check: str, *, anchor: boo
         raise VerificationError(f"{what}: signature hash {name} is not SHA-256/384/512", check=check)
 
 
-def _fmt(t: datetime) -> str:
-    return t.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def _check_window(cert: x509.Certificate, what: str, at: datetime, check: str) -> None:
-    if at < cert.not_valid_before_utc:
-        raise VerificationError(
-            f"{what} is not valid before {_fmt(cert.not_valid_before_utc)}; verification time is {_fmt(at)}",
-            check=check,
-        )
-    if at > cert.not_valid_after_utc:
-        raise VerificationError(
-            f"{what} expired at {_fmt(cert.not_valid_after_utc)}; verification time is {_fmt(at)}",
-            check=check,
-        )
+    check_validity([(what, cert.not_valid_before_utc, cert.not_valid_after_utc)], at, check=check)
 
 
 def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:

@@ -64,6 +64,7 @@ def tpm_claims(quote: VerifiedQuote, event_log: VerifiedEventLog | None = None) 
         claims["event_log"] = {
             "bank": event_log.bank,
             "verified_pcrs": list(event_log.verified_pcrs),
+            "empty_pcrs": list(event_log.empty_pcrs),
             "unquoted_pcrs": list(event_log.unquoted_pcrs),
             **event_log.claims,
         }

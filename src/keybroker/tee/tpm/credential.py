@@ -51,7 +51,7 @@ from keybroker.tee.tpm.abi import (
     TpmPublic,
 )
 from keybroker.tee.tpm.certs import CertChain, load_certificate, spki_der, verify_certificate_chain
-from keybroker.tee.tpm.verify import AK_REQUIRED_ATTRIBUTES
+from keybroker.tee.tpm.verify import check_ak
 
 __all__ = [
     "EK_REQUIRED_ATTRIBUTES",
@@ -188,17 +188,9 @@ def make_ak_challenge(
     *,
     random: Callable[[int], bytes] = os.urandom,
 ) -> tuple[bytes, bytes]:
-    """:func:`make_credential` for ``ak_public``'s Name, after checking that the AK is a restricted
-    signing key that never leaves its TPM (else ``VerificationError(check="ak_public")``)."""
-    if (
-        ak_public.attributes & AK_REQUIRED_ATTRIBUTES != AK_REQUIRED_ATTRIBUTES
-        or ak_public.attributes & ATTR_DECRYPT
-    ):
-        raise VerificationError(
-            f"AK attributes {', '.join(ak_public.attribute_names)} are not those of a restricted signing key "
-            "bound to its TPM (restricted, sign, fixedTPM, fixedParent, sensitiveDataOrigin; not decrypt)",
-            check="ak_public",
-        )
+    """:func:`make_credential` for ``ak_public``'s Name, after checking it is what an AK must be
+    (``verify.check_ak``, the rule every quote is held to; else ``VerificationError(check="ak_public")``)."""
+    check_ak(ak_public)
     return make_credential(ek_public, ak_public.name, secret, random=random)
 
 

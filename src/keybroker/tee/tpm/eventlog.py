@@ -110,6 +110,9 @@ MAX_EVENTS: Final = 16384
 _MAX_PCR: Final = 31
 _SEPARATOR_OK: Final = (b"\x00\x00\x00\x00",)
 _SEPARATOR_ERROR: Final = b"\xff\xff\xff\xff"
+#: Event data a separator may have been measured from (normal, and the error values firmware uses:
+#: 0xFFFFFFFF and the UINT32 1): any of them ends PCR 7's firmware part.
+_SEPARATOR_VALUES: Final = (b"\x00\x00\x00\x00", b"\xff\xff\xff\xff", b"\x01\x00\x00\x00")
 
 
 @dataclass(frozen=True, slots=True)
@@ -317,6 +320,9 @@ class VerifiedEventLog:
 
     bank: str
     verified_pcrs: tuple[int, ...]
+    #: Quoted PCRs with no event in the log that hold their initial value in every bank: nothing was
+    #: measured into them (an empty list of events, known).
+    empty_pcrs: tuple[int, ...]
     #: PCRs with events in the log that the quote does not cover: their events are not used.
     unquoted_pcrs: tuple[int, ...]
     events: tuple[Event, ...]
@@ -372,38 +378,79 @@ def _grub(ev: Event, alg: int) -> tuple[bytes, str] | None:
     return None
 
 
-def _claims(events: list[Event], alg: int) -> dict[str, Any]:
-    """Claims from verified events. Event types and most event data are not measured, so a list
-    claim is complete or None ("unknown"), never a partial list an edited type could shorten."""
+def _before_separator(events: list[Event], pcr: int, alg: int) -> list[Event] | None:
+    """``pcr``'s events before its first separator, which firmware measures before it hands over to
+    the boot loader (PCRs 0-7): those the OS cannot have extended. The separator is found by its
+    *digest* (a separator's value), not by its unmeasured type. None: no separator."""
+    mine = [e for e in events if e.pcr == pcr]
+    separators = {_hash(alg, v) for v in _SEPARATOR_VALUES}
+    boundary = next((i for i, e in enumerate(mine) if e.digest(alg) in separators), None)
+    return None if boundary is None else mine[:boundary]
+
+
+def _crtm_version(events: list[Event], alg: int) -> str | None:
+    """[PFP] 3.3.4.1: the S-CRTM version firmware measured into PCR 0 before its separator, when
+    exactly one event there says it is one and its data is what was measured."""
+    firmware = _before_separator(events, 0, alg) or []
+    found = [e for e in firmware if e.event_type == EV_S_CRTM_VERSION]
+    if len(found) != 1:
+        return None
+    raw = _data_bound(found[0], alg, [found[0].data])
+    return raw.decode("utf-16-le", errors="replace").rstrip("\x00")
+
+
+def _secure_boot(events: list[Event], alg: int) -> dict[str, Any]:
+    """[PFP] 3.3.4.8, 10.4.4: the Secure Boot configuration firmware measured into PCR 7 before PCR 7's
+    separator. After the separator the OS runs and can extend PCR 7 itself, and an event's type is not
+    measured: so a variable counts only before the first event whose *digest* is a separator's
+    (whatever its type says), and it is recognized by its data (which must hash to its digest), not by
+    its type. No separator in PCR 7: nothing is known. EV_EFI_VARIABLE_AUTHORITY events after the
+    separator (the certificates that verified boot images, also named ``db``) are not the variables."""
     secure_boot: dict[str, Any] = {"enabled": None, "pk": None, "kek": None, "db": None, "dbx": None}
+    firmware = _before_separator(events, 7, alg)
+    if firmware is None:
+        return secure_boot
+    seen: set[str] = set()
+    for ev in firmware:
+        if _hash(alg, ev.data) != ev.digest(alg):
+            continue  # not a variable whose data was measured as it is
+        var = _uefi_variable(ev)
+        key = None if var is None else _SECURE_BOOT_VARIABLES.get((var[0], var[1]))
+        if var is None or key is None:
+            continue
+        if key in seen:
+            raise VerificationError(
+                f"event {ev.number}: UEFI variable {var[1]} is measured twice before PCR 7's separator",
+                check="event_data",
+            )
+        seen.add(key)
+        if key == "secure_boot":
+            secure_boot["enabled"] = var[2] == b"\x01"
+        else:
+            secure_boot[key] = ev.digest(alg).hex()
+    return secure_boot
+
+
+def _claims(events: list[Event], alg: int, known: set[int]) -> dict[str, Any]:
+    """Claims from verified events. Event types and most event data are not measured, so a list
+    claim is complete or None ("unknown"), never a partial list an edited type could shorten; and a
+    list claim of a PCR whose value the log does not account for (``known``: replayed to the quote,
+    or quoted at its initial value with no event) is None, never an empty list: a quote that leaves
+    PCR 4 out, or a log that leaves its events out, must not read as "no boot application"."""
     separators: dict[str, str] = {}
     boot_apps: list[str] = []
     grub: list[tuple[bytes, str]] | None = []
     ipl_files: list[dict[str, Any]] = []
-    crtm_version: str | None = None
-    seen_vars: set[str] = set()
     for ev in events:
         digest_hex = ev.digest(alg).hex()
         if ev.event_type == EV_EFI_VARIABLE_DRIVER_CONFIG:
             # [PFP] 10.4.4: the digest is of the whole UEFI_VARIABLE_DATA, so the data must match it
             _data_bound(ev, alg, [ev.data])
-            var = _uefi_variable(ev)
-            if var is None:
+            if _uefi_variable(ev) is None:
                 raise VerificationError(
                     f"event {ev.number} ({ev.type_name}, PCR {ev.pcr}): malformed UEFI_VARIABLE_DATA",
                     check="event_data",
                 )
-            key = _SECURE_BOOT_VARIABLES.get((var[0], var[1]))
-            if key is not None:
-                if key in seen_vars:
-                    raise VerificationError(
-                        f"event {ev.number}: UEFI variable {var[1]} is measured twice", check="event_data"
-                    )
-                seen_vars.add(key)
-                if key == "secure_boot":
-                    secure_boot["enabled"] = var[2] == b"\x01"
-                else:
-                    secure_boot[key] = digest_hex
         elif ev.event_type == EV_SEPARATOR:
             value = _data_bound(ev, alg, [ev.data])
             separators[str(ev.pcr)] = (
@@ -412,8 +459,7 @@ def _claims(events: list[Event], alg: int) -> dict[str, Any]:
         elif ev.event_type == EV_EFI_ACTION:
             _data_bound(ev, alg, [ev.data])  # an action string is hashed as it is
         elif ev.event_type == EV_S_CRTM_VERSION:
-            raw = _data_bound(ev, alg, [ev.data])
-            crtm_version = raw.decode("utf-16-le", errors="replace").rstrip("\x00")
+            _data_bound(ev, alg, [ev.data])
         if ev.pcr == 4 and ev.event_type not in (EV_EFI_ACTION, EV_SEPARATOR):
             # boot loaders and applications (Authenticode digests, not checkable here): every other
             # PCR 4 event counts, whatever its (unmeasured) type says
@@ -424,6 +470,8 @@ def _claims(events: list[Event], alg: int) -> dict[str, Any]:
         elif ev.pcr == 9:
             path = _text(ev.data.removesuffix(b"\x00")) if ev.event_type == EV_IPL else None
             ipl_files.append({"digest": digest_hex, "path": path})
+    if 8 not in known:
+        grub = None
     grub_commands = None if grub is None else [t for p, t in grub if p == _GRUB_CMD]
     cmdlines = [] if grub is None else [t for p, t in grub if p == _GRUB_CMDLINE]
     cmdline = cmdlines[0] if len(cmdlines) == 1 else None
@@ -436,18 +484,19 @@ def _claims(events: list[Event], alg: int) -> dict[str, Any]:
     ]
     initrd = next((f["digest"] for f in ipl_files if f["path"] in initrd_paths), None)
     return {
-        "secure_boot": secure_boot,
+        "secure_boot": _secure_boot(events, alg),
         "separators": separators,
-        "boot_applications": boot_apps,
-        "crtm_version": crtm_version,
+        "boot_applications": boot_apps if 4 in known else None,
+        "crtm_version": _crtm_version(events, alg),
         # None unless every PCR 8 event is a GRUB command or command line whose text was measured
         "grub_commands": grub_commands,
         "kernel_cmdline": cmdline,
-        # PCR 9 file paths are not measured (only the files are): the path is informational, and the
-        # kernel/initrd digests are the files whose paths the measured kernel_cmdline / initrd name.
-        "ipl_files": ipl_files,
-        "kernel": kernel,
-        "initrd": initrd,
+        # PCR 9 file paths are not measured (only the files are) and the OS can extend PCR 9: the
+        # kernel/initrd digests are the files whose (unmeasured) paths the measured kernel_cmdline /
+        # initrd name, and a policy relies on them only with every PCR 9 file allowed (tpm section).
+        "ipl_files": ipl_files if 9 in known else None,
+        "kernel": kernel if 9 in known else None,
+        "initrd": initrd if 9 in known else None,
     }
 
 
@@ -474,9 +523,18 @@ def verify_event_log(raw: bytes | EventLog, quote: VerifiedQuote) -> VerifiedEve
     checks.append("event_log_bank")
     with_events = {e.pcr for e in log.events if e.event_type != EV_NO_ACTION}
     verified: set[int] | None = None
+    empty: set[int] | None = None
     for bank in banks:
         alg = BANK_NAMES[bank]
         replayed = replay(log, alg)
+        size = HASH_SIZES[alg]
+        untouched = {
+            pcr
+            for pcr, value in quoted[bank].items()
+            if pcr not in with_events
+            and value == bytes(size - 1) + bytes([log.startup_locality if pcr == 0 else 0])
+        }
+        empty = untouched if empty is None else empty & untouched
         covered = with_events & quoted[bank].keys()
         for pcr in sorted(covered):
             if replayed[pcr] != quoted[bank][pcr]:
@@ -486,16 +544,17 @@ def verify_event_log(raw: bytes | EventLog, quote: VerifiedQuote) -> VerifiedEve
                     check="event_log_replay",
                 )
         verified = covered if verified is None else verified & covered
-    assert verified is not None
+    assert verified is not None and empty is not None
     checks.append("event_log_replay")
     bank = next(b for b in _BANK_PREFERENCE if b in banks)
     alg = BANK_NAMES[bank]
     events = [e for e in log.events if e.event_type != EV_NO_ACTION and e.pcr in verified]
-    claims = _claims(events, alg)
+    claims = _claims(events, alg, verified | empty)
     checks.append("event_data")
     return VerifiedEventLog(
         bank=bank,
         verified_pcrs=tuple(sorted(verified)),
+        empty_pcrs=tuple(sorted(empty)),
         unquoted_pcrs=tuple(sorted(with_events - verified)),
         events=tuple(events),
         claims=claims,

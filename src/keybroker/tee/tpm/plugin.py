@@ -21,8 +21,9 @@ reset or restart count or clock that went back is a claim (``clock_history``) th
 by default. ``extraData`` is the report data: the ``Verifier`` compares it with the protocol's
 binding (SHA-256(nonce || SPKI) on ``/kbs/v1``, the runtime-data hash on ``/kbs/v0``).
 
-No vendor publishes a TCB status for TPMs: ``tcb.status`` is ``NotEvaluated`` (the firmware version
-is a claim), so ``enforce_tcb_upto_date`` cannot be met and the EAR's hardware claim is a warning.
+No vendor publishes a TCB status for TPMs: ``tcb.status`` is ``NoVendorStatus`` (as SEV-SNP's; the
+firmware version is a claim), so ``enforce_tcb_upto_date`` cannot be met and the EAR's hardware
+claim is a warning.
 """
 
 from __future__ import annotations
@@ -43,12 +44,11 @@ from keybroker.tee.tpm.eventlog import VerifiedEventLog, verify_event_log
 from keybroker.tee.tpm.evidence import TpmEvidence, looks_like_tpm_evidence, parse_tpm_evidence
 from keybroker.tee.tpm.trust import ClockReading, EnrolledAk, TpmTrust
 from keybroker.tee.tpm.verify import NO_NONCE, AkKey, VerifiedQuote, verify_quote
-from keybroker.tee.verifier import Binding, KbsV1Binding, VerifiedEvidence
+from keybroker.tee.verifier import NO_VENDOR_STATUS, Binding, KbsV1Binding, VerifiedEvidence
 from keybroker.wire import binding
 
 __all__ = [
     "CHECKS",
-    "NOT_EVALUATED",
     "AkTrust",
     "TpmVerifier",
     "VerifiedTpm",
@@ -69,8 +69,6 @@ CHECKS: Final = (
     "event_log_replay",
     "event_data",
 )
-#: ``tcb.status`` of evidence no vendor evaluates (TPMs, SEV-SNP behind Azure's paravisor).
-NOT_EVALUATED: Final = "NotEvaluated"
 TrustMode = Literal["certificate", "enrolled", "given"]
 
 
@@ -146,7 +144,7 @@ class VerifiedTpm:
     def report(self) -> dict[str, Any]:
         return {
             "tee": "tpm",
-            "status": NOT_EVALUATED,
+            "status": NO_VENDOR_STATUS,
             "advisory_ids": [],
             "checks": list(self.checks),
             "sim": self.trust.sim,
@@ -333,7 +331,7 @@ class TpmVerifier:
         return VerifiedEvidence(
             tee="tpm",
             claims=verified.claims_dict(),
-            tcb={"status": NOT_EVALUATED, "advisory_ids": []},
+            tcb={"status": NO_VENDOR_STATUS, "advisory_ids": []},
             report_data=verified.quote.extra_data,
             sim=verified.trust.sim,
             evidence_sha256=verified.quote.evidence_sha256,

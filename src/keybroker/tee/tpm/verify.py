@@ -79,6 +79,7 @@ __all__ = [
     "ExpectedExtraData",
     "Pcrs",
     "VerifiedQuote",
+    "check_ak",
     "normalize_pcrs",
     "verify_quote",
 ]
@@ -179,9 +180,18 @@ def normalize_pcrs(pcrs: Pcrs) -> dict[int, dict[int, bytes]]:
     return out
 
 
-def _check_ak(ak: AkKey) -> tuple[rsa.RSAPublicKey | ec.EllipticCurvePublicKey, TpmPublic | None]:
+def check_ak(ak: AkKey) -> tuple[rsa.RSAPublicKey | ec.EllipticCurvePublicKey, TpmPublic | None]:
+    """What an attestation key must be (``VerificationError(check="ak_public")`` otherwise), at
+    enrolment and at every quote: a restricted signing key bound to its TPM, whose Name (its
+    identity in the registry and in policies) is not a SHA-1 digest, RSA of at least 2048 bits or
+    ECC on P-256/P-384. A bare key (the operator's own) is checked for its type and size only."""
     public = ak if isinstance(ak, TpmPublic) else None
     if public is not None:
+        if public.name_alg == ALG_SHA1:
+            raise VerificationError(
+                "the AK's nameAlg is SHA-1: its Name, the AK's identity, would be a SHA-1 digest",
+                check="ak_public",
+            )
         missing = [n for bit, n in _REQUIRED_NAMES if not public.attributes & bit]
         if missing:
             raise VerificationError(
@@ -301,7 +311,7 @@ def verify_quote(
     reported = normalize_pcrs(pcrs)
     checks.append("parse")
 
-    key, public = _check_ak(ak)
+    key, public = check_ak(ak)
     checks.append("ak_public")
 
     chain = None

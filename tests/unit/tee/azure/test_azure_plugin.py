@@ -163,7 +163,7 @@ def test_policies_combine_the_hardware_and_the_tpm_sections() -> None:
     )
     denied = secl.evaluate(other, snp, client_permissions=None, policy_id="p")
     assert not denied.allowed
-    assert [r.check for r in denied.findings] == ["snp.measurement", "tpm.pcrs.sha256.7", "tpm.event_log"]
+    assert [r.check for r in denied.findings] == ["measurement", "tpm.pcrs.sha256.7", "tpm.event_log"]
     td = tdx.claims["tdx"]
     tdx_policy = TransferPolicyBody.model_validate(
         {
@@ -182,5 +182,15 @@ def test_policies_combine_the_hardware_and_the_tpm_sections() -> None:
     )
     decision = secl.evaluate(tdx_policy, tdx, client_permissions=None, policy_id="p")
     assert [r.check for r in decision.findings] == ["mrtd"], decision.reasons
+    # the snp part is the SEV-SNP section, its defaults included: a migration agent is forbidden
+    doc = appraisal_input(snp, client_permissions=None)
+    doc["claims"]["snp"]["policy"]["migrate_ma"] = True
+    decision = secl.evaluate_input(snp_policy, doc, policy_id="p")
+    assert [r.check for r in decision.findings] == ["guest_policy.migrate_ma"], decision.reasons
+    assert decision.notes[-1].startswith("TCB status NoVendorStatus: AMD publishes no TCB status")
+    with pytest.raises(ValueError, match="must name the guest"):
+        TransferPolicyBody.model_validate(
+            {"attestation_type": ["AZ-SNP-VTPM"], "az-snp-vtpm": {"snp": {"attributes": {}}}}
+        )
     with pytest.raises(ValueError, match="az-snp-vtpm section"):
         TransferPolicyBody.model_validate({"attestation_type": ["AZ-SNP-VTPM"]})

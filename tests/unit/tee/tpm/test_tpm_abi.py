@@ -74,6 +74,25 @@ def test_magic_and_type_are_checked(offset: int, value: bytes, field: str) -> No
     assert info.value.field == field and info.value.offset == offset
 
 
+def test_the_documented_offsets_of_the_gce_quote() -> None:
+    """parse_attest's table: Q = 34 (a SHA-256 Name), E = 2 (the nonce 0x9009): safe at 10 + Q + E + 16,
+    firmwareVersion at 27 + Q + E, pcrSelect.count at 35 + Q + E; errors carry those offsets."""
+    raw = read_bytes(f"{GCE}/quote_sha256.msg")
+    q, e = 34, 2
+    assert raw[6:8] == struct.pack(">H", q) and raw[8 + q : 10 + q] == struct.pack(">H", e)
+    a = parse_attest(raw)
+    assert raw[27 + q + e : 35 + q + e] == struct.pack(">Q", a.firmware_version)
+    for offset, value, field in (
+        (10 + q + e + 16, b"\x02", "TPMS_ATTEST.clockInfo.safe"),
+        (35 + q + e, struct.pack(">I", 17), "TPMS_ATTEST.pcrSelect.count"),
+    ):
+        bad = bytearray(raw)
+        bad[offset : offset + len(value)] = value
+        with pytest.raises(EvidenceParseError) as info:
+            parse_attest(bytes(bad))
+        assert info.value.field == field and info.value.offset == offset
+
+
 def test_limits_and_selection_rules() -> None:
     base = tb.AttestFields(pcrs={"sha256": {0: bytes(32)}})
     with pytest.raises(EvidenceParseError, match="extraData.size: size 67 exceeds the limit 66"):

@@ -7,6 +7,8 @@ import struct
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+from tests.helpers import tpm_build
 from tests.helpers.swtpm import (
     SyntheticBoot,
     build_event_log,
@@ -28,7 +30,7 @@ from keybroker.tee.tpm.eventlog import (
     replay,
     verify_event_log,
 )
-from keybroker.tee.tpm.verify import VerifiedQuote, verify_quote
+from keybroker.tee.tpm.verify import NO_NONCE, VerifiedQuote, verify_quote
 
 GCE_CASES = [c for c in CASES if c["id"].startswith("tpm-gce-gce")]
 
@@ -88,6 +90,80 @@ def test_unrecognized_pcr8_event_makes_grub_claims_unknown_not_partial() -> None
     with pytest.raises(VerificationError) as info:
         verify_event_log(as_action, quote)
     assert info.value.check == "event_data"
+
+
+def _with_type(raw: bytes, offset: int, typ: int) -> bytes:
+    return raw[: offset + 4] + struct.pack("<I", typ) + raw[offset + 8 :]
+
+
+def test_secure_boot_variables_are_read_before_pcr7s_separator_by_their_data() -> None:
+    """The SecureBoot, PK, KEK, db and dbx variables are the ones firmware measured into PCR 7 before
+    its separator, recognized by their data whatever their (unmeasured) type; the db authorities after
+    the separator (also named db) are not the db variable."""
+    quote, raw = gce()
+    log = parse_event_log(raw)
+    want = verify_event_log(raw, quote).claims["secure_boot"]
+    sb_event = next(e for e in log.events if e.pcr == 7 and b"S\x00e\x00c\x00u\x00r\x00e" in e.data)
+    relabelled = _with_type(raw, sb_event.offset, 0x80000007)  # as an EV_EFI_ACTION: data still hashes
+    assert verify_event_log(relabelled, quote).claims["secure_boot"] == want
+    separator = next(e for e in log.events if e.pcr == 7 and e.event_type == EV_SEPARATOR)
+    # the separator relabelled (its digest is still a separator's): the boundary does not move
+    as_action = _with_type(raw, separator.offset, 0x80000007)
+    assert verify_event_log(as_action, quote).claims["secure_boot"] == want
+
+
+def _software_quote(log: bytes, also: dict[int, bytes] | None = None) -> VerifiedQuote:
+    """A quote by a software AK of the PCRs ``log`` replays to (sha256) and ``also``, verified."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    pcrs = {"sha256": {**replay(parse_event_log(log), 0x000B), **(also or {})}}
+    message = tpm_build.attest(tpm_build.AttestFields(pcrs=pcrs))
+    ak = parse_tpm2b_public(tpm_build.ecc_public_area(key.public_key()))
+    signature = tpm_build.sign(key, message, "ecdsa", "sha256")
+    return verify_quote(message, signature, ak, pcrs=pcrs, expected_extra_data=NO_NONCE)
+
+
+def test_no_secure_boot_claim_without_a_pcr7_separator() -> None:
+    """Without PCR 7's separator, what firmware measured cannot be told from what the OS extended."""
+    on = synthetic_event(["sha256"], 7, 0x80000001, uefi_variable("SecureBoot", b"\x01"))
+    separator = synthetic_event(["sha256"], 7, EV_SEPARATOR, bytes(4))
+    log = build_event_log(["sha256"], [on])
+    assert verify_event_log(log, _software_quote(log)).claims["secure_boot"]["enabled"] is None
+    log = build_event_log(["sha256"], [on, separator])
+    assert verify_event_log(log, _software_quote(log)).claims["secure_boot"]["enabled"] is True
+    # after the separator, a variable is the OS's: not the firmware's configuration
+    log = build_event_log(["sha256"], [separator, on])
+    assert verify_event_log(log, _software_quote(log)).claims["secure_boot"]["enabled"] is None
+    # measured twice before the separator: refused
+    log = build_event_log(["sha256"], [on, on, separator])
+    with pytest.raises(VerificationError, match="measured twice"):
+        verify_event_log(log, _software_quote(log))
+
+
+def test_crtm_version_is_the_firmwares_before_pcr0s_separator() -> None:
+    version = "Real Firmware v2".encode("utf-16-le") + b"\x00\x00"
+    forged = "Trusted Firmware v9".encode("utf-16-le") + b"\x00\x00"
+    real = synthetic_event(["sha256"], 0, 0x00000008, version)
+    separator = synthetic_event(["sha256"], 0, EV_SEPARATOR, bytes(4))
+    appended = synthetic_event(["sha256"], 0, 0x00000008, forged)
+    log = build_event_log(["sha256"], [real, separator, appended])
+    assert verify_event_log(log, _software_quote(log)).claims["crtm_version"] == "Real Firmware v2"
+    # the firmware's own relabelled (its type is not measured): nothing is known, not the OS's
+    hidden = (real[0], 0x80000007, real[2], real[3])
+    log = build_event_log(["sha256"], [hidden, separator, appended])
+    assert verify_event_log(log, _software_quote(log)).claims["crtm_version"] is None
+
+
+def test_list_claims_of_pcrs_the_log_does_not_account_for_are_unknown() -> None:
+    """PCR 4 quoted at its initial value with no event: no boot application (an empty list, known).
+    Quoted with another value and no event, or not quoted: unknown (None), never an empty list."""
+    separator = synthetic_event(["sha256"], 7, EV_SEPARATOR, bytes(4))
+    log = build_event_log(["sha256"], [separator])
+    verified = verify_event_log(log, _software_quote(log, {4: bytes(32), 9: bytes(32)}))
+    assert verified.empty_pcrs == (4, 9) and verified.verified_pcrs == (7,)
+    assert verified.claims["boot_applications"] == [] and verified.claims["ipl_files"] == []
+    claims = verify_event_log(log, _software_quote(log, {4: b"\x01" * 32})).claims
+    assert claims["boot_applications"] is None and claims["ipl_files"] is None
+    assert claims["kernel"] is None and claims["grub_commands"] is None
 
 
 def test_log_parse_structure() -> None:
