@@ -265,7 +265,7 @@ def test_azure_vtpm_evidence_at_a_chosen_time_with_the_td_quotes_collateral(
     r = _test(console, csrf, _azure_policy("00" * 48), quote=read_text(AZ_SNP), at=at)
     assert _verdict(r) == "DENIED"
     measurement = _document(r)["claims"]["snp"]["measurement"]
-    assert _reasons(r)[0].startswith(f"snp.measurement {measurement} is not in the policy's list")
+    assert _reasons(r)[0].startswith(f"measurement {measurement} is not in the policy's list")
     r = _test(
         console, csrf, _azure_policy(measurement), quote=read_text(AZ_SNP), at=str(int(AZURE_AT.timestamp()))
     )
@@ -321,7 +321,7 @@ def test_an_azure_attempts_kept_input_is_tested(console: TestClient, services: S
     r = console.post("/ui/policy-test", data={**base, "policy": json.dumps(allowed)})
     assert _verdict(r) == "ALLOWED" and _document(r) == json.loads(json.dumps(doc))
     r = console.post("/ui/policy-test", data={**base, "policy": json.dumps(_azure_policy("11" * 48))})
-    assert _verdict(r) == "DENIED" and _reasons(r)[0].startswith(f"snp.measurement {measurement}")
+    assert _verdict(r) == "DENIED" and _reasons(r)[0].startswith(f"measurement {measurement}")
 
 
 # --- Test this policy on TPM evidence documents ---------------------------------------------------
