@@ -88,6 +88,8 @@ class Level:
     #: runnable but waiting for its CPU (taken by another process): a noisy machine shows here
     server_cpu_wait_ms_per_tx: float
     client_cpu_ms_per_tx: float
+    #: PostgreSQL's processes (0 on SQLite, whose work is in the server's own)
+    db_cpu_ms_per_tx: float
     client_quote_ms_per_tx: float
     client_core_util: float
     other_cpu_s: float
@@ -217,10 +219,12 @@ def run_level(
         barrier.wait(timeout=120)  # all connections fresh: go
         cpu0, busy0 = cpu.read_cpu(server.pids()), cpu.machine_busy()
         by_replica0 = [cpu.read_cpu(g) for g in server.pid_groups()]
+        db0 = cpu.read_cpu(server.db_pids())
         for _ in procs:
             results.append(out.get(timeout=seconds + 180))
         cpu1, busy1 = cpu.read_cpu(server.pids()), cpu.machine_busy()
         by_replica1 = [cpu.read_cpu(g) for g in server.pid_groups()]
+        db1 = cpu.read_cpu(server.db_pids())
         stages1 = cpu.stage_totals(server)
     finally:
         for p in procs:
@@ -235,6 +239,7 @@ def run_level(
     ms = sorted((e - s) * 1000 for s, e in spans)
     client_cpu = sum(r["cpu"] for r in results)
     server_cpu = cpu1.total - cpu0.total
+    db_cpu = db1.total - db0.total  # backends that ended meanwhile are lost (connections are pooled)
     nan = float("nan")
 
     def per_tx(seconds_: float) -> float:
@@ -261,8 +266,9 @@ def run_level(
         server_cpu_wait_ms_per_tx=per_tx(cpu.wait_between(cpu0, cpu1)),
         client_cpu_ms_per_tx=per_tx(client_cpu),
         client_quote_ms_per_tx=per_tx(sum(r["qcpu"] for r in results)),
+        db_cpu_ms_per_tx=per_tx(db_cpu),
         client_core_util=round(client_cpu / window / max(1, len(client_cpus or ())), 2) if n else nan,
-        other_cpu_s=round(max(0.0, (busy1 - busy0) - server_cpu - client_cpu), 2),
+        other_cpu_s=round(max(0.0, (busy1 - busy0) - server_cpu - client_cpu - db_cpu), 2),
         stages_ms_per_tx=cpu.stages_between(stages0, stages1, n),
         replica_cpu_ms_per_tx=[
             per_tx(b.total - a.total) for a, b in zip(by_replica0, by_replica1, strict=True)

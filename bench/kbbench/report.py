@@ -393,8 +393,9 @@ def scaling(rows: Sequence[dict[str, Any]], cores: int) -> list[dict[str, Any]]:
     Little's law for the server: transfers in service = throughput x CPU time per transfer, and N busy
     processes on N cores hold at most N, so N processes do at most N / (CPU per transfer) tx/s: the
     ``model`` column, from the single process's measured server CPU per transfer. On this machine the
-    clients (HTTP and quote making) share the same cores, so it also reads ``machine model`` = cores /
-    (server + client CPU per transfer), the most the whole run could do here with every core busy.
+    clients (HTTP and quote making) and PostgreSQL share the same cores, so it also reads ``machine
+    model`` = cores / (server + client + database CPU per transfer), the most the whole run could do
+    here with every core busy.
     """
     out = []
     for r in rows:
@@ -417,7 +418,15 @@ def scaling(rows: Sequence[dict[str, Any]], cores: int) -> list[dict[str, Any]]:
         if base is not None and base["server_cpu_ms_per_tx"] > 0:
             model = round(n * 1000 / base["server_cpu_ms_per_tx"], 1)
             machine = round(
-                min(model, cores * 1000 / (base["server_cpu_ms_per_tx"] + base["client_cpu_ms_per_tx"])), 1
+                min(
+                    model,
+                    cores
+                    * 1000
+                    / (
+                        base["server_cpu_ms_per_tx"] + base["client_cpu_ms_per_tx"] + base["db_cpu_ms_per_tx"]
+                    ),
+                ),
+                1,
             )
         out.append(
             {
@@ -430,6 +439,7 @@ def scaling(rows: Sequence[dict[str, Any]], cores: int) -> list[dict[str, Any]]:
                 "speedup": round(r["tx_per_s"] / base["tx_per_s"], 3) if base and base["tx_per_s"] else None,
                 "server_cpu_ms_per_tx": r["server_cpu_ms_per_tx"],
                 "client_cpu_ms_per_tx": r["client_cpu_ms_per_tx"],
+                "db_cpu_ms_per_tx": r["db_cpu_ms_per_tx"],
                 "server_cores_used": r["server_core_util"],
                 "model_tx_per_s": model,
                 "machine_model_tx_per_s": machine,
@@ -445,7 +455,7 @@ def print_scaling(points: Sequence[dict[str, Any]], cores: int) -> None:
     print(f"scaling: throughput by server processes, measured vs Little's law ({cores} CPUs)")
     head = (
         f"{'variant':<16}{'clients':>7}{'deploy':>7}{'procs':>6}{'tx/s':>8}{'x 1w':>6}{'srv ms/tx':>10}"
-        f"{'cli ms/tx':>10}{'srv cores':>10}{'model':>8}{'vs':>6}{'machine':>9}{'vs':>6}"
+        f"{'cli ms/tx':>10}{'db ms/tx':>9}{'srv cores':>10}{'model':>8}{'vs':>6}{'machine':>9}{'vs':>6}"
     )
     print(head)
     print("-" * len(head))
@@ -454,7 +464,7 @@ def print_scaling(points: Sequence[dict[str, Any]], cores: int) -> None:
             f"{p['variant']:<16}{p['clients']:>7}{p['deployment']:>7}{p['processes']:>6}"
             f"{_fmt(p['tx_per_s'], '.1f'):>8}{_fmt(p['speedup'], '.2f'):>6}"
             f"{_fmt(p['server_cpu_ms_per_tx'], '.2f'):>10}{_fmt(p['client_cpu_ms_per_tx'], '.2f'):>10}"
-            f"{_fmt(p['server_cores_used'], '.2f'):>10}{_fmt(p['model_tx_per_s'], '.0f'):>8}"
+            f"{_fmt(p['db_cpu_ms_per_tx'], '.2f'):>9}{_fmt(p['server_cores_used'], '.2f'):>10}{_fmt(p['model_tx_per_s'], '.0f'):>8}"
             f"{_fmt(p['vs_model'], '.2f'):>6}{_fmt(p['machine_model_tx_per_s'], '.0f'):>9}"
             f"{_fmt(p['vs_machine_model'], '.2f'):>6}"
         )
@@ -462,8 +472,9 @@ def print_scaling(points: Sequence[dict[str, Any]], cores: int) -> None:
     for line in (
         "model = processes x 1000 / the single process's server CPU ms per transfer (Little's law: N busy",
         "processes on N cores complete at most N / CPU-per-transfer); vs = measured / model. machine = the",
-        f"most this machine's {cores} CPUs allow with the clients on them too: min(model, {cores} x 1000 /",
-        "(server + client CPU ms per transfer of the single process)). srv cores: the server's CPU seconds",
-        "per second (all its processes). x 1w: tx/s / the single process's at the same clients.",
+        f"most this machine's {cores} CPUs allow with the clients and PostgreSQL on them too: min(model,",
+        f"{cores} x 1000 / (server + client + db CPU ms per transfer of the single process)). db: PostgreSQL's",
+        "processes. srv cores: the server's CPU seconds per second (all its processes). x 1w: tx/s / the",
+        "single process's at the same clients.",
     ):
         print("  " + line)

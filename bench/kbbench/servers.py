@@ -223,6 +223,11 @@ class Deployment:
         and its workers)."""
         return [pid for r in self.replicas if r.proc is not None for pid in procs.members(r.proc.pid)]
 
+    def db_pids(self) -> list[int]:
+        """PostgreSQL's processes (postmaster, backends, writers): CPU a transfer costs on this machine
+        beside the server's own; none on SQLite (in the server's processes)."""
+        return self.pg.processes() if self.pg is not None else []
+
     def pid_groups(self) -> list[list[int]]:
         """:meth:`pids` per replica."""
         return [procs.members(r.proc.pid) if r.proc is not None else [] for r in self.replicas]
@@ -320,6 +325,9 @@ class FloorServer:
 
     def pid_groups(self) -> list[list[int]]:
         return [self.pids()]
+
+    def db_pids(self) -> list[int]:
+        return []
 
     def main_pid(self) -> int:
         assert self.proc is not None

@@ -141,6 +141,7 @@ def test_transfer_bench_no_peer(tmp_path: Path) -> None:
         ("v1/aes/rsa3072", 1, 2)
     ]
     assert all(row[c] is None for row in report["results"] for c in PEER_COLUMNS)
+    assert all(row["db_cpu_ms_per_tx"] == 0 for row in report["results"])  # SQLite: in the server's own
     assert all(t["feasible"] is None for t in report["targets"])
     assert "targets:" in r.stdout and "the framework floor itself" not in r.stdout
 
@@ -155,6 +156,7 @@ SCALING_COLUMNS = {
     "speedup",
     "server_cpu_ms_per_tx",
     "client_cpu_ms_per_tx",
+    "db_cpu_ms_per_tx",
     "server_cores_used",
     "model_tx_per_s",
     "machine_model_tx_per_s",
@@ -197,6 +199,8 @@ def test_transfer_bench_one_and_two_workers(tmp_path: Path) -> None:
     # one process: its /metrics hold all its stages; two workers behind one socket: no one /metrics does
     assert V1_STAGES <= set(one["stages_ms_per_tx"]) and two["stages_ms_per_tx"] is None
     assert len(one["replica_cpu_ms_per_tx"]) == len(two["replica_cpu_ms_per_tx"]) == 1
+    # PostgreSQL's CPU is counted apart from the server's (on SQLite it is in the server's own)
+    assert all(row["db_cpu_ms_per_tx"] >= 0 for row in rows)
 
     points = report["scaling"]
     assert [(p["deployment"], p["processes"], p["clients"]) for p in points] == [("1w", 1, 2), ("2w", 2, 2)]
@@ -209,7 +213,8 @@ def test_transfer_bench_one_and_two_workers(tmp_path: Path) -> None:
             model = round(p["processes"] * 1000 / one["server_cpu_ms_per_tx"], 1)
             assert p["model_tx_per_s"] == model and p["vs_model"] == round(p["tx_per_s"] / model, 3)
             cores = report["meta"]["cpus"]
-            cap = cores * 1000 / (one["server_cpu_ms_per_tx"] + one["client_cpu_ms_per_tx"])
+            cpu_ms = one["server_cpu_ms_per_tx"] + one["client_cpu_ms_per_tx"] + one["db_cpu_ms_per_tx"]
+            cap = cores * 1000 / cpu_ms
             assert p["machine_model_tx_per_s"] == round(min(model, cap), 1)
         else:
             assert p["model_tx_per_s"] is None
