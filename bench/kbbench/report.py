@@ -395,7 +395,8 @@ def scaling(rows: Sequence[dict[str, Any]], cores: int) -> list[dict[str, Any]]:
     ``model`` column, from the single process's measured server CPU per transfer. On this machine the
     clients (HTTP and quote making) and PostgreSQL share the same cores, so it also reads ``machine
     model`` = cores / (server + client + database CPU per transfer), the most the whole run could do
-    here with every core busy.
+    here with every core busy. Other users of the machine take some of them: ``free model`` puts the
+    CPUs they left (CPUs less their CPU seconds per second during that level) in place of all.
     """
     out = []
     for r in rows:
@@ -414,20 +415,14 @@ def scaling(rows: Sequence[dict[str, Any]], cores: int) -> list[dict[str, Any]]:
             None,
         )
         n = r["workers"] * r["replicas"]
-        model = machine = None
+        model = machine = free = None
+        free_cpus = round(max(0.0, cores - r["other_cpu_s"] / r["seconds"]), 2) if r["seconds"] else None
         if base is not None and base["server_cpu_ms_per_tx"] > 0:
+            total_ms = base["server_cpu_ms_per_tx"] + base["client_cpu_ms_per_tx"] + base["db_cpu_ms_per_tx"]
             model = round(n * 1000 / base["server_cpu_ms_per_tx"], 1)
-            machine = round(
-                min(
-                    model,
-                    cores
-                    * 1000
-                    / (
-                        base["server_cpu_ms_per_tx"] + base["client_cpu_ms_per_tx"] + base["db_cpu_ms_per_tx"]
-                    ),
-                ),
-                1,
-            )
+            machine = round(min(model, cores * 1000 / total_ms), 1)
+            if free_cpus is not None:
+                free = round(min(model, free_cpus * 1000 / total_ms), 1)
         out.append(
             {
                 "variant": r["variant"],
@@ -445,6 +440,9 @@ def scaling(rows: Sequence[dict[str, Any]], cores: int) -> list[dict[str, Any]]:
                 "machine_model_tx_per_s": machine,
                 "vs_model": round(r["tx_per_s"] / model, 3) if model else None,
                 "vs_machine_model": round(r["tx_per_s"] / machine, 3) if machine else None,
+                "free_cpus": free_cpus,
+                "free_model_tx_per_s": free,
+                "vs_free_model": round(r["tx_per_s"] / free, 3) if free else None,
             }
         )
     return out
@@ -456,6 +454,7 @@ def print_scaling(points: Sequence[dict[str, Any]], cores: int) -> None:
     head = (
         f"{'variant':<16}{'clients':>7}{'deploy':>7}{'procs':>6}{'tx/s':>8}{'x 1w':>6}{'srv ms/tx':>10}"
         f"{'cli ms/tx':>10}{'db ms/tx':>9}{'srv cores':>10}{'model':>8}{'vs':>6}{'machine':>9}{'vs':>6}"
+        f"{'free cpus':>10}{'free':>6}{'vs':>6}"
     )
     print(head)
     print("-" * len(head))
@@ -466,7 +465,8 @@ def print_scaling(points: Sequence[dict[str, Any]], cores: int) -> None:
             f"{_fmt(p['server_cpu_ms_per_tx'], '.2f'):>10}{_fmt(p['client_cpu_ms_per_tx'], '.2f'):>10}"
             f"{_fmt(p['db_cpu_ms_per_tx'], '.2f'):>9}{_fmt(p['server_cores_used'], '.2f'):>10}{_fmt(p['model_tx_per_s'], '.0f'):>8}"
             f"{_fmt(p['vs_model'], '.2f'):>6}{_fmt(p['machine_model_tx_per_s'], '.0f'):>9}"
-            f"{_fmt(p['vs_machine_model'], '.2f'):>6}"
+            f"{_fmt(p['vs_machine_model'], '.2f'):>6}{_fmt(p['free_cpus'], '.2f'):>10}"
+            f"{_fmt(p['free_model_tx_per_s'], '.0f'):>6}{_fmt(p['vs_free_model'], '.2f'):>6}"
         )
     print()
     for line in (
@@ -475,6 +475,7 @@ def print_scaling(points: Sequence[dict[str, Any]], cores: int) -> None:
         f"most this machine's {cores} CPUs allow with the clients and PostgreSQL on them too: min(model,",
         f"{cores} x 1000 / (server + client + db CPU ms per transfer of the single process)). db: PostgreSQL's",
         "processes. srv cores: the server's CPU seconds per second (all its processes). x 1w: tx/s / the",
-        "single process's at the same clients.",
+        "single process's at the same clients. free cpus: the CPUs less what other users of the machine took",
+        "during the level (CPU seconds per second); free = the machine model on those alone.",
     ):
         print("  " + line)

@@ -162,6 +162,9 @@ SCALING_COLUMNS = {
     "machine_model_tx_per_s",
     "vs_model",
     "vs_machine_model",
+    "free_cpus",
+    "free_model_tx_per_s",
+    "vs_free_model",
 }
 needs_postgres = pytest.mark.skipif(
     postgres.find_bindir() is None, reason="PostgreSQL binaries not installed"
@@ -216,6 +219,9 @@ def test_transfer_bench_one_and_two_workers(tmp_path: Path) -> None:
             cpu_ms = one["server_cpu_ms_per_tx"] + one["client_cpu_ms_per_tx"] + one["db_cpu_ms_per_tx"]
             cap = cores * 1000 / cpu_ms
             assert p["machine_model_tx_per_s"] == round(min(model, cap), 1)
+            free_cpus = round(max(0.0, cores - row["other_cpu_s"] / row["seconds"]), 2)
+            assert p["free_cpus"] == free_cpus <= cores
+            assert p["free_model_tx_per_s"] == round(min(model, free_cpus * 1000 / cpu_ms), 1)
         else:
             assert p["model_tx_per_s"] is None
     assert "scaling:" in r.stdout and "Little's law" in r.stdout and "[2w: 2 worker(s)" in r.stdout
