@@ -51,10 +51,13 @@ suite: venv
 ## Everything: lint, type checks and the whole suite (installs what it needs first).
 test: venv system-deps lint typecheck suite
 
-## Benchmarks: DCAP verification vs dcap-qvl; attested key transfer end to end (results in .bench/).
+## Benchmarks: DCAP verification vs dcap-qvl; attested key transfer end to end (results in .bench/);
+## then 1 and 2 `serve --workers` on PostgreSQL, same run, vs Little's law (.bench/transfer-workers.json).
 bench: venv
 	$(BIN)/python bench/verify.py
 	$(BIN)/python bench/transfer.py
+	$(BIN)/python bench/transfer.py --workers 1,2 --variants v1/aes/rsa3072 --levels 4 --transfers 100000 \
+		--seconds 5 --no-peer --out .bench/transfer-workers.json
 
 ## 100,000 transfers against one server, its RSS at the start, in the middle and at the end (.bench/soak.json).
 soak: venv

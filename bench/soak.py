@@ -35,9 +35,6 @@ from kbbench.driver import EXIT_FAILED_TRANSFERS, Placement, run_level  # noqa: 
 from kbbench.flows import TRANSFER, VARIANTS, Workload, check_released, open_result  # noqa: E402
 from kbbench.servers import Deployment, ServerSpec, set_up, ssl_context  # noqa: E402
 
-from keybroker.api.services import DEV_PKI_DIR  # noqa: E402
-from keybroker.tee import sim  # noqa: E402
-
 OUT = ROOT / ".bench" / "soak.json"
 #: RSS is "flat" when the middle and the end are within this fraction of the start
 FLAT = 0.10
@@ -63,7 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--chunks must be at least 2 and at most --transfers")
 
     spec = ServerSpec()
-    placement = Placement.for_machine(spec)
+    placement = Placement.for_machine([spec])
     tmp = Path(tempfile.mkdtemp(prefix="keybroker-soak-", dir=args.tmp))
     server = Deployment(spec, tmp, placement.server_cpus)
     samples: list[dict[str, Any]] = []
@@ -76,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         launch_rss = cpu.rss_bytes(server.pids())
         aes_secret = os.urandom(32)
         target = set_up(server, args.tee, aes_secret)
-        pki = sim.DevPki.load(server.data_dir / DEV_PKI_DIR)
+        pki = server.pki()
         work = Workload.generate()
         # one transfer opened and checked: the key released is the one set up
         with httpx.Client(base_url=target.url, verify=ssl_context(target.ca), timeout=60) as c:

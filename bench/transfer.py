@@ -1,7 +1,7 @@
 """Attested key transfer end to end: /kbs/v1 and /kbs/v0 against a real server, beside its framework floor.
 
-Run: ``.venv/bin/python bench/transfer.py [--quick] [--tee tdx|sgx] [--no-peer] [--profile]``
-(``make bench``).
+Run: ``.venv/bin/python bench/transfer.py [--quick] [--tee tdx|sgx] [--no-peer] [--profile]
+[--workers 1,2] [--replicas N]`` (``make bench``).
 
 A real ``keybroker serve --dev`` (HTTPS, SQLite in a temporary data dir, one uvicorn process) is
 started on a free loopback port. A key-transfer policy admitting simulated evidence, the keys
@@ -55,6 +55,22 @@ per transfer within 2 x the framework floor's.
 Results go to ``.bench/transfer.json`` (with both servers' logs beside it); the exit status is 3 when
 some transfers failed. ``--profile`` samples the server with py-spy (``pip install py-spy``; not a
 project dependency) at the highest concurrency of each variant and prints where its time went.
+
+More server processes: ``--workers N`` runs ``keybroker serve --dev --workers N`` on a throwaway
+PostgreSQL (``tests/helpers/postgres.py``); its CPU is the whole process group's (supervisor and
+workers). ``--replicas N`` runs N replicas on one PostgreSQL as an operator does (docs/ha.md:
+initialised once, each unsealed with the shares, the simulator's root trusted and its collateral
+imported; ``tests/helpers/cluster.py``), client i on replica i mod N; the report gives each replica's
+CPU per transfer. Both above 1 at once is refused (every worker would need an auto-unseal seal).
+Several values (``--workers 1,2``) are measured one after another in the same run, each on a fresh
+deployment and database, all on PostgreSQL, and all with the server and the clients on every CPU
+(no pinning: keep the clients few, they make the quotes); the cryptography alone and the peer are
+measured with the first. The scaling report then sets each beside the single process at the same
+level, and beside Little's law: N busy processes complete at most N / (server CPU per transfer)
+transfers a second, from the single process's measured CPU (``model``), and on this machine, whose
+CPUs the clients share, at most CPUs / (server + client CPU per transfer) (``machine``). With
+``--workers`` above 1 the per-stage table is left out: each worker's ``/metrics`` counts only its
+own process, and a request reaches whichever worker accepts it.
 
 The parts live in ``bench/kbbench/`` (flows, servers, cpu, crypto, profile, driver, report);
 ``bench/soak.py`` reuses them.

@@ -10,7 +10,7 @@
 - :mod:`kbbench.crypto`: the server-side cryptography alone;
 - :mod:`kbbench.profile`: py-spy sampling of the server, bucketed;
 - :mod:`kbbench.driver`: client processes, one level, the whole run;
-- :mod:`kbbench.report`: the targets and the printed report.
+- :mod:`kbbench.report`: the targets, the scaling model (Little's law) and the printed report.
 """
 
 from __future__ import annotations

@@ -150,11 +150,11 @@ _STAGE_LINE = re.compile(r'^keybroker_bench_stage_(cpu_seconds|calls)_total\{sta
 
 def stage_totals(server: Servers) -> dict[str, tuple[float, float]] | None:
     """stage -> (CPU seconds, calls) summed over the replicas; None when the server does not report
-    stages (the floor, or a keybroker started without ``servers.STAGES_ENV``)."""
-    if not hasattr(server, "replicas"):
+    stages (the floor, ``--workers`` above 1, or a keybroker started without ``servers.STAGES_ENV``)."""
+    if not server.stage_urls:
         return None
     totals: dict[str, list[float]] = {}
-    for text in scrape(server.urls, server.ca):
+    for text in scrape(server.stage_urls, server.ca):
         for line in text.splitlines():
             m = _STAGE_LINE.match(line)
             if m:

@@ -56,7 +56,6 @@ from kbbench.servers import (
     set_up,
     ssl_context,
 )
-from keybroker.api.services import DEV_PKI_DIR
 from keybroker.tee import sim
 from keybroker.wire import binding
 
@@ -89,6 +88,8 @@ class Level:
     #: runnable but waiting for its CPU (taken by another process): a noisy machine shows here
     server_cpu_wait_ms_per_tx: float
     client_cpu_ms_per_tx: float
+    #: PostgreSQL's processes (0 on SQLite, whose work is in the server's own)
+    db_cpu_ms_per_tx: float
     client_quote_ms_per_tx: float
     client_core_util: float
     other_cpu_s: float
@@ -116,6 +117,13 @@ class Level:
     #: this row's server CPU per transfer / the peer's: how many times the floor keybroker costs
     cpu_x_floor: float | None = None
     first_errors: list[str] = field(default_factory=list)
+    #: the deployment measured (``ServerSpec``): worker processes per replica, replicas
+    workers: int = 1
+    replicas: int = 1
+    #: its short label (``1w``, ``2w``, ``2r``)
+    deployment: str = "1w"
+    #: server CPU ms per transfer of each replica (of all transfers: how the clients' spread landed)
+    replica_cpu_ms_per_tx: list[float] = field(default_factory=list)
 
 
 # --- the clients ---------------------------------------------------------------------------------
@@ -210,9 +218,13 @@ def run_level(
         stages0 = cpu.stage_totals(server)  # read outside the CPU window: it is a request too
         barrier.wait(timeout=120)  # all connections fresh: go
         cpu0, busy0 = cpu.read_cpu(server.pids()), cpu.machine_busy()
+        by_replica0 = [cpu.read_cpu(g) for g in server.pid_groups()]
+        db0 = cpu.read_cpu(server.db_pids())
         for _ in procs:
             results.append(out.get(timeout=seconds + 180))
         cpu1, busy1 = cpu.read_cpu(server.pids()), cpu.machine_busy()
+        by_replica1 = [cpu.read_cpu(g) for g in server.pid_groups()]
+        db1 = cpu.read_cpu(server.db_pids())
         stages1 = cpu.stage_totals(server)
     finally:
         for p in procs:
@@ -227,6 +239,7 @@ def run_level(
     ms = sorted((e - s) * 1000 for s, e in spans)
     client_cpu = sum(r["cpu"] for r in results)
     server_cpu = cpu1.total - cpu0.total
+    db_cpu = db1.total - db0.total  # backends that ended meanwhile are lost (connections are pooled)
     nan = float("nan")
 
     def per_tx(seconds_: float) -> float:
@@ -253,9 +266,13 @@ def run_level(
         server_cpu_wait_ms_per_tx=per_tx(cpu.wait_between(cpu0, cpu1)),
         client_cpu_ms_per_tx=per_tx(client_cpu),
         client_quote_ms_per_tx=per_tx(sum(r["qcpu"] for r in results)),
+        db_cpu_ms_per_tx=per_tx(db_cpu),
         client_core_util=round(client_cpu / window / max(1, len(client_cpus or ())), 2) if n else nan,
-        other_cpu_s=round(max(0.0, (busy1 - busy0) - server_cpu - client_cpu), 2),
+        other_cpu_s=round(max(0.0, (busy1 - busy0) - server_cpu - client_cpu - db_cpu), 2),
         stages_ms_per_tx=cpu.stages_between(stages0, stages1, n),
+        replica_cpu_ms_per_tx=[
+            per_tx(b.total - a.total) for a, b in zip(by_replica0, by_replica1, strict=True)
+        ],
         first_errors=[f"{k} (x{c})" for k, c in Counter(errors).most_common(3)],
     )
 
@@ -292,7 +309,8 @@ class Options:
     pyspy: str | None
     tmp: str | None
     peer: bool
-    spec: ServerSpec
+    #: the deployments measured, one after another (``--workers 1,2``: a scaling run)
+    specs: list[ServerSpec]
 
 
 def parse_args(argv: Sequence[str] | None, doc: str) -> Options:
@@ -325,7 +343,34 @@ def parse_args(argv: Sequence[str] | None, doc: str) -> Options:
         action="store_false",
         help="skip the framework floor (bench/floor_app.py), the peer the results are compared with",
     )
+    parser.add_argument(
+        "--workers",
+        default="1",
+        help="keybroker serve --workers, comma-separated: each is measured in turn (1,2: the scaling report); "
+        "above 1, or with several, on PostgreSQL",
+    )
+    parser.add_argument(
+        "--replicas",
+        default="1",
+        help="replicas on one PostgreSQL, clients spread over them round-robin; comma-separated as --workers",
+    )
     args = parser.parse_args(argv)
+    try:
+        workers = [int(x) for x in args.workers.split(",") if x.strip()]
+        replicas = [int(x) for x in args.replicas.split(",") if x.strip()]
+    except ValueError:
+        parser.error("--workers and --replicas take comma-separated numbers, e.g. 1,2")
+    if not workers or not replicas or min(workers + replicas) < 1:
+        parser.error("--workers and --replicas take numbers of at least 1")
+    pairs = [(w, r) for r in replicas for w in workers]
+    # several deployments compare on one database: all on PostgreSQL when any needs it
+    on_pg = len(pairs) > 1 or any(w > 1 or r > 1 for w, r in pairs)
+    specs = [ServerSpec(workers=w, replicas=r, postgres=on_pg) for w, r in pairs]
+    for spec in specs:
+        try:
+            spec.check()
+        except SystemExit as exc:
+            parser.error(str(exc))
     variants = [v for v in VARIANTS if v.primary or not args.quick]
     if args.variants:
         wanted = {x.strip() for x in args.variants.split(",")}
@@ -348,7 +393,7 @@ def parse_args(argv: Sequence[str] | None, doc: str) -> Options:
         pyspy=pyspy,
         tmp=args.tmp,
         peer=args.peer,
-        spec=ServerSpec(),
+        specs=specs,
     )
 
 
@@ -359,7 +404,9 @@ def _venv_tool(name: str) -> str | None:
 
 @dataclass(frozen=True)
 class Placement:
-    """Which CPUs the server and the clients run on (server pinned to the first, clients to the rest)."""
+    """Which CPUs the server and the clients run on: one server process pinned to the first, the clients
+    to the rest; several (``--workers``, ``--replicas``, or a scaling run's points, all placed alike)
+    and the clients on every CPU."""
 
     cpus: list[int]
     server_cpus: set[int] | None
@@ -368,9 +415,10 @@ class Placement:
     clients: str
 
     @classmethod
-    def for_machine(cls, spec: ServerSpec) -> Placement:
+    def for_machine(cls, specs: Sequence[ServerSpec]) -> Placement:
         cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-        if len(cpus) >= 2:
+        spec = specs[0] if len(specs) == 1 else None
+        if len(cpus) >= 2 and spec is not None and spec.processes == 1:
             return cls(
                 cpus,
                 {cpus[0]},
@@ -378,11 +426,23 @@ class Placement:
                 f"{spec.describe()} pinned to CPU {cpus[0]}, alone there apart from other users",
                 f"one process per client (HTTP + quote making), all pinned to CPU(s) {','.join(map(str, cpus[1:]))}",
             )
+        what = spec.describe() if spec is not None else " / ".join(s.describe() for s in specs)
+        if len(cpus) >= 2:
+            # several server processes (or a scaling run's points, measured alike): every CPU for the
+            # server, which the clients share (keep them few: the client side makes the quotes)
+            everything = set(cpus)
+            return cls(
+                cpus,
+                everything,
+                everything,
+                f"{what} on all {len(cpus)} CPUs ({','.join(map(str, cpus))}), shared with the clients",
+                f"one process per client (HTTP + quote making), on the same {len(cpus)} CPUs as the server",
+            )
         return cls(
             cpus,
             None,
             None,
-            f"{spec.describe()}, sharing the only CPU with the clients",
+            f"{what}, sharing the only CPU with the clients",
             "one process per client, sharing the only CPU with the server",
         )
 
@@ -480,32 +540,44 @@ def start_peer(
 
 
 def measure(opts: Options, placement: Placement, tmp: Path, run: Run) -> None:
-    """Start the servers, set up, measure everything into ``run``; the servers stop whatever happens."""
-    server = Deployment(opts.spec, tmp, placement.server_cpus, env=STAGES_ENV)
+    """Each deployment in turn (a fresh one each: its own data dir and database); the first also gives
+    the cryptography alone and the framework floor."""
+    for i, spec in enumerate(opts.specs):
+        base = tmp / spec.label() if len(opts.specs) > 1 else tmp
+        base.mkdir(parents=True, exist_ok=True)
+        measure_one(opts, spec, placement, base, run, first=i == 0)
+
+
+def measure_one(
+    opts: Options, spec: ServerSpec, placement: Placement, tmp: Path, run: Run, *, first: bool
+) -> None:
+    """Start ``spec``'s servers, set up, measure into ``run``; the servers stop whatever happens."""
+    server = Deployment(spec, tmp, placement.server_cpus, env=STAGES_ENV)
     peer: FloorServer | None = None
     # the peer stands in for each protocol's first variant (its workload key, its captured answers)
     peer_variant = {v.protocol: v for v in reversed(opts.variants)}
     try:
-        print(f"starting keybroker serve --dev in {tmp} ...", flush=True)
+        print(f"starting keybroker serve: {spec.describe()}, in {tmp} ...", flush=True)
         server.start()
         aes_secret = os.urandom(32)
         target = set_up(server, opts.tee, aes_secret)
-        pki = sim.DevPki.load(server.data_dir / DEV_PKI_DIR)
+        pki = server.pki()
         work = Workload.generate()
 
-        # the cryptography alone, on the server's CPU while the server is idle
-        pin(placement.server_cpus)
-        print("measuring the cryptography alone ...", flush=True)
-        run.crypto = crypto.crypto_costs(
-            pki, opts.tee, work, 0.15 if opts.quick else 0.6, 2 if opts.quick else 3
-        )
-        pin(placement.client_cpus)
-        run.floor = cpu.request_floor(server, 100 if opts.quick else 400)
-        run.commit_ms = cpu.sqlite_commit_ms(tmp)
+        if first:
+            # the cryptography alone, on the server's CPU while the server is idle
+            pin(placement.server_cpus)
+            print("measuring the cryptography alone ...", flush=True)
+            run.crypto = crypto.crypto_costs(
+                pki, opts.tee, work, 0.15 if opts.quick else 0.6, 2 if opts.quick else 3
+            )
+            pin(placement.client_cpus)
+            run.floor = cpu.request_floor(server, 100 if opts.quick else 400)
+            run.commit_ms = cpu.sqlite_commit_ms(tmp)
 
         captured = warm_up(target, opts, pki, work, aes_secret, peer_variant)
         peer_target = None
-        if opts.peer:
+        if opts.peer and first:
             peer, peer_target = start_peer(server, placement, opts, captured, pki, work, peer_variant, run)
 
         for v in opts.variants:
@@ -522,7 +594,7 @@ def measure(opts: Options, placement: Placement, tmp: Path, run: Run) -> None:
             for n in opts.levels:
                 prof_out = opts.out.parent / f"transfer-profile-{v.name.replace('/', '_')}-{n}.txt"
                 profiling = opts.pyspy if n == max(opts.levels) else None
-                print(f"  {v.name} x {n} clients ...", flush=True)
+                print(f"  {v.name} x {n} clients ({spec.label()}) ...", flush=True)
                 with profile.py_spy(
                     profiling, server.main_pid(), prof_out, placement.client_cpus
                 ) as produced:
@@ -537,6 +609,7 @@ def measure(opts: Options, placement: Placement, tmp: Path, run: Run) -> None:
                         opts.seconds,
                         placement.client_cpus,
                     )
+                level.workers, level.replicas, level.deployment = spec.workers, spec.replicas, spec.label()
                 level.crypto_ms_per_tx = round(cost, 3)
                 level.crypto_bound_tx_per_s = round(1000 / cost, 1)
                 level.ratio = round(level.tx_per_s * cost / 1000, 3)
@@ -546,7 +619,10 @@ def measure(opts: Options, placement: Placement, tmp: Path, run: Run) -> None:
                 compare_with_peer(level, run.peer_results)
                 run.results.append(level)
                 for path in produced:
-                    run.profiles[f"{v.name} x {n}"] = {"raw": str(path), **profile.summarize_profile(path)}
+                    run.profiles[f"{v.name} x {n} ({spec.label()})"] = {
+                        "raw": str(path),
+                        **profile.summarize_profile(path),
+                    }
     finally:
         if peer is not None:
             peer.stop()
@@ -555,7 +631,8 @@ def measure(opts: Options, placement: Placement, tmp: Path, run: Run) -> None:
         server.stop()
         for i, log in enumerate(server.log_paths):
             with contextlib.suppress(OSError):
-                shutil.copy(log, opts.out.parent / f"transfer-server{'-' + str(i) if i else ''}.log")
+                suffix = (f"-{spec.label()}" if len(opts.specs) > 1 else "") + (f"-{i}" if i else "")
+                shutil.copy(log, opts.out.parent / f"transfer-server{suffix}.log")
 
 
 def build_report(
@@ -571,8 +648,8 @@ def build_report(
             "cpus": len(placement.cpus),
             "cpu_model": cpu.cpu_model(),
             "python": platform.python_version(),
-            "server": placement.server + "; HTTPS (TLS 1.3) with keep-alive, SQLite WAL",
-            "server_spec": asdict(opts.spec),
+            "server": placement.server + "; HTTPS (TLS 1.3) with keep-alive",
+            "server_specs": [asdict(spec) for spec in opts.specs],
             "clients": placement.clients,
             "peer": (
                 "the framework floor, bench/floor_app.py: FastAPI under uvicorn as keybroker is served (same "
@@ -586,8 +663,13 @@ def build_report(
             "crypto_alone": "this process on the server's CPU while the server was idle, best of rounds",
             "stages": "keybroker.stages (KEYBROKER_BENCH_STAGES=1): thread CPU per request-path stage, "
             "exclusive of the stages nested in it, read from the server's /metrics around each level",
-            "database": f"SQLite WAL, synchronous=FULL, on {cpu.fs_type(tmp)} in {tmp.parent}; a committed "
-            f"one-row transaction there takes {run.commit_ms:.2f} ms",
+            "database": (
+                "PostgreSQL (tests/helpers/postgres.py: a throwaway server on this machine, fsync=off), "
+                "a fresh database per deployment"
+                if any(spec.on_postgres for spec in opts.specs)
+                else f"SQLite WAL, synchronous=FULL, on {cpu.fs_type(tmp)} in {tmp.parent}; a committed "
+                f"one-row transaction there takes {run.commit_ms:.2f} ms"
+            ),
             "sqlite_commit_ms": run.commit_ms,
             "loadavg_before": [round(x, 2) for x in loadavg_before],
             "loadavg_after": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else [],
@@ -612,13 +694,14 @@ def build_report(
         if opts.peer
         else None,
         "targets": report.targets(rows, peer_rows),
+        "scaling": report.scaling(rows, len(placement.cpus)) if len(opts.specs) > 1 else None,
         "profile": run.profiles,
     }
 
 
 def main(argv: Sequence[str] | None = None, doc: str = "") -> int:
     opts = parse_args(argv, doc or (__doc__ or ""))
-    placement = Placement.for_machine(opts.spec)
+    placement = Placement.for_machine(opts.specs)
 
     def _terminate(signum: int, _frame: object) -> None:
         raise KeyboardInterrupt(f"signal {signum}")

@@ -102,6 +102,7 @@ def py_spy(pyspy: str | None, pid: int, out: Path, cpus: set[int] | None) -> Ite
         "-o",
         str(out),
         "--nonblocking",
+        "--subprocesses",  # serve --workers: the supervisor's workers are where the requests run
     ]
     proc = subprocess.Popen(  # noqa: PLW1509
         cmd,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 P99_TARGET_MS = 50.0
@@ -19,6 +19,17 @@ STAGES = ("parse", "verify", "policy", "database", "audit", "wrap", "json")
 
 def _fmt(x: float | None, spec: str) -> str:
     return format(x, spec) if x is not None and x == x else "n/a"
+
+
+def _by_deployment(rows: Sequence[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """``rows``, with a line naming the deployment before each deployment's rows when there are several."""
+    multi = len({r.get("deployment") for r in rows}) > 1
+    last = None
+    for r in rows:
+        if multi and r.get("deployment") != last:
+            last = r.get("deployment")
+            print(f"[{last}: {r['workers']} worker(s) x {r['replicas']} replica(s)]")
+        yield r
 
 
 def print_report(report: dict[str, Any]) -> None:
@@ -44,7 +55,7 @@ def print_report(report: dict[str, Any]) -> None:
     )
     print(head)
     print("-" * len(head))
-    for r in rows:
+    for r in _by_deployment(rows):
         print(
             f"{r['protocol']:<9}{r['key']:<9}{r['workload_key']:<9}{r['clients']:>7}{r['transfers']:>5}"
             f"{r['errors']:>4}{_fmt(r['tx_per_s'], '.1f'):>8}{_fmt(r['p50_ms'], '.1f'):>8}"
@@ -115,7 +126,7 @@ def print_report(report: dict[str, Any]) -> None:
     )
     print(head)
     print("-" * len(head))
-    for r in rows:
+    for r in _by_deployment(rows):
         print(
             f"{r['protocol']:<9}{r['key']:<9}{r['workload_key']:<9}{r['clients']:>7}{_fmt(r['tx_per_s'], '.1f'):>8}"
             f"{r['crypto_ms_per_tx']:>10.2f}{r['crypto_bound_tx_per_s']:>11.0f}"
@@ -139,7 +150,7 @@ def print_report(report: dict[str, Any]) -> None:
     print("where keybroker's CPU went (ms per transfer)")
     print(head)
     print("-" * len(head))
-    for r in rows:
+    for r in _by_deployment(rows):
         rest = r["server_cpu_ms_per_tx"] - r["crypto_ms_per_tx"] - r["http_floor_ms_per_tx"]
         print(
             f"{r['protocol']:<9}{r['key']:<9}{r['workload_key']:<9}{r['clients']:>7}"
@@ -160,6 +171,8 @@ def print_report(report: dict[str, Any]) -> None:
     ):
         print("  " + line)
     print_stages(rows)
+    if report.get("scaling"):
+        print_scaling(report["scaling"], report["meta"]["cpus"])
     print()
     print()
     print("cryptography alone, one core, best of rounds (ms per call):")
@@ -201,7 +214,7 @@ def print_stages(rows: Sequence[dict[str, Any]]) -> None:
     )
     print(head)
     print("-" * len(head))
-    for r in staged:
+    for r in _by_deployment(staged):
         st = r["stages_ms_per_tx"]
         rest = r["server_cpu_ms_per_tx"] - r["server_loop_ms_per_tx"] - sum(st.get(n, 0.0) for n in STAGES)
         print(
@@ -369,3 +382,100 @@ def _cpu_target(
         "feasible": None,
         "why": "the stage table says where the rest goes; the cryptography alone is listed above",
     }
+
+
+# --- scaling: measured vs Little's law -------------------------------------------------------------
+
+
+def scaling(rows: Sequence[dict[str, Any]], cores: int) -> list[dict[str, Any]]:
+    """Each deployment beside the single process at the same variant and clients, and the model.
+
+    Little's law for the server: transfers in service = throughput x CPU time per transfer, and N busy
+    processes on N cores hold at most N, so N processes do at most N / (CPU per transfer) tx/s: the
+    ``model`` column, from the single process's measured server CPU per transfer. On this machine the
+    clients (HTTP and quote making) and PostgreSQL share the same cores, so it also reads ``machine
+    model`` = cores / (server + client + database CPU per transfer), the most the whole run could do
+    here with every core busy. Other users of the machine take some of them: ``free model`` puts the
+    CPUs they left (CPUs less their CPU seconds per second during that level) in place of all.
+    """
+    out = []
+    for r in rows:
+        if not r["transfers"]:
+            continue
+        base = next(
+            (
+                b
+                for b in rows
+                if b["variant"] == r["variant"]
+                and b["clients"] == r["clients"]
+                and b["workers"] == 1
+                and b["replicas"] == 1
+                and b["transfers"]
+            ),
+            None,
+        )
+        n = r["workers"] * r["replicas"]
+        model = machine = free = None
+        free_cpus = round(max(0.0, cores - r["other_cpu_s"] / r["seconds"]), 2) if r["seconds"] else None
+        if base is not None and base["server_cpu_ms_per_tx"] > 0:
+            total_ms = base["server_cpu_ms_per_tx"] + base["client_cpu_ms_per_tx"] + base["db_cpu_ms_per_tx"]
+            model = round(n * 1000 / base["server_cpu_ms_per_tx"], 1)
+            machine = round(min(model, cores * 1000 / total_ms), 1)
+            if free_cpus is not None:
+                free = round(min(model, free_cpus * 1000 / total_ms), 1)
+        out.append(
+            {
+                "variant": r["variant"],
+                "protocol": r["protocol"],
+                "clients": r["clients"],
+                "deployment": r["deployment"],
+                "processes": n,
+                "tx_per_s": r["tx_per_s"],
+                "speedup": round(r["tx_per_s"] / base["tx_per_s"], 3) if base and base["tx_per_s"] else None,
+                "server_cpu_ms_per_tx": r["server_cpu_ms_per_tx"],
+                "client_cpu_ms_per_tx": r["client_cpu_ms_per_tx"],
+                "db_cpu_ms_per_tx": r["db_cpu_ms_per_tx"],
+                "server_cores_used": r["server_core_util"],
+                "model_tx_per_s": model,
+                "machine_model_tx_per_s": machine,
+                "vs_model": round(r["tx_per_s"] / model, 3) if model else None,
+                "vs_machine_model": round(r["tx_per_s"] / machine, 3) if machine else None,
+                "free_cpus": free_cpus,
+                "free_model_tx_per_s": free,
+                "vs_free_model": round(r["tx_per_s"] / free, 3) if free else None,
+            }
+        )
+    return out
+
+
+def print_scaling(points: Sequence[dict[str, Any]], cores: int) -> None:
+    print()
+    print(f"scaling: throughput by server processes, measured vs Little's law ({cores} CPUs)")
+    head = (
+        f"{'variant':<16}{'clients':>7}{'deploy':>7}{'procs':>6}{'tx/s':>8}{'x 1w':>6}{'srv ms/tx':>10}"
+        f"{'cli ms/tx':>10}{'db ms/tx':>9}{'srv cores':>10}{'model':>8}{'vs':>6}{'machine':>9}{'vs':>6}"
+        f"{'free cpus':>10}{'free':>6}{'vs':>6}"
+    )
+    print(head)
+    print("-" * len(head))
+    for p in points:
+        print(
+            f"{p['variant']:<16}{p['clients']:>7}{p['deployment']:>7}{p['processes']:>6}"
+            f"{_fmt(p['tx_per_s'], '.1f'):>8}{_fmt(p['speedup'], '.2f'):>6}"
+            f"{_fmt(p['server_cpu_ms_per_tx'], '.2f'):>10}{_fmt(p['client_cpu_ms_per_tx'], '.2f'):>10}"
+            f"{_fmt(p['db_cpu_ms_per_tx'], '.2f'):>9}{_fmt(p['server_cores_used'], '.2f'):>10}{_fmt(p['model_tx_per_s'], '.0f'):>8}"
+            f"{_fmt(p['vs_model'], '.2f'):>6}{_fmt(p['machine_model_tx_per_s'], '.0f'):>9}"
+            f"{_fmt(p['vs_machine_model'], '.2f'):>6}{_fmt(p['free_cpus'], '.2f'):>10}"
+            f"{_fmt(p['free_model_tx_per_s'], '.0f'):>6}{_fmt(p['vs_free_model'], '.2f'):>6}"
+        )
+    print()
+    for line in (
+        "model = processes x 1000 / the single process's server CPU ms per transfer (Little's law: N busy",
+        "processes on N cores complete at most N / CPU-per-transfer); vs = measured / model. machine = the",
+        f"most this machine's {cores} CPUs allow with the clients and PostgreSQL on them too: min(model,",
+        f"{cores} x 1000 / (server + client + db CPU ms per transfer of the single process)). db: PostgreSQL's",
+        "processes. srv cores: the server's CPU seconds per second (all its processes). x 1w: tx/s / the",
+        "single process's at the same clients. free cpus: the CPUs less what other users of the machine took",
+        "during the level (CPU seconds per second); free = the machine model on those alone.",
+    ):
+        print("  " + line)

@@ -5,9 +5,12 @@ process group of its own, stopped by group, ready once ``/readyz`` answers 200),
 server's CPUs, from a :class:`ServerSpec`. The framework floor (``bench/floor_app.py``) is started
 the same way (``tests.helpers.procs``). Both expose :meth:`pids`, the processes whose CPU counts.
 
-A spec names a number of replicas and of worker processes per replica. This version of
-``keybroker serve`` runs one process on SQLite: :meth:`ServerSpec.check` refuses more, and the place
-to add them is :func:`start_keybroker` (replicas on one PostgreSQL, ``serve --workers N``).
+A spec names a number of replicas and of worker processes per replica. One process runs on SQLite
+(``serve --dev``). More run on a throwaway PostgreSQL (``tests.helpers.postgres``, as the tests
+start it): ``serve --dev --database ... --workers N`` (one process group: the supervisor and its
+workers), or N replicas as an operator runs them (``tests.helpers.cluster``: initialised once, each
+unsealed with the shares, the simulator's root trusted and its collateral imported; docs/ha.md).
+Both at once would need an auto-unseal seal for every worker: refused.
 """
 
 from __future__ import annotations
@@ -25,12 +28,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from tests.helpers import procs
+from tests.helpers import cluster, postgres, procs
 from tests.helpers.postgres import free_port
 from tests.helpers.server import Server as KeybrokerProcess
 
 from kbbench import ROOT
 from kbbench.flows import Target
+from keybroker.api.services import DEV_PKI_DIR
 from keybroker.tee import sim
 
 BIN = Path(sys.executable).parent
@@ -57,21 +61,53 @@ class ServerSpec:
     workers: int = 1
     #: replicas on one database (PostgreSQL when more than one)
     replicas: int = 1
+    #: PostgreSQL even for one process: a scaling run's 1-worker point, on the database its others use
+    postgres: bool = False
+
+    @property
+    def on_postgres(self) -> bool:
+        return self.postgres or self.workers > 1 or self.replicas > 1
+
+    @property
+    def processes(self) -> int:
+        """The processes serving requests (a ``--workers`` supervisor only supervises)."""
+        return self.workers * self.replicas
 
     def check(self) -> None:
-        if self.workers != 1 or self.replicas != 1:
+        if self.workers < 1 or self.replicas < 1:
+            raise SystemExit("--workers and --replicas take numbers of at least 1")
+        if self.workers > 1 and self.replicas > 1:
             raise SystemExit(
-                "this keybroker serves one process on SQLite: --workers and --replicas need "
-                "'keybroker serve --workers' and replicas that join on PostgreSQL"
+                "--workers above 1 with --replicas above 1: each worker must unseal itself (an auto-unseal "
+                "seal, docs/ha.md), and the benchmark's replicas are unsealed with shares; use one or the other"
             )
 
     def describe(self) -> str:
         procs_ = "1 process (1 uvicorn worker)" if self.workers == 1 else f"{self.workers} uvicorn workers"
-        return procs_ if self.replicas == 1 else f"{self.replicas} replicas x {procs_}"
+        what = procs_ if self.replicas == 1 else f"{self.replicas} replicas x {procs_}"
+        return what + (" on PostgreSQL" if self.on_postgres else " on SQLite")
+
+    def label(self) -> str:
+        """Short: ``1w``, ``2w``, ``2r`` (the tables' deployment column)."""
+        return f"{self.replicas}r" if self.replicas > 1 else f"{self.workers}w"
+
+
+class _BenchCluster(cluster.Cluster):
+    """:class:`tests.helpers.cluster.Cluster` whose replicas are pinned and get the benchmark's environment."""
+
+    def __init__(self, base: Path, database: str, cpus: set[int] | None, env: dict[str, str] | None) -> None:
+        super().__init__(base, database)
+        self.cpus = cpus
+        self.env = env
+
+    def replica(self, index: int) -> KeybrokerProcess:
+        server = super().replica(index)
+        server.cpus, server.env = self.cpus, self.env
+        return server
 
 
 class Deployment:
-    """The keybroker processes of one :class:`ServerSpec`: replica 0 first (it creates the data dir)."""
+    """The keybroker processes of one :class:`ServerSpec` (and its PostgreSQL when it needs one)."""
 
     name = "keybroker serve"
 
@@ -80,16 +116,13 @@ class Deployment:
     ) -> None:
         spec.check()
         self.spec = spec
-        self.replicas = [
-            KeybrokerProcess(
-                base / (f"data-{i}" if i else "data"),
-                extra=["--dev"],
-                cpus=cpus,
-                ready_path="/readyz",
-                env=env,
-            )
-            for i in range(spec.replicas)
-        ]
+        self.base = base
+        self.cpus = cpus
+        self.env = env
+        self.pg: postgres.PostgresServer | None = None
+        self.database: str | None = None
+        self.cluster: _BenchCluster | None = None
+        self.replicas: list[KeybrokerProcess] = []
 
     @property
     def data_dir(self) -> Path:
@@ -108,25 +141,114 @@ class Deployment:
         return tuple(r.url for r in self.replicas)
 
     @property
+    def stage_urls(self) -> tuple[str, ...]:
+        """Where the per-stage CPU totals can be read whole: each replica's ``/metrics`` counts its own
+        process only, so with ``--workers`` above 1 (one socket, whichever worker accepts) none."""
+        return self.urls if self.spec.workers == 1 else ()
+
+    @property
     def log_paths(self) -> list[Path]:
         return [r.log_path for r in self.replicas if r.log_path is not None]
 
     def start(self) -> None:
-        for r in self.replicas:
-            r.start()
+        if not self.spec.on_postgres:
+            self.replicas = [self._process(["--dev"])]
+            self.replicas[0].start()
+            return
+        self.pg = postgres.start()
+        if self.pg is None:
+            raise SystemExit(
+                "--workers / --replicas need PostgreSQL's binaries (none found: make system-deps)"
+            )
+        self.database = self.pg.create_database("kb_bench")
+        if self.spec.replicas > 1:
+            self.cluster = _BenchCluster(self.base / "cluster", self.database, self.cpus, self.env)
+            self.replicas = self.cluster.replicas  # filled as they start: stop() finds them on failure
+            self.cluster.start(self.spec.replicas)
+            return
+        server = self._process(["--dev", "--database", self.database, "--workers", str(self.spec.workers)])
+        self.replicas = [server]
+        server.start()
+        if self.spec.workers > 1:
+            self._wait_for_workers(server)
+
+    def _process(self, extra: list[str]) -> KeybrokerProcess:
+        return KeybrokerProcess(
+            self.base / "data", extra=extra, cpus=self.cpus, ready_path="/readyz", env=self.env
+        )
+
+    def _wait_for_workers(self, server: KeybrokerProcess, timeout: float = 90) -> None:
+        """Until every worker process runs (``/readyz`` answered from one; the others may still be
+        building their services) and each answers: fresh connections land on either."""
+        assert server.proc is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if len(self.workers(server)) >= self.spec.workers:
+                break
+            time.sleep(0.2)
+        else:
+            raise RuntimeError(f"{self.spec.workers} workers did not start:\n{server.log()}")
+        ok = 0
+        while ok < 4 * self.spec.workers and time.monotonic() < deadline:
+            try:
+                r = httpx.get(server.url + "/readyz", verify=ssl_context(server.ca), timeout=5)
+                ok = ok + 1 if r.status_code == 200 else 0
+            except httpx.TransportError:
+                ok = 0
+            time.sleep(0.1)
+
+    @staticmethod
+    def workers(server: KeybrokerProcess) -> list[int]:
+        """The worker processes of a ``--workers`` server (multiprocessing's spawned children)."""
+        if server.proc is None:
+            return []
+        found = []
+        for pid in procs.members(server.proc.pid):
+            try:
+                if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    found.append(pid)
+            except OSError:
+                continue
+        return found
 
     def stop(self) -> None:
         for r in reversed(self.replicas):
             r.stop()
+        if self.pg is not None:
+            self.pg.stop()
+            self.pg = None
 
     def pids(self) -> list[int]:
-        """Every live process of every replica (uvicorn's workers too)."""
+        """Every live process of every replica (each is a process group: ``--workers``' supervisor
+        and its workers)."""
         return [pid for r in self.replicas if r.proc is not None for pid in procs.members(r.proc.pid)]
+
+    def db_pids(self) -> list[int]:
+        """PostgreSQL's processes (postmaster, backends, writers): CPU a transfer costs on this machine
+        beside the server's own; none on SQLite (in the server's processes)."""
+        return self.pg.processes() if self.pg is not None else []
+
+    def pid_groups(self) -> list[list[int]]:
+        """:meth:`pids` per replica."""
+        return [procs.members(r.proc.pid) if r.proc is not None else [] for r in self.replicas]
 
     def main_pid(self) -> int:
         proc = self.replicas[0].proc
         assert proc is not None
         return proc.pid
+
+    def admin_token(self) -> str:
+        """A *:* token for the set-up: the cluster's from its init, else ``keybroker token create``."""
+        if self.cluster is not None:
+            return self.cluster.admin_token
+        return mint_admin_token(self.data_dir, ["--database", self.database] if self.database else [])
+
+    def pki(self) -> sim.DevPki:
+        """The simulator's PKI the servers trust (``--dev``'s own, or the cluster's trusted root)."""
+        if self.cluster is not None:
+            assert self.cluster.pki is not None
+            return self.cluster.pki
+        return sim.DevPki.load(self.data_dir / DEV_PKI_DIR)
 
 
 class FloorServer:
@@ -155,6 +277,10 @@ class FloorServer:
     @property
     def ca(self) -> Path:
         return self.data_dir / "ca" / "ca.pem"
+
+    @property
+    def stage_urls(self) -> tuple[str, ...]:
+        return ()
 
     @property
     def log_paths(self) -> list[Path]:
@@ -196,6 +322,12 @@ class FloorServer:
 
     def pids(self) -> list[int]:
         return procs.members(self.proc.pid) if self.proc is not None else []
+
+    def pid_groups(self) -> list[list[int]]:
+        return [self.pids()]
+
+    def db_pids(self) -> list[int]:
+        return []
 
     def main_pid(self) -> int:
         assert self.proc is not None
@@ -239,10 +371,10 @@ def sim_policy(tee: str) -> dict[str, Any]:
     }
 
 
-def mint_admin_token(data_dir: Path) -> str:
+def mint_admin_token(data_dir: Path, extra: Sequence[str] = ()) -> str:
     """A *:* token for the set-up, issued (and recorded) as an operator would: ``keybroker token create``."""
     r = subprocess.run(
-        [str(BIN / "keybroker"), "token", "create", "--data-dir", str(data_dir)]
+        [str(BIN / "keybroker"), "token", "create", "--data-dir", str(data_dir), *extra]
         + ["--subject", "bench-admin", "--permissions", "*:*", "--ttl", "2h"],
         capture_output=True,
         text=True,
@@ -257,7 +389,7 @@ def mint_admin_token(data_dir: Path) -> str:
 def set_up(server: Deployment, tee: str, aes_secret: bytes) -> Target:
     """A policy admitting simulated evidence, an imported AES-256 key and a generated RSA-3072 key under
     it, and a /kbs/v0 resource serving each (through replica 0; the others share its database)."""
-    token = mint_admin_token(server.data_dir)
+    token = server.admin_token()
     h = {"Authorization": f"Bearer {token}"}
     with httpx.Client(base_url=server.url, verify=ssl_context(server.ca), headers=h, timeout=60) as c:
 

@@ -1,5 +1,6 @@
 """bench/transfer.py runs end to end in a tiny configuration and writes its JSON (no timings asserted),
-with its peer (the framework floor, bench/floor_app.py) and without it (--no-peer); bench/soak.py
+with its peer (the framework floor, bench/floor_app.py) and without it (--no-peer), with
+``--workers 1,2`` (the scaling report) and ``--replicas 2`` on a throwaway PostgreSQL; bench/soak.py
 runs a few transfers and reports the server's RSS along the way."""
 
 from __future__ import annotations
@@ -9,6 +10,9 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+
+import pytest
+from tests.helpers import postgres
 
 ROOT = Path(__file__).resolve().parents[2]
 #: bench/transfer.py's exit status when some transfers failed (they are reported, not hidden).
@@ -137,8 +141,130 @@ def test_transfer_bench_no_peer(tmp_path: Path) -> None:
         ("v1/aes/rsa3072", 1, 2)
     ]
     assert all(row[c] is None for row in report["results"] for c in PEER_COLUMNS)
+    assert all(row["db_cpu_ms_per_tx"] == 0 for row in report["results"])  # SQLite: in the server's own
     assert all(t["feasible"] is None for t in report["targets"])
     assert "targets:" in r.stdout and "the framework floor itself" not in r.stdout
+
+
+SCALING_COLUMNS = {
+    "variant",
+    "protocol",
+    "clients",
+    "deployment",
+    "processes",
+    "tx_per_s",
+    "speedup",
+    "server_cpu_ms_per_tx",
+    "client_cpu_ms_per_tx",
+    "db_cpu_ms_per_tx",
+    "server_cores_used",
+    "model_tx_per_s",
+    "machine_model_tx_per_s",
+    "vs_model",
+    "vs_machine_model",
+    "free_cpus",
+    "free_model_tx_per_s",
+    "vs_free_model",
+}
+needs_postgres = pytest.mark.skipif(
+    postgres.find_bindir() is None, reason="PostgreSQL binaries not installed"
+)
+
+
+@needs_postgres
+def test_transfer_bench_one_and_two_workers(tmp_path: Path) -> None:
+    r, report = _run(
+        tmp_path,
+        *(
+            "--workers",
+            "1,2",
+            "--levels",
+            "2",
+            "--transfers",
+            "6",
+            "--variants",
+            "v1/aes/rsa3072",
+            "--no-peer",
+        ),
+    )
+    assert [(s["workers"], s["replicas"], s["postgres"]) for s in report["meta"]["server_specs"]] == [
+        (1, 1, True),
+        (2, 1, True),
+    ]
+    assert "PostgreSQL" in report["meta"]["database"]
+    rows = report["results"]
+    assert [(row["deployment"], row["workers"], row["replicas"], row["clients"]) for row in rows] == [
+        ("1w", 1, 1, 2),
+        ("2w", 2, 1, 2),
+    ]
+    assert all(row["transfers"] + row["errors"] >= 6 for row in rows)
+    one, two = rows
+    # one process: its /metrics hold all its stages; two workers behind one socket: no one /metrics does
+    assert V1_STAGES <= set(one["stages_ms_per_tx"]) and two["stages_ms_per_tx"] is None
+    assert len(one["replica_cpu_ms_per_tx"]) == len(two["replica_cpu_ms_per_tx"]) == 1
+    # PostgreSQL's CPU is counted apart from the server's (on SQLite it is in the server's own)
+    assert all(row["db_cpu_ms_per_tx"] >= 0 for row in rows)
+
+    points = report["scaling"]
+    assert [(p["deployment"], p["processes"], p["clients"]) for p in points] == [("1w", 1, 2), ("2w", 2, 2)]
+    for p, row in zip(points, rows, strict=True):
+        assert set(p) == SCALING_COLUMNS
+        assert (p["tx_per_s"], p["server_cpu_ms_per_tx"]) == (row["tx_per_s"], row["server_cpu_ms_per_tx"])
+        assert p["speedup"] == round(row["tx_per_s"] / one["tx_per_s"], 3)
+        # Little's law from the single process's measured CPU per transfer (read in 10 ms ticks: maybe none)
+        if one["server_cpu_ms_per_tx"] > 0:
+            model = round(p["processes"] * 1000 / one["server_cpu_ms_per_tx"], 1)
+            assert p["model_tx_per_s"] == model and p["vs_model"] == round(p["tx_per_s"] / model, 3)
+            cores = report["meta"]["cpus"]
+            cpu_ms = one["server_cpu_ms_per_tx"] + one["client_cpu_ms_per_tx"] + one["db_cpu_ms_per_tx"]
+            cap = cores * 1000 / cpu_ms
+            assert p["machine_model_tx_per_s"] == round(min(model, cap), 1)
+            free_cpus = round(max(0.0, cores - row["other_cpu_s"] / row["seconds"]), 2)
+            assert p["free_cpus"] == free_cpus <= cores
+            assert p["free_model_tx_per_s"] == round(min(model, free_cpus * 1000 / cpu_ms), 1)
+        else:
+            assert p["model_tx_per_s"] is None
+    assert "scaling:" in r.stdout and "Little's law" in r.stdout and "[2w: 2 worker(s)" in r.stdout
+
+
+@needs_postgres
+def test_transfer_bench_two_replicas(tmp_path: Path) -> None:
+    r, report = _run(
+        tmp_path,
+        *(
+            "--replicas",
+            "2",
+            "--levels",
+            "2",
+            "--transfers",
+            "8",
+            "--variants",
+            "v1/aes/rsa3072",
+            "--no-peer",
+        ),
+    )
+    assert [(s["workers"], s["replicas"]) for s in report["meta"]["server_specs"]] == [(1, 2)]
+    assert report["scaling"] is None  # one deployment: nothing to compare
+    [row] = report["results"]
+    assert (row["deployment"], row["replicas"], row["clients"]) == ("2r", 2, 2)
+    assert row["transfers"] + row["errors"] >= 8 and row["transfers"] > 0
+    # the two clients spread round-robin: each replica served one of them (and spent CPU on it)
+    assert len(row["replica_cpu_ms_per_tx"]) == 2 and all(x > 0 for x in row["replica_cpu_ms_per_tx"]), row
+    # every stage, summed over both replicas' /metrics
+    assert V1_STAGES <= set(row["stages_ms_per_tx"]), row
+    assert "2 replicas" in report["meta"]["server"] and "PostgreSQL" in report["meta"]["database"]
+    assert "targets:" in r.stdout
+
+
+def test_transfer_bench_refuses_workers_with_replicas(tmp_path: Path) -> None:
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "transfer.py"), "--workers", "2", "--replicas", "2"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert r.returncode == 2 and "auto-unseal" in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
 def test_soak_reports_rss_at_start_middle_and_end(tmp_path: Path) -> None:
