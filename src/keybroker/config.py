@@ -144,6 +144,17 @@ class CollateralSettings(BaseModel):
         return value
 
 
+class SnpSettings(BaseModel):
+    """AMD SEV-SNP verification (docs/snp.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    #: Every SEV-SNP report (az-snp-vtpm too) needs a current CRL of its chain's ARK, for its side
+    #: (ASK or ASVK), held by the KDS cache (``collateral fetch --snp``). False (unsafe: a revoked
+    #: ASK/ASVK then passes when no CRL is cached) is logged as a warning at every start.
+    require_crl: bool = True
+
+
 class ConsoleSettings(BaseModel):
     """The web console at ``/ui``."""
 
@@ -185,6 +196,7 @@ class Settings(BaseModel):
     limits: LimitsSettings = Field(default_factory=LimitsSettings)
     audit: AuditSettings = Field(default_factory=AuditSettings)
     collateral: CollateralSettings = Field(default_factory=CollateralSettings)
+    snp: SnpSettings = Field(default_factory=SnpSettings)
     #: None: no OpenID provider (the console's dev login under --dev only).
     oidc: OidcSettings | None = None
     console: ConsoleSettings = Field(default_factory=ConsoleSettings)

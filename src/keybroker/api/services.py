@@ -28,7 +28,7 @@ from keybroker.auth.authn import Authenticator
 from keybroker.auth.oidc import OidcProvider
 from keybroker.auth.registry import TokenRegistry
 from keybroker.auth.rolestore import RoleStore
-from keybroker.collateral.kds_store import KdsStore, endorsement_source
+from keybroker.collateral.kds_store import KdsStore, crl_source, endorsement_source
 from keybroker.collateral.store import DbCollateralSource
 from keybroker.collateral.trust import DEV_PKI_DIR as DEV_PKI_DIR  # where tests find the dev PKI
 from keybroker.collateral.trust import dev_pki_dir, ek_roots, evidence_trust, snp_dev_pki_dir
@@ -113,6 +113,8 @@ def _dev_pki(directory: Path) -> DevPki:
 def _snp_dev_pki(directory: Path) -> SnpDevPki:
     """The SEV-SNP simulator's dev PKI (an AMD-shaped ARK/ASK/ASVK; created on first start)."""
     pki = SnpDevPki.load_or_create(directory)
+    if pki.crls_expire_before(datetime.now(UTC) + timedelta(days=7)):
+        pki.reissue_crls()  # every SEV-SNP report needs a current CRL of its ARK (snp.require_crl)
     log.warning(
         "DEV MODE: SEV-SNP reports chaining to the simulator's dev ARK %s are trusted (claims carry sim=true)",
         directory / "ark.pem",
@@ -216,9 +218,17 @@ class Services:
         if settings.dev:
             _dev_pki(dev_pki_dir(settings))  # created, or its collateral refreshed, before it is read
             _snp_dev_pki(snp_dev_pki_dir(settings))
-        kds = endorsement_source(KdsStore(db))  # SEV-SNP reports that carry no certificates
+        kds_store = KdsStore(db)
+        kds = endorsement_source(kds_store)  # SEV-SNP reports that carry no certificates
+        if not settings.snp.require_crl:
+            log.warning(
+                "snp.require_crl is false (UNSAFE): an SEV-SNP report whose chain has no CRL in the KDS "
+                "cache is accepted, so a revoked ASK/ASVK passes until its CRL is fetched"
+            )
         aks = DbAkRegistry(db)
-        trust = evidence_trust(settings, DbCollateralSource(db), aks=aks, snp_endorsements=kds)
+        trust = evidence_trust(
+            settings, DbCollateralSource(db), aks=aks, snp_endorsements=kds, snp_crls=crl_source(kds_store)
+        )
         verifier = REGISTRY.verifier(trust)
         manufacturers, dev_ek = ek_roots(settings)
         if dev_ek:

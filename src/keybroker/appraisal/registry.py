@@ -82,6 +82,11 @@ class TeeRegistry:
         return Verifier(plugins, clock=clock)
 
 
+def _snp_verifier(t: EvidenceTrust) -> SnpVerifier:
+    """One SEV-SNP verifier shape for ``snp`` and ``az-snp-vtpm``: the same sources and CRL rule."""
+    return SnpVerifier(t.dev_roots, t.snp_endorsements, crl_source=t.snp_crls, require_crl=t.snp_require_crl)
+
+
 REGISTRY = TeeRegistry(
     TeeRegistration(
         "sgx", sgx.SECTION, DCAP_TCB_MEMBERS, lambda t: DcapVerifier("sgx", t.collateral, t.dev_roots)
@@ -89,13 +94,13 @@ REGISTRY = TeeRegistry(
     TeeRegistration(
         "tdx", tdx.SECTION, DCAP_TCB_MEMBERS, lambda t: DcapVerifier("tdx", t.collateral, t.dev_roots)
     ),
-    TeeRegistration("snp", snp.SECTION, (), lambda t: SnpVerifier(t.dev_roots, t.snp_endorsements)),
+    TeeRegistration("snp", snp.SECTION, (), lambda t: _snp_verifier(t)),
     TeeRegistration("tpm", tpm.SECTION, (), lambda t: TpmVerifier(t.tpm)),
     TeeRegistration(
         "az-snp-vtpm",
         azure.AZ_SNP_VTPM,
         (),
-        lambda t: AzureVtpmVerifier("az-snp-vtpm", SnpVerifier(t.dev_roots, t.snp_endorsements), tpm=t.tpm),
+        lambda t: AzureVtpmVerifier("az-snp-vtpm", _snp_verifier(t), tpm=t.tpm),
     ),
     TeeRegistration(
         "az-tdx-vtpm",

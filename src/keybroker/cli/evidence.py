@@ -111,6 +111,10 @@ def _error(message: str) -> None:
     _err.print(Text.assemble(("error:", "red"), " ", message), highlight=False, soft_wrap=True)
 
 
+def _warn(message: str) -> None:
+    _err.print(Text.assemble(("warning:", "yellow"), " ", message), highlight=False, soft_wrap=True)
+
+
 class UsageError(Exception):
     """Bad command-line input (exit 2)."""
 
@@ -366,11 +370,17 @@ def server_trust(
         else:
             store = lookup_for_cli(settings, at=at)
     # SEV-SNP: asked only for a report that carries no certificates and was given no --cert
-    from keybroker.collateral.kds_store import endorsement_source_for_cli
+    from keybroker.collateral.kds_store import crl_source_for_cli, endorsement_source_for_cli
 
     snp = endorsement_source_for_cli(settings)
     try:
-        return evidence_trust(settings, store, extra_roots=extra_roots, snp_endorsements=snp)
+        return evidence_trust(
+            settings,
+            store,
+            extra_roots=extra_roots,
+            snp_endorsements=snp,
+            snp_crls=crl_source_for_cli(settings),
+        )
     except InvalidInput as exc:
         raise UsageError(exc.detail) from None
 
@@ -644,6 +654,14 @@ def verify(
             "sends, what policy test --quote takes).",
         ),
     ] = None,
+    allow_missing_crl: Annotated[
+        bool,
+        typer.Option(
+            "--allow-missing-crl",
+            help="SEV-SNP, az-snp-vtpm: UNSAFE, verify even when no CRL of the chain's ARK is held (the "
+            "KDS cache of --data-dir, else the CRLs given or carried): a revoked ASK/ASVK then passes.",
+        ),
+    ] = False,
     config: ConfigOpt = None,
     data_dir: DataDirOpt = None,
     database: DatabaseOpt = None,
@@ -683,6 +701,12 @@ def verify(
         extra = _load_roots(trust_root or [])
         settings = cli_settings(config, data_dir, database, dev)
         trust = server_trust(settings, at=when, extra_roots=extra, need_store=need_store)
+        if allow_missing_crl:
+            _warn(
+                "--allow-missing-crl: SEV-SNP chains are accepted without a CRL of their ARK, "
+                "so a revoked ASK/ASVK passes when none is held (CRLs held are still applied)"
+            )
+            trust = replace(trust, snp_require_crl=False)
         if (
             found == "tpm" and tee_name is None
         ):  # a TPM evidence document given whole, as policy test takes it

@@ -29,6 +29,7 @@ from keybroker.tee.dcap.endorsements import QuoteCollateral
 from keybroker.tee.snp.certs import load_certificate_ders
 from keybroker.tee.tpm.abi import TpmSignature, parse_signature, parse_tpm2b_public
 from keybroker.tee.trust import EvidenceTrust
+from keybroker.tee.x509 import pem_certificates_and_crls
 from keybroker.wire.tpm import parse_tools_pcrs, tpm_evidence
 
 __all__ = [
@@ -190,12 +191,24 @@ def azure_endorsements(
         if not certs:
             return None
         ders: list[bytes] = []
+        crls: list[bytes] = []
         for raw in certs:
             try:
+                if raw.lstrip().startswith(b"-----BEGIN"):
+                    blocks, crl_blocks = pem_certificates_and_crls(raw)
+                    crls += [
+                        x509.load_pem_x509_crl(b.encode("ascii")).public_bytes(Encoding.DER)
+                        for b in crl_blocks
+                    ]
+                    raw = "".join(blocks).encode("ascii")
+                    if not blocks:
+                        continue
                 ders.extend(load_certificate_ders(raw, field="--cert"))
             except (EvidenceParseError, InvalidInput) as exc:
                 raise CliInputError(exc.detail) from None
-        return AzureEndorsements(snp_chain=tuple(ders))
+            except ValueError as exc:
+                raise CliInputError(f"--cert: {exc}") from None
+        return AzureEndorsements(snp_chain=tuple(ders) or None, snp_crls=tuple(crls))
     if certs:
         raise CliInputError("--cert is AMD's chain for --tee az-snp-vtpm")
     if collateral is None:

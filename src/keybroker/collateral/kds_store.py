@@ -43,12 +43,29 @@ from keybroker.store.db import Database
 from keybroker.store.models import SnpCollateralItem as Row
 from keybroker.tee.snp import certs
 from keybroker.tee.snp.abi import PRODUCTS, Product, SigningKey
-from keybroker.tee.snp.sources import SnpEndorsements, SnpEndorsementSource, SnpPlatform
+from keybroker.tee.snp.sources import (
+    SnpCrlQuery,
+    SnpCrls,
+    SnpCrlSource,
+    SnpEndorsements,
+    SnpEndorsementSource,
+    SnpPlatform,
+)
 
-__all__ = ["KdsImportResult", "KdsStore", "StoredSnpItem"]
+__all__ = [
+    "KdsImportResult",
+    "KdsStore",
+    "StoredSnpItem",
+    "crl_source",
+    "crl_source_for_cli",
+    "endorsement_source",
+    "endorsement_source_for_cli",
+]
 
 _SUMMARY_MAX: Final = 12
 _FETCH: Final = "keybroker collateral fetch --snp"
+#: The console's way to the same fetch.
+_REFRESH: Final = "the console's Attestation page, Refresh now"
 
 
 def _utc(value: datetime) -> datetime:
@@ -460,6 +477,42 @@ class KdsStore:
                 _ASSEMBLED.popitem(last=False)
         return assembled
 
+    def crls_for(
+        self, *, product: Product, signing_key: SigningKey, ark_spki_sha256: str, at: datetime | None = None
+    ) -> SnpCrls:
+        """The cached CRLs of one ARK (by its key) for ``product``: the newest valid at ``at`` (else
+        the newest issued before it, else the newest: an expired one gives the verifier's precise
+        failure) of ``signing_key``'s side, and of the other side. Empty when none is cached."""
+        _check_product(product)
+        when = _utc(at) if at is not None else self._clock()
+        sides = (signing_key, "vlek" if signing_key == "vcek" else "vcek")
+        with self.db.engine.connect() as s:
+            metas = [
+                _pick(
+                    s,
+                    when,
+                    kind="snp_crl",
+                    product=product,
+                    signing_key=side,
+                    ark_spki_sha256=ark_spki_sha256,
+                )
+                for side in sides
+            ]
+            ids = [m.id for m in metas if m is not None]
+            contents = (
+                dict(s.execute(select(Row.id, Row.content).where(Row.id.in_(ids))).tuples().all())
+                if ids
+                else {}
+            )
+            held = "" if metas[0] is not None else self._summary(s, ("snp_crl",))
+        own, other = (() if m is None else (bytes(contents[m.id]),) for m in metas)
+        return SnpCrls(
+            side=own,
+            other=other,
+            held=f"cached CRLs: {held}" if held else "",
+            fix=f"'{_FETCH} --product {product}' (or {_REFRESH}; air-gapped: 'keybroker collateral import')",
+        )
+
     def _vcek(
         self, s: Connection, product: Product | None, chip_id: bytes, tcb: bytes, when: datetime
     ) -> _Meta:
@@ -617,6 +670,25 @@ def endorsement_source(store: KdsStore, *, require_crl: bool = True) -> SnpEndor
     return lookup
 
 
+def crl_source(store: KdsStore) -> SnpCrlSource:
+    """The KDS cache as the SEV-SNP verifier's trusted CRL source (``EvidenceTrust.snp_crls``):
+    asked for every verified chain, whatever carried its certificates."""
+
+    def lookup(query: SnpCrlQuery) -> SnpCrls:
+        try:
+            return store.crls_for(
+                product=query.product,
+                signing_key=query.signing_key,
+                ark_spki_sha256=query.ark_spki_sha256,
+                at=query.at,
+            )
+        except SQLAlchemyError as exc:
+            reason = str(getattr(exc, "orig", None) or type(exc).__name__).splitlines()[0]
+            raise CollateralError(f"the KDS cache is unavailable: {reason}") from None
+
+    return lookup
+
+
 def endorsement_source_for_cli(settings: Settings) -> SnpEndorsementSource:
     """The KDS cache of a keybroker's database behind ``keybroker evidence verify --tee snp`` without
     ``--cert``: opened (never created) on the first lookup, and asked as the server asks it (a CRL
@@ -638,5 +710,28 @@ def endorsement_source_for_cli(settings: Settings) -> SnpEndorsementSource:
                 )
             lookups.append(endorsement_source(store))
         return lookups[0](platform)
+
+    return lookup
+
+
+def crl_source_for_cli(settings: Settings) -> SnpCrlSource | None:
+    """The KDS cache of a keybroker's database as ``keybroker evidence verify``'s trusted CRL source,
+    opened (never created) on the first lookup; None when the settings name no existing database
+    (offline: a CRL of the chain's ARK must then be among the CRLs given or carried)."""
+    if settings.database is None and not (settings.data_dir / "keybroker.db").exists():
+        return None
+    lookups: list[SnpCrlSource] = []
+
+    def lookup(query: SnpCrlQuery) -> SnpCrls:
+        if not lookups:
+            store = KdsStore(Database(settings.database_url))
+            if not store.available():
+                return SnpCrls(
+                    side=(),
+                    held=f"the database of {settings.data_dir} has no KDS cache yet (start keybroker serve once)",
+                    fix=f"'{_FETCH} --product {query.product}'",
+                )
+            lookups.append(crl_source(store))
+        return lookups[0](query)
 
     return lookup

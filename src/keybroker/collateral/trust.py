@@ -9,7 +9,9 @@ trusts:
   ``tee.snp``), every certificate in the ``trust.dev_roots`` files, and in dev mode the data dir's
   dev PKI roots (``dev-pki/root.pem``, Intel-shaped; ``dev-pki/snp/ark.pem``, AMD-shaped);
 * collateral: in dev mode the dev PKI's own (``dev-pki/collateral-{sgx,tdx}.json``) first, then
-  the collateral store; SEV-SNP endorsements from the evidence itself or, when given, a KDS source.
+  the collateral store; SEV-SNP endorsements from the evidence itself or, when given, a KDS source;
+  SEV-SNP CRLs from the KDS cache and, in dev mode, the SEV-SNP dev PKI's own
+  (``dev-pki/snp/{vcek,vlek}-crl.der``), applied to every report (``snp.require_crl``).
 * TPM: the ``tpm.ak_roots`` stores and the enrolled attestation keys (``tpm_trust``).
 
 The dev PKI is created and refreshed by the server (``api.services``); this module only reads it,
@@ -30,13 +32,15 @@ from keybroker.tee.dcap.chain import TrustedRoots
 from keybroker.tee.dcap.endorsements import QuoteCollateral
 from keybroker.tee.dcap.plugin import DCAP_TEES
 from keybroker.tee.dcap.sources import ChainedCollateral, CollateralSource, StaticCollateral
-from keybroker.tee.snp.sources import SnpEndorsementSource
+from keybroker.tee.snp.certs import spki_sha256
+from keybroker.tee.snp.sources import SnpCrlQuery, SnpCrls, SnpCrlSource, SnpEndorsementSource
 from keybroker.tee.tpm.trust import AkRegistry, TpmTrust
 from keybroker.tee.trust import EvidenceTrust
 
 __all__ = [
     "DEV_PKI_DIR",
     "EvidenceTrust",
+    "chained_crls",
     "collateral_roots",
     "configured_roots",
     "dev_pki_dir",
@@ -163,16 +167,68 @@ def evidence_trust(
     extra_roots: Iterable[x509.Certificate] = (),
     aks: AkRegistry | None = None,
     snp_endorsements: SnpEndorsementSource | None = None,
+    snp_crls: SnpCrlSource | None = None,
 ) -> EvidenceTrust:
     """The server's trust for ``settings``: in dev mode the dev PKI's collateral before ``store``
     (the collateral store), the configured roots plus ``extra_roots`` (``--trust-root``), and the
     TPM AK roots with the enrolled AKs of ``aks``; ``snp_endorsements``: the KDS cache SEV-SNP
-    reports without certificates are verified with (None: such a report is refused, saying so)."""
+    reports without certificates are verified with (None: such a report is refused, saying so);
+    ``snp_crls``: the trusted SEV-SNP CRLs (the KDS cache's), in dev mode with the SEV-SNP dev
+    PKI's; ``snp.require_crl`` whether one of them must apply to every SEV-SNP report."""
     roots = (*configured_roots(settings), *extra_roots)
     sources: list[CollateralSource] = [_dev_collateral(settings)] if settings.dev else []
+    crls = [s for s in (snp_crls, _dev_snp_crls(settings) if settings.dev else None) if s is not None]
     return EvidenceTrust(
         dev_roots=roots,
         collateral=ChainedCollateral(*sources, store),
         tpm=tpm_trust(settings, aks),
         snp_endorsements=snp_endorsements,
+        snp_crls=chained_crls(*crls) if crls else None,
+        snp_require_crl=settings.snp.require_crl,
     )
+
+
+def chained_crls(*sources: SnpCrlSource) -> SnpCrlSource:
+    """Every source's CRLs together (each applied; the side is held when any source holds it)."""
+
+    def lookup(query: SnpCrlQuery) -> SnpCrls:
+        found = [source(query) for source in sources]
+        return SnpCrls(
+            side=tuple(c for f in found for c in f.side),
+            other=tuple(c for f in found for c in f.other),
+            held="; ".join(f.held for f in found if f.held),
+            fix=next((f.fix for f in found if f.fix), ""),
+        )
+
+    return lookup
+
+
+def _dev_snp_crls(settings: Settings) -> SnpCrlSource:
+    """The SEV-SNP dev PKI's CRLs (``dev-pki/snp/{vcek,vlek}-crl.der``, which the dev server issues
+    and re-issues before they expire) for chains to its dev ARK, read at each lookup (a revocation
+    there applies at once). Nothing for any other ARK."""
+    directory = snp_dev_pki_dir(settings)
+    ark_path = snp_dev_root_path(settings)
+
+    def lookup(query: SnpCrlQuery) -> SnpCrls:
+        try:
+            ark = x509.load_pem_x509_certificate(ark_path.read_bytes())
+        except (OSError, ValueError):
+            return SnpCrls(side=(), held=f"no SEV-SNP dev ARK at {ark_path}")
+        if spki_sha256(ark) != query.ark_spki_sha256:
+            return SnpCrls(side=())
+        read = []
+        for side in (query.signing_key, "vlek" if query.signing_key == "vcek" else "vcek"):
+            try:
+                read.append((directory / f"{side}-crl.der").read_bytes())
+            except OSError:
+                read.append(b"")
+        own, other = read
+        return SnpCrls(
+            side=(own,) if own else (),
+            other=(other,) if other else (),
+            held="" if own else f"no {query.signing_key}-crl.der in the SEV-SNP dev PKI {directory}",
+            fix=f"restart 'keybroker serve --dev --data-dir {settings.data_dir}' to re-issue the dev CRLs",
+        )
+
+    return lookup

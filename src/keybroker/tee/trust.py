@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from cryptography import x509
 
 from keybroker.tee.dcap.sources import CollateralSource, StaticCollateral
-from keybroker.tee.snp.sources import SnpEndorsementSource
+from keybroker.tee.snp.sources import SnpCrlSource, SnpEndorsementSource
 from keybroker.tee.tpm.trust import TpmTrust
 
 __all__ = ["EvidenceTrust"]
@@ -27,9 +27,13 @@ class EvidenceTrust:
     attestation keys are trusted (AK root stores, the enrolled AKs) and their clock history;
     ``snp_endorsements``: where the VCEK/VLEK, chain and CRLs of an SEV-SNP report that carries none
     come from (a KDS cache: ``tee.snp.sources``; None: such a report fails with
-    ``CollateralNotFound`` saying so)."""
+    ``CollateralNotFound`` saying so); ``snp_crls``: the trusted source of AMD's CRLs (the KDS
+    cache), asked for every SEV-SNP chain whatever carried it; ``snp_require_crl``: a CRL of the
+    chain's ARK for its side must be held there (without a source: among the CRLs given)."""
 
     dev_roots: tuple[x509.Certificate, ...] = ()
     collateral: CollateralSource = field(default_factory=StaticCollateral)
     tpm: TpmTrust = field(default_factory=TpmTrust)
     snp_endorsements: SnpEndorsementSource | None = None
+    snp_crls: SnpCrlSource | None = None
+    snp_require_crl: bool = True

@@ -67,6 +67,8 @@ class AzureEndorsements:
     shipped ASK), or the TD quote's collateral (None: the trust's source)."""
 
     snp_chain: tuple[bytes, ...] | None = None
+    #: AMD CRLs given with the chain (applied besides the verifier's trusted ones).
+    snp_crls: tuple[bytes, ...] = ()
     td_collateral: QuoteCollateral | None = None
 
 
@@ -242,14 +244,16 @@ class AzureVtpmVerifier:
             if e.vcek is None:
                 raise EvidenceParseError("SNP evidence without a VCEK", field="evidence.vcek")
             parsed = plugin.parse(e.report)
-            endorsements = SnpEndorsements((e.vcek,), origin="the evidence's VCEK")
+            endorsements = SnpEndorsements((e.vcek,), given.snp_crls, origin="the evidence's VCEK")
             if given.snp_chain is not None:
                 chain = tuple(c for c in given.snp_chain if c != e.vcek)
                 endorsements = SnpEndorsements(
-                    (e.vcek, *chain), origin="the evidence's VCEK and the given chain"
+                    (e.vcek, *chain), given.snp_crls, origin="the evidence's VCEK and the given chain"
                 )
             else:
                 endorsements = self._with_cached_chain(parsed, endorsements, at)
+            # whichever chain: the SEV-SNP plugin applies its trusted CRLs (the KDS cache's) and
+            # requires one for the chain's ARK (snp.require_crl), as for a plain SEV-SNP report
             result = plugin.claims(plugin.verify(parsed, at=at, endorsements=endorsements))
             vmpl = result.claims.get("vmpl")
             if vmpl != 0:
@@ -262,9 +266,9 @@ class AzureVtpmVerifier:
         return plugin.claims(plugin.verify(plugin.parse(e.report), at=at, endorsements=given.td_collateral))
 
     def _with_cached_chain(self, parsed: SnpEvidence, sent: SnpEndorsements, at: datetime) -> SnpEndorsements:
-        """The evidence carries the VCEK alone. Its ASK/ARK and AMD's CRLs come from the SEV-SNP
-        verifier's source (the KDS cache) when it holds them for this report, as for a plain SEV-SNP
-        report, so revocation is checked the same way; else the shipped ASK (and no CRL)."""
+        """The evidence carries the VCEK alone. Its ASK/ARK come from the SEV-SNP verifier's source
+        (the KDS cache) when it holds them for this report, else AMD's shipped ASK; either way the
+        plugin checks revocation with its trusted CRLs (``SnpVerifier``), as for a plain report."""
         assert isinstance(self._plugin, SnpVerifier)
         try:
             cached = self._plugin.source_endorsements(parsed, at)
@@ -275,7 +279,7 @@ class AzureVtpmVerifier:
         vcek = sent.certificates[0]
         chain = tuple(c for c in cached.certificates if _common_name(c) != "SEV-VCEK" and c != vcek)
         return SnpEndorsements(
-            (vcek, *chain), cached.crls, origin="the evidence's VCEK and the KDS cache's chain"
+            (vcek, *chain), (*sent.crls, *cached.crls), origin="the evidence's VCEK and the KDS cache's chain"
         )
 
     def verify(self, parsed: AzureEvidence, *, at: datetime, endorsements: object | None) -> VerifiedAzure:

@@ -46,7 +46,7 @@ from keybroker.tee.sim.pki import _instant, _iso, _mkdir_private, _write_atomic,
 from keybroker.tee.snp import abi
 from keybroker.tee.snp.abi import Product, SigningKey, Tcb
 from keybroker.tee.snp.certs import RSA_PSS_SHA384
-from keybroker.tee.snp.certtable import GUID_ARK, GUID_ASK, GUID_VCEK, GUID_VLEK, build_cert_table
+from keybroker.tee.snp.certtable import GUID_ARK, GUID_ASK, GUID_CRL, GUID_VCEK, GUID_VLEK, build_cert_table
 
 __all__ = [
     "DEFAULT_MEASUREMENT",
@@ -217,7 +217,8 @@ class SimSnpEvidence:
     signer: x509.Certificate
     #: ASK (or ASVK), ARK.
     chain: tuple[x509.Certificate, x509.Certificate]
-    #: The certificate table (configfs-tsm ``auxblob``): signer, intermediate, ARK.
+    #: The certificate table (configfs-tsm ``auxblob``): signer, intermediate, ARK and the ARK's
+    #: current CRL of that side (what a verifier without a KDS cache checks revocation with).
     cert_table: bytes
 
 
@@ -349,6 +350,17 @@ class SnpDevPki:
         self._write_crl(kind, _instant(now))
         self._write_manifest()
         return serial
+
+    def crls_expire_before(self, when: dt.datetime) -> bool:
+        """Whether a CRL is missing, unreadable or has its nextUpdate before ``when``."""
+        for kind in ("vcek", "vlek"):
+            try:
+                next_update = x509.load_der_x509_crl(self.crl(kind)).next_update_utc
+            except (OSError, ValueError):
+                return True
+            if next_update is None or next_update < when:
+                return True
+        return False
 
     def reissue_crls(self, *, now: dt.datetime | None = None) -> None:
         """Issue both CRLs afresh at ``now`` (valid 30 days), keeping the revocations."""
@@ -599,6 +611,7 @@ def snp_report(
             (GUID_VCEK if signing_key == "vcek" else GUID_VLEK, signer.public_bytes(der)),
             (GUID_ASK, chain[0].public_bytes(der)),
             (GUID_ARK, chain[1].public_bytes(der)),
+            (GUID_CRL, pki.crl(signing_key)),
         ]
     )
     return SimSnpEvidence(report=bytes(body), signer=signer, chain=chain, cert_table=table)

@@ -888,7 +888,7 @@ def check_crls(
     """
     if not crls:
         if require:
-            raise VerificationError(f"no CRL issued by {_cn(chain.ark.subject)} was given", check="crl")
+            raise _no_crl(chain)
         return ()
     ark_der = chain.ark.public_bytes(Encoding.DER)
     ark_cn = _cn(chain.ark.subject)
@@ -925,8 +925,21 @@ def check_crls(
             )
         applied.append((f"{ark_cn} CRL", crl.last_update_utc, next_update))
     if require and not applied:
-        raise VerificationError(f"no CRL issued by {ark_cn} was given", check="crl")
+        raise _no_crl(chain)
     return tuple(applied)
+
+
+def _no_crl(chain: VerifiedChain) -> VerificationError:
+    """No CRL of the chain's ARK among those given, and one is required."""
+    ark_cn = _cn(chain.ark.subject)
+    which = "ASKs" if chain.kind == "vcek" else "ASVKs"
+    return VerificationError(
+        f"no CRL issued by {ark_cn} was given, and the ARK's current CRL of {which} (KDS "
+        f"/{chain.kind}/v1/{chain.product}/crl) is required to check that the chain is not revoked: "
+        f"give it, or verify with the KDS cache that holds it ('keybroker collateral fetch --snp "
+        f"--product {chain.product}')",
+        check="crl",
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,6 +13,14 @@ Wherever they come from, the chain is verified to AMD's pinned ARKs or a configu
 (``verify.verify_report``); none of them is trusted for how it arrived. With none at all the
 verification fails with ``CollateralNotFound`` saying so.
 
+Revocation is the broker's, not the evidence's: once the chain verifies, the trusted CRL source (the
+KDS cache: ``tee.trust.EvidenceTrust.snp_crls``) is asked for the CRLs of its ARK, and all it holds
+are applied, whoever supplied the certificates; CRLs that came with them are applied as well (all
+must pass). With ``require_crl`` (the default; ``snp.require_crl``) the source must hold a CRL of
+that ARK for the chain's side (ASKs: ``/vcek/v1/{P}/crl``; ASVKs: ``/vlek/v1/{P}/crl``), else
+``CollateralNotFound`` (check ``crl``) names it and how to fetch it; without a source (the offline
+CLI with no database) one of the CRLs given must apply.
+
 AMD publishes no TCB status (there is no TCB Info for SEV-SNP as Intel's for DCAP): the result's
 ``tcb.status`` is :data:`TCB_STATUS` ("NoVendorStatus"), never UpToDate, and a policy judges the
 TCB by its minimum SPLs per component (``appraisal.sections.snp``).
@@ -53,6 +61,7 @@ from keybroker.tee.snp.abi import (
     SigningKey,
     parse_report,
 )
+from keybroker.tee.snp.certs import VerifiedChain, spki_sha256, verify_chain
 from keybroker.tee.snp.certtable import (
     ENTRY_SIZE,
     GUID_ARK,
@@ -65,7 +74,13 @@ from keybroker.tee.snp.certtable import (
     build_cert_table,
     parse_cert_table,
 )
-from keybroker.tee.snp.sources import SnpEndorsements, SnpEndorsementSource, SnpPlatform
+from keybroker.tee.snp.sources import (
+    SnpCrlQuery,
+    SnpCrlSource,
+    SnpEndorsements,
+    SnpEndorsementSource,
+    SnpPlatform,
+)
 from keybroker.tee.snp.verify import (
     CHECKS,
     VerifiedSnpReport,
@@ -186,10 +201,17 @@ class SnpVerifier:
     """Verifies SEV-SNP attestation reports (``snp``)."""
 
     def __init__(
-        self, dev_roots: Iterable[x509.Certificate] = (), source: SnpEndorsementSource | None = None
+        self,
+        dev_roots: Iterable[x509.Certificate] = (),
+        source: SnpEndorsementSource | None = None,
+        *,
+        crl_source: SnpCrlSource | None = None,
+        require_crl: bool = True,
     ) -> None:
         self._dev_roots = dev_arks(dev_roots)
         self._source = source
+        self._crl_source = crl_source
+        self._require_crl = require_crl
 
     @property
     def name(self) -> str:
@@ -258,14 +280,38 @@ class SnpVerifier:
         else:
             raise TypeError(f"SEV-SNP endorsements are SnpEndorsements, not {type(endorsements).__name__}")
         leaf, chain = _leaf_and_chain(found, kind)
+        # the chain is verified here (cached by its bytes) to ask for its ARK's CRLs; verify_report
+        # verifies it again (from that cache) in its own order of checks
+        trusted_crls = self._trusted_crls(verify_chain(leaf, chain, kind=kind, dev_roots=self._dev_roots), at)
         return verify_report(
             parsed.unverified_report.raw,
             vcek_or_vlek=leaf,
             chain=chain,
-            crls=found.crls,
+            crls=(*found.crls, *trusted_crls),
             at=at,
             dev_roots=self._dev_roots,
+            require_crl=self._require_crl,
         )
+
+    def _trusted_crls(self, chain: VerifiedChain, at: datetime) -> tuple[bytes, ...]:
+        """The CRL source's CRLs of the chain's ARK (both sides), or ``CollateralNotFound`` when
+        ``require_crl`` and it holds none for the chain's side."""
+        if self._crl_source is None:
+            return ()
+        query = SnpCrlQuery(chain.product, chain.kind, spki_sha256(chain.ark), at)
+        held = self._crl_source(query)
+        if not held.side and self._require_crl:
+            which = "VCEK CRL (of ASKs)" if chain.kind == "vcek" else "VLEK CRL (of ASVKs)"
+            root = "the simulator's dev ARK" if chain.root == "dev" else "AMD's ARK"
+            raise CollateralNotFound(
+                f"no {which} {chain.product} of {root} (key sha256 {query.ark_spki_sha256[:16]}…) is held, "
+                f"and SEV-SNP reports are verified only against a current CRL of their chain's ARK (crl). "
+                + (f"{held.held}. " if held.held else "")
+                + (f"Add it with {held.fix}" if held.fix else "Fetch it into the KDS cache"),
+                asked={"product": chain.product, "signing_key": chain.kind, "what": "crl"},
+                check="crl",
+            )
+        return (*held.side, *held.other)
 
     def claims(self, verified: VerifiedSnpReport) -> VerifiedEvidence:
         return VerifiedEvidence(

@@ -7,6 +7,10 @@ configfs-tsm's ``auxblob``, Trustee's ``cert_chain``); when it does not, the ver
 kind, the chip and the reported TCB. The KDS cache (AMD's Key Distribution Service: VCEKs by chip
 and TCB, chains and CRLs by product) is such a source; whatever a source returns is verified like
 anything else, to AMD's pinned ARKs (or a configured dev root), never trusted for being cached.
+
+Revocation is not left to the evidence: an :data:`SnpCrlSource` (the KDS cache, plus the dev PKI's
+CRLs in dev mode) is asked for the CRLs of every verified chain's ARK, whatever carried the
+certificates, and those it holds are always applied (``SnpVerifier``).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from datetime import datetime
 
 from keybroker.tee.snp.abi import Product, SigningKey
 
-__all__ = ["SnpEndorsementSource", "SnpEndorsements", "SnpPlatform"]
+__all__ = ["SnpCrlQuery", "SnpCrlSource", "SnpCrls", "SnpEndorsementSource", "SnpEndorsements", "SnpPlatform"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,3 +52,33 @@ class SnpPlatform:
 
 #: Endorsements for a platform, or ``CollateralNotFound`` naming what was asked.
 SnpEndorsementSource = Callable[[SnpPlatform], SnpEndorsements]
+
+
+@dataclass(frozen=True, slots=True)
+class SnpCrlQuery:
+    """The CRLs asked for a verified chain: its ARK (by SubjectPublicKeyInfo SHA-256, so a dev ARK
+    named like AMD's never gets AMD's CRLs or the reverse), its product and its side (``vcek``: the
+    ARK's CRL of ASKs, ``/vcek/v1/{P}/crl``; ``vlek``: of ASVKs, ``/vlek/v1/{P}/crl``)."""
+
+    product: Product
+    signing_key: SigningKey
+    ark_spki_sha256: str
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class SnpCrls:
+    """What a trusted CRL source holds for a chain (DER; empty when nothing).
+
+    ``side``: the CRLs of the asked side (the ones that can list this chain's intermediate);
+    ``other``: the ARK's CRLs of the other side (applied too); ``held``: what the source holds, and
+    ``fix``: how an operator adds the missing CRL, both for the message when ``side`` is empty."""
+
+    side: tuple[bytes, ...]
+    other: tuple[bytes, ...] = ()
+    held: str = "none"
+    fix: str = ""
+
+
+#: The trusted CRLs of a verified chain's ARK (a KDS cache); never raises for "none held".
+SnpCrlSource = Callable[[SnpCrlQuery], SnpCrls]
