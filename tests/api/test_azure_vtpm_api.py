@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
 from fastapi.testclient import TestClient
-from sqlalchemy import update
+from sqlalchemy import delete, update
 from tests.api.test_tpm_api import _key
 from tests.helpers.api import token_headers, unwrap_v1
 from tests.helpers.azure_sim import azure_snp_evidence
@@ -30,7 +30,7 @@ from keybroker.collateral.kds import chain_items, crl_item, vcek_item
 from keybroker.collateral.kds_store import KdsStore
 from keybroker.collateral.trust import snp_dev_pki_dir
 from keybroker.keys import wrap
-from keybroker.store.models import TransferPolicy
+from keybroker.store.models import SnpCollateralItem, TransferPolicy
 from keybroker.tee.sim.snp import DEFAULT_MEASUREMENT, DEFAULT_POLICY, SnpDevPki, snp_report
 from keybroker.wire import binding
 
@@ -278,3 +278,32 @@ def test_a_stored_policy_the_tighter_section_refuses_denies_and_is_no_server_err
     assert r.status_code == 403, r.text
     (reason,) = r.json()["reasons"]
     assert reason.startswith("the transfer policy no longer validates (az-snp-vtpm.snp.attributes")
+
+
+def test_a_revoked_ask_is_refused_with_the_callers_chain_too(
+    client: TestClient, admin_headers: dict[str, str], services: Services, vtpm: tuple[Swtpm, Ak]
+) -> None:
+    """Regression: with the ASK/ARK given by the caller (``/attestation/v1/verify``'s collateral,
+    ``evidence verify --cert``) no CRL was applied at all, so an ASK the ARK revoked passed. The KDS
+    cache's CRLs now apply to whatever chain the VCEK is verified with."""
+    pki = SnpDevPki.load(snp_dev_pki_dir(services.settings))
+    headers = token_headers(services, "attestation:verify")
+    evidence = azure_snp_evidence(pki, *vtpm, b"extra")
+    chain_pem = "".join(c.public_bytes(Encoding.PEM).decode() for c in pki.chain("vcek"))
+    body = {"quote": base64.b64encode(evidence).decode(), "collateral": {"cert_chain": chain_pem}}
+    r = client.post("/attestation/v1/verify", json=body, headers=headers)
+    assert r.status_code == 200 and r.json()["verified"] is True, r.text  # the dev PKI's current CRL
+    serial = pki.revoke_intermediate("vcek")  # the dev ARK's CRL now lists the ASK
+    KdsStore(services.db).import_items(
+        [crl_item(pki.crl("vcek"), signing_key="vcek", dev_roots=(pki.root_cert,))], source="test"
+    )
+    r = client.post("/attestation/v1/verify", json=body, headers=headers)
+    assert r.status_code == 400 and r.json()["check"] == "crl", r.text
+    assert f"(serial 0x{serial:x}) is revoked" in r.json()["detail"]
+    # and with no CRL of the ARK held anywhere: refused, naming it
+    pki.crl_path("vcek").unlink()
+    with services.db.session() as s:
+        s.execute(delete(SnpCollateralItem))
+    r = client.post("/attestation/v1/verify", json=body, headers=headers)
+    assert r.status_code == 404 and r.json()["check"] == "crl", r.text
+    assert "no VCEK CRL (of ASKs)" in r.json()["detail"]

@@ -9,23 +9,35 @@ from __future__ import annotations
 
 import base64
 import os
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding
 from fastapi.testclient import TestClient
 from tests.api.test_transfer_v1 import _WORKLOAD, SPKI
 from tests.helpers.api import token_headers, unwrap_v1
 from tests.vectors.corpus import case, path, read_bytes
 
+from keybroker.api.app import create_app
 from keybroker.api.services import Services
 from keybroker.client.protocol_v0 import snp_primary_evidence
 from keybroker.client.unwrap import jwe_unwrap
+from keybroker.collateral.kds import crl_item
+from keybroker.collateral.kds_store import KdsStore
 from keybroker.collateral.trust import snp_dev_pki_dir
+from keybroker.config import Settings, SnpSettings
 from keybroker.errors import EvidenceParseError
 from keybroker.keys import wrap
-from keybroker.tee.sim.snp import DEFAULT_MEASUREMENT, DEFAULT_POLICY, SnpDevPki, snp_report
+from keybroker.tee.sim.snp import DEFAULT_MEASUREMENT, DEFAULT_POLICY, SimSnpEvidence, SnpDevPki, snp_report
+from keybroker.tee.snp.certs import RSA_PSS_SHA384
+from keybroker.tee.snp.certtable import GUID_ARK, GUID_ASK, GUID_CRL, GUID_VCEK, build_cert_table
 from keybroker.wire import binding
 
 pytestmark = pytest.mark.filterwarnings("ignore:Parsed a serial number")
@@ -157,13 +169,16 @@ def test_tampered_and_unendorsed_reports(snp: Snp) -> None:
     nonce = snp.nonce()
     r = snp.transfer(snp.evidence(binding.v1_report_data(nonce, SPKI), with_certs=False), nonce)
     assert r.status_code == 404 and "collateral fetch --snp" in r.json()["detail"], r.text
-    # a real AMD-signed report is no SNP evidence of this nonce: its report data differs
+    # a real AMD-signed report (its VCEK in the table): no CRL of AMD's ARK-Milan is cached, so it
+    # is refused before anything else, naming the missing CRL and how to fetch it
     nonce = snp.nonce()
     real = read_bytes("amd-sev-snp/coco-trustee/test-report.bin")
     r = snp.transfer(real + _table(read_bytes("amd-sev-snp/coco-trustee/test-vcek.der")), nonce)
-    assert r.status_code == 400 and r.json()["check"] in ("validity_window", "report_data"), r.text
-    # every refusal audited: two failed checks, and the missing endorsements as a failure
-    assert [x["outcome"] for x in snp.audit("key.transfer")] == ["denied", "failed", "denied"]
+    assert r.status_code == 404 and r.json()["check"] == "crl", r.text
+    assert "no VCEK CRL (of ASKs) Milan of AMD's ARK" in r.json()["detail"]
+    assert "collateral fetch --snp --product Milan" in r.json()["detail"]
+    # every refusal audited: two failed checks, and the missing endorsements as failures
+    assert [x["outcome"] for x in snp.audit("key.transfer")] == ["denied", "failed", "failed"]
 
 
 def _table(vcek: bytes) -> bytes:
@@ -210,9 +225,26 @@ def test_attest_ear_and_passport_transfer(snp: Snp) -> None:
     assert r.status_code == 200, r.text
 
 
-def test_verify_real_reports_with_their_certificates(snp: Snp) -> None:
+@pytest.fixture
+def unsafe_no_crl(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[TestClient, Services]]:
+    """A dev service with ``snp.require_crl = false`` (the documented escape hatch, logged at start):
+    the vendored real reports come with no AMD CRL current at their ``verify_at``."""
+    settings = Settings(
+        data_dir=tmp_path / "nocrl",
+        database=f"sqlite:///{tmp_path / 'nocrl.db'}",
+        dev=True,
+        snp=SnpSettings(require_crl=False),
+    )
+    svc = Services.build(request.getfixturevalue("sqlite_template").restore(settings))
+    with TestClient(create_app(svc), base_url="https://testserver") as c:
+        yield c, svc
+    svc.db.dispose()
+
+
+def test_verify_real_reports_with_their_certificates(
+    snp: Snp, unsafe_no_crl: tuple[TestClient, Services]
+) -> None:
     c = case("snp-trustee-milan")
-    verifier_headers = token_headers(snp.services, "attestation:verify")
     collateral = {
         "certificates": [
             path(c["ca_chain"]).read_text(),
@@ -224,6 +256,14 @@ def test_verify_real_reports_with_their_certificates(snp: Snp) -> None:
         "collateral": collateral,
         "at": c["verify_at"],
     }
+    # by default: refused, as no CRL of AMD's ARK-Milan is cached
+    r = snp.client.post(
+        "/attestation/v1/verify", json=body, headers=token_headers(snp.services, "attestation:verify")
+    )
+    assert r.status_code == 404 and r.json()["check"] == "crl", r.text
+    client, services = unsafe_no_crl
+    snp = replace(snp, client=client, services=services)
+    verifier_headers = token_headers(snp.services, "attestation:verify")
     r = snp.client.post("/attestation/v1/verify", json=body, headers=verifier_headers)
     assert r.status_code == 200, r.text
     doc = r.json()
@@ -346,7 +386,9 @@ def _offsets(table_size: int) -> list[tuple[str, int]]:
     for name, (start, end) in _REGIONS.items():
         for pos in sorted({start, (start + end) // 2, end - 1}):
             out.append((f"{name}@{pos:#x}", pos))
-    for pos in (0, 16, 20, 24 * 3, table_size // 2, table_size - 1):  # GUID, offset, length, data
+    # GUID, offset, length, the terminator after the four entries (VCEK, ASK, ARK, CRL), data. (A
+    # flipped GUID of the CRL entry makes it an unknown entry, ignored: the server's own CRL applies.)
+    for pos in (0, 16, 20, 24 * 4, table_size // 2, table_size - 1):
         out.append((f"cert_table@{pos}", 0x4A0 + pos))
     return out
 
@@ -413,9 +455,14 @@ def test_every_region_mutated_through_the_endpoints(snp: Snp) -> None:
     assert after["attestation.attest"] - before["attestation.attest"] == sent["attestation.attest"]
 
 
-def test_the_corpus_report_mutated_is_never_accepted(snp: Snp) -> None:
+def test_the_corpus_report_mutated_is_never_accepted(
+    snp: Snp, unsafe_no_crl: tuple[TestClient, Services]
+) -> None:
     """The real Milan report with its VCEK, a bit flipped in each signed field: /attestation/v1/verify
-    refuses every one (4xx with the failed check)."""
+    refuses every one (4xx with the failed check); on a server without the CRL requirement, so that
+    the checks after ``crl`` run (the corpus has no AMD CRL of its time)."""
+    client, services = unsafe_no_crl
+    snp = replace(snp, client=client, services=services)
     c = case("snp-trustee-milan")
     headers = token_headers(snp.services, "attestation:verify")
     report = read_bytes(c["report"])
@@ -468,3 +515,99 @@ def test_a_report_without_certificates_verifies_with_the_kds_cache(snp: Snp) -> 
     made = snp_report(snp.pki, report_data=binding.v1_report_data(nonce, SPKI))
     r = snp.transfer(made.report, nonce)
     assert r.status_code == 200, r.text
+
+
+def _ark_crl(pki: SnpDevPki, *, revoked: tuple[int, ...], number: int) -> bytes:
+    """An ARK CRL of ASKs signed by the simulator's dev ARK (RSASSA-PSS SHA-384 salt 48, as AMD's),
+    current now and listing ``revoked``."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(pki.ark.cert.subject)
+        .last_update(now - timedelta(minutes=5))
+        .next_update(now + timedelta(days=1))
+        .add_extension(x509.CRLNumber(number), critical=False)
+    )
+    for serial in revoked:
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder()
+            .serial_number(serial)
+            .revocation_date(now - timedelta(minutes=5))
+            .build()
+        )
+    return builder.sign(pki.ark.key, hashes.SHA384(), rsa_padding=RSA_PSS_SHA384).public_bytes(Encoding.DER)
+
+
+def _attacker_table(made: SimSnpEvidence, crl: bytes | None) -> bytes:
+    """The certificate table a guest (or whoever forwards its evidence) chooses to send: the VCEK,
+    ASK and ARK, and a CRL of its choosing or none."""
+    items = [
+        (GUID_VCEK, made.signer.public_bytes(Encoding.DER)),
+        (GUID_ASK, made.chain[0].public_bytes(Encoding.DER)),
+        (GUID_ARK, made.chain[1].public_bytes(Encoding.DER)),
+    ]
+    return build_cert_table(items if crl is None else [*items, (GUID_CRL, crl)])
+
+
+def test_an_ask_revoked_in_the_cached_crl_is_refused_whatever_the_table_carries(snp: Snp) -> None:
+    """Regression: with the VCEK, ASK and ARK in the evidence's certificate table, only the table's
+    own CRL (usually none) was applied, so an ASK that AMD's ARK revoked passed whenever the sender
+    left the CRL out or sent an older one. The KDS cache's CRLs now apply to every chain."""
+    ask_serial = snp.pki.ask.cert.serial_number
+    revoking = _ark_crl(snp.pki, revoked=(ask_serial,), number=1000)
+    dev = (snp.pki.root_cert,)
+    KdsStore(snp.services.db).import_items(
+        [crl_item(revoking, signing_key="vcek", dev_roots=dev)], source="test"
+    )
+    stale = _ark_crl(snp.pki, revoked=(), number=999)  # genuine, current, and not listing the ASK
+    for table_crl in (None, stale):
+        nonce = snp.nonce()
+        made = snp_report(snp.pki, report_data=binding.v1_report_data(nonce, SPKI))
+        r = snp.transfer(made.report + _attacker_table(made, table_crl), nonce)
+        assert r.status_code == 400 and r.json()["check"] == "crl", r.text
+        assert f"(serial 0x{ask_serial:x}) is revoked by ARK-" in r.json()["detail"]
+        assert "wrapped_key" not in r.text
+    # and through /attestation/v1/attest: no token
+    n = snp.client.post("/attestation/v1/nonce").json()
+    made = snp_report(snp.pki, report_data=binding.v1_report_data(base64.b64decode(n["val"]), SPKI))
+    body = {
+        "tee": "snp",
+        "evidence": base64.b64encode(made.report + _attacker_table(made, None)).decode(),
+        "nonce": n["val"],
+        "user_data": base64.b64encode(SPKI).decode(),
+    }
+    r = snp.client.post("/attestation/v1/attest", json=body)
+    assert r.status_code == 400 and r.json()["check"] == "crl" and "token" not in r.json(), r.text
+    denied = [x for x in snp.audit("key.transfer") if x["outcome"] != "success"]
+    assert [x["details"].get("failed_check") for x in denied] == ["crl", "crl"]
+
+
+def test_without_a_crl_held_by_the_broker_the_report_is_refused_naming_it(snp: Snp) -> None:
+    """Regression: with no CRL anywhere the report passed. Now the broker must hold a current CRL of
+    the chain's ARK (the KDS cache; in dev mode also the dev PKI's): none held -> 404 naming the
+    missing CRL and how to fetch it, even when the evidence carries a genuine one."""
+    snp.pki.crl_path("vcek").unlink()  # the dev PKI's own CRL gone, nothing in the KDS cache
+    nonce = snp.nonce()
+    made = snp_report(snp.pki, report_data=binding.v1_report_data(nonce, SPKI))
+    r = snp.transfer(made.report + _attacker_table(made, None), nonce)
+    assert r.status_code == 404 and r.json()["check"] == "crl", r.text
+    detail = r.json()["detail"]
+    assert "no VCEK CRL (of ASKs) Genoa of the simulator's dev ARK" in detail, detail
+    assert "keybroker collateral fetch --snp --product Genoa" in detail and "Refresh now" in detail
+    # a current CRL of that ARK in the table does not stand in for the broker's own
+    nonce = snp.nonce()
+    made = snp_report(snp.pki, report_data=binding.v1_report_data(nonce, SPKI))
+    table = _attacker_table(made, _ark_crl(snp.pki, revoked=(), number=7))
+    r = snp.transfer(made.report + table, nonce)
+    assert r.status_code == 404 and r.json()["check"] == "crl", r.text
+    # once the ARK's CRL is in the KDS cache (what collateral fetch --snp stores), it verifies
+    dev = (snp.pki.root_cert,)
+    fresh = _ark_crl(snp.pki, revoked=(), number=8)
+    KdsStore(snp.services.db).import_items(
+        [crl_item(fresh, signing_key="vcek", dev_roots=dev)], source="test"
+    )
+    nonce = snp.nonce()
+    made = snp_report(snp.pki, report_data=binding.v1_report_data(nonce, SPKI))
+    r = snp.transfer(made.report + _attacker_table(made, None), nonce)
+    assert r.status_code == 200, r.text
+    assert unwrap_v1(r.json(), _WORKLOAD) == snp.secret

@@ -76,7 +76,7 @@ class SnpCrls:
 
     side: tuple[bytes, ...]
     other: tuple[bytes, ...] = ()
-    held: str = "none"
+    held: str = ""
     fix: str = ""
 
 
