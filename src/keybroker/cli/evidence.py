@@ -72,6 +72,7 @@ __all__ = [
     "needs_collateral_store",
     "parse_at",
     "server_trust",
+    "waive_crl_requirement",
     "set_collateral_lookup",
     "read_endorsements",
     "read_evidence",
@@ -466,6 +467,26 @@ CertOpt = Annotated[
         "PEM CRLs too. Repeatable. Default: the certificates the evidence carries, else the KDS cache.",
     ),
 ]
+AllowMissingCrlOpt = Annotated[
+    bool,
+    typer.Option(
+        "--allow-missing-crl",
+        help="SEV-SNP, az-snp-vtpm: UNSAFE, verify even when no CRL of the chain's ARK is held (the KDS "
+        "cache of --data-dir; without a database, among the CRLs given or carried): a revoked ASK/ASVK "
+        "then passes. The CRLs held are still applied.",
+    ),
+]
+
+
+def waive_crl_requirement(trust: EvidenceTrust) -> EvidenceTrust:
+    """``--allow-missing-crl``: ``trust`` without the SEV-SNP CRL requirement, said on stderr."""
+    _warn(
+        "--allow-missing-crl: an SEV-SNP chain is accepted without a CRL of its ARK, so a revoked "
+        "ASK/ASVK passes when none is held (the CRLs held are still applied)"
+    )
+    return replace(trust, snp_require_crl=False)
+
+
 PathsOpt = Optional[list[Path]]  # noqa: UP045
 #: TEEs whose ``evidence verify`` input is not one evidence file: a TPM quote's parts, Trustee's JSON.
 _FILES_TEES: Final = ("tpm", "az-snp-vtpm", "az-tdx-vtpm")
@@ -654,14 +675,7 @@ def verify(
             "sends, what policy test --quote takes).",
         ),
     ] = None,
-    allow_missing_crl: Annotated[
-        bool,
-        typer.Option(
-            "--allow-missing-crl",
-            help="SEV-SNP, az-snp-vtpm: UNSAFE, verify even when no CRL of the chain's ARK is held (the "
-            "KDS cache of --data-dir, else the CRLs given or carried): a revoked ASK/ASVK then passes.",
-        ),
-    ] = False,
+    allow_missing_crl: AllowMissingCrlOpt = False,
     config: ConfigOpt = None,
     data_dir: DataDirOpt = None,
     database: DatabaseOpt = None,
@@ -702,11 +716,7 @@ def verify(
         settings = cli_settings(config, data_dir, database, dev)
         trust = server_trust(settings, at=when, extra_roots=extra, need_store=need_store)
         if allow_missing_crl:
-            _warn(
-                "--allow-missing-crl: SEV-SNP chains are accepted without a CRL of their ARK, "
-                "so a revoked ASK/ASVK passes when none is held (CRLs held are still applied)"
-            )
-            trust = replace(trust, snp_require_crl=False)
+            trust = waive_crl_requirement(trust)
         if (
             found == "tpm" and tee_name is None
         ):  # a TPM evidence document given whole, as policy test takes it

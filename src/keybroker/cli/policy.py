@@ -24,6 +24,7 @@ from keybroker.cli.common import (
     handle_errors,
 )
 from keybroker.cli.evidence import (
+    AllowMissingCrlOpt,
     CertOpt,
     DevOpt,
     TeeOpt,
@@ -39,6 +40,7 @@ from keybroker.cli.evidence import (
     read_evidence,
     server_trust,
     verify_with,
+    waive_crl_requirement,
 )
 from keybroker.cli.snp_measure import snp_measure
 from keybroker.errors import CollateralNotFound, EvidenceError, InvalidInput
@@ -99,6 +101,7 @@ def test(
     trust_root: Annotated[
         list[Path], typer.Option("--trust-root", help="extra trusted root (PEM), e.g. another dev PKI's")
     ] = [],  # noqa: B006
+    allow_missing_crl: AllowMissingCrlOpt = False,
     config: ConfigOpt = None,
     data_dir: DataDirOpt = None,
     database: DatabaseOpt = None,
@@ -123,6 +126,8 @@ def test(
                 settings, at=when, extra_roots=extra, need_store=needs_collateral_store(tee, endorsements)
             ),
         )
+        if allow_missing_crl:
+            trust = waive_crl_requirement(trust)
     except UsageError as exc:
         fail(str(exc), EXIT_USAGE)
     try:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from tests.vectors.corpus import load_cases, path
 from typer.testing import CliRunner
@@ -32,16 +33,20 @@ _REASON_CHECK = {
 
 
 def _verify(tmp_path: Path, *args: str) -> tuple[int, str]:
+    """Exit code and output (with --json: stdout alone, the document; a warning goes to stderr)."""
     result = runner.invoke(app, ["evidence", "verify", "--data-dir", str(tmp_path / "none"), *args])
-    return result.exit_code, result.output
+    return result.exit_code, result.stdout if "--json" in args else result.output
 
 
 def test_all_twelve_corpus_cases_give_their_verdict(tmp_path: Path) -> None:
+    """The corpus vendors no AMD CRL current at its ``verify_at``: --allow-missing-crl, explicitly
+    (``test_a_report_without_a_crl_is_rejected_unless_waived`` shows the default)."""
     assert len(SNP_CASES) == 12
     for case in SNP_CASES:
         # the chain before the leaf: the order of --cert does not matter
         code, out = _verify(
             tmp_path,
+            "--allow-missing-crl",
             "--tee",
             "snp",
             "--report",
@@ -67,11 +72,28 @@ def test_all_twelve_corpus_cases_give_their_verdict(tmp_path: Path) -> None:
             assert doc["checks_passed"][:2] == ["parse", "signing_key"]
 
 
+def test_a_report_without_a_crl_is_rejected_unless_waived(tmp_path: Path) -> None:
+    """Offline, without a keybroker database: a CRL of the chain's ARK must be among the CRLs given
+    (--cert) or carried; none -> rejected (exit 1) naming it. --allow-missing-crl waives it, warning."""
+    case = next(c for c in SNP_CASES if c["id"] == "snp-trustee-milan")
+    args = ["--report", str(path(case["report"])), "--cert", str(path(case["vcek"])), "--at", "1748736000"]
+    result = runner.invoke(app, ["evidence", "verify", "--data-dir", str(tmp_path / "none"), *args, "--json"])
+    doc = json.loads(result.stdout)
+    assert result.exit_code == 1 and doc["failed_check"] == "crl", result.output
+    assert "no CRL issued by ARK-Milan was given" in doc["reason"] and "/vcek/v1/Milan/crl" in doc["reason"]
+    result = runner.invoke(
+        app, ["evidence", "verify", "--data-dir", str(tmp_path / "none"), *args, "--allow-missing-crl"]
+    )
+    assert result.exit_code == 0 and "VERIFIED" in result.stdout, result.output
+    assert "warning: --allow-missing-crl" in " ".join(result.stderr.split())
+
+
 def test_the_human_output_and_the_shipped_ask(tmp_path: Path) -> None:
     case = next(c for c in SNP_CASES if c["id"] == "snp-trustee-vlek")
     # the VLEK alone: AMD's ASVK shipped with keybroker completes the chain
     code, out = _verify(
         tmp_path,
+        "--allow-missing-crl",
         "--report",
         str(path(case["report"])),
         "--cert",
@@ -96,21 +118,24 @@ def test_simulated_reports_carry_their_certificates_and_need_the_dev_ark(tmp_pat
     )
     doc = json.loads(out)
     assert code == 0 and doc["sim"] is True and doc["root"] == "dev", out
-    # hex text of the report alone, with its certificates as files (DER VCEK, PEM chain)
+    # hex text of the report alone, with its certificates as files (DER VCEK, PEM chain) and the
+    # ARK's CRL (PEM): without it, rejected (no CRL of the ARK)
     (tmp_path / "report.hex").write_text(made.report.hex() + "\n")
     (tmp_path / "vcek.der").write_bytes(made.signer.public_bytes(Encoding.DER))
-    code, out = _verify(
-        tmp_path,
-        "--report",
-        str(tmp_path / "report.hex"),
-        "--cert",
-        str(pki.directory / "cert_chain.pem"),
-        "--cert",
-        str(tmp_path / "vcek.der"),
-        "--trust-root",
-        str(pki.directory / "ark.pem"),
-    )
+    (tmp_path / "crl.pem").write_bytes(x509.load_der_x509_crl(pki.crl("vcek")).public_bytes(Encoding.PEM))
+    files = ["--cert", str(pki.directory / "cert_chain.pem"), "--cert", str(tmp_path / "vcek.der")]
+    base = ["--report", str(tmp_path / "report.hex"), *files, "--trust-root", str(pki.directory / "ark.pem")]
+    code, out = _verify(tmp_path, *base, "--json")
+    assert code == 1 and json.loads(out)["failed_check"] == "crl", out
+    code, out = _verify(tmp_path, *base, "--cert", str(tmp_path / "crl.pem"))
     assert code == 0, out
+    # the same CRL revoking the ASK: rejected
+    pki.revoke_intermediate("vcek")
+    (tmp_path / "crl.pem").write_bytes(x509.load_der_x509_crl(pki.crl("vcek")).public_bytes(Encoding.PEM))
+    code, out = _verify(tmp_path, *base, "--cert", str(tmp_path / "crl.pem"), "--json")
+    assert (
+        code == 1 and json.loads(out)["failed_check"] == "crl" and "is revoked" in json.loads(out)["reason"]
+    )
     # the report alone, no certificates and no keybroker database to ask: a clear refusal
     (tmp_path / "alone.bin").write_bytes(made.report)
     code, out = _verify(tmp_path, "--report", str(tmp_path / "alone.bin"))
@@ -184,6 +209,7 @@ def _policy_test(tmp_path: Path, policy: dict[str, Any], case: dict[str, Any]) -
             str(case["verify_at"]),
             "--data-dir",
             str(tmp_path / "none"),
+            "--allow-missing-crl",  # the corpus has no AMD CRL of its time
         ],
     )
     return result.exit_code, result.output
@@ -194,6 +220,7 @@ def test_policy_test_on_real_reports(tmp_path: Path) -> None:
     gsg = next(c for c in SNP_CASES if c["id"] == "snp-gsg-milan")  # a debug guest
     code, out = _verify(
         tmp_path,
+        "--allow-missing-crl",
         "--report",
         str(path(trustee["report"])),
         "--cert",
