@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -31,9 +32,12 @@ pytestmark = pytest.mark.filterwarnings("ignore::cryptography.utils.Cryptography
 
 TD_CASE = case("dcap-tdx-azure-td")
 AT: datetime = verify_at(TD_CASE)
-VERIFIER = REGISTRY.verifier(
-    EvidenceTrust(collateral=StaticCollateral([QuoteCollateral.from_json(read_text(TD_CASE["collateral"]))]))
+_TRUST = EvidenceTrust(
+    collateral=StaticCollateral([QuoteCollateral.from_json(read_text(TD_CASE["collateral"]))])
 )
+#: The corpus vendors no AMD CRL current at its time: the SEV-SNP CRL requirement is waived here,
+#: explicitly (``test_by_default_the_snp_chain_needs_a_crl`` shows the default).
+VERIFIER = REGISTRY.verifier(replace(_TRUST, snp_require_crl=False))
 NONCES = {
     "evidence-v2.json": bytes.fromhex(
         "982f5c6e45df0ed3f10b6f60b02f0c8390e281300f3805e2279c16168cd6ae9aa398f647caa2338748cd0fd9f5f819ef"
@@ -68,6 +72,16 @@ def test_corpus_through_the_verifier(c: dict[str, Any]) -> None:
     doc = appraisal_input(v, client_permissions=None)
     decision = default_attestation_policy(doc)
     assert decision.allowed and decision.ear_status == "warning"  # SNP: no TCB status; TDX: OutOfDate
+
+
+def test_by_default_the_snp_chain_needs_a_crl() -> None:
+    """Whatever chain the VCEK is verified with (here AMD's shipped ASK), a CRL of its ARK is
+    required by default: none held -> refused at ``crl``, naming it."""
+    c = next(c for c in load_cases("az-vtpm") if c["hw"].startswith("snp"))
+    tee, raw, nonce = _load(c)
+    with pytest.raises(VerificationError) as info:
+        REGISTRY.verifier(_TRUST).verify(tee, raw, nonce, at=AT)
+    assert info.value.check == "crl" and "no CRL issued by ARK-" in info.value.detail
 
 
 def _snp_v1() -> tuple[dict[str, Any], bytes]:
