@@ -39,7 +39,7 @@ from keybroker.appraisal.input import appraisal_input
 from keybroker.audit.inputs import input_sha256
 from keybroker.cli.evidence_tpm import tpm_cli_evidence
 from keybroker.collateral.trust import snp_dev_pki_dir
-from keybroker.config import Settings, TpmSettings
+from keybroker.config import Settings, SnpSettings, TpmSettings
 from keybroker.store.models import TpmAkClock
 from keybroker.tee import sim
 from keybroker.tee.sim.snp import DEFAULT_MEASUREMENT, SnpDevPki, snp_report
@@ -64,6 +64,24 @@ GCE_CAS = [f"{GCE}/ca/tpm_ek_intermediate_2.crt", f"{GCE}/ca/tpm_ek_root_1.cer"]
 @pytest.fixture
 def console(services: Services) -> Iterator[TestClient]:
     with TestClient(create_app(services), base_url="https://127.0.0.1:9443", client=LOCAL) as c:
+        yield c
+
+
+@pytest.fixture
+def nocrl_services(request: pytest.FixtureRequest, tmp_path: Path, database_url: str) -> Iterator[Services]:
+    """A dev service with ``snp.require_crl = false`` (the documented escape hatch): the vendored
+    Azure SEV-SNP evidence comes with no AMD CRL current at its time."""
+    settings = Settings(
+        data_dir=tmp_path / "data", database=database_url, dev=True, snp=SnpSettings(require_crl=False)
+    )
+    svc = Services.build(template_for(request, database_url).restore(settings))
+    yield svc
+    svc.db.dispose()
+
+
+@pytest.fixture
+def nocrl_console(nocrl_services: Services) -> Iterator[TestClient]:
+    with TestClient(create_app(nocrl_services), base_url="https://127.0.0.1:9443", client=LOCAL) as c:
         yield c
 
 
@@ -131,8 +149,9 @@ def _attempt_rows(page: str) -> list[tuple[str, str, str]]:
 
 
 def test_attempts_name_their_tee_filter_by_it_and_an_snp_attempt_is_tested_on_its_input(
-    console: TestClient, services: Services
+    nocrl_console: TestClient, nocrl_services: Services
 ) -> None:
+    console, services = nocrl_console, nocrl_services  # the Azure corpus: no AMD CRL of its time
     admin = {"Authorization": "Bearer " + services.tokens.mint("admin", ["*:*"])}
     wrong = copy.deepcopy(SNP_SIM_POLICY)
     wrong["snp"]["attributes"]["measurement"] = [OTHER_MEASUREMENT]
@@ -258,8 +277,9 @@ def test_snp_reports_with_their_certificates_or_given_as_pem(console: TestClient
 
 
 def test_azure_vtpm_evidence_at_a_chosen_time_with_the_td_quotes_collateral(
-    console: TestClient, services: Services
+    nocrl_console: TestClient,
 ) -> None:
+    console = nocrl_console  # the Azure corpus: no AMD CRL of its time
     csrf = sign_in(console, "pat", ["policy-admin"])
     at = AZURE_AT.isoformat().replace("+00:00", "Z")
     r = _test(console, csrf, _azure_policy("00" * 48), quote=read_text(AZ_SNP), at=at)
@@ -290,10 +310,11 @@ def test_azure_vtpm_evidence_at_a_chosen_time_with_the_td_quotes_collateral(
     assert any(x.startswith(f"mrseam {mrseam} is not in the policy's list") for x in _reasons(r)), _reasons(r)
 
 
-def test_an_azure_attempts_kept_input_is_tested(console: TestClient, services: Services) -> None:
+def test_an_azure_attempts_kept_input_is_tested(nocrl_console: TestClient, nocrl_services: Services) -> None:
     """An Azure vTPM's evidence cannot be made here for a fresh challenge, so its attempt's record
     is written by the writer every attempt goes through (``AppraisalInputs.append``) with the input
     of the corpus evidence verified for real; the console then tests policies on it as kept."""
+    console, services = nocrl_console, nocrl_services  # the Azure corpus: no AMD CRL of its time
     verified = services.dry_run.verify("az-snp-vtpm", read_bytes(AZ_SNP), NO_REPORT_DATA, at=AZURE_AT)
     doc = appraisal_input(verified, client_permissions=["reader"])
     with services.db.session() as s:
