@@ -203,14 +203,27 @@ def _audit(client: TestClient, headers: dict[str, str]) -> list[dict[str, Any]]:
     return list(client.get("/kbs/v1/audit", headers=headers).json())
 
 
-def test_a_dev_server_verifies_azure_snp_vtpm_evidence(client: TestClient, services: Services) -> None:
+def test_a_dev_server_verifies_azure_snp_vtpm_evidence(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
     """``trust.dev_roots`` (with --dev: the SGX/TDX simulator's root and the SNP simulator's ARK)
     reach the Azure vTPM verifier, whose SEV-SNP report is checked by ``tee.snp`` and that refuses a
     dev root that is not an ARK: a dev server refused every Azure SEV-SNP vTPM's evidence at
     ``cert_chain`` ("dev root [0] CN 'keybroker DEV SGX Root CA ...' is not ARK-..."). Its SNP
-    report is now given the ARKs among them, as the ``snp`` verifier is."""
+    report is now given the ARKs among them, as the ``snp`` verifier is. (The corpus has no AMD CRL
+    of its time: this server runs with ``snp.require_crl = false``, by default it is refused at crl.)"""
+    from tests.conftest import template_for
     from tests.vectors.corpus import case, read_bytes, verify_at
 
+    from keybroker.config import SnpSettings
+
+    url = f"sqlite:///{tmp_path / 'nocrl.db'}"
+    settings = Settings(
+        data_dir=tmp_path / "nocrl", database=url, dev=True, snp=SnpSettings(require_crl=False)
+    )
+    services = Services.build(template_for(request, url).restore(settings))
+    request.addfinalizer(services.db.dispose)
+    client = TestClient(create_app(services), base_url="https://testserver")
     headers = {"Authorization": "Bearer " + services.tokens.mint("verifier", ["attestation:verify"])}
     assert services.settings.dev
     body = {
