@@ -304,3 +304,25 @@ def test_amd_before_dev_and_export(store: KdsStore, sim: SimKds) -> None:
 def _vcek_key(item: SnpItem) -> tuple[bytes, bytes]:
     assert item.hwid is not None and item.tcb is not None
     return item.hwid, item.tcb
+
+
+def test_crls_for_a_chain_by_its_arks_key_and_side(store: KdsStore, sim: SimKds) -> None:
+    """What the verifier applies to every chain: the CRLs of that ARK (by key: AMD's ARK-Genoa,
+    which has the same name, gets none of the dev ARK's), the asked side first, newest valid then."""
+    from keybroker.tee.snp.certs import ARK_SPKI_SHA256, spki_sha256
+
+    dev_ark = spki_sha256(sim.pki.root_cert)
+    empty = store.crls_for(product="Genoa", signing_key="vcek", ark_spki_sha256=dev_ark, at=SIM_AT)
+    assert empty.side == () and empty.other == () and "cached CRLs: none" in empty.held
+    assert "collateral fetch --snp --product Genoa" in empty.fix and "Refresh now" in empty.fix
+    store.import_items(_sim_items(sim.pki, sim.files), source="sim")
+    vcek = store.crls_for(product="Genoa", signing_key="vcek", ark_spki_sha256=dev_ark, at=SIM_AT)
+    assert vcek.side == (sim.pki.crl("vcek"),) and vcek.other == (sim.pki.crl("vlek"),) and vcek.held == ""
+    vlek = store.crls_for(product="Genoa", signing_key="vlek", ark_spki_sha256=dev_ark, at=SIM_AT)
+    assert vlek.side == (sim.pki.crl("vlek"),) and vlek.other == (sim.pki.crl("vcek"),)
+    amd = store.crls_for(
+        product="Genoa", signing_key="vcek", ark_spki_sha256=ARK_SPKI_SHA256["Genoa"], at=SIM_AT
+    )
+    assert amd.side == () and amd.other == () and "VCEK CRL Genoa (dev root)" in amd.held
+    with pytest.raises(InvalidInput):
+        store.crls_for(product="Rome", signing_key="vcek", ark_spki_sha256=dev_ark)  # type: ignore[arg-type]

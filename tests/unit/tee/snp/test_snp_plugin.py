@@ -24,9 +24,10 @@ from keybroker.errors import (
     VerificationError,
 )
 from keybroker.tee.sim.snp import SnpDevPki, snp_report
+from keybroker.tee.snp.certs import spki_sha256
 from keybroker.tee.snp.certtable import GUID_ASK, build_cert_table
 from keybroker.tee.snp.plugin import TCB_STATUS, SnpVerifier
-from keybroker.tee.snp.sources import SnpEndorsements, SnpPlatform
+from keybroker.tee.snp.sources import SnpCrlQuery, SnpCrls, SnpEndorsements, SnpPlatform
 from keybroker.tee.trust import EvidenceTrust
 from keybroker.tee.verifier import NO_REPORT_DATA, KbsV0Binding, KbsV1Binding, Verifier
 from keybroker.wire import binding
@@ -300,3 +301,44 @@ def test_the_ear_claims_and_report(genoa_pki: SnpDevPki) -> None:
     report = verified.report()
     assert report["status"] == TCB_STATUS and report["claims"]["host_data"] == "11" * 32
     assert dict(verified.summary())["TEE"] == "SNP (report v3, Genoa)"
+
+
+def test_the_trusted_crl_source_is_asked_for_every_chain_and_must_hold_the_chains_side(
+    fresh_genoa_pki: SnpDevPki,
+) -> None:
+    """The CRL source is asked by the verified chain's ARK key, product and side whatever carried
+    the certificates; its CRLs apply over the table's; a CRL of the other side (which cannot list
+    an ASK) or one in the table does not satisfy the requirement."""
+    pki = fresh_genoa_pki
+    made = snp_report(pki, now=ISSUED)  # the table carries the VCEK, ASK, ARK and the current CRL
+    asked: list[SnpCrlQuery] = []
+    held: dict[str, tuple[bytes, ...]] = {"vcek": (), "vlek": ()}
+
+    def source(query: SnpCrlQuery) -> SnpCrls:
+        asked.append(query)
+        other = "vlek" if query.signing_key == "vcek" else "vcek"
+        return SnpCrls(side=held[query.signing_key], other=held[other], held="test CRLs", fix="fetch it")
+
+    verifier = _verifier(pki, crl_source=source)
+    evidence = made.report + made.cert_table
+    # nothing held for the VCEK side: refused, though the table carries a current CRL
+    held["vlek"] = (pki.crl("vlek"),)
+    with pytest.raises(
+        CollateralNotFound, match=r"no VCEK CRL \(of ASKs\) Genoa of the simulator's dev ARK"
+    ) as exc:
+        verifier.verify("snp", evidence, NO_REPORT_DATA)
+    assert exc.value.extra["check"] == "crl" and "fetch it" in exc.value.detail
+    (query,) = asked
+    assert (query.product, query.signing_key, query.at) == ("Genoa", "vcek", SIM_AT)
+    assert query.ark_spki_sha256 == spki_sha256(pki.root_cert)
+    # held: verifies; then the held CRL revokes the ASK while the table's still does not list it
+    held["vcek"] = (pki.crl("vcek"),)
+    assert verifier.verify("snp", evidence, NO_REPORT_DATA).sim
+    pki.revoke_intermediate("vcek", now=ISSUED)
+    held["vcek"] = (pki.crl("vcek"),)
+    with pytest.raises(VerificationError, match="is revoked") as revoked:
+        verifier.verify("snp", evidence, NO_REPORT_DATA)
+    assert revoked.value.check == "crl"
+    # the requirement off: nothing held still verifies (what is held is applied all the same)
+    held["vcek"] = ()
+    assert _verifier(pki, crl_source=source, require_crl=False).verify("snp", evidence, NO_REPORT_DATA).sim
