@@ -287,7 +287,7 @@ class SnpVerifier:
             parsed.unverified_report.raw,
             vcek_or_vlek=leaf,
             chain=chain,
-            crls=(*found.crls, *trusted_crls),
+            crls=tuple(dict.fromkeys((*found.crls, *trusted_crls))),  # each once (the cache's may be both)
             at=at,
             dev_roots=self._dev_roots,
             require_crl=self._require_crl,
