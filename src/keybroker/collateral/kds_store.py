@@ -209,6 +209,9 @@ _ASSEMBLED_MAX: Final = 256
 #: database) in the process, and never stale (a new piece has a new digest).
 _ASSEMBLED: OrderedDict[tuple[str, ...], SnpCollateral] = OrderedDict()
 _ASSEMBLED_LOCK: Final = Lock()
+#: CRL contents by digest (content-addressed as ``_ASSEMBLED``): ``crls_for`` runs on every
+#: SEV-SNP verification and, once they are here, reads only the pieces' metadata.
+_CRL_CONTENT: OrderedDict[str, bytes] = OrderedDict()
 
 
 @functools.cache
@@ -498,14 +501,21 @@ class KdsStore:
                 )
                 for side in sides
             ]
-            ids = [m.id for m in metas if m is not None]
-            contents = (
-                dict(s.execute(select(Row.id, Row.content).where(Row.id.in_(ids))).tuples().all())
-                if ids
-                else {}
-            )
+            found = [m for m in metas if m is not None]
+            with _ASSEMBLED_LOCK:
+                contents = {m.id: _CRL_CONTENT[m.digest] for m in found if m.digest in _CRL_CONTENT}
+            missing = [m.id for m in found if m.id not in contents]
+            if missing:
+                read = s.execute(select(Row.id, Row.content).where(Row.id.in_(missing))).tuples().all()
+                contents.update((i, bytes(c)) for i, c in read)
             held = "" if metas[0] is not None else self._summary(s, ("snp_crl",))
-        own, other = (() if m is None else (bytes(contents[m.id]),) for m in metas)
+        with _ASSEMBLED_LOCK:
+            for m in found:
+                _CRL_CONTENT[m.digest] = contents[m.id]
+                _CRL_CONTENT.move_to_end(m.digest)
+            while len(_CRL_CONTENT) > _ASSEMBLED_MAX:
+                _CRL_CONTENT.popitem(last=False)
+        own, other = (() if m is None else (contents[m.id],) for m in metas)
         return SnpCrls(
             side=own,
             other=other,
