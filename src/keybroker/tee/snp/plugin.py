@@ -300,12 +300,15 @@ class SnpVerifier:
             return ()
         query = SnpCrlQuery(chain.product, chain.kind, spki_sha256(chain.ark), at)
         held = self._crl_source(query)
-        if not held.side and self._require_crl:
+        if self._require_crl and not any(_current(crl, at) for crl in held.side):
             which = "VCEK CRL (of ASKs)" if chain.kind == "vcek" else "VLEK CRL (of ASVKs)"
             root = "the simulator's dev ARK" if chain.root == "dev" else "AMD's ARK"
+            what = "no" if not held.side else "no current"
+            stale = "" if not held.side else f" (the one held is not valid at {at.isoformat()})"
             raise CollateralNotFound(
-                f"no {which} {chain.product} of {root} (key sha256 {query.ark_spki_sha256[:16]}…) is held, "
-                f"and SEV-SNP reports are verified only against a current CRL of their chain's ARK (crl). "
+                f"{what} {which} {chain.product} of {root} (key sha256 {query.ark_spki_sha256[:16]}…) is "
+                f"held{stale}, and SEV-SNP reports are verified only against a current CRL of their chain's "
+                "ARK (crl). "
                 + (f"{held.held}. " if held.held else "")
                 + (f"Add it with {held.fix}" if held.fix else "Fetch it into the KDS cache"),
                 asked={"product": chain.product, "signing_key": chain.kind, "what": "crl"},
@@ -389,6 +392,17 @@ class SnpVerifier:
                 raise InvalidInput("a cert_chain entry's data is empty", field=f"{where}.data")
             items.append((guid, data))
         return report + build_cert_table(items) if items else report
+
+
+def _current(der: bytes, at: datetime) -> bool:
+    """Whether a CRL's thisUpdate..nextUpdate holds ``at`` (its signature and the rest are checked by
+    ``verify_report``; one that does not decode is left for it to refuse)."""
+    try:
+        crl = decode_crl(der)
+    except X509_DECODE_ERRORS:
+        return True
+    next_update = crl.next_update_utc
+    return next_update is not None and crl.last_update_utc <= at <= next_update
 
 
 def _platform(report: AttestationReport, kind: SigningKey, at: datetime) -> SnpPlatform:

@@ -4,6 +4,7 @@ certificate table or a KDS source; detection, binding, digests and Trustee's ``/
 from __future__ import annotations
 
 import base64
+import datetime
 import hashlib
 import json
 import os
@@ -334,6 +335,12 @@ def test_the_trusted_crl_source_is_asked_for_every_chain_and_must_hold_the_chain
     # held: verifies; then the held CRL revokes the ASK while the table's still does not list it
     held["vcek"] = (pki.crl("vcek"),)
     assert verifier.verify("snp", evidence, NO_REPORT_DATA).sim
+    # the one held has expired by then (the table's too): refused as missing, saying it is stale
+    late = SIM_AT + datetime.timedelta(days=40)
+    with pytest.raises(
+        CollateralNotFound, match="no current VCEK CRL .* is held .the one held is not valid at"
+    ):
+        verifier.verify("snp", evidence, NO_REPORT_DATA, at=late)
     pki.revoke_intermediate("vcek", now=ISSUED)
     held["vcek"] = (pki.crl("vcek"),)
     with pytest.raises(VerificationError, match="is revoked") as revoked:
