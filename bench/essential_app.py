@@ -28,8 +28,9 @@ Left out on purpose (keybroker does them; each costs microseconds, not milliseco
 unseal from its encrypted store (the secret is held in memory here), the outstanding-nonce cap and
 expired-nonce sweep, a general policy language (the policy here is a few comparisons).
 
-Everything runs inline on the event loop (``--threads`` runs it in the default thread pool as
-keybroker does): with one server core the thread hand-off only adds CPU (see docs/benchmarks.md).
+Everything runs inline on the event loop, the cheaper way in CPU (``--threads`` runs it in the default
+thread pool as keybroker does, to compare: ``bench/transfer.py --essential-threads``); a durable commit
+then blocks the loop, which costs latency under concurrency, not CPU.
 
 Run: ``python bench/essential_app.py --port 8443 --certfile server.pem --keyfile server-key.pem
 --dev-pki DIR --database nonces.db``.

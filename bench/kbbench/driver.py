@@ -343,6 +343,8 @@ class Options:
     peer: bool
     #: the essential-work peer (bench/essential_app.py) beside the floor, for /kbs/v1
     essential: bool
+    #: the essential peer's work in a thread pool (as keybroker's) rather than inline on the event loop
+    essential_threads: bool
     #: the deployments measured, one after another (``--workers 1,2``: a scaling run)
     specs: list[ServerSpec]
 
@@ -383,6 +385,11 @@ def parse_args(argv: Sequence[str] | None, doc: str) -> Options:
         action="store_false",
         help="skip the essential-work peer (bench/essential_app.py: verify, wrap, signed audit record, one "
         "durable commit, nothing else), the least a correct broker does per /kbs/v1 transfer",
+    )
+    parser.add_argument(
+        "--essential-threads",
+        action="store_true",
+        help="the essential peer works in a thread pool as keybroker does (default: inline, the cheaper)",
     )
     parser.add_argument(
         "--workers",
@@ -435,6 +442,7 @@ def parse_args(argv: Sequence[str] | None, doc: str) -> Options:
         tmp=args.tmp,
         peer=args.peer,
         essential=args.essential,
+        essential_threads=args.essential_threads,
         specs=specs,
     )
 
@@ -597,7 +605,14 @@ def start_essential(
     it verifies, it does not just answer)."""
     print("starting the essential-work peer (bench/essential_app.py) ...", flush=True)
     database = server.pg.create_database("kb_essential") if server.pg is not None else None
-    peer = EssentialServer(server.data_dir, placement.server_cpus, pki.directory, opts.tee, database)
+    peer = EssentialServer(
+        server.data_dir,
+        placement.server_cpus,
+        pki.directory,
+        opts.tee,
+        database,
+        threads=opts.essential_threads,
+    )
     run.essential_database = (
         "PostgreSQL (keybroker's server)" if database else "SQLite (WAL, keybroker's pragmas)"
     )
@@ -822,7 +837,8 @@ def build_report(
             "work": "challenge: 32 random bytes, SHA-256 inserted (non-durable commit); transfer: JSON + base64, "
             "workload key (load_spki), Verifier.verify (DCAP, dev PKI collateral, REPORTDATA = SHA-512(nonce || "
             "user_data)), the policy's comparisons, SecL wrap, audit record (SHA-256 chain, Ed25519), one "
-            "durable transaction (nonce spent, record inserted, head advanced); inline on the event loop",
+            "durable transaction (nonce spent, record inserted, head advanced)",
+            "threads": opts.essential_threads,
             "database": run.essential_database,
             "checks": run.essential_checks,
             "results": essential_rows,

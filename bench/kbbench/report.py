@@ -205,8 +205,10 @@ def print_report(report: dict[str, Any]) -> None:
 def print_essential(essential: dict[str, Any]) -> None:
     """The essential-work peer's levels, and server CPU per transfer of the floor, it and keybroker."""
     print()
+    where = "in a thread pool" if essential.get("threads") else "inline on the event loop"
     print(
-        f"the essential work ({essential['app']}: {essential['database']}; same client flow as keybroker's)"
+        f"the essential work ({essential['app']}: {essential['database']}, {where}; the same client flow as "
+        "keybroker's)"
     )
     head = (
         f"{'protocol':<9}{'key':<9}{'clients':>7}{'n':>5}{'err':>4}{'tx/s':>8}{'p50 ms':>8}{'p99 ms':>8}"

@@ -349,7 +349,14 @@ class EssentialServer(FloorServer):
     key_ids = essential_app.KEY_IDS
 
     def __init__(
-        self, data_dir: Path, cpus: set[int] | None, pki_dir: Path, tee: str, database: str | None = None
+        self,
+        data_dir: Path,
+        cpus: set[int] | None,
+        pki_dir: Path,
+        tee: str,
+        database: str | None = None,
+        *,
+        threads: bool = False,
     ) -> None:
         self.data_dir = data_dir
         self.cpus = cpus
@@ -359,13 +366,15 @@ class EssentialServer(FloorServer):
         self.pki_dir = pki_dir
         self.tee = tee
         self.database = database or str(data_dir.parent / "essential.db")
+        self.threads = threads
 
     def command(self) -> list[str]:
         tls = self.data_dir / "tls"
         cmd = [sys.executable, str(ROOT / "bench" / "essential_app.py"), "--host", "127.0.0.1"]
         cmd += ["--port", str(self.port), "--certfile", str(tls / "server.pem")]
         cmd += ["--keyfile", str(tls / "server-key.pem"), "--dev-pki", str(self.pki_dir)]
-        return cmd + ["--database", self.database, "--tee", self.tee]
+        cmd += ["--database", self.database, "--tee", self.tee]
+        return cmd + (["--threads"] if self.threads else [])
 
 
 Servers = Deployment | FloorServer
