@@ -714,7 +714,12 @@ def measure_one(
                             placement.client_cpus, kind=FLOOR,
                         )
                     )  # fmt: skip
-            if essential is not None and essential_target is not None and peer_variant[v.protocol] is v:
+            if (
+                essential is not None
+                and essential_target is not None
+                and v.protocol == "v1"
+                and peer_variant[v.protocol] is v
+            ):
                 for n in opts.levels:
                     print(f"  essential work for /kbs/{v.protocol} x {n} clients ...", flush=True)
                     run.essential_results.append(
