@@ -2,8 +2,9 @@
 
 ``keybroker serve --dev`` is started as the test suite starts it (``tests.helpers.server.Server``: a
 process group of its own, stopped by group, ready once ``/readyz`` answers 200), pinned to the
-server's CPUs, from a :class:`ServerSpec`. The framework floor (``bench/floor_app.py``) is started
-the same way (``tests.helpers.procs``). Both expose :meth:`pids`, the processes whose CPU counts.
+server's CPUs, from a :class:`ServerSpec`. The framework floor (``bench/floor_app.py``) and the
+essential work (``bench/essential_app.py``) are started the same way (``tests.helpers.procs``). All
+expose :meth:`pids`, the processes whose CPU counts.
 
 A spec names a number of replicas and of worker processes per replica. One process runs on SQLite
 (``serve --dev``). More run on a throwaway PostgreSQL (``tests.helpers.postgres``, as the tests
