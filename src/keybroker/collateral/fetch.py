@@ -116,10 +116,29 @@ def service_client(
 
 
 class ServiceClient:
-    """What the PCS and KDS clients share: their :func:`service_client`, closed by :meth:`close` or
-    at the end of a ``with`` block."""
+    """What the PCS and KDS clients share: the service root, their :func:`service_client` (closed by
+    :meth:`close` or at the end of a ``with`` block), the retry settings and the request count."""
 
-    _client: httpx.Client
+    def __init__(
+        self,
+        root: str,
+        *,
+        ca_file: Path | None,
+        retries: int,
+        backoff: float,
+        max_backoff: float,
+        timeout: float,
+        sleep: Callable[[float], None],
+        transport: httpx.BaseTransport | None,
+    ) -> None:
+        self.base_url = root
+        self._client = service_client(root, ca_file=ca_file, timeout=timeout, transport=transport)
+        self._retries = retries
+        self._backoff = backoff
+        self._max_backoff = max_backoff
+        self._sleep = sleep
+        self._timeout = timeout
+        self.requests = 0
 
     def close(self) -> None:
         self._client.close()
@@ -148,14 +167,16 @@ class PcsClient(ServiceClient):
     ) -> None:
         if retries < 0 or backoff < 0:
             raise InvalidInput("retries and backoff must not be negative", field="retries")
-        self.base_url = service_root(base_url, _API_SUFFIXES)  # https://host:8081, qcnl-style .../v4/
-        self._client = service_client(self.base_url, ca_file=ca_file, timeout=timeout, transport=transport)
-        self._retries = retries
-        self._backoff = backoff
-        self._max_backoff = max_backoff
-        self._sleep = sleep
-        self._timeout = timeout
-        self.requests = 0
+        super().__init__(
+            service_root(base_url, _API_SUFFIXES),  # https://host:8081, qcnl-style .../v4/
+            ca_file=ca_file,
+            retries=retries,
+            backoff=backoff,
+            max_backoff=max_backoff,
+            timeout=timeout,
+            sleep=sleep,
+            transport=transport,
+        )
 
     def _delay(self, attempt: int, resp: httpx.Response | None) -> float:
         delay = min(self._max_backoff, self._backoff * (1 << attempt))

@@ -27,7 +27,7 @@ from typing import Final
 import httpx
 from cryptography import x509
 
-from keybroker.collateral.fetch import ServiceClient, problem_detail, service_client, service_root
+from keybroker.collateral.fetch import ServiceClient, problem_detail, service_root
 from keybroker.collateral.kds import (
     KDS_URL,
     ReportRef,
@@ -98,15 +98,18 @@ class KdsClient(ServiceClient):
     ) -> None:
         if retries < 0 or backoff < 0 or max_retry_after < 0:
             raise InvalidInput("retries, backoff and max_retry_after must not be negative", field="retries")
-        self.base_url = service_root(base_url, _API_SUFFIXES)  # kdsintf.amd.com, a keybroker, or .../vcek/v1
-        self._client = service_client(self.base_url, ca_file=ca_file, timeout=timeout, transport=transport)
-        self._retries = retries
-        self._backoff = backoff
-        self._max_backoff = max_backoff
+        super().__init__(
+            service_root(base_url, _API_SUFFIXES),  # kdsintf.amd.com, a keybroker, or .../vcek/v1
+            ca_file=ca_file,
+            retries=retries,
+            backoff=backoff,
+            max_backoff=max_backoff,
+            timeout=timeout,
+            sleep=sleep,
+            transport=transport,
+        )
         self._max_retry_after = max_retry_after
-        self._sleep = sleep
         self._clock = clock
-        self.requests = 0
 
     def get(self, path: str, params: dict[str, str] | None = None) -> bytes:
         """GET with retries (network errors, 5xx, 429). 404 -> ``CollateralNotFound`` with the
