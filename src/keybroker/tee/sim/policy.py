@@ -8,15 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from keybroker.tee.sim.quote import (
-    DEFAULT_MRENCLAVE,
-    DEFAULT_MRSEAM,
-    DEFAULT_MRSIGNER,
-    DEFAULT_MRSIGNERSEAM,
-    DEFAULT_MRTD,
-    DEFAULT_RTMRS,
-    DEFAULT_SEAMSVN,
-)
+from keybroker.tee.sim import quote
 
 __all__ = ["SIM_ISVPRODID", "SIM_ISVSVN", "sim_policy"]
 
@@ -35,17 +27,17 @@ def sim_policy(tee: str, *, enforce_tcb_upto_date: bool | None = True) -> dict[s
     """
     if tee == "tdx":
         attributes: dict[str, Any] = {
-            "mrsignerseam": [DEFAULT_MRSIGNERSEAM.hex()],
-            "mrseam": [DEFAULT_MRSEAM.hex()],
-            "seamsvn": DEFAULT_SEAMSVN,
-            "mrtd": [DEFAULT_MRTD.hex()],
-            "rtmr0": DEFAULT_RTMRS[0].hex(),
+            "mrsignerseam": [quote.DEFAULT_MRSIGNERSEAM.hex()],
+            "mrseam": [quote.DEFAULT_MRSEAM.hex()],
+            "seamsvn": quote.DEFAULT_SEAMSVN,
+            "mrtd": [quote.DEFAULT_MRTD.hex()],
+            "rtmr0": quote.DEFAULT_RTMRS[0].hex(),
         }
     elif tee == "sgx":
         attributes = {
-            "mrsigner": [DEFAULT_MRSIGNER.hex()],
+            "mrsigner": [quote.DEFAULT_MRSIGNER.hex()],
             "isvprodid": [SIM_ISVPRODID],
-            "mrenclave": [DEFAULT_MRENCLAVE.hex()],
+            "mrenclave": [quote.DEFAULT_MRENCLAVE.hex()],
             "isvsvn": SIM_ISVSVN,
         }
     else:
