@@ -384,37 +384,6 @@ Servers = Deployment | FloorServer
 # --- set-up through the admin API ----------------------------------------------------------------
 
 
-def sim_policy(tee: str) -> dict[str, Any]:
-    if tee == "tdx":
-        return {
-            "attestation_type": ["TDX"],
-            "tdx": {
-                "attributes": {
-                    "mrsignerseam": [sim.DEFAULT_MRSIGNERSEAM.hex()],
-                    "mrseam": [sim.DEFAULT_MRSEAM.hex()],
-                    "seamsvn": sim.DEFAULT_SEAMSVN,
-                    "mrtd": [sim.DEFAULT_MRTD.hex()],
-                    "rtmr0": sim.DEFAULT_RTMRS[0].hex(),
-                    "enforce_tcb_upto_date": True,
-                }
-            },
-            "allow_simulated": True,
-        }
-    return {
-        "attestation_type": ["SGX"],
-        "sgx": {
-            "attributes": {
-                "mrsigner": [sim.DEFAULT_MRSIGNER.hex()],
-                "isvprodid": [7],
-                "mrenclave": [sim.DEFAULT_MRENCLAVE.hex()],
-                "isvsvn": 2,
-                "enforce_tcb_upto_date": True,
-            }
-        },
-        "allow_simulated": True,
-    }
-
-
 def mint_admin_token(data_dir: Path, extra: Sequence[str] = ()) -> str:
     """A *:* token for the set-up, issued (and recorded) as an operator would: ``keybroker token create``."""
     r = subprocess.run(
@@ -442,7 +411,7 @@ def set_up(server: Deployment, tee: str, aes_secret: bytes) -> Target:
                 raise RuntimeError(f"set-up: {what}: HTTP {r.status_code} {r.text[:500]}")
             return r
 
-        pid = ok(c.post("/kbs/v1/key-transfer-policies", json=sim_policy(tee)), "policy").json()["id"]
+        pid = ok(c.post("/kbs/v1/key-transfer-policies", json=sim.sim_policy(tee)), "policy").json()["id"]
         aes = {"algorithm": "AES", "key_length": 256, "key_string": base64.b64encode(aes_secret).decode()}
         rsa_key = {"algorithm": "RSA", "key_length": 3072}
         ids = {
