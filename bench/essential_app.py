@@ -290,7 +290,7 @@ def open_store(database: str) -> Store:
 
 @dataclass(frozen=True)
 class Policy:
-    """The bench's transfer policy (``kbbench.servers.sim_policy``) as plain comparisons."""
+    """The bench's transfer policy (``keybroker.tee.sim.sim_policy``) as plain comparisons."""
 
     tdx_mrtd: frozenset[bytes] = frozenset({sim.DEFAULT_MRTD})
     tdx_mrseam: frozenset[bytes] = frozenset({sim.DEFAULT_MRSEAM})
