@@ -149,8 +149,9 @@ class Replica:
 
         The database's certificate is not authenticated until its row opens under the root key
         (its sealed half is bound to it): whoever can write the database could put another there.
-        So while sealed it is only compared with the data dir's, never written over it; a data dir
-        without it, or with another, gets it at the first sync (:meth:`_take`)."""
+        So while sealed it is only compared with the data dir's, never written over it nor shown or
+        served in its place (the data dir's stays this replica's anchor); a data dir without it, or
+        with another, gets it at the first sync (:meth:`_take`)."""
         cert_path = self._ca_dir / role.cert_file
         public = self._shared.public(role.name)
         if public is None:
@@ -158,7 +159,12 @@ class Replica:
             self._to_adopt.add(role.name)
             return ca
         cert = x509.load_pem_x509_certificate(public.encode())
-        if not cert_path.exists() or x509.load_pem_x509_certificate(cert_path.read_bytes()) != cert:
+        if cert_path.exists():
+            local = x509.load_pem_x509_certificate(cert_path.read_bytes())
+            if local != cert:
+                self._to_take.add(role.name)
+                return ServiceCA(local, self._opener(role, local), cert_path)
+        else:
             self._to_take.add(role.name)
         return ServiceCA(cert, self._opener(role, cert), cert_path)
 

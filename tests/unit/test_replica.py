@@ -234,6 +234,53 @@ def test_a_certificate_put_in_the_database_is_not_pinned(first: Services, tmp_pa
         second.db.dispose()
 
 
+def test_a_certificate_put_in_the_database_is_not_shown_to_pin_by_a_restarted_replica(
+    first: Services, tmp_path: Path
+) -> None:
+    """The same forged row, seen by a replica that already holds the genuine anchor (a restart, or a
+    data dir from before). Before, it loaded the database's certificate as its TLS anchor while
+    sealed: ``keybroker serve`` printed the forged fingerprint as the one clients pin, and the
+    replica, its own HTTPS certificate no longer "issued by its anchor", fell back to the bootstrap
+    certificate for good (the sync never opened the row). Now the data dir's certificate stays its
+    anchor until the database's row opens under the root key."""
+    from datetime import UTC, datetime, timedelta
+
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from keybroker.keys.certs import make_ca
+
+    second = _second(tmp_path)
+    second.replica.serve_tls(NAMES)
+    _unseal(second, first)
+    genuine = second.tls_ca.fingerprint_sha384
+    assert genuine == first.tls_ca.fingerprint_sha384
+    second.db.dispose()  # stopped
+
+    forged = make_ca(
+        ec.generate_private_key(ec.SECP384R1()), "keybroker TLS CA", datetime.now(UTC), timedelta(days=30)
+    )
+    with first.db.session() as s:
+        s.execute(
+            text("UPDATE shared_secrets SET public = :p WHERE name = 'ca:tls'"),
+            {"p": forged.public_bytes(serialization.Encoding.PEM).decode()},
+        )
+    again = _second(tmp_path)  # restarted, sealed
+    try:
+        assert again.tls_ca.fingerprint_sha384 == genuine  # what `keybroker serve` prints to pin
+        served = again.replica.serve_tls(NAMES)
+        assert not served.bootstrap
+        chain = x509.load_pem_x509_certificates(served.cert.read_bytes())
+        chain[0].verify_directly_issued_by(first.tls_ca.cert)
+        _unseal(again, first)  # the sync fails (logged): the forged row does not open
+        with pytest.raises(SharedSecretBroken):
+            again.replica.sync()
+        assert again.tls_ca.fingerprint_sha384 == genuine
+        two = again.settings.data_dir / "ca" / "ca.pem"
+        assert x509.load_pem_x509_certificate(two.read_bytes()) == first.tls_ca.cert
+    finally:
+        again.db.dispose()
+
+
 def test_a_console_session_from_one_replica_is_good_on_the_other(first: Services, tmp_path: Path) -> None:
     """Behind a load balancer, a person signed in through one replica keeps their session and its
     CSRF token on the next request, which another replica answers, and signing out on either ends it
