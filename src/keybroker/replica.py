@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 
 from keybroker.auth import tokens
 from keybroker.auth.registry import SHARED_KEY_PREFIX, TokenRegistry
-from keybroker.errors import InvalidInput, KeybrokerError, Sealed
+from keybroker.errors import Conflict, InvalidInput, KeybrokerError, Sealed
 from keybroker.keys.certs import PrivateKey
 from keybroker.keys.serviceca import (
     CA_DIR,
@@ -230,7 +230,11 @@ class Replica:
         local_kid = tokens.key_id(local) if local is not None else None
         if found is not None:
             if local_kid != kid:
-                self._registry.write_key_file(found.private)
+                try:
+                    self._registry.write_key_file(found.private)
+                except Conflict as exc:
+                    log.error("%s", exc.detail)
+                    return
                 log.info("wrote the current token signing key (kid %s) into %s", kid, self._registry.key_file)
         elif local is not None and local_kid == kid:
             public = local.as_pem(private=False)

@@ -164,6 +164,57 @@ def test_a_rotated_token_key_reaches_every_replica(first: Services, tmp_path: Pa
         second.db.dispose()
 
 
+def test_a_rotation_is_not_rolled_back_by_writing_the_database(first: Services, tmp_path: Path) -> None:
+    """``keybroker token rotate-key`` refuses every token issued before (an incident: a token
+    leaked). Whoever can write the database kept the old key's sealed row from before, and puts it
+    back with the old key recorded as current again: the row opens under the root key (it is the
+    genuine one), so before, each replica wrote the old key into its data dir at its next sync and
+    the leaked token was accepted again. Now a replica never takes back a key it saw retired."""
+    from fastapi.testclient import TestClient
+
+    from keybroker.api.app import create_app
+    from keybroker.auth.authn import Authenticator
+    from keybroker.auth.registry import TokenRegistry
+
+    second = _second(tmp_path)
+    try:
+        _unseal(second, first)
+        for svc in (first, second):  # no 5-second cache between the database and the check
+            svc.tokens = TokenRegistry(svc.db, svc.settings.data_dir / TOKEN_KEY_FILE, cache_seconds=0)
+            svc.authn = Authenticator(svc.tokens, svc.roles, svc.oidc)
+        leaked = {"Authorization": "Bearer " + first.tokens.mint("leaked", ["*:*"])}
+        old_kid = tokens.key_id(tokens.load_signing_key(first.settings.data_dir / TOKEN_KEY_FILE))
+        with first.db.session() as s:
+            saved = s.execute(text("SELECT * FROM shared_secrets WHERE name LIKE 'token%'")).mappings().one()
+        new_kid = first.tokens.rotate_key(actor="cli:test")
+        first.replica.sync()
+        second.replica.sync()
+        apps = [TestClient(create_app(svc), base_url="https://testserver") for svc in (first, second)]
+        for app in apps:
+            assert app.get("/kbs/v1/keys", headers=leaked).status_code == 401
+
+        with first.db.session() as s:  # the attacker's rollback
+            s.execute(text("DELETE FROM shared_secrets WHERE name LIKE 'token%'"))
+            s.execute(
+                text("INSERT INTO shared_secrets VALUES (:name, :public, :sealed, :created_at)"), dict(saved)
+            )
+            s.execute(text("UPDATE bearer_token_keys SET retired_at = NULL WHERE kid = :k"), {"k": old_kid})
+            s.execute(
+                text("UPDATE bearer_token_keys SET retired_at = CURRENT_TIMESTAMP WHERE kid = :k"),
+                {"k": new_kid},
+            )
+        for svc, app in zip((first, second), apps, strict=True):
+            svc.replica.sync()  # the 30-second sync
+            r = app.get("/kbs/v1/keys", headers=leaked)
+            assert r.status_code == 401, r.text
+            key = tokens.load_signing_key(svc.settings.data_dir / TOKEN_KEY_FILE)
+            assert tokens.key_id(key) == new_kid
+            assert old_kid in svc.tokens.retired_kids()
+            assert (svc.settings.data_dir / "token-signing-key.retired").stat().st_mode & 0o777 == 0o600
+    finally:
+        second.db.dispose()
+
+
 def test_replacing_the_tls_anchor_as_docs_certificates_md_says(first: Services, tmp_path: Path) -> None:
     second = _second(tmp_path)
     _unseal(second, first)

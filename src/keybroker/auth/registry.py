@@ -140,6 +140,28 @@ class TokenRegistry:
     def key_file(self) -> Path:
         return self._key_file
 
+    @property
+    def retired_file(self) -> Path:
+        """The kids of the signing keys this data dir has seen retired (one a line, 0600): never
+        taken back from the database, whose record of which key is current can be rolled back by
+        whoever can write it (with a sealed copy of a retired key saved from before the rotation)."""
+        return self._key_file.with_suffix(".retired")
+
+    def retired_kids(self) -> set[str]:
+        try:
+            return set(self.retired_file.read_text().split())
+        except FileNotFoundError:
+            return set()
+
+    def _remember_retired(self, kids: Sequence[str]) -> None:
+        if not kids:
+            return
+        fd = os.open(self.retired_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        with os.fdopen(fd, "a") as f:
+            f.write("".join(f"{kid}\n" for kid in kids))
+            f.flush()
+            os.fsync(f.fileno())
+
     def current_kid(self) -> str | None:
         """The kid of the current signing key on record (None: a new broker, none yet)."""
         with self._db.session() as s:
@@ -187,7 +209,18 @@ class TokenRegistry:
 
     def write_key_file(self, pem: bytes) -> None:
         """Replace the data dir's key file whole (0600) with ``pem`` (the current key, from the
-        database), for the local ``keybroker token`` commands."""
+        database), for the local ``keybroker token`` commands. The key it replaces is remembered
+        as retired; a key remembered so is refused (``Conflict``)."""
+        kid = tokens.key_id(ECKey.import_key(pem))
+        if kid in self.retired_kids():
+            raise Conflict(
+                f"the token signing key kid {kid} was retired, as {self.retired_file} records: the "
+                "database names it current again (restored from a backup from before the rotation, or "
+                "rolled back by whoever can write it); it is not taken"
+            )
+        local = self.local_key()
+        if local is not None and tokens.key_id(local) != kid:
+            self._remember_retired([tokens.key_id(local)])
         tmp = self._key_file.with_name(f".{self._key_file.name}.{os.getpid()}.tmp")
         tmp.unlink(missing_ok=True)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -256,6 +289,10 @@ class TokenRegistry:
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
+        local = self.local_key()
+        self._remember_retired(
+            sorted({*retired, *([tokens.key_id(local)] if local is not None else [])} - {kid})
+        )
         os.replace(tmp, self._key_file)
         with self._lock:
             self._keys_read_at = float("-inf")
