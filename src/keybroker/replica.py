@@ -181,8 +181,17 @@ class Replica:
 
     def _keep_only(self, role: _Role, cert: x509.Certificate) -> None:
         """Make the data dir's certificate of ``role`` the shared ``cert``; files of another CA are
-        moved aside (a key file of this very CA stays: it is no longer read)."""
+        moved aside (a key file of this very CA stays: it is no longer read). A CA this data dir
+        moved aside before is never taken back (``Conflict``): its row, saved before the anchor was
+        replaced, opens under the root key, so only the data dir can tell that it is a rollback."""
         cert_path, key_path = self._ca_dir / role.cert_file, self._ca_dir / role.key_file
+        for replaced in sorted(self._ca_dir.glob(f"replaced-*/{role.cert_file}")):
+            if x509.load_pem_x509_certificate(replaced.read_bytes()) == cert:
+                raise Conflict(
+                    f"the database's {role.common_name} (SHA-384 {cert.fingerprint(hashes.SHA384()).hex()}) "
+                    f"is the one this data dir replaced ({replaced}): not taken back (a database restored "
+                    "from before the anchor was replaced, or rolled back by whoever can write it)"
+                )
         other = False
         if cert_path.exists():
             other = x509.load_pem_x509_certificate(cert_path.read_bytes()) != cert

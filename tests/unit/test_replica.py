@@ -19,7 +19,7 @@ from sqlalchemy import text
 from keybroker.api.services import DEV_UNSEAL_FILE, TOKEN_KEY_FILE, Services
 from keybroker.auth import tokens
 from keybroker.config import Settings
-from keybroker.errors import Sealed
+from keybroker.errors import Conflict, Sealed
 from keybroker.replica import Served
 from keybroker.seal.shared import SharedSecretBroken, SharedSecrets
 
@@ -248,6 +248,57 @@ def test_replacing_the_tls_anchor_as_docs_certificates_md_says(first: Services, 
             two.db.dispose()
     finally:
         one.db.dispose()
+
+
+def test_a_replaced_tls_anchor_is_not_rolled_back_by_writing_the_database(
+    first: Services, tmp_path: Path
+) -> None:
+    """The TLS anchor was replaced as docs/certificates.md says (it had signed key certificates whose
+    holders could pass for the broker). Whoever can write the database saved the old anchor's row
+    from before and puts it back: it opens under the root key. Before, a replica restarted after
+    that took the old anchor back (its new one moved aside), issued its HTTPS certificate from it and
+    wrote it into ca/ca.pem for clients to pin. Now it keeps the new one."""
+    second = _second(tmp_path)
+    _unseal(second, first)
+    with first.db.session() as s:
+        saved = s.execute(text("SELECT * FROM shared_secrets WHERE name = 'ca:tls'")).mappings().one()
+    first.db.dispose()
+    second.db.dispose()
+    ca = first.settings.data_dir / "ca"
+    with second.db.session() as s:
+        s.execute(text("DELETE FROM shared_secrets WHERE name = 'ca:tls'"))
+    kept = tmp_path / "old-anchor"
+    kept.mkdir()
+    for name in ("ca.pem", "ca-key.pem"):
+        (ca / name).rename(kept / name)
+    one = Services.build(first.settings)
+    new = one.tls_ca.cert
+    two = _second(tmp_path)
+    two.replica.serve_tls(NAMES)
+    _unseal(two, one)  # its HTTPS certificate from the new anchor
+    assert two.tls_ca.cert == new
+    two.db.dispose()
+    one.db.dispose()
+
+    with one.db.session() as s:  # the attacker's rollback
+        s.execute(text("DELETE FROM shared_secrets WHERE name = 'ca:tls'"))
+        s.execute(
+            text("INSERT INTO shared_secrets VALUES (:name, :public, :sealed, :created_at)"), dict(saved)
+        )
+    again = _second(tmp_path)
+    try:
+        served = again.replica.serve_tls(NAMES)
+        assert not served.bootstrap
+        _unseal(again, one)  # the sync fails (logged)
+        with pytest.raises(Conflict, match="replaced"):
+            again.replica.sync()
+        anchor = again.settings.data_dir / "ca" / "ca.pem"
+        assert x509.load_pem_x509_certificate(anchor.read_bytes()) == new
+        assert again.tls_ca.cert == new
+        chain = x509.load_pem_x509_certificates(served.cert.read_bytes())
+        chain[0].verify_directly_issued_by(new)
+    finally:
+        again.db.dispose()
 
 
 def test_a_certificate_put_in_the_database_is_not_pinned(first: Services, tmp_path: Path) -> None:
