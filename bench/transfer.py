@@ -1,6 +1,6 @@
 """Attested key transfer end to end: /kbs/v1 and /kbs/v0 against a real server, beside its framework floor.
 
-Run: ``.venv/bin/python bench/transfer.py [--quick] [--tee tdx|sgx] [--no-peer] [--profile]
+Run: ``.venv/bin/python bench/transfer.py [--quick] [--tee tdx|sgx] [--no-peer] [--no-essential] [--profile]
 [--workers 1,2] [--replicas N]`` (``make bench``).
 
 A real ``keybroker serve --dev`` (HTTPS, SQLite in a temporary data dir, one uvicorn process) is
@@ -31,6 +31,16 @@ once before the run, so the peer's clients make no quotes (their CPU per transfe
 ``cpu vs floor = peer server CPU / keybroker server CPU`` per transfer: the share of the best any
 app on this HTTPS stack could do that keybroker reaches, and the share of its server CPU that the
 stack itself takes. ``--no-peer`` skips it.
+
+The essential work (the lower bound): in the same run, ``bench/essential_app.py`` -- the same stack
+serving /kbs/v1's challenge and transfer with only the work no correct key broker can skip (the
+nonce's non-durable insert; Verifier.verify with REPORTDATA = SHA-512(nonce || user_data), the policy's
+comparisons, the SecL wrap, an Ed25519-signed audit record and one durable transaction spending the
+nonce with it) -- is served as the floor is, pinned to the same CPU, and driven by keybroker's own
+client flow (quotes made per transfer), once it has refused a tampered quote and a replayed nonce. The
+report sets the server CPU per transfer of the floor, the essential work and keybroker side by side
+(keybroker x floor, keybroker x essential, essential x floor) and says whether the 2 x floor target is
+feasible here at all: "essential work alone is E x the floor here". ``--no-essential`` skips it.
 
 The cryptography alone (informative) is measured in this process, pinned to the server's CPU while
 the server is idle, best of a few rounds: quote verification with warm collateral (``verify_quote``),

@@ -3,7 +3,7 @@
 - :mod:`kbbench.flows`: what one transfer is (the variants, the workload's keys, the /kbs/v1 and
   /kbs/v0 request sequences, and the framework floor's same-shaped requests);
 - :mod:`kbbench.servers`: the servers under test (``keybroker serve`` from a :class:`ServerSpec`, the
-  framework floor app), started and stopped through ``tests/helpers`` as the test suite does, and the
+  framework floor app, the essential-work app), started and stopped through ``tests/helpers`` as the test suite does, and the
   set-up through the admin API;
 - :mod:`kbbench.cpu`: CPU accounting from ``/proc`` (a server's process group, its event-loop
   threads, run-queue waits, the machine) and the server's per-stage CPU (``keybroker.stages``);

@@ -45,10 +45,12 @@ from kbbench.flows import (
     open_result,
     peer_responses,
     sizes,
+    transfer_v1,
 )
 from kbbench.servers import (
     STAGES_ENV,
     Deployment,
+    EssentialServer,
     FloorServer,
     Servers,
     ServerSpec,
@@ -60,6 +62,8 @@ from keybroker.tee import sim
 from keybroker.wire import binding
 
 OUT = ROOT / ".bench" / "transfer.json"
+#: what a level's clients talk to (``run_level``'s ``kind``)
+KEYBROKER, FLOOR, ESSENTIAL = "keybroker", "floor", "essential"
 LEVELS = (1, 8, 32)
 #: Exit status when some transfers failed (the numbers count only the ones that succeeded).
 EXIT_FAILED_TRANSFERS = 3
@@ -116,6 +120,12 @@ class Level:
     cpu_vs_floor: float | None = None
     #: this row's server CPU per transfer / the peer's: how many times the floor keybroker costs
     cpu_x_floor: float | None = None
+    #: the essential-work peer (bench/essential_app.py) at the same level, /kbs/v1 only; None without it
+    essential_server_cpu_ms_per_tx: float | None = None
+    #: this row's server CPU per transfer / the essential peer's: how far keybroker is from the least
+    cpu_x_essential: float | None = None
+    #: the essential peer's server CPU per transfer / the floor's: the least any correct broker costs here
+    essential_x_floor: float | None = None
     first_errors: list[str] = field(default_factory=list)
     #: the deployment measured (``ServerSpec``): worker processes per replica, replicas
     workers: int = 1
@@ -141,11 +151,12 @@ def _client_main(
     barrier: Any,
     counter: Any,
     out: Any,
-    peer: bool = False,
+    kind: str = KEYBROKER,
 ) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and ends us
     pin(cpus)
-    fn = (PEER_TRANSFER if peer else TRANSFER)[v.protocol]
+    # the essential-work peer answers keybroker's own requests: the real flow, quotes made per transfer
+    fn = (PEER_TRANSFER if kind == FLOOR else TRANSFER)[v.protocol]
     lat: list[tuple[float, float]] = []
     errors: list[str] = []
     qcpu = 0.0
@@ -195,9 +206,10 @@ def run_level(
     budget: int,
     seconds: float,
     client_cpus: set[int] | None,
-    peer: bool = False,
+    kind: str = KEYBROKER,
 ) -> Level:
-    """One level: ``clients`` client processes against ``server`` (the framework floor with ``peer``)."""
+    """One level: ``clients`` client processes against ``server``: keybroker, or ``kind`` the framework
+    floor (``FLOOR``) or the essential-work peer (``ESSENTIAL``)."""
     ctx = mp.get_context("fork")
     barrier = ctx.Barrier(clients + 1)
     counter = ctx.Value("i", 0)
@@ -205,7 +217,7 @@ def run_level(
     procs = [
         ctx.Process(
             target=_client_main,
-            args=(i, t, v, pki, w, client_cpus, budget, seconds, barrier, counter, out, peer),
+            args=(i, t, v, pki, w, client_cpus, budget, seconds, barrier, counter, out, kind),
             daemon=True,
         )
         for i in range(clients)
@@ -246,9 +258,9 @@ def run_level(
         return round(seconds_ / n * 1000, 2) if n else nan
 
     return Level(
-        variant=f"floor/{v.protocol}/{v.workload}" if peer else v.name,
+        variant=v.name if kind == KEYBROKER else f"{kind}/{v.protocol}/{v.workload}",
         protocol=f"/kbs/{v.protocol}",
-        key="-" if peer else v.key_label,
+        key="-" if kind == FLOOR else v.key_label,
         workload_key=v.workload_label,
         clients=clients,
         transfers=n,
@@ -294,6 +306,26 @@ def compare_with_peer(level: Level, peer_results: Sequence[Level]) -> None:
             return
 
 
+def compare_with_essential(level: Level, essential: Sequence[Level], floor: Sequence[Level]) -> None:
+    """Fill ``level``'s essential columns from the essential-work peer at the same protocol and level
+    (and the floor's, for essential x floor)."""
+    e = next(
+        (p for p in essential if p.protocol == level.protocol and p.clients == level.clients and p.transfers),
+        None,
+    )
+    if e is None:
+        return
+    level.essential_server_cpu_ms_per_tx = e.server_cpu_ms_per_tx
+    if level.transfers and e.server_cpu_ms_per_tx > 0:
+        level.cpu_x_essential = round(level.server_cpu_ms_per_tx / e.server_cpu_ms_per_tx, 2)
+    f = next(
+        (p for p in floor if p.protocol == level.protocol and p.clients == level.clients and p.transfers),
+        None,
+    )
+    if f is not None and f.server_cpu_ms_per_tx > 0:
+        level.essential_x_floor = round(e.server_cpu_ms_per_tx / f.server_cpu_ms_per_tx, 2)
+
+
 # --- the run -------------------------------------------------------------------------------------
 
 
@@ -309,6 +341,10 @@ class Options:
     pyspy: str | None
     tmp: str | None
     peer: bool
+    #: the essential-work peer (bench/essential_app.py) beside the floor, for /kbs/v1
+    essential: bool
+    #: the essential peer's work in a thread pool (as keybroker's) rather than inline on the event loop
+    essential_threads: bool
     #: the deployments measured, one after another (``--workers 1,2``: a scaling run)
     specs: list[ServerSpec]
 
@@ -342,6 +378,18 @@ def parse_args(argv: Sequence[str] | None, doc: str) -> Options:
         dest="peer",
         action="store_false",
         help="skip the framework floor (bench/floor_app.py), the peer the results are compared with",
+    )
+    parser.add_argument(
+        "--no-essential",
+        dest="essential",
+        action="store_false",
+        help="skip the essential-work peer (bench/essential_app.py: verify, wrap, signed audit record, one "
+        "durable commit, nothing else), the least a correct broker does per /kbs/v1 transfer",
+    )
+    parser.add_argument(
+        "--essential-threads",
+        action="store_true",
+        help="the essential peer works in a thread pool as keybroker does (default: inline, the cheaper)",
     )
     parser.add_argument(
         "--workers",
@@ -393,6 +441,8 @@ def parse_args(argv: Sequence[str] | None, doc: str) -> Options:
         pyspy=pyspy,
         tmp=args.tmp,
         peer=args.peer,
+        essential=args.essential,
+        essential_threads=args.essential_threads,
         specs=specs,
     )
 
@@ -457,6 +507,10 @@ class Run:
     commit_ms: float = float("nan")
     results: list[Level] = field(default_factory=list)
     peer_results: list[Level] = field(default_factory=list)
+    essential_results: list[Level] = field(default_factory=list)
+    #: what the essential peer answered to a tampered quote and a replayed nonce at warm-up (403 each)
+    essential_checks: dict[str, Any] = field(default_factory=dict)
+    essential_database: str = ""
     peer_sizes: dict[str, Any] = field(default_factory=dict)
     profiles: dict[str, Any] = field(default_factory=dict)
 
@@ -539,6 +593,72 @@ def start_peer(
     return peer, target
 
 
+#: A byte of the signed report body (48-byte header, then TDX MRSIGNERSEAM / SGX MRSIGNER at 152)
+TAMPERED_BYTE = 200
+
+
+def start_essential(
+    server: Deployment, placement: Placement, opts: Options, pki: sim.DevPki, work: Workload, run: Run
+) -> tuple[EssentialServer, Target]:
+    """The essential-work peer, trusting keybroker's dev PKI, checked before it is measured: a few real
+    transfers (the wrapped key opened by the workload), a tampered quote and a replayed nonce (403 each:
+    it verifies, it does not just answer)."""
+    print("starting the essential-work peer (bench/essential_app.py) ...", flush=True)
+    database = server.pg.create_database("kb_essential") if server.pg is not None else None
+    peer = EssentialServer(
+        server.data_dir,
+        placement.server_cpus,
+        pki.directory,
+        opts.tee,
+        database,
+        threads=opts.essential_threads,
+    )
+    run.essential_database = (
+        "PostgreSQL (keybroker's server)" if database else "SQLite (WAL, keybroker's pragmas)"
+    )
+    peer.start()
+    target = Target(peer.urls, str(server.ca), opts.tee, dict(peer.key_ids), {})
+    v = next(v for v in opts.variants if v.protocol == "v1")
+    with httpx.Client(base_url=peer.url, verify=ssl_context(server.ca), timeout=60) as c:
+        for _ in range(3):
+            body, _ = transfer_v1(c, target, v, pki, work)
+            plain = open_result(v, body, work)
+            if v.key == "aes" and len(plain) != 32:
+                raise RuntimeError(f"the essential peer released {len(plain)} bytes, not an AES-256 key")
+            if v.key == "rsa":
+                check_released(v, plain, b"")
+        url = f"/kbs/v1/keys/{target.key_ids[v.key]}/transfer"
+        nonce_b64 = c.post(url).json()["nonce"]["val"]
+        forged = bytearray(
+            make_quote(pki, opts.tee, binding.v1_report_data(base64.b64decode(nonce_b64), work.spki))
+        )
+        forged[TAMPERED_BYTE] ^= 1
+        tampered = {
+            "quote": base64.b64encode(bytes(forged)).decode(),
+            "nonce": {"val": nonce_b64},
+            "user_data": work.spki_b64,
+        }
+        att = {"Attestation-Type": opts.tee.upper()}
+        r_tampered = c.post(url, json=tampered, headers=att)
+        nonce_b64 = c.post(url).json()["nonce"]["val"]
+        quote = make_quote(pki, opts.tee, binding.v1_report_data(base64.b64decode(nonce_b64), work.spki))
+        good = {
+            "quote": base64.b64encode(quote).decode(),
+            "nonce": {"val": nonce_b64},
+            "user_data": work.spki_b64,
+        }
+        r_first, r_replay = c.post(url, json=good, headers=att), c.post(url, json=good, headers=att)
+    run.essential_checks = {
+        "tampered_quote_status": r_tampered.status_code,
+        "replayed_nonce_status": r_replay.status_code,
+        "fresh_quote_status": r_first.status_code,
+    }
+    if (r_tampered.status_code, r_first.status_code, r_replay.status_code) != (403, 200, 403):
+        peer.stop()
+        raise RuntimeError(f"the essential peer does not verify as it must: {run.essential_checks}")
+    return peer, target
+
+
 def measure(opts: Options, placement: Placement, tmp: Path, run: Run) -> None:
     """Each deployment in turn (a fresh one each: its own data dir and database); the first also gives
     the cryptography alone and the framework floor."""
@@ -554,6 +674,7 @@ def measure_one(
     """Start ``spec``'s servers, set up, measure into ``run``; the servers stop whatever happens."""
     server = Deployment(spec, tmp, placement.server_cpus, env=STAGES_ENV)
     peer: FloorServer | None = None
+    essential: EssentialServer | None = None
     # the peer stands in for each protocol's first variant (its workload key, its captured answers)
     peer_variant = {v.protocol: v for v in reversed(opts.variants)}
     try:
@@ -579,6 +700,9 @@ def measure_one(
         peer_target = None
         if opts.peer and first:
             peer, peer_target = start_peer(server, placement, opts, captured, pki, work, peer_variant, run)
+        essential_target = None
+        if opts.essential and first and "v1" in peer_variant:
+            essential, essential_target = start_essential(server, placement, opts, pki, work, run)
 
         for v in opts.variants:
             if peer is not None and peer_target is not None and peer_variant[v.protocol] is v:
@@ -587,7 +711,21 @@ def measure_one(
                     run.peer_results.append(
                         run_level(
                             peer, peer_target, v, pki, work, n, max(opts.budget, n), opts.seconds,
-                            placement.client_cpus, peer=True,
+                            placement.client_cpus, kind=FLOOR,
+                        )
+                    )  # fmt: skip
+            if (
+                essential is not None
+                and essential_target is not None
+                and v.protocol == "v1"
+                and peer_variant[v.protocol] is v
+            ):
+                for n in opts.levels:
+                    print(f"  essential work for /kbs/{v.protocol} x {n} clients ...", flush=True)
+                    run.essential_results.append(
+                        run_level(
+                            essential, essential_target, v, pki, work, n, max(opts.budget, n), opts.seconds,
+                            placement.client_cpus, kind=ESSENTIAL,
                         )
                     )  # fmt: skip
             cost = sum(run.crypto[p] for p in crypto_parts(v))
@@ -617,6 +755,7 @@ def measure_one(
                 level.cpu_ratio = round(cost / level.server_cpu_ms_per_tx, 3) if level.transfers else 0.0
                 level.http_floor_ms_per_tx = round(REQUESTS[v.protocol] * run.floor, 2)
                 compare_with_peer(level, run.peer_results)
+                compare_with_essential(level, run.essential_results, run.peer_results)
                 run.results.append(level)
                 for path in produced:
                     run.profiles[f"{v.name} x {n} ({spec.label()})"] = {
@@ -624,6 +763,10 @@ def measure_one(
                         **profile.summarize_profile(path),
                     }
     finally:
+        if essential is not None:
+            essential.stop()
+            with contextlib.suppress(OSError):
+                shutil.copy(essential.log_path, opts.out.parent / "transfer-essential.log")
         if peer is not None:
             peer.stop()
             with contextlib.suppress(OSError):
@@ -640,6 +783,7 @@ def build_report(
 ) -> dict[str, Any]:
     rows = [asdict(r) for r in run.results]
     peer_rows = [asdict(r) for r in run.peer_results]
+    essential_rows = [asdict(r) for r in run.essential_results]
     return {
         "meta": {
             "when": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -693,7 +837,21 @@ def build_report(
         }
         if opts.peer
         else None,
-        "targets": report.targets(rows, peer_rows),
+        "essential": {
+            "app": "bench/essential_app.py",
+            "work": "challenge: 32 random bytes, SHA-256 inserted (non-durable commit); transfer: JSON + base64, "
+            "workload key (load_spki), Verifier.verify (DCAP, dev PKI collateral, REPORTDATA = SHA-512(nonce || "
+            "user_data)), the policy's comparisons, SecL wrap, audit record (SHA-256 chain, Ed25519), one "
+            "durable transaction (nonce spent, record inserted, head advanced)",
+            "threads": opts.essential_threads,
+            "database": run.essential_database,
+            "checks": run.essential_checks,
+            "results": essential_rows,
+            "cpu": report.essential_cpu(rows, peer_rows, essential_rows),
+        }
+        if opts.essential and run.essential_results
+        else None,
+        "targets": report.targets(rows, peer_rows, essential_rows),
         "scaling": report.scaling(rows, len(placement.cpus)) if len(opts.specs) > 1 else None,
         "profile": run.profiles,
     }
@@ -723,7 +881,7 @@ def main(argv: Sequence[str] | None = None, doc: str = "") -> int:
     opts.out.write_text(json.dumps(out, indent=2) + "\n")
     report.print_report(out)
     print(f"\nresults: {opts.out}")
-    failed = sum(r.errors for r in run.results + run.peer_results)
+    failed = sum(r.errors for r in run.results + run.peer_results + run.essential_results)
     if failed:
         print(
             f"\n{failed} TRANSFERS FAILED (the numbers above count only those that succeeded); the servers' logs: "

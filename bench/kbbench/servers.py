@@ -2,8 +2,9 @@
 
 ``keybroker serve --dev`` is started as the test suite starts it (``tests.helpers.server.Server``: a
 process group of its own, stopped by group, ready once ``/readyz`` answers 200), pinned to the
-server's CPUs, from a :class:`ServerSpec`. The framework floor (``bench/floor_app.py``) is started
-the same way (``tests.helpers.procs``). Both expose :meth:`pids`, the processes whose CPU counts.
+server's CPUs, from a :class:`ServerSpec`. The framework floor (``bench/floor_app.py``) and the
+essential work (``bench/essential_app.py``) are started the same way (``tests.helpers.procs``). All
+expose :meth:`pids`, the processes whose CPU counts.
 
 A spec names a number of replicas and of worker processes per replica. One process runs on SQLite
 (``serve --dev``). More run on a throwaway PostgreSQL (``tests.helpers.postgres``, as the tests
@@ -27,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import essential_app  # bench/ is on the path (transfer.py, soak.py)
 import httpx
 from tests.helpers import cluster, postgres, procs
 from tests.helpers.postgres import free_port
@@ -286,11 +288,14 @@ class FloorServer:
     def log_paths(self) -> list[Path]:
         return [self.log_path]
 
-    def start(self) -> None:
+    def command(self) -> list[str]:
         tls = self.data_dir / "tls"
         cmd = [sys.executable, str(ROOT / "bench" / "floor_app.py"), "--host", "127.0.0.1"]
         cmd += ["--port", str(self.port), "--certfile", str(tls / "server.pem")]
-        cmd += ["--keyfile", str(tls / "server-key.pem"), "--responses", str(self.responses_path)]
+        return cmd + ["--keyfile", str(tls / "server-key.pem"), "--responses", str(self.responses_path)]
+
+    def start(self) -> None:
+        cmd = self.command()
         cpus = self.cpus
         with open(self.log_path, "ab") as log:
             self.proc = procs.spawn(
@@ -334,41 +339,49 @@ class FloorServer:
         return self.proc.pid
 
 
+class EssentialServer(FloorServer):
+    """The essential-work peer: ``bench/essential_app.py`` under uvicorn as the floor is (keybroker's TLS
+    certificate and key, pinned to the same CPU), trusting the dev PKI keybroker trusts (its root and
+    collateral), its nonces and audit chain in ``database``: a SQLite file beside keybroker's data dir,
+    or a database of keybroker's PostgreSQL server when keybroker runs on one."""
+
+    name = "the essential work (bench/essential_app.py)"
+    #: the keys it releases ("aes" | "rsa" -> key id), as :attr:`Target.key_ids`
+    key_ids = essential_app.KEY_IDS
+
+    def __init__(
+        self,
+        data_dir: Path,
+        cpus: set[int] | None,
+        pki_dir: Path,
+        tee: str,
+        database: str | None = None,
+        *,
+        threads: bool = False,
+    ) -> None:
+        self.data_dir = data_dir
+        self.cpus = cpus
+        self.port = free_port()
+        self.proc = None
+        self.log_path = data_dir.parent / "essential.log"
+        self.pki_dir = pki_dir
+        self.tee = tee
+        self.database = database or str(data_dir.parent / "essential.db")
+        self.threads = threads
+
+    def command(self) -> list[str]:
+        tls = self.data_dir / "tls"
+        cmd = [sys.executable, str(ROOT / "bench" / "essential_app.py"), "--host", "127.0.0.1"]
+        cmd += ["--port", str(self.port), "--certfile", str(tls / "server.pem")]
+        cmd += ["--keyfile", str(tls / "server-key.pem"), "--dev-pki", str(self.pki_dir)]
+        cmd += ["--database", self.database, "--tee", self.tee]
+        return cmd + (["--threads"] if self.threads else [])
+
+
 Servers = Deployment | FloorServer
 
 
 # --- set-up through the admin API ----------------------------------------------------------------
-
-
-def sim_policy(tee: str) -> dict[str, Any]:
-    if tee == "tdx":
-        return {
-            "attestation_type": ["TDX"],
-            "tdx": {
-                "attributes": {
-                    "mrsignerseam": [sim.DEFAULT_MRSIGNERSEAM.hex()],
-                    "mrseam": [sim.DEFAULT_MRSEAM.hex()],
-                    "seamsvn": sim.DEFAULT_SEAMSVN,
-                    "mrtd": [sim.DEFAULT_MRTD.hex()],
-                    "rtmr0": sim.DEFAULT_RTMRS[0].hex(),
-                    "enforce_tcb_upto_date": True,
-                }
-            },
-            "allow_simulated": True,
-        }
-    return {
-        "attestation_type": ["SGX"],
-        "sgx": {
-            "attributes": {
-                "mrsigner": [sim.DEFAULT_MRSIGNER.hex()],
-                "isvprodid": [7],
-                "mrenclave": [sim.DEFAULT_MRENCLAVE.hex()],
-                "isvsvn": 2,
-                "enforce_tcb_upto_date": True,
-            }
-        },
-        "allow_simulated": True,
-    }
 
 
 def mint_admin_token(data_dir: Path, extra: Sequence[str] = ()) -> str:
@@ -398,7 +411,7 @@ def set_up(server: Deployment, tee: str, aes_secret: bytes) -> Target:
                 raise RuntimeError(f"set-up: {what}: HTTP {r.status_code} {r.text[:500]}")
             return r
 
-        pid = ok(c.post("/kbs/v1/key-transfer-policies", json=sim_policy(tee)), "policy").json()["id"]
+        pid = ok(c.post("/kbs/v1/key-transfer-policies", json=sim.sim_policy(tee)), "policy").json()["id"]
         aes = {"algorithm": "AES", "key_length": 256, "key_string": base64.b64encode(aes_secret).decode()}
         rsa_key = {"algorithm": "RSA", "key_length": 3072}
         ids = {

@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 
 from keybroker.auth import tokens
 from keybroker.auth.registry import SHARED_KEY_PREFIX, TokenRegistry
-from keybroker.errors import InvalidInput, KeybrokerError, Sealed
+from keybroker.errors import Conflict, InvalidInput, KeybrokerError, Sealed
 from keybroker.keys.certs import PrivateKey
 from keybroker.keys.serviceca import (
     CA_DIR,
@@ -149,8 +149,9 @@ class Replica:
 
         The database's certificate is not authenticated until its row opens under the root key
         (its sealed half is bound to it): whoever can write the database could put another there.
-        So while sealed it is only compared with the data dir's, never written over it; a data dir
-        without it, or with another, gets it at the first sync (:meth:`_take`)."""
+        So while sealed it is only compared with the data dir's, never written over it nor shown or
+        served in its place (the data dir's stays this replica's anchor); a data dir without it, or
+        with another, gets it at the first sync (:meth:`_take`)."""
         cert_path = self._ca_dir / role.cert_file
         public = self._shared.public(role.name)
         if public is None:
@@ -158,7 +159,12 @@ class Replica:
             self._to_adopt.add(role.name)
             return ca
         cert = x509.load_pem_x509_certificate(public.encode())
-        if not cert_path.exists() or x509.load_pem_x509_certificate(cert_path.read_bytes()) != cert:
+        if cert_path.exists():
+            local = x509.load_pem_x509_certificate(cert_path.read_bytes())
+            if local != cert:
+                self._to_take.add(role.name)
+                return ServiceCA(local, self._opener(role, local), cert_path)
+        else:
             self._to_take.add(role.name)
         return ServiceCA(cert, self._opener(role, cert), cert_path)
 
@@ -175,8 +181,17 @@ class Replica:
 
     def _keep_only(self, role: _Role, cert: x509.Certificate) -> None:
         """Make the data dir's certificate of ``role`` the shared ``cert``; files of another CA are
-        moved aside (a key file of this very CA stays: it is no longer read)."""
+        moved aside (a key file of this very CA stays: it is no longer read). A CA this data dir
+        moved aside before is never taken back (``Conflict``): its row, saved before the anchor was
+        replaced, opens under the root key, so only the data dir can tell that it is a rollback."""
         cert_path, key_path = self._ca_dir / role.cert_file, self._ca_dir / role.key_file
+        for replaced in sorted(self._ca_dir.glob(f"replaced-*/{role.cert_file}")):
+            if x509.load_pem_x509_certificate(replaced.read_bytes()) == cert:
+                raise Conflict(
+                    f"the database's {role.common_name} (SHA-384 {cert.fingerprint(hashes.SHA384()).hex()}) "
+                    f"is the one this data dir replaced ({replaced}): not taken back (a database restored "
+                    "from before the anchor was replaced, or rolled back by whoever can write it)"
+                )
         other = False
         if cert_path.exists():
             other = x509.load_pem_x509_certificate(cert_path.read_bytes()) != cert
@@ -224,7 +239,11 @@ class Replica:
         local_kid = tokens.key_id(local) if local is not None else None
         if found is not None:
             if local_kid != kid:
-                self._registry.write_key_file(found.private)
+                try:
+                    self._registry.write_key_file(found.private)
+                except Conflict as exc:
+                    log.error("%s", exc.detail)
+                    return
                 log.info("wrote the current token signing key (kid %s) into %s", kid, self._registry.key_file)
         elif local is not None and local_kid == kid:
             public = local.as_pem(private=False)

@@ -237,3 +237,53 @@ def test_a_dev_server_verifies_azure_snp_vtpm_evidence(
     doc = r.json()
     assert doc["verified"] is True and doc["tee"] == "az-snp-vtpm" and doc["sim"] is False
     assert "vmpl" in doc["checks"] and "cert_chain" in doc["checks"]
+
+
+def test_a_verification_key_added_in_the_database_verifies_nothing(
+    client: TestClient, services: Services, admin_headers: dict[str, str]
+) -> None:
+    """Whoever can write the database (not the root key) adds a retired EAR signing key row with a
+    public key of theirs, then forges an EAR with it: the claims of an enclave the key's policy
+    denies (ISVSVN 1), raised to ISVSVN 2. Before, the keyring's previous keys were read from the
+    retired rows, so the forged EAR released the key; now they come from the sealed blob only."""
+    from joserfc import jwt
+    from joserfc.jwk import ECKey
+
+    from keybroker.store.models import SigningKey
+
+    key = _setup(client, services, admin_headers, SGX_SIM_POLICY)
+    code, body = _attest(client, services, isvsvn=1)
+    assert code == 200
+    r = client.post(f"/kbs/v1/keys/{key.key_id}/transfer", json={"attestation_token": body["token"]})
+    assert r.status_code == 403  # the genuine EAR of that enclave is denied
+
+    attacker = ECKey.generate_key("P-384", private=True)
+    now = datetime.now(UTC)
+    with services.db.session() as s:
+        s.add(
+            SigningKey(
+                kid=attacker.thumbprint(),
+                alg="ES384",
+                public_jwk=dict(attacker.as_dict(private=False)),
+                sealed_private=b"",
+                created_at=now,
+                retired_at=now,
+            )
+        )
+    claims = json.loads(base64.urlsafe_b64decode(str(body["token"]).split(".")[1] + "=="))
+    raised = json.dumps(claims).replace('"isv_svn": 1', '"isv_svn": 2')
+    assert raised != json.dumps(claims)
+    forged = jwt.encode(
+        {"alg": "ES384", "typ": "JWT", "kid": attacker.thumbprint()},
+        json.loads(raised),
+        attacker,
+        algorithms=["ES384"],
+    )
+    r = client.post(f"/kbs/v1/keys/{key.key_id}/transfer", json={"attestation_token": forged})
+    assert r.status_code == 401, r.text
+    jwks = client.get("/.well-known/jwks.json").json()
+    assert attacker.thumbprint() not in {k["kid"] for k in jwks["keys"]}
+    # the keys it rotated itself still verify (sealed with the new current key)
+    _, good = _attest(client, services)
+    services.attestation.keyring.rotate()
+    services.attestation.verify_token(str(good["token"]))

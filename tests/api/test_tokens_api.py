@@ -94,6 +94,52 @@ def test_a_token_signed_with_the_key_but_never_recorded_is_refused(
     assert r.status_code == 401 and "not on record" in r.json()["detail"]
 
 
+def test_a_signing_key_added_in_the_database_mints_no_admin_token(
+    client: TestClient, services: Services
+) -> None:
+    """Whoever can write the database (not the root key, not a data dir) records a signing key of
+    theirs as current, and a token of theirs for it, then calls the admin API with the token it
+    signs. Before, a key on record was enough: 200 with every permission; now the token's key must
+    also be the one in the replica's data dir (created there, or written from its sealed copy)."""
+    from datetime import UTC, datetime
+
+    from joserfc.jwk import ECKey
+
+    from keybroker.auth import tokens
+    from keybroker.store.models import BearerToken, BearerTokenKey
+
+    attacker = ECKey.generate_key("P-384", private=True)
+    forged = tokens.issue(attacker, "intruder", ["*:*"])
+    now = datetime.now(UTC)
+    with services.db.session() as s:
+        s.add(BearerTokenKey(kid=forged.key_id, public_jwk=attacker.as_dict(private=False), created_at=now))
+        s.flush()
+        s.add(
+            BearerToken(
+                jti=forged.jti,
+                kid=forged.key_id,
+                subject="intruder",
+                permissions=["*:*"],
+                client_permissions=[],
+                roles=[],
+                issued_at=now,
+                expires_at=forged.expires_at,
+                issued_by="operator",
+            )
+        )
+    r = client.get("/kbs/v1/keys", headers=_bearer(forged.token))
+    assert r.status_code == 401, r.text
+    assert "not the one this replica holds" in r.json()["detail"]
+    r = client.post(
+        "/kbs/v1/tokens", json={"subject": "x", "permissions": ["*:*"]}, headers=_bearer(forged.token)
+    )
+    assert r.status_code == 401
+    # the broker's own tokens still work beside it
+    assert (
+        client.get("/kbs/v1/keys", headers=_bearer(services.tokens.mint("admin", ["*:*"]))).status_code == 200
+    )
+
+
 class _Clock:
     """The token registry's clock, moved by the test rather than by waiting."""
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,182 +54,159 @@ def machine(swtpm: Swtpm, tmp_path: Path) -> Machine:
     return Machine(TpmTools(swtpm.env["TPM2TOOLS_TCTI"], work=work), "0x81010100")
 
 
-def _boot(swtpm: Swtpm, events: list[tuple[int, int, dict[str, bytes], bytes]]) -> None:
-    """What firmware and GRUB did: extend each event's digest into its PCR."""
-    for pcr, _, digests, _ in events:
-        swtpm.pcr_extend(pcr, digests)
-
-
 def _relabel(event: tuple[int, int, dict[str, bytes], bytes], typ: int, data: bytes | None = None) -> Any:
     """The same measurement with another (unmeasured) type, and optionally other (unmeasured) data."""
     return event[0], typ, event[2], event[3] if data is None else data
 
 
-def _release(
-    client: TestClient, key_id: str, machine: Machine, log: Path, selection: str
-) -> Any:  # the machine's answer to a fresh challenge
-    provider = TpmProvider(machine.tools, ak_handle=machine.ak_handle, selection=selection, event_log=log)
-    nonce = _challenge(client, key_id)
-    return _transfer(client, key_id, nonce, provider.evidence(binding.v1_tpm_extra_data(nonce, SPKI)))
+@dataclass
+class Rig:
+    """The broker, a machine enrolled with it (its own swtpm) and the event log file the machine sends."""
+
+    client: TestClient
+    admin: dict[str, str]
+    machine: Machine
+    swtpm: Swtpm
+    log: Path
+
+    def boot(self, events: list[tuple[int, int, dict[str, bytes], bytes]]) -> None:
+        """What firmware and GRUB did: extend each event's digest into its PCR."""
+        for pcr, _, digests, _ in events:
+            self.swtpm.pcr_extend(pcr, digests)
+
+    def key(self, event_log: dict[str, Any]) -> tuple[str, bytes]:
+        """A key (id, secret) under a TPM policy on these event-log claims, simulated evidence allowed."""
+        policy = {
+            "attestation_type": ["TPM"],
+            "tpm": {"attributes": {"event_log": event_log}},
+            "allow_simulated": True,
+        }
+        return _key(self.client, self.admin, policy)
+
+    def release(self, key_id: str, selection: str) -> Any:
+        """The machine's answer to a fresh challenge: a quote of ``selection`` with the log file."""
+        provider = TpmProvider(
+            self.machine.tools, ak_handle=self.machine.ak_handle, selection=selection, event_log=self.log
+        )
+        nonce = _challenge(self.client, key_id)
+        return _transfer(
+            self.client, key_id, nonce, provider.evidence(binding.v1_tpm_extra_data(nonce, SPKI))
+        )
+
+    def assert_nothing_released(self) -> None:
+        audit = self.client.get("/kbs/v1/audit", params={"limit": 1000}, headers=self.admin).json()
+        assert not [a for a in audit if a["action"] == "key.transfer" and a["outcome"] == "success"]
 
 
-def test_secure_boot_cannot_be_claimed_by_a_variable_extended_after_boot(
+@pytest.fixture
+def rig(
     client: TestClient,
     admin_headers: dict[str, str],
     services: Services,
     machine: Machine,
     swtpm: Swtpm,
     tmp_path: Path,
-) -> None:
+) -> Rig:
+    _enrol(client, token_headers(services, "tpm_aks:create", "tpm_aks:approve"), machine)
+    return Rig(client, admin_headers, machine, swtpm, tmp_path / "event.log")
+
+
+def test_secure_boot_cannot_be_claimed_by_a_variable_extended_after_boot(rig: Rig) -> None:
     """Secure Boot was off. The OS (root) extends PCR 7 with a SecureBoot=1 variable after the
     separator, relabels the firmware's SecureBoot=0 event as an EV_EFI_ACTION (types are not
     measured; its data still hashes to its digest) and logs its own as the variable: every PCR
     replays. Before the fix this released the key; the variable counts only before PCR 7's
     separator, found by its data, whatever its type says."""
-    _enrol(client, token_headers(services, "tpm_aks:create", "tpm_aks:approve"), machine)
     off = synthetic_event(BANKS, 7, EV_EFI_VARIABLE_DRIVER_CONFIG, uefi_variable("SecureBoot", b"\x00"))
     separator = synthetic_event(BANKS, 7, EV_SEPARATOR, b"\x00\x00\x00\x00")
-    _boot(swtpm, [off, separator])
-    policy = {
-        "attestation_type": ["TPM"],
-        "tpm": {"attributes": {"event_log": {"secure_boot": True}}},
-        "allow_simulated": True,
-    }
-    key_id, _ = _key(client, admin_headers, policy)
-    log = tmp_path / "event.log"
-    log.write_bytes(build_event_log(BANKS, [off, separator]))
-    r = _release(client, key_id, machine, log, "sha256:7")
+    rig.boot([off, separator])
+    key_id, _ = rig.key({"secure_boot": True})
+    rig.log.write_bytes(build_event_log(BANKS, [off, separator]))
+    r = rig.release(key_id, "sha256:7")
     assert r.status_code == 403, r.text
     assert r.json()["reasons"] == ["Secure Boot was off; the policy requires it on"]
 
     forged = synthetic_event(BANKS, 7, EV_EFI_VARIABLE_DRIVER_CONFIG, uefi_variable("SecureBoot", b"\x01"))
-    _boot(swtpm, [forged])
-    log.write_bytes(build_event_log(BANKS, [_relabel(off, EV_EFI_ACTION), separator, forged]))
-    r = _release(client, key_id, machine, log, "sha256:7")
+    rig.boot([forged])
+    rig.log.write_bytes(build_event_log(BANKS, [_relabel(off, EV_EFI_ACTION), separator, forged]))
+    r = rig.release(key_id, "sha256:7")
     assert r.status_code == 403, r.text
     assert r.json()["reasons"] == ["Secure Boot was off; the policy requires it on"]
 
     # the firmware's own event with its data edited to say 1: it no longer hashes, and nothing is known
     lying = _relabel(off, EV_EFI_ACTION, uefi_variable("SecureBoot", b"\x01"))
-    log.write_bytes(build_event_log(BANKS, [lying, separator, forged]))
-    r = _release(client, key_id, machine, log, "sha256:7")
+    rig.log.write_bytes(build_event_log(BANKS, [lying, separator, forged]))
+    r = rig.release(key_id, "sha256:7")
     assert r.status_code == 400 and r.json()["check"] == "event_data", r.text
-    audit = client.get("/kbs/v1/audit", params={"limit": 1000}, headers=admin_headers).json()
-    assert not [a for a in audit if a["action"] == "key.transfer" and a["outcome"] == "success"]
+    rig.assert_nothing_released()
 
 
-def test_a_kernel_relabelled_in_pcr9_after_boot_is_not_the_kernel_that_booted(
-    client: TestClient,
-    admin_headers: dict[str, str],
-    services: Services,
-    machine: Machine,
-    swtpm: Swtpm,
-    tmp_path: Path,
-) -> None:
+def test_a_kernel_relabelled_in_pcr9_after_boot_is_not_the_kernel_that_booted(rig: Rig) -> None:
     """GRUB booted /vmlinuz-evil. The OS extends PCR 9 with the approved kernel's digest and labels that
     event with the path the measured command line names (PCR 9 paths are not measured), the real one
     with another path. Before the fix the kernel claim was the approved digest and the key was
     released; now every PCR 9 file must be listed, and the booted one is not."""
-    _enrol(client, token_headers(services, "tpm_aks:create", "tpm_aks:approve"), machine)
     good, evil = hashlib.sha256(b"approved kernel").digest(), hashlib.sha256(b"evil kernel").digest()
     line = b"/vmlinuz-evil root=/dev/vda1 ro"
     cmdline = synthetic_event(BANKS, 8, EV_IPL, b"kernel_cmdline: " + line + b"\x00", measured=line)
     booted = (9, EV_IPL, {"sha256": evil}, b"/vmlinuz-evil\x00")
-    _boot(swtpm, [cmdline, booted])
-    policy = {
-        "attestation_type": ["TPM"],
-        "tpm": {"attributes": {"event_log": {"kernel": [good.hex()]}}},
-        "allow_simulated": True,
-    }
-    key_id, _ = _key(client, admin_headers, policy)
-    log = tmp_path / "event.log"
-    log.write_bytes(build_event_log(BANKS, [cmdline, booted]))
-    r = _release(client, key_id, machine, log, "sha256:8,9")
+    rig.boot([cmdline, booted])
+    key_id, _ = rig.key({"kernel": [good.hex()]})
+    rig.log.write_bytes(build_event_log(BANKS, [cmdline, booted]))
+    r = rig.release(key_id, "sha256:8,9")
     assert r.status_code == 403, r.text
     assert r.json()["reasons"][0] == f"kernel {evil.hex()} is not in the policy's list"
 
     appended = (9, EV_IPL, {"sha256": good}, b"/vmlinuz-evil\x00")
-    _boot(swtpm, [appended])
+    rig.boot([appended])
     hidden = (9, EV_IPL, {"sha256": evil}, b"/boot/grub/fonts/unicode.pf2\x00")
-    log.write_bytes(build_event_log(BANKS, [cmdline, hidden, appended]))
-    r = _release(client, key_id, machine, log, "sha256:8,9")
+    rig.log.write_bytes(build_event_log(BANKS, [cmdline, hidden, appended]))
+    r = rig.release(key_id, "sha256:8,9")
     assert r.status_code == 403, r.text
     assert r.json()["reasons"] == [f"ipl_files {evil.hex()} is not in the policy's list"]
-    audit = client.get("/kbs/v1/audit", params={"limit": 1000}, headers=admin_headers).json()
-    assert not [a for a in audit if a["action"] == "key.transfer" and a["outcome"] == "success"]
+    rig.assert_nothing_released()
 
 
-def test_a_measured_kernel_command_line_is_released_and_a_forged_one_refused(
-    client: TestClient,
-    admin_headers: dict[str, str],
-    services: Services,
-    machine: Machine,
-    swtpm: Swtpm,
-    tmp_path: Path,
-) -> None:
+def test_a_measured_kernel_command_line_is_released_and_a_forged_one_refused(rig: Rig) -> None:
     """The machine's event log (GRUB's kernel command line in PCR 8) goes with its quote: a policy on the
     command line releases; a log whose event says another command line than was measured is refused."""
-    _enrol(client, token_headers(services, "tpm_aks:create", "tpm_aks:approve"), machine)
     line = b"kernel_cmdline: /vmlinuz root=/dev/vda1 ro lockdown=integrity\x00"
     measured = line[len(b"kernel_cmdline: ") : -1]
     event = synthetic_event(["sha256"], 8, 0x0000000D, line, measured=measured)
-    swtpm.pcr_extend(8, event[2])
-    log = tmp_path / "event.log"
-    log.write_bytes(build_event_log(["sha256"], [event]))
-    provider = TpmProvider(machine.tools, ak_handle=machine.ak_handle, selection="sha256:8", event_log=log)
-    policy = {
-        "attestation_type": ["TPM"],
-        "tpm": {"attributes": {"event_log": {"kernel_cmdline": [measured.decode()]}}},
-        "allow_simulated": True,
-    }
-    key_id, secret = _key(client, admin_headers, policy)
-    nonce = _challenge(client, key_id)
-    r = _transfer(client, key_id, nonce, provider.evidence(binding.v1_tpm_extra_data(nonce, SPKI)))
+    rig.swtpm.pcr_extend(8, event[2])
+    rig.log.write_bytes(build_event_log(["sha256"], [event]))
+    key_id, secret = rig.key({"kernel_cmdline": [measured.decode()]})
+    r = rig.release(key_id, "sha256:8")
     assert r.status_code == 200, r.text
     assert unwrap_v1(r.json(), _WORKLOAD) == secret
 
     forged = b"kernel_cmdline: /vmlinuz root=/dev/vda1 ro init=/bin/sh\x00"
-    log.write_bytes(
+    rig.log.write_bytes(
         build_event_log(["sha256"], [(8, 0x0000000D, event[2], forged)])
     )  # same digest, other text
-    nonce = _challenge(client, key_id)
-    r = _transfer(client, key_id, nonce, provider.evidence(binding.v1_tpm_extra_data(nonce, SPKI)))
+    r = rig.release(key_id, "sha256:8")
     assert r.status_code == 400 and r.json()["check"] == "event_data", r.text
 
 
-def test_boot_applications_left_out_of_the_log_or_the_quote_are_not_none_booted(
-    client: TestClient,
-    admin_headers: dict[str, str],
-    services: Services,
-    machine: Machine,
-    swtpm: Swtpm,
-    tmp_path: Path,
-) -> None:
+def test_boot_applications_left_out_of_the_log_or_the_quote_are_not_none_booted(rig: Rig) -> None:
     """Firmware measured an unapproved boot loader into PCR 4. The machine sends a log without PCR 4's
     events, or a quote without PCR 4: before, the boot applications read as an empty list and a policy
     listing the approved ones released the key; now they are unknown, and unknown denies."""
-    _enrol(client, token_headers(services, "tpm_aks:create", "tpm_aks:approve"), machine)
     approved = hashlib.sha256(b"approved shim").digest()
     loader = (4, 0x80000003, {"sha256": hashlib.sha256(b"unapproved loader").digest()}, b"\x00" * 32)
     separator = synthetic_event(BANKS, 7, EV_SEPARATOR, b"\x00\x00\x00\x00")
-    _boot(swtpm, [loader, separator])
-    policy = {
-        "attestation_type": ["TPM"],
-        "tpm": {"attributes": {"event_log": {"boot_applications": [approved.hex()]}}},
-        "allow_simulated": True,
-    }
-    key_id, _ = _key(client, admin_headers, policy)
-    log = tmp_path / "event.log"
+    rig.boot([loader, separator])
+    key_id, _ = rig.key({"boot_applications": [approved.hex()]})
     unknown = ["the boot applications are not known from the event log"]
 
-    log.write_bytes(build_event_log(BANKS, [separator]))  # PCR 4's events left out
-    r = _release(client, key_id, machine, log, "sha256:4,7")
+    rig.log.write_bytes(build_event_log(BANKS, [separator]))  # PCR 4's events left out
+    r = rig.release(key_id, "sha256:4,7")
     assert r.status_code == 403 and r.json()["reasons"] == unknown, r.text
 
-    log.write_bytes(build_event_log(BANKS, [loader, separator]))  # the whole log, PCR 4 not quoted
-    r = _release(client, key_id, machine, log, "sha256:7")
+    rig.log.write_bytes(build_event_log(BANKS, [loader, separator]))  # the whole log, PCR 4 not quoted
+    r = rig.release(key_id, "sha256:7")
     assert r.status_code == 403 and r.json()["reasons"] == unknown, r.text
 
-    r = _release(client, key_id, machine, log, "sha256:4,7")  # all of it: the loader is named
+    r = rig.release(key_id, "sha256:4,7")  # all of it: the loader is named
     assert r.status_code == 403, r.text
     assert r.json()["reasons"][0].startswith(f"boot_applications {loader[2]['sha256'].hex()} is not in")

@@ -23,32 +23,9 @@ SPKI = _WORKLOAD.public_key().public_bytes(
     serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
 )
 
-SGX_SIM_POLICY: dict[str, Any] = {
-    "attestation_type": ["SGX"],
-    "sgx": {
-        "attributes": {
-            "mrsigner": [sim.DEFAULT_MRSIGNER.hex()],
-            "isvprodid": [7],
-            "mrenclave": [sim.DEFAULT_MRENCLAVE.hex()],
-            "isvsvn": 2,
-        }
-    },
-    "allow_simulated": True,
-}
-TDX_SIM_POLICY: dict[str, Any] = {
-    "attestation_type": ["TDX"],
-    "tdx": {
-        "attributes": {
-            "mrsignerseam": [sim.DEFAULT_MRSIGNERSEAM.hex()],
-            "mrseam": [sim.DEFAULT_MRSEAM.hex()],
-            "seamsvn": sim.DEFAULT_SEAMSVN,
-            "mrtd": [sim.DEFAULT_MRTD.hex()],
-            "rtmr0": sim.DEFAULT_RTMRS[0].hex(),
-            "enforce_tcb_upto_date": True,
-        }
-    },
-    "allow_simulated": True,
-}
+#: the SGX policy leaves enforce_tcb_upto_date out (false), as it always has here
+SGX_SIM_POLICY: dict[str, Any] = sim.sim_policy("sgx", enforce_tcb_upto_date=None)
+TDX_SIM_POLICY: dict[str, Any] = sim.sim_policy("tdx")
 
 
 @dataclass

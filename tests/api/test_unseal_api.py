@@ -52,9 +52,14 @@ def _init(svc: Services, shares: int = 5, threshold: int = 3) -> tuple[list[str]
     return out["unseal_shares"], {"Authorization": f"Bearer {out['admin_token']}"}
 
 
-def _bogus() -> str:
-    """A well-formed share of another key store: told apart only at the threshold."""
-    return base64.b64encode(shamir.split(os.urandom(32), 3, 2)[0]).decode()
+def _bogus(*given: str) -> str:
+    """A well-formed share of another key store: told apart only at the threshold. Its index (x,
+    the last byte, random) is not one of the ``given`` shares' (that would be a duplicate)."""
+    taken = {base64.b64decode(share)[-1] for share in given}
+    while True:
+        share = shamir.split(os.urandom(32), 3, 2)[0]
+        if share[-1] not in taken:
+            return base64.b64encode(share).decode()
 
 
 def _same_index(share: str) -> str:
@@ -95,7 +100,7 @@ def test_unnoticed_bogus_share_fails_the_attempt_and_its_shares_are_discarded(bu
     svc = build()
     shares, admin = _init(svc)
     attacker, operator = _client(svc, ATTACKER), _client(svc, OPERATOR)
-    attacker.post("/sys/v1/unseal", json={"key": _bogus()})
+    attacker.post("/sys/v1/unseal", json={"key": _bogus(*shares[:2])})
     operator.post("/sys/v1/unseal", json={"key": shares[0]})
     r = operator.post("/sys/v1/unseal", json={"key": shares[1]})  # the third share: the threshold
     assert r.status_code == 400 and r.json()["check"] == "wrong_key"
@@ -198,7 +203,7 @@ def test_failed_attempts_are_audited_without_share_material(
     svc = build()
     shares, admin = _init(svc)
     attacker, operator = _client(svc, ATTACKER), _client(svc, OPERATOR)
-    bogus = _bogus()
+    bogus = _bogus(shares[0], shares[1])
     truncated = shares[3][:-4]  # a genuine share cut short: 30 bytes
     caplog.set_level(logging.DEBUG)
 

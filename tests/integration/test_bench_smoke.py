@@ -1,5 +1,6 @@
 """bench/transfer.py runs end to end in a tiny configuration and writes its JSON (no timings asserted),
-with its peer (the framework floor, bench/floor_app.py) and without it (--no-peer), with
+with its peers (the framework floor, bench/floor_app.py; the essential work, bench/essential_app.py)
+and without them (--no-peer, --no-essential), with
 ``--workers 1,2`` (the scaling report) and ``--replicas 2`` on a throwaway PostgreSQL; bench/soak.py
 runs a few transfers and reports the server's RSS along the way."""
 
@@ -25,6 +26,18 @@ PEER_COLUMNS = {
     "vs_floor",
     "cpu_vs_floor",
     "cpu_x_floor",
+}
+ESSENTIAL_COLUMNS = {"essential_server_cpu_ms_per_tx", "cpu_x_essential", "essential_x_floor"}
+ESSENTIAL_CPU = {
+    "protocol",
+    "variant",
+    "floor_ms",
+    "essential_ms",
+    "keybroker_ms",
+    "keybroker_x_floor",
+    "keybroker_x_essential",
+    "essential_x_floor",
+    "feasibility",
 }
 #: what keybroker.stages reports for a /kbs/v1 transfer (every stage runs at least once)
 V1_STAGES = {"parse", "verify", "policy", "database", "audit", "wrap", "json"}
@@ -74,7 +87,7 @@ def test_transfer_bench_quick(tmp_path: Path) -> None:
             "crypto_ms_per_tx",
             "ratio",
             "server_cpu_ms_per_tx",
-        } | PEER_COLUMNS <= set(row)
+        } | PEER_COLUMNS | ESSENTIAL_COLUMNS <= set(row)
         assert row["transfers"] + row["errors"] >= 4
         # the server's CPU per transfer by stage, read from its /metrics (KEYBROKER_BENCH_STAGES=1)
         stages = row["stages_ms_per_tx"]
@@ -115,6 +128,25 @@ def test_transfer_bench_quick(tmp_path: Path) -> None:
             else:
                 assert row["cpu_x_floor"] is None
 
+    # the essential-work peer: /kbs/v1 only, at the same levels, driven by keybroker's own client flow
+    # (a quote made per transfer, binding its nonce), after it refused a tampered quote and a replay
+    essential = report["essential"]
+    assert essential["checks"] == {
+        "tampered_quote_status": 403,
+        "replayed_nonce_status": 403,
+        "fresh_quote_status": 200,
+    }
+    assert {(e["variant"], e["protocol"], e["clients"]) for e in essential["results"]} == {
+        ("essential/v1/rsa3072", "/kbs/v1", n) for n in (1, 2)
+    }
+    for e in essential["results"]:
+        assert e["transfers"] + e["errors"] >= 4 and e["client_quote_ms_per_tx"] > 0, e
+        assert e["stages_ms_per_tx"] is None
+    assert all(e["transfers"] == 4 and e["errors"] == 0 for e in essential["results"] if e["clients"] == 1)
+    [v1_cpu] = essential["cpu"]
+    assert set(v1_cpu) == ESSENTIAL_CPU and v1_cpu["variant"] == "v1/aes/rsa3072"
+    assert all(row["essential_server_cpu_ms_per_tx"] is None for row in rows if row["protocol"] == "/kbs/v0")
+
     targets = report["targets"]
     assert {t["what"].split()[0] for t in targets} == {"/kbs/v1", "/kbs/v0"}
     assert all({"met", "detail", "feasible", "why"} <= set(t) for t in targets)
@@ -130,17 +162,46 @@ def test_transfer_bench_quick(tmp_path: Path) -> None:
     assert "by stage" in r.stdout and "x floor" in r.stdout
     assert "transfer" in r.stdout and "targets:" in r.stdout
     assert "framework floor" in r.stdout and "vs floor" in r.stdout and "feasible here" in r.stdout
+    assert "the essential work (bench/essential_app.py" in r.stdout and "ess x floor" in r.stdout
+
+
+def test_transfer_bench_essential_peer_costs_more_than_the_floor(tmp_path: Path) -> None:
+    """Enough transfers for /proc's 10 ms ticks to tell the three apart: the essential work costs more
+    server CPU than the floor, keybroker more than the floor; the ratios and the CPU target's
+    feasibility follow from the numbers in the JSON."""
+    r, report = _run(tmp_path, "--levels", "1", "--transfers", "60", "--variants", "v1/aes/rsa3072")
+    [c] = report["essential"]["cpu"]
+    assert c["essential_ms"] > c["floor_ms"] > 0 and c["keybroker_ms"] > c["floor_ms"], c
+    assert c["essential_x_floor"] == round(c["essential_ms"] / c["floor_ms"], 2)
+    assert c["keybroker_x_essential"] == round(c["keybroker_ms"] / c["essential_ms"], 2)
+    assert c["keybroker_x_floor"] == round(c["keybroker_ms"] / c["floor_ms"], 2)
+    assert c["feasibility"].startswith(
+        f"essential work alone is {c['essential_ms'] / c['floor_ms']:.2f} x the floor"
+    )
+    [row] = report["results"]
+    [e] = report["essential"]["results"]
+    assert (row["essential_server_cpu_ms_per_tx"], e["transfers"], e["errors"]) == (
+        e["server_cpu_ms_per_tx"],
+        60,
+        0,
+    )
+    [cpu_target] = [t for t in report["targets"] if "x the framework floor" in t["what"]]
+    x = c["essential_ms"] / c["floor_ms"]
+    assert cpu_target["feasible"] == (x <= 2) and cpu_target["essential_x_floor"] == round(x, 2)
+    assert "essential work alone is" in cpu_target["why"] and "essential work alone is" in r.stdout
 
 
 def test_transfer_bench_no_peer(tmp_path: Path) -> None:
     r, report = _run(
         tmp_path, "--levels", "1", "--transfers", "2", "--variants", "v1/aes/rsa3072", "--no-peer"
     )
-    assert report["peer"] is None
+    assert report["peer"] is None and report["essential"] is not None  # the essential peer runs alone
     assert [(row["variant"], row["clients"], row["transfers"]) for row in report["results"]] == [
         ("v1/aes/rsa3072", 1, 2)
     ]
     assert all(row[c] is None for row in report["results"] for c in PEER_COLUMNS)
+    [c] = report["essential"]["cpu"]
+    assert c["floor_ms"] is None and c["feasibility"] == "not measured (no framework floor)"
     assert all(row["db_cpu_ms_per_tx"] == 0 for row in report["results"])  # SQLite: in the server's own
     assert all(t["feasible"] is None for t in report["targets"])
     assert "targets:" in r.stdout and "the framework floor itself" not in r.stdout
@@ -192,6 +253,12 @@ def test_transfer_bench_one_and_two_workers(tmp_path: Path) -> None:
         (2, 1, True),
     ]
     assert "PostgreSQL" in report["meta"]["database"]
+    # the essential peer runs with the first deployment, on a database of keybroker's PostgreSQL server
+    essential = report["essential"]
+    assert (
+        essential["database"].startswith("PostgreSQL") and essential["checks"]["replayed_nonce_status"] == 403
+    )
+    assert [(e["clients"], e["transfers"], e["errors"]) for e in essential["results"]] == [(2, 6, 0)]
     rows = report["results"]
     assert [(row["deployment"], row["workers"], row["replicas"], row["clients"]) for row in rows] == [
         ("1w", 1, 1, 2),
@@ -241,8 +308,10 @@ def test_transfer_bench_two_replicas(tmp_path: Path) -> None:
             "--variants",
             "v1/aes/rsa3072",
             "--no-peer",
+            "--no-essential",
         ),
     )
+    assert report["essential"] is None
     assert [(s["workers"], s["replicas"]) for s in report["meta"]["server_specs"]] == [(1, 2)]
     assert report["scaling"] is None  # one deployment: nothing to compare
     [row] = report["results"]

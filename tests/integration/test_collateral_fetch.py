@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import base64
 import json
-import threading
 import urllib.parse
 from collections import Counter
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from tests.helpers.loopback_http import Answer, LoopbackHttp
 from tests.helpers.postgres import free_port
 from tests.helpers.server import Server, keybroker
 from tests.vectors.corpus import case, path, read_bytes, read_text
@@ -33,7 +32,7 @@ FMSPC = "00806F050000"
 TCB = "/tdx/certification/v4/tcb"
 
 
-class FakePccs:
+class FakePccs(LoopbackHttp):
     """A PCCS on loopback (plain HTTP) serving one collateral; ``fail`` injects statuses per path."""
 
     def __init__(self, collateral: QuoteCollateral) -> None:
@@ -58,41 +57,18 @@ class FakePccs:
         #: path -> statuses to answer first, in order (then the real answer)
         self.fail: dict[str, list[int]] = {}
         self.headers: dict[str, str] = {}
-        fake = self
+        super().__init__(self._answer)
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                route = urllib.parse.urlsplit(self.path)
-                fake.hits[route.path] += 1
-                failures = fake.fail.get(route.path)
-                if failures:
-                    self._send(failures.pop(0), b'{"detail": "injected"}', fake.headers)
-                    return
-                found = fake.routes.get(self.path)
-                if found is None:
-                    self._send(404, json.dumps({"detail": f"nothing at {self.path}"}).encode(), {})
-                    return
-                self._send(200, *found)
-
-            def _send(self, status: int, body: bytes, headers: dict[str, str]) -> None:
-                self.send_response(status)
-                for k, v in headers.items():
-                    self.send_header(k, v)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *_: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+    def _answer(self, path_and_query: str) -> Answer:
+        route = urllib.parse.urlsplit(path_and_query)
+        self.hits[route.path] += 1
+        failures = self.fail.get(route.path)
+        if failures:
+            return failures.pop(0), b'{"detail": "injected"}', self.headers
+        found = self.routes.get(path_and_query)
+        if found is None:
+            return 404, json.dumps({"detail": f"nothing at {path_and_query}"}).encode(), {}
+        return 200, *found
 
 
 @pytest.fixture

@@ -8,12 +8,10 @@ import base64
 import email.utils
 import json
 import shutil
-import threading
 import urllib.parse
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +19,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding
+from tests.helpers.loopback_http import Answer, LoopbackHttp
 from tests.helpers.postgres import free_port
 from tests.helpers.server import Server, keybroker
 from tests.helpers.snp_kds import (
@@ -56,7 +55,7 @@ def _key(path_and_query: str) -> tuple[str, frozenset[tuple[str, str]]]:
     return parts.path, frozenset(urllib.parse.parse_qsl(parts.query))
 
 
-class FakeKds:
+class FakeKds(LoopbackHttp):
     """A KDS on loopback (plain HTTP): path (with query, any order) -> body; ``fail`` injects statuses."""
 
     def __init__(self, files: dict[str, bytes]) -> None:
@@ -65,44 +64,21 @@ class FakeKds:
         #: path -> statuses to answer first, in order (then the real answer)
         self.fail: dict[str, list[int]] = {}
         self.headers: dict[str, str] = {}
-        fake = self
+        super().__init__(self._answer)
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                path, query = _key(self.path)
-                fake.hits[path] += 1
-                failures = fake.fail.get(path)
-                if failures:
-                    self._send(failures.pop(0), b"Too many requests", fake.headers)
-                    return
-                body = fake.routes.get((path, query))
-                if body is None:
-                    self._send(404, b"Not Found", {})
-                    return
-                self._send(200, body, {})
-
-            def _send(self, status: int, body: bytes, headers: dict[str, str]) -> None:
-                self.send_response(status)
-                for k, v in headers.items():
-                    self.send_header(k, v)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *_: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
+    def _answer(self, path_and_query: str) -> Answer:
+        path, query = _key(path_and_query)
+        self.hits[path] += 1
+        failures = self.fail.get(path)
+        if failures:
+            return failures.pop(0), b"Too many requests", self.headers
+        body = self.routes.get((path, query))
+        if body is None:
+            return 404, b"Not Found", {}
+        return 200, body, {}
 
     def serve(self, path: str, body: bytes) -> None:
         self.routes[_key(path)] = body
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 def _pem(der: bytes) -> bytes:

@@ -19,7 +19,7 @@ from sqlalchemy import text
 from keybroker.api.services import DEV_UNSEAL_FILE, TOKEN_KEY_FILE, Services
 from keybroker.auth import tokens
 from keybroker.config import Settings
-from keybroker.errors import Sealed
+from keybroker.errors import Conflict, Sealed
 from keybroker.replica import Served
 from keybroker.seal.shared import SharedSecretBroken, SharedSecrets
 
@@ -164,6 +164,57 @@ def test_a_rotated_token_key_reaches_every_replica(first: Services, tmp_path: Pa
         second.db.dispose()
 
 
+def test_a_rotation_is_not_rolled_back_by_writing_the_database(first: Services, tmp_path: Path) -> None:
+    """``keybroker token rotate-key`` refuses every token issued before (an incident: a token
+    leaked). Whoever can write the database kept the old key's sealed row from before, and puts it
+    back with the old key recorded as current again: the row opens under the root key (it is the
+    genuine one), so before, each replica wrote the old key into its data dir at its next sync and
+    the leaked token was accepted again. Now a replica never takes back a key it saw retired."""
+    from fastapi.testclient import TestClient
+
+    from keybroker.api.app import create_app
+    from keybroker.auth.authn import Authenticator
+    from keybroker.auth.registry import TokenRegistry
+
+    second = _second(tmp_path)
+    try:
+        _unseal(second, first)
+        for svc in (first, second):  # no 5-second cache between the database and the check
+            svc.tokens = TokenRegistry(svc.db, svc.settings.data_dir / TOKEN_KEY_FILE, cache_seconds=0)
+            svc.authn = Authenticator(svc.tokens, svc.roles, svc.oidc)
+        leaked = {"Authorization": "Bearer " + first.tokens.mint("leaked", ["*:*"])}
+        old_kid = tokens.key_id(tokens.load_signing_key(first.settings.data_dir / TOKEN_KEY_FILE))
+        with first.db.session() as s:
+            saved = s.execute(text("SELECT * FROM shared_secrets WHERE name LIKE 'token%'")).mappings().one()
+        new_kid = first.tokens.rotate_key(actor="cli:test")
+        first.replica.sync()
+        second.replica.sync()
+        apps = [TestClient(create_app(svc), base_url="https://testserver") for svc in (first, second)]
+        for app in apps:
+            assert app.get("/kbs/v1/keys", headers=leaked).status_code == 401
+
+        with first.db.session() as s:  # the attacker's rollback
+            s.execute(text("DELETE FROM shared_secrets WHERE name LIKE 'token%'"))
+            s.execute(
+                text("INSERT INTO shared_secrets VALUES (:name, :public, :sealed, :created_at)"), dict(saved)
+            )
+            s.execute(text("UPDATE bearer_token_keys SET retired_at = NULL WHERE kid = :k"), {"k": old_kid})
+            s.execute(
+                text("UPDATE bearer_token_keys SET retired_at = CURRENT_TIMESTAMP WHERE kid = :k"),
+                {"k": new_kid},
+            )
+        for svc, app in zip((first, second), apps, strict=True):
+            svc.replica.sync()  # the 30-second sync
+            r = app.get("/kbs/v1/keys", headers=leaked)
+            assert r.status_code == 401, r.text
+            key = tokens.load_signing_key(svc.settings.data_dir / TOKEN_KEY_FILE)
+            assert tokens.key_id(key) == new_kid
+            assert old_kid in svc.tokens.retired_kids()
+            assert (svc.settings.data_dir / "token-signing-key.retired").stat().st_mode & 0o777 == 0o600
+    finally:
+        second.db.dispose()
+
+
 def test_replacing_the_tls_anchor_as_docs_certificates_md_says(first: Services, tmp_path: Path) -> None:
     second = _second(tmp_path)
     _unseal(second, first)
@@ -199,6 +250,57 @@ def test_replacing_the_tls_anchor_as_docs_certificates_md_says(first: Services, 
         one.db.dispose()
 
 
+def test_a_replaced_tls_anchor_is_not_rolled_back_by_writing_the_database(
+    first: Services, tmp_path: Path
+) -> None:
+    """The TLS anchor was replaced as docs/certificates.md says (it had signed key certificates whose
+    holders could pass for the broker). Whoever can write the database saved the old anchor's row
+    from before and puts it back: it opens under the root key. Before, a replica restarted after
+    that took the old anchor back (its new one moved aside), issued its HTTPS certificate from it and
+    wrote it into ca/ca.pem for clients to pin. Now it keeps the new one."""
+    second = _second(tmp_path)
+    _unseal(second, first)
+    with first.db.session() as s:
+        saved = s.execute(text("SELECT * FROM shared_secrets WHERE name = 'ca:tls'")).mappings().one()
+    first.db.dispose()
+    second.db.dispose()
+    ca = first.settings.data_dir / "ca"
+    with second.db.session() as s:
+        s.execute(text("DELETE FROM shared_secrets WHERE name = 'ca:tls'"))
+    kept = tmp_path / "old-anchor"
+    kept.mkdir()
+    for name in ("ca.pem", "ca-key.pem"):
+        (ca / name).rename(kept / name)
+    one = Services.build(first.settings)
+    new = one.tls_ca.cert
+    two = _second(tmp_path)
+    two.replica.serve_tls(NAMES)
+    _unseal(two, one)  # its HTTPS certificate from the new anchor
+    assert two.tls_ca.cert == new
+    two.db.dispose()
+    one.db.dispose()
+
+    with one.db.session() as s:  # the attacker's rollback
+        s.execute(text("DELETE FROM shared_secrets WHERE name = 'ca:tls'"))
+        s.execute(
+            text("INSERT INTO shared_secrets VALUES (:name, :public, :sealed, :created_at)"), dict(saved)
+        )
+    again = _second(tmp_path)
+    try:
+        served = again.replica.serve_tls(NAMES)
+        assert not served.bootstrap
+        _unseal(again, one)  # the sync fails (logged)
+        with pytest.raises(Conflict, match="replaced"):
+            again.replica.sync()
+        anchor = again.settings.data_dir / "ca" / "ca.pem"
+        assert x509.load_pem_x509_certificate(anchor.read_bytes()) == new
+        assert again.tls_ca.cert == new
+        chain = x509.load_pem_x509_certificates(served.cert.read_bytes())
+        chain[0].verify_directly_issued_by(new)
+    finally:
+        again.db.dispose()
+
+
 def test_a_certificate_put_in_the_database_is_not_pinned(first: Services, tmp_path: Path) -> None:
     """Whoever can write the database (not the root key) puts their own CA certificate beside the
     TLS anchor's sealed key, so that replicas would write it into their data dirs for clients to
@@ -232,6 +334,53 @@ def test_a_certificate_put_in_the_database_is_not_pinned(first: Services, tmp_pa
         assert (first.settings.data_dir / "ca" / "ca.pem").read_bytes() == genuine
     finally:
         second.db.dispose()
+
+
+def test_a_certificate_put_in_the_database_is_not_shown_to_pin_by_a_restarted_replica(
+    first: Services, tmp_path: Path
+) -> None:
+    """The same forged row, seen by a replica that already holds the genuine anchor (a restart, or a
+    data dir from before). Before, it loaded the database's certificate as its TLS anchor while
+    sealed: ``keybroker serve`` printed the forged fingerprint as the one clients pin, and the
+    replica, its own HTTPS certificate no longer "issued by its anchor", fell back to the bootstrap
+    certificate for good (the sync never opened the row). Now the data dir's certificate stays its
+    anchor until the database's row opens under the root key."""
+    from datetime import UTC, datetime, timedelta
+
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from keybroker.keys.certs import make_ca
+
+    second = _second(tmp_path)
+    second.replica.serve_tls(NAMES)
+    _unseal(second, first)
+    genuine = second.tls_ca.fingerprint_sha384
+    assert genuine == first.tls_ca.fingerprint_sha384
+    second.db.dispose()  # stopped
+
+    forged = make_ca(
+        ec.generate_private_key(ec.SECP384R1()), "keybroker TLS CA", datetime.now(UTC), timedelta(days=30)
+    )
+    with first.db.session() as s:
+        s.execute(
+            text("UPDATE shared_secrets SET public = :p WHERE name = 'ca:tls'"),
+            {"p": forged.public_bytes(serialization.Encoding.PEM).decode()},
+        )
+    again = _second(tmp_path)  # restarted, sealed
+    try:
+        assert again.tls_ca.fingerprint_sha384 == genuine  # what `keybroker serve` prints to pin
+        served = again.replica.serve_tls(NAMES)
+        assert not served.bootstrap
+        chain = x509.load_pem_x509_certificates(served.cert.read_bytes())
+        chain[0].verify_directly_issued_by(first.tls_ca.cert)
+        _unseal(again, first)  # the sync fails (logged): the forged row does not open
+        with pytest.raises(SharedSecretBroken):
+            again.replica.sync()
+        assert again.tls_ca.fingerprint_sha384 == genuine
+        two = again.settings.data_dir / "ca" / "ca.pem"
+        assert x509.load_pem_x509_certificate(two.read_bytes()) == first.tls_ca.cert
+    finally:
+        again.db.dispose()
 
 
 def test_a_console_session_from_one_replica_is_good_on_the_other(first: Services, tmp_path: Path) -> None:

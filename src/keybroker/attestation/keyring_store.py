@@ -1,6 +1,8 @@
 """The attestation-token keyring, persisted in the database so that every replica signs with the
 same key and verifies every other replica's tokens. The current private key is sealed under the
-root key (AES-256-GCM, AAD = kid); retired keys keep only their public part."""
+root key (AES-256-GCM, AAD = kid) together with the public keys that still verify (the keyring's
+``previous``): those are read from the sealed blob only, never from the retired rows, which whoever
+can write the database could add to (a public key of theirs would verify their forged EARs)."""
 
 from __future__ import annotations
 
@@ -63,7 +65,7 @@ class KeyringStore:
             return ring
 
     def _insert(self, s: Session, ring: Keyring, now: datetime) -> None:
-        private = json.dumps(dict(ring.current.as_dict(private=True))).encode()
+        private = json.dumps(ring.to_dict()).encode()
         s.add(
             SigningKey(
                 kid=ring.kid,
@@ -76,16 +78,17 @@ class KeyringStore:
         )
 
     def _load(self, s: Session) -> Keyring | None:
-        rows = list(s.scalars(select(SigningKey).order_by(SigningKey.created_at.desc())))
-        current = next((r for r in rows if r.retired_at is None), None)
+        current = s.scalars(
+            select(SigningKey).where(SigningKey.retired_at.is_(None)).order_by(SigningKey.created_at.desc())
+        ).first()
         if current is None:
             return None
-        private = aead.unseal(self._barrier.root_key(), current.sealed_private, _aad(current.kid))
-        key = ECKey.import_key(json.loads(private))
-        previous = tuple(ECKey.import_key(r.public_jwk) for r in rows if r.retired_at is not None)[
-            :KEEP_RETIRED
-        ]
-        return Keyring(key, previous)
+        opened = json.loads(aead.unseal(self._barrier.root_key(), current.sealed_private, _aad(current.kid)))
+        if "current" in opened:
+            return Keyring.from_dict(opened)
+        # sealed before the previous keys were sealed with it: the retired rows are not authentic,
+        # so no previous key verifies (an EAR of a key retired before the upgrade is refused)
+        return Keyring(ECKey.import_key(opened))
 
     def _load_or_create(self) -> Keyring:
         with self._db.session() as s:

@@ -24,10 +24,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
-import rfc8785
 from sqlalchemy import bindparam, delete, insert, select
 from sqlalchemy.orm import Session
 
+from keybroker import jcs
 from keybroker.audit import log as audit
 from keybroker.errors import Conflict, NotFound
 from keybroker.store.models import AppraisalInputRecord, AuditRecord
@@ -53,7 +53,7 @@ _PRUNE = delete(AppraisalInputRecord).where(AppraisalInputRecord.audit_seq <= _N
 
 def _canonical(doc: Mapping[str, Any]) -> bytes | None:
     try:
-        return rfc8785.dumps(dict(doc))
+        return jcs.dumps(dict(doc))
     except (TypeError, ValueError):  # not JSON (a programming error elsewhere): nothing to keep
         return None
 

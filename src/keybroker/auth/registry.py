@@ -2,10 +2,13 @@
 only while its record says so.
 
 A token is accepted when (1) its signature verifies with a signing key on record, (2) that key is the
-current one (``keybroker token rotate-key`` retires every other), (3) its ``jti`` is on record for
-that key and (4) not revoked, besides the claims :func:`keybroker.auth.tokens.verify` checks. So a
-token minted from a copy of the signing key without a record, or before records existed, is refused,
-and ``keybroker token list`` shows every token that works.
+current one (``keybroker token rotate-key`` retires every other) and (3) the one in this replica's
+data dir, (4) its ``jti`` is on record for that key and (5) not revoked, besides the claims
+:func:`keybroker.auth.tokens.verify` checks. So a token minted from a copy of the signing key without
+a record, or before records existed, is refused, and ``keybroker token list`` shows every token that
+works. (3) because the keys on record are public keys in clear: whoever can write the database could
+add one of theirs; the data dir's key file is created there or written from its sealed copy opened
+under the root key (``keybroker.replica``), which the database alone cannot forge.
 
 Tokens are not tied to the seal: as Vault's, they outlive seal and unseal. To cut off tokens, revoke
 them (one) or rotate the signing key (all).
@@ -127,6 +130,8 @@ class TokenRegistry:
         self._lock = threading.Lock()
         self._keys: dict[str, _Key] = {}
         self._keys_read_at = float("-inf")
+        #: The kid of the data dir's key file, read with the keys (None: no readable key file).
+        self._local_kid: str | None = None
         self._verdicts: OrderedDict[str, _Verdict] = OrderedDict()
 
     # --- schema and keys -------------------------------------------------------------------
@@ -134,6 +139,28 @@ class TokenRegistry:
     @property
     def key_file(self) -> Path:
         return self._key_file
+
+    @property
+    def retired_file(self) -> Path:
+        """The kids of the signing keys this data dir has seen retired (one a line, 0600): never
+        taken back from the database, whose record of which key is current can be rolled back by
+        whoever can write it (with a sealed copy of a retired key saved from before the rotation)."""
+        return self._key_file.with_suffix(".retired")
+
+    def retired_kids(self) -> set[str]:
+        try:
+            return set(self.retired_file.read_text().split())
+        except FileNotFoundError:
+            return set()
+
+    def _remember_retired(self, kids: Sequence[str]) -> None:
+        if not kids:
+            return
+        fd = os.open(self.retired_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        with os.fdopen(fd, "a") as f:
+            f.write("".join(f"{kid}\n" for kid in kids))
+            f.flush()
+            os.fsync(f.fileno())
 
     def current_kid(self) -> str | None:
         """The kid of the current signing key on record (None: a new broker, none yet)."""
@@ -182,7 +209,18 @@ class TokenRegistry:
 
     def write_key_file(self, pem: bytes) -> None:
         """Replace the data dir's key file whole (0600) with ``pem`` (the current key, from the
-        database), for the local ``keybroker token`` commands."""
+        database), for the local ``keybroker token`` commands. The key it replaces is remembered
+        as retired; a key remembered so is refused (``Conflict``)."""
+        kid = tokens.key_id(ECKey.import_key(pem))
+        if kid in self.retired_kids():
+            raise Conflict(
+                f"the token signing key kid {kid} was retired, as {self.retired_file} records: the "
+                "database names it current again (restored from a backup from before the rotation, or "
+                "rolled back by whoever can write it); it is not taken"
+            )
+        local = self.local_key()
+        if local is not None and tokens.key_id(local) != kid:
+            self._remember_retired([tokens.key_id(local)])
         tmp = self._key_file.with_name(f".{self._key_file.name}.{os.getpid()}.tmp")
         tmp.unlink(missing_ok=True)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -191,6 +229,8 @@ class TokenRegistry:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self._key_file)
+        with self._lock:
+            self._keys_read_at = float("-inf")
 
     def _current_key(self, s: Session, key: ECKey) -> str:
         """The kid of ``key`` if it is the current signing key (recorded now if there is none yet)."""
@@ -249,6 +289,10 @@ class TokenRegistry:
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
+        local = self.local_key()
+        self._remember_retired(
+            sorted({*retired, *([tokens.key_id(local)] if local is not None else [])} - {kid})
+        )
         os.replace(tmp, self._key_file)
         with self._lock:
             self._keys_read_at = float("-inf")
@@ -265,8 +309,10 @@ class TokenRegistry:
                 select(BearerTokenKey.kid, BearerTokenKey.public_jwk, BearerTokenKey.retired_at)
             ).all()
         keys = {kid: _Key(ECKey.import_key(jwk), retired is not None) for kid, jwk, retired in rows}
+        local = self.local_key()
         with self._lock:
             self._keys, self._keys_read_at = keys, now
+            self._local_kid = tokens.key_id(local) if local is not None else None
         return keys
 
     # --- tokens ----------------------------------------------------------------------------
@@ -338,11 +384,17 @@ class TokenRegistry:
         """The token's principal if it is accepted (see the module's docstring); Unauthenticated
         otherwise."""
         keys = self._signing_keys()
+        local_kid = self._local_kid
         principal = tokens.verify(token, {kid: k.public for kid, k in keys.items()}, now=now)
         assert principal.key_id is not None and principal.token_id is not None  # tokens.verify checks both
         if keys[principal.key_id].retired:
             raise Unauthenticated(
                 "the bearer token's signing key was retired (keybroker token rotate-key): get a new token"
+            )
+        if principal.key_id != local_kid:
+            raise Unauthenticated(
+                "the bearer token's signing key is not the one this replica holds (a new replica gets "
+                "the current key once unsealed, a rotated one within a minute): try again later"
             )
         refusal = self._refusal(principal.token_id, principal.key_id)
         if refusal is not None:

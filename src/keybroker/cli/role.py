@@ -8,8 +8,9 @@ made here within 5 seconds.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Optional, Protocol
 
 import typer
 from rich.table import Table
@@ -59,6 +60,20 @@ def _store(config: Path | None, data_dir: Path | None, database: str | None) -> 
 def _reader(config: Path | None, data_dir: Path | None, database: str | None) -> RoleStore:
     settings = load_settings(config, None, data_dir=data_dir, database=database)
     return RoleStore(open_existing_database(settings))
+
+
+class _WriteRole(Protocol):
+    """:meth:`RoleStore.create` or :meth:`RoleStore.update`."""
+
+    def __call__(
+        self, name: str, permissions: Sequence[str], *, actor: str, description: str | None = None
+    ) -> Role: ...
+
+
+def _write(write: _WriteRole, name: str, permissions: str, description: str | None) -> None:
+    """Create or update a role from the command's options, as the local operator, and print it."""
+    role = write(name, _split(permissions), actor=_actor(), description=description)
+    console.print(f"role {role.name}: {', '.join(sorted(role.permissions))}", highlight=False)
 
 
 def _as_dict(r: Role) -> dict[str, object]:
@@ -118,10 +133,7 @@ def create(
     database: DatabaseOpt = None,
 ) -> None:
     """Create a custom role."""
-    role = _store(config, data_dir, database).create(
-        name, _split(permissions), actor=_actor(), description=description
-    )
-    console.print(f"role {role.name}: {', '.join(sorted(role.permissions))}", highlight=False)
+    _write(_store(config, data_dir, database).create, name, permissions, description)
 
 
 @app.command("update")
@@ -135,10 +147,7 @@ def update(
     database: DatabaseOpt = None,
 ) -> None:
     """Replace a custom role's permissions: every token and session naming it gets the new set."""
-    role = _store(config, data_dir, database).update(
-        name, _split(permissions), actor=_actor(), description=description
-    )
-    console.print(f"role {role.name}: {', '.join(sorted(role.permissions))}", highlight=False)
+    _write(_store(config, data_dir, database).update, name, permissions, description)
 
 
 @app.command("delete")

@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, Self
 
 import httpx
 from cryptography import x509
@@ -94,7 +94,63 @@ def problem_detail(resp: httpx.Response) -> str:
     return resp.text[:200].strip() or resp.reason_phrase
 
 
-class PcsClient:
+def service_client(
+    base_url: str, *, ca_file: Path | None, timeout: float, transport: httpx.BaseTransport | None
+) -> httpx.Client:
+    """The HTTP client for a collateral service at ``base_url`` (a :func:`service_root`): the system's
+    trust store, or only ``ca_file``'s CAs (an unreadable file is ``InvalidInput``); redirects not
+    followed."""
+    verify: Any = True
+    if ca_file is not None:
+        try:
+            verify = ssl.create_default_context(cafile=str(ca_file))
+        except (OSError, ssl.SSLError) as exc:
+            raise InvalidInput(f"--ca-file {ca_file}: {exc}", field="ca_file") from None
+    return httpx.Client(
+        base_url=base_url,
+        verify=verify,
+        timeout=timeout,
+        transport=transport,
+        follow_redirects=False,
+    )
+
+
+class ServiceClient:
+    """What the PCS and KDS clients share: the service root, their :func:`service_client` (closed by
+    :meth:`close` or at the end of a ``with`` block), the retry settings and the request count."""
+
+    def __init__(
+        self,
+        root: str,
+        *,
+        ca_file: Path | None,
+        retries: int,
+        backoff: float,
+        max_backoff: float,
+        timeout: float,
+        sleep: Callable[[float], None],
+        transport: httpx.BaseTransport | None,
+    ) -> None:
+        self.base_url = root
+        self._client = service_client(root, ca_file=ca_file, timeout=timeout, transport=transport)
+        self._retries = retries
+        self._backoff = backoff
+        self._max_backoff = max_backoff
+        self._sleep = sleep
+        self._timeout = timeout
+        self.requests = 0
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+
+class PcsClient(ServiceClient):
     """A small PCS/PCCS v4 client with retries. ``sleep`` is injectable (tests count, not wait)."""
 
     def __init__(
@@ -111,35 +167,16 @@ class PcsClient:
     ) -> None:
         if retries < 0 or backoff < 0:
             raise InvalidInput("retries and backoff must not be negative", field="retries")
-        self.base_url = service_root(base_url, _API_SUFFIXES)  # https://host:8081, qcnl-style .../v4/
-        verify: Any = True
-        if ca_file is not None:
-            try:
-                verify = ssl.create_default_context(cafile=str(ca_file))
-            except (OSError, ssl.SSLError) as exc:
-                raise InvalidInput(f"--ca-file {ca_file}: {exc}", field="ca_file") from None
-        self._client = httpx.Client(
-            base_url=self.base_url,
-            verify=verify,
+        super().__init__(
+            service_root(base_url, _API_SUFFIXES),  # https://host:8081, qcnl-style .../v4/
+            ca_file=ca_file,
+            retries=retries,
+            backoff=backoff,
+            max_backoff=max_backoff,
             timeout=timeout,
+            sleep=sleep,
             transport=transport,
-            follow_redirects=False,
         )
-        self._retries = retries
-        self._backoff = backoff
-        self._max_backoff = max_backoff
-        self._sleep = sleep
-        self._timeout = timeout
-        self.requests = 0
-
-    def close(self) -> None:
-        self._client.close()
-
-    def __enter__(self) -> PcsClient:
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.close()
 
     def _delay(self, attempt: int, resp: httpx.Response | None) -> float:
         delay = min(self._max_backoff, self._backoff * (1 << attempt))

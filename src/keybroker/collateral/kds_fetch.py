@@ -16,19 +16,18 @@ may replace the system store); plain ``http://`` is accepted for loopback addres
 from __future__ import annotations
 
 import email.utils
-import ssl
 import time
 import urllib.parse
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 import httpx
 from cryptography import x509
 
-from keybroker.collateral.fetch import problem_detail, service_root
+from keybroker.collateral.fetch import ServiceClient, problem_detail, service_root
 from keybroker.collateral.kds import (
     KDS_URL,
     ReportRef,
@@ -80,7 +79,7 @@ def retry_after_seconds(value: str | None, now: datetime) -> float | None:
     return max(0.0, (when - now).total_seconds())
 
 
-class KdsClient:
+class KdsClient(ServiceClient):
     """A small KDS client with retries. ``sleep`` and ``clock`` are injectable (tests count, not wait)."""
 
     def __init__(
@@ -99,36 +98,18 @@ class KdsClient:
     ) -> None:
         if retries < 0 or backoff < 0 or max_retry_after < 0:
             raise InvalidInput("retries, backoff and max_retry_after must not be negative", field="retries")
-        self.base_url = service_root(base_url, _API_SUFFIXES)  # kdsintf.amd.com, a keybroker, or .../vcek/v1
-        verify: Any = True
-        if ca_file is not None:
-            try:
-                verify = ssl.create_default_context(cafile=str(ca_file))
-            except (OSError, ssl.SSLError) as exc:
-                raise InvalidInput(f"--ca-file {ca_file}: {exc}", field="ca_file") from None
-        self._client = httpx.Client(
-            base_url=self.base_url,
-            verify=verify,
+        super().__init__(
+            service_root(base_url, _API_SUFFIXES),  # kdsintf.amd.com, a keybroker, or .../vcek/v1
+            ca_file=ca_file,
+            retries=retries,
+            backoff=backoff,
+            max_backoff=max_backoff,
             timeout=timeout,
+            sleep=sleep,
             transport=transport,
-            follow_redirects=False,
         )
-        self._retries = retries
-        self._backoff = backoff
-        self._max_backoff = max_backoff
         self._max_retry_after = max_retry_after
-        self._sleep = sleep
         self._clock = clock
-        self.requests = 0
-
-    def close(self) -> None:
-        self._client.close()
-
-    def __enter__(self) -> KdsClient:
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.close()
 
     def get(self, path: str, params: dict[str, str] | None = None) -> bytes:
         """GET with retries (network errors, 5xx, 429). 404 -> ``CollateralNotFound`` with the

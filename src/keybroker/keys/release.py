@@ -218,11 +218,10 @@ class ReleaseService:
     def transfer(
         self, key_id: str, req: EvidenceRequest, principal: Principal | None, actor: str
     ) -> wrap.SeclWrapped:
-        details: dict[str, Any] = {
-            "protocol": "kbs/v1",
-            "tee": req.attestation_type.lower(),
-            "evidence_sha256": self._verifier.evidence_sha256(req.attestation_type.lower(), req.quote),
-        }
+        tee = req.attestation_type.lower()
+        # the evidence's digest: the verified evidence's, or (refused before or at verification)
+        # computed from the request in the except clause below; the same digest either way
+        details: dict[str, Any] = {"protocol": "kbs/v1", "tee": tee}
         explain = explains(principal)
         doc: AppraisalInput | None = None
         spend: _Spend | None = None
@@ -252,11 +251,11 @@ class ReleaseService:
             workload_key = _rsa_workload_key(req.user_data, "user_data")
             permissions = None if principal is None else sorted(principal.client_permissions)
             if self._remote is not None:
+                details["evidence_sha256"] = self._verifier.evidence_sha256(tee, req.quote)
                 doc = self._appraise_remotely(req, permissions, details)
             else:
-                verified = self._verifier.verify(
-                    req.attestation_type.lower(), req.quote, KbsV1Binding(req.nonce, req.user_data)
-                )
+                verified = self._verifier.verify(tee, req.quote, KbsV1Binding(req.nonce, req.user_data))
+                details["evidence_sha256"] = verified.evidence_sha256
                 details["claims_sha256"] = claims_digest(verified)
                 details["tcb_status"] = verified.status
                 doc = appraisal_input(verified, client_permissions=permissions)
@@ -273,6 +272,8 @@ class ReleaseService:
                 spend=spend,
             )
         except KeybrokerError as exc:
+            if "evidence_sha256" not in details:
+                details["evidence_sha256"] = self._verifier.evidence_sha256(tee, req.quote)
             instead = self._audit_denial(actor, key_id, exc, details, doc, spend)
             if instead is not None:
                 raise instead from None

@@ -14,10 +14,11 @@ The countdowns are ``static/console.js``; without JavaScript each expiry reads a
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
 
 import httpx
 from fastapi import APIRouter, Request, Response
@@ -234,6 +235,42 @@ def attestation_page(request: Request, tee: str | None = None, outcome: str | No
     return _attestation_page(request, viewer(request), tee=tee, outcome=outcome)
 
 
+_Client = TypeVar("_Client", PcsClient, KdsClient)
+
+
+def _audited(c: Caller, object_id: str, details: dict[str, Any]) -> Callable[[Any, Any], None]:
+    """A refresh's ``then``: its ``collateral.refresh`` record, in the transaction that stores what it
+    fetched, with ``details`` and what was added and already stored."""
+
+    def record(s: Any, result: Any) -> None:
+        audit.append(
+            s,
+            actor=c.actor,
+            action="collateral.refresh",
+            object_id=object_id,
+            outcome="success",
+            details={
+                **details,
+                "added": [i.label for i in result.added],
+                "already_stored": len(result.already_stored),
+            },
+        )
+
+    return record
+
+
+def _refresh_from(
+    make: type[_Client], source: str, ca_file: Path | None, run: Callable[[_Client], Refreshed[Any]]
+) -> Refreshed[Any]:
+    """``run`` with a client of ``source`` (the console's short retries and timeout); an unreachable
+    source is a clear refusal naming it."""
+    try:
+        with make(source, ca_file=ca_file, retries=_RETRIES, timeout=_TIMEOUT) as client:
+            return run(client)
+    except httpx.TransportError as exc:
+        raise unreachable(exc, source) from None
+
+
 def _refresh_fmspc(request: Request, fmspc: str, c: Caller) -> Refreshed[Any]:
     svc = _svc(request)
     settings = svc.settings
@@ -248,37 +285,20 @@ def _refresh_fmspc(request: Request, fmspc: str, c: Caller) -> Refreshed[Any]:
             "no PCS or PCCS is configured: set [collateral] pcs_url (e.g. https://api.trustedservices.intel.com)",
             field="pcs_url",
         )
-
-    def record(s: Any, result: Any) -> None:
-        audit.append(
-            s,
-            actor=c.actor,
-            action="collateral.refresh",
-            object_id=f"fmspc:{fmspc}",
-            outcome="success",
-            details={
-                "source": source,
-                "fmspc": fmspc,
-                "tees": tees,
-                "added": [i.label for i in result.added],
-                "already_stored": len(result.already_stored),
-            },
-        )
-
-    try:
-        with PcsClient(
-            source, ca_file=settings.collateral.ca_file, retries=_RETRIES, timeout=_TIMEOUT
-        ) as client:
-            return refresh_fmspc(
-                client,
-                lambda: store,
-                fmspc=fmspc,
-                tees=tees,
-                roots=collateral_roots(settings),
-                then=record,
-            )
-    except httpx.TransportError as exc:
-        raise unreachable(exc, source) from None
+    record = _audited(c, f"fmspc:{fmspc}", {"source": source, "fmspc": fmspc, "tees": tees})
+    return _refresh_from(
+        PcsClient,
+        source,
+        settings.collateral.ca_file,
+        lambda client: refresh_fmspc(
+            client,
+            lambda: store,
+            fmspc=fmspc,
+            tees=tees,
+            roots=collateral_roots(settings),
+            then=record,
+        ),
+    )
 
 
 def _refresh_product(request: Request, product: Product, c: Caller) -> Refreshed[Any]:
@@ -288,36 +308,20 @@ def _refresh_product(request: Request, product: Product, c: Caller) -> Refreshed
     if not kds.available() or not kds.list_items(product=product):
         raise NotFound(f"nothing is cached for SEV-SNP {product}: nothing to refresh")
     source = settings.collateral.kds_url
-
-    def record(s: Any, result: Any) -> None:
-        audit.append(
-            s,
-            actor=c.actor,
-            action="collateral.refresh",
-            object_id=f"snp:{product}",
-            outcome="success",
-            details={
-                "source": source,
-                "product": product,
-                "added": [i.label for i in result.added],
-                "already_stored": len(result.already_stored),
-            },
-        )
-
-    try:
-        with KdsClient(
-            source, ca_file=settings.collateral.ca_file, retries=_RETRIES, timeout=_TIMEOUT
-        ) as client:
-            return refresh_snp(
-                client,
-                lambda: kds,
-                SnpFetchPlan(products=(product,), reports=()),
-                dev_roots=snp_dev_roots(configured_roots(settings)),
-                cached=kds,
-                then=record,
-            )
-    except httpx.TransportError as exc:
-        raise unreachable(exc, source) from None
+    record = _audited(c, f"snp:{product}", {"source": source, "product": product})
+    return _refresh_from(
+        KdsClient,
+        source,
+        settings.collateral.ca_file,
+        lambda client: refresh_snp(
+            client,
+            lambda: kds,
+            SnpFetchPlan(products=(product,), reports=()),
+            dev_roots=snp_dev_roots(configured_roots(settings)),
+            cached=kds,
+            then=record,
+        ),
+    )
 
 
 @router.post("/collateral/refresh")

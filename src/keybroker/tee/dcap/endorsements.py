@@ -23,7 +23,7 @@ import urllib.parse
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import Any, Final, Literal, TypedDict
+from typing import Any, Final, Literal, TypedDict, TypeVar
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -149,6 +149,14 @@ def _list(d: dict[str, Any], key: str, where: str) -> list[Any]:
     return value
 
 
+def _json_object(text: str, where: str) -> dict[str, Any]:
+    """The signed JSON text ``where`` (``tcbInfo``, ``enclaveIdentity``) as an object."""
+    try:
+        return _obj(json.loads(text), where)
+    except (ValueError, RecursionError):
+        raise _bad(f"{where}: not valid JSON") from None
+
+
 # --- TCB Info ---------------------------------------------------------------------------------
 
 
@@ -165,11 +173,18 @@ class TcbLevel:
 
 
 @dataclass(frozen=True, slots=True)
-class ModuleTcbLevel:
+class _IsvsvnTcbLevel:
+    """A TCB level judged by one ISVSVN (a TDX module's or a QE's)."""
+
     isvsvn: int
     tcb_date: datetime
     status: str
     advisory_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ModuleTcbLevel(_IsvsvnTcbLevel):
+    """TCB Info v3 ``tdxModuleIdentities[].tcbLevels[]`` entry."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,6 +262,29 @@ def _components(value: object, where: str) -> tuple[int, ...]:
     return tuple(_int(_obj(c, where), "svn", where, 255) for c in value)
 
 
+_Level = TypeVar("_Level", bound=_IsvsvnTcbLevel)
+
+
+def _isvsvn_levels(
+    make: type[_Level], d: dict[str, Any], where: str, statuses: frozenset[str], maximum: int
+) -> list[_Level]:
+    """``d.tcbLevels``, in the JSON's order: each an ISVSVN 0..``maximum`` (in ``tcb``), a date, one of
+    ``statuses`` and its advisories."""
+    levels = []
+    for i, raw_level in enumerate(_list(d, "tcbLevels", where)):
+        lw = f"{where}.tcbLevels[{i}]"
+        level = _obj(raw_level, lw)
+        levels.append(
+            make(
+                isvsvn=_int(_obj(level.get("tcb"), f"{lw}.tcb"), "isvsvn", f"{lw}.tcb", maximum),
+                tcb_date=_date(level, "tcbDate", lw),
+                status=_status(level, "tcbStatus", lw, statuses),
+                advisory_ids=_advisories(level, lw),
+            )
+        )
+    return levels
+
+
 def _parse_tcb_level(value: object, version: int, tdx: bool, where: str) -> TcbLevel:
     level = _obj(value, where)
     tcb = _obj(level.get("tcb"), f"{where}.tcb")
@@ -269,18 +307,7 @@ def _parse_tcb_level(value: object, version: int, tdx: bool, where: str) -> TcbL
 
 def _parse_module_identity(value: object, where: str) -> TdxModuleIdentity:
     ident = _obj(value, where)
-    levels = []
-    for i, raw_level in enumerate(_list(ident, "tcbLevels", where)):
-        lw = f"{where}.tcbLevels[{i}]"
-        level = _obj(raw_level, lw)
-        levels.append(
-            ModuleTcbLevel(
-                isvsvn=_int(_obj(level.get("tcb"), f"{lw}.tcb"), "isvsvn", f"{lw}.tcb", 255),
-                tcb_date=_date(level, "tcbDate", lw),
-                status=_status(level, "tcbStatus", lw, _MODULE_STATUSES),
-                advisory_ids=_advisories(level, lw),
-            )
-        )
+    levels = _isvsvn_levels(ModuleTcbLevel, ident, where, _MODULE_STATUSES, 255)
     return TdxModuleIdentity(
         id=_str(ident, "id", where),
         mrsigner=_hex(ident, "mrsigner", where, 48),
@@ -294,11 +321,8 @@ def _parse_module_identity(value: object, where: str) -> TdxModuleIdentity:
 
 def parse_tcb_info(text: str) -> TcbInfo:
     """Typed view of the signed TCB Info JSON (v2 or v3)."""
-    try:
-        doc = _obj(json.loads(text), "tcbInfo")
-    except (ValueError, RecursionError):
-        raise _bad("tcbInfo: not valid JSON") from None
     where = "tcbInfo"
+    doc = _json_object(text, where)
     version = _int(doc, "version", where)
     if version not in (2, 3):
         raise _bad(f"tcbInfo.version {version} is not supported (2, 3)")
@@ -346,11 +370,8 @@ def parse_tcb_info(text: str) -> TcbInfo:
 
 
 @dataclass(frozen=True, slots=True)
-class EnclaveTcbLevel:
-    isvsvn: int
-    tcb_date: datetime
-    status: str
-    advisory_ids: tuple[str, ...]
+class EnclaveTcbLevel(_IsvsvnTcbLevel):
+    """Enclave Identity v2 ``tcbLevels[]`` entry."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -373,29 +394,15 @@ class EnclaveIdentity:
 
 def parse_enclave_identity(text: str) -> EnclaveIdentity:
     """Typed view of the signed Enclave Identity JSON (v2)."""
-    try:
-        doc = _obj(json.loads(text), "enclaveIdentity")
-    except (ValueError, RecursionError):
-        raise _bad("enclaveIdentity: not valid JSON") from None
     where = "enclaveIdentity"
+    doc = _json_object(text, where)
     version = _int(doc, "version", where)
     if version != 2:
         raise _bad(f"enclaveIdentity.version {version} is not supported (2)")
     ident = _str(doc, "id", where)
     if ident not in ("QE", "TD_QE", "QVE"):
         raise _bad(f"enclaveIdentity.id {ident!r} is not QE, TD_QE or QVE")
-    levels = []
-    for i, raw_level in enumerate(_list(doc, "tcbLevels", where)):
-        lw = f"{where}.tcbLevels[{i}]"
-        level = _obj(raw_level, lw)
-        levels.append(
-            EnclaveTcbLevel(
-                isvsvn=_int(_obj(level.get("tcb"), f"{lw}.tcb"), "isvsvn", f"{lw}.tcb"),
-                tcb_date=_date(level, "tcbDate", lw),
-                status=_status(level, "tcbStatus", lw, _QE_STATUSES),
-                advisory_ids=_advisories(level, lw),
-            )
-        )
+    levels = _isvsvn_levels(EnclaveTcbLevel, doc, where, _QE_STATUSES, 0xFFFF)
     if not levels:
         raise _bad("enclaveIdentity.tcbLevels is empty")
     # Highest ISVSVN first (stable): the first level at or below the QE's ISVSVN is then the highest

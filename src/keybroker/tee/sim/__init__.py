@@ -32,6 +32,7 @@ from keybroker.tee.sim.pki import (
     SimTcbLevel,
     TcbChoice,
 )
+from keybroker.tee.sim.policy import SIM_ISVPRODID, SIM_ISVSVN, sim_policy
 from keybroker.tee.sim.quote import (
     DEFAULT_MRENCLAVE,
     DEFAULT_MRSEAM,
@@ -56,6 +57,8 @@ __all__ = [
     "PLATFORM_TDX",
     "QE_IDENTITY",
     "ROOT_CA_CN",
+    "SIM_ISVPRODID",
+    "SIM_ISVSVN",
     "SGX_TCB",
     "TCB_CHOICES",
     "TDX_TCB",
@@ -66,5 +69,6 @@ __all__ = [
     "SimTcbLevel",
     "TcbChoice",
     "sgx_quote",
+    "sim_policy",
     "tdx_quote",
 ]
