@@ -42,8 +42,10 @@ from keybroker.keystores.factory import build_keystore
 from keybroker.limits import FailureLimit, OutstandingCap
 from keybroker.replica import Replica
 from keybroker.resources.service import KbsV0Service
+from keybroker.seal.adoption import IntegrityReview
 from keybroker.seal.autounseal import configure_auto_unseal
 from keybroker.seal.barrier import Barrier
+from keybroker.seal.integrity import RowIntegrity
 from keybroker.seal.unseal import UnsealService
 from keybroker.store.db import Database
 from keybroker.tee.dcap.endorsements import QuoteCollateral
@@ -196,6 +198,8 @@ class Services:
     #: TPM AKs as enrolled without recording their clocks, else as given (``tee.tpm.trust.dry_run_trust``,
     #: as ``keybroker policy test``). Never used for a release, a token or a resource.
     dry_run: Verifier
+    #: The release rows' integrity tags checked, and untagged rows adopted (``/sys/v1/integrity``).
+    integrity: IntegrityReview
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -247,6 +251,7 @@ class Services:
         trusted = [_trusted_issuer(i, t) for i, t in enumerate(settings.trust.attestation_services)]
         limits = settings.limits
         inputs = AppraisalInputs(settings.audit.appraisal_inputs)
+        integrity = RowIntegrity(barrier)
         attestation = AttestationService(
             db,
             verifier,
@@ -263,6 +268,7 @@ class Services:
             nonce_ttl,
             nonce_cap=OutstandingCap("key-transfer nonces", limits.outstanding_nonces),
             remote=_remote_attestation(settings),
+            integrity=integrity,
             verify_token=attestation.verify_token,
             inputs=inputs,
         )
@@ -271,7 +277,7 @@ class Services:
             db,
             barrier,
             keystore,
-            KeyService(db, keystore, cas.issuing, chain_issuers=(cas.tls.cert,)),
+            KeyService(db, keystore, cas.issuing, integrity, chain_issuers=(cas.tls.cert,)),
             tokens,
             cas.tls,
             cas.issuing,
@@ -283,6 +289,7 @@ class Services:
                 barrier,
                 keystore,
                 attestation,
+                integrity,
                 session_cap=OutstandingCap("unattested /kbs/v0 sessions", limits.outstanding_sessions),
                 inputs=inputs,
             ),
@@ -303,6 +310,7 @@ class Services:
             inputs,
             tpm_aks,
             REGISTRY.verifier(replace(trust, tpm=dry_run_trust(trust.tpm, aks))),
+            IntegrityReview(db, integrity),
         )
         _warn_key_certificates_under_tls_anchor(services.keys, cas)
         if settings.dev:

@@ -54,6 +54,7 @@ ACTIONS: frozenset[str] = frozenset(
         "sys.unseal",
         "sys.seal",
         "sys.unseal.reset",
+        "integrity.adopt",
         # bearer tokens (/kbs/v1/tokens, keybroker token ...)
         "token.create",
         "token.search",

@@ -45,6 +45,7 @@ PERMISSIONS = (
     "key_transfer_policies:search",
     "audit:read",
     "sys:seal",
+    "sys:integrity",
     "resources:write",
     "attestation:verify",
     "collateral:update",

@@ -478,5 +478,48 @@ def operator_status(
         raise typer.Exit(EXIT_FAILED)
 
 
+@operator_app.command("integrity", epilog=EXIT_CODES_HELP)
+@handle_errors
+def operator_integrity(
+    ctx: typer.Context,
+    token: Annotated[str, typer.Option(envvar="KEYBROKER_TOKEN", help="a token with sys:integrity")],
+    adopt: Annotated[
+        bool,
+        typer.Option(
+            "--adopt",
+            help="tag the untagged rows as they are now (after reviewing them: they are released on from then)",
+        ),
+    ] = False,
+    include_changed: Annotated[
+        bool,
+        typer.Option(
+            "--include-changed", help="with --adopt: also rows changed in the database since they were tagged"
+        ),
+    ] = False,
+    server: ServerOpt = None,
+    ca_file: CaOpt = None,
+    data_dir: ServerDataDirOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Check the integrity tags of the rows that decide a release (transfer policies, keys, /kbs/v0
+    resources); --adopt tags the untagged ones. Exit 0 when every row verifies, 1 otherwise."""
+    if include_changed and not adopt:
+        fail("--include-changed goes with --adopt", EXIT_USAGE)
+    client = _client(ctx, server, ca_file, data_dir, token)
+    if adopt:
+        out = client.call("POST", "/sys/v1/integrity/adopt", {"include_changed": include_changed})
+    else:
+        out = client.call("GET", "/sys/v1/integrity")
+    if as_json:
+        console.print_json(json.dumps(out))
+    else:
+        verified = ", ".join(f"{n} {table}" for table, n in out["verified"].items())
+        console.print(f"verified: {verified}", highlight=False)
+        for f in out["findings"]:
+            console.print(f"{f['state']:9} {f['table']:17} {f['id']}  sha256 {f['sha256']}", highlight=False)
+    if any(f["state"] != "adopted" for f in out["findings"]):
+        raise typer.Exit(EXIT_FAILED)
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()

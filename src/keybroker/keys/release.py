@@ -57,6 +57,8 @@ from keybroker.errors import (
 from keybroker.keys import wrap
 from keybroker.keystores.base import KeyStore
 from keybroker.limits import OutstandingCap
+from keybroker.seal import integrity
+from keybroker.seal.integrity import RowIntegrity
 from keybroker.store.db import Database
 from keybroker.store.models import Key, TransferPolicy
 from keybroker.tee.verifier import KbsV1Binding, Verifier
@@ -135,7 +137,19 @@ def _wrap_failed(key_id: str, exc: Exception) -> KeybrokerError:
 
 #: Prepared once (it runs twice per transfer): the key's backend reference and its policy.
 _KEY_AND_POLICY = (
-    select(Key.id, Key.backend_ref, Key.public_key_pem, Key.transfer_policy_id, TransferPolicy.body)
+    select(
+        Key.id,
+        Key.algorithm,
+        Key.key_length,
+        Key.curve_type,
+        Key.keystore,
+        Key.backend_ref,
+        Key.public_key_pem,
+        Key.transfer_policy_id,
+        Key.integrity_tag,
+        TransferPolicy.body,
+        TransferPolicy.integrity_tag.label("policy_tag"),
+    )
     .outerjoin(TransferPolicy, TransferPolicy.id == Key.transfer_policy_id)
     .where(Key.id == bindparam("key_id"))
 )
@@ -151,10 +165,12 @@ class ReleaseService:
         *,
         nonce_cap: OutstandingCap,
         remote: RemoteAttestation | None = None,
+        integrity: RowIntegrity,
         verify_token: Callable[[str], EarClaims] | None = None,
         inputs: AppraisalInputs | None = None,
     ) -> None:
-        """``nonce_cap``: the outstanding transfer nonces allowed (429 past it).
+        """``integrity``: the key's row and its policy's must carry their tags (else denied).
+        ``nonce_cap``: the outstanding transfer nonces allowed (429 past it).
         ``remote``: background checks verify evidence at that attestation service instead of
         in-process; its tokens are checked with ``verify_token`` (which must trust it).
         ``inputs``: each decision's audit record names its appraisal input (and keeps it)."""
@@ -168,18 +184,22 @@ class ReleaseService:
         self._remote = remote
         self._verify_token = verify_token
         self._inputs = inputs or AppraisalInputs(0)
+        self._integrity = integrity
 
-    @staticmethod
-    def _key_and_policy(s: Session, key_id: str) -> tuple[ReleasableKey, TransferPolicyBody, str]:
+    def _key_and_policy(self, s: Session, key_id: str) -> tuple[ReleasableKey, TransferPolicyBody, str]:
+        """The key and its policy, each as an administrator wrote it (their integrity tags verify),
+        or refused: a key or policy changed in the database is never released on."""
         row = s.connection().execute(_KEY_AND_POLICY, {"key_id": key_id}).one_or_none()
         if row is None:
             raise NotFound(f"key {key_id} does not exist")
+        self._integrity.check(integrity.key_content_of(row), row.integrity_tag)
         if row.transfer_policy_id is None:
             raise Forbidden(
                 f"key {key_id} has no transfer policy and is never released",
                 reasons=["the key has no transfer policy"],
             )
         assert row.body is not None  # foreign key
+        self._integrity.check(integrity.policy_content(row.transfer_policy_id, row.body), row.policy_tag)
         policy = stored_policy(row.body, policy_id=row.transfer_policy_id)
         return ReleasableKey(row.id, row.backend_ref, row.public_key_pem), policy, row.transfer_policy_id
 

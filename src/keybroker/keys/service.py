@@ -27,6 +27,7 @@ from keybroker.keys.certs import check_common_name, issue_leaf, issued_by, subje
 from keybroker.keys.serviceca import ServiceCA
 from keybroker.keystores import material as km
 from keybroker.keystores.base import KeyStore, StoredKey
+from keybroker.seal.integrity import RowIntegrity
 from keybroker.store.db import Database
 from keybroker.store.models import Certificate, Key, TransferPolicy
 
@@ -83,13 +84,16 @@ class KeyService:
         db: Database,
         keystore: KeyStore,
         ca: ServiceCA,
+        integrity: RowIntegrity,
         *,
         chain_issuers: Sequence[x509.Certificate] = (),
     ) -> None:
         """``ca`` issues key certificates (the issuing CA, never the broker's TLS anchor);
+        ``integrity`` tags every policy and key row written (refused while sealed);
         ``chain_issuers`` are other CAs whose certificates complete the chain of a stored certificate
         they signed (the TLS anchor, for certificates issued before the two were separated)."""
         self._db = db
+        self._integrity = integrity
         self._keystore = keystore
         self._ca = ca
         self._chain_issuers = tuple(chain_issuers)
@@ -101,6 +105,7 @@ class KeyService:
         row = TransferPolicy(
             id=str(uuid.uuid4()), body=body.model_dump(mode="json"), created_at=now, updated_at=now
         )
+        self._integrity.tag_policy(row)
         with self._db.session() as s:
             s.add(row)
             audit.append(
@@ -140,6 +145,7 @@ class KeyService:
                 raise NotFound(f"key-transfer policy {policy_id} does not exist")
             row.body = body.model_dump(mode="json")
             row.updated_at = datetime.now(UTC)
+            self._integrity.tag_policy(row)
             audit.append(
                 s, actor=caller.actor, action="policy.update", object_id=policy_id, outcome="success"
             )
@@ -204,6 +210,7 @@ class KeyService:
             elif spec is not None:
                 created = self._keystore.create(s, key_id, spec)
                 row.public_key_pem, row.backend_ref = created.public_key_pem, created.backend_ref
+            self._integrity.tag_key(row)
             self._audit_create(s, caller, action, row)
         return row
 
@@ -230,6 +237,7 @@ class KeyService:
         try:
             with self._db.session() as s:
                 row = self._new_key_row(key_id, req, stored)
+                self._integrity.tag_key(row)
                 s.add(row)
                 self._audit_create(s, caller, action, row)
         except BaseException:

@@ -46,7 +46,9 @@ from keybroker.errors import Forbidden, InvalidInput, KeybrokerError, NotFound, 
 from keybroker.keys import wrap
 from keybroker.keystores.base import KeyStore
 from keybroker.limits import Outstanding, OutstandingCap
+from keybroker.seal import integrity
 from keybroker.seal.barrier import Barrier
+from keybroker.seal.integrity import RowIntegrity
 from keybroker.store.db import Database
 from keybroker.store.models import KbsResource, KbsSession, Key, TransferPolicy
 from keybroker.tee.verifier import KbsV0Binding
@@ -84,10 +86,33 @@ class _Resource(NamedTuple):
     wrapped_dek: bytes | None
     ciphertext: bytes | None
     policy: dict[str, Any] | None
+    integrity_tag: str | None
     found_key_id: str | None
     backend_ref: str | None
     key_policy_id: str | None
     key_policy: dict[str, Any] | None
+    key_policy_tag: str | None
+    key_algorithm: str | None
+    key_length: int | None
+    key_curve_type: str | None
+    key_keystore: str | None
+    key_public_key_pem: str | None
+    key_tag: str | None
+
+    def key_content(self) -> dict[str, Any]:
+        """What the key's integrity tag covers (``found_key_id`` set)."""
+        assert self.found_key_id is not None and self.key_algorithm is not None
+        assert self.key_keystore is not None
+        return integrity.key_content(
+            key_id=self.found_key_id,
+            algorithm=self.key_algorithm,
+            key_length=self.key_length,
+            curve_type=self.key_curve_type,
+            keystore=self.key_keystore,
+            backend_ref=self.backend_ref,
+            public_key_pem=self.key_public_key_pem,
+            transfer_policy_id=self.key_policy_id,
+        )
 
 
 # The hot path's statements: prepared once, run on the session's connection (Core rows, no ORM
@@ -110,17 +135,24 @@ _KEEP_TOKEN = (
 )
 _READ_RESOURCE = (
     select(
-        *(getattr(KbsResource, f) for f in _Resource._fields[:6]),
+        *(getattr(KbsResource, f) for f in _Resource._fields[:7]),
         Key.id.label("found_key_id"),
         Key.backend_ref,
         Key.transfer_policy_id.label("key_policy_id"),
         TransferPolicy.body.label("key_policy"),
+        TransferPolicy.integrity_tag.label("key_policy_tag"),
+        Key.algorithm.label("key_algorithm"),
+        Key.key_length,
+        Key.curve_type.label("key_curve_type"),
+        Key.keystore.label("key_keystore"),
+        Key.public_key_pem.label("key_public_key_pem"),
+        Key.integrity_tag.label("key_tag"),
     )
     .outerjoin(Key, Key.id == KbsResource.key_id)
     .outerjoin(TransferPolicy, TransferPolicy.id == Key.transfer_policy_id)
     .where(KbsResource.path == bindparam("path"))
 )
-_READ_POLICY = select(TransferPolicy.body).where(TransferPolicy.id == bindparam("id"))
+_READ_POLICY = select(TransferPolicy.body, TransferPolicy.integrity_tag).where(TransferPolicy.id == bindparam("id"))
 
 
 class ResourceInfo(NamedTuple):
@@ -186,12 +218,16 @@ class KbsV0Service:
         barrier: Barrier,
         keystore: KeyStore,
         attestation: AttestationService,
+        integrity: RowIntegrity,
         *,
         session_cap: OutstandingCap,
         inputs: AppraisalInputs | None = None,
     ) -> None:
-        """``session_cap``: the unattested sessions allowed (429 past it). ``inputs``: each
+        """``integrity``: tags the resources written, and a release checks the tags of the resource,
+        its key and the policies it decides with (a row changed in the database is never released
+        on). ``session_cap``: the unattested sessions allowed (429 past it). ``inputs``: each
         release decision's audit record names its appraisal input (and keeps it)."""
+        self._integrity = integrity
         self._session_cap = session_cap
         self._inputs = inputs or AppraisalInputs(0)
         self._db = db
@@ -395,6 +431,7 @@ class KbsV0Service:
         if found is None:
             raise NotFound(f"resource {path} does not exist")
         res = _Resource._make(found)
+        self._integrity.check(integrity.resource_content_of(res), res.integrity_tag)
         # the workload key within bounds before anything is appraised (a remote service's token
         # carries whatever its client sent)
         tee_pubkey = _tee_pubkey(ear)
@@ -430,8 +467,8 @@ class KbsV0Service:
         )
         return jwe
 
-    @staticmethod
     def _decide_key(
+        self,
         res: _Resource, resource_decision: Decision, doc: AppraisalInput, details: dict[str, Any]
     ) -> None:
         """Both must allow a resource that serves a key: its policy and the key's transfer policy,
@@ -440,6 +477,11 @@ class KbsV0Service:
             raise NotFound(f"the key behind resource {res.path} was deleted")
         details["key_id"] = res.found_key_id
         details["key_policy_id"] = res.key_policy_id
+        self._integrity.check(res.key_content(), res.key_tag)
+        if res.key_policy_id is not None and res.key_policy is not None:
+            self._integrity.check(
+                integrity.policy_content(res.key_policy_id, res.key_policy), res.key_policy_tag
+            )
         if res.key_policy_id is None or res.key_policy is None:
             key_decision: Decision | None = None
             key_allowed = False
@@ -487,13 +529,14 @@ class KbsV0Service:
             return default_resource_policy(doc, ear_status=ear_status)
         if "transfer_policy_id" in policy:
             policy_id = str(policy["transfer_policy_id"])
-            body = (
-                res.key_policy  # a key resource under its key's own policy: read already
-                if policy_id == res.key_policy_id
-                else s.connection().execute(_READ_POLICY, {"id": policy_id}).scalar()
-            )
+            if policy_id == res.key_policy_id:  # a key resource under its key's own policy: read already
+                body, tag = res.key_policy, res.key_policy_tag
+            else:
+                read = s.connection().execute(_READ_POLICY, {"id": policy_id}).one_or_none()
+                body, tag = (None, None) if read is None else read
             if body is None:
                 raise Forbidden("the resource's transfer policy no longer exists", reasons=["policy missing"])
+            self._integrity.check(integrity.policy_content(policy_id, body), tag)
             return secl.evaluate_input(stored_policy(body, policy_id=policy_id), doc, policy_id=policy_id)
         if "rego" in policy:
             return rego.evaluate(_compiled(str(policy["rego"])), doc)
@@ -538,11 +581,13 @@ class KbsV0Service:
         with self._db.session() as s:
             row = s.get(KbsResource, path, with_for_update=True)
             if row is None:
-                s.add(KbsResource(path=path, policy=None, created_at=now, updated_at=now, **values))
+                row = KbsResource(path=path, policy=None, created_at=now, updated_at=now, **values)
+                s.add(row)
             else:
                 for k, v in values.items():
                     setattr(row, k, v)
                 row.updated_at = now
+            self._integrity.tag_resource(row)
             audit.append(
                 s,
                 actor=actor,
@@ -570,6 +615,7 @@ class KbsV0Service:
                 raise NotFound(f"resource {path} does not exist")
             row.policy = policy
             row.updated_at = datetime.now(UTC)
+            self._integrity.tag_resource(row)
             audit.append(
                 s,
                 actor=actor,

@@ -35,6 +35,9 @@ class TransferPolicy(Base):
     body: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    #: HMAC-SHA256 of what the row decides, under a key derived from the root key
+    #: (``keybroker.seal.integrity``); None for a row not adopted yet (never released on).
+    integrity_tag: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class Key(Base):
@@ -53,6 +56,9 @@ class Key(Base):
     #: The backend's id for the material (KMIP id, Vault path, PKCS#11 label); None for builtin.
     backend_ref: Mapped[str | None] = mapped_column(String(512), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    #: HMAC-SHA256 of what the row decides, under a key derived from the root key
+    #: (``keybroker.seal.integrity``); None for a row not adopted yet (never released on).
+    integrity_tag: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class KeyMaterial(Base):
@@ -153,6 +159,9 @@ class KbsResource(Base):
     policy: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    #: HMAC-SHA256 of what the row decides, under a key derived from the root key
+    #: (``keybroker.seal.integrity``); None for a row not adopted yet (never released on).
+    integrity_tag: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class SigningKey(Base):

@@ -12,9 +12,10 @@ from sqlalchemy import inspect
 import keybroker.store.db as store_db
 from keybroker.store.db import Database
 
-#: The newest revision, and the tables each of the newest ones adds.
-HEAD = "0012"
+#: The newest revision, and the tables each of the newest ones adds (0013 adds columns: TAGGED).
+HEAD = "0013"
 ADDED = {
+    "0013": set(),
     "0012": {"appraisal_inputs"},
     "0011": {"shared_secrets"},
     "0010": {"tpm_aks", "tpm_enrolments", "tpm_ak_clocks"},
@@ -32,7 +33,7 @@ def test_one_line_of_revisions_to_one_head() -> None:
     script = ScriptDirectory.from_config(_config())
     assert script.get_heads() == [HEAD]
     chain = [r.revision for r in script.walk_revisions()]  # newest first
-    assert chain[:5] == ["0012", "0011", "0010", "0009", "0008"]
+    assert chain[:6] == ["0013", "0012", "0011", "0010", "0009", "0008"]
     assert chain == [f"{n:04d}" for n in range(len(chain), 0, -1)]
     for rev in script.walk_revisions():
         assert rev.module.__file__ is not None and rev.module.__file__.split("/")[-1].startswith(rev.revision)
@@ -43,6 +44,15 @@ def _tables(db: Database) -> set[str]:
     return set(inspect(db.engine).get_table_names())
 
 
+#: The tables whose rows 0013 gives an integrity tag.
+TAGGED = ("transfer_policies", "keys", "kbs_resources")
+
+
+def _tagged(db: Database) -> set[str]:
+    found = inspect(db.engine)
+    return {t for t in TAGGED if "integrity_tag" in {c["name"] for c in found.get_columns(t)}}
+
+
 def test_the_newest_revisions_go_down_and_up_again(database_url: str) -> None:
     db = Database(database_url)
     db.migrate()
@@ -51,14 +61,16 @@ def test_the_newest_revisions_go_down_and_up_again(database_url: str) -> None:
     cfg = _config()
     try:
         gone: set[str] = set()
-        for rev in ("0011", "0010", "0009", "0008"):
+        assert _tagged(db) == set(TAGGED)
+        for rev in ("0012", "0011", "0010", "0009", "0008"):
             with db.engine.begin() as conn:
                 cfg.attributes["connection"] = conn
                 command.downgrade(cfg, rev)
             gone |= ADDED[f"{int(rev) + 1:04d}"]
             assert _tables(db) == every - gone, rev
+            assert _tagged(db) == set(), rev
         db.migrate()
-        assert _tables(db) == every
+        assert _tables(db) == every and _tagged(db) == set(TAGGED)
         with db.engine.connect() as conn:
             assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == HEAD
     finally:

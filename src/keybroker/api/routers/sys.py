@@ -21,6 +21,7 @@ from keybroker.audit import log as audit
 from keybroker.auth.caller import Caller
 from keybroker.errors import InvalidInput
 from keybroker.limits import client_key
+from keybroker.seal.adoption import Report
 from keybroker.seal.barrier import SealStatus
 
 router = APIRouter(prefix="/sys/v1", tags=["operator"], route_class=StrictRoute)
@@ -118,6 +119,55 @@ def unseal(body: UnsealIn, request: Request, svc: Svc) -> StatusOut:
     if body.key is None:
         raise InvalidInput("key (one base64 unseal share) is required, or reset: true", field="key")
     return _status(svc.unseal.submit(body.key, client))
+
+
+class IntegrityFindingOut(BaseModel):
+    table: str = Field(description="transfer_policies, keys or kbs_resources")
+    id: str = Field(description="the row's id (a resource's path)")
+    state: str = Field(
+        description="untagged (written before integrity tags, or outside keybroker), changed (its tag does "
+        "not verify: changed in the database), or adopted (tagged by this request)"
+    )
+    sha256: str = Field(description="SHA-256 of the JCS serialization of what the tag covers, as the row is now")
+
+
+class IntegrityOut(BaseModel):
+    verified: dict[str, int] = Field(description="rows whose integrity tag verifies, per table")
+    findings: list[IntegrityFindingOut] = Field(
+        description="rows that are never released on until adopted (or, after an adoption, the rows adopted)"
+    )
+
+
+class AdoptIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    include_changed: StrictBool = Field(
+        default=False,
+        description="also adopt rows whose tag does not verify (changed in the database): only after "
+        "reviewing each",
+    )
+
+
+def _integrity(report: Report) -> IntegrityOut:
+    return IntegrityOut(
+        verified=report.verified, findings=[IntegrityFindingOut(**f.to_dict()) for f in report.findings]
+    )
+
+
+@router.get("/integrity", response_model=IntegrityOut, responses=responses(503))
+def integrity_status(svc: Svc, caller: Caller = Depends(require("sys:integrity"))) -> IntegrityOut:
+    """The rows that decide a release (transfer policies, keys, /kbs/v0 resources) whose integrity
+    tag is missing or does not verify: those are never released on."""
+    return _integrity(svc.integrity.report())
+
+
+@router.post("/integrity/adopt", response_model=IntegrityOut, responses=responses(503))
+def integrity_adopt(
+    svc: Svc, body: AdoptIn | None = None, caller: Caller = Depends(require("sys:integrity"))
+) -> IntegrityOut:
+    """Tag the untagged rows as they are now (and, with include_changed, the changed ones), after
+    an administrator reviewed them; audited with each row's content digest."""
+    include = body.include_changed if body is not None else False
+    return _integrity(svc.integrity.adopt(actor=caller.actor, include_changed=include))
 
 
 @router.post("/seal", response_model=StatusOut)
