@@ -152,7 +152,9 @@ _READ_RESOURCE = (
     .outerjoin(TransferPolicy, TransferPolicy.id == Key.transfer_policy_id)
     .where(KbsResource.path == bindparam("path"))
 )
-_READ_POLICY = select(TransferPolicy.body, TransferPolicy.integrity_tag).where(TransferPolicy.id == bindparam("id"))
+_READ_POLICY = select(TransferPolicy.body, TransferPolicy.integrity_tag).where(
+    TransferPolicy.id == bindparam("id")
+)
 
 
 class ResourceInfo(NamedTuple):
@@ -468,8 +470,7 @@ class KbsV0Service:
         return jwe
 
     def _decide_key(
-        self,
-        res: _Resource, resource_decision: Decision, doc: AppraisalInput, details: dict[str, Any]
+        self, res: _Resource, resource_decision: Decision, doc: AppraisalInput, details: dict[str, Any]
     ) -> None:
         """Both must allow a resource that serves a key: its policy and the key's transfer policy,
         on the same appraisal input. Denied: every reason of both, each saying whose it is."""

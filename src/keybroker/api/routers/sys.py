@@ -128,7 +128,9 @@ class IntegrityFindingOut(BaseModel):
         description="untagged (written before integrity tags, or outside keybroker), changed (its tag does "
         "not verify: changed in the database), or adopted (tagged by this request)"
     )
-    sha256: str = Field(description="SHA-256 of the JCS serialization of what the tag covers, as the row is now")
+    sha256: str = Field(
+        description="SHA-256 of the JCS serialization of what the tag covers, as the row is now"
+    )
 
 
 class IntegrityOut(BaseModel):
