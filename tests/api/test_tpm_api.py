@@ -17,6 +17,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from fastapi.testclient import TestClient
+from sqlalchemy import update
 from tests.conftest import template_for
 from tests.helpers.api import token_headers, unwrap_v1
 from tests.helpers.swtpm import MISSING, SKIP_REASON, Swtpm
@@ -29,6 +30,7 @@ from keybroker.client.http import Transport
 from keybroker.client.protocol_v0 import fetch_resource
 from keybroker.client.tpm import TpmProvider, TpmTools, enrol
 from keybroker.config import Settings, TpmSettings
+from keybroker.store.models import TpmAk
 from keybroker.wire import binding
 
 pytestmark = pytest.mark.skipif(bool(MISSING), reason=SKIP_REASON)
@@ -197,6 +199,40 @@ def test_enrol_approve_and_release_a_key_to_the_tpm(
         for a in client.get("/kbs/v1/audit", params={"limit": 1000}, headers=admin_headers).json()
     }
     assert actions["tpm.ak.enrol"] == actions["tpm.ak.activate"] == actions["tpm.ak.approve"] == "success"
+
+
+def test_an_ak_approved_in_the_database_is_not_trusted(
+    client: TestClient, admin_headers: dict[str, str], services: Services, machine: Machine
+) -> None:
+    """A database writer approves a pending AK (theirs: a software TPM quotes whatever PCRs they
+    like), or moves an approved one under another EK root: neither is trusted, since an approval is
+    tagged under the root key (``keybroker.seal.integrity``)."""
+    name = _enrol(client, token_headers(services, "tpm_aks:create"), machine)["name"]
+    key_id, secret = _key(client, admin_headers, _policy(_pcr16(machine)))
+    with services.db.session() as s:
+        s.execute(update(TpmAk).where(TpmAk.name == name).values(status="approved", approved_by="dba"))
+    nonce = _challenge(client, key_id)
+    r = _transfer(client, key_id, nonce, _quote(machine, nonce))
+    assert r.status_code == 403, r.text
+    assert f"the approved TPM AK {name} has no integrity tag" in r.json()["detail"]
+    assert "key_information" not in r.text
+    denied = _audit(client, admin_headers, "key.transfer")[-1]
+    assert denied["outcome"] == "denied" and "integrity tag" in denied["reason"]
+
+    # approved by an administrator: trusted
+    r = client.post(f"/kbs/v1/tpm/aks/{name}/approval", headers=token_headers(services, "tpm_aks:approve"))
+    assert r.status_code == 200, r.text
+    nonce = _challenge(client, key_id)
+    r = _transfer(client, key_id, nonce, _quote(machine, nonce))
+    assert r.status_code == 200 and unwrap_v1(r.json(), _WORKLOAD) == secret
+
+    # its row moved under another EK root in the database: no longer trusted
+    with services.db.session() as s:
+        s.execute(update(TpmAk).where(TpmAk.name == name).values(ek_root="manufacturer"))
+    nonce = _challenge(client, key_id)
+    r = _transfer(client, key_id, nonce, _quote(machine, nonce))
+    assert r.status_code == 403, r.text
+    assert f"the approved TPM AK {name} was changed outside keybroker" in r.json()["detail"]
 
 
 def test_a_changed_pcr_is_denied_with_the_reason(

@@ -229,7 +229,8 @@ class Services:
                 "snp.require_crl is false (UNSAFE): an SEV-SNP report whose chain has no CRL in the KDS "
                 "cache is accepted, so a revoked ASK/ASVK passes until its CRL is fetched"
             )
-        aks = DbAkRegistry(db)
+        integrity = RowIntegrity(barrier)
+        aks = DbAkRegistry(db, integrity)
         trust = evidence_trust(
             settings, DbCollateralSource(db), aks=aks, snp_endorsements=kds, snp_crls=crl_source(kds_store)
         )
@@ -246,12 +247,12 @@ class Services:
             ek_roots=manufacturers,
             dev_ek_roots=dev_ek,
             ttl=timedelta(seconds=settings.tpm.enrolment_ttl_seconds),
+            integrity=integrity,
         )
         nonce_ttl = timedelta(seconds=settings.nonce_ttl_seconds)
         trusted = [_trusted_issuer(i, t) for i, t in enumerate(settings.trust.attestation_services)]
         limits = settings.limits
         inputs = AppraisalInputs(settings.audit.appraisal_inputs)
-        integrity = RowIntegrity(barrier)
         attestation = AttestationService(
             db,
             verifier,

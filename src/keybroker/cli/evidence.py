@@ -393,7 +393,8 @@ class _ReadOnlyAks:
         from keybroker.cli.common import open_existing_database
         from keybroker.tpmaks.store import DbAkRegistry
 
-        self._registry = DbAkRegistry(open_existing_database(settings))
+        # approvals as recorded: their integrity tags need the root key, and a dry run releases nothing
+        self._registry = DbAkRegistry(open_existing_database(settings), None)
 
     def enrolled(self, name: bytes) -> EnrolledAk | None:
         from sqlalchemy.exc import SQLAlchemyError

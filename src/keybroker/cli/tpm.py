@@ -1,14 +1,17 @@
 """``keybroker tpm ak``: list, show, approve and revoke the TPM attestation keys enrolled through
 their EK (``keybroker-client tpm enrol``).
 
-Local operator access, as ``keybroker role``: these commands use the data dir's database directly,
-audited as ``cli:<user>``; the admin API has ``/kbs/v1/tpm/aks`` too. A running server sees a change
-at its next verification (nothing is cached).
+Local operator access, as ``keybroker role``: list, show and revoke use the data dir's database
+directly, audited as ``cli:<user>`` (a revocation works while sealed). ``approve`` asks the running,
+unsealed server, which tags the approval under the root key (``keybroker.seal.integrity``); the admin
+API has ``/kbs/v1/tpm/aks`` too. A running server sees a change at its next verification (nothing is
+cached).
 """
 
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -90,14 +93,57 @@ def show(
     typer.echo(json.dumps(_service(config, data_dir, database, write=False).get(name).to_dict()))
 
 
+ServerOpt = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option(
+        "--server",
+        envvar="KEYBROKER_ADDR",
+        show_default="the URL in <data-dir>/server.json",
+        help="the running server that approves (its URL)",
+    ),
+]
+CaOpt = Annotated[
+    Optional[Path],  # noqa: UP045
+    typer.Option("--ca-file", show_default="<data-dir>/ca/ca.pem", help="the server's TLS anchor"),
+]
+
+
 @ak_app.command("approve")
 @handle_errors
 def approve(
-    name: NameArg, config: ConfigOpt = None, data_dir: DataDirOpt = None, database: DatabaseOpt = None
+    ctx: typer.Context,
+    name: NameArg,
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+    database: DatabaseOpt = None,
+    server: ServerOpt = None,
+    ca_file: CaOpt = None,
 ) -> None:
-    """Trust a pending AK (again for an approved one: forget its clock history, after a TPM2_Clear)."""
-    record = _service(config, data_dir, database, write=True).approve(name, actor=_actor())
-    console.print(f"AK {record.name}: {record.status}", highlight=False)
+    """Trust a pending AK (again for an approved one: forget its clock history, after a TPM2_Clear).
+
+    The running, unsealed server approves it, since an approval is tagged under the root key (a row
+    set to approved in the database is never trusted): this command signs itself a 5-minute token
+    with tpm_aks:approve from the data dir's key, as 'keybroker token create' would, and asks the
+    server the data dir's server.json names (or --server)."""
+    from keybroker.cli import serving
+    from keybroker.cli.common import ServerClient
+    from keybroker.cli.token import _registry
+    from keybroker.tpmaks.service import check_ak_name
+
+    name = check_ak_name(name)
+    settings = load_settings(config, None, data_dir=data_dir, database=database)
+    registry = _registry(config, data_dir, database)
+    actor = _actor()
+    issued = registry.issue(actor, ["tpm_aks:approve"], ttl=timedelta(minutes=5), actor=actor)
+    source = ctx.get_parameter_source("server")
+    target = serving.find_server(
+        server,
+        settings.data_dir,
+        ca_file,
+        server_from_env=source is not None and source.name == "ENVIRONMENT",
+    )
+    out = ServerClient(target, issued.token).call("POST", f"/kbs/v1/tpm/aks/{name}/approval")
+    console.print(f"AK {out['name']}: {out['status']}", highlight=False)
 
 
 @ak_app.command("revoke")

@@ -1,5 +1,6 @@
-"""Which rows that decide a release carry a valid integrity tag, and the administrator's adoption of
-those that do not (``keybroker.seal.integrity``).
+"""Which rows that decide a release (transfer policies, keys, ``/kbs/v0`` resources, approved TPM
+AKs) carry a valid integrity tag, and the administrator's adoption of those that do not
+(``keybroker.seal.integrity``).
 
 A row without a tag was written before tags existed (or by someone writing the database directly);
 a row whose tag does not verify was changed outside keybroker after it was tagged. Neither is ever
@@ -16,7 +17,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, select
 from sqlalchemy.orm import Session
 
 from keybroker import jcs
@@ -24,7 +25,7 @@ from keybroker.audit import log as audit
 from keybroker.seal import integrity
 from keybroker.seal.integrity import RowIntegrity
 from keybroker.store.db import Database
-from keybroker.store.models import KbsResource, Key, TransferPolicy
+from keybroker.store.models import KbsResource, Key, TpmAk, TransferPolicy
 
 
 @dataclass(frozen=True)
@@ -48,11 +49,14 @@ class Report:
     findings: list[Finding] = field(default_factory=list)
 
 
-_Row = TransferPolicy | Key | KbsResource
-_TABLES: tuple[tuple[str, type[_Row], Callable[[Any], dict[str, Any]]], ...] = (
-    (integrity.POLICIES, TransferPolicy, lambda r: integrity.policy_content(r.id, r.body)),
-    (integrity.KEYS, Key, integrity.key_content_of),
-    (integrity.RESOURCES, KbsResource, integrity.resource_content_of),
+_Row = TransferPolicy | Key | KbsResource | TpmAk
+#: Each tagged table: its name, its model, what its tag covers, and which of its rows need one (an
+#: AK only once approved: pending and revoked AKs are never trusted).
+_TABLES: tuple[tuple[str, type[_Row], Callable[[Any], dict[str, Any]], ColumnElement[bool] | None], ...] = (
+    (integrity.POLICIES, TransferPolicy, lambda r: integrity.policy_content(r.id, r.body), None),
+    (integrity.KEYS, Key, integrity.key_content_of, None),
+    (integrity.RESOURCES, KbsResource, integrity.resource_content_of, None),
+    (integrity.AKS, TpmAk, integrity.ak_content_of, TpmAk.status == "approved"),
 )
 
 
@@ -67,8 +71,10 @@ class IntegrityReview:
 
     def _scan(self, s: Session, *, lock: bool) -> Iterator[tuple[str, _Row, dict[str, Any], str | None]]:
         """Each row with its content and state (None: its tag verifies)."""
-        for table, model, content_of in _TABLES:
+        for table, model, content_of, needed in _TABLES:
             query = select(model)
+            if needed is not None:
+                query = query.where(needed)
             if lock:
                 query = query.with_for_update()
             for found in s.scalars(query):
@@ -82,7 +88,7 @@ class IntegrityReview:
 
     def report(self) -> Report:
         """Every tagged table's rows checked (``Sealed`` while sealed)."""
-        verified = {table: 0 for table, _, _ in _TABLES}
+        verified = {table: 0 for table, *_ in _TABLES}
         findings: list[Finding] = []
         with self._db.session() as s:
             for table, _row, content, state in self._scan(s, lock=False):
@@ -95,7 +101,7 @@ class IntegrityReview:
     def adopt(self, *, actor: str, include_changed: bool = False) -> Report:
         """Tag the untagged rows as they are (and the changed ones with ``include_changed``), in one
         transaction with its audit record; the report lists what was adopted, and what was left."""
-        verified = {table: 0 for table, _, _ in _TABLES}
+        verified = {table: 0 for table, *_ in _TABLES}
         adopted: list[Finding] = []
         left: list[Finding] = []
         with self._db.session() as s:

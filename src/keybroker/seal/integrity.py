@@ -1,10 +1,10 @@
 """Integrity tags on the database rows that decide a release: transfer policies, keys, ``/kbs/v0``
-resources.
+resources and approved TPM attestation keys.
 
 These rows are stored in clear (an administrator reads them while the key store is sealed), so
 whoever can write the database (its administrator, a stolen credential, a restored backup) could
-loosen a key's policy, bind the key to a looser one, point a key at another backend object, or drop
-a resource's policy, and a real TEE would then receive the key on terms its owner never set. Each
+loosen a key's policy, bind the key to a looser one, point a key at another backend object, drop
+a resource's policy, or approve its own software TPM's AK, and a TEE (or none) would then receive the key on terms its owner never set. Each
 such row therefore carries a tag: HMAC-SHA256 under a key derived from the root key (HKDF,
 :data:`KEY_LABEL`) over the JCS serialization of what the row decides (:func:`policy_content`,
 :func:`key_content`, :func:`resource_content`), its table and its primary key included, so that a tag
@@ -20,7 +20,7 @@ current row; the audit log records every change the service made, with the conte
 
 Rows written before tags existed carry none: an administrator reviews them and adopts them
 (``keybroker operator integrity --adopt``, ``POST /sys/v1/integrity/adopt``); until then they are
-never released on.
+never released on. Pending and revoked AKs need no tag: neither is ever trusted.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from typing import Any, Final
 from keybroker import jcs
 from keybroker.errors import Forbidden
 from keybroker.seal.barrier import Barrier
-from keybroker.store.models import KbsResource, Key, TransferPolicy
+from keybroker.store.models import KbsResource, Key, TpmAk, TransferPolicy
 
 #: HKDF info of the key that tags rows.
 KEY_LABEL: Final = b"keybroker/row-integrity/v1"
@@ -42,6 +42,7 @@ KEY_LABEL: Final = b"keybroker/row-integrity/v1"
 POLICIES: Final = "transfer_policies"
 KEYS: Final = "keys"
 RESOURCES: Final = "kbs_resources"
+AKS: Final = "tpm_aks"
 
 
 def policy_content(policy_id: str, body: Mapping[str, Any]) -> dict[str, Any]:
@@ -89,6 +90,30 @@ def resource_content(
     }
 
 
+def ak_content(*, name: str, public: bytes, ek_root: str, ek_root_sha256: str, status: str) -> dict[str, Any]:
+    """What an enrolled TPM AK's tag covers: its Name and public area, the EK root it was enrolled
+    under and its status (only an approved AK needs a tag that verifies: it is the one trusted)."""
+    return {
+        "table": AKS,
+        "id": name,
+        "public": public.hex(),
+        "ek_root": ek_root,
+        "ek_root_sha256": ek_root_sha256,
+        "status": status,
+    }
+
+
+def ak_content_of(row: Any) -> dict[str, Any]:
+    """:func:`ak_content` of a ``tpm_aks`` row."""
+    return ak_content(
+        name=row.name,
+        public=row.public,
+        ek_root=row.ek_root,
+        ek_root_sha256=row.ek_root_sha256,
+        status=row.status,
+    )
+
+
 def key_content_of(row: Any) -> dict[str, Any]:
     """:func:`key_content` of a ``keys`` row, or of a result row with the same column names."""
     return key_content(
@@ -116,7 +141,7 @@ class IntegrityFailure(Forbidden):
 
 def _what(content: Mapping[str, Any]) -> str:
     table = content["table"]
-    noun = {POLICIES: "transfer policy", KEYS: "key", RESOURCES: "resource"}[table]
+    noun = {POLICIES: "transfer policy", KEYS: "key", RESOURCES: "resource", AKS: "approved TPM AK"}[table]
     return f"{noun} {content['id']}"
 
 
@@ -143,6 +168,9 @@ class RowIntegrity:
 
     def tag_resource(self, row: KbsResource) -> None:
         row.integrity_tag = self.tag(resource_content_of(row))
+
+    def tag_ak(self, row: TpmAk) -> None:
+        row.integrity_tag = self.tag(ak_content_of(row))
 
     def check(self, content: Mapping[str, Any], tag: str | None) -> None:
         """Refuse (:class:`IntegrityFailure`, 403) unless ``tag`` is ``content``'s."""

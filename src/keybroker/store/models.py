@@ -366,6 +366,9 @@ class TpmAk(Base):
     revoked_by: Mapped[str | None] = mapped_column(String(256), nullable=True)
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     revoke_reason: Mapped[str | None] = mapped_column(String(512), nullable=True)
+    #: HMAC-SHA256 of what the row decides (``keybroker.seal.integrity``): an approved AK is trusted
+    #: only with one that verifies.
+    integrity_tag: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class TpmEnrolment(Base):

@@ -34,6 +34,7 @@ from sqlalchemy import delete, select
 
 from keybroker.audit import log as audit
 from keybroker.errors import Conflict, EvidenceParseError, InvalidInput, NotFound, VerificationError
+from keybroker.seal.integrity import RowIntegrity
 from keybroker.store.db import Database
 from keybroker.store.models import TpmAk, TpmAkClock, TpmEnrolment
 from keybroker.tee.tpm.abi import TpmPublic, parse_tpm2b_public, parse_tpmt_public
@@ -166,13 +167,26 @@ class TpmAkService:
         dev_ek_roots: Sequence[x509.Certificate] = (),
         ttl: timedelta = timedelta(minutes=5),
         random: Any = os.urandom,
+        integrity: RowIntegrity | None = None,
     ) -> None:
-        """``dev_ek_roots``: trusted only when given (the server gives them in dev mode only)."""
+        """``dev_ek_roots``: trusted only when given (the server gives them in dev mode only).
+        ``integrity``: tags each AK approved (the server's, unsealed); without it (the CLI on the
+        data dir's database) nothing can be approved, only listed and revoked."""
         self._db = db
+        self._integrity = integrity
         self._ek_roots = {vendor: tuple(certs) for vendor, certs in ek_roots.items()}
         self._dev_ek_roots = tuple(dev_ek_roots)
         self._ttl = ttl
         self._random = random
+
+    def _tags(self) -> RowIntegrity:
+        if self._integrity is None:
+            raise InvalidInput(
+                "an AK is approved by the unsealed server (its approval is tagged under the root key): "
+                "use 'keybroker tpm ak approve' with the server running, or POST /kbs/v1/tpm/aks/{name}/approval",
+                field="name",
+            )
+        return self._integrity
 
     # --- enrolment ----------------------------------------------------------------------------
 
@@ -304,6 +318,8 @@ class TpmAkService:
                 approved_by=actor if approve else None,
                 approved_at=now if approve else None,
             )
+            if approve:
+                self._tags().tag_ak(ak)
             s.add(ak)
             s.delete(row)
             audit.append(
@@ -354,6 +370,7 @@ class TpmAkService:
                 raise Conflict(f"the AK {name} was revoked by {row.revoked_by}; a revoked AK stays revoked")
             again = row.status == "approved"
             row.status, row.approved_by, row.approved_at = "approved", actor, now
+            self._tags().tag_ak(row)
             key = ak_clock_key(parse_tpmt_public(row.public))
             s.execute(delete(TpmAkClock).where(TpmAkClock.ak == key))
             audit.append(

@@ -7,6 +7,8 @@ from typing import Final, cast
 
 from sqlalchemy.exc import IntegrityError
 
+from keybroker.seal import integrity
+from keybroker.seal.integrity import RowIntegrity
 from keybroker.store.db import Database
 from keybroker.store.models import TpmAk, TpmAkClock
 from keybroker.tee.tpm.trust import AkStatus, ClockReading, EkRoot, EnrolledAk
@@ -40,13 +42,21 @@ def _key(r: ClockReading) -> tuple[int, int, int]:
 class DbAkRegistry:
     """:class:`keybroker.tee.tpm.trust.AkRegistry` over the database."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, integrity: RowIntegrity | None) -> None:
+        """``integrity``: an approved AK is trusted only if its row's tag verifies (refused with
+        ``IntegrityFailure`` otherwise). None only for a read-only dry run on a sealed database (the
+        CLI's ``policy test``), which releases nothing."""
         self._db = db
+        self._integrity = integrity
 
     def enrolled(self, name: bytes) -> EnrolledAk | None:
         with self._db.session() as s:
             row = s.get(TpmAk, name.hex())
-            return None if row is None else enrolled_ak(row)
+            if row is None:
+                return None
+            if row.status == "approved" and self._integrity is not None:
+                self._integrity.check(integrity.ak_content_of(row), row.integrity_tag)
+            return enrolled_ak(row)
 
     def observe(self, ak: str, reading: ClockReading) -> ClockReading | None:
         now = ClockReading(min(reading.clock, _MAX), reading.reset_count, reading.restart_count)

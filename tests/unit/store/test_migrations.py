@@ -45,7 +45,7 @@ def _tables(db: Database) -> set[str]:
 
 
 #: The tables whose rows 0013 gives an integrity tag.
-TAGGED = ("transfer_policies", "keys", "kbs_resources")
+TAGGED = ("transfer_policies", "keys", "kbs_resources", "tpm_aks")
 
 
 def _tagged(db: Database) -> set[str]:

@@ -122,7 +122,7 @@ def unseal(body: UnsealIn, request: Request, svc: Svc) -> StatusOut:
 
 
 class IntegrityFindingOut(BaseModel):
-    table: str = Field(description="transfer_policies, keys or kbs_resources")
+    table: str = Field(description="transfer_policies, keys, kbs_resources or tpm_aks")
     id: str = Field(description="the row's id (a resource's path)")
     state: str = Field(
         description="untagged (written before integrity tags, or outside keybroker), changed (its tag does "
@@ -157,7 +157,8 @@ def _integrity(report: Report) -> IntegrityOut:
 
 @router.get("/integrity", response_model=IntegrityOut, responses=responses(503))
 def integrity_status(svc: Svc, caller: Caller = Depends(require("sys:integrity"))) -> IntegrityOut:
-    """The rows that decide a release (transfer policies, keys, /kbs/v0 resources) whose integrity
+    """The rows that decide a release (transfer policies, keys, /kbs/v0 resources, approved TPM AKs)
+    whose integrity
     tag is missing or does not verify: those are never released on."""
     return _integrity(svc.integrity.report())
 

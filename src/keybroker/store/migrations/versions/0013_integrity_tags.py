@@ -1,5 +1,5 @@
 """Integrity tags on the rows that decide a release (``keybroker.seal.integrity``): transfer
-policies, keys and ``/kbs/v0`` resources. Existing rows get none: they are adopted by an
+policies, keys, ``/kbs/v0`` resources and TPM AKs (approved ones). Existing rows get none: they are adopted by an
 administrator (``keybroker operator integrity --adopt``) and never released on before.
 
 Revision ID: 0013
@@ -14,7 +14,7 @@ from alembic import op
 revision = "0013"
 down_revision = "0012"  # 0012_appraisal_inputs
 
-TABLES = ("transfer_policies", "keys", "kbs_resources")
+TABLES = ("transfer_policies", "keys", "kbs_resources", "tpm_aks")
 
 
 def upgrade() -> None:
