@@ -30,7 +30,13 @@ from keybroker.client.protocol_v0 import fetch_resource
 from keybroker.client.tpm import TpmProvider, TpmTools, enrol
 from keybroker.config import Settings, TpmSettings
 from keybroker.store.models import TpmAkClock
-from keybroker.tee.tpm.abi import parse_tpm2b_public
+from keybroker.tee.tpm.abi import (
+    HIERARCHY_OWNER,
+    hierarchy_qualified_name,
+    parse_tpm2b_public,
+    qualified_name,
+)
+from keybroker.tee.tpm.plugin import ek_qualified_name
 from keybroker.tpmaks.service import ak_clock_key
 from keybroker.wire import binding
 
@@ -480,3 +486,37 @@ def test_revoking_an_ak_forgets_its_clock_history_and_only_its(
     r = _transfer(client, key_id, nonce, _quote(revoked, nonce))
     assert r.status_code == 400 and r.json()["check"] == "ak_trust", r.text
     assert _clock_rows(services, revoked, kept) == [False, True]  # a refused quote records no clock
+
+
+def test_an_enrolled_ak_not_made_under_its_ek_is_refused_by_its_qualified_signer(
+    client: TestClient, admin_headers: dict[str, str], services: Services, swtpm: Swtpm, tmp_path: Path
+) -> None:
+    """An AK in the same TPM as the EK (ActivateCredential works) but a primary key of the owner
+    hierarchy, not the EK's child: before, its quotes were released to; now the TPM's own
+    qualifiedSigner (signed, so genuine) shows another parent than the EK it was enrolled through."""
+    work = tmp_path / "owner-ak"
+    work.mkdir()
+    m = Machine(TpmTools(swtpm.env["TPM2TOOLS_TCTI"], work=work), hex(next(_HANDLES)))
+    ctx = work / "ak.ctx"
+    swtpm.run(
+        "tpm2_createprimary", "-C", "o", "-g", "sha256", "-G", "rsa2048:rsassa-sha256:null", "-c", str(ctx),
+        "-a", "fixedtpm|fixedparent|sensitivedataorigin|userwithauth|restricted|sign",
+    )  # fmt: skip
+    swtpm.run("tpm2_evictcontrol", "-C", "o", "-c", str(ctx), m.ak_handle)
+    record = _enrol(client, token_headers(services, "tpm_aks:create", "tpm_aks:approve"), m)
+    assert record["status"] == "approved"
+    key_id, _ = _key(client, admin_headers, _policy(_pcr16(m)))
+    nonce = _challenge(client, key_id)
+    r = _transfer(client, key_id, nonce, _quote(m, nonce))
+    assert r.status_code == 400, r.text
+    ak = parse_tpm2b_public(m.tools.read_public(m.ak_handle))
+    genuine = qualified_name(hierarchy_qualified_name(HIERARCHY_OWNER), ak)  # what the TPM signed
+    under_ek = qualified_name(
+        ek_qualified_name(parse_tpm2b_public(m.tools.read_public(m.tools.ek())).raw), ak
+    )
+    assert r.json()["check"] == "qualified_signer"
+    assert r.json()["detail"] == (
+        f"qualifiedSigner {genuine.hex()} is not the AK's Qualified Name {under_ek.hex()} as a child of the EK "
+        "it was enrolled through (an enrolled AK is made under that EK, e.g. by tpm2_createak -C <EK>)"
+    )
+    assert [a for a in _audit(client, admin_headers, "key.transfer") if a["outcome"] == "success"] == []
