@@ -30,7 +30,15 @@ from keybroker.client.http import Transport
 from keybroker.client.protocol_v0 import fetch_resource
 from keybroker.client.tpm import TpmProvider, TpmTools, enrol
 from keybroker.config import Settings, TpmSettings
-from keybroker.store.models import TpmAk
+from keybroker.store.models import TpmAk, TpmAkClock
+from keybroker.tee.tpm.abi import (
+    HIERARCHY_OWNER,
+    hierarchy_qualified_name,
+    parse_tpm2b_public,
+    qualified_name,
+)
+from keybroker.tee.tpm.plugin import ek_qualified_name
+from keybroker.tpmaks.service import ak_clock_key
 from keybroker.wire import binding
 
 pytestmark = pytest.mark.skipif(bool(MISSING), reason=SKIP_REASON)
@@ -472,3 +480,78 @@ def test_attestation_token_for_tpm_evidence_and_a_passport_release(
     r = client.post(f"/kbs/v1/keys/{key_id}/transfer", json={"attestation_token": r.json()["token"]})
     assert r.status_code == 200, r.text
     assert unwrap_v1(r.json(), _WORKLOAD) == secret
+
+
+def _clock_rows(services: Services, *machines: Machine) -> list[bool]:
+    """Whether the broker holds a clock history for each machine's AK."""
+    keys = [ak_clock_key(parse_tpm2b_public(m.tools.read_public(m.ak_handle))) for m in machines]
+    with services.db.session() as s:
+        return [s.get(TpmAkClock, key) is not None for key in keys]
+
+
+def test_revoking_an_ak_forgets_its_clock_history_and_only_its(
+    client: TestClient, admin_headers: dict[str, str], services: Services, swtpm: Swtpm, tmp_path: Path
+) -> None:
+    """A revoked AK's clock row went with it (before, every revoked AK's row stayed for good); the
+    clock history of an AK still trusted is its rollback protection and stays."""
+    enroller = token_headers(services, "tpm_aks:create", "tpm_aks:approve")
+    machines = []
+    for label in ("host-1", "host-2"):
+        work = tmp_path / f"work-{label}"
+        work.mkdir()
+        m = Machine(TpmTools(swtpm.env["TPM2TOOLS_TCTI"], work=work), hex(next(_HANDLES)))
+        machines.append((m, _enrol(client, enroller, m, label=label)["name"]))
+    (revoked, revoked_name), (kept, _) = machines
+    key_id, _ = _key(client, admin_headers, _policy(_pcr16(revoked)))
+    for m, _name in machines:
+        nonce = _challenge(client, key_id)
+        assert _transfer(client, key_id, nonce, _quote(m, nonce)).status_code == 200
+    assert _clock_rows(services, revoked, kept) == [True, True]
+
+    r = client.post(
+        f"/kbs/v1/tpm/aks/{revoked_name}/revocation",
+        json={"reason": "host retired"},
+        headers=token_headers(services, "tpm_aks:revoke"),
+    )
+    assert r.status_code == 200 and r.json()["status"] == "revoked", r.text
+    assert _clock_rows(services, revoked, kept) == [False, True]
+    (record,) = [a for a in _audit(client, admin_headers, "tpm.ak.revoke") if a["object_id"] == revoked_name]
+    assert record["details"] == {"clock_history_forgotten": True}
+    nonce = _challenge(client, key_id)
+    r = _transfer(client, key_id, nonce, _quote(revoked, nonce))
+    assert r.status_code == 400 and r.json()["check"] == "ak_trust", r.text
+    assert _clock_rows(services, revoked, kept) == [False, True]  # a refused quote records no clock
+
+
+def test_an_enrolled_ak_not_made_under_its_ek_is_refused_by_its_qualified_signer(
+    client: TestClient, admin_headers: dict[str, str], services: Services, swtpm: Swtpm, tmp_path: Path
+) -> None:
+    """An AK in the same TPM as the EK (ActivateCredential works) but a primary key of the owner
+    hierarchy, not the EK's child: before, its quotes were released to; now the TPM's own
+    qualifiedSigner (signed, so genuine) shows another parent than the EK it was enrolled through."""
+    work = tmp_path / "owner-ak"
+    work.mkdir()
+    m = Machine(TpmTools(swtpm.env["TPM2TOOLS_TCTI"], work=work), hex(next(_HANDLES)))
+    ctx = work / "ak.ctx"
+    swtpm.run(
+        "tpm2_createprimary", "-C", "o", "-g", "sha256", "-G", "rsa2048:rsassa-sha256:null", "-c", str(ctx),
+        "-a", "fixedtpm|fixedparent|sensitivedataorigin|userwithauth|restricted|sign",
+    )  # fmt: skip
+    swtpm.run("tpm2_evictcontrol", "-C", "o", "-c", str(ctx), m.ak_handle)
+    record = _enrol(client, token_headers(services, "tpm_aks:create", "tpm_aks:approve"), m)
+    assert record["status"] == "approved"
+    key_id, _ = _key(client, admin_headers, _policy(_pcr16(m)))
+    nonce = _challenge(client, key_id)
+    r = _transfer(client, key_id, nonce, _quote(m, nonce))
+    assert r.status_code == 400, r.text
+    ak = parse_tpm2b_public(m.tools.read_public(m.ak_handle))
+    genuine = qualified_name(hierarchy_qualified_name(HIERARCHY_OWNER), ak)  # what the TPM signed
+    under_ek = qualified_name(
+        ek_qualified_name(parse_tpm2b_public(m.tools.read_public(m.tools.ek())).raw), ak
+    )
+    assert r.json()["check"] == "qualified_signer"
+    assert r.json()["detail"] == (
+        f"qualifiedSigner {genuine.hex()} is not the AK's Qualified Name {under_ek.hex()} as a child of the EK "
+        "it was enrolled through (an enrolled AK is made under that EK, e.g. by tpm2_createak -C <EK>)"
+    )
+    assert [a for a in _audit(client, admin_headers, "key.transfer") if a["outcome"] == "success"] == []

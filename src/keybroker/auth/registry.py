@@ -42,7 +42,7 @@ from keybroker.audit import log as audit
 from keybroker.auth import tokens
 from keybroker.auth.tokens import IssuedToken, Principal
 from keybroker.errors import Conflict, InvalidInput, NotFound, Unauthenticated
-from keybroker.store.db import Database
+from keybroker.store.db import Database, lock_transaction
 from keybroker.store.models import BearerToken, BearerTokenKey, SharedSecret
 
 log = logging.getLogger("keybroker.auth")
@@ -55,6 +55,18 @@ CACHE_SECONDS = 5.0
 CACHE_ENTRIES = 10_000
 #: Records of tokens expired longer than this are deleted when a token is issued.
 KEEP_EXPIRED = timedelta(days=7)
+#: ``lock_transaction`` key serializing the changes of the current signing key ("kbtokkey"): the
+#: first key recorded, a rotation.
+SIGNING_KEY_LOCK = int.from_bytes(b"kbtokkey", "big")
+#: The current signing key: the one not retired. Only one can be (recorded under
+#: :data:`SIGNING_KEY_LOCK`); a database from before that lock may hold two, and then the oldest
+#: (then the smallest kid) is the current one for every replica alike.
+_CURRENT_KID = (
+    select(BearerTokenKey.kid)
+    .where(BearerTokenKey.retired_at.is_(None))
+    .order_by(BearerTokenKey.created_at, BearerTokenKey.kid)
+    .limit(1)
+)
 
 TokenStatus = Literal["active", "expired", "revoked", "key retired"]
 
@@ -165,7 +177,7 @@ class TokenRegistry:
     def current_kid(self) -> str | None:
         """The kid of the current signing key on record (None: a new broker, none yet)."""
         with self._db.session() as s:
-            return s.scalars(select(BearerTokenKey.kid).where(BearerTokenKey.retired_at.is_(None))).first()
+            return s.scalars(_CURRENT_KID).first()
 
     def register_key(self) -> None:
         """At start. A new broker (no signing key on record): the data dir's key (created if absent)
@@ -233,18 +245,27 @@ class TokenRegistry:
             self._keys_read_at = float("-inf")
 
     def _current_key(self, s: Session, key: ECKey) -> str:
-        """The kid of ``key`` if it is the current signing key (recorded now if there is none yet)."""
+        """The kid of ``key`` if it is the current signing key (recorded now if there is none yet).
+
+        Replicas starting together on a new database each come with a key of their own: the first
+        one is recorded under :data:`SIGNING_KEY_LOCK`, and the others, looking again once they
+        hold the lock, find it and are told (``Conflict``), so one key only is ever current."""
         kid = tokens.key_id(key)
-        row = s.get(BearerTokenKey, kid)
-        if row is not None and row.retired_at is None:
+        current = s.scalars(_CURRENT_KID).first()
+        if current == kid:
             return kid
-        if row is not None:
+        if current is None:
+            lock_transaction(s, SIGNING_KEY_LOCK)
+            current = s.scalars(_CURRENT_KID).first()
+            if current == kid:
+                return kid
+        row = s.get(BearerTokenKey, kid)
+        if row is not None and row.retired_at is not None:
             raise Conflict(
                 f"the token signing key in {self._key_file} (kid {kid}) was retired by a rotation: the "
                 "current one is written here from the database once a replica on this data dir is unsealed "
                 "and a replica on the data dir where 'keybroker token rotate-key' ran has been unsealed since"
             )
-        current = s.scalars(select(BearerTokenKey.kid).where(BearerTokenKey.retired_at.is_(None))).first()
         if current is not None:
             raise Conflict(
                 f"the token signing key in {self._key_file} (kid {kid}) is not the broker's current one "
@@ -268,6 +289,7 @@ class TokenRegistry:
         now = datetime.now(UTC)
         try:
             with self._db.session() as s:
+                lock_transaction(s, SIGNING_KEY_LOCK)  # two rotations at once: one current key after both
                 retired = list(
                     s.scalars(select(BearerTokenKey.kid).where(BearerTokenKey.retired_at.is_(None)))
                 )

@@ -90,13 +90,17 @@ def resource_content(
     }
 
 
-def ak_content(*, name: str, public: bytes, ek_root: str, ek_root_sha256: str, status: str) -> dict[str, Any]:
-    """What an enrolled TPM AK's tag covers: its Name and public area, the EK root it was enrolled
-    under and its status (only an approved AK needs a tag that verifies: it is the one trusted)."""
+def ak_content(
+    *, name: str, public: bytes, ek_public: bytes, ek_root: str, ek_root_sha256: str, status: str
+) -> dict[str, Any]:
+    """What an enrolled TPM AK's tag covers: its Name and public area, the EK it was enrolled
+    through (its quotes' qualifiedSigner is checked against it) and that EK's root, and its status
+    (only an approved AK needs a tag that verifies: it is the one trusted)."""
     return {
         "table": AKS,
         "id": name,
         "public": public.hex(),
+        "ek_public": ek_public.hex(),
         "ek_root": ek_root,
         "ek_root_sha256": ek_root_sha256,
         "status": status,

@@ -207,6 +207,18 @@ def _round_trip_timeout(conn: Connection, seconds: float | None) -> Iterator[Non
         raw.round_trip_timeout = before
 
 
+def lock_transaction(conn: Connection | Session, key: int) -> None:
+    """Hold the lock ``key`` until the transaction ends, so that the transactions taking it run one
+    at a time (a check and the write it decides, as one step between replicas): PostgreSQL a
+    transaction-level advisory lock (``pg_advisory_xact_lock``, released at commit, rollback or
+    when the connection drops; a wait is bounded by the statement timeout); SQLite nothing more, as
+    every transaction here begins ``IMMEDIATE`` and so already holds the database's one write lock.
+    ``key`` is a signed 64-bit integer, one per thing serialized (e.g. :data:`MIGRATION_LOCK_KEY`)."""
+    dialect = conn.dialect if isinstance(conn, Connection) else conn.get_bind().dialect
+    if dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+
+
 def migrate(engine: Engine) -> None:
     """Bring the schema to the newest Alembic revision, one process at a time.
 
@@ -222,7 +234,7 @@ def migrate(engine: Engine) -> None:
         if engine.dialect.name == "postgresql":
             conn.exec_driver_sql(f"SET LOCAL statement_timeout = '{int(MIGRATION_TIMEOUT)}s'")
             with _round_trip_timeout(conn, MIGRATION_TIMEOUT + ROUND_TRIP_GRACE):
-                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+                lock_transaction(conn, MIGRATION_LOCK_KEY)
                 _upgrade(cfg, conn)
         else:
             _upgrade(cfg, conn)

@@ -384,7 +384,10 @@ class TpmAkService:
             return _record(row)
 
     def revoke(self, name: str, *, actor: str, reason: str | None = None) -> AkRecord:
-        """Never trust this AK again (whatever certificate it may also carry)."""
+        """Never trust this AK again (whatever certificate it may also carry). Its clock history
+        goes in the same transaction: it protects only an AK still trusted, and a revoked AK stays
+        revoked (its row stays, so it cannot be enrolled again). Revoking again removes a history
+        left by a broker from before this rule."""
         name = check_ak_name(name)
         if reason is not None and not 1 <= len(reason) <= 512:
             raise InvalidInput("reason must be 1 to 512 characters", field="reason")
@@ -395,7 +398,17 @@ class TpmAkService:
                 raise NotFound(f"no AK {name} is enrolled")
             if row.status != "revoked":
                 row.status, row.revoked_by, row.revoked_at, row.revoke_reason = "revoked", actor, now, reason
+            key = ak_clock_key(parse_tpmt_public(row.public))
+            forgotten = s.execute(
+                delete(TpmAkClock).where(TpmAkClock.ak == key).returning(TpmAkClock.ak)
+            ).first()
             audit.append(
-                s, actor=actor, action="tpm.ak.revoke", object_id=name, outcome="success", reason=reason
+                s,
+                actor=actor,
+                action="tpm.ak.revoke",
+                object_id=name,
+                outcome="success",
+                reason=reason,
+                details={"clock_history_forgotten": forgotten is not None},
             )
             return _record(row)

@@ -23,6 +23,7 @@ def enrolled_ak(row: TpmAk) -> EnrolledAk:
     return EnrolledAk(
         name=bytes.fromhex(row.name),
         public=row.public,
+        ek_public=row.ek_public,
         status=cast(AkStatus, row.status),
         ek_root=cast(EkRoot, row.ek_root),
         ek_issuer=row.ek_issuer,

@@ -12,7 +12,16 @@ its signature, the AK, the quoted PCR values and optionally the AK's certificate
    (``trust.AkRegistry``), or given. A revoked AK is refused whatever its certificate says; a
    pending one, an unknown one, or one enrolled through a dev EK root on a server not in dev mode
    is refused with a reason naming what is missing.
-4. ``signature``, ``pcr_selection``, ``pcr_digest``: ``verify.verify_quote``.
+4. ``signature``, ``qualified_signer`` or ``qualified_signer_alg``, ``pcr_selection``,
+   ``pcr_digest``: ``verify.verify_quote``. For an AK trusted as enrolled, qualifiedSigner must be
+   its Qualified Name as a child of the EK it was enrolled through (a primary key of the endorsement
+   hierarchy), as ``tpm2_createak -C <EK>`` (``keybroker-client tpm enrol``, Keylime's agent) makes
+   it: the registry holds that EK, so the whole name is recomputed (``qualified_signer``). An AK
+   made under another parent (an SRK, another EK) is refused, though ActivateCredential proved it is
+   in the same TPM: its hierarchy, and so what a ``TPM2_Clear`` or a change of the owner's seeds does
+   to it, is not the one enrolled. For an AK trusted by its certificate (or given) the parent is
+   unknown (GCE's AK is a primary key, others are children of an SRK or the EK): only the nameAlg
+   and size are checked (``qualified_signer_alg``).
 5. ``event_log_*``, ``event_data``: the event log (when sent) replays to the quoted PCRs
    (``eventlog.verify_event_log``); its claims come only from PCRs it matched.
 
@@ -38,6 +47,12 @@ from typing import Any, Final, Literal
 from cryptography import x509
 
 from keybroker.errors import CollateralError, EvidenceParseError, InvalidInput, VerificationError
+from keybroker.tee.tpm.abi import (
+    HIERARCHY_ENDORSEMENT,
+    hierarchy_qualified_name,
+    parse_tpmt_public,
+    qualified_name,
+)
 from keybroker.tee.tpm.certs import load_certificate, verify_certificate_chain
 from keybroker.tee.tpm.claims import clock_history, tpm_claims
 from keybroker.tee.tpm.eventlog import VerifiedEventLog, verify_event_log
@@ -62,6 +77,8 @@ CHECKS: Final = (
     "ak_certificate",
     "ak_trust",
     "signature",
+    "qualified_signer",
+    "qualified_signer_alg",
     "pcr_selection",
     "pcr_digest",
     "event_log_parse",
@@ -113,6 +130,11 @@ def expected_extra_data(bound: Binding) -> bytes:
     return binding.v0_runtime_digest(
         bound.nonce, dict(bound.tee_pubkey), bound.additional_evidence, bound.hash_alg
     )
+
+
+def ek_qualified_name(ek_public: bytes) -> bytes:
+    """The Qualified Name of an EK (TPMT_PUBLIC): a primary key of the endorsement hierarchy."""
+    return qualified_name(hierarchy_qualified_name(HIERARCHY_ENDORSEMENT), parse_tpmt_public(ek_public))
 
 
 def observe_clock(trust: TpmTrust, quote: VerifiedQuote) -> dict[str, Any]:
@@ -309,6 +331,13 @@ class TpmVerifier:
         if found is not None:
             _, leaf, intermediates, anchors = found
             cert_kwargs = {"ak_certificate": leaf, "ak_intermediates": intermediates, "ak_roots": anchors}
+        parent: dict[str, Any] = {}
+        if trust.mode == "enrolled" and trust.enrolled is not None:
+            parent = {
+                "ak_parent": ek_qualified_name(trust.enrolled.ek_public),
+                "ak_parent_what": "the EK it was enrolled through (an enrolled AK is made under that EK, "
+                "e.g. by tpm2_createak -C <EK>)",
+            }
         quote = verify_quote(
             parsed.attest.raw,
             parsed.signature,
@@ -317,6 +346,7 @@ class TpmVerifier:
             expected_extra_data=NO_NONCE,
             at=at,
             **cert_kwargs,
+            **parent,
         )
         checks += [c for c in quote.checks if c != "parse"]
         checks.insert(checks.index("signature"), "ak_trust")

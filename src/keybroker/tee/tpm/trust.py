@@ -49,6 +49,9 @@ class EnrolledAk:
     name: bytes
     #: The AK's TPMT_PUBLIC (its Name is nameAlg || H(this)).
     public: bytes
+    #: The TPMT_PUBLIC of the EK it was enrolled through, the AK's parent (a quote's
+    #: qualifiedSigner is checked against it: ``plugin``).
+    ek_public: bytes
     status: AkStatus
     ek_root: EkRoot
     #: The EK certificate's issuer and the SHA-256 of the root its chain ended at.

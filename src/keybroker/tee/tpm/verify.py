@@ -15,7 +15,15 @@ malformed input ``EvidenceParseError``):
 4. ``signature``: over the raw TPMS_ATTEST with the AK: RSASSA-PKCS1-v1_5, RSASSA-PSS (salt length
    auto: TPMs use the hash length or the maximum, Part 1 Annex B.7) or ECDSA; SHA-1 is refused. If
    the AK's public area fixes a scheme, the signature must use it.
-5. ``qualified_signer`` (when ``ak_parent`` is given): qualifiedSigner is the AK's Qualified Name.
+5. ``qualified_signer`` (when ``ak_parent`` is given): qualifiedSigner is the AK's Qualified Name,
+   nameAlg || H_nameAlg(QN(parent) || Name(AK)) ([P1] 16 "Names"), which the TPM fills in for the
+   key that signs. ``qualified_signer_alg`` (an AK given as TPMT_PUBLIC, no ``ak_parent``): only
+   its form, nameAlg || a digest of that size, with the AK's nameAlg. The rest of a Qualified Name
+   is the chain of the AK's ancestors up to its hierarchy, which a TPMT_PUBLIC does not tell: it
+   can be recomputed only by a caller who knows the parent (an enrolled AK's EK, ``plugin``). The
+   signature covers the field, so either check refuses only a quote the TPM made for another key
+   than the public area sent (another nameAlg: the same key under another Name) or under another
+   parent. Nothing is checked for a bare key (no nameAlg).
 6. ``extra_data``: extraData equals the expected nonce, compared in constant time;
    :data:`NO_NONCE` skips it explicitly (the caller proves freshness otherwise).
 7. ``pcr_selection``: the reported PCR values are exactly the quote's selection: every selected PCR
@@ -90,6 +98,7 @@ CHECKS: Final = (
     "ak_certificate",
     "signature",
     "qualified_signer",
+    "qualified_signer_alg",
     "extra_data",
     "pcr_selection",
     "pcr_digest",
@@ -294,6 +303,7 @@ def verify_quote(
     ak_roots: Sequence[x509.Certificate] = (),
     at: datetime | None = None,
     ak_parent: bytes | None = None,
+    ak_parent_what: str = "the given parent",
     previous_clock: ClockInfo | None = None,
 ) -> VerifiedQuote:
     """Verify ``quote`` (TPMS_ATTEST bytes) and its ``signature`` (TPMT_SIGNATURE bytes or a parsed
@@ -302,7 +312,8 @@ def verify_quote(
     ``ak_certificate``: the AK's certificate (DER or PEM), verified to ``ak_roots`` through
     ``ak_intermediates`` at ``at`` (required then); None: no certificate is checked and the caller
     trusts ``ak`` by other means (an enrolled key). ``ak_parent``: the Qualified Name of the AK's
-    parent (:func:`abi.hierarchy_qualified_name` for a primary key); None: qualifiedSigner not checked.
+    parent (:func:`abi.hierarchy_qualified_name` for a primary key), ``ak_parent_what`` naming it in
+    the refusal; None: only qualifiedSigner's nameAlg and size are checked (see step 5).
     ``previous_clock``: the clock of an earlier quote by the same AK; None: not compared.
     """
     checks: list[str] = []
@@ -344,10 +355,23 @@ def verify_quote(
         want = qualified_name(ak_parent, public)
         if not hmac.compare_digest(attest.qualified_signer, want):
             raise VerificationError(
-                f"qualifiedSigner {attest.qualified_signer.hex()} is not the AK's Qualified Name {want.hex()}",
+                f"qualifiedSigner {attest.qualified_signer.hex()} is not the AK's Qualified Name {want.hex()} "
+                f"as a child of {ak_parent_what}",
                 check="qualified_signer",
             )
         checks.append("qualified_signer")
+    elif public is not None:
+        signer = attest.qualified_signer
+        alg = int.from_bytes(signer[:2], "big") if len(signer) >= 2 else None
+        if alg != public.name_alg or len(signer) != 2 + HASH_SIZES[public.name_alg]:
+            named = "none" if alg is None else HASH_ALGS.get(alg, f"0x{alg:04x}")
+            raise VerificationError(
+                f"qualifiedSigner ({len(signer)} bytes, nameAlg {named}) is not a Qualified Name with the "
+                f"AK's nameAlg {HASH_ALGS[public.name_alg]} ({2 + HASH_SIZES[public.name_alg]} bytes): the "
+                "TPM signed for its key under another public area than the one sent",
+                check="qualified_signer_alg",
+            )
+        checks.append("qualified_signer_alg")
 
     if expected_extra_data is not NO_NONCE:
         assert isinstance(expected_extra_data, bytes)

@@ -8,7 +8,12 @@ import pytest
 from tests.unit.tee.tpm.corpus import CASES, tpm_case
 
 from keybroker.errors import VerificationError
-from keybroker.tee.tpm.abi import HIERARCHY_ENDORSEMENT, TpmPublic, hierarchy_qualified_name
+from keybroker.tee.tpm.abi import (
+    HIERARCHY_ENDORSEMENT,
+    TpmPublic,
+    hierarchy_qualified_name,
+    parse_tpmt_public,
+)
 from keybroker.tee.tpm.verify import CHECKS, verify_quote
 
 pytestmark = pytest.mark.filterwarnings("ignore:Attribute.s length:UserWarning")  # GCE CNs exceed 64
@@ -50,8 +55,12 @@ def test_corpus_case(c: dict[str, Any]) -> None:
     want = [ch for ch in CHECKS if ch != "clock"]
     if "ak_certificate" not in kwargs:
         want.remove("ak_certificate")
-    if "ak_parent" not in kwargs:
-        want.remove("qualified_signer")
+    if "ak_parent" in kwargs:
+        want.remove("qualified_signer_alg")
+    elif isinstance(t.ak, TpmPublic):
+        want.remove("qualified_signer")  # the parent unknown: qualifiedSigner's nameAlg and size only
+    else:
+        want = [ch for ch in want if not ch.startswith("qualified_signer")]  # a bare key: no nameAlg
     assert list(verified.checks) == want
     assert verified.pcr_values() == t.pcrs
     if t.id.startswith("tpm-gce"):
@@ -75,3 +84,27 @@ def test_keylime_quote_selects_pcrs_15_16_22() -> None:
     assert verified.pcr_values()["sha256"].keys() == {15, 16, 22}
     assert verified.ak_name is None and verified.ak_attributes is None  # a bare PEM key: no public area
     assert verified.ak_key_type == "rsa-2048"
+
+
+def test_a_gce_ak_sent_under_another_name_alg_is_refused_by_the_qualified_signer() -> None:
+    """The same GCE AK key in a public area with another nameAlg (another Name, so another AK to the
+    registry; the certificate certifies only the key): the real quote's signature verifies, and
+    qualifiedSigner, which the vTPM made with the AK's real nameAlg, refuses it."""
+    t = tpm_case(next(c for c in CASES if c["id"] == "tpm-gce-gce-cos-85-nonce9009-sha256"))
+    assert isinstance(t.ak, TpmPublic) and t.ak.name_alg == 0x000B and not t.ak.auth_policy
+    other = parse_tpmt_public(t.ak.raw[:2] + (0x000C).to_bytes(2, "big") + t.ak.raw[4:])  # SHA-384
+    assert other.public_key() == t.ak.public_key() and other.name != t.ak.name
+
+    def run(ak: TpmPublic) -> Any:
+        return verify_quote(
+            t.message, t.signature, ak, pcrs=t.pcrs, expected_extra_data=t.nonce, **t.cert_kwargs
+        )
+
+    assert "qualified_signer_alg" in run(t.ak).checks
+    with pytest.raises(VerificationError) as info:
+        run(other)
+    assert info.value.check == "qualified_signer_alg"
+    assert str(info.value.detail) == (
+        "qualifiedSigner (34 bytes, nameAlg sha256) is not a Qualified Name with the AK's nameAlg sha384 "
+        "(50 bytes): the TPM signed for its key under another public area than the one sent"
+    )

@@ -69,7 +69,9 @@ def test_accepts_each_scheme(key: Any, scheme: str, hash_name: str) -> None:
     )
     verified = run(message, signature, ak_public(key, **kw))
     assert verified.signature_scheme == f"{scheme}-{hash_name}"
-    assert verified.checks == ("parse", "ak_public", "signature", "extra_data", "pcr_selection", "pcr_digest")
+    assert verified.checks == (
+        "parse", "ak_public", "signature", "qualified_signer_alg", "extra_data", "pcr_selection", "pcr_digest",
+    )  # fmt: skip
     assert verified.pcr_values() == PCRS
     # a bare public key is accepted too (the caller vouches for its TPM binding)
     assert run(message, signature, key.public_key()).ak_name is None
@@ -202,6 +204,28 @@ def test_qualified_signer() -> None:
     message, signature = quote(qualified_signer=qualified_name(parent, ak))
     assert "qualified_signer" in run(message, signature, ak, ak_parent=parent).checks
     fails("qualified_signer", message, signature, ak, ak_parent=hierarchy_qualified_name(0x4000000B))
+
+
+@pytest.mark.parametrize(
+    ("signer", "detail"),
+    [
+        (b"\x00\x0c" + bytes(48), "(50 bytes, nameAlg sha384)"),  # another nameAlg
+        (b"\x00\x0b" + bytes(31), "(33 bytes, nameAlg sha256)"),  # short digest
+        (b"\x00\x0b" + bytes(33), "(35 bytes, nameAlg sha256)"),
+        (b"\x40\x00\x00\x07", "(4 bytes, nameAlg 0x4000)"),  # a handle, as for TPM_RH_NULL
+        (b"", "(0 bytes, nameAlg none)"),
+    ],
+)
+def test_qualified_signer_without_the_parent_must_have_the_aks_name_alg(signer: bytes, detail: str) -> None:
+    """The parent unknown, qualifiedSigner must still be nameAlg || a digest of the AK's nameAlg
+    (SHA-256 here): signed by the AK, so only the check's refusal can tell."""
+    message, signature = quote(qualified_signer=signer)
+    text = fails("qualified_signer_alg", message, signature)
+    assert f"qualifiedSigner {detail} is not a Qualified Name with the AK's nameAlg sha256 (34 bytes)" in text
+    # a bare key has no nameAlg: nothing to compare
+    assert not {"qualified_signer", "qualified_signer_alg"} & set(
+        run(message, signature, RSA.public_key()).checks
+    )
 
 
 # --- AK certificates -------------------------------------------------------------------------------
