@@ -108,7 +108,12 @@ def test_reports_carry_the_chosen_fields_and_verify(milan: SnpDevPki) -> None:
     assert r.chip_id == milan.chip_id and r.report_id_ma == b"\xff" * 32
     assert r.reported_tcb == DEFAULT_TCB["Milan"].encode("Milan")
     verified = verify_report(
-        ev.report, vcek_or_vlek=ev.signer, chain=ev.chain, at=AT, dev_roots=[milan.root_cert]
+        ev.report,
+        vcek_or_vlek=ev.signer,
+        chain=ev.chain,
+        crls=[milan.crl("vcek")],
+        at=AT,
+        dev_roots=[milan.root_cert],
     )
     assert verified.sim and verified.product == "Milan" and verified.claims.measurement == b"\x01" * 48
     default = parse_report(snp_report(milan, now=AT).report)
