@@ -49,7 +49,7 @@ from keybroker.seal.unseal import UnsealService
 from keybroker.store.db import Database
 from keybroker.tee.dcap.endorsements import QuoteCollateral
 from keybroker.tee.sim import DevPki
-from keybroker.tee.sim.snp import SnpDevPki
+from keybroker.tee.sim.snp import CRL_RENEW_MARGIN, SnpDevPki
 from keybroker.tee.tpm.trust import dry_run_trust
 from keybroker.tee.verifier import Verifier
 from keybroker.tpmaks.service import TpmAkService
@@ -113,9 +113,11 @@ def _dev_pki(directory: Path) -> DevPki:
 
 def _snp_dev_pki(directory: Path) -> SnpDevPki:
     """The SEV-SNP simulator's dev PKI (an AMD-shaped ARK/ASK/ASVK; created on first start, its
-    CRLs re-issued when they do not cover the coming week)."""
+    CRLs issued again when one is missing or does not cover the coming week; while the server runs,
+    :func:`_snp_dev_crl_renewal` keeps them current)."""
     pki = SnpDevPki.load_or_create(directory)
-    _snp_dev_crl_renewal(directory)()  # every SEV-SNP report needs a current CRL of its ARK (snp.require_crl)
+    if pki.crls_expire_before(datetime.now(UTC) + CRL_RENEW_MARGIN):
+        pki.reissue_crls()  # every SEV-SNP report needs a current CRL of its ARK (snp.require_crl)
     log.warning(
         "DEV MODE: SEV-SNP reports chaining to the simulator's dev ARK %s are trusted (claims carry sim=true)",
         directory / "ark.pem",

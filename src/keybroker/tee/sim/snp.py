@@ -54,6 +54,8 @@ from keybroker.tee.snp.certs import RSA_PSS_SHA384
 from keybroker.tee.snp.certtable import GUID_ARK, GUID_ASK, GUID_CRL, GUID_VCEK, GUID_VLEK, build_cert_table
 
 __all__ = [
+    "CRL_RENEW_MARGIN",
+    "CRL_VALIDITY",
     "DEFAULT_MEASUREMENT",
     "DEFAULT_POLICY",
     "DEFAULT_TCB",
