@@ -37,7 +37,14 @@ from keybroker.errors import EvidenceParseError
 from keybroker.keys import wrap
 from keybroker.tee.sim.snp import DEFAULT_MEASUREMENT, DEFAULT_POLICY, SimSnpEvidence, SnpDevPki, snp_report
 from keybroker.tee.snp.certs import RSA_PSS_SHA384
-from keybroker.tee.snp.certtable import GUID_ARK, GUID_ASK, GUID_CRL, GUID_VCEK, build_cert_table
+from keybroker.tee.snp.certtable import (
+    GUID_ARK,
+    GUID_ASK,
+    GUID_CRL,
+    GUID_VCEK,
+    build_cert_table,
+    parse_cert_table,
+)
 from keybroker.wire import binding
 
 pytestmark = pytest.mark.filterwarnings("ignore:Parsed a serial number")
@@ -611,3 +618,64 @@ def test_without_a_crl_held_by_the_broker_the_report_is_refused_naming_it(snp: S
     r = snp.transfer(made.report + _attacker_table(made, None), nonce)
     assert r.status_code == 200, r.text
     assert unwrap_v1(r.json(), _WORKLOAD) == snp.secret
+
+
+def _crl_number(crl: x509.CertificateRevocationList) -> int:
+    return crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+
+
+def test_a_dev_server_past_its_dev_crls_next_update_renews_them(snp: Snp) -> None:
+    """Regression: the dev server issued its dev CRLs (valid 30 days) at start only, so one running
+    longer refused every SEV-SNP report at ``crl`` until restarted. Now it re-issues them when they
+    run out, at the next verification. Here the CRLs it holds were issued 40 days before the
+    verification time: their nextUpdate passed 10 days ago."""
+    now = datetime.now(UTC)
+    snp.pki.reissue_crls(now=now - timedelta(days=40))
+    first = {kind: x509.load_der_x509_crl(snp.pki.crl(kind)) for kind in ("vcek", "vlek")}
+    assert all(crl.next_update_utc is not None and crl.next_update_utc < now for crl in first.values())
+    nonce = snp.nonce()
+    made = snp_report(snp.pki, report_data=binding.v1_report_data(nonce, SPKI))
+    r = snp.transfer(made.report + made.cert_table, nonce)
+    assert r.status_code == 200, r.text
+    assert unwrap_v1(r.json(), _WORKLOAD) == snp.secret
+    assert parse_cert_table(made.cert_table).crl is None  # the simulated host had no current CRL either
+    for kind, old in first.items():  # both renewed, from the verification time for 30 days
+        renewed = x509.load_der_x509_crl(snp.pki.crl(kind))
+        assert renewed.next_update_utc is not None
+        assert now - timedelta(seconds=1) <= renewed.last_update_utc <= datetime.now(UTC)
+        assert renewed.next_update_utc - renewed.last_update_utc == timedelta(days=30)
+        assert _crl_number(renewed) == _crl_number(old) + 1
+    # the next verification finds them current and leaves them as they are
+    held = snp.pki.crl("vcek")
+    n = snp.client.post("/attestation/v1/nonce").json()
+    made = snp_report(snp.pki, report_data=binding.v1_report_data(base64.b64decode(n["val"]), SPKI))
+    body = {
+        "tee": "snp",
+        "evidence": base64.b64encode(made.report + made.cert_table).decode(),
+        "nonce": n["val"],
+        "user_data": base64.b64encode(SPKI).decode(),
+    }
+    assert snp.client.post("/attestation/v1/attest", json=body).status_code == 200
+    assert snp.pki.crl("vcek") == held
+
+
+def test_a_renewed_dev_crl_keeps_its_revocations(snp: Snp) -> None:
+    """The renewal never un-revokes: an ASK revoked in the dev PKI (by another process, after the
+    server loaded it) is on the CRLs the server re-issues, and its reports stay refused at ``crl``;
+    the ASVK's (not revoked) pass."""
+    now = datetime.now(UTC)
+    other = SnpDevPki.load(snp.pki.directory)  # e.g. a test or a tool beside the server
+    serial = other.revoke_intermediate("vcek", now=now - timedelta(days=40))  # and its CRLs run out
+    other.reissue_crls(now=now - timedelta(days=40))
+    nonce = snp.nonce()
+    r = snp.transfer(snp.evidence(binding.v1_report_data(nonce, SPKI)), nonce)
+    assert r.status_code == 400 and r.json()["check"] == "crl", r.text
+    assert f"(serial 0x{serial:x}) is revoked by ARK-Genoa" in r.json()["detail"]
+    renewed = x509.load_der_x509_crl(snp.pki.crl("vcek"))
+    assert renewed.next_update_utc is not None and renewed.next_update_utc > now + timedelta(days=29)
+    assert renewed.get_revoked_certificate_by_serial_number(serial) is not None
+    nonce = snp.nonce()
+    r = snp.transfer(
+        snp.evidence(binding.v1_report_data(nonce, SPKI), signing_key="vlek", mask_chip_id=True), nonce
+    )
+    assert r.status_code == 200, r.text

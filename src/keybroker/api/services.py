@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -50,7 +51,7 @@ from keybroker.seal.unseal import UnsealService
 from keybroker.store.db import Database
 from keybroker.tee.dcap.endorsements import QuoteCollateral
 from keybroker.tee.sim import DevPki
-from keybroker.tee.sim.snp import SnpDevPki
+from keybroker.tee.sim.snp import CRL_RENEW_MARGIN, SnpDevPki
 from keybroker.tee.tpm.trust import dry_run_trust
 from keybroker.tee.verifier import Verifier
 from keybroker.tpmaks.service import TpmAkService
@@ -113,15 +114,35 @@ def _dev_pki(directory: Path) -> DevPki:
 
 
 def _snp_dev_pki(directory: Path) -> SnpDevPki:
-    """The SEV-SNP simulator's dev PKI (an AMD-shaped ARK/ASK/ASVK; created on first start)."""
+    """The SEV-SNP simulator's dev PKI (an AMD-shaped ARK/ASK/ASVK; created on first start, its
+    CRLs issued again when one is missing or does not cover the coming week; while the server runs,
+    :func:`_snp_dev_crl_renewal` keeps them current)."""
     pki = SnpDevPki.load_or_create(directory)
-    if pki.crls_expire_before(datetime.now(UTC) + timedelta(days=7)):
+    if pki.crls_expire_before(datetime.now(UTC) + CRL_RENEW_MARGIN):
         pki.reissue_crls()  # every SEV-SNP report needs a current CRL of its ARK (snp.require_crl)
     log.warning(
         "DEV MODE: SEV-SNP reports chaining to the simulator's dev ARK %s are trusted (claims carry sim=true)",
         directory / "ark.pem",
     )
     return pki
+
+
+def _snp_dev_crl_renewal(directory: Path) -> Callable[[], None]:
+    """What keeps the SEV-SNP dev PKI's CRLs (valid 30 days) current while the dev server runs: called
+    before every lookup of them (``collateral.trust``), it re-issues both when they do not cover the
+    coming week (``SnpDevPki.renew_crls``, keeping the revocations), so a dev server running for
+    months keeps verifying simulated reports without a restart. Only the dev PKI this server owns is
+    written; AMD's CRLs (the KDS cache) are never touched. A failure to write is logged: the stale CRL
+    then stays, and reports are refused at ``crl`` saying so."""
+
+    def renew() -> None:
+        try:
+            if SnpDevPki.renew_crls(directory):
+                log.info("DEV MODE: re-issued the SEV-SNP dev PKI's CRLs in %s (valid 30 days)", directory)
+        except (OSError, ValueError, KeyError) as exc:
+            log.warning("DEV MODE: cannot re-issue the SEV-SNP dev PKI's CRLs in %s: %s", directory, exc)
+
+    return renew
 
 
 def _warn_key_certificates_under_tls_anchor(keys: KeyService, cas: ServiceCAs) -> None:
@@ -232,7 +253,13 @@ class Services:
         integrity = RowIntegrity(barrier)
         aks = DbAkRegistry(db, integrity)
         trust = evidence_trust(
-            settings, DbCollateralSource(db), aks=aks, snp_endorsements=kds, snp_crls=crl_source(kds_store)
+            settings,
+            DbCollateralSource(db),
+            aks=aks,
+            snp_endorsements=kds,
+            snp_crls=crl_source(kds_store),
+            # the dev server owns its dev PKI: it keeps the dev CRLs current (the command line only reads them)
+            snp_dev_crl_renewal=_snp_dev_crl_renewal(snp_dev_pki_dir(settings)) if settings.dev else None,
         )
         verifier = REGISTRY.verifier(trust)
         manufacturers, dev_ek = ek_roots(settings)

@@ -15,12 +15,13 @@ trusts:
 * TPM: the ``tpm.ak_roots`` stores and the enrolled attestation keys (``tpm_trust``).
 
 The dev PKI is created and refreshed by the server (``api.services``); this module only reads it,
-so the command line never writes a data dir it inspects.
+so the command line never writes a data dir it inspects. The server hands :func:`evidence_trust` its
+renewal of the SEV-SNP dev CRLs (``snp_dev_crl_renewal``), called before they are read.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Final
 
@@ -168,16 +169,20 @@ def evidence_trust(
     aks: AkRegistry | None = None,
     snp_endorsements: SnpEndorsementSource | None = None,
     snp_crls: SnpCrlSource | None = None,
+    snp_dev_crl_renewal: Callable[[], None] | None = None,
 ) -> EvidenceTrust:
     """The server's trust for ``settings``: in dev mode the dev PKI's collateral before ``store``
     (the collateral store), the configured roots plus ``extra_roots`` (``--trust-root``), and the
     TPM AK roots with the enrolled AKs of ``aks``; ``snp_endorsements``: the KDS cache SEV-SNP
     reports without certificates are verified with (None: such a report is refused, saying so);
     ``snp_crls``: the trusted SEV-SNP CRLs (the KDS cache's), in dev mode with the SEV-SNP dev
-    PKI's; ``snp.require_crl`` whether one of them must apply to every SEV-SNP report."""
+    PKI's; ``snp.require_crl`` whether one of them must apply to every SEV-SNP report.
+    ``snp_dev_crl_renewal`` (the dev server's; dev mode only): called before the SEV-SNP dev PKI's
+    CRLs are read for a chain to its ARK, to re-issue them when they run out."""
     roots = (*configured_roots(settings), *extra_roots)
     sources: list[CollateralSource] = [_dev_collateral(settings)] if settings.dev else []
-    crls = [s for s in (snp_crls, _dev_snp_crls(settings) if settings.dev else None) if s is not None]
+    dev_crls = _dev_snp_crls(settings, renew=snp_dev_crl_renewal) if settings.dev else None
+    crls = [s for s in (snp_crls, dev_crls) if s is not None]
     return EvidenceTrust(
         dev_roots=roots,
         collateral=ChainedCollateral(*sources, store),
@@ -203,10 +208,10 @@ def chained_crls(*sources: SnpCrlSource) -> SnpCrlSource:
     return lookup
 
 
-def _dev_snp_crls(settings: Settings) -> SnpCrlSource:
+def _dev_snp_crls(settings: Settings, *, renew: Callable[[], None] | None = None) -> SnpCrlSource:
     """The SEV-SNP dev PKI's CRLs (``dev-pki/snp/{vcek,vlek}-crl.der``, which the dev server issues
-    and re-issues before they expire) for chains to its dev ARK, read at each lookup (a revocation
-    there applies at once). Nothing for any other ARK."""
+    and re-issues before they expire: ``renew``, called first) for chains to its dev ARK, read at
+    each lookup (a revocation there applies at once). Nothing for any other ARK."""
     directory = snp_dev_pki_dir(settings)
     ark_path = snp_dev_root_path(settings)
 
@@ -217,6 +222,8 @@ def _dev_snp_crls(settings: Settings) -> SnpCrlSource:
             return SnpCrls(side=(), held=f"no SEV-SNP dev ARK at {ark_path}")
         if spki_sha256(ark) != query.ark_spki_sha256:
             return SnpCrls(side=())
+        if renew is not None:
+            renew()
         read = []
         for side in (query.signing_key, "vlek" if query.signing_key == "vcek" else "vcek"):
             try:
@@ -228,7 +235,10 @@ def _dev_snp_crls(settings: Settings) -> SnpCrlSource:
             side=(own,) if own else (),
             other=(other,) if other else (),
             held="" if own else f"no {query.signing_key}-crl.der in the SEV-SNP dev PKI {directory}",
-            fix=f"restart 'keybroker serve --dev --data-dir {settings.data_dir}' to re-issue the dev CRLs",
+            fix=(
+                f"'keybroker serve --dev --data-dir {settings.data_dir}' (a running dev server re-issues "
+                "the dev CRLs before they expire)"
+            ),
         )
 
     return lookup

@@ -14,6 +14,7 @@ dev PKI's own organisation, so no certificate here can pass for AMD's.
 Layout of a dev PKI directory (dir 0700, ``*.key`` 0600)::
 
     snp-pki.json             manifest: product, chip id, CSP id, root fingerprint, CRL state
+    .crl.lock                held while the CRLs or the revocations change (several processes)
     ark.pem ark.key          "ARK-{P}"
     ask.pem ask.key          "SEV-{P}"  (issues VCEKs)
     asvk.pem asvk.key        "SEV-VLEK-{P}"  (issues VLEKs)
@@ -27,9 +28,13 @@ Layout of a dev PKI directory (dir 0700, ``*.key`` 0600)::
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import hashlib
 import json
+import os
 import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, cast
@@ -49,6 +54,8 @@ from keybroker.tee.snp.certs import RSA_PSS_SHA384
 from keybroker.tee.snp.certtable import GUID_ARK, GUID_ASK, GUID_CRL, GUID_VCEK, GUID_VLEK, build_cert_table
 
 __all__ = [
+    "CRL_RENEW_MARGIN",
+    "CRL_VALIDITY",
     "DEFAULT_MEASUREMENT",
     "DEFAULT_POLICY",
     "DEFAULT_TCB",
@@ -69,6 +76,10 @@ _ROOT_YEARS: Final = 25
 _VCEK_YEARS: Final = 7
 #: CRLs of the dev ARK are valid this long after issue.
 CRL_VALIDITY: Final = dt.timedelta(days=30)
+#: :meth:`SnpDevPki.renew_crls` re-issues CRLs that do not cover this long from now.
+CRL_RENEW_MARGIN: Final = dt.timedelta(days=7)
+#: Taken (``flock``) around every change of the CRLs and the revocations they list.
+_CRL_LOCK: Final = ".crl.lock"
 
 #: POLICY: SMT allowed, bit 17 (reserved, one); ABI 0.0. No debug, no migration agent.
 DEFAULT_POLICY: Final = 0x30000
@@ -344,11 +355,12 @@ class SnpDevPki:
     def revoke_intermediate(self, kind: SigningKey = "vcek", *, now: dt.datetime | None = None) -> int:
         """Put the ASK (``vcek``) or ASVK (``vlek``) on the ARK's CRL; returns its serial."""
         serial = (self.ask if kind == "vcek" else self.asvk).cert.serial_number
-        revoked: list[str] = self._manifest["revoked"][kind]
-        if f"{serial:x}" not in revoked:
-            revoked.append(f"{serial:x}")
-        self._write_crl(kind, _instant(now))
-        self._write_manifest()
+        with self._crl_state():
+            revoked: list[str] = self._manifest["revoked"][kind]
+            if f"{serial:x}" not in revoked:
+                revoked.append(f"{serial:x}")
+            self._write_crl(kind, _instant(now))
+            self._write_manifest()
         return serial
 
     def crls_expire_before(self, when: dt.datetime) -> bool:
@@ -365,9 +377,49 @@ class SnpDevPki:
     def reissue_crls(self, *, now: dt.datetime | None = None) -> None:
         """Issue both CRLs afresh at ``now`` (valid 30 days), keeping the revocations."""
         at = _instant(now)
-        self._write_crl("vcek", at)
-        self._write_crl("vlek", at)
-        self._write_manifest()
+        with self._crl_state():
+            self._write_crl("vcek", at)
+            self._write_crl("vlek", at)
+            self._write_manifest()
+
+    @classmethod
+    def renew_crls(
+        cls, directory: Path, *, now: dt.datetime | None = None, margin: dt.timedelta = CRL_RENEW_MARGIN
+    ) -> bool:
+        """Re-issue both of the dev PKI's CRLs at ``now`` when one held is not current from ``now``
+        through ``now + margin``; whether it did. What keeps a long-running dev server verifying
+        SEV-SNP reports (the CRLs are valid 30 days): cheap when there is nothing to do (two small
+        files read), and safe for several processes (the check is repeated under the lock, and the
+        revocations are read from the directory, never from a copy in memory, so none is dropped).
+
+        A CRL that is missing or does not decode is left alone: that is not a CRL running out but one
+        removed or damaged, and the verifier refuses reports naming it (the server's start, through
+        :meth:`crls_expire_before` and :meth:`reissue_crls`, issues it again)."""
+        at = _instant(now)
+        if not _crls_run_out(directory, at, at + margin):
+            return False
+        with _locked(directory):
+            if not _crls_run_out(directory, at, at + margin):
+                return False  # another process renewed them meanwhile
+            pki = cls.load(directory)
+            pki._write_crl("vcek", at)
+            pki._write_crl("vlek", at)
+            pki._write_manifest()
+        return True
+
+    @contextmanager
+    def _crl_state(self) -> Iterator[None]:
+        """The CRL lock, held with this instance's CRL numbers and revocations re-read from the
+        directory (another process, such as a dev server renewing the CRLs, may have changed them)."""
+        with _locked(self.directory):
+            try:
+                on_disk = json.loads((self.directory / "snp-pki.json").read_text())
+            except FileNotFoundError:
+                on_disk = None  # being created
+            if isinstance(on_disk, dict):
+                for field in ("crl_numbers", "revoked"):
+                    self._manifest[field] = on_disk[field]
+            yield
 
     def _write_crl(self, kind: SigningKey, now: dt.datetime) -> None:
         numbers: dict[str, int] = self._manifest["crl_numbers"]
@@ -488,6 +540,42 @@ class SnpDevPki:
         if (directory / "snp-pki.json").exists():
             return cls.load(directory)
         return cls.create(directory, product=product, now=now)
+
+
+@contextmanager
+def _locked(directory: Path) -> Iterator[None]:
+    """The dev PKI's CRL lock (``flock`` on ``.crl.lock``), released when the block ends."""
+    fd = os.open(directory / _CRL_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _crls_run_out(directory: Path, start: dt.datetime, end: dt.datetime) -> bool:
+    """Whether both CRLs in ``directory`` are held (readable) and one of them is not current from
+    ``start`` through ``end`` (thisUpdate <= start, end <= nextUpdate). Their signatures are the
+    verifier's to check."""
+    windows = []
+    for kind in ("vcek", "vlek"):
+        try:
+            crl = x509.load_der_x509_crl((directory / f"{kind}-crl.der").read_bytes())
+        except (OSError, ValueError):
+            return False
+        windows.append((crl.last_update_utc, crl.next_update_utc))
+    return any(next_update is None or not last <= start or next_update < end for last, next_update in windows)
+
+
+def _current_crl(path: Path, at: dt.datetime) -> bytes | None:
+    """The CRL at ``path`` if it is current at ``at`` (what a host would hand a guest), else None."""
+    try:
+        der = path.read_bytes()
+        crl = x509.load_der_x509_crl(der)
+    except (OSError, ValueError):
+        return None
+    next_update = crl.next_update_utc
+    return der if next_update is not None and crl.last_update_utc <= at <= next_update else None
 
 
 def _le(value: int, size: int) -> bytes:
@@ -611,7 +699,8 @@ def snp_report(
         (GUID_ASK, chain[0].public_bytes(der)),
         (GUID_ARK, chain[1].public_bytes(der)),
     ]
-    if pki.crl_path(signing_key).exists():  # a test may have taken it away
-        entries.append((GUID_CRL, pki.crl(signing_key)))
+    crl = _current_crl(pki.crl_path(signing_key), _instant(now))
+    if crl is not None:  # a test may have taken it away; an expired one is not carried
+        entries.append((GUID_CRL, crl))
     table = build_cert_table(entries)
     return SimSnpEvidence(report=bytes(body), signer=signer, chain=chain, cert_table=table)

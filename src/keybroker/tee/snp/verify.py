@@ -14,7 +14,7 @@ Steps (each a named check, in this order; a failure raises ``VerificationError(c
 4. ``vcek_extensions`` / ``product`` (inside 3): the leaf's AMD extensions are well formed and
    its productName names the chain's product.
 5. ``crl``: the given CRLs of the chain's ARK are signed by it, current at ``at``, and do not list
-   the ASK/ASVK (``require_crl``: at least one must apply).
+   the ASK/ASVK; at least one must apply unless the caller waives it (``require_crl=False``).
 6. ``validity_window``: ARK, ASK/ASVK and VCEK/VLEK (and the CRLs applied) are valid at ``at``.
 7. ``report_signature``: ECDSA P-384 over SHA-384(report[0:0x2A0]) by the leaf key; R and S are
    little-endian (go-sev-guest ``AmdBigInt``).
@@ -137,7 +137,7 @@ def verify_report(
     crls: Sequence[bytes | x509.CertificateRevocationList] = (),
     at: datetime,
     dev_roots: Sequence[x509.Certificate] = (),
-    require_crl: bool = False,
+    require_crl: bool = True,
 ) -> VerifiedSnpReport:
     """Verify ``raw_report`` (1184 bytes) signed by ``vcek_or_vlek`` (DER or a certificate) at ``at``.
 
@@ -145,6 +145,9 @@ def verify_report(
     or None for the shipped ASK/ASVK. AMD's three ARK keys are always trusted; ``dev_roots`` are
     additional, explicitly configured roots (the simulator's), and a report verified through one
     has ``sim`` true. ``crls``: AMD CRLs (DER or objects); those of the chain's ARK are applied.
+    ``require_crl`` (the default): one of them must apply, else ``VerificationError(crl)``: without
+    a current CRL of its ARK a revoked ASK/ASVK would pass. ``False`` waives that, and only that
+    (the CRLs given are still applied): for reports whose CRL of that time was not kept.
     Raises ``EvidenceParseError`` (malformed report) or ``VerificationError`` naming the check.
     """
     if at.tzinfo is None or at.utcoffset() is None:

@@ -108,7 +108,12 @@ def test_reports_carry_the_chosen_fields_and_verify(milan: SnpDevPki) -> None:
     assert r.chip_id == milan.chip_id and r.report_id_ma == b"\xff" * 32
     assert r.reported_tcb == DEFAULT_TCB["Milan"].encode("Milan")
     verified = verify_report(
-        ev.report, vcek_or_vlek=ev.signer, chain=ev.chain, at=AT, dev_roots=[milan.root_cert]
+        ev.report,
+        vcek_or_vlek=ev.signer,
+        chain=ev.chain,
+        crls=[milan.crl("vcek")],
+        at=AT,
+        dev_roots=[milan.root_cert],
     )
     assert verified.sim and verified.product == "Milan" and verified.claims.measurement == b"\x01" * 48
     default = parse_report(snp_report(milan, now=AT).report)
@@ -175,3 +180,61 @@ def test_bad_inputs(milan: SnpDevPki, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="does not hold"):
         SnpDevPki.load(tmp_path / "y")
     assert SnpDevPki.load_or_create(milan.directory).root_fingerprint == milan.root_fingerprint
+
+
+def _number(der: bytes) -> int:
+    return x509.load_der_x509_crl(der).extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+
+
+def test_renew_crls_reissues_only_what_runs_out_and_keeps_revocations(
+    tmp_path: Path, milan: SnpDevPki
+) -> None:
+    import shutil
+
+    shutil.copytree(milan.directory, tmp_path / "p")
+    d = tmp_path / "p"
+    pki = SnpDevPki.load(d)
+    serial = pki.revoke_intermediate("vlek", now=ISSUED)
+    held = {kind: pki.crl(kind) for kind in ("vcek", "vlek")}
+    # current for the coming week: nothing written
+    assert not SnpDevPki.renew_crls(d, now=ISSUED + dt.timedelta(days=22))
+    assert {kind: pki.crl(kind) for kind in ("vcek", "vlek")} == held
+    # within the week before nextUpdate (ISSUED + 30 days); then past the new one's (day 54)
+    for days in (24, 60):
+        at = ISSUED + dt.timedelta(days=days)
+        before = {kind: _number(pki.crl(kind)) for kind in ("vcek", "vlek")}
+        assert SnpDevPki.renew_crls(d, now=at)
+        for kind in ("vcek", "vlek"):
+            crl = x509.load_der_x509_crl(pki.crl(kind))
+            assert crl.last_update_utc == at and crl.next_update_utc == at + dt.timedelta(days=30)
+            assert _number(pki.crl(kind)) == before[kind] + 1
+        assert x509.load_der_x509_crl(pki.crl("vlek")).get_revoked_certificate_by_serial_number(serial)
+        assert not SnpDevPki.renew_crls(d, now=at)  # done: the next call is a no-op
+    # a CRL that is not there was not run out but removed: left for the verifier to name
+    pki.crl_path("vcek").unlink()
+    assert not SnpDevPki.renew_crls(d, now=ISSUED + dt.timedelta(days=90))
+    assert not pki.crl_path("vcek").exists()
+
+
+def test_a_revocation_by_another_instance_is_never_dropped(tmp_path: Path, milan: SnpDevPki) -> None:
+    """Two processes share a dev PKI (a dev server and a tool beside it): each change of the CRLs
+    re-reads the revocations from the directory, so one instance's re-issue keeps what another
+    revoked after it was loaded."""
+    import shutil
+
+    shutil.copytree(milan.directory, tmp_path / "p")
+    server = SnpDevPki.load(tmp_path / "p")
+    tool = SnpDevPki.load(tmp_path / "p")
+    serial = tool.revoke_intermediate("vcek", now=AT)
+    server.reissue_crls(now=AT)
+    crl = x509.load_der_x509_crl(server.crl("vcek"))
+    assert crl.get_revoked_certificate_by_serial_number(serial) is not None
+    assert json.loads((tmp_path / "p" / "snp-pki.json").read_text())["revoked"]["vcek"] == [f"{serial:x}"]
+
+
+def test_the_table_carries_the_crl_only_while_it_is_current(milan: SnpDevPki) -> None:
+    """A host hands its guest the ARK's current CRL; an expired one is left out (a verifier refuses
+    a CRL that is not current, whoever holds a fresher one)."""
+    assert parse_cert_table(snp_report(milan, now=AT).cert_table).crl == milan.crl("vcek")
+    late = ISSUED + dt.timedelta(days=31)
+    assert parse_cert_table(snp_report(milan, now=late).cert_table).crl is None

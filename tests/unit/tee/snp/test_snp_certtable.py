@@ -101,9 +101,14 @@ def test_the_simulators_table_verifies(genoa_pki: SnpDevPki) -> None:
     ev = snp_report(genoa_pki, now=SIM_AT)
     table = parse_cert_table(ev.cert_table)
     signer = table.signer("vcek")
-    assert signer is not None
+    assert signer is not None and table.crl is not None  # the table carries the ARK's current CRL
     verified = verify_report(
-        ev.report, vcek_or_vlek=signer, chain=table.chain(), at=SIM_AT, dev_roots=[genoa_pki.root_cert]
+        ev.report,
+        vcek_or_vlek=signer,
+        chain=table.chain(),
+        crls=[table.crl],
+        at=SIM_AT,
+        dev_roots=[genoa_pki.root_cert],
     )
     assert verified.sim and verified.signing_key == "vcek"
     vlek = parse_cert_table(snp_report(genoa_pki, signing_key="vlek", now=SIM_AT).cert_table)

@@ -100,7 +100,8 @@ def run_tinfoil(tinfoil: Path, reports: dict[str, tuple[bytes, bytes]], at_ms: i
 
 def _keybroker_accepts(real: RealReport, report: bytes) -> bool:
     try:
-        verify_report(report, vcek_or_vlek=real.signer, at=CORPUS_AT)
+        # no AMD CRL of CORPUS_AT is vendored; the other verifier checks none either
+        verify_report(report, vcek_or_vlek=real.signer, at=CORPUS_AT, require_crl=False)
     except EvidenceError:
         return False
     return True
@@ -134,7 +135,7 @@ def test_its_clock_is_the_verification_time(tinfoil: Path) -> None:
     verdict = run_tinfoil(tinfoil, {GENOA: (real.report, real.signer)}, int(late.timestamp() * 1000))[GENOA]
     assert not verdict.ok and verdict.error is not None and "VCEK certificate has expired" in verdict.error
     with pytest.raises(EvidenceError):
-        verify_report(real.report, vcek_or_vlek=real.signer, at=late)
+        verify_report(real.report, vcek_or_vlek=real.signer, at=late, require_crl=False)
 
 
 def test_mutants_of_the_genoa_report(tinfoil: Path) -> None:

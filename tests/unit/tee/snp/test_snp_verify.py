@@ -20,6 +20,8 @@ from keybroker.tee.snp.verify import canonical_report
 pytestmark = pytest.mark.filterwarnings("ignore:Parsed a serial number")
 
 SNP_CASES = load_cases("snp")
+#: The real AMD-signed reports: the corpus keeps no AMD CRL current at their time, so tests that
+#: verify them with ``verify_report`` waive the CRL requirement by name (``require_crl=False``).
 REAL = real_reports()
 _P384_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFC7634D81F4372DDF581A0DB248B0A77AECEC196ACCC52973
 
@@ -44,6 +46,7 @@ def test_corpus_case_verdicts(case: dict[str, Any]) -> None:
         "vcek_or_vlek": read_bytes(case["vcek"]),
         "chain": case_chain(case),
         "at": verify_at(case),
+        "require_crl": False,  # the corpus keeps no AMD CRL of the cases' time
     }
     if case["expect"]["verdict"] == "accept":
         verified = verify_report(case_report(case), **kwargs)
@@ -52,7 +55,7 @@ def test_corpus_case_verdicts(case: dict[str, Any]) -> None:
         assert verified.report_data == parse_report(case_report(case)).report_data
         # The shipped ASK/ASVK do as well as the case's chain file.
         assert verify_report(
-            case_report(case), vcek_or_vlek=kwargs["vcek_or_vlek"], at=kwargs["at"]
+            case_report(case), vcek_or_vlek=kwargs["vcek_or_vlek"], at=kwargs["at"], require_crl=False
         ).claims == (verified.claims)
     else:
         with pytest.raises(VerificationError) as exc:
@@ -62,8 +65,10 @@ def test_corpus_case_verdicts(case: dict[str, Any]) -> None:
 
 @pytest.mark.parametrize("real", REAL, ids=lambda r: r.name)
 def test_every_real_report_verifies_with_the_pinned_roots(real: RealReport) -> None:
-    verified = verify_report(real.report, vcek_or_vlek=real.signer, at=CORPUS_AT)
-    with_chain = verify_report(real.report, vcek_or_vlek=real.signer, chain=real.chain, at=CORPUS_AT)
+    verified = verify_report(real.report, vcek_or_vlek=real.signer, at=CORPUS_AT, require_crl=False)
+    with_chain = verify_report(
+        real.report, vcek_or_vlek=real.signer, chain=real.chain, at=CORPUS_AT, require_crl=False
+    )
     assert verified.claims.to_dict() == with_chain.claims.to_dict()
     expected = ["parse", "signing_key", "cert_chain", "vcek_extensions", "crl", "validity_window"]
     expected += ["report_signature", "product", "tcb_binding"]
@@ -77,7 +82,9 @@ def test_every_real_report_verifies_with_the_pinned_roots(real: RealReport) -> N
 
 def test_claims_of_the_vlek_report() -> None:
     real = next(r for r in REAL if r.name == "trustee-milan-vlek-v3")
-    claims = verify_report(real.report, vcek_or_vlek=real.signer, at=CORPUS_AT).claims.to_dict()
+    claims = verify_report(
+        real.report, vcek_or_vlek=real.signer, at=CORPUS_AT, require_crl=False
+    ).claims.to_dict()
     assert claims["signing_key"] == "vlek" and claims["csp_id"] == "CN=cc-us-east-2.amazonaws.com"
     assert claims["vmpl"] == 1 and claims["chip_id"] == "00" * 64 and claims["debug"] is False
     assert claims["cpuid"] == {"family": "19", "model": "01", "stepping": "01"}
@@ -101,7 +108,7 @@ def test_claims_of_the_vlek_report() -> None:
 
 def test_debug_is_a_claim_not_an_error() -> None:
     real = next(r for r in REAL if r.name == "gsg-milan-v2")
-    verified = verify_report(real.report, vcek_or_vlek=real.signer, at=CORPUS_AT)
+    verified = verify_report(real.report, vcek_or_vlek=real.signer, at=CORPUS_AT, require_crl=False)
     assert verified.claims.debug and verified.claims.to_dict()["policy"]["debug"] is True
 
 
@@ -120,13 +127,13 @@ def test_every_signed_byte_and_every_signature_byte_is_bound(real: RealReport) -
     Bytes 0..0x29F are signed (a change fails the signature or, before it, the parse); R and S
     fail the signature; their zero upper halves and 0x330..0x49F are unsigned and must be zero.
     """
-    base = verify_report(real.report, vcek_or_vlek=real.signer, at=CORPUS_AT)
+    base = verify_report(real.report, vcek_or_vlek=real.signer, at=CORPUS_AT, require_crl=False)
     seen: dict[str, int] = {}
     for offset in range(0x4A0):
         raw = bytearray(real.report)
         raw[offset] ^= 0x01 if offset % 2 else 0x80
         with pytest.raises(EvidenceError) as exc:
-            verify_report(bytes(raw), vcek_or_vlek=real.signer, at=CORPUS_AT)
+            verify_report(bytes(raw), vcek_or_vlek=real.signer, at=CORPUS_AT, require_crl=False)
         check = exc.value.check if isinstance(exc.value, VerificationError) else "parse"
         seen[check] = seen.get(check, 0) + 1
         if offset >= 0x330:
@@ -144,8 +151,8 @@ def test_ecdsa_malleability_gives_one_evidence_digest() -> None:
     report = parse_report(real.report)
     flipped = bytearray(real.report)
     flipped[0x2E8:0x330] = (_P384_N - report.signature_s).to_bytes(72, "little")
-    a = verify_report(real.report, vcek_or_vlek=real.signer, at=CORPUS_AT)
-    b = verify_report(bytes(flipped), vcek_or_vlek=real.signer, at=CORPUS_AT)
+    a = verify_report(real.report, vcek_or_vlek=real.signer, at=CORPUS_AT, require_crl=False)
+    b = verify_report(bytes(flipped), vcek_or_vlek=real.signer, at=CORPUS_AT, require_crl=False)
     assert a.claims.to_dict() == b.claims.to_dict()
     assert a.evidence_sha256 == b.evidence_sha256
     assert canonical_report(parse_report(bytes(flipped))) == canonical_report(report)
@@ -156,11 +163,11 @@ def test_signature_outside_the_group_order_is_refused() -> None:
     raw = bytearray(real.report)
     raw[0x2E8:0x330] = bytes(72)  # S = 0
     with pytest.raises(VerificationError, match="outside") as exc:
-        verify_report(bytes(raw), vcek_or_vlek=real.signer, at=CORPUS_AT)
+        verify_report(bytes(raw), vcek_or_vlek=real.signer, at=CORPUS_AT, require_crl=False)
     assert exc.value.check == "report_signature"
     raw[0x2E8:0x330] = _P384_N.to_bytes(72, "little")  # S = n: 48 bytes, passes the parse
     with pytest.raises(VerificationError, match="outside"):
-        verify_report(bytes(raw), vcek_or_vlek=real.signer, at=CORPUS_AT)
+        verify_report(bytes(raw), vcek_or_vlek=real.signer, at=CORPUS_AT, require_crl=False)
 
 
 @pytest.mark.parametrize(("key_info", "what"), [(0b10, "MASK_CHIP_KEY 1"), (7 << 2, "SIGNING_KEY 7")])
@@ -169,7 +176,7 @@ def test_unsigned_reports_are_refused(key_info: int, what: str) -> None:
     raw = bytearray(real.report)
     raw[0x48:0x4C] = struct.pack("<I", key_info)
     with pytest.raises(VerificationError, match=what) as exc:
-        verify_report(bytes(raw), vcek_or_vlek=real.signer, at=CORPUS_AT)
+        verify_report(bytes(raw), vcek_or_vlek=real.signer, at=CORPUS_AT, require_crl=False)
     assert exc.value.check == "signing_key"
 
 
@@ -195,13 +202,20 @@ def test_time_must_be_aware_and_is_checked() -> None:
     with pytest.raises(ValueError, match="timezone-aware"):
         verify_report(real.report, vcek_or_vlek=real.signer, at=dt.datetime(2025, 6, 1))  # noqa: DTZ001
     with pytest.raises(VerificationError, match="SEV-VCEK is not valid before 2023-01-24") as exc:
-        verify_report(real.report, vcek_or_vlek=real.signer, at=dt.datetime(2023, 1, 1, tzinfo=dt.UTC))
+        verify_report(
+            real.report,
+            vcek_or_vlek=real.signer,
+            at=dt.datetime(2023, 1, 1, tzinfo=dt.UTC),
+            require_crl=False,
+        )
     assert exc.value.check == "validity_window"
-    expiry = verify_report(real.report, vcek_or_vlek=real.signer, at=CORPUS_AT).expiry
+    expiry = verify_report(real.report, vcek_or_vlek=real.signer, at=CORPUS_AT, require_crl=False).expiry
     assert expiry == dt.datetime(2030, 1, 24, 17, 58, 26, tzinfo=dt.UTC)  # the VCEK's notAfter
-    verify_report(real.report, vcek_or_vlek=real.signer, at=expiry)  # bounds are inclusive
+    verify_report(real.report, vcek_or_vlek=real.signer, at=expiry, require_crl=False)  # bounds are inclusive
     with pytest.raises(VerificationError, match="expired"):
-        verify_report(real.report, vcek_or_vlek=real.signer, at=expiry + dt.timedelta(seconds=1))
+        verify_report(
+            real.report, vcek_or_vlek=real.signer, at=expiry + dt.timedelta(seconds=1), require_crl=False
+        )
 
 
 # --- the simulator: each check, by a report built to fail it ---------------------------------------
@@ -210,6 +224,7 @@ def test_time_must_be_aware_and_is_checked() -> None:
 def _verify(pki: SnpDevPki, ev: Any, **kwargs: Any) -> Any:
     kwargs.setdefault("at", SIM_AT)
     kwargs.setdefault("dev_roots", [pki.root_cert])
+    kwargs.setdefault("crls", [pki.crl("vcek"), pki.crl("vlek")])  # the dev ARK's, current at SIM_AT
     return verify_report(ev.report, vcek_or_vlek=ev.signer, chain=ev.chain, **kwargs)
 
 
@@ -396,7 +411,7 @@ def test_crls_revoke_intermediates(fresh_genoa_pki: SnpDevPki) -> None:
 def test_require_crl(genoa_pki: SnpDevPki) -> None:
     ev = snp_report(genoa_pki, now=SIM_AT)
     with pytest.raises(VerificationError, match="no CRL issued by ARK-Genoa was given") as exc:
-        _verify(genoa_pki, ev, require_crl=True)
+        _verify(genoa_pki, ev, crls=())
     assert exc.value.check == "crl"
     real = REAL[2]
     # A CRL of another ARK does not apply (and does not count).
@@ -404,7 +419,32 @@ def test_require_crl(genoa_pki: SnpDevPki) -> None:
         verify_report(
             real.report, vcek_or_vlek=real.signer, at=CORPUS_AT, crls=[genoa_pki.crl()], require_crl=True
         )
-    verify_report(real.report, vcek_or_vlek=real.signer, at=CORPUS_AT, crls=[genoa_pki.crl()])
+    # waived, it is still not applied: only CRLs of the chain's ARK are
+    verify_report(
+        real.report, vcek_or_vlek=real.signer, at=CORPUS_AT, crls=[genoa_pki.crl()], require_crl=False
+    )
+
+
+def test_a_crl_is_required_unless_waived(genoa_pki: SnpDevPki) -> None:
+    """The low-level entry point is secure by default: a caller who gives no CRL of the chain's ARK
+    and does not waive the requirement by name is refused at ``crl`` (a revoked ASK/ASVK cannot pass
+    by omission)."""
+    dev = {"at": SIM_AT, "dev_roots": [genoa_pki.root_cert]}
+    for kind in ("vcek", "vlek"):
+        ev = snp_report(genoa_pki, signing_key=kind, now=SIM_AT)
+        with pytest.raises(VerificationError, match="no CRL issued by ARK-Genoa was given") as exc:
+            verify_report(ev.report, vcek_or_vlek=ev.signer, chain=ev.chain, **dev)
+        assert exc.value.check == "crl"
+        # the same report passes with its ARK's current CRL given, or with the requirement waived
+        crls = [genoa_pki.crl(kind)]
+        assert (
+            "crl" in verify_report(ev.report, vcek_or_vlek=ev.signer, chain=ev.chain, crls=crls, **dev).checks
+        )
+        verify_report(ev.report, vcek_or_vlek=ev.signer, chain=ev.chain, require_crl=False, **dev)
+    real = REAL[2]  # a real AMD-signed report: the same default
+    with pytest.raises(VerificationError, match="no CRL issued by ARK-Milan was given") as exc:
+        verify_report(real.report, vcek_or_vlek=real.signer, at=CORPUS_AT)
+    assert exc.value.check == "crl"
 
 
 def test_claims_digest_and_signer_identity(genoa_pki: SnpDevPki) -> None:
