@@ -112,6 +112,7 @@ def ak_content_of(row: Any) -> dict[str, Any]:
     return ak_content(
         name=row.name,
         public=row.public,
+        ek_public=row.ek_public,
         ek_root=row.ek_root,
         ek_root_sha256=row.ek_root_sha256,
         status=row.status,
