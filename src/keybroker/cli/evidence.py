@@ -404,6 +404,14 @@ class _ReadOnlyAks:
         except SQLAlchemyError:  # a database from before TPM AKs
             return None
 
+    def revoked(self, ak: str) -> EnrolledAk | None:
+        from sqlalchemy.exc import SQLAlchemyError
+
+        try:
+            return self._registry.revoked(ak)
+        except SQLAlchemyError:  # a database from before TPM AKs
+            return None
+
     def observe(self, ak: str, reading: ClockReading) -> ClockReading | None:
         return None
 

@@ -5,13 +5,16 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Final, cast
 
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from keybroker.seal import integrity
 from keybroker.seal.integrity import RowIntegrity
 from keybroker.store.db import Database
 from keybroker.store.models import TpmAk, TpmAkClock
+from keybroker.tee.tpm.abi import parse_tpmt_public
 from keybroker.tee.tpm.trust import AkStatus, ClockReading, EkRoot, EnrolledAk
+from keybroker.tpmaks.service import ak_clock_key
 
 __all__ = ["DbAkRegistry", "enrolled_ak"]
 
@@ -58,6 +61,14 @@ class DbAkRegistry:
             if row.status == "approved" and self._integrity is not None:
                 self._integrity.check(integrity.ak_content_of(row), row.integrity_tag)
             return enrolled_ak(row)
+
+    def revoked(self, ak: str) -> EnrolledAk | None:
+        with self._db.session() as s:
+            rows = list(s.scalars(select(TpmAk).where(TpmAk.status == "revoked")))
+        for row in rows:
+            if ak_clock_key(parse_tpmt_public(row.public)) == ak:
+                return enrolled_ak(row)
+        return None
 
     def observe(self, ak: str, reading: ClockReading) -> ClockReading | None:
         now = ClockReading(min(reading.clock, _MAX), reading.reset_count, reading.restart_count)

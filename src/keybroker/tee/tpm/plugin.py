@@ -348,6 +348,14 @@ class TpmVerifier:
             **cert_kwargs,
             **parent,
         )
+        if self.trust.registry is not None:
+            revoked = self.trust.registry.revoked(quote.ak_spki_sha256)
+            if revoked is not None:
+                raise VerificationError(
+                    f"the AK's key was revoked (as the AK {revoked.name.hex()}, by {revoked.revoked_by}): "
+                    "it is not trusted under any Name, whatever else vouches for it",
+                    check="ak_trust",
+                )
         checks += [c for c in quote.checks if c != "parse"]
         checks.insert(checks.index("signature"), "ak_trust")
         event_log = None

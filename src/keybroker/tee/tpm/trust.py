@@ -83,6 +83,12 @@ class AkRegistry(Protocol):
         """The AK enrolled under ``name`` (any status), or None."""
         ...
 
+    def revoked(self, ak: str) -> EnrolledAk | None:
+        """A revoked AK whose key is ``ak`` (its SPKI's SHA-256), under whatever Name it was
+        enrolled, or None: a revocation is of the key, which a certificate may also vouch for under
+        another public area (another Name)."""
+        ...
+
     def observe(self, ak: str, reading: ClockReading) -> ClockReading | None:
         """The latest reading recorded for ``ak`` (its SPKI's SHA-256) before this call, None for
         its first; ``reading`` becomes the latest unless it goes back (reset count, then restart
@@ -113,6 +119,9 @@ class ReadOnlyAks:
 
     def enrolled(self, name: bytes) -> EnrolledAk | None:
         return self._registry.enrolled(name)
+
+    def revoked(self, ak: str) -> EnrolledAk | None:
+        return self._registry.revoked(ak)
 
     def observe(self, ak: str, reading: ClockReading) -> ClockReading | None:
         return None
