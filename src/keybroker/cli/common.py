@@ -57,6 +57,25 @@ DataDirOpt = Annotated[
         show_default="./data",
     ),
 ]
+#: The operator commands' server (``serving.find_server``): its URL and the CA it pins.
+ServerOpt = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option(
+        "--server",
+        envvar="KEYBROKER_ADDR",
+        show_envvar=True,
+        show_default="the URL in <data-dir>/server.json, else https://127.0.0.1:9443",
+        help="the service's URL",
+    ),
+]
+CaOpt = Annotated[
+    Optional[Path],  # noqa: UP045
+    typer.Option(
+        "--ca-file",
+        show_default="<data-dir>/ca/ca.pem, else the system CAs",
+        help="CA to trust for HTTPS (the server's TLS anchor)",
+    ),
+]
 DatabaseOpt = Annotated[
     Optional[str],  # noqa: UP045
     typer.Option(

@@ -19,15 +19,17 @@ from keybroker.cli.common import (
     EXIT_CODES_HELP,
     EXIT_FAILED,
     EXIT_USAGE,
+    CaOpt,
     ConfigOpt,
     DatabaseOpt,
     DataDirOpt,
-    ServerClient,
+    ServerOpt,
     console,
     err_console,
     fail,
     handle_errors,
 )
+from keybroker.cli.serving import server_client
 from keybroker.config import Settings, load_settings
 
 if TYPE_CHECKING:
@@ -58,24 +60,6 @@ app.add_typer(keystore.app, name="keystore")
 app.add_typer(policy.app, name="policy")
 app.add_typer(tpm.app, name="tpm")
 
-ServerOpt = Annotated[
-    Optional[str],  # noqa: UP045
-    typer.Option(
-        "--server",
-        envvar="KEYBROKER_ADDR",
-        show_envvar=True,
-        show_default="the URL in <data-dir>/server.json, else https://127.0.0.1:9443",
-        help="the service's URL",
-    ),
-]
-CaOpt = Annotated[
-    Optional[Path],  # noqa: UP045
-    typer.Option(
-        "--ca-file",
-        show_default="<data-dir>/ca/ca.pem, else the system CAs",
-        help="CA to trust for HTTPS (the server's TLS anchor)",
-    ),
-]
 ServerDataDirOpt = Annotated[
     Optional[Path],  # noqa: UP045
     typer.Option(
@@ -349,18 +333,6 @@ def _uvicorn_server(config: uvicorn.Config, on_shutdown: Callable[[], None]) -> 
 # --- operator -------------------------------------------------------------------------------------
 
 
-def _client(
-    ctx: typer.Context,
-    server: str | None,
-    ca_file: Path | None,
-    data_dir: Path | None,
-    token: str | None = None,
-) -> ServerClient:
-    source = ctx.get_parameter_source("server")
-    from_env = source is not None and source.name == "ENVIRONMENT"
-    return ServerClient(serving.find_server(server, data_dir, ca_file, server_from_env=from_env), token)
-
-
 @operator_app.command("init", epilog=EXIT_CODES_HELP)
 @handle_errors
 def operator_init(
@@ -375,7 +347,7 @@ def operator_init(
     """Initialize the key store: prints the unseal shares and a first admin token, once."""
     if threshold > shares:
         fail(f"--threshold {threshold} is larger than --shares {shares}", EXIT_USAGE)
-    out = _client(ctx, server, ca_file, data_dir).call(
+    out = server_client(ctx, server, ca_file, data_dir).call(
         "POST", "/sys/v1/init", {"shares": shares, "threshold": threshold}
     )
     if as_json:
@@ -417,7 +389,7 @@ def operator_unseal(
     data_dir: ServerDataDirOpt = None,
 ) -> None:
     """Give one unseal share, or --reset the attempt under way."""
-    client = _client(ctx, server, ca_file, data_dir)
+    client = server_client(ctx, server, ca_file, data_dir)
     if reset:
         if share is not None:
             fail("give either a share or --reset, not both", EXIT_USAGE)
@@ -449,7 +421,7 @@ def operator_seal(
     data_dir: ServerDataDirOpt = None,
 ) -> None:
     """Seal the key store now (drops the root key from memory)."""
-    _client(ctx, server, ca_file, data_dir, token).call("POST", "/sys/v1/seal")
+    server_client(ctx, server, ca_file, data_dir, token).call("POST", "/sys/v1/seal")
     console.print("sealed")
 
 
@@ -464,7 +436,7 @@ def operator_status(
 ) -> None:
     """Show whether the key store is initialized and sealed, and the unseal progress (this
     replica's: each is unsealed on its own). Exit 0 unsealed, 1 sealed."""
-    out = _client(ctx, server, ca_file, data_dir).call("GET", "/sys/v1/seal-status")
+    out = server_client(ctx, server, ca_file, data_dir).call("GET", "/sys/v1/seal-status")
     if as_json:
         console.print_json(json.dumps(out))
     else:
@@ -505,7 +477,7 @@ def operator_integrity(
     resources); --adopt tags the untagged ones. Exit 0 when every row verifies, 1 otherwise."""
     if include_changed and not adopt:
         fail("--include-changed goes with --adopt", EXIT_USAGE)
-    client = _client(ctx, server, ca_file, data_dir, token)
+    client = server_client(ctx, server, ca_file, data_dir, token)
     if adopt:
         out = client.call("POST", "/sys/v1/integrity/adopt", {"include_changed": include_changed})
     else:

@@ -27,8 +27,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import typer
+
 from keybroker import strictjson
-from keybroker.cli.common import ServerTarget
+from keybroker.cli.common import ServerClient, ServerTarget
 from keybroker.config import DEFAULT_PORT
 from keybroker.errors import InvalidInput
 
@@ -306,3 +308,16 @@ def find_server(
         anchor = directory / (record.tls_anchor if record and record.tls_anchor else "ca/ca.pem")
         ca_file = anchor if anchor.is_file() else None
     return ServerTarget(url=url, ca_file=ca_file, origin=origin, note=note)
+
+
+def server_client(
+    ctx: typer.Context,
+    server: str | None,
+    ca_file: Path | None,
+    data_dir: Path | None,
+    token: str | None = None,
+) -> ServerClient:
+    """A client of the server an operator command names (:func:`find_server`), with ``token``."""
+    source = ctx.get_parameter_source("server")
+    from_env = source is not None and source.name == "ENVIRONMENT"
+    return ServerClient(find_server(server, data_dir, ca_file, server_from_env=from_env), token)

@@ -20,9 +20,11 @@ from rich.table import Table
 
 from keybroker import datadir
 from keybroker.cli.common import (
+    CaOpt,
     ConfigOpt,
     DatabaseOpt,
     DataDirOpt,
+    ServerOpt,
     console,
     handle_errors,
     open_existing_database,
@@ -93,21 +95,6 @@ def show(
     typer.echo(json.dumps(_service(config, data_dir, database, write=False).get(name).to_dict()))
 
 
-ServerOpt = Annotated[
-    Optional[str],  # noqa: UP045
-    typer.Option(
-        "--server",
-        envvar="KEYBROKER_ADDR",
-        show_default="the URL in <data-dir>/server.json",
-        help="the running server that approves (its URL)",
-    ),
-]
-CaOpt = Annotated[
-    Optional[Path],  # noqa: UP045
-    typer.Option("--ca-file", show_default="<data-dir>/ca/ca.pem", help="the server's TLS anchor"),
-]
-
-
 @ak_app.command("approve")
 @handle_errors
 def approve(
@@ -125,8 +112,7 @@ def approve(
     set to approved in the database is never trusted): this command signs itself a 5-minute token
     with tpm_aks:approve from the data dir's key, as 'keybroker token create' would, and asks the
     server the data dir's server.json names (or --server)."""
-    from keybroker.cli import serving
-    from keybroker.cli.common import ServerClient
+    from keybroker.cli.serving import server_client
     from keybroker.cli.token import _registry
     from keybroker.tpmaks.service import check_ak_name
 
@@ -135,14 +121,9 @@ def approve(
     registry = _registry(config, data_dir, database)
     actor = _actor()
     issued = registry.issue(actor, ["tpm_aks:approve"], ttl=timedelta(minutes=5), actor=actor)
-    source = ctx.get_parameter_source("server")
-    target = serving.find_server(
-        server,
-        settings.data_dir,
-        ca_file,
-        server_from_env=source is not None and source.name == "ENVIRONMENT",
+    out = server_client(ctx, server, ca_file, settings.data_dir, issued.token).call(
+        "POST", f"/kbs/v1/tpm/aks/{name}/approval"
     )
-    out = ServerClient(target, issued.token).call("POST", f"/kbs/v1/tpm/aks/{name}/approval")
     console.print(f"AK {out['name']}: {out['status']}", highlight=False)
 
 
