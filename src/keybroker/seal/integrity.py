@@ -90,33 +90,19 @@ def resource_content(
     }
 
 
-def ak_content(
-    *, name: str, public: bytes, ek_public: bytes, ek_root: str, ek_root_sha256: str, status: str
-) -> dict[str, Any]:
-    """What an enrolled TPM AK's tag covers: its Name and public area, the EK it was enrolled
-    through (its quotes' qualifiedSigner is checked against it) and that EK's root, and its status
-    (only an approved AK needs a tag that verifies: it is the one trusted)."""
+def ak_content_of(row: Any) -> dict[str, Any]:
+    """What an enrolled TPM AK's (a ``tpm_aks`` row's) tag covers: its Name and public area, the EK
+    it was enrolled through (its quotes' qualifiedSigner is checked against it) and that EK's root,
+    and its status (only an approved AK needs a tag that verifies: it is the one trusted)."""
     return {
         "table": AKS,
-        "id": name,
-        "public": public.hex(),
-        "ek_public": ek_public.hex(),
-        "ek_root": ek_root,
-        "ek_root_sha256": ek_root_sha256,
-        "status": status,
+        "id": row.name,
+        "public": row.public.hex(),
+        "ek_public": row.ek_public.hex(),
+        "ek_root": row.ek_root,
+        "ek_root_sha256": row.ek_root_sha256,
+        "status": row.status,
     }
-
-
-def ak_content_of(row: Any) -> dict[str, Any]:
-    """:func:`ak_content` of a ``tpm_aks`` row."""
-    return ak_content(
-        name=row.name,
-        public=row.public,
-        ek_public=row.ek_public,
-        ek_root=row.ek_root,
-        ek_root_sha256=row.ek_root_sha256,
-        status=row.status,
-    )
 
 
 def key_content_of(row: Any) -> dict[str, Any]:
