@@ -21,6 +21,7 @@ import html
 import json
 import re
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -362,8 +363,8 @@ def _gce_evidence(*, certified: bool) -> str:
     ).decode()
 
 
-@pytest.fixture
-def gce_services(request: pytest.FixtureRequest, tmp_path: Path, database_url: str) -> Iterator[Services]:
+@contextmanager
+def gce_service(request: pytest.FixtureRequest, tmp_path: Path, database_url: str) -> Iterator[Services]:
     """A dev service whose ``[tpm] ak_roots`` trust Google's vTPM AK CA as ``gce`` (docs/tpm.md)."""
     settings = Settings(
         data_dir=tmp_path / "data",
@@ -372,8 +373,16 @@ def gce_services(request: pytest.FixtureRequest, tmp_path: Path, database_url: s
         tpm=TpmSettings(ak_roots={"gce": [path(c) for c in GCE_CAS]}),
     )
     svc = Services.build(template_for(request, database_url).restore(settings))
-    yield svc
-    svc.db.dispose()
+    try:
+        yield svc
+    finally:
+        svc.db.dispose()
+
+
+@pytest.fixture
+def gce_services(request: pytest.FixtureRequest, tmp_path: Path, database_url: str) -> Iterator[Services]:
+    with gce_service(request, tmp_path, database_url) as svc:
+        yield svc
 
 
 def test_a_tpm_quote_with_its_event_log_and_an_ak_certified_by_a_configured_root(

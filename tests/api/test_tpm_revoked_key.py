@@ -15,15 +15,13 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from tests.api.test_console_tees import GCE_CAS, GCE_QUOTE
-from tests.conftest import template_for
+from tests.api.test_console_tees import GCE_CAS, GCE_QUOTE, gce_service
 from tests.helpers.api import token_headers
-from tests.vectors.corpus import path, read_bytes
+from tests.vectors.corpus import read_bytes
 
 from keybroker.api.app import create_app
 from keybroker.api.services import Services
 from keybroker.cli.evidence_tpm import tpm_cli_evidence
-from keybroker.config import Settings, TpmSettings
 from keybroker.store.models import TpmAk
 from keybroker.tee.tpm.abi import parse_tpmt_public
 
@@ -36,16 +34,8 @@ _ALG_NULL = 0x0010
 
 @pytest.fixture
 def gce(request: pytest.FixtureRequest, tmp_path: Path, database_url: str) -> Iterator[Services]:
-    """A service whose ``[tpm] ak_roots`` trust Google's vTPM AK CA as ``gce``."""
-    settings = Settings(
-        data_dir=tmp_path / "data",
-        database=database_url,
-        dev=True,
-        tpm=TpmSettings(ak_roots={"gce": [path(c) for c in GCE_CAS]}),
-    )
-    svc = Services.build(template_for(request, database_url).restore(settings))
-    yield svc
-    svc.db.dispose()
+    with gce_service(request, tmp_path, database_url) as svc:
+        yield svc
 
 
 def _with_exponent_written_out(tpm2b_public: bytes) -> bytes:
